@@ -1,0 +1,197 @@
+//! The one place where errors become HTTP responses (DESIGN.md §2).
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::payment::{api_code, PaymentError};
+
+/// The error codes of the unified API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthorized,
+    ForbiddenMerchant,
+    InvalidRequest,
+    InvalidAmount,
+    PayloadTooLarge,
+    NotFound,
+    MethodNotAllowed,
+    IdempotencyMismatch,
+    RequestInProgress,
+    InvalidState,
+    NoRoute,
+    RateLimited,
+    ChannelRejected,
+    ChannelUnavailable,
+    ChannelError,
+    ChannelTimeout,
+    /// Our own failure (the store, a bug); details are in the log, not the answer.
+    InternalError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            Unauthorized => "unauthorized",
+            ForbiddenMerchant => "forbidden_merchant",
+            InvalidRequest => "invalid_request",
+            InvalidAmount => "invalid_amount",
+            PayloadTooLarge => "payload_too_large",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            IdempotencyMismatch => "idempotency_mismatch",
+            RequestInProgress => "request_in_progress",
+            InvalidState => "invalid_state",
+            NoRoute => "no_route",
+            RateLimited => "rate_limited",
+            ChannelRejected => "channel_rejected",
+            ChannelUnavailable => "channel_unavailable",
+            ChannelError => "channel_error",
+            ChannelTimeout => "channel_timeout",
+            InternalError => "internal_error",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            ForbiddenMerchant => StatusCode::FORBIDDEN,
+            InvalidRequest | InvalidAmount => StatusCode::BAD_REQUEST,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            IdempotencyMismatch | RequestInProgress | InvalidState => StatusCode::CONFLICT,
+            NoRoute => StatusCode::UNPROCESSABLE_ENTITY,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ChannelRejected => StatusCode::PAYMENT_REQUIRED,
+            ChannelUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ChannelError => StatusCode::BAD_GATEWAY,
+            ChannelTimeout => StatusCode::GATEWAY_TIMEOUT,
+            InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether the same request may succeed later.
+    pub fn retryable(self) -> bool {
+        use ErrorCode::*;
+        matches!(
+            self,
+            RequestInProgress
+                | RateLimited
+                | ChannelUnavailable
+                | ChannelError
+                | ChannelTimeout
+                | InternalError
+        )
+    }
+
+    fn parse(s: &str) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        [
+            ChannelRejected,
+            ChannelUnavailable,
+            ChannelError,
+            ChannelTimeout,
+            NoRoute,
+            InvalidState,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub field: Option<String>,
+    /// Payment state carried by channel errors, so the shop sees `status: unknown`.
+    pub payment: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            field: None,
+            payment: None,
+        }
+    }
+
+    pub fn field(code: ErrorCode, field: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            field: Some(field.to_string()),
+            payment: None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut error = json!({
+            "code": self.code.as_str(),
+            "message": self.message,
+            "retryable": self.code.retryable(),
+        });
+        if let Some(f) = self.field {
+            error["field"] = json!(f);
+        }
+        let mut body = json!({ "error": error });
+        if let Some(p) = self.payment {
+            body["payment"] = p;
+        }
+        json_response(self.code.status(), &body)
+    }
+}
+
+impl From<PaymentError> for ApiError {
+    fn from(e: PaymentError) -> ApiError {
+        match e {
+            PaymentError::NoRoute(r) => ApiError::new(ErrorCode::NoRoute, r.to_string()),
+            PaymentError::Channel { error, payment } => {
+                let code = ErrorCode::parse(api_code(&error)).unwrap_or(ErrorCode::ChannelError);
+                let mut api = ApiError::new(code, format!("channel {}: {error}", payment.channel));
+                api.payment = Some(super::types::payment_json(&payment));
+                api
+            }
+            PaymentError::Stored { code, message } => ApiError::new(
+                ErrorCode::parse(&code).unwrap_or(ErrorCode::ChannelError),
+                message,
+            ),
+            PaymentError::ChannelMissing(c) => ApiError::new(
+                ErrorCode::ChannelUnavailable,
+                format!("bound channel {c:?} is no longer configured"),
+            ),
+            PaymentError::IdempotencyMismatch => ApiError::new(
+                ErrorCode::IdempotencyMismatch,
+                "this out_trade_no was already used with a different request",
+            ),
+            PaymentError::InProgress => ApiError::new(
+                ErrorCode::RequestInProgress,
+                "a request for this out_trade_no is in progress; retry shortly",
+            ),
+            PaymentError::NotFound => ApiError::new(ErrorCode::NotFound, "no such payment"),
+            PaymentError::Store(e) => {
+                tracing::error!(error = %e, "store failure");
+                ApiError::new(
+                    ErrorCode::InternalError,
+                    "internal error; see the proxy's log",
+                )
+            }
+        }
+    }
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

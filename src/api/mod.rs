@@ -1,0 +1,243 @@
+//! The unified API (DESIGN.md §2): authenticate the shop, check the merchant, validate the
+//! body, hand over to `payment`, answer in one JSON shape.
+
+pub mod auth;
+pub mod error;
+pub mod types;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use time::OffsetDateTime;
+
+use crate::app::{App, Live};
+use crate::payment::{CreateOutcome, Routes};
+use error::{json_response, ApiError, ErrorCode};
+
+/// HTTP metrics of the API listener.
+pub struct ApiMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl ApiMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<ApiMetrics> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "payroute_http_requests_total",
+                "API requests by route and status class.",
+            ),
+            &["route", "status_class"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "payroute_http_request_duration_seconds",
+                "API request latency by route.",
+            )
+            .buckets(crate::LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(ApiMetrics { requests, duration })
+    }
+}
+
+/// Entry point for every API request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = tokio::time::Instant::now();
+    // In-flight requests keep the config they started with, across reloads.
+    let live = app.live();
+    let (route, result) = route(&app, &live, req).await;
+    let resp = result.unwrap_or_else(ApiError::into_response);
+    let class = match resp.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let m = &app.api_metrics;
+    m.requests.with_label_values(&[route, class]).inc();
+    m.duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+type Answer = Result<Response<Full<Bytes>>, ApiError>;
+
+async fn route(app: &App, live: &Live, req: Request<Incoming>) -> (&'static str, Answer) {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::POST, ["v1", "payments"]) => ("create_payment", create(app, live, req).await),
+        (&Method::GET, ["v1", "payments", merchant, out_trade_no]) => {
+            let refresh = query_flag(req.uri().query(), "refresh");
+            let (m, o) = (decode(merchant), decode(out_trade_no));
+            ("get_payment", get(app, live, &req, &m, &o, refresh).await)
+        }
+        (_, ["v1", "payments"]) | (_, ["v1", "payments", _, _]) => (
+            "other",
+            Err(ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{} is not allowed on {path}", req.method()),
+            )),
+        ),
+        (_, ["v1", "payments", _, _, "close"]) | (_, ["v1", "refunds", ..]) => (
+            "other",
+            Err(ApiError::new(
+                ErrorCode::NotFound,
+                "close and refunds are not available in this version yet",
+            )),
+        ),
+        _ => (
+            "other",
+            Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no route for {path}"),
+            )),
+        ),
+    }
+}
+
+fn routes(live: &Live) -> Routes<'_> {
+    Routes {
+        rules: &live.config.rules,
+        channels: &live.channels,
+        merchants: &live.config.merchants,
+        public_base_url: &live.config.server.public_base_url,
+    }
+}
+
+/// The shop behind the request, allowed to act for `merchant`.
+fn authorize(
+    live: &Live,
+    req: &Request<Incoming>,
+    merchant: Option<&str>,
+) -> Result<Arc<auth::Shop>, ApiError> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let shop = live.config.shops.authenticate(header).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing or unknown API key (Authorization: Bearer <key>)",
+        )
+    })?;
+    if let Some(m) = merchant {
+        check_merchant(&shop, m)?;
+    }
+    Ok(shop)
+}
+
+fn check_merchant(shop: &auth::Shop, merchant: &str) -> Result<(), ApiError> {
+    if shop.merchants.contains(merchant) {
+        return Ok(());
+    }
+    Err(ApiError::field(
+        ErrorCode::ForbiddenMerchant,
+        "merchant_id",
+        format!("shop {:?} may not act for merchant {merchant:?}", shop.id),
+    ))
+}
+
+async fn create(app: &App, live: &Live, req: Request<Incoming>) -> Answer {
+    // Authenticate before reading the body: unknown callers get nothing parsed.
+    let shop = authorize(live, &req, None)?;
+    let limit = live.config.server.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, limit).await?;
+    let new = types::parse_create(&body, OffsetDateTime::now_utc())?;
+    check_merchant(&shop, &new.merchant_id)?;
+    match app.payments.create(&routes(live), &shop.id, new).await? {
+        CreateOutcome::Created(rec) => Ok(json_response(
+            StatusCode::CREATED,
+            &types::payment_json(&rec),
+        )),
+        CreateOutcome::Replayed(rec) => {
+            let mut resp = json_response(StatusCode::OK, &types::payment_json(&rec));
+            resp.headers_mut().insert(
+                "Idempotent-Replayed",
+                http::HeaderValue::from_static("true"),
+            );
+            Ok(resp)
+        }
+    }
+}
+
+async fn get(
+    app: &App,
+    live: &Live,
+    req: &Request<Incoming>,
+    merchant: &str,
+    out_trade_no: &str,
+    refresh: bool,
+) -> Answer {
+    authorize(live, req, Some(merchant))?;
+    let rec = app
+        .payments
+        .get(&routes(live), merchant, out_trade_no, refresh)
+        .await?;
+    Ok(json_response(StatusCode::OK, &types::payment_json(&rec)))
+}
+
+async fn read_body(
+    headers: &http::HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("reading body: {e}"),
+        )),
+    }
+}
+
+fn query_flag(query: Option<&str>, name: &str) -> bool {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .any(|(k, v)| k == name && (v == "true" || v == "1"))
+}
+
+/// Percent-decoding of one path segment (`|` arrives as `%7C`).
+pub fn decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&segment[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,383 @@
+//! Request validation and response shapes of the unified API.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde_json::{json, Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::error::{ApiError, ErrorCode};
+use crate::domain::{Method, MAX_AMOUNT};
+use crate::payment::NewPayment;
+use crate::store::PaymentRecord;
+
+const CREATE_FIELDS: [&str; 11] = [
+    "merchant_id",
+    "out_trade_no",
+    "amount",
+    "currency",
+    "method",
+    "description",
+    "payer",
+    "expires_at",
+    "return_url",
+    "attach",
+    "metadata",
+];
+
+/// Parses and validates a create-payment body. Every problem names its field.
+pub fn parse_create(body: &[u8], now: OffsetDateTime) -> Result<NewPayment, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(obj) = v else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "body must be a JSON object",
+        ));
+    };
+    if let Some(k) = obj.keys().find(|k| !CREATE_FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::field(
+            ErrorCode::InvalidRequest,
+            k,
+            format!("unknown field {k:?}"),
+        ));
+    }
+    let merchant_id = string(&obj, "merchant_id", 1, 64)?.ok_or_else(|| missing("merchant_id"))?;
+    let out_trade_no =
+        string(&obj, "out_trade_no", 1, 32)?.ok_or_else(|| missing("out_trade_no"))?;
+    if !out_trade_no
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
+    {
+        return Err(ApiError::field(
+            ErrorCode::InvalidRequest,
+            "out_trade_no",
+            "out_trade_no may only hold A-Z a-z 0-9 _ - | *",
+        ));
+    }
+    let amount = amount(obj.get("amount"))?;
+    let currency = string(&obj, "currency", 1, 8)?.ok_or_else(|| missing("currency"))?;
+    if currency != "CNY" {
+        return Err(ApiError::field(
+            ErrorCode::InvalidRequest,
+            "currency",
+            format!("currency {currency:?} is not supported (CNY)"),
+        ));
+    }
+    let method_s = string(&obj, "method", 1, 32)?.ok_or_else(|| missing("method"))?;
+    let method = Method::parse(&method_s).ok_or_else(|| {
+        let all: Vec<&str> = Method::ALL.iter().map(|m| m.as_str()).collect();
+        ApiError::field(
+            ErrorCode::InvalidRequest,
+            "method",
+            format!("unknown method {method_s:?}; one of {}", all.join(", ")),
+        )
+    })?;
+    let description = string(&obj, "description", 1, 127)?.ok_or_else(|| missing("description"))?;
+    let (openid, client_ip) = match obj.get("payer") {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::Object(p)) => {
+            if let Some(k) = p
+                .keys()
+                .find(|k| !["openid", "client_ip"].contains(&k.as_str()))
+            {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidRequest,
+                    &format!("payer.{k}"),
+                    format!("unknown field payer.{k}"),
+                ));
+            }
+            let openid = string(p, "openid", 1, 128).map_err(|e| prefix(e, "payer."))?;
+            let ip = string(p, "client_ip", 1, 45).map_err(|e| prefix(e, "payer."))?;
+            if let Some(ip) = &ip {
+                ip.parse::<IpAddr>().map_err(|_| {
+                    ApiError::field(
+                        ErrorCode::InvalidRequest,
+                        "payer.client_ip",
+                        format!("{ip:?} is not an IP address"),
+                    )
+                })?;
+            }
+            (openid, ip)
+        }
+        Some(_) => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidRequest,
+                "payer",
+                "payer must be an object",
+            ))
+        }
+    };
+    if method == Method::WechatJsapi && openid.is_none() {
+        return Err(ApiError::field(
+            ErrorCode::InvalidRequest,
+            "payer.openid",
+            "wechat_jsapi needs payer.openid",
+        ));
+    }
+    if method == Method::WechatH5 && client_ip.is_none() {
+        return Err(ApiError::field(
+            ErrorCode::InvalidRequest,
+            "payer.client_ip",
+            "wechat_h5 needs payer.client_ip",
+        ));
+    }
+    let expires_at = match string(&obj, "expires_at", 1, 64)? {
+        None => now + time::Duration::hours(2),
+        Some(s) => {
+            let t = OffsetDateTime::parse(&s, &Rfc3339).map_err(|_| {
+                ApiError::field(
+                    ErrorCode::InvalidRequest,
+                    "expires_at",
+                    format!("{s:?} is not an RFC 3339 time"),
+                )
+            })?;
+            if t <= now + time::Duration::minutes(1) {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidRequest,
+                    "expires_at",
+                    "expires_at must be more than a minute ahead",
+                ));
+            }
+            if t > now + time::Duration::days(30) {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidRequest,
+                    "expires_at",
+                    "expires_at must be within 30 days",
+                ));
+            }
+            t
+        }
+    };
+    let return_url = string(&obj, "return_url", 1, 512)?;
+    if let Some(u) = &return_url {
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            return Err(ApiError::field(
+                ErrorCode::InvalidRequest,
+                "return_url",
+                "return_url must be http(s)",
+            ));
+        }
+    }
+    let attach = string(&obj, "attach", 0, 128)?;
+    let metadata = match obj.get("metadata") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(m)) => {
+            if m.len() > 32 {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidRequest,
+                    "metadata",
+                    "metadata holds at most 32 keys",
+                ));
+            }
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                match v {
+                    Value::String(s) if s.chars().count() <= 256 && k.len() <= 64 => {
+                        out.insert(k.clone(), s.clone());
+                    }
+                    _ => {
+                        return Err(ApiError::field(
+                            ErrorCode::InvalidRequest,
+                            &format!("metadata.{k}"),
+                            "metadata values are strings of at most 256 characters",
+                        ))
+                    }
+                }
+            }
+            out
+        }
+        Some(_) => {
+            return Err(ApiError::field(
+                ErrorCode::InvalidRequest,
+                "metadata",
+                "metadata must be an object of strings",
+            ))
+        }
+    };
+    Ok(NewPayment {
+        merchant_id,
+        out_trade_no,
+        amount,
+        currency,
+        method,
+        description,
+        openid,
+        client_ip,
+        expires_at,
+        return_url,
+        attach,
+        metadata,
+    })
+}
+
+/// Integer minor units in `1..=MAX_AMOUNT`; floats, strings, zero and negatives are refused.
+fn amount(v: Option<&Value>) -> Result<u64, ApiError> {
+    let bad = |why: &str| ApiError::field(ErrorCode::InvalidAmount, "amount", why.to_string());
+    match v {
+        None | Some(Value::Null) => Err(bad("amount is required: an integer count of fen")),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(0) => Err(bad("amount must be at least 1 fen")),
+            Some(a) if a > MAX_AMOUNT => Err(bad("amount is above 10000000000 fen")),
+            Some(a) => Ok(a),
+            None if n.is_i64() => Err(bad("amount must be positive")),
+            None => Err(bad("amount must be an integer count of fen, not a decimal")),
+        },
+        Some(_) => Err(bad("amount must be a JSON integer (fen), not a string")),
+    }
+}
+
+fn string(
+    obj: &Map<String, Value>,
+    key: &str,
+    min: usize,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            let n = s.chars().count();
+            if n < min || n > max {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidRequest,
+                    key,
+                    format!("{key} must be {min} to {max} characters"),
+                ));
+            }
+            if s.chars().any(char::is_control) {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidRequest,
+                    key,
+                    format!("{key} holds control characters"),
+                ));
+            }
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(ApiError::field(
+            ErrorCode::InvalidRequest,
+            key,
+            format!("{key} must be a string"),
+        )),
+    }
+}
+
+fn missing(key: &str) -> ApiError {
+    ApiError::field(ErrorCode::InvalidRequest, key, format!("{key} is required"))
+}
+
+fn prefix(mut e: ApiError, p: &str) -> ApiError {
+    e.field = e.field.map(|f| format!("{p}{f}"));
+    e.message = format!("{p}{}", e.message);
+    e
+}
+
+/// The payment object of every response.
+pub fn payment_json(p: &PaymentRecord) -> Value {
+    json!({
+        "payment_id": p.payment_id,
+        "merchant_id": p.merchant_id,
+        "out_trade_no": p.out_trade_no,
+        "amount": p.amount,
+        "currency": p.currency,
+        "method": p.method,
+        "status": p.status,
+        "channel": p.channel,
+        "rule": p.rule,
+        "action": p.action,
+        "provider_trade_no": p.provider_trade_no,
+        "refunded_amount": p.refunded_amount,
+        "created_at": rfc3339(p.created_at),
+        "updated_at": rfc3339(p.updated_at),
+        "paid_at": p.paid_at.map(rfc3339),
+        "expires_at": rfc3339(p.expires_at),
+    })
+}
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
+    }
+
+    fn body(amount: &str) -> String {
+        format!(
+            r#"{{"merchant_id":"m","out_trade_no":"o-1|*","amount":{amount},"currency":"CNY","method":"wechat_native","description":"d"}}"#
+        )
+    }
+
+    #[test]
+    fn amounts_must_be_positive_integers() {
+        assert_eq!(
+            parse_create(body("100").as_bytes(), now()).unwrap().amount,
+            100
+        );
+        assert_eq!(
+            parse_create(body("10000000000").as_bytes(), now())
+                .unwrap()
+                .amount,
+            MAX_AMOUNT
+        );
+        for bad in [
+            "1.5",
+            "1.0",
+            "\"100\"",
+            "0",
+            "-5",
+            "10000000001",
+            "1e3",
+            "null",
+            "18446744073709551616",
+        ] {
+            let e = parse_create(body(bad).as_bytes(), now()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidAmount, "{bad}");
+        }
+    }
+
+    #[test]
+    fn fields_are_checked_and_named() {
+        let e = parse_create(br#"{"merchant_id":"m"}"#, now()).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidRequest, Some("out_trade_no"))
+        );
+        let e = parse_create(body("1").replace("o-1|*", "bad no").as_bytes(), now()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("out_trade_no"));
+        let e = parse_create(
+            body("1")
+                .replace("wechat_native", "wechat_jsapi")
+                .as_bytes(),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("payer.openid"));
+        let e = parse_create(
+            body("1").replace("\"d\"", "\"d\",\"colour\":1").as_bytes(),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("colour"));
+        let e = parse_create(b"[1]", now()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        let long = "x".repeat(128);
+        let e = parse_create(
+            body("1").replace("\"d\"", &format!("{long:?}")).as_bytes(),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("description"));
+    }
+}

@@ -1,0 +1,367 @@
+//! Channels: one provider account plus how to call it.
+//!
+//! A [`Channel`] wraps a [`Connector`] (the provider protocol: `wechatpay_v3` today) with what
+//! every channel shares: its name, family, fee rate, timeout and metrics. Connectors build
+//! and sign requests, verify responses and map provider answers into [`ChannelError`]s that
+//! know whether they may be retried.
+
+pub mod http;
+pub mod keys;
+pub mod wechatpay;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use time::OffsetDateTime;
+
+use crate::domain::{Family, FeeRate, Method, PaymentStatus};
+use crate::resilience::RateSpec;
+use crate::secret::Secret;
+
+/// A channel as config describes it, validated and with its keys parsed.
+#[derive(Debug)]
+pub struct ChannelSettings {
+    pub name: String,
+    pub fee: FeeRate,
+    /// One deadline per call, every retry included.
+    pub timeout: Duration,
+    /// No trailing slash.
+    pub base_url: String,
+    /// Extra trusted roots (PEM) besides the webpki roots, e.g. a sandbox's test CA.
+    pub ca_pem: Option<String>,
+    pub limit: Option<RateSpec>,
+    pub connector: ConnectorSettings,
+}
+
+#[derive(Debug)]
+pub enum ConnectorSettings {
+    WechatPay(wechatpay::WechatPaySettings),
+}
+
+impl ChannelSettings {
+    pub fn family(&self) -> Family {
+        match self.connector {
+            ConnectorSettings::WechatPay(_) => Family::Wechat,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self.connector {
+            ConnectorSettings::WechatPay(_) => "wechatpay_v3",
+        }
+    }
+
+    /// Partner / ISV channels collect for sub-merchants and need their ids.
+    pub fn needs_sub_merchant(&self) -> bool {
+        match &self.connector {
+            ConnectorSettings::WechatPay(w) => {
+                matches!(w.mode, wechatpay::WechatMode::Partner { .. })
+            }
+        }
+    }
+
+    pub fn mode(&self) -> &'static str {
+        match &self.connector {
+            ConnectorSettings::WechatPay(w) => match w.mode {
+                wechatpay::WechatMode::Direct { .. } => "direct",
+                wechatpay::WechatMode::Partner { .. } => "partner",
+            },
+        }
+    }
+}
+
+/// The per-merchant ids a partner / ISV channel acts under (config `merchants:`).
+#[derive(Clone, Debug, Default)]
+pub struct SubMerchant {
+    pub wechat_sub_mchid: Option<String>,
+    pub wechat_sub_appid: Option<String>,
+    pub alipay_app_auth_token: Option<Secret>,
+}
+
+/// What the channel is asked to create.
+#[derive(Clone, Debug)]
+pub struct OrderRequest<'a> {
+    pub out_trade_no: &'a str,
+    pub amount: u64,
+    pub currency: &'a str,
+    pub method: Method,
+    pub description: &'a str,
+    pub expires_at: OffsetDateTime,
+    pub notify_url: &'a str,
+    pub openid: Option<&'a str>,
+    pub client_ip: Option<&'a str>,
+    pub attach: Option<&'a str>,
+    pub return_url: Option<&'a str>,
+    pub sub: &'a SubMerchant,
+}
+
+/// A created order: what the payer must do next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Created {
+    /// The unified API's `action` object (`qr_code`, `jsapi`, `redirect`, `form`, `app`).
+    pub action: serde_json::Value,
+    pub provider_trade_no: Option<String>,
+}
+
+/// An order as the provider reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrderState {
+    pub status: PaymentStatus,
+    /// The provider's own word (`NOTPAY`, `SUCCESS`, …), for logs and explain.
+    pub provider_state: String,
+    pub provider_trade_no: Option<String>,
+    pub amount: Option<u64>,
+    pub paid_at: Option<OffsetDateTime>,
+}
+
+/// A provider protocol. Implementations sign, send, verify and map; they never retry
+/// (the payment layer owns the retry policy, because only it knows what is safe).
+#[async_trait]
+pub trait Connector: Send + Sync {
+    async fn create(
+        &self,
+        order: &OrderRequest<'_>,
+        deadline: Duration,
+    ) -> Result<Created, ChannelError>;
+    async fn query(
+        &self,
+        out_trade_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<OrderState, ChannelError>;
+}
+
+/// How a channel call failed, which says what may be done next (DESIGN.md §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Connect refused, DNS, TLS handshake: the provider never saw the request.
+    NothingSent,
+    /// No answer within the deadline; the provider may have acted.
+    Timeout,
+    /// The connection broke after the request was written.
+    Transport,
+    /// HTTP 5xx without a known code.
+    ServerError,
+    /// The provider says try again (`SYSTEM_ERROR`, `FREQUENCY_LIMITED`).
+    ProviderRetryable(String),
+    /// The provider's final business answer (`PARAM_ERROR`, `ORDERPAID`, …).
+    Rejected(String),
+    /// The provider does not know the order.
+    NotFound,
+    /// The answer's signature did not verify: it must not change any payment.
+    BadSignature,
+    /// The answer was not what the protocol promises.
+    Protocol,
+    /// We could not build the request (a local bug or config problem).
+    Local,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ChannelError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ChannelError {
+        ChannelError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The request certainly did not reach the provider: safe to retry and to fail over.
+    pub fn nothing_sent(&self) -> bool {
+        self.kind == ErrorKind::NothingSent
+    }
+
+    /// Safe to retry on the same channel with the same out_trade_no.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::NothingSent
+                | ErrorKind::Timeout
+                | ErrorKind::Transport
+                | ErrorKind::ServerError
+                | ErrorKind::ProviderRetryable(_)
+        )
+    }
+
+    /// Bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::NothingSent => "nothing_sent",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Transport => "transport",
+            ErrorKind::ServerError => "server_error",
+            ErrorKind::ProviderRetryable(_) => "retryable",
+            ErrorKind::Rejected(_) => "rejected",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::BadSignature => "bad_signature",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Rejected(code) | ErrorKind::ProviderRetryable(code) => {
+                write!(f, "{code}: {}", self.message)
+            }
+            _ => write!(f, "{}: {}", self.label(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
+/// Channel request metrics, shared by every channel across reloads.
+pub struct ChannelMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    retries: IntCounterVec,
+}
+
+impl ChannelMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<ChannelMetrics> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "payroute_channel_requests_total",
+                "Calls to payment channels by operation and result.",
+            ),
+            &["channel", "operation", "result"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "payroute_channel_request_duration_seconds",
+                "Latency of calls to payment channels, retries included.",
+            )
+            .buckets(crate::LATENCY_BUCKETS.to_vec()),
+            &["channel", "operation"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "payroute_retries_total",
+                "Retries of channel calls by reason.",
+            ),
+            &["channel", "reason"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        Ok(ChannelMetrics {
+            requests,
+            duration,
+            retries,
+        })
+    }
+
+    pub fn retried(&self, channel: &str, reason: &str) {
+        self.retries.with_label_values(&[channel, reason]).inc();
+    }
+}
+
+/// A live channel: settings plus connector plus metrics.
+pub struct Channel {
+    pub settings: Arc<ChannelSettings>,
+    connector: Box<dyn Connector>,
+    metrics: Arc<ChannelMetrics>,
+}
+
+impl Channel {
+    pub fn build(
+        settings: Arc<ChannelSettings>,
+        metrics: Arc<ChannelMetrics>,
+    ) -> Result<Channel, String> {
+        let http = http::HttpClient::new(settings.ca_pem.as_deref())?;
+        let connector: Box<dyn Connector> = match &settings.connector {
+            ConnectorSettings::WechatPay(_) => {
+                Box::new(wechatpay::WechatPay::new(settings.clone(), http))
+            }
+        };
+        Ok(Channel {
+            settings,
+            connector,
+            metrics,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    pub fn family(&self) -> Family {
+        self.settings.family()
+    }
+
+    pub fn metrics(&self) -> &ChannelMetrics {
+        &self.metrics
+    }
+
+    pub async fn create(
+        &self,
+        order: &OrderRequest<'_>,
+        deadline: Duration,
+    ) -> Result<Created, ChannelError> {
+        let started = tokio::time::Instant::now();
+        let out = self.connector.create(order, deadline).await;
+        self.observe("create", started, out.as_ref().err());
+        out
+    }
+
+    pub async fn query(
+        &self,
+        out_trade_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<OrderState, ChannelError> {
+        let started = tokio::time::Instant::now();
+        let out = self.connector.query(out_trade_no, sub, deadline).await;
+        self.observe("query", started, out.as_ref().err());
+        out
+    }
+
+    fn observe(&self, op: &str, started: tokio::time::Instant, err: Option<&ChannelError>) {
+        let name = self.name();
+        let result = err.map_or("ok", ChannelError::label);
+        self.metrics
+            .requests
+            .with_label_values(&[name, op, result])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[name, op])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The channels of one config version, by name.
+#[derive(Default)]
+pub struct ChannelSet {
+    channels: HashMap<String, Arc<Channel>>,
+}
+
+impl ChannelSet {
+    pub fn build(
+        settings: &BTreeMap<String, Arc<ChannelSettings>>,
+        metrics: &Arc<ChannelMetrics>,
+    ) -> Result<ChannelSet, String> {
+        let mut channels = HashMap::new();
+        for (name, s) in settings {
+            let ch = Channel::build(s.clone(), metrics.clone())
+                .map_err(|e| format!("channels.{name}: {e}"))?;
+            channels.insert(name.clone(), Arc::new(ch));
+        }
+        Ok(ChannelSet { channels })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Channel>> {
+        self.channels.get(name)
+    }
+}

@@ -1,0 +1,459 @@
+//! The `wechatpay_v3` connector: WeChat Pay API v3, direct and partner (service provider)
+//! modes.
+//!
+//! Direct mode speaks for the merchant's own `mchid`/`appid` on `/v3/pay/transactions/…`;
+//! partner mode speaks for the platform's `sp_mchid`/`sp_appid` on behalf of a sub-merchant
+//! (`sub_mchid`) on `/v3/pay/partner/transactions/…`.
+
+pub mod sign;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, Method as HttpMethod, Request};
+use http_body_util::Full;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+
+use super::http::{HttpClient, HttpResponse};
+use super::keys::RsaSigner;
+use super::{
+    ChannelError, ChannelSettings, ConnectorSettings, Created, ErrorKind, OrderRequest, OrderState,
+    SubMerchant,
+};
+use crate::domain::{Method, PaymentStatus};
+use crate::secret::Secret;
+pub use sign::WechatVerifier;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WechatMode {
+    Direct { mchid: String, appid: String },
+    Partner { sp_mchid: String, sp_appid: String },
+}
+
+#[derive(Debug)]
+pub struct WechatPaySettings {
+    pub mode: WechatMode,
+    /// Serial number of the merchant API certificate that `signer` belongs to.
+    pub serial_no: String,
+    pub signer: RsaSigner,
+    /// Decrypts notification resources (used by the notifications work).
+    pub apiv3_key: Option<Secret>,
+    pub verifier: WechatVerifier,
+}
+
+impl WechatPaySettings {
+    /// The merchant id that signs requests: `mchid`, or `sp_mchid` in partner mode.
+    pub fn signing_mchid(&self) -> &str {
+        match &self.mode {
+            WechatMode::Direct { mchid, .. } => mchid,
+            WechatMode::Partner { sp_mchid, .. } => sp_mchid,
+        }
+    }
+}
+
+/// Codes WeChat Pay documents as "try again" (DESIGN.md §7).
+const RETRYABLE_CODES: [&str; 3] = ["SYSTEM_ERROR", "FREQUENCY_LIMITED", "BANKERROR"];
+
+pub struct WechatPay {
+    channel: Arc<ChannelSettings>,
+    http: HttpClient,
+}
+
+impl WechatPay {
+    pub fn new(channel: Arc<ChannelSettings>, http: HttpClient) -> WechatPay {
+        WechatPay { channel, http }
+    }
+
+    fn settings(&self) -> &WechatPaySettings {
+        match &self.channel.connector {
+            ConnectorSettings::WechatPay(w) => w,
+        }
+    }
+
+    /// Signs, sends, verifies a 2xx answer's signature, and maps error answers.
+    async fn call(
+        &self,
+        method: HttpMethod,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        deadline: Duration,
+    ) -> Result<HttpResponse, ChannelError> {
+        let s = self.settings();
+        let body = body.unwrap_or_default();
+        let ts = OffsetDateTime::now_utc().unix_timestamp();
+        let nonce = sign::nonce();
+        let auth = sign::authorization(
+            &s.signer,
+            s.signing_mchid(),
+            &s.serial_no,
+            method.as_str(),
+            path_and_query,
+            ts,
+            &nonce,
+            &body,
+        );
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.channel.base_url, path_and_query))
+            .header(header::AUTHORIZATION, auth)
+            .header(header::ACCEPT, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("payroute/", env!("CARGO_PKG_VERSION")),
+            );
+        if !body.is_empty() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ChannelError::new(ErrorKind::Local, format!("building request: {e}")))?;
+        let resp = self.http.send(req, deadline).await?;
+        if resp.status.is_success() {
+            self.verify(&resp)?;
+            return Ok(resp);
+        }
+        Err(map_error(&resp))
+    }
+
+    fn verify(&self, resp: &HttpResponse) -> Result<(), ChannelError> {
+        let h = |name: &str| {
+            resp.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    ChannelError::new(
+                        ErrorKind::BadSignature,
+                        format!("answer has no {name} header"),
+                    )
+                })
+        };
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        self.settings()
+            .verifier
+            .verify(
+                h("Wechatpay-Serial")?,
+                h("Wechatpay-Timestamp")?,
+                h("Wechatpay-Nonce")?,
+                h("Wechatpay-Signature")?,
+                &resp.body,
+                now,
+            )
+            .map_err(|e| ChannelError::new(ErrorKind::BadSignature, e))
+    }
+
+    fn create_body(&self, o: &OrderRequest<'_>) -> Result<(String, Value), ChannelError> {
+        let kind = match o.method {
+            Method::WechatJsapi => "jsapi",
+            Method::WechatNative => "native",
+            Method::WechatH5 => "h5",
+            Method::WechatApp => "app",
+            other => {
+                return Err(ChannelError::new(
+                    ErrorKind::Local,
+                    format!("method {other} is not a WeChat Pay method"),
+                ))
+            }
+        };
+        let mut body = json!({
+            "description": o.description,
+            "out_trade_no": o.out_trade_no,
+            "time_expire": china_time(o.expires_at),
+            "notify_url": o.notify_url,
+            "amount": { "total": o.amount, "currency": o.currency },
+        });
+        if let Some(a) = o.attach {
+            body["attach"] = json!(a);
+        }
+        let path = match &self.settings().mode {
+            WechatMode::Direct { mchid, appid } => {
+                body["appid"] = json!(appid);
+                body["mchid"] = json!(mchid);
+                if o.method == Method::WechatJsapi {
+                    body["payer"] = json!({ "openid": require(o.openid, "payer.openid")? });
+                }
+                format!("/v3/pay/transactions/{kind}")
+            }
+            WechatMode::Partner { sp_mchid, sp_appid } => {
+                body["sp_appid"] = json!(sp_appid);
+                body["sp_mchid"] = json!(sp_mchid);
+                body["sub_mchid"] = json!(sub_mchid(o.sub)?);
+                if let Some(sub_appid) = &o.sub.wechat_sub_appid {
+                    body["sub_appid"] = json!(sub_appid);
+                }
+                if o.method == Method::WechatJsapi {
+                    let openid = require(o.openid, "payer.openid")?;
+                    // An openid belongs to one appid: the sub-merchant's when it has one.
+                    body["payer"] = match o.sub.wechat_sub_appid {
+                        Some(_) => json!({ "sub_openid": openid }),
+                        None => json!({ "sp_openid": openid }),
+                    };
+                }
+                format!("/v3/pay/partner/transactions/{kind}")
+            }
+        };
+        if o.method == Method::WechatH5 {
+            body["scene_info"] = json!({
+                "payer_client_ip": require(o.client_ip, "payer.client_ip")?,
+                "h5_info": { "type": "Wap" },
+            });
+        }
+        Ok((path, body))
+    }
+
+    /// The appid the payer's client runs under.
+    fn payer_appid<'a>(&'a self, sub: &'a SubMerchant) -> &'a str {
+        match &self.settings().mode {
+            WechatMode::Direct { appid, .. } => appid,
+            WechatMode::Partner { sp_appid, .. } => {
+                sub.wechat_sub_appid.as_deref().unwrap_or(sp_appid)
+            }
+        }
+    }
+
+    fn action(&self, o: &OrderRequest<'_>, answer: &Value) -> Result<Value, ChannelError> {
+        let field = |name: &str| {
+            answer[name].as_str().map(str::to_string).ok_or_else(|| {
+                ChannelError::new(ErrorKind::Protocol, format!("answer has no {name}"))
+            })
+        };
+        let signer = &self.settings().signer;
+        let ts = OffsetDateTime::now_utc().unix_timestamp().to_string();
+        let nonce = sign::nonce();
+        Ok(match o.method {
+            Method::WechatNative => json!({ "type": "qr_code", "code_url": field("code_url")? }),
+            Method::WechatH5 => json!({ "type": "redirect", "url": field("h5_url")? }),
+            Method::WechatJsapi => {
+                let appid = self.payer_appid(o.sub);
+                let package = format!("prepay_id={}", field("prepay_id")?);
+                let pay_sign =
+                    signer.sign_b64(format!("{appid}\n{ts}\n{nonce}\n{package}\n").as_bytes());
+                json!({
+                    "type": "jsapi", "appId": appid, "timeStamp": ts, "nonceStr": nonce,
+                    "package": package, "signType": "RSA", "paySign": pay_sign,
+                })
+            }
+            Method::WechatApp => {
+                let appid = self.payer_appid(o.sub);
+                let prepay_id = field("prepay_id")?;
+                let partnerid = match &self.settings().mode {
+                    WechatMode::Direct { mchid, .. } => mchid.clone(),
+                    WechatMode::Partner { .. } => sub_mchid(o.sub)?.to_string(),
+                };
+                let sign =
+                    signer.sign_b64(format!("{appid}\n{ts}\n{nonce}\n{prepay_id}\n").as_bytes());
+                json!({
+                    "type": "app", "appid": appid, "partnerid": partnerid, "prepayid": prepay_id,
+                    "package": "Sign=WXPay", "noncestr": nonce, "timestamp": ts, "sign": sign,
+                })
+            }
+            other => {
+                return Err(ChannelError::new(
+                    ErrorKind::Local,
+                    format!("{other} is not a WeChat Pay method"),
+                ))
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl super::Connector for WechatPay {
+    async fn create(
+        &self,
+        order: &OrderRequest<'_>,
+        deadline: Duration,
+    ) -> Result<Created, ChannelError> {
+        let (path, body) = self.create_body(order)?;
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| ChannelError::new(ErrorKind::Local, e.to_string()))?;
+        let resp = self
+            .call(HttpMethod::POST, &path, Some(body), deadline)
+            .await?;
+        let answer: Value = serde_json::from_slice(&resp.body).map_err(|e| {
+            ChannelError::new(ErrorKind::Protocol, format!("answer is not JSON: {e}"))
+        })?;
+        Ok(Created {
+            action: self.action(order, &answer)?,
+            provider_trade_no: None,
+        })
+    }
+
+    async fn query(
+        &self,
+        out_trade_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<OrderState, ChannelError> {
+        let no = encode_path_segment(out_trade_no);
+        let path = match &self.settings().mode {
+            WechatMode::Direct { mchid, .. } => {
+                format!("/v3/pay/transactions/out-trade-no/{no}?mchid={mchid}")
+            }
+            WechatMode::Partner { sp_mchid, .. } => format!(
+                "/v3/pay/partner/transactions/out-trade-no/{no}?sp_mchid={sp_mchid}&sub_mchid={}",
+                sub_mchid(sub)?
+            ),
+        };
+        let resp = self.call(HttpMethod::GET, &path, None, deadline).await?;
+        parse_order_state(&resp.body, out_trade_no)
+    }
+}
+
+fn parse_order_state(body: &[u8], out_trade_no: &str) -> Result<OrderState, ChannelError> {
+    let protocol = |m: String| ChannelError::new(ErrorKind::Protocol, m);
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| protocol(format!("answer is not JSON: {e}")))?;
+    if v["out_trade_no"].as_str() != Some(out_trade_no) {
+        return Err(protocol(format!(
+            "answer is for out_trade_no {:?}, asked for {out_trade_no:?}",
+            v["out_trade_no"]
+        )));
+    }
+    let state = v["trade_state"]
+        .as_str()
+        .ok_or_else(|| protocol("answer has no trade_state".into()))?;
+    let status = match state {
+        "SUCCESS" | "REFUND" => PaymentStatus::Succeeded,
+        "NOTPAY" | "USERPAYING" => PaymentStatus::Pending,
+        "CLOSED" | "REVOKED" => PaymentStatus::Closed,
+        "PAYERROR" => PaymentStatus::Failed,
+        other => return Err(protocol(format!("unknown trade_state {other:?}"))),
+    };
+    let paid_at = v["success_time"]
+        .as_str()
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+    Ok(OrderState {
+        status,
+        provider_state: state.to_string(),
+        provider_trade_no: v["transaction_id"].as_str().map(str::to_string),
+        amount: v["amount"]["total"].as_u64(),
+        paid_at,
+    })
+}
+
+/// Maps a non-2xx answer (`{"code","message"}`) to the retry classes of DESIGN.md §7.
+fn map_error(resp: &HttpResponse) -> ChannelError {
+    let v: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    let code = v["code"].as_str().unwrap_or("").to_string();
+    let message = v["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("HTTP {}", resp.status.as_u16()));
+    if RETRYABLE_CODES.contains(&code.as_str()) {
+        return ChannelError::new(ErrorKind::ProviderRetryable(code), message);
+    }
+    if resp.status.is_server_error() {
+        return ChannelError::new(
+            ErrorKind::ServerError,
+            format!("HTTP {} {code} {message}", resp.status.as_u16()),
+        );
+    }
+    if resp.status == http::StatusCode::NOT_FOUND
+        && (code == "ORDER_NOT_EXIST" || code == "ORDERNOTEXIST" || code == "RESOURCE_NOT_EXISTS")
+    {
+        return ChannelError::new(ErrorKind::NotFound, message);
+    }
+    if code.is_empty() {
+        return ChannelError::new(
+            ErrorKind::Protocol,
+            format!("HTTP {} without an error code", resp.status.as_u16()),
+        );
+    }
+    ChannelError::new(ErrorKind::Rejected(code), message)
+}
+
+fn sub_mchid(sub: &SubMerchant) -> Result<&str, ChannelError> {
+    sub.wechat_sub_mchid.as_deref().ok_or_else(|| {
+        ChannelError::new(
+            ErrorKind::Local,
+            "partner channel without the merchant's wechat_sub_mchid",
+        )
+    })
+}
+
+fn require<'a>(v: Option<&'a str>, field: &str) -> Result<&'a str, ChannelError> {
+    v.ok_or_else(|| {
+        ChannelError::new(
+            ErrorKind::Local,
+            format!("{field} is required for this method"),
+        )
+    })
+}
+
+/// RFC 3339 in China time, whole seconds: what `time_expire` expects.
+pub fn china_time(t: OffsetDateTime) -> String {
+    let offset = UtcOffset::from_hms(8, 0, 0).expect("+08:00 is a valid offset");
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .to_offset(offset)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// out_trade_no allows `|`, which is not a legal URL character.
+pub fn encode_path_segment(s: &str) -> String {
+    s.replace('|', "%7C")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_mapping_follows_the_retry_table() {
+        let resp = |status: u16, body: &str| HttpResponse {
+            status: http::StatusCode::from_u16(status).unwrap(),
+            headers: http::HeaderMap::new(),
+            body: Bytes::from(body.to_string()),
+        };
+        let e = map_error(&resp(500, r#"{"code":"SYSTEM_ERROR","message":"busy"}"#));
+        assert_eq!(e.kind, ErrorKind::ProviderRetryable("SYSTEM_ERROR".into()));
+        assert!(e.retryable() && !e.nothing_sent());
+        let e = map_error(&resp(
+            429,
+            r#"{"code":"FREQUENCY_LIMITED","message":"slow"}"#,
+        ));
+        assert!(e.retryable());
+        let e = map_error(&resp(403, r#"{"code":"ORDERPAID","message":"paid"}"#));
+        assert_eq!(e.kind, ErrorKind::Rejected("ORDERPAID".into()));
+        assert!(!e.retryable());
+        let e = map_error(&resp(400, r#"{"code":"PARAM_ERROR","message":"bad"}"#));
+        assert_eq!(e.to_string(), "PARAM_ERROR: bad");
+        assert_eq!(map_error(&resp(502, "<html>")).kind, ErrorKind::ServerError);
+        assert_eq!(
+            map_error(&resp(404, r#"{"code":"ORDER_NOT_EXIST","message":"x"}"#)).kind,
+            ErrorKind::NotFound
+        );
+        assert_eq!(map_error(&resp(400, "")).kind, ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn trade_states_map_to_statuses() {
+        let st = |s: &str| {
+            parse_order_state(
+                format!(r#"{{"out_trade_no":"o1","trade_state":"{s}","amount":{{"total":5}}}}"#)
+                    .as_bytes(),
+                "o1",
+            )
+        };
+        assert_eq!(st("SUCCESS").unwrap().status, PaymentStatus::Succeeded);
+        assert_eq!(st("NOTPAY").unwrap().status, PaymentStatus::Pending);
+        assert_eq!(st("CLOSED").unwrap().status, PaymentStatus::Closed);
+        assert_eq!(st("PAYERROR").unwrap().status, PaymentStatus::Failed);
+        assert_eq!(st("SUCCESS").unwrap().amount, Some(5));
+        assert!(st("WHAT").is_err());
+        assert!(
+            parse_order_state(br#"{"out_trade_no":"o2","trade_state":"SUCCESS"}"#, "o1").is_err()
+        );
+    }
+
+    #[test]
+    fn time_expire_is_china_time() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        assert_eq!(china_time(t), "2023-11-15T06:13:20+08:00");
+    }
+}

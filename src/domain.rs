@@ -1,0 +1,257 @@
+//! Vocabulary shared by every layer: payment methods, provider families, statuses and money.
+//!
+//! Routing and the channel connectors must not import each other, yet both speak of
+//! methods and amounts; these types live here so that neither has to.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A provider family: which company's rails a method runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Wechat,
+    Alipay,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Wechat, Family::Alipay];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Wechat => "wechat",
+            Family::Alipay => "alipay",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
+    /// Bit set of the methods this family serves (see [`Method::bit`]).
+    pub fn method_bits(self) -> u16 {
+        Method::ALL
+            .iter()
+            .filter(|m| m.family() == self)
+            .fold(0, |acc, m| acc | m.bit())
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the payer pays; each method belongs to exactly one [`Family`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    WechatJsapi,
+    WechatNative,
+    WechatH5,
+    WechatApp,
+    AlipayPage,
+    AlipayWap,
+    AlipayApp,
+    AlipayPrecreate,
+}
+
+impl Method {
+    pub const ALL: [Method; 8] = [
+        Method::WechatJsapi,
+        Method::WechatNative,
+        Method::WechatH5,
+        Method::WechatApp,
+        Method::AlipayPage,
+        Method::AlipayWap,
+        Method::AlipayApp,
+        Method::AlipayPrecreate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::WechatJsapi => "wechat_jsapi",
+            Method::WechatNative => "wechat_native",
+            Method::WechatH5 => "wechat_h5",
+            Method::WechatApp => "wechat_app",
+            Method::AlipayPage => "alipay_page",
+            Method::AlipayWap => "alipay_wap",
+            Method::AlipayApp => "alipay_app",
+            Method::AlipayPrecreate => "alipay_precreate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    pub fn family(self) -> Family {
+        match self {
+            Method::WechatJsapi | Method::WechatNative | Method::WechatH5 | Method::WechatApp => {
+                Family::Wechat
+            }
+            _ => Family::Alipay,
+        }
+    }
+
+    /// One bit per method, so that rule conditions on methods are a single AND.
+    pub fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+
+    /// The methods in a bit set, in declaration order.
+    pub fn from_bits(bits: u16) -> impl Iterator<Item = Method> {
+        Method::ALL.into_iter().filter(move |m| bits & m.bit() != 0)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The lifecycle state of a payment as the shop sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    /// Created at the channel (or about to be); not paid yet.
+    Pending,
+    Succeeded,
+    Closed,
+    Failed,
+    /// The channel may or may not have the order: a timeout or an unverifiable answer.
+    /// The shop retries with the same `out_trade_no`, which goes to the same channel.
+    Unknown,
+}
+
+impl PaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Pending => "pending",
+            PaymentStatus::Succeeded => "succeeded",
+            PaymentStatus::Closed => "closed",
+            PaymentStatus::Failed => "failed",
+            PaymentStatus::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PaymentStatus> {
+        [
+            PaymentStatus::Pending,
+            PaymentStatus::Succeeded,
+            PaymentStatus::Closed,
+            PaymentStatus::Failed,
+            PaymentStatus::Unknown,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            PaymentStatus::Succeeded | PaymentStatus::Closed | PaymentStatus::Failed
+        )
+    }
+
+    /// Whether a stored status may move to `next` on the word of the bound channel.
+    ///
+    /// Money is the truth: a channel that says "paid" wins over any earlier state, but
+    /// nothing moves a succeeded payment back (refunds are tracked apart from the status).
+    pub fn may_become(self, next: PaymentStatus) -> bool {
+        match (self, next) {
+            (a, b) if a == b => false,
+            (PaymentStatus::Succeeded, _) => false,
+            (_, PaymentStatus::Succeeded) => true,
+            (PaymentStatus::Pending | PaymentStatus::Unknown, _) => next != PaymentStatus::Unknown,
+            (PaymentStatus::Closed | PaymentStatus::Failed, _) => false,
+        }
+    }
+}
+
+/// Largest amount accepted, in minor units (fen): 100 million yuan.
+pub const MAX_AMOUNT: u64 = 100_000_000_00;
+
+/// A fee rate in parts per million, parsed exactly from a decimal string such as `0.0038`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeeRate {
+    pub ppm: u32,
+}
+
+impl FeeRate {
+    /// Parses `0`, `0.006`, `0.0038`, `1` — at most 6 decimals, at most 1 (100%).
+    pub fn parse(s: &str) -> Result<FeeRate, String> {
+        let s = s.trim();
+        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(int) || !(frac.is_empty() || digits(frac)) {
+            return Err(format!("{s:?} is not a decimal fraction such as 0.006"));
+        }
+        if frac.len() > 6 {
+            return Err(format!("{s:?} has more than 6 decimals"));
+        }
+        let int: u64 = int.parse().map_err(|_| format!("{s:?} is too large"))?;
+        let frac_val: u64 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().unwrap_or(0)
+        };
+        let ppm = int
+            .checked_mul(1_000_000)
+            .and_then(|v| v.checked_add(frac_val * 10u64.pow(6 - frac.len() as u32)))
+            .filter(|v| *v <= 1_000_000)
+            .ok_or_else(|| format!("{s:?} is above 1 (100%)"))?;
+        Ok(FeeRate { ppm: ppm as u32 })
+    }
+
+    /// Estimated fee for `amount` minor units, rounded half up, in minor units.
+    pub fn fee(self, amount: u64) -> u64 {
+        ((amount as u128 * self.ppm as u128 + 500_000) / 1_000_000) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fee_rate_is_exact() {
+        assert_eq!(FeeRate::parse("0.006").unwrap().ppm, 6000);
+        assert_eq!(FeeRate::parse("0.0038").unwrap().ppm, 3800);
+        assert_eq!(FeeRate::parse("1").unwrap().ppm, 1_000_000);
+        assert!(FeeRate::parse("1.5").is_err());
+        assert!(FeeRate::parse("0.0000001").is_err());
+        assert!(FeeRate::parse("-0.1").is_err());
+        assert!(FeeRate::parse("1e-3").is_err());
+        // 0.38% of 100.00 yuan is 0.38 yuan; 0.6% of 0.83 yuan rounds half up to 0.05.
+        assert_eq!(FeeRate::parse("0.0038").unwrap().fee(10_000), 38);
+        assert_eq!(FeeRate::parse("0.006").unwrap().fee(83), 0);
+        assert_eq!(FeeRate::parse("0.006").unwrap().fee(84), 1);
+        assert_eq!(FeeRate::parse("0.006").unwrap().fee(MAX_AMOUNT), 60_000_000);
+    }
+
+    #[test]
+    fn status_transitions_never_undo_a_payment() {
+        use PaymentStatus::*;
+        assert!(Pending.may_become(Succeeded));
+        assert!(Unknown.may_become(Pending));
+        assert!(Closed.may_become(Succeeded));
+        assert!(!Succeeded.may_become(Closed));
+        assert!(!Succeeded.may_become(Pending));
+        assert!(!Closed.may_become(Pending));
+        assert!(!Unknown.may_become(Unknown));
+        assert!(!Pending.may_become(Unknown));
+    }
+
+    #[test]
+    fn methods_round_trip() {
+        for m in Method::ALL {
+            assert_eq!(Method::parse(m.as_str()), Some(m));
+            assert_eq!(Family::parse(m.family().as_str()), Some(m.family()));
+        }
+        assert_eq!(Method::from_bits(Family::Wechat.method_bits()).count(), 4);
+    }
+}

@@ -1,0 +1,35 @@
+//! payroute: a payment-routing reverse proxy between shop backends and payment providers.
+//!
+//! # Layout
+//! - `config`: the YAML file, its validation into the runtime model, live reload.
+//! - `server`: the inbound HTTP/1.1 + HTTP/2 listener with optional TLS and graceful drain.
+//! - `api`: the unified API for shops; the one place errors become HTTP responses.
+//! - `payment`: the lifecycle — route, bind, call the channel safely, store the outcome.
+//! - `routing`: the rules engine; pure, indexed by merchant, with `explain`.
+//! - `channel`: the channel abstraction, outbound HTTP client, keys, WeChat Pay v3 connector.
+//! - `resilience`: retry backoff, rate specs and durations.
+//! - `store`: the `Store` trait and its SQLite implementation.
+//! - `admin`: metrics, health, reload, config, explain on the admin port.
+//! - `sandbox`: the built-in simulated provider (test-only keys).
+//! - `app`: wires the modules, owns the registry, the live config and shutdown.
+//! - `domain`, `secret`: shared vocabulary (methods, statuses, money) and secret handling.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod channel;
+pub mod config;
+pub mod domain;
+pub mod payment;
+pub mod resilience;
+pub mod routing;
+pub mod sandbox;
+pub mod secret;
+pub mod server;
+pub mod store;
+
+/// Latency histogram buckets, 1ms to 10s (DESIGN.md §10).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
+];

@@ -1,0 +1,189 @@
+//! The `payroute` command: serve, check, explain, sandbox.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use payroute::config::Config;
+use payroute::domain::Method;
+use payroute::routing::PaymentFacts;
+
+#[derive(Parser)]
+#[command(name = "payroute", version, about = "Payment-routing reverse proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API, the admin port and (if configured) the sandbox.
+    Serve {
+        #[arg(long, default_value = "config/payroute.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0 with a summary, or 1 with every error.
+    Check {
+        #[arg(long, default_value = "config/payroute.yaml")]
+        config: PathBuf,
+    },
+    /// Dry-run one payment through the rules.
+    Explain {
+        #[arg(long, default_value = "config/payroute.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        merchant: String,
+        #[arg(long)]
+        method: String,
+        /// Minor units (fen).
+        #[arg(long)]
+        amount: u64,
+        #[arg(long, default_value = "")]
+        shop: String,
+        #[arg(long, default_value = "CNY")]
+        currency: String,
+        /// `key=value`, repeatable.
+        #[arg(long = "metadata", value_parser = parse_kv)]
+        metadata: Vec<(String, String)>,
+        /// Feeds weighted splits; the same value always picks the same channel.
+        #[arg(long, default_value = "")]
+        out_trade_no: String,
+        /// China time `HH:MM` for `hours` rules (default: now).
+        #[arg(long)]
+        china_time: Option<String>,
+    },
+    /// Run only the sandbox provider, trusting the merchant keys of a config file.
+    Sandbox {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "config/payroute.yaml")]
+        config: PathBuf,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,hyper=warn,rustls=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // Config is loaded and validated before any port is bound.
+    let config_path = match &cli.command {
+        Command::Serve { config }
+        | Command::Check { config }
+        | Command::Explain { config, .. }
+        | Command::Sandbox { config, .. } => config.clone(),
+    };
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{} error(s); nothing started", e.errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Check { .. } => {
+            println!("{}: ok\n{}", config_path.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Command::Explain {
+            merchant,
+            method,
+            amount,
+            shop,
+            currency,
+            metadata,
+            out_trade_no,
+            china_time,
+            ..
+        } => {
+            let Some(method) = Method::parse(&method) else {
+                eprintln!("unknown method {method:?}");
+                return ExitCode::FAILURE;
+            };
+            let china_minute = match china_time.as_deref().map(payroute::routing::parse_hhmm) {
+                None => payroute::payment::china_minute(payroute::payment::now_ms()),
+                Some(Some(m)) => m,
+                Some(None) => {
+                    eprintln!("--china-time must be HH:MM");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let metadata: BTreeMap<String, String> = metadata.into_iter().collect();
+            let facts = PaymentFacts {
+                merchant: &merchant,
+                shop: &shop,
+                method,
+                amount,
+                currency: &currency,
+                metadata: &metadata,
+                out_trade_no: &out_trade_no,
+                china_minute,
+            };
+            print!("{}", config.rules.explain(&facts).to_text());
+            ExitCode::SUCCESS
+        }
+        Command::Serve { .. } => run(serve(config)),
+        Command::Sandbox { listen, .. } => run(sandbox(listen, config)),
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let running = payroute::app::start(config, true).await?;
+    shutdown_signal().await;
+    tracing::info!("draining");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn sandbox(listen: std::net::SocketAddr, config: Config) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let sb = payroute::sandbox::Sandbox::new(payroute::config::sandbox_merchants(&config.channels));
+    tracing::info!(%listen, "sandbox serving (TEST-ONLY keys)");
+    sb.serve(listener, None, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

@@ -1,0 +1,557 @@
+//! The rules engine: which channel takes a payment.
+//!
+//! Pure and synchronous: no I/O, no clock (the caller passes China time in), no knowledge of
+//! HTTP clients or channels beyond their names. Config validates rules against the channel
+//! list before building a [`Rules`]; this module trusts what it is given.
+//!
+//! # Cost
+//! Rules that name merchants are indexed by merchant, so a decision only looks at the rules
+//! of that merchant plus the rules that name no merchant, merged in file order. With one
+//! rule per merchant, 10,000 rules cost about what 10 do (see `benches/routing.rs`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+
+use crate::domain::{Family, Method};
+
+/// What the rules look at: the facts of one payment request.
+#[derive(Clone, Debug)]
+pub struct PaymentFacts<'a> {
+    pub merchant: &'a str,
+    pub shop: &'a str,
+    pub method: Method,
+    pub amount: u64,
+    pub currency: &'a str,
+    pub metadata: &'a BTreeMap<String, String>,
+    /// Feeds the split hash, so the same order always lands on the same channel.
+    pub out_trade_no: &'a str,
+    /// Minutes since midnight in China time (UTC+8), for `hours`.
+    pub china_minute: u16,
+}
+
+/// A rule's `when`: every present condition must hold.
+#[derive(Clone, Debug, Default)]
+pub struct Conditions {
+    pub merchants: Option<HashSet<String>>,
+    pub shops: Option<HashSet<String>>,
+    /// Method bit set ([`Method::bit`]). Already narrowed by config to the methods the rule's
+    /// channels can serve, so a rule never sends a method to a channel of another family.
+    pub methods: u16,
+    pub amount_min: Option<u64>,
+    pub amount_max: Option<u64>,
+    pub currencies: Option<Vec<String>>,
+    pub metadata: Vec<(String, Vec<String>)>,
+    pub hours: Option<HoursRange>,
+}
+
+/// A daily window in China time, `[start, end)` in minutes; `start > end` wraps midnight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoursRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl HoursRange {
+    /// Parses `08:00-23:00`; `24:00` is allowed as an end.
+    pub fn parse(s: &str) -> Result<HoursRange, String> {
+        let bad = || format!("{s:?} is not a range like \"08:00-23:00\"");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let minute = |t: &str, allow_24: bool| -> Option<u16> {
+            match t.trim() {
+                "24:00" if allow_24 => Some(24 * 60),
+                t => parse_hhmm(t),
+            }
+        };
+        let start = minute(a, false).ok_or_else(bad)?;
+        let end = minute(b, true).ok_or_else(bad)?;
+        if start == end {
+            return Err(format!("{s:?} is empty (start equals end)"));
+        }
+        Ok(HoursRange { start, end })
+    }
+
+    pub fn contains(self, minute: u16) -> bool {
+        if self.start < self.end {
+            (self.start..self.end).contains(&minute)
+        } else {
+            minute >= self.start || minute < self.end
+        }
+    }
+}
+
+/// `HH:MM` (two digits each) to minutes since midnight.
+pub fn parse_hhmm(t: &str) -> Option<u16> {
+    let (h, m) = t.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+/// Where a matching rule sends the payment.
+#[derive(Clone, Debug)]
+pub enum Target {
+    To(String),
+    /// Weighted split; `total` is the sum of weights, never 0.
+    Split {
+        choices: Vec<(String, u32)>,
+        total: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub when: Conditions,
+    pub target: Target,
+    /// Used only when nothing reached the chosen channel.
+    pub fallback: Vec<String>,
+}
+
+impl Rule {
+    /// Every channel this rule can send to, fallbacks included.
+    pub fn channels(&self) -> impl Iterator<Item = &str> {
+        let primary: Vec<&str> = match &self.target {
+            Target::To(c) => vec![c.as_str()],
+            Target::Split { choices, .. } => choices.iter().map(|(c, _)| c.as_str()).collect(),
+        };
+        primary
+            .into_iter()
+            .chain(self.fallback.iter().map(String::as_str))
+    }
+
+    /// Why this rule does not match, or `None` when it does.
+    fn mismatch(&self, f: &PaymentFacts) -> Option<String> {
+        let w = &self.when;
+        if let Some(ms) = &w.merchants {
+            if !ms.contains(f.merchant) {
+                return Some(format!("merchant {:?} not in {}", f.merchant, list(ms)));
+            }
+        }
+        if let Some(ss) = &w.shops {
+            if !ss.contains(f.shop) {
+                return Some(format!("shop {:?} not in {}", f.shop, list(ss)));
+            }
+        }
+        if w.methods & f.method.bit() == 0 {
+            let names: Vec<&str> = Method::from_bits(w.methods).map(Method::as_str).collect();
+            return Some(format!("method {} not in [{}]", f.method, names.join(", ")));
+        }
+        if let Some(min) = w.amount_min {
+            if f.amount < min {
+                return Some(format!("amount {} below min {min}", f.amount));
+            }
+        }
+        if let Some(max) = w.amount_max {
+            if f.amount > max {
+                return Some(format!("amount {} above max {max}", f.amount));
+            }
+        }
+        if let Some(cs) = &w.currencies {
+            if !cs.iter().any(|c| c == f.currency) {
+                return Some(format!(
+                    "currency {} not in [{}]",
+                    f.currency,
+                    cs.join(", ")
+                ));
+            }
+        }
+        for (key, values) in &w.metadata {
+            match f.metadata.get(key) {
+                None => return Some(format!("metadata.{key} missing")),
+                Some(v) if !values.contains(v) => {
+                    return Some(format!(
+                        "metadata.{key} {v:?} not in [{}]",
+                        values.join(", ")
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(h) = w.hours {
+            if !h.contains(f.china_minute) {
+                return Some(format!(
+                    "China time {} outside {}-{}",
+                    hhmm(f.china_minute),
+                    hhmm(h.start),
+                    hhmm(h.end)
+                ));
+            }
+        }
+        None
+    }
+}
+
+fn list(set: &HashSet<String>) -> String {
+    let mut v: Vec<&str> = set.iter().map(String::as_str).collect();
+    v.sort_unstable();
+    if v.len() > 5 {
+        let n = v.len() - 5;
+        v.truncate(5);
+        return format!("[{}, … {n} more]", v.join(", "));
+    }
+    format!("[{}]", v.join(", "))
+}
+
+fn hhmm(minute: u16) -> String {
+    format!("{:02}:{:02}", minute / 60, minute % 60)
+}
+
+/// The outcome of routing one payment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision<'r> {
+    /// The matched rule, or `None` when the family default took it.
+    pub rule: Option<&'r str>,
+    pub channel: &'r str,
+    pub fallback: &'r [String],
+}
+
+impl Decision<'_> {
+    /// The rule label used in metrics and payment records.
+    pub fn rule_label(&self) -> &str {
+        self.rule.unwrap_or("default")
+    }
+}
+
+/// No rule matched and the method's family has no channel.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no channel serves {method}: no rule matched and the {family} family has no default")]
+pub struct NoRoute {
+    pub method: Method,
+    pub family: Family,
+}
+
+/// A dry run: the decision and why each rule before it did not match.
+#[derive(Clone, Debug)]
+pub struct Explanation<'r> {
+    pub decision: Result<Decision<'r>, NoRoute>,
+    /// `(rule name, reason)` for every rule in file order before the match.
+    pub skipped: Vec<(&'r str, String)>,
+}
+
+impl Explanation<'_> {
+    /// Human-readable, one line per rule; used by `payroute explain`.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for (name, why) in &self.skipped {
+            let _ = writeln!(out, "  skipped {name:?}: {why}");
+        }
+        match &self.decision {
+            Ok(d) => {
+                let by = match d.rule {
+                    Some(r) => format!("rule {r:?}"),
+                    None => "the family default".to_string(),
+                };
+                let _ = writeln!(out, "→ channel {:?} by {by}", d.channel);
+                if !d.fallback.is_empty() {
+                    let _ = writeln!(out, "  fallback: {}", d.fallback.join(", "));
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "→ no_route: {e}");
+            }
+        }
+        out
+    }
+}
+
+/// The validated rule set.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    rules: Vec<Rule>,
+    by_merchant: HashMap<String, Vec<u32>>,
+    /// Rules with no `merchant` condition, by position.
+    generic: Vec<u32>,
+    defaults: HashMap<Family, String>,
+}
+
+impl Rules {
+    pub fn new(rules: Vec<Rule>, defaults: HashMap<Family, String>) -> Rules {
+        let mut by_merchant: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut generic = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            match &r.when.merchants {
+                Some(ms) => ms
+                    .iter()
+                    .for_each(|m| by_merchant.entry(m.clone()).or_default().push(i as u32)),
+                None => generic.push(i as u32),
+            }
+        }
+        Rules {
+            rules,
+            by_merchant,
+            generic,
+            defaults,
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn default_for(&self, family: Family) -> Option<&str> {
+        self.defaults.get(&family).map(String::as_str)
+    }
+
+    /// The first matching rule's channel, else the family default.
+    pub fn decide(&self, f: &PaymentFacts) -> Result<Decision<'_>, NoRoute> {
+        for i in self.candidates(f.merchant) {
+            let rule = &self.rules[i as usize];
+            if rule.mismatch(f).is_none() {
+                return Ok(self.pick(rule, f));
+            }
+        }
+        self.default_decision(f)
+    }
+
+    /// Like [`Rules::decide`], and says why every earlier rule was passed over
+    /// (including the rules the merchant index skipped).
+    pub fn explain(&self, f: &PaymentFacts) -> Explanation<'_> {
+        let mut skipped = Vec::new();
+        for rule in &self.rules {
+            match rule.mismatch(f) {
+                Some(why) => skipped.push((rule.name.as_str(), why)),
+                None => {
+                    return Explanation {
+                        decision: Ok(self.pick(rule, f)),
+                        skipped,
+                    }
+                }
+            }
+        }
+        Explanation {
+            decision: self.default_decision(f),
+            skipped,
+        }
+    }
+
+    fn default_decision(&self, f: &PaymentFacts) -> Result<Decision<'_>, NoRoute> {
+        let family = f.method.family();
+        match self.defaults.get(&family) {
+            Some(c) => Ok(Decision {
+                rule: None,
+                channel: c,
+                fallback: &[],
+            }),
+            None => Err(NoRoute {
+                method: f.method,
+                family,
+            }),
+        }
+    }
+
+    fn pick<'r>(&'r self, rule: &'r Rule, f: &PaymentFacts) -> Decision<'r> {
+        let channel = match &rule.target {
+            Target::To(c) => c.as_str(),
+            Target::Split { choices, total } => {
+                let mut point = split_hash(f.merchant, f.out_trade_no) % total;
+                let mut chosen = choices[0].0.as_str();
+                for (c, w) in choices {
+                    if point < *w as u64 {
+                        chosen = c;
+                        break;
+                    }
+                    point -= *w as u64;
+                }
+                chosen
+            }
+        };
+        Decision {
+            rule: Some(&rule.name),
+            channel,
+            fallback: &rule.fallback,
+        }
+    }
+
+    /// Positions of the rules that can match this merchant, in file order.
+    fn candidates<'a>(&'a self, merchant: &str) -> impl Iterator<Item = u32> + 'a {
+        let mine: &[u32] = self.by_merchant.get(merchant).map_or(&[], Vec::as_slice);
+        MergeSorted {
+            a: mine,
+            b: &self.generic,
+        }
+    }
+}
+
+/// Merges two ascending position lists.
+struct MergeSorted<'a> {
+    a: &'a [u32],
+    b: &'a [u32],
+}
+
+impl Iterator for MergeSorted<'_> {
+    type Item = u32;
+    fn next(&mut self) -> Option<u32> {
+        let take_a = match (self.a.first(), self.b.first()) {
+            (Some(x), Some(y)) => x < y,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        let side = if take_a { &mut self.a } else { &mut self.b };
+        let v = side[0];
+        *side = &side[1..];
+        Some(v)
+    }
+}
+
+/// Stable across processes, versions and platforms (unlike `std`'s SipHash with random
+/// keys): FNV-1a over `merchant \0 out_trade_no`, then a SplitMix64 finaliser so that
+/// sequential order numbers spread evenly.
+pub fn split_hash(merchant: &str, out_trade_no: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in merchant
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(out_trade_no.bytes())
+    {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, merchants: Option<&[&str]>, methods: u16, target: Target) -> Rule {
+        Rule {
+            name: name.into(),
+            when: Conditions {
+                merchants: merchants.map(|ms| ms.iter().map(|m| m.to_string()).collect()),
+                methods,
+                ..Conditions::default()
+            },
+            target,
+            fallback: vec![],
+        }
+    }
+
+    fn facts<'a>(
+        merchant: &'a str,
+        method: Method,
+        amount: u64,
+        md: &'a BTreeMap<String, String>,
+        no: &'a str,
+    ) -> PaymentFacts<'a> {
+        PaymentFacts {
+            merchant,
+            shop: "s",
+            method,
+            amount,
+            currency: "CNY",
+            metadata: md,
+            out_trade_no: no,
+            china_minute: 600,
+        }
+    }
+
+    fn defaults() -> HashMap<Family, String> {
+        HashMap::from([(Family::Wechat, "platform_wechat".to_string())])
+    }
+
+    #[test]
+    fn first_match_in_file_order_across_index_and_generic() {
+        let wechat = Family::Wechat.method_bits();
+        let mut amount_rule = rule("small", None, wechat, Target::To("small_ch".into()));
+        amount_rule.when.amount_max = Some(100);
+        let rules = Rules::new(
+            vec![
+                amount_rule,
+                rule("m1", Some(&["m1"]), wechat, Target::To("m1_ch".into())),
+            ],
+            defaults(),
+        );
+        let md = BTreeMap::new();
+        let d = rules
+            .decide(&facts("m1", Method::WechatJsapi, 50, &md, "o"))
+            .unwrap();
+        assert_eq!((d.rule, d.channel), (Some("small"), "small_ch"));
+        let d = rules
+            .decide(&facts("m1", Method::WechatJsapi, 500, &md, "o"))
+            .unwrap();
+        assert_eq!((d.rule, d.channel), (Some("m1"), "m1_ch"));
+        let d = rules
+            .decide(&facts("m2", Method::WechatJsapi, 500, &md, "o"))
+            .unwrap();
+        assert_eq!((d.rule, d.channel), (None, "platform_wechat"));
+        let e = rules
+            .decide(&facts("m2", Method::AlipayPage, 500, &md, "o"))
+            .unwrap_err();
+        assert_eq!(e.family, Family::Alipay);
+    }
+
+    #[test]
+    fn explain_names_each_skipped_rule() {
+        let mut r = rule(
+            "vip",
+            None,
+            Family::Wechat.method_bits(),
+            Target::To("a".into()),
+        );
+        r.when.metadata = vec![("tier".into(), vec!["vip".into()])];
+        let rules = Rules::new(vec![r], defaults());
+        let md = BTreeMap::from([("tier".to_string(), "gold".to_string())]);
+        let e = rules.explain(&facts("m", Method::WechatH5, 1, &md, "o"));
+        assert_eq!(e.skipped.len(), 1);
+        assert!(
+            e.skipped[0]
+                .1
+                .contains("metadata.tier \"gold\" not in [vip]"),
+            "{:?}",
+            e.skipped
+        );
+        assert!(e.to_text().contains("the family default"));
+    }
+
+    #[test]
+    fn split_is_deterministic_and_proportional() {
+        let rules = Rules::new(
+            vec![rule(
+                "canary",
+                Some(&["m"]),
+                Family::Wechat.method_bits(),
+                Target::Split {
+                    choices: vec![("a".into(), 5), ("b".into(), 95)],
+                    total: 100,
+                },
+            )],
+            defaults(),
+        );
+        let md = BTreeMap::new();
+        let mut a = 0;
+        for i in 0..10_000 {
+            let no = format!("order-{i}");
+            let first = rules
+                .decide(&facts("m", Method::WechatNative, 1, &md, &no))
+                .unwrap();
+            let again = rules
+                .decide(&facts("m", Method::WechatNative, 1, &md, &no))
+                .unwrap();
+            assert_eq!(first.channel, again.channel);
+            if first.channel == "a" {
+                a += 1;
+            }
+        }
+        assert!((300..=700).contains(&a), "5% split gave {a} of 10000");
+    }
+
+    #[test]
+    fn hours_wrap_midnight() {
+        let h = HoursRange::parse("22:00-06:00").unwrap();
+        assert!(h.contains(23 * 60));
+        assert!(h.contains(0));
+        assert!(!h.contains(12 * 60));
+        let day = HoursRange::parse("08:00-24:00").unwrap();
+        assert!(day.contains(23 * 60 + 59) && !day.contains(7 * 60));
+        assert!(HoursRange::parse("8:00-23:00").is_err());
+        assert!(HoursRange::parse("08:00-08:00").is_err());
+        assert!(HoursRange::parse("25:00-08:00").is_err());
+    }
+}

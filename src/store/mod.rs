@@ -1,0 +1,89 @@
+//! Durable state behind one [`Store`] trait: payments with their bound channel.
+//!
+//! The default is SQLite (`sqlite`); Redis for several proxy instances comes later.
+
+pub mod sqlite;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::domain::{Method, PaymentStatus};
+
+/// Where state lives (config `store:`).
+#[derive(Clone, Debug)]
+pub enum StoreSettings {
+    Sqlite { path: PathBuf },
+}
+
+/// One payment as stored: the request, the binding to its channel, and what happened.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PaymentRecord {
+    pub payment_id: String,
+    pub merchant_id: String,
+    pub shop_id: String,
+    pub out_trade_no: String,
+    pub amount: u64,
+    pub currency: String,
+    pub method: Method,
+    pub status: PaymentStatus,
+    /// The bound channel: every later operation on this order goes here.
+    pub channel: String,
+    /// The rule that chose the channel (`default` for a family default).
+    pub rule: String,
+    pub action: Option<serde_json::Value>,
+    pub provider_trade_no: Option<String>,
+    pub refunded_amount: u64,
+    /// SHA-256 of the canonical create request, to tell a replay from a different request.
+    pub request_hash: String,
+    /// The canonical create request, so that a retry can call the channel again.
+    pub request: serde_json::Value,
+    /// The last channel error (API code and message), for replays and ops.
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// Unix ms until which a channel call is in flight for this payment.
+    pub attempt_until: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub paid_at: Option<i64>,
+    pub expires_at: i64,
+    /// Optimistic concurrency: bumped by every update.
+    pub version: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Backend(String),
+    #[error("store: corrupt record: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Inserts a new payment, or returns the one that already has its
+    /// `(merchant_id, out_trade_no)` — the unique key that binds an order to one channel.
+    async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError>;
+
+    async fn get_payment(
+        &self,
+        merchant_id: &str,
+        out_trade_no: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError>;
+
+    /// Writes `p` if nobody else changed it since it was read (same `version`); bumps
+    /// `p.version` and returns true on success, false on a lost race.
+    async fn update_payment(&self, p: &mut PaymentRecord) -> Result<bool, StoreError>;
+
+    /// Reachable and writable: for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the configured store.
+pub async fn open(settings: &StoreSettings) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    match settings {
+        StoreSettings::Sqlite { path } => {
+            Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?))
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! # Durability
+//! `synchronous=FULL`: a write acknowledged to the shop survives `kill -9` and power loss.
+//! Calls run on tokio's blocking pool behind one connection; SQLite serialises writers anyway.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{PaymentRecord, Store, StoreError};
+use crate::domain::{Method, PaymentStatus};
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS payments (
+    payment_id        TEXT PRIMARY KEY,
+    merchant_id       TEXT NOT NULL,
+    shop_id           TEXT NOT NULL,
+    out_trade_no      TEXT NOT NULL,
+    amount            INTEGER NOT NULL CHECK (amount > 0),
+    currency          TEXT NOT NULL,
+    method            TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    channel           TEXT NOT NULL,
+    rule              TEXT NOT NULL,
+    action            TEXT,
+    provider_trade_no TEXT,
+    refunded_amount   INTEGER NOT NULL DEFAULT 0,
+    request_hash      TEXT NOT NULL,
+    request           TEXT NOT NULL,
+    error_code        TEXT,
+    error_message     TEXT,
+    attempt_until     INTEGER,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    paid_at           INTEGER,
+    expires_at        INTEGER NOT NULL,
+    version           INTEGER NOT NULL,
+    UNIQUE (merchant_id, out_trade_no)
+);
+CREATE INDEX IF NOT EXISTS payments_status ON payments (status, updated_at);
+";
+
+const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version";
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let path = path.to_path_buf();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
+            }
+            let conn = Connection::open(&path).map_err(backend)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(backend)?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(backend)?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(backend)?;
+            conn.execute_batch(SCHEMA).map_err(backend)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite half-written (transactions
+            // roll back), so a poisoned lock is safe to reuse.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn read_row(row: &Row) -> rusqlite::Result<Result<PaymentRecord, StoreError>> {
+    let method: String = row.get(6)?;
+    let status: String = row.get(7)?;
+    let action: Option<String> = row.get(10)?;
+    let request: String = row.get(14)?;
+    let amount: i64 = row.get(4)?;
+    let refunded: i64 = row.get(12)?;
+    let build = || -> Result<PaymentRecord, StoreError> {
+        Ok(PaymentRecord {
+            payment_id: row.get(0).map_err(backend)?,
+            merchant_id: row.get(1).map_err(backend)?,
+            shop_id: row.get(2).map_err(backend)?,
+            out_trade_no: row.get(3).map_err(backend)?,
+            amount: u64::try_from(amount)
+                .map_err(|_| StoreError::Corrupt(format!("amount {amount}")))?,
+            currency: row.get(5).map_err(backend)?,
+            method: Method::parse(&method)
+                .ok_or_else(|| StoreError::Corrupt(format!("method {method}")))?,
+            status: PaymentStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+            channel: row.get(8).map_err(backend)?,
+            rule: row.get(9).map_err(backend)?,
+            action: action
+                .map(|a| serde_json::from_str(&a))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("action: {e}")))?,
+            provider_trade_no: row.get(11).map_err(backend)?,
+            refunded_amount: u64::try_from(refunded)
+                .map_err(|_| StoreError::Corrupt(format!("refunded {refunded}")))?,
+            request_hash: row.get(13).map_err(backend)?,
+            request: serde_json::from_str(&request)
+                .map_err(|e| StoreError::Corrupt(format!("request: {e}")))?,
+            error_code: row.get(15).map_err(backend)?,
+            error_message: row.get(16).map_err(backend)?,
+            attempt_until: row.get(17).map_err(backend)?,
+            created_at: row.get(18).map_err(backend)?,
+            updated_at: row.get(19).map_err(backend)?,
+            paid_at: row.get(20).map_err(backend)?,
+            expires_at: row.get(21).map_err(backend)?,
+            version: row.get(22).map_err(backend)?,
+        })
+    };
+    Ok(build())
+}
+
+fn get(
+    conn: &Connection,
+    merchant_id: &str,
+    out_trade_no: &str,
+) -> Result<Option<PaymentRecord>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM payments WHERE merchant_id = ?1 AND out_trade_no = ?2"),
+        params![merchant_id, out_trade_no],
+        read_row,
+    )
+    .optional()
+    .map_err(backend)?
+    .transpose()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError> {
+        let p = p.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(backend)?;
+            if let Some(existing) = get(&tx, &p.merchant_id, &p.out_trade_no)? {
+                return Ok(Some(existing));
+            }
+            tx.execute(
+                &format!("INSERT INTO payments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"),
+                params![
+                    p.payment_id, p.merchant_id, p.shop_id, p.out_trade_no, p.amount as i64, p.currency,
+                    p.method.as_str(), p.status.as_str(), p.channel, p.rule,
+                    p.action.as_ref().map(|a| a.to_string()), p.provider_trade_no, p.refunded_amount as i64,
+                    p.request_hash, p.request.to_string(), p.error_code, p.error_message, p.attempt_until,
+                    p.created_at, p.updated_at, p.paid_at, p.expires_at, p.version,
+                ],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn get_payment(
+        &self,
+        merchant_id: &str,
+        out_trade_no: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        let (m, o) = (merchant_id.to_string(), out_trade_no.to_string());
+        self.with(move |conn| get(conn, &m, &o)).await
+    }
+
+    async fn update_payment(&self, p: &mut PaymentRecord) -> Result<bool, StoreError> {
+        let rec = p.clone();
+        let updated = self
+            .with(move |conn| {
+                let n = conn
+                    .execute(
+                        "UPDATE payments SET status = ?1, channel = ?2, rule = ?3, action = ?4, provider_trade_no = ?5,
+                         refunded_amount = ?6, error_code = ?7, error_message = ?8, attempt_until = ?9, updated_at = ?10,
+                         paid_at = ?11, version = version + 1
+                         WHERE payment_id = ?12 AND version = ?13",
+                        params![
+                            rec.status.as_str(), rec.channel, rec.rule, rec.action.as_ref().map(|a| a.to_string()),
+                            rec.provider_trade_no, rec.refunded_amount as i64, rec.error_code, rec.error_message,
+                            rec.attempt_until, rec.updated_at, rec.paid_at, rec.payment_id, rec.version,
+                        ],
+                    )
+                    .map_err(backend)?;
+                Ok(n == 1)
+            })
+            .await?;
+        if updated {
+            p.version += 1;
+        }
+        Ok(updated)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(no: &str) -> PaymentRecord {
+        PaymentRecord {
+            payment_id: format!("pay_{no}"),
+            merchant_id: "m_1".into(),
+            shop_id: "s".into(),
+            out_trade_no: no.into(),
+            amount: 100,
+            currency: "CNY".into(),
+            method: Method::WechatNative,
+            status: PaymentStatus::Pending,
+            channel: "ch".into(),
+            rule: "r".into(),
+            action: None,
+            provider_trade_no: None,
+            refunded_amount: 0,
+            request_hash: "h".into(),
+            request: serde_json::json!({"a": 1}),
+            error_code: None,
+            error_message: None,
+            attempt_until: Some(5),
+            created_at: 1,
+            updated_at: 1,
+            paid_at: None,
+            expires_at: 9,
+            version: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn binding_is_unique_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/p.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let rec = record("o1");
+        assert!(store.insert_payment(&rec).await.unwrap().is_none());
+        let mut twin = record("o1");
+        twin.payment_id = "pay_other".into();
+        twin.channel = "other".into();
+        let existing = store.insert_payment(&twin).await.unwrap().unwrap();
+        assert_eq!(existing.channel, "ch");
+        drop(store);
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut got = store.get_payment("m_1", "o1").await.unwrap().unwrap();
+        assert_eq!(got, rec);
+        let mut stale = got.clone();
+        got.status = PaymentStatus::Succeeded;
+        assert!(store.update_payment(&mut got).await.unwrap());
+        assert_eq!(got.version, 1);
+        stale.status = PaymentStatus::Closed;
+        assert!(
+            !store.update_payment(&mut stale).await.unwrap(),
+            "a stale version must lose"
+        );
+        let now = store.get_payment("m_1", "o1").await.unwrap().unwrap();
+        assert_eq!(now.status, PaymentStatus::Succeeded);
+        assert!(store.get_payment("m_1", "nope").await.unwrap().is_none());
+        store.ping().await.unwrap();
+    }
+}
