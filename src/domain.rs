@@ -173,7 +173,7 @@ impl PaymentStatus {
 }
 
 /// Largest amount accepted, in minor units (fen): 100 million yuan.
-pub const MAX_AMOUNT: u64 = 100_000_000_00;
+pub const MAX_AMOUNT: u64 = 10_000_000_000;
 
 /// A fee rate in parts per million, parsed exactly from a decimal string such as `0.0038`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

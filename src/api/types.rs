@@ -128,7 +128,7 @@ pub fn parse_create(body: &[u8], now: OffsetDateTime) -> Result<NewPayment, ApiE
         ));
     }
     let expires_at = match string(&obj, "expires_at", 1, 64)? {
-        None => now + time::Duration::hours(2),
+        None => None,
         Some(s) => {
             let t = OffsetDateTime::parse(&s, &Rfc3339).map_err(|_| {
                 ApiError::field(
@@ -151,7 +151,7 @@ pub fn parse_create(body: &[u8], now: OffsetDateTime) -> Result<NewPayment, ApiE
                     "expires_at must be within 30 days",
                 ));
             }
-            t
+            Some(t)
         }
     };
     let return_url = string(&obj, "return_url", 1, 512)?;

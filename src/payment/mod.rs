@@ -31,6 +31,9 @@ use crate::resilience::backoff;
 use crate::routing::{NoRoute, PaymentFacts, Rules};
 use crate::store::{PaymentRecord, Store, StoreError};
 
+/// How long a payment stays payable when the shop does not say.
+const DEFAULT_EXPIRY_MS: i64 = 2 * 3600 * 1000;
+
 /// Retries after the first attempt, within the channel's deadline.
 const MAX_RETRIES: u32 = 2;
 
@@ -45,7 +48,9 @@ pub struct NewPayment {
     pub description: String,
     pub openid: Option<String>,
     pub client_ip: Option<String>,
-    pub expires_at: OffsetDateTime,
+    /// As requested; `None` means the default (2 hours after the first attempt), which is
+    /// fixed in the record so that a retry sends the same order.
+    pub expires_at: Option<OffsetDateTime>,
     pub return_url: Option<String>,
     pub attach: Option<String>,
     pub metadata: BTreeMap<String, String>,
@@ -58,7 +63,7 @@ impl NewPayment {
             "merchant_id": self.merchant_id, "out_trade_no": self.out_trade_no,
             "amount": self.amount, "currency": self.currency, "method": self.method,
             "description": self.description, "openid": self.openid, "client_ip": self.client_ip,
-            "expires_at": self.expires_at.unix_timestamp(), "return_url": self.return_url,
+            "expires_at": self.expires_at.map(|t| t.unix_timestamp()), "return_url": self.return_url,
             "attach": self.attach, "metadata": self.metadata,
         })
     }
@@ -209,7 +214,9 @@ impl PaymentService {
             created_at: now,
             updated_at: now,
             paid_at: None,
-            expires_at: req.expires_at.unix_timestamp() * 1000,
+            expires_at: req
+                .expires_at
+                .map_or(now + DEFAULT_EXPIRY_MS, |t| t.unix_timestamp() * 1000),
             version: 0,
         };
         match self.store.insert_payment(&rec).await? {
@@ -284,13 +291,15 @@ impl PaymentService {
                 return Err(PaymentError::ChannelMissing(rec.channel.clone()));
             };
             let notify_url = format!("{}/notify/{}", routes.public_base_url, rec.channel);
+            let expires_at = OffsetDateTime::from_unix_timestamp(rec.expires_at / 1000)
+                .map_err(|_| StoreError::Corrupt(format!("expires_at {}", rec.expires_at)))?;
             let order = OrderRequest {
                 out_trade_no: &req.out_trade_no,
                 amount: req.amount,
                 currency: &req.currency,
                 method: req.method,
                 description: &req.description,
-                expires_at: req.expires_at,
+                expires_at,
                 notify_url: &notify_url,
                 openid: req.openid.as_deref(),
                 client_ip: req.client_ip.as_deref(),

@@ -1,0 +1,149 @@
+//! The `payroute` binary: check and explain as ops use them.
+
+use std::process::Command;
+
+fn payroute() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_payroute"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let out = payroute()
+        .args(["check", "--config", "config/payroute.yaml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("4 rule(s)"), "{stdout}");
+}
+
+#[test]
+fn check_reports_every_error_with_rule_key_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/payroute.yaml"))
+            .unwrap();
+    let broken = shipped
+        .replace("to: m1001_wechat", "to: m1001_wechatt")
+        .replace("weight: 90", "weight: 0")
+        .replace("weight: 10", "weight: 0")
+        .replace(
+            "when: { merchant: m_3003, amount: { max: 100 } }",
+            "when: { merchant: m_3003, method: [wechat_native, alipay_page] }",
+        )
+        .replace("- name: promotions-on-platform", "- name: m1001-own-wechat");
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, &broken).unwrap();
+    let out = payroute()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let last_line_of = |needle: &str| {
+        broken
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(needle))
+            .last()
+            .unwrap()
+            .0
+            + 1
+    };
+    for (expected, line) in [
+        (
+            r#"rules[0] "m1001-own-wechat": to: unknown channel "m1001_wechatt""#,
+            line_of("to: m1001_wechatt"),
+        ),
+        (
+            r#"rules[1] "m2002-wechat-canary": split weights sum to 0"#,
+            line_of("split: ["),
+        ),
+        (
+            r#"rules[2] "m3003-small-amounts-first": to: channel "m3003_wechat" is a wechat channel and cannot serve method alipay_page"#,
+            line_of("to: m3003_wechat"),
+        ),
+        (
+            r#"rules[3] "m1001-own-wechat": duplicate rule name"#,
+            last_line_of("- name: m1001-own-wechat"),
+        ),
+    ] {
+        let found = err
+            .lines()
+            .find(|l| l.contains(expected))
+            .unwrap_or_else(|| panic!("missing {expected:?} in:\n{err}"));
+        assert!(
+            found.contains(&format!(":{line}:")),
+            "{found:?} should point at line {line}"
+        );
+    }
+    assert!(err.contains("4 error(s)"), "{err}");
+}
+
+#[test]
+fn check_rejects_unknown_keys_and_missing_sub_merchants() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/payroute.yaml"))
+            .unwrap();
+    let typo = shipped.replace("fee_rate: 0.006", "fee_rte: 0.006");
+    let path = dir.path().join("typo.yaml");
+    std::fs::write(&path, &typo).unwrap();
+    let out = payroute()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `fee_rte`"), "{err}");
+    let line = typo.lines().position(|l| l.contains("fee_rte")).unwrap() + 1;
+    assert!(err.contains(&format!(":{line}:")), "{err}");
+
+    let no_sub = shipped.replace("  m_4004: { wechat_sub_mchid: \"1900000409\" }\n", "");
+    std::fs::write(&path, &no_sub).unwrap();
+    let out = payroute()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(r#"channel "platform_wechat" is partner mode but merchant(s) m_4004 have no wechat_sub_mchid"#), "{err}");
+}
+
+#[test]
+fn explain_prints_the_decision_and_why() {
+    let out = payroute()
+        .args([
+            "explain",
+            "--config",
+            "config/payroute.yaml",
+            "--merchant",
+            "m_3003",
+            "--method",
+            "wechat_native",
+            "--amount",
+            "250",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(r#"skipped "m3003-small-amounts-first": amount 250 above max 100"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"→ channel "platform_wechat" by the family default"#),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,218 @@
+//! Live reload under load: good files swap in, broken files change nothing, and no request
+//! fails either way.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+use support::{payment, Harness};
+
+const MOVED_RULES: &str = r#"
+  rules:
+    - name: m1001-now-on-platform
+      when: { merchant: [m_1001] }
+      to: platform_wechat
+  default: { wechat: platform_wechat }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_concurrent_requests_fail_nothing() {
+    let h = Arc::new(Harness::start().await);
+    let version0 = h.admin_get("/admin/config").await.body["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (h, stop, ok, failed) = (h.clone(), stop.clone(), ok.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && i < 2_000 {
+                let r = h
+                    .create(&payment(
+                        "m_1001",
+                        &format!("load-{w}-{i}"),
+                        "wechat_native",
+                        100,
+                        json!({}),
+                    ))
+                    .await;
+                if r.status == 201
+                    && (r.body["channel"] == "m1001_wechat"
+                        || r.body["channel"] == "platform_wechat")
+                {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    eprintln!("failed: {} {}", r.status, r.text);
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    let wait_for_traffic = |n: usize| {
+        let ok = ok.clone();
+        async move {
+            while ok.load(Ordering::Relaxed) < n {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    wait_for_traffic(20).await;
+
+    // A good file: swapped in.
+    h.write_config(MOVED_RULES, "");
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let version1 = r.body["version"].as_str().unwrap().to_string();
+    assert_ne!(version1, version0);
+    let before = ok.load(Ordering::Relaxed);
+    wait_for_traffic(before + 20).await;
+
+    // A broken file: refused with line and column, the good config keeps serving.
+    std::fs::write(
+        &h.config_path,
+        "server:\n  listen: 127.0.0.1:0\n  admin_listen: [oops\n",
+    )
+    .unwrap();
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(
+        r.body["errors"][0].as_str().unwrap().contains(":3:"),
+        "{}",
+        r.text
+    );
+    let mut bad_rules = support::RULES.replace("to: m3003_wechat", "to: m3003_wechatt");
+    bad_rules.push('\n');
+    h.write_config(&bad_rules, "");
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 422);
+    let msg = r.body["errors"][0].as_str().unwrap();
+    assert!(
+        msg.contains(
+            r#"rules[2] "m3003-small-amounts-first": to: unknown channel "m3003_wechatt""#
+        ),
+        "{msg}"
+    );
+    let before = ok.load(Ordering::Relaxed);
+    wait_for_traffic(before + 20).await;
+    assert_eq!(
+        h.admin_get("/admin/config").await.body["version"],
+        version1.as_str()
+    );
+
+    // The file watcher picks up a good file replaced by rename, with no explicit reload.
+    h.write_config(support::RULES, "");
+    let mut version = String::new();
+    for _ in 0..500 {
+        version = h.admin_get("/admin/config").await.body["version"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if version == version0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(version, version0, "the watcher reloaded the original rules");
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(ok.load(Ordering::Relaxed) >= 60);
+
+    let m = h.metrics().await;
+    assert!(
+        support::metric(&m, r#"payroute_config_reloads_total{result="error"}"#).unwrap() >= 2.0
+    );
+    assert!(
+        support::metric(&m, r#"payroute_config_reloads_total{result="success"}"#).unwrap() >= 2.0
+    );
+    assert_eq!(
+        support::metric(
+            &m,
+            &format!(r#"payroute_config_info{{version="{version0}"}}"#)
+        ),
+        Some(1.0)
+    );
+    assert!(
+        support::metric(&m, "payroute_config_last_reload_success_timestamp_seconds").unwrap()
+            > 1.7e9
+    );
+    if let Ok(h) = Arc::try_unwrap(h) {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn admin_api_needs_the_token_and_redacts_secrets() {
+    let h = Harness::start().await;
+    let r = h
+        .send(
+            http::Method::GET,
+            &format!("{}/admin/config", h.admin),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let r = h
+        .send(
+            http::Method::POST,
+            &format!("{}/admin/reload", h.admin),
+            &[("authorization", "Bearer nope")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let r = h.admin_get("/admin/config").await;
+    assert_eq!(r.status, 200);
+    for secret in [support::SHOP_KEY, support::ADMIN_TOKEN, "BEGIN PRIVATE KEY"] {
+        assert!(!r.text.contains(secret), "/admin/config leaks {secret}");
+    }
+    assert_eq!(r.body["config"]["shops"][0]["api_key"], "<redacted>");
+    // file: references name where the key lives, not what it is.
+    assert!(
+        r.body["config"]["channels"]["platform_wechat"]["private_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("file:")
+    );
+    let r = h.admin_get("/admin/channels").await;
+    assert_eq!(r.body["channels"].as_array().unwrap().len(), 4);
+    assert!(!r.text.contains("PRIVATE"));
+
+    let ex = h
+        .admin_post(
+            "/admin/explain",
+            &json!({"merchant_id": "m_1001", "method": "wechat_h5", "amount": 5}),
+        )
+        .await;
+    assert_eq!(ex.body["channel"], "platform_wechat");
+    assert_eq!(ex.body["rule"], "default");
+    assert!(ex.body["skipped"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("method wechat_h5 not in"));
+
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            h.send(http::Method::GET, &format!("{}{path}", h.admin), &[], "")
+                .await
+                .status,
+            200
+        );
+    }
+    h.shutdown().await;
+}

@@ -1,0 +1,402 @@
+//! Test harness: the real proxy on 127.0.0.1:0 with a real SQLite file, the sandbox provider
+//! on its own socket as the upstream, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use payroute::app::Running;
+use payroute::config::Config;
+use payroute::sandbox::Sandbox;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+pub const SHOP_KEY: &str = "test-shop-key-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub fn keys_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sandbox")
+}
+
+pub fn key(name: &str) -> String {
+    keys_dir().join(name).display().to_string()
+}
+
+/// Where the sandbox listens and how channels reach it.
+#[derive(Clone)]
+pub struct Upstream {
+    pub base_url: String,
+    pub ca_file: Option<String>,
+}
+
+/// The standard test routing (like the shipped config).
+pub const RULES: &str = r#"
+  rules:
+    - name: m1001-own-wechat
+      when: { merchant: [m_1001], method: [wechat_jsapi, wechat_native] }
+      to: m1001_wechat
+      fallback: [platform_wechat]
+    - name: m2002-wechat-canary
+      when: { merchant: m_2002, family: wechat }
+      split: [ { to: m2002_wechat, weight: 10 }, { to: platform_wechat, weight: 90 } ]
+    - name: m3003-small-amounts-first
+      when: { merchant: m_3003, amount: { max: 100 } }
+      to: m3003_wechat
+    - name: promotions-on-platform
+      when: { metadata: { campaign: [double11, "618"] }, family: wechat }
+      to: platform_wechat
+  default: { wechat: platform_wechat }
+"#;
+
+/// A whole config file; `rules` is the body of `routing:`, `extra_channels` is appended
+/// under `channels:`.
+pub fn config_yaml(up: &Upstream, db: &Path, rules: &str, extra_channels: &str) -> String {
+    let ca = up
+        .ca_file
+        .as_ref()
+        .map(|c| format!("\n    ca_file: {c}"))
+        .unwrap_or_default();
+    let direct = |name: &str, mchid: &str, appid: &str, serial: &str, keyfile: &str| {
+        format!(
+            r#"
+  {name}:
+    kind: wechatpay_v3
+    mode: direct
+    base_url: {base}{ca}
+    mchid: "{mchid}"
+    appid: {appid}
+    serial_no: {serial}
+    private_key: file:{key}
+    wechatpay_public_key: file:{pubkey}
+    wechatpay_public_key_id: PUB_KEY_ID_SANDBOX_TEST_ONLY
+    fee_rate: 0.0038
+    timeout: 2s"#,
+            base = up.base_url,
+            key = key(keyfile),
+            pubkey = key("wechatpay_pub_key.pem"),
+        )
+    };
+    format!(
+        r#"
+server:
+  listen: 127.0.0.1:0
+  admin_listen: 127.0.0.1:0
+  public_base_url: http://127.0.0.1:8080
+  max_body_bytes: 65536
+  drain_timeout: 5s
+admin: {{ token: {ADMIN_TOKEN} }}
+store: {{ kind: sqlite, path: {db} }}
+shops:
+  - id: test-shop
+    api_key: {SHOP_KEY}
+    merchants: [m_1001, m_2002, m_3003, m_4004]
+  - id: other-shop
+    api_key: other-shop-key-0123456789
+    merchants: [m_9009]
+merchants:
+  m_1001: {{ wechat_sub_mchid: "1900000109" }}
+  m_2002: {{ wechat_sub_mchid: "1900000209" }}
+  m_3003: {{ wechat_sub_mchid: "1900000309" }}
+  m_4004: {{ wechat_sub_mchid: "1900000409" }}
+  m_9009: {{ wechat_sub_mchid: "1900000909" }}
+channels:
+  platform_wechat:
+    kind: wechatpay_v3
+    mode: partner
+    base_url: {base}{ca}
+    sp_mchid: "1900000100"
+    sp_appid: wx8888888888888888
+    serial_no: 5157F09EFDC096DE15EBE81A47057A72
+    private_key: file:{platform_key}
+    wechatpay_public_key: file:{pubkey}
+    wechatpay_public_key_id: PUB_KEY_ID_SANDBOX_TEST_ONLY
+    fee_rate: 0.006
+    timeout: 2s{m1001}{m2002}{m3003}
+{extra_channels}
+routing:
+{rules}
+"#,
+        db = db.display(),
+        base = up.base_url,
+        platform_key = key("platform_apiclient_key.pem"),
+        pubkey = key("wechatpay_pub_key.pem"),
+        m1001 = direct(
+            "m1001_wechat",
+            "1900000109",
+            "wx2421b1c4370ec43b",
+            "3775B6A45ACD588826D15E583A95F5DD",
+            "m1001_apiclient_key.pem"
+        ),
+        m2002 = direct(
+            "m2002_wechat",
+            "1900000209",
+            "wx3a2b1c4d5e6f7a8b",
+            "1DDE55AD98ED71D6EDD4A4A16996DE7B",
+            "m2002_apiclient_key.pem"
+        ),
+        m3003 = direct(
+            "m3003_wechat",
+            "1900000309",
+            "wx9f8e7d6c5b4a3f2e",
+            "6B1E2B1C7A0E8D5F4C3B2A1908F7E6D5",
+            "m3003_apiclient_key.pem"
+        ),
+    )
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub running: Option<Running>,
+    pub sandbox: Arc<Sandbox>,
+    pub upstream: Upstream,
+    pub api: String,
+    pub admin: String,
+    pub sandbox_url: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Harness {
+    /// Proxy + sandbox over plain HTTP with the standard rules.
+    pub async fn start() -> Harness {
+        Harness::start_with(false, RULES, "").await
+    }
+
+    pub async fn start_with(tls: bool, rules: &str, extra_channels: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = if tls {
+            let ca = dir.path().join("ca.pem");
+            std::fs::write(&ca, payroute::sandbox::TLS_CA_PEM).unwrap();
+            Upstream {
+                base_url: format!("https://localhost:{port}"),
+                ca_file: Some(ca.display().to_string()),
+            }
+        } else {
+            Upstream {
+                base_url: format!("http://127.0.0.1:{port}"),
+                ca_file: None,
+            }
+        };
+        let config_path = dir.path().join("payroute.yaml");
+        let yaml = config_yaml(
+            &upstream,
+            &dir.path().join("payroute.db"),
+            rules,
+            extra_channels,
+        );
+        std::fs::write(&config_path, yaml).unwrap();
+        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config: {e}"));
+        let sandbox = Sandbox::new(payroute::config::sandbox_merchants(&config.channels));
+        let sandbox_tls = tls.then(|| {
+            payroute::server::TlsSettings::new(
+                payroute::sandbox::TLS_CERT_PEM,
+                payroute::sandbox::TLS_KEY_PEM,
+            )
+            .unwrap()
+        });
+        tokio::spawn(
+            sandbox
+                .clone()
+                .serve(listener, sandbox_tls, std::future::pending()),
+        );
+        let running = payroute::app::start(config, true).await.unwrap();
+        Harness {
+            api: format!("http://{}", running.api_addr),
+            admin: format!("http://{}", running.admin_addr),
+            sandbox_url: format!("http://127.0.0.1:{port}"),
+            running: Some(running),
+            sandbox,
+            upstream,
+            config_path,
+            dir,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("payroute.db")
+    }
+
+    /// Rewrites the config file with other rules (the file watcher may pick it up too).
+    pub fn write_config(&self, rules: &str, extra_channels: &str) {
+        let yaml = config_yaml(&self.upstream, &self.db_path(), rules, extra_channels);
+        write_atomically(&self.config_path, &yaml);
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .expect("request reaches the server");
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    pub async fn create(&self, body: &Value) -> Reply {
+        let auth = format!("Bearer {SHOP_KEY}");
+        self.send(
+            Method::POST,
+            &format!("{}/v1/payments", self.api),
+            &[("authorization", &auth)],
+            &body.to_string(),
+        )
+        .await
+    }
+
+    pub async fn get_payment(&self, merchant: &str, no: &str, refresh: bool) -> Reply {
+        let auth = format!("Bearer {SHOP_KEY}");
+        let q = if refresh { "?refresh=true" } else { "" };
+        self.send(
+            Method::GET,
+            &format!("{}/v1/payments/{merchant}/{no}{q}", self.api),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+    }
+
+    pub async fn admin_post(&self, path: &str, body: &Value) -> Reply {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        self.send(
+            Method::POST,
+            &format!("{}{path}", self.admin),
+            &[("authorization", &auth)],
+            &body.to_string(),
+        )
+        .await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        self.send(
+            Method::GET,
+            &format!("{}{path}", self.admin),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+    }
+
+    pub async fn faults(&self, faults: Value) {
+        let r = self
+            .send(
+                Method::POST,
+                &format!("{}/sandbox/faults", self.sandbox_url_plain()),
+                &[],
+                &faults.to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+
+    pub async fn pay(&self, no: &str) -> Reply {
+        self.send(
+            Method::POST,
+            &format!("{}/sandbox/pay/{no}", self.sandbox_url_plain()),
+            &[],
+            "",
+        )
+        .await
+    }
+
+    pub async fn sandbox_orders(&self, no: &str) -> Vec<Value> {
+        let r = self
+            .send(
+                Method::GET,
+                &format!("{}/sandbox/orders/{no}", self.sandbox_url_plain()),
+                &[],
+                "",
+            )
+            .await;
+        r.body["orders"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The test client speaks plain HTTP; a TLS sandbox is driven through its handler instead.
+    fn sandbox_url_plain(&self) -> &str {
+        assert!(
+            self.upstream.ca_file.is_none(),
+            "sandbox knobs need a plain-HTTP sandbox"
+        );
+        &self.sandbox_url
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.send(Method::GET, &format!("{}/metrics", self.admin), &[], "")
+            .await
+            .text
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// A create body with sensible defaults; `extra` overrides or adds fields.
+pub fn payment(merchant: &str, no: &str, method: &str, amount: u64, extra: Value) -> Value {
+    let mut v = serde_json::json!({
+        "merchant_id": merchant, "out_trade_no": no, "amount": amount, "currency": "CNY",
+        "method": method, "description": "Test mug",
+    });
+    if method == "wechat_jsapi" {
+        v["payer"] = serde_json::json!({ "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o" });
+    }
+    if method == "wechat_h5" {
+        v["payer"] = serde_json::json!({ "client_ip": "203.0.113.7" });
+    }
+    if let Value::Object(m) = extra {
+        for (k, val) in m {
+            v[k] = val;
+        }
+    }
+    v
+}
+
+/// Replace by rename, as editors and config management do.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A metric sample's value from Prometheus text, e.g. `payroute_config_reloads_total{result="error"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
