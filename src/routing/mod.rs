@@ -121,66 +121,101 @@ impl Rule {
             .chain(self.fallback.iter().map(String::as_str))
     }
 
-    /// Why this rule does not match, or `None` when it does.
-    fn mismatch(&self, f: &PaymentFacts) -> Option<String> {
+    /// Whether the payment meets every condition. Allocation-free: this is the hot path.
+    pub fn matches(&self, f: &PaymentFacts) -> bool {
+        self.first_failure(f).is_none()
+    }
+
+    /// The first condition the payment fails, without formatting anything.
+    fn first_failure(&self, f: &PaymentFacts) -> Option<Failed> {
         let w = &self.when;
-        if let Some(ms) = &w.merchants {
-            if !ms.contains(f.merchant) {
-                return Some(format!("merchant {:?} not in {}", f.merchant, list(ms)));
-            }
+        if w.merchants
+            .as_ref()
+            .is_some_and(|ms| !ms.contains(f.merchant))
+        {
+            return Some(Failed::Merchant);
         }
-        if let Some(ss) = &w.shops {
-            if !ss.contains(f.shop) {
-                return Some(format!("shop {:?} not in {}", f.shop, list(ss)));
-            }
+        if w.shops.as_ref().is_some_and(|ss| !ss.contains(f.shop)) {
+            return Some(Failed::Shop);
         }
         if w.methods & f.method.bit() == 0 {
-            let names: Vec<&str> = Method::from_bits(w.methods).map(Method::as_str).collect();
-            return Some(format!("method {} not in [{}]", f.method, names.join(", ")));
+            return Some(Failed::Method);
         }
-        if let Some(min) = w.amount_min {
-            if f.amount < min {
-                return Some(format!("amount {} below min {min}", f.amount));
+        if w.amount_min.is_some_and(|min| f.amount < min) {
+            return Some(Failed::AmountMin);
+        }
+        if w.amount_max.is_some_and(|max| f.amount > max) {
+            return Some(Failed::AmountMax);
+        }
+        if w.currencies
+            .as_ref()
+            .is_some_and(|cs| !cs.iter().any(|c| c == f.currency))
+        {
+            return Some(Failed::Currency);
+        }
+        for (i, (key, values)) in w.metadata.iter().enumerate() {
+            if !f.metadata.get(key).is_some_and(|v| values.contains(v)) {
+                return Some(Failed::Metadata(i));
             }
         }
-        if let Some(max) = w.amount_max {
-            if f.amount > max {
-                return Some(format!("amount {} above max {max}", f.amount));
-            }
+        if w.hours.is_some_and(|h| !h.contains(f.china_minute)) {
+            return Some(Failed::Hours);
         }
-        if let Some(cs) = &w.currencies {
-            if !cs.iter().any(|c| c == f.currency) {
-                return Some(format!(
-                    "currency {} not in [{}]",
-                    f.currency,
-                    cs.join(", ")
-                ));
+        None
+    }
+
+    /// Why this rule does not match, or `None` when it does (for explain).
+    fn mismatch(&self, f: &PaymentFacts) -> Option<String> {
+        let w = &self.when;
+        Some(match self.first_failure(f)? {
+            Failed::Merchant => format!(
+                "merchant {:?} not in {}",
+                f.merchant,
+                list(w.merchants.as_ref()?)
+            ),
+            Failed::Shop => format!("shop {:?} not in {}", f.shop, list(w.shops.as_ref()?)),
+            Failed::Method => {
+                let names: Vec<&str> = Method::from_bits(w.methods).map(Method::as_str).collect();
+                format!("method {} not in [{}]", f.method, names.join(", "))
             }
-        }
-        for (key, values) in &w.metadata {
-            match f.metadata.get(key) {
-                None => return Some(format!("metadata.{key} missing")),
-                Some(v) if !values.contains(v) => {
-                    return Some(format!(
-                        "metadata.{key} {v:?} not in [{}]",
-                        values.join(", ")
-                    ))
+            Failed::AmountMin => format!("amount {} below min {}", f.amount, w.amount_min?),
+            Failed::AmountMax => format!("amount {} above max {}", f.amount, w.amount_max?),
+            Failed::Currency => format!(
+                "currency {} not in [{}]",
+                f.currency,
+                w.currencies.as_ref()?.join(", ")
+            ),
+            Failed::Metadata(i) => {
+                let (key, values) = &w.metadata[i];
+                match f.metadata.get(key) {
+                    None => format!("metadata.{key} missing"),
+                    Some(v) => format!("metadata.{key} {v:?} not in [{}]", values.join(", ")),
                 }
-                Some(_) => {}
             }
-        }
-        if let Some(h) = w.hours {
-            if !h.contains(f.china_minute) {
-                return Some(format!(
+            Failed::Hours => {
+                let h = w.hours?;
+                format!(
                     "China time {} outside {}-{}",
                     hhmm(f.china_minute),
                     hhmm(h.start),
                     hhmm(h.end)
-                ));
+                )
             }
-        }
-        None
+        })
     }
+}
+
+/// Which condition failed; rendered into words only when explaining.
+#[derive(Clone, Copy, Debug)]
+enum Failed {
+    Merchant,
+    Shop,
+    Method,
+    AmountMin,
+    AmountMax,
+    Currency,
+    Metadata(usize),
+    Hours,
 }
 
 fn list(set: &HashSet<String>) -> String {
@@ -298,7 +333,7 @@ impl Rules {
     pub fn decide(&self, f: &PaymentFacts) -> Result<Decision<'_>, NoRoute> {
         for i in self.candidates(f.merchant) {
             let rule = &self.rules[i as usize];
-            if rule.mismatch(f).is_none() {
+            if rule.matches(f) {
                 return Ok(self.pick(rule, f));
             }
         }
