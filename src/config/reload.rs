@@ -70,12 +70,20 @@ pub fn watch(path: &Path) -> notify::Result<(notify::RecommendedWatcher, mpsc::R
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let name = path.file_name().map(|n| n.to_os_string());
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if !ev.kind.is_access() {
-                let _ = raw_tx.send(());
-            }
+        let Ok(ev) = ev else { return };
+        // Only the config file itself, or Kubernetes' `..data` symlink swap: a database or
+        // log file in the same directory must not cause a reload per write.
+        let relevant = ev.paths.is_empty()
+            || ev.paths.iter().any(|p| {
+                p.file_name().is_some_and(|n| {
+                    Some(n) == name.as_deref() || n.to_string_lossy().starts_with("..")
+                })
+            });
+        if relevant && !ev.kind.is_access() {
+            let _ = raw_tx.send(());
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
