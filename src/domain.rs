@@ -175,6 +175,43 @@ impl PaymentStatus {
 /// Largest amount accepted, in minor units (fen): 100 million yuan.
 pub const MAX_AMOUNT: u64 = 10_000_000_000;
 
+/// Fen to Alipay's yuan string with exactly two decimals: `1999` → `"19.99"`.
+pub fn yuan(fen: u64) -> String {
+    format!("{}.{:02}", fen / 100, fen % 100)
+}
+
+/// Alipay's yuan string to fen, exactly, never through a float. Accepts `19.99`, `19.9`,
+/// `19`, `0.01`; refuses more than two decimals, exponents, signs, spaces, leading zeros
+/// (`019.99`), empty parts (`19.`, `.5`) and anything that overflows.
+pub fn parse_yuan(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a yuan amount with at most two decimals");
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || (int.len() > 1 && int.starts_with('0')) {
+        return Err(bad());
+    }
+    let cents = match frac {
+        None => 0,
+        Some(f) if digits(f) && f.len() <= 2 => {
+            let v: u64 = f.parse().map_err(|_| bad())?;
+            if f.len() == 1 {
+                v * 10
+            } else {
+                v
+            }
+        }
+        Some(_) => return Err(bad()),
+    };
+    int.parse::<u64>()
+        .ok()
+        .and_then(|i| i.checked_mul(100))
+        .and_then(|i| i.checked_add(cents))
+        .ok_or_else(bad)
+}
+
 /// A fee rate in parts per million, parsed exactly from a decimal string such as `0.0038`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FeeRate {
@@ -231,6 +268,44 @@ mod tests {
         assert_eq!(FeeRate::parse("0.006").unwrap().fee(83), 0);
         assert_eq!(FeeRate::parse("0.006").unwrap().fee(84), 1);
         assert_eq!(FeeRate::parse("0.006").unwrap().fee(MAX_AMOUNT), 60_000_000);
+    }
+
+    #[test]
+    fn yuan_strings_are_exact() {
+        assert_eq!(yuan(1999), "19.99");
+        assert_eq!(yuan(1), "0.01");
+        assert_eq!(yuan(100), "1.00");
+        assert_eq!(yuan(MAX_AMOUNT), "100000000.00");
+        assert_eq!(parse_yuan("19.99"), Ok(1999));
+        assert_eq!(parse_yuan("19.9"), Ok(1990));
+        assert_eq!(parse_yuan("19"), Ok(1900));
+        assert_eq!(parse_yuan("0.01"), Ok(1));
+        assert_eq!(parse_yuan("0.10"), Ok(10));
+        for bad in [
+            "19.999",
+            "1e3",
+            "-1.00",
+            "",
+            "19.",
+            ".5",
+            "+1",
+            " 1",
+            "1 ",
+            "019.99",
+            "1,00",
+            "0x10",
+            "18446744073709551616",
+        ] {
+            assert!(parse_yuan(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Over the whole accepted range: fen → yuan string → fen is the identity.
+        #[test]
+        fn fen_yuan_round_trip(fen in 1u64..=MAX_AMOUNT) {
+            proptest::prop_assert_eq!(parse_yuan(&yuan(fen)), Ok(fen));
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn check_accepts_the_shipped_config() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("4 rule(s)"), "{stdout}");
+    assert!(stdout.contains("5 rule(s)"), "{stdout}");
 }
 
 #[test]
@@ -68,7 +68,7 @@ fn check_reports_every_error_with_rule_key_and_position() {
             line_of("split: ["),
         ),
         (
-            r#"rules[2] "m3003-small-amounts-first": to: channel "m3003_wechat" is a wechat channel and cannot serve method alipay_page"#,
+            r#"rules[2] "m3003-small-amounts-first": to: channel "m3003_wechat" (wechat) cannot serve method alipay_page"#,
             line_of("to: m3003_wechat"),
         ),
         (
@@ -108,7 +108,11 @@ fn check_rejects_unknown_keys_and_missing_sub_merchants() {
     let line = typo.lines().position(|l| l.contains("fee_rte")).unwrap() + 1;
     assert!(err.contains(&format!(":{line}:")), "{err}");
 
-    let no_sub = shipped.replace("  m_4004: { wechat_sub_mchid: \"1900000409\" }\n", "");
+    let no_sub: String = shipped
+        .lines()
+        .filter(|l| !l.starts_with("  m_4004:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(&path, &no_sub).unwrap();
     let out = payroute()
         .args(["check", "--config"])
@@ -118,6 +122,37 @@ fn check_rejects_unknown_keys_and_missing_sub_merchants() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(r#"channel "platform_wechat" is partner mode but merchant(s) m_4004 have no wechat_sub_mchid"#), "{err}");
+    assert!(err.contains(r#"channel "platform_alipay" is isv mode but merchant(s) m_4004 have no alipay_app_auth_token"#), "{err}");
+}
+
+#[test]
+fn check_rejects_methods_a_channel_cannot_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/payroute.yaml"))
+            .unwrap();
+    // An Alipay method sent to a WeChat channel, and a WeChat method to an Alipay channel.
+    let crossed = shipped
+        .replace(
+            "method: [wechat_jsapi, wechat_native] }",
+            "method: [wechat_jsapi, alipay_wap] }",
+        )
+        .replace(
+            "method: [alipay_page, alipay_wap, alipay_precreate] }",
+            "method: [alipay_page, wechat_h5] }",
+        );
+    let path = dir.path().join("crossed.yaml");
+    std::fs::write(&path, &crossed).unwrap();
+    let out = payroute()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(r#"rules[0] "m1001-own-wechat": to: channel "m1001_wechat" (wechat) cannot serve method alipay_wap"#), "{err}");
+    assert!(err.contains(r#"rules[0] "m1001-own-wechat": fallback[0]: channel "platform_wechat" (wechat) cannot serve method alipay_wap"#), "{err}");
+    assert!(err.contains(r#"rules[4] "m2002-alipay-canary": split[0].to: channel "m2002_alipay" (alipay) cannot serve method wechat_h5"#), "{err}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! and sign requests, verify responses and map provider answers into [`ChannelError`]s that
 //! know whether they may be retried.
 
+pub mod alipay;
 pub mod http;
 pub mod keys;
 pub mod wechatpay;
@@ -39,19 +40,22 @@ pub struct ChannelSettings {
 
 #[derive(Debug)]
 pub enum ConnectorSettings {
-    WechatPay(wechatpay::WechatPaySettings),
+    WechatPay(Arc<wechatpay::WechatPaySettings>),
+    Alipay(Arc<alipay::AlipaySettings>),
 }
 
 impl ChannelSettings {
     pub fn family(&self) -> Family {
         match self.connector {
             ConnectorSettings::WechatPay(_) => Family::Wechat,
+            ConnectorSettings::Alipay(_) => Family::Alipay,
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self.connector {
             ConnectorSettings::WechatPay(_) => "wechatpay_v3",
+            ConnectorSettings::Alipay(_) => "alipay",
         }
     }
 
@@ -61,6 +65,7 @@ impl ChannelSettings {
             ConnectorSettings::WechatPay(w) => {
                 matches!(w.mode, wechatpay::WechatMode::Partner { .. })
             }
+            ConnectorSettings::Alipay(a) => a.mode == alipay::AlipayMode::Isv,
         }
     }
 
@@ -69,6 +74,10 @@ impl ChannelSettings {
             ConnectorSettings::WechatPay(w) => match w.mode {
                 wechatpay::WechatMode::Direct { .. } => "direct",
                 wechatpay::WechatMode::Partner { .. } => "partner",
+            },
+            ConnectorSettings::Alipay(a) => match a.mode {
+                alipay::AlipayMode::Direct => "direct",
+                alipay::AlipayMode::Isv => "isv",
             },
         }
     }
@@ -280,9 +289,13 @@ impl Channel {
         metrics: Arc<ChannelMetrics>,
     ) -> Result<Channel, String> {
         let http = http::HttpClient::new(settings.ca_pem.as_deref())?;
+        let base_url = settings.base_url.clone();
         let connector: Box<dyn Connector> = match &settings.connector {
-            ConnectorSettings::WechatPay(_) => {
-                Box::new(wechatpay::WechatPay::new(settings.clone(), http))
+            ConnectorSettings::WechatPay(w) => {
+                Box::new(wechatpay::WechatPay::new(base_url, w.clone(), http))
+            }
+            ConnectorSettings::Alipay(a) => {
+                Box::new(alipay::Alipay::new(base_url, a.clone(), http))
             }
         };
         Ok(Channel {

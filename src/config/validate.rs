@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::file::{ChannelFile, FileConfig, RuleFile, TlsFile};
 use super::{Config, ConfigError, LimitKey, LimitSettings, Locator};
 use crate::api::auth::{Shop, ShopDirectory, Webhook};
+use crate::channel::alipay::{AlipayMode, AlipaySettings};
 use crate::channel::keys::{Certificate, RsaSigner, RsaVerifier};
 use crate::channel::wechatpay::{WechatMode, WechatPaySettings, WechatVerifier};
 use crate::channel::{ChannelSettings, ConnectorSettings, SubMerchant};
@@ -398,23 +399,89 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
             let verifier = wechat_verifier(name, c, errs);
             match (mode, serial_no, signer, verifier) {
                 (Some(mode), Some(serial_no), Some(signer), Some(verifier)) => {
-                    Some(ConnectorSettings::WechatPay(WechatPaySettings {
+                    Some(ConnectorSettings::WechatPay(Arc::new(WechatPaySettings {
                         mode,
                         serial_no,
                         signer,
                         apiv3_key,
                         verifier,
-                    }))
+                    })))
                 }
                 _ => None,
             }
         }
         "alipay" => {
-            errs.push(
-                &format!("{at}.kind"),
-                format!("channels.{name}: kind alipay is not built yet (only wechatpay_v3)"),
-            );
-            None
+            let mode = match c.mode.as_str() {
+                "direct" => Some(AlipayMode::Direct),
+                "isv" => Some(AlipayMode::Isv),
+                other => {
+                    errs.push(
+                        &format!("{at}.mode"),
+                        format!("channels.{name}: mode {other:?} is not direct or isv"),
+                    );
+                    None
+                }
+            };
+            for (key, present) in [
+                ("mchid", c.mchid.is_some()),
+                ("appid", c.appid.is_some()),
+                ("sp_mchid", c.sp_mchid.is_some()),
+                ("sp_appid", c.sp_appid.is_some()),
+                ("serial_no", c.serial_no.is_some()),
+                ("apiv3_key", c.apiv3_key.is_some()),
+                ("wechatpay_public_key", c.wechatpay_public_key.is_some()),
+                (
+                    "wechatpay_public_key_id",
+                    c.wechatpay_public_key_id.is_some(),
+                ),
+                ("platform_certificates", !c.platform_certificates.is_empty()),
+            ] {
+                forbid(
+                    key,
+                    present,
+                    "is a wechatpay_v3 key; alipay uses app_id, private_key, alipay_public_key",
+                    errs,
+                );
+            }
+            let app_id = need("app_id", &c.app_id, errs);
+            let signer = need("private_key", &c.private_key, errs).and_then(|k| {
+                let text = secret_value(&k, &format!("{at}.private_key"), errs)?;
+                RsaSigner::from_text(text.expose())
+                    .map_err(|e| {
+                        errs.push(
+                            &format!("{at}.private_key"),
+                            format!("channels.{name}: private_key: {e}"),
+                        )
+                    })
+                    .ok()
+            });
+            let alipay_key = need("alipay_public_key", &c.alipay_public_key, errs).and_then(|k| {
+                let text = secret_value(&k, &format!("{at}.alipay_public_key"), errs)?;
+                RsaVerifier::from_text(text.expose())
+                    .map_err(|e| {
+                        errs.push(
+                            &format!("{at}.alipay_public_key"),
+                            format!("channels.{name}: alipay_public_key: {e}"),
+                        )
+                    })
+                    .ok()
+            });
+            if let Some(base) = &c.base_url {
+                if !base.trim_end_matches('/').ends_with("/gateway.do") {
+                    errs.push(&format!("{at}.base_url"), format!("channels.{name}: base_url {base:?} must end in /gateway.do (the classic gateway)"));
+                }
+            }
+            match (mode, app_id, signer, alipay_key) {
+                (Some(mode), Some(app_id), Some(signer), Some(alipay_key)) => {
+                    Some(ConnectorSettings::Alipay(Arc::new(AlipaySettings {
+                        mode,
+                        app_id,
+                        signer,
+                        alipay_key,
+                    })))
+                }
+                _ => None,
+            }
         }
         other => {
             errs.push(
@@ -424,10 +491,14 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
             None
         }
     };
+    let default_base = match c.kind.as_str() {
+        "alipay" => "https://openapi.alipay.com/gateway.do",
+        _ => "https://api.mch.weixin.qq.com",
+    };
     let base_url = c
         .base_url
         .clone()
-        .unwrap_or_else(|| "https://api.mch.weixin.qq.com".into())
+        .unwrap_or_else(|| default_base.into())
         .trim_end_matches('/')
         .to_string();
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
@@ -638,7 +709,7 @@ fn routing(
             ),
             Some(Some(cf)) if cf != family => errs.push(
                 &at,
-                format!("routing.default.{fam}: channel {ch:?} is a {cf} channel"),
+                format!("routing.default.{fam}: channel {ch:?} is in the {cf} family"),
             ),
             _ => {
                 defaults.insert(family, ch.clone());
@@ -754,7 +825,13 @@ fn rule(
     for (j, fb) in r.fallback.iter().enumerate() {
         targets.push((format!("{at}.fallback[{j}]"), fb));
     }
-    let key_of = |path: &str| path.rsplit_once('.').map_or(path, |(_, k)| k).to_string();
+    // `to`, `split[1].to`, `fallback[0]`: the key within the rule.
+    let key_of = |path: &str| {
+        path.strip_prefix(at)
+            .unwrap_or(path)
+            .trim_start_matches('.')
+            .to_string()
+    };
     let mut families = BTreeSet::new();
     let mut known: Vec<(String, &str, Family)> = Vec::new();
     for (path, ch) in &targets {
@@ -804,7 +881,13 @@ fn rule(
             for m in Method::from_bits(bits) {
                 for (path, ch, fam) in &known {
                     if *fam != m.family() {
-                        errs.push(path, format!("{label}: {}: channel {ch:?} is a {fam} channel and cannot serve method {m}", key_of(path)));
+                        errs.push(
+                            path,
+                            format!(
+                                "{label}: {}: channel {ch:?} ({fam}) cannot serve method {m}",
+                                key_of(path)
+                            ),
+                        );
                     }
                 }
             }
@@ -921,18 +1004,22 @@ fn sandbox(
     })
 }
 
-/// The sandbox knows each configured merchant's API public key, as WeChat Pay does once the
-/// merchant uploads its certificate.
+/// The sandbox knows each configured merchant's (or app's) public key, as WeChat Pay does once
+/// the merchant uploads its certificate and Alipay once the app's key is set in its console.
 pub fn sandbox_merchants(
     channels: &BTreeMap<String, Arc<ChannelSettings>>,
 ) -> Vec<SandboxMerchant> {
     channels
         .values()
         .map(|c| match &c.connector {
-            ConnectorSettings::WechatPay(w) => SandboxMerchant {
+            ConnectorSettings::WechatPay(w) => SandboxMerchant::Wechat {
                 mchid: w.signing_mchid().to_string(),
                 serial_no: w.serial_no.clone(),
                 key: w.signer.verifier(),
+            },
+            ConnectorSettings::Alipay(a) => SandboxMerchant::Alipay {
+                app_id: a.app_id.clone(),
+                key: a.signer.verifier(),
             },
         })
         .collect()

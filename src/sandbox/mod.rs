@@ -7,8 +7,12 @@
 //! `POST /sandbox/pay/{out_trade_no}` marks an order paid; `/sandbox/faults` injects latency,
 //! failures and tampered signatures. Every key it holds is TEST-ONLY (`config/sandbox/`).
 //!
+//! It speaks Alipay's classic gateway too (`alipay`).
+//!
 //! # Limits
-//! No asynchronous notifications yet, and no Alipay gateway.
+//! No asynchronous notifications yet.
+
+mod alipay;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +37,8 @@ pub const PUBLIC_KEY_ID: &str = "PUB_KEY_ID_SANDBOX_TEST_ONLY";
 /// TEST-ONLY: the sandbox's "WeChat Pay" signing key, public in this repository.
 const PLATFORM_KEY_PEM: &str = include_str!("../../config/sandbox/wechatpay_platform_key.pem");
 const PLATFORM_CERT_PEM: &str = include_str!("../../config/sandbox/wechatpay_platform_cert.pem");
+/// TEST-ONLY: the sandbox's "Alipay" signing key.
+const ALIPAY_KEY_PEM: &str = include_str!("../../config/sandbox/alipay_sandbox_key.pem");
 /// TEST-ONLY: the sandbox's HTTPS certificate (localhost, 127.0.0.1) and key.
 pub const TLS_CERT_PEM: &str = include_str!("../../config/sandbox/tls_server_cert.pem");
 pub const TLS_KEY_PEM: &str = include_str!("../../config/sandbox/tls_server_key.pem");
@@ -47,12 +53,17 @@ pub struct SandboxSettings {
     pub merchants: Vec<SandboxMerchant>,
 }
 
-/// A merchant API key the sandbox accepts: `mchid` + certificate serial → public key.
+/// A key the sandbox accepts request signatures from.
 #[derive(Clone, Debug)]
-pub struct SandboxMerchant {
-    pub mchid: String,
-    pub serial_no: String,
-    pub key: RsaVerifier,
+pub enum SandboxMerchant {
+    /// WeChat Pay: `mchid` + merchant certificate serial → public key.
+    Wechat {
+        mchid: String,
+        serial_no: String,
+        key: RsaVerifier,
+    },
+    /// Alipay: `app_id` → the app's public key.
+    Alipay { app_id: String, key: RsaVerifier },
 }
 
 /// Knobs for tests and benchmarks (`POST /sandbox/faults`).
@@ -90,6 +101,10 @@ struct Order {
 pub struct Sandbox {
     merchants: RwLock<HashMap<(String, String), RsaVerifier>>,
     orders: Mutex<HashMap<(String, String), Order>>,
+    alipay_apps: RwLock<HashMap<String, RsaVerifier>>,
+    /// By (seller: app_auth_token or app_id, out_trade_no).
+    alipay_orders: Mutex<HashMap<(String, String), alipay::AliOrder>>,
+    alipay_signer: RsaSigner,
     faults: Mutex<Faults>,
     signer: RsaSigner,
     cert_serial: String,
@@ -107,6 +122,10 @@ impl Sandbox {
         let sb = Sandbox {
             merchants: RwLock::new(HashMap::new()),
             orders: Mutex::new(HashMap::new()),
+            alipay_apps: RwLock::new(HashMap::new()),
+            alipay_orders: Mutex::new(HashMap::new()),
+            alipay_signer: RsaSigner::from_text(ALIPAY_KEY_PEM)
+                .expect("the bundled sandbox Alipay key parses"),
             faults: Mutex::new(Faults::default()),
             signer,
             cert_serial: cert.serial,
@@ -118,11 +137,23 @@ impl Sandbox {
 
     /// Replaces the accepted merchant keys (after a config reload).
     pub fn set_merchants(&self, merchants: Vec<SandboxMerchant>) {
-        let map = merchants
-            .into_iter()
-            .map(|m| ((m.mchid, m.serial_no), m.key))
-            .collect();
-        *self.merchants.write().unwrap_or_else(|p| p.into_inner()) = map;
+        let (mut wechat, mut alipay) = (HashMap::new(), HashMap::new());
+        for m in merchants {
+            match m {
+                SandboxMerchant::Wechat {
+                    mchid,
+                    serial_no,
+                    key,
+                } => {
+                    wechat.insert((mchid, serial_no), key);
+                }
+                SandboxMerchant::Alipay { app_id, key } => {
+                    alipay.insert(app_id, key);
+                }
+            }
+        }
+        *self.merchants.write().unwrap_or_else(|p| p.into_inner()) = wechat;
+        *self.alipay_apps.write().unwrap_or_else(|p| p.into_inner()) = alipay;
     }
 
     /// The platform certificate (PEM), for channels in certificate mode.
@@ -176,6 +207,10 @@ impl Sandbox {
                     json!({"code":"PARAM_ERROR","message":e.to_string()}),
                 ),
             },
+            (_, ["gateway.do"]) => {
+                self.alipay_gateway(&parts.method, parts.uri.query(), &body)
+                    .await
+            }
             (_, ["v3", ..]) => {
                 self.v3(&parts.method, &parts.headers, &path_and_query, &seg, &body)
                     .await
@@ -472,7 +507,18 @@ impl Sandbox {
                 o.transaction_id = Some(format!("42000{n:023}"));
                 o.success_time = Some(china_time(OffsetDateTime::now_utc()));
             }
-            paid.push(o.clone());
+            paid.push(json!(o));
+        }
+        drop(orders);
+        let mut ali = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
+        for ((_, o_no), o) in ali.iter_mut() {
+            if o_no == no && only.is_none() {
+                o.mark_paid(
+                    self.counter
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                );
+                paid.push(json!(o));
+            }
         }
         if paid.is_empty() {
             return plain(
@@ -485,11 +531,18 @@ impl Sandbox {
 
     fn orders_json(&self, no: &str) -> Answer {
         let orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
-        let found: Vec<&Order> = orders
+        let mut found: Vec<Value> = orders
             .iter()
             .filter(|((_, o), _)| o == no)
-            .map(|(_, o)| o)
+            .map(|(_, o)| json!(o))
             .collect();
+        drop(orders);
+        let ali = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
+        found.extend(
+            ali.iter()
+                .filter(|((_, o), _)| o == no)
+                .map(|(_, o)| json!(o)),
+        );
         plain(StatusCode::OK, json!({ "orders": found }))
     }
 

@@ -20,10 +20,7 @@ use time::{OffsetDateTime, UtcOffset};
 
 use super::http::{HttpClient, HttpResponse};
 use super::keys::RsaSigner;
-use super::{
-    ChannelError, ChannelSettings, ConnectorSettings, Created, ErrorKind, OrderRequest, OrderState,
-    SubMerchant,
-};
+use super::{ChannelError, Created, ErrorKind, OrderRequest, OrderState, SubMerchant};
 use crate::domain::{Method, PaymentStatus};
 use crate::secret::Secret;
 pub use sign::WechatVerifier;
@@ -59,19 +56,22 @@ impl WechatPaySettings {
 const RETRYABLE_CODES: [&str; 3] = ["SYSTEM_ERROR", "FREQUENCY_LIMITED", "BANKERROR"];
 
 pub struct WechatPay {
-    channel: Arc<ChannelSettings>,
+    base_url: String,
+    settings: Arc<WechatPaySettings>,
     http: HttpClient,
 }
 
 impl WechatPay {
-    pub fn new(channel: Arc<ChannelSettings>, http: HttpClient) -> WechatPay {
-        WechatPay { channel, http }
+    pub fn new(base_url: String, settings: Arc<WechatPaySettings>, http: HttpClient) -> WechatPay {
+        WechatPay {
+            base_url,
+            settings,
+            http,
+        }
     }
 
     fn settings(&self) -> &WechatPaySettings {
-        match &self.channel.connector {
-            ConnectorSettings::WechatPay(w) => w,
-        }
+        &self.settings
     }
 
     /// Signs, sends, verifies a 2xx answer's signature, and maps error answers.
@@ -98,7 +98,7 @@ impl WechatPay {
         );
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("{}{}", self.channel.base_url, path_and_query))
+            .uri(format!("{}{}", self.base_url, path_and_query))
             .header(header::AUTHORIZATION, auth)
             .header(header::ACCEPT, "application/json")
             .header(

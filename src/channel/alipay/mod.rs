@@ -1,0 +1,391 @@
+//! The `alipay` connector: the classic gateway (`…/gateway.do`), RSA2, modes `direct` (the
+//! merchant's own app) and `isv` (the platform's app acting with the merchant's
+//! `app_auth_token`).
+//!
+//! `alipay_page`, `alipay_wap` and `alipay_app` are signed locally and handed to the payer
+//! (a signed gateway URL, or the App SDK's order string): Alipay first hears of such an order
+//! when the payer opens it. `alipay_precreate` and the lifecycle calls go to the gateway.
+//!
+//! Amounts cross the wire as yuan strings with two decimals, converted exactly
+//! ([`crate::domain::yuan`], [`crate::domain::parse_yuan`]).
+
+pub mod sign;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, Method as HttpMethod, Request};
+use http_body_util::Full;
+use serde_json::{json, Value};
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
+
+use super::http::HttpClient;
+use super::keys::{RsaSigner, RsaVerifier};
+use super::{ChannelError, Created, ErrorKind, OrderRequest, OrderState, SubMerchant};
+use crate::domain::{parse_yuan, yuan, Method, PaymentStatus};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AlipayMode {
+    Direct,
+    Isv,
+}
+
+#[derive(Debug)]
+pub struct AlipaySettings {
+    pub mode: AlipayMode,
+    pub app_id: String,
+    /// The app's private key: signs requests.
+    pub signer: RsaSigner,
+    /// Alipay's public key: verifies answers and notifications.
+    pub alipay_key: RsaVerifier,
+}
+
+/// `sub_code`s (and gateway codes) Alipay documents as "try again" (DESIGN.md §7).
+const RETRYABLE: [&str; 3] = ["ACQ.SYSTEM_ERROR", "20000", "isp.unknow-error"];
+
+pub struct Alipay {
+    /// The gateway, ending in `/gateway.do`.
+    base_url: String,
+    settings: Arc<AlipaySettings>,
+    http: HttpClient,
+}
+
+impl Alipay {
+    pub fn new(base_url: String, settings: Arc<AlipaySettings>, http: HttpClient) -> Alipay {
+        Alipay {
+            base_url,
+            settings,
+            http,
+        }
+    }
+
+    fn settings(&self) -> &AlipaySettings {
+        &self.settings
+    }
+
+    /// The common parameters of every gateway call, `app_auth_token` included in ISV mode.
+    fn params(
+        &self,
+        method: &str,
+        sub: &SubMerchant,
+        biz: &Value,
+    ) -> Result<BTreeMap<String, String>, ChannelError> {
+        let s = self.settings();
+        let mut p: BTreeMap<String, String> = [
+            ("app_id", s.app_id.as_str()),
+            ("method", method),
+            ("format", "JSON"),
+            ("charset", "utf-8"),
+            ("sign_type", "RSA2"),
+            ("version", "1.0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        p.insert(
+            "timestamp".into(),
+            china_datetime(OffsetDateTime::now_utc()),
+        );
+        p.insert("biz_content".into(), biz.to_string());
+        if s.mode == AlipayMode::Isv {
+            let token = sub.alipay_app_auth_token.as_ref().ok_or_else(|| {
+                ChannelError::new(
+                    ErrorKind::Local,
+                    "isv channel without the merchant's alipay_app_auth_token",
+                )
+            })?;
+            p.insert("app_auth_token".into(), token.expose().to_string());
+        }
+        Ok(p)
+    }
+
+    /// Signs, POSTs to the gateway, verifies the answer over its raw bytes and maps codes.
+    async fn call(
+        &self,
+        method: &str,
+        mut params: BTreeMap<String, String>,
+        deadline: Duration,
+    ) -> Result<Value, ChannelError> {
+        sign::sign_params(&mut params, &self.settings().signer);
+        let req = Request::builder()
+            .method(HttpMethod::POST)
+            .uri(format!("{}?charset=utf-8", self.base_url))
+            .header(
+                header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded;charset=utf-8",
+            )
+            .header(header::ACCEPT, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("payroute/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(Bytes::from(sign::encode(&params))))
+            .map_err(|e| ChannelError::new(ErrorKind::Local, format!("building request: {e}")))?;
+        let resp = self.http.send(req, deadline).await?;
+        if resp.status.is_server_error() {
+            return Err(ChannelError::new(
+                ErrorKind::ServerError,
+                format!("HTTP {}", resp.status.as_u16()),
+            ));
+        }
+        if !resp.status.is_success() {
+            return Err(ChannelError::new(
+                ErrorKind::Protocol,
+                format!("HTTP {}", resp.status.as_u16()),
+            ));
+        }
+        let answer = sign::split_answer(&resp.body, method)
+            .map_err(|e| ChannelError::new(ErrorKind::Protocol, e))?;
+        let Some(signature) = &answer.sign else {
+            // Alipay leaves some gateway-level errors unsigned; they may say why, but they
+            // cannot be trusted to change a payment.
+            let hint: Value = serde_json::from_str(&answer.raw).unwrap_or(Value::Null);
+            return Err(ChannelError::new(
+                if answer.is_error_response {
+                    ErrorKind::Protocol
+                } else {
+                    ErrorKind::BadSignature
+                },
+                format!("unsigned answer {} {}", hint["code"], hint["sub_code"]),
+            ));
+        };
+        if !self
+            .settings()
+            .alipay_key
+            .verify_b64(answer.raw.as_bytes(), signature)
+        {
+            return Err(ChannelError::new(
+                ErrorKind::BadSignature,
+                "answer signature does not verify",
+            ));
+        }
+        let v: Value = serde_json::from_str(&answer.raw).map_err(|e| {
+            ChannelError::new(ErrorKind::Protocol, format!("response is not JSON: {e}"))
+        })?;
+        match v["code"].as_str() {
+            Some("10000") => Ok(v),
+            _ => Err(map_error(&v)),
+        }
+    }
+
+    fn biz_content(&self, o: &OrderRequest<'_>) -> Result<(&'static str, Value), ChannelError> {
+        let (method, product_code) = match o.method {
+            Method::AlipayPage => ("alipay.trade.page.pay", "FAST_INSTANT_TRADE_PAY"),
+            Method::AlipayWap => ("alipay.trade.wap.pay", "QUICK_WAP_WAY"),
+            Method::AlipayApp => ("alipay.trade.app.pay", "QUICK_MSECURITY_PAY"),
+            Method::AlipayPrecreate => ("alipay.trade.precreate", "FACE_TO_FACE_PAYMENT"),
+            other => {
+                return Err(ChannelError::new(
+                    ErrorKind::Local,
+                    format!("{other} is not an Alipay method"),
+                ))
+            }
+        };
+        if o.currency != "CNY" {
+            return Err(ChannelError::new(
+                ErrorKind::Local,
+                format!("Alipay takes CNY, not {}", o.currency),
+            ));
+        }
+        let mut biz = json!({
+            "out_trade_no": o.out_trade_no,
+            "total_amount": yuan(o.amount),
+            "subject": o.description,
+            "product_code": product_code,
+            "time_expire": china_datetime(o.expires_at),
+        });
+        if let Some(a) = o.attach {
+            biz["passback_params"] = json!(a);
+        }
+        Ok((method, biz))
+    }
+}
+
+#[async_trait]
+impl super::Connector for Alipay {
+    async fn create(
+        &self,
+        order: &OrderRequest<'_>,
+        deadline: Duration,
+    ) -> Result<Created, ChannelError> {
+        let (method, biz) = self.biz_content(order)?;
+        let mut params = self.params(method, order.sub, &biz)?;
+        params.insert("notify_url".into(), order.notify_url.to_string());
+        if order.method == Method::AlipayPrecreate {
+            let v = self.call(method, params, deadline).await?;
+            if v["out_trade_no"].as_str() != Some(order.out_trade_no) {
+                return Err(ChannelError::new(
+                    ErrorKind::Protocol,
+                    "answer is for another out_trade_no",
+                ));
+            }
+            let qr = v["qr_code"]
+                .as_str()
+                .ok_or_else(|| ChannelError::new(ErrorKind::Protocol, "answer has no qr_code"))?;
+            return Ok(Created {
+                action: json!({ "type": "qr_code", "code_url": qr }),
+                provider_trade_no: None,
+            });
+        }
+        if let (Some(url), Method::AlipayPage | Method::AlipayWap) =
+            (order.return_url, order.method)
+        {
+            params.insert("return_url".into(), url.to_string());
+        }
+        sign::sign_params(&mut params, &self.settings().signer);
+        let encoded = sign::encode(&params);
+        let action = match order.method {
+            Method::AlipayApp => json!({ "type": "app", "order_string": encoded }),
+            _ => json!({ "type": "redirect", "url": format!("{}?{encoded}", self.base_url) }),
+        };
+        Ok(Created {
+            action,
+            provider_trade_no: None,
+        })
+    }
+
+    async fn query(
+        &self,
+        out_trade_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<OrderState, ChannelError> {
+        let method = "alipay.trade.query";
+        let params = self.params(method, sub, &json!({ "out_trade_no": out_trade_no }))?;
+        let v = self.call(method, params, deadline).await?;
+        parse_trade(&v, out_trade_no)
+    }
+}
+
+fn parse_trade(v: &Value, out_trade_no: &str) -> Result<OrderState, ChannelError> {
+    let protocol = |m: String| ChannelError::new(ErrorKind::Protocol, m);
+    if v["out_trade_no"].as_str() != Some(out_trade_no) {
+        return Err(protocol(format!(
+            "answer is for out_trade_no {}, asked for {out_trade_no:?}",
+            v["out_trade_no"]
+        )));
+    }
+    let state = v["trade_status"]
+        .as_str()
+        .ok_or_else(|| protocol("answer has no trade_status".into()))?;
+    let status = match state {
+        "TRADE_SUCCESS" | "TRADE_FINISHED" => PaymentStatus::Succeeded,
+        "WAIT_BUYER_PAY" => PaymentStatus::Pending,
+        "TRADE_CLOSED" => PaymentStatus::Closed,
+        other => return Err(protocol(format!("unknown trade_status {other:?}"))),
+    };
+    let amount = match v["total_amount"].as_str() {
+        Some(s) => Some(parse_yuan(s).map_err(protocol)?),
+        None => None,
+    };
+    Ok(OrderState {
+        status,
+        provider_state: state.to_string(),
+        provider_trade_no: v["trade_no"].as_str().map(str::to_string),
+        amount,
+        paid_at: v["send_pay_date"].as_str().and_then(parse_china_datetime),
+    })
+}
+
+/// `code`/`sub_code` to the retry classes of DESIGN.md §7.
+fn map_error(v: &Value) -> ChannelError {
+    let code = v["code"].as_str().unwrap_or("");
+    let sub_code = v["sub_code"].as_str().unwrap_or("");
+    let message = v["sub_msg"]
+        .as_str()
+        .or(v["msg"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let name = if sub_code.is_empty() { code } else { sub_code }.to_string();
+    if RETRYABLE.contains(&sub_code) || RETRYABLE.contains(&code) {
+        return ChannelError::new(ErrorKind::ProviderRetryable(name), message);
+    }
+    if sub_code == "ACQ.TRADE_NOT_EXIST" {
+        return ChannelError::new(ErrorKind::NotFound, message);
+    }
+    if name.is_empty() {
+        return ChannelError::new(ErrorKind::Protocol, "answer without code");
+    }
+    ChannelError::new(ErrorKind::Rejected(name), message)
+}
+
+fn china() -> UtcOffset {
+    UtcOffset::from_hms(8, 0, 0).expect("+08:00 is a valid offset")
+}
+
+/// `yyyy-MM-dd HH:mm:ss` in China time, as the gateway wants `timestamp` and `time_expire`.
+pub fn china_datetime(t: OffsetDateTime) -> String {
+    t.to_offset(china())
+        .format(format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second]"
+        ))
+        .unwrap_or_default()
+}
+
+pub fn parse_china_datetime(s: &str) -> Option<OffsetDateTime> {
+    PrimitiveDateTime::parse(
+        s,
+        format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"),
+    )
+    .ok()
+    .map(|t| t.assume_offset(china()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_the_retry_table() {
+        let e = map_error(
+            &json!({"code":"20000","msg":"Service Currently Unavailable","sub_code":"isp.unknow-error"}),
+        );
+        assert!(e.retryable());
+        let e = map_error(
+            &json!({"code":"40004","msg":"Business Failed","sub_code":"ACQ.SYSTEM_ERROR","sub_msg":"系统错误"}),
+        );
+        assert_eq!(
+            e.kind,
+            ErrorKind::ProviderRetryable("ACQ.SYSTEM_ERROR".into())
+        );
+        let e = map_error(
+            &json!({"code":"40004","sub_code":"ACQ.TRADE_HAS_SUCCESS","sub_msg":"交易已被支付"}),
+        );
+        assert_eq!(e.kind, ErrorKind::Rejected("ACQ.TRADE_HAS_SUCCESS".into()));
+        assert!(!e.retryable());
+        let e = map_error(&json!({"code":"40004","sub_code":"ACQ.INVALID_PARAMETER"}));
+        assert_eq!(e.kind, ErrorKind::Rejected("ACQ.INVALID_PARAMETER".into()));
+        assert_eq!(
+            map_error(&json!({"code":"40004","sub_code":"ACQ.TRADE_NOT_EXIST"})).kind,
+            ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn trade_states_and_amounts_map_exactly() {
+        let v = json!({"code":"10000","out_trade_no":"o1","trade_no":"2019","trade_status":"TRADE_SUCCESS","total_amount":"88.88","send_pay_date":"2019-08-15 15:56:24"});
+        let s = parse_trade(&v, "o1").unwrap();
+        assert_eq!((s.status, s.amount), (PaymentStatus::Succeeded, Some(8888)));
+        assert_eq!(s.paid_at.unwrap().unix_timestamp(), 1_565_855_784);
+        let mut bad = v.clone();
+        bad["total_amount"] = json!("88.888");
+        assert!(parse_trade(&bad, "o1").is_err());
+        assert!(parse_trade(&v, "o2").is_err());
+        let wait = json!({"out_trade_no":"o1","trade_status":"WAIT_BUYER_PAY"});
+        assert_eq!(
+            parse_trade(&wait, "o1").unwrap().status,
+            PaymentStatus::Pending
+        );
+    }
+
+    #[test]
+    fn gateway_times_are_china_time() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        assert_eq!(china_datetime(t), "2023-11-15 06:13:20");
+        assert_eq!(parse_china_datetime("2023-11-15 06:13:20"), Some(t));
+    }
+}
