@@ -53,6 +53,44 @@ pub const RULES: &str = r#"
   default: { wechat: platform_wechat }
 "#;
 
+/// The demo Alipay channels on the sandbox's gateway: `platform_alipay` (ISV) and
+/// `m2002_alipay` (direct).
+pub fn alipay_channels(up: &Upstream) -> String {
+    let ca = up
+        .ca_file
+        .as_ref()
+        .map(|c| format!("\n    ca_file: {c}"))
+        .unwrap_or_default();
+    let channel = |name: &str, mode: &str, app_id: &str, keyfile: &str| {
+        format!(
+            r#"
+  {name}:
+    kind: alipay
+    mode: {mode}
+    base_url: {base}/gateway.do{ca}
+    app_id: "{app_id}"
+    private_key: file:{key}
+    alipay_public_key: file:{pubkey}
+    fee_rate: 0.006
+    timeout: 2s"#,
+            base = up.base_url,
+            key = key(keyfile),
+            pubkey = key("alipay_sandbox_pub_key.pem"),
+        )
+    };
+    channel(
+        "platform_alipay",
+        "isv",
+        "2021000000000001",
+        "platform_alipay_app_key.pem",
+    ) + &channel(
+        "m2002_alipay",
+        "direct",
+        "2021000000002002",
+        "m2002_alipay_app_key.pem",
+    )
+}
+
 /// A whole config file; `rules` is the body of `routing:`, `extra_channels` is appended
 /// under `channels:`.
 pub fn config_yaml(up: &Upstream, db: &Path, rules: &str, extra_channels: &str) -> String {
@@ -99,11 +137,11 @@ shops:
     api_key: other-shop-key-0123456789
     merchants: [m_9009]
 merchants:
-  m_1001: {{ wechat_sub_mchid: "1900000109" }}
-  m_2002: {{ wechat_sub_mchid: "1900000209" }}
-  m_3003: {{ wechat_sub_mchid: "1900000309" }}
-  m_4004: {{ wechat_sub_mchid: "1900000409" }}
-  m_9009: {{ wechat_sub_mchid: "1900000909" }}
+  m_1001: {{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m_1001_TEST_ONLY }}
+  m_2002: {{ wechat_sub_mchid: "1900000209", alipay_app_auth_token: tok_m_2002_TEST_ONLY }}
+  m_3003: {{ wechat_sub_mchid: "1900000309", alipay_app_auth_token: tok_m_3003_TEST_ONLY }}
+  m_4004: {{ wechat_sub_mchid: "1900000409", alipay_app_auth_token: tok_m_4004_TEST_ONLY }}
+  m_9009: {{ wechat_sub_mchid: "1900000909", alipay_app_auth_token: tok_m_9009_TEST_ONLY }}
 channels:
   platform_wechat:
     kind: wechatpay_v3
@@ -174,7 +212,16 @@ impl Harness {
         Harness::start_with(false, RULES, "").await
     }
 
+    /// With the Alipay channels of [`alipay_channels`] and rules that name them.
+    pub async fn start_alipay(rules: &str) -> Harness {
+        Harness::start_inner(false, rules, &|up| alipay_channels(up)).await
+    }
+
     pub async fn start_with(tls: bool, rules: &str, extra_channels: &str) -> Harness {
+        Harness::start_inner(tls, rules, &|_| extra_channels.to_string()).await
+    }
+
+    async fn start_inner(tls: bool, rules: &str, extra: &dyn Fn(&Upstream) -> String) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -196,7 +243,7 @@ impl Harness {
             &upstream,
             &dir.path().join("payroute.db"),
             rules,
-            extra_channels,
+            &extra(&upstream),
         );
         std::fs::write(&config_path, yaml).unwrap();
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config: {e}"));
