@@ -58,7 +58,7 @@ async fn precreate_and_query_in_direct_and_isv_mode() {
             "m_4004",
             "ali-isv-1",
             "alipay_precreate",
-            100_000_000_00,
+            10_000_000_000,
             json!({}),
         ))
         .await;
