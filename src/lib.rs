@@ -29,6 +29,14 @@ pub mod secret;
 pub mod server;
 pub mod store;
 
+/// Test fixtures (`tests/fixtures/`), for unit tests.
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
+    std::fs::read_to_string(format!("{path}{name}"))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
 /// Latency histogram buckets, 1ms to 10s (DESIGN.md §10).
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,

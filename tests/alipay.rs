@@ -203,12 +203,7 @@ async fn tampered_alipay_answers_change_nothing() {
     assert_eq!(h.pay("ali-sig-1").await.status, 200);
     h.faults(json!({ "tamper_signature": true })).await;
     let q = h.get_payment("m_4004", "ali-sig-1", true).await;
-    assert_eq!(
-        (q.status, q.body["error"]["code"].as_str()),
-        (502, Some("channel_error")),
-        "{}",
-        q.text
-    );
+    q.expect_error(502, "channel_error");
     assert_eq!(
         h.get_payment("m_4004", "ali-sig-1", false).await.body["status"],
         "pending"
@@ -222,10 +217,7 @@ async fn tampered_alipay_answers_change_nothing() {
             json!({}),
         ))
         .await;
-    assert_eq!(
-        (c.status, c.body["error"]["code"].as_str()),
-        (502, Some("channel_error"))
-    );
+    c.expect_error(502, "channel_error");
     assert!(c.body["payment"]["action"].is_null());
     h.faults(json!({})).await;
     assert_eq!(
@@ -271,16 +263,8 @@ async fn alipay_errors_follow_the_retry_table() {
             json!({}),
         ))
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (402, Some("channel_rejected")),
-        "{}",
-        r.text
-    );
-    assert!(r.body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("ACQ.INVALID_PARAMETER"));
+    r.expect_error(402, "channel_rejected");
+    assert!(r.error_message().contains("ACQ.INVALID_PARAMETER"));
     // The sandbox checks request signatures like Alipay: a bad sign is refused.
     let raw = h
         .send(

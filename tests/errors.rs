@@ -40,10 +40,7 @@ async fn client_errors_have_their_codes() {
     let auth = format!("Bearer {SHOP_KEY}");
 
     let r = h.send(Method::POST, &url, &[], &body).await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
-    );
+    r.expect_error(401, "unauthorized");
     assert_eq!(r.body["error"]["retryable"], false);
     let r = h
         .send(
@@ -53,28 +50,19 @@ async fn client_errors_have_their_codes() {
             &body,
         )
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
-    );
+    r.expect_error(401, "unauthorized");
 
     let other = payment("m_9009", "err-1", "wechat_native", 100, json!({})).to_string();
     let r = h
         .send(Method::POST, &url, &[("authorization", &auth)], &other)
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (403, Some("forbidden_merchant"))
-    );
+    r.expect_error(403, "forbidden_merchant");
     assert_eq!(r.body["error"]["field"], "merchant_id");
 
     let r = h
         .send(Method::POST, &url, &[("authorization", &auth)], "{not json")
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (400, Some("invalid_request"))
-    );
+    r.expect_error(400, "invalid_request");
     for bad in [json!(19.99), json!("1999"), json!(0), json!(-1)] {
         let b = payment(
             "m_1001",
@@ -87,11 +75,7 @@ async fn client_errors_have_their_codes() {
         let r = h
             .send(Method::POST, &url, &[("authorization", &auth)], &b)
             .await;
-        assert_eq!(
-            (r.status, r.body["error"]["code"].as_str()),
-            (400, Some("invalid_amount")),
-            "{bad}"
-        );
+        r.expect_error(400, "invalid_amount");
         assert_eq!(r.body["error"]["field"], "amount");
     }
     let big = payment(
@@ -105,23 +89,14 @@ async fn client_errors_have_their_codes() {
     let r = h
         .send(Method::POST, &url, &[("authorization", &auth)], &big)
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (413, Some("payload_too_large"))
-    );
+    r.expect_error(413, "payload_too_large");
 
     let r = h.get_payment("m_1001", "never-created", false).await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    r.expect_error(404, "not_found");
     let r = h
         .send(Method::GET, &format!("{}/v2/whatever", h.api), &[], "")
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    r.expect_error(404, "not_found");
     let r = h
         .send(
             Method::GET,
@@ -130,10 +105,7 @@ async fn client_errors_have_their_codes() {
             "",
         )
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (403, Some("forbidden_merchant"))
-    );
+    r.expect_error(403, "forbidden_merchant");
 
     // Nothing of the refused requests reached the channel.
     assert!(h.sandbox_orders("err-1").await.is_empty());
@@ -165,10 +137,7 @@ async fn replays_are_idempotent_and_twins_never_reach_the_channel_twice() {
 
     let changed = payment("m_1001", "idem-1", "wechat_native", 101, json!({}));
     let r = h.create(&changed).await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (409, Some("idempotency_mismatch"))
-    );
+    r.expect_error(409, "idempotency_mismatch");
 
     // A concurrent twin while the first is still at the (slow) channel.
     h.faults(json!({ "latency_ms": 400 })).await;
@@ -182,12 +151,7 @@ async fn replays_are_idempotent_and_twins_never_reach_the_channel_twice() {
         h.create(&twin).await
     });
     assert_eq!(a.status, 201, "{}", a.text);
-    assert_eq!(
-        (b.status, b.body["error"]["code"].as_str()),
-        (409, Some("request_in_progress")),
-        "{}",
-        b.text
-    );
+    b.expect_error(409, "request_in_progress");
     assert_eq!(b.body["error"]["retryable"], true);
     assert_eq!(h.sandbox_orders("idem-2").await.len(), 1);
     h.shutdown().await;
@@ -200,24 +164,13 @@ async fn provider_rejection_is_final_and_replayed() {
         .await;
     let body = payment("m_1001", "rej-1", "wechat_native", 100, json!({}));
     let r = h.create(&body).await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (402, Some("channel_rejected")),
-        "{}",
-        r.text
-    );
-    assert!(r.body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("PARAM_ERROR"));
+    r.expect_error(402, "channel_rejected");
+    assert!(r.error_message().contains("PARAM_ERROR"));
     assert_eq!(r.body["error"]["retryable"], false);
     assert_eq!(r.body["payment"]["status"], "failed");
     // The same request again gets the same answer without calling the channel.
     let again = h.create(&body).await;
-    assert_eq!(
-        (again.status, again.body["error"]["code"].as_str()),
-        (402, Some("channel_rejected"))
-    );
+    again.expect_error(402, "channel_rejected");
     assert!(h.sandbox_orders("rej-1").await.is_empty());
     h.shutdown().await;
 }
@@ -260,16 +213,8 @@ async fn tampered_response_signatures_change_nothing() {
 
     h.faults(json!({ "tamper_signature": true })).await;
     let q = h.get_payment("m_1001", "sig-1", true).await;
-    assert_eq!(
-        (q.status, q.body["error"]["code"].as_str()),
-        (502, Some("channel_error")),
-        "{}",
-        q.text
-    );
-    assert!(q.body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("bad_signature"));
+    q.expect_error(502, "channel_error");
+    assert!(q.error_message().contains("bad_signature"));
     let stored = h.get_payment("m_1001", "sig-1", false).await;
     assert_eq!(
         stored.body["status"], "pending",
@@ -281,10 +226,7 @@ async fn tampered_response_signatures_change_nothing() {
     let c = h
         .create(&payment("m_1001", "sig-2", "wechat_native", 100, json!({})))
         .await;
-    assert_eq!(
-        (c.status, c.body["error"]["code"].as_str()),
-        (502, Some("channel_error"))
-    );
+    c.expect_error(502, "channel_error");
     assert_eq!(c.body["payment"]["status"], "unknown");
     assert!(c.body["payment"]["action"].is_null());
 
@@ -349,14 +291,8 @@ async fn platform_certificate_mode_verifies_by_serial() {
             json!({}),
         ))
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (502, Some("channel_error"))
-    );
-    assert!(r.body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("unknown Wechatpay-Serial"));
+    r.expect_error(502, "channel_error");
+    assert!(r.error_message().contains("unknown Wechatpay-Serial"));
     h.shutdown().await;
 }
 
@@ -403,12 +339,7 @@ async fn unreachable_channel_fails_over_only_when_nothing_was_sent() {
     let r = h
         .create(&payment("m_3003", "fo-2", "wechat_native", 100, json!({})))
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (503, Some("channel_unavailable")),
-        "{}",
-        r.text
-    );
+    r.expect_error(503, "channel_unavailable");
     assert_eq!(r.body["error"]["retryable"], true);
     assert_eq!(r.body["payment"]["status"], "pending");
     let m = h.metrics().await;
@@ -438,12 +369,7 @@ async fn a_slow_channel_times_out_as_unknown_and_is_never_failed_over() {
             json!({}),
         ))
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (504, Some("channel_timeout")),
-        "{}",
-        r.text
-    );
+    r.expect_error(504, "channel_timeout");
     assert_eq!(r.body["payment"]["status"], "unknown");
     assert_eq!(
         r.body["payment"]["channel"], "m1001_wechat",
@@ -506,11 +432,6 @@ async fn channels_reach_the_sandbox_over_tls() {
     let r = h
         .create(&payment("m_1001", "tls-2", "wechat_native", 100, json!({})))
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (503, Some("channel_unavailable")),
-        "{}",
-        r.text
-    );
+    r.expect_error(503, "channel_unavailable");
     h.shutdown().await;
 }

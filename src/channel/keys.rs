@@ -192,10 +192,8 @@ fn strip_ws(text: &str) -> String {
 mod tests {
     use super::*;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vectors/");
-
     fn fixture(name: &str) -> String {
-        std::fs::read_to_string(format!("{FIXTURES}{name}")).unwrap()
+        crate::fixture(&format!("vectors/{name}"))
     }
 
     /// Vector V1 (wechatpay-go sha256withrsa_signer_test.go): PKCS#1 v1.5 is deterministic,

@@ -371,17 +371,8 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
                 errs,
             );
             let serial_no = need("serial_no", &c.serial_no, errs);
-            let signer = need("private_key", &c.private_key, errs).and_then(|k| {
-                let text = secret_value(&k, &format!("{at}.private_key"), errs)?;
-                RsaSigner::from_text(text.expose())
-                    .map_err(|e| {
-                        errs.push(
-                            &format!("{at}.private_key"),
-                            format!("channels.{name}: private_key: {e}"),
-                        )
-                    })
-                    .ok()
-            });
+            let signer =
+                need("private_key", &c.private_key, errs).and_then(|k| private_key(name, &k, errs));
             let apiv3_key = c.apiv3_key.as_ref().and_then(|k| {
                 let v = secret_value(k, &format!("{at}.apiv3_key"), errs)?;
                 if v.expose().len() != 32 {
@@ -444,17 +435,8 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
                 );
             }
             let app_id = need("app_id", &c.app_id, errs);
-            let signer = need("private_key", &c.private_key, errs).and_then(|k| {
-                let text = secret_value(&k, &format!("{at}.private_key"), errs)?;
-                RsaSigner::from_text(text.expose())
-                    .map_err(|e| {
-                        errs.push(
-                            &format!("{at}.private_key"),
-                            format!("channels.{name}: private_key: {e}"),
-                        )
-                    })
-                    .ok()
-            });
+            let signer =
+                need("private_key", &c.private_key, errs).and_then(|k| private_key(name, &k, errs));
             let alipay_key = need("alipay_public_key", &c.alipay_public_key, errs).and_then(|k| {
                 let text = secret_value(&k, &format!("{at}.alipay_public_key"), errs)?;
                 RsaVerifier::from_text(text.expose())
@@ -571,6 +553,15 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
         limit,
         connector: connector?,
     })
+}
+
+/// A channel's signing key, from its (possibly `env:`/`file:`) config value.
+fn private_key(name: &str, value: &str, errs: &mut Errors) -> Option<RsaSigner> {
+    let at = format!("channels.{name}.private_key");
+    let text = secret_value(value, &at, errs)?;
+    RsaSigner::from_text(text.expose())
+        .map_err(|e| errs.push(&at, format!("channels.{name}: private_key: {e}")))
+        .ok()
 }
 
 fn wechat_verifier(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<WechatVerifier> {

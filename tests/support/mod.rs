@@ -206,6 +206,25 @@ pub struct Reply {
     pub text: String,
 }
 
+impl Reply {
+    /// Asserts a unified-API error: HTTP status and `error.code`.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, code: &str) -> &Reply {
+        assert_eq!(
+            (self.status, self.body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{}",
+            self.text
+        );
+        self
+    }
+
+    /// The error message, for checks on what it names.
+    pub fn error_message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+}
+
 impl Harness {
     /// Proxy + sandbox over plain HTTP with the standard rules.
     pub async fn start() -> Harness {

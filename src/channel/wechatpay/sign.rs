@@ -166,10 +166,8 @@ mod tests {
     use super::*;
     use crate::channel::keys::Certificate;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vectors/");
-
     fn fixture(name: &str) -> String {
-        std::fs::read_to_string(format!("{FIXTURES}{name}")).unwrap()
+        crate::fixture(&format!("vectors/{name}"))
     }
 
     #[test]
