@@ -175,6 +175,11 @@ impl From<PaymentError> for ApiError {
                 "a request for this out_trade_no is in progress; retry shortly",
             ),
             PaymentError::NotFound => ApiError::new(ErrorCode::NotFound, "no such payment"),
+            PaymentError::InvalidState { message, payment } => {
+                let mut api = ApiError::new(ErrorCode::InvalidState, message);
+                api.payment = Some(super::types::payment_json(&payment));
+                api
+            }
             PaymentError::Store(e) => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::new(

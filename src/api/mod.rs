@@ -81,6 +81,10 @@ async fn route(app: &App, live: &Live, req: Request<Incoming>) -> (&'static str,
             let (m, o) = (decode(merchant), decode(out_trade_no));
             ("get_payment", get(app, live, &req, &m, &o, refresh).await)
         }
+        (&Method::POST, ["v1", "payments", merchant, out_trade_no, "close"]) => {
+            let (m, o) = (decode(merchant), decode(out_trade_no));
+            ("close_payment", close(app, live, &req, &m, &o).await)
+        }
         (_, ["v1", "payments"]) | (_, ["v1", "payments", _, _]) => (
             "other",
             Err(ApiError::new(
@@ -88,11 +92,18 @@ async fn route(app: &App, live: &Live, req: Request<Incoming>) -> (&'static str,
                 format!("{} is not allowed on {path}", req.method()),
             )),
         ),
-        (_, ["v1", "payments", _, _, "close"]) | (_, ["v1", "refunds", ..]) => (
+        (_, ["v1", "payments", _, _, "close"]) => (
+            "other",
+            Err(ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{} is not allowed on {path}", req.method()),
+            )),
+        ),
+        (_, ["v1", "refunds", ..]) => (
             "other",
             Err(ApiError::new(
                 ErrorCode::NotFound,
-                "close and refunds are not available in this version yet",
+                "refunds are not available in this version yet",
             )),
         ),
         _ => (
@@ -183,6 +194,21 @@ async fn get(
     let rec = app
         .payments
         .get(&routes(live), merchant, out_trade_no, refresh)
+        .await?;
+    Ok(json_response(StatusCode::OK, &types::payment_json(&rec)))
+}
+
+async fn close(
+    app: &App,
+    live: &Live,
+    req: &Request<Incoming>,
+    merchant: &str,
+    out_trade_no: &str,
+) -> Answer {
+    authorize(live, req, Some(merchant))?;
+    let rec = app
+        .payments
+        .close(&routes(live), merchant, out_trade_no)
         .await?;
     Ok(json_response(StatusCode::OK, &types::payment_json(&rec)))
 }

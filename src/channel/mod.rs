@@ -142,6 +142,13 @@ pub trait Connector: Send + Sync {
         sub: &SubMerchant,
         deadline: Duration,
     ) -> Result<OrderState, ChannelError>;
+    /// Closes an unpaid order. A paid order is refused by the provider (`Rejected`).
+    async fn close(
+        &self,
+        out_trade_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<(), ChannelError>;
 }
 
 /// How a channel call failed, which says what may be done next (DESIGN.md §7).
@@ -337,6 +344,18 @@ impl Channel {
         let started = tokio::time::Instant::now();
         let out = self.connector.query(out_trade_no, sub, deadline).await;
         self.observe("query", started, out.as_ref().err());
+        out
+    }
+
+    pub async fn close(
+        &self,
+        out_trade_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<(), ChannelError> {
+        let started = tokio::time::Instant::now();
+        let out = self.connector.close(out_trade_no, sub, deadline).await;
+        self.observe("close", started, out.as_ref().err());
         out
     }
 

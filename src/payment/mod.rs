@@ -104,6 +104,12 @@ pub enum PaymentError {
     InProgress,
     #[error("payment not found")]
     NotFound,
+    /// The operation does not fit the payment's state (close a paid order, say).
+    #[error("{message}")]
+    InvalidState {
+        message: String,
+        payment: Box<PaymentRecord>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -433,6 +439,75 @@ impl PaymentService {
         }
     }
 
+    /// Closes an unpaid order at its bound channel. Never closes a paid one: when the
+    /// channel says it was paid, the payment becomes `succeeded` and the close is refused.
+    pub async fn close(
+        &self,
+        routes: &Routes<'_>,
+        merchant_id: &str,
+        out_trade_no: &str,
+    ) -> Result<PaymentRecord, PaymentError> {
+        let rec = self
+            .store
+            .get_payment(merchant_id, out_trade_no)
+            .await?
+            .ok_or(PaymentError::NotFound)?;
+        let refuse = |message: &str, rec: PaymentRecord| PaymentError::InvalidState {
+            message: message.to_string(),
+            payment: Box::new(rec),
+        };
+        match rec.status {
+            PaymentStatus::Closed => return Ok(rec),
+            PaymentStatus::Succeeded => {
+                return Err(refuse("the payment succeeded; refund it instead", rec))
+            }
+            _ => {}
+        }
+        if rec.attempt_until.is_some_and(|t| t > now_ms()) {
+            return Err(PaymentError::InProgress);
+        }
+        let channel = routes
+            .channels
+            .get(&rec.channel)
+            .ok_or_else(|| PaymentError::ChannelMissing(rec.channel.clone()))?;
+        let sub = routes
+            .merchants
+            .get(merchant_id)
+            .cloned()
+            .unwrap_or_default();
+        match with_retries(channel, |d| channel.close(out_trade_no, &sub, d)).await {
+            Ok(()) => {}
+            Err(e) if paid_refusal(&e) => {
+                let state = with_retries(channel, |d| channel.query(out_trade_no, &sub, d))
+                    .await
+                    .map_err(|error| PaymentError::Channel { error, payment: Box::new(rec.clone()) })?;
+                let rec = self.apply_state(rec, state, channel).await?;
+                return Err(refuse("the channel says the order was paid; it was not closed", rec));
+            }
+            // Never reached the channel (a failed create): nothing there to close.
+            Err(e) if e.kind == ErrorKind::NotFound && rec.action.is_none() => {}
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                return Err(refuse(
+                    "the channel does not know the order yet (the payer has not opened it); it expires at expires_at",
+                    rec,
+                ))
+            }
+            Err(error) => return Err(PaymentError::Channel { error, payment: Box::new(rec) }),
+        }
+        let mut rec = rec;
+        rec.status = PaymentStatus::Closed;
+        rec.updated_at = now_ms();
+        if !self.store.update_payment(&mut rec).await? {
+            return self
+                .store
+                .get_payment(merchant_id, out_trade_no)
+                .await?
+                .ok_or(PaymentError::NotFound);
+        }
+        self.metrics.outcome(&rec, "closed");
+        Ok(rec)
+    }
+
     /// Applies the bound channel's word to the record (compare-and-set).
     async fn apply_state(
         &self,
@@ -528,6 +603,11 @@ where
         channel.metrics().retried(channel.name(), err.label());
         tokio::time::sleep(wait).await;
     }
+}
+
+/// A provider's refusal to close because the order is paid.
+fn paid_refusal(e: &ChannelError) -> bool {
+    matches!(&e.kind, ErrorKind::Rejected(code) if ["ORDERPAID", "ACQ.TRADE_STATUS_ERROR", "ACQ.TRADE_HAS_SUCCESS"].contains(&code.as_str()))
 }
 
 /// The unified API code a channel failure becomes (DESIGN.md §2).

@@ -270,6 +270,13 @@ impl Sandbox {
             (&Method::POST, ["v3", "pay", "partner", "transactions", kind]) => {
                 self.create(&mchid, true, kind, body)
             }
+            (&Method::POST, ["v3", "pay", "transactions", "out-trade-no", no, "close"]) => {
+                self.close(&mchid, false, &crate::api::decode(no), body)
+            }
+            (
+                &Method::POST,
+                ["v3", "pay", "partner", "transactions", "out-trade-no", no, "close"],
+            ) => self.close(&mchid, true, &crate::api::decode(no), body),
             (&Method::GET, ["v3", "pay", "transactions", "out-trade-no", no]) => {
                 self.query(&mchid, None, &crate::api::decode(no))
             }
@@ -488,6 +495,46 @@ impl Sandbox {
             v["success_time"] = json!(t);
         }
         (StatusCode::OK, v)
+    }
+
+    fn close(&self, auth_mchid: &str, partner: bool, no: &str, body: &[u8]) -> (StatusCode, Value) {
+        let bad = |m: &str| {
+            (
+                StatusCode::BAD_REQUEST,
+                json!({"code":"PARAM_ERROR","message":m}),
+            )
+        };
+        let Ok(req) = serde_json::from_slice::<Value>(body) else {
+            return bad("body is not JSON");
+        };
+        let field = if partner { "sp_mchid" } else { "mchid" };
+        if req[field].as_str() != Some(auth_mchid) {
+            return bad(&format!("{field} must equal the signing merchant"));
+        }
+        let sub = if partner {
+            match req["sub_mchid"].as_str() {
+                Some(s) => Some(s.to_string()),
+                None => return bad("sub_mchid is required"),
+            }
+        } else {
+            None
+        };
+        let mut orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(o) = orders.get_mut(&(order_key(auth_mchid, sub.as_deref()), no.to_string()))
+        else {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({"code":"ORDER_NOT_EXIST","message":"订单不存在"}),
+            );
+        };
+        if o.state == "SUCCESS" {
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({"code":"ORDERPAID","message":"订单已支付"}),
+            );
+        }
+        o.state = "CLOSED".into();
+        (StatusCode::NO_CONTENT, Value::Null)
     }
 
     /// Marks every open order with this out_trade_no paid (or only `?mchid=`'s).

@@ -259,6 +259,18 @@ impl super::Connector for Alipay {
         let v = self.call(method, params, deadline).await?;
         parse_trade(&v, out_trade_no)
     }
+
+    async fn close(
+        &self,
+        out_trade_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<(), ChannelError> {
+        let method = "alipay.trade.close";
+        let params = self.params(method, sub, &json!({ "out_trade_no": out_trade_no }))?;
+        self.call(method, params, deadline).await?;
+        Ok(())
+    }
 }
 
 fn parse_trade(v: &Value, out_trade_no: &str) -> Result<OrderState, ChannelError> {

@@ -301,6 +301,30 @@ impl super::Connector for WechatPay {
         let resp = self.call(HttpMethod::GET, &path, None, deadline).await?;
         parse_order_state(&resp.body, out_trade_no)
     }
+
+    async fn close(
+        &self,
+        out_trade_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<(), ChannelError> {
+        let no = encode_path_segment(out_trade_no);
+        let (path, body) = match &self.settings().mode {
+            WechatMode::Direct { mchid, .. } => (
+                format!("/v3/pay/transactions/out-trade-no/{no}/close"),
+                json!({ "mchid": mchid }),
+            ),
+            WechatMode::Partner { sp_mchid, .. } => (
+                format!("/v3/pay/partner/transactions/out-trade-no/{no}/close"),
+                json!({ "sp_mchid": sp_mchid, "sub_mchid": sub_mchid(sub)? }),
+            ),
+        };
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| ChannelError::new(ErrorKind::Local, e.to_string()))?;
+        self.call(HttpMethod::POST, &path, Some(body), deadline)
+            .await?;
+        Ok(())
+    }
 }
 
 fn parse_order_state(body: &[u8], out_trade_no: &str) -> Result<OrderState, ChannelError> {
