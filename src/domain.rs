@@ -172,6 +172,37 @@ impl PaymentStatus {
     }
 }
 
+/// The state of one refund.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundStatus {
+    /// Asked for (or being processed by the channel); its amount is reserved.
+    Pending,
+    Succeeded,
+    /// Refused or abandoned by the channel; its amount is free again.
+    Failed,
+}
+
+impl RefundStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundStatus::Pending => "pending",
+            RefundStatus::Succeeded => "succeeded",
+            RefundStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RefundStatus> {
+        [
+            RefundStatus::Pending,
+            RefundStatus::Succeeded,
+            RefundStatus::Failed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
 /// Largest amount accepted, in minor units (fen): 100 million yuan.
 pub const MAX_AMOUNT: u64 = 10_000_000_000;
 

@@ -15,7 +15,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use time::OffsetDateTime;
 
 use crate::app::{App, Live};
-use crate::payment::{CreateOutcome, Routes};
+use crate::payment::{CreateOutcome, RefundOutcome, Routes};
 use error::{json_response, ApiError, ErrorCode};
 
 /// HTTP metrics of the API listener.
@@ -99,11 +99,22 @@ async fn route(app: &App, live: &Live, req: Request<Incoming>) -> (&'static str,
                 format!("{} is not allowed on {path}", req.method()),
             )),
         ),
-        (_, ["v1", "refunds", ..]) => (
+        (&Method::POST, ["v1", "refunds"]) => {
+            ("create_refund", create_refund(app, live, req).await)
+        }
+        (&Method::GET, ["v1", "refunds", merchant, out_refund_no]) => {
+            let refresh = query_flag(req.uri().query(), "refresh");
+            let (m, o) = (decode(merchant), decode(out_refund_no));
+            (
+                "get_refund",
+                get_refund(app, live, &req, &m, &o, refresh).await,
+            )
+        }
+        (_, ["v1", "refunds"]) | (_, ["v1", "refunds", _, _]) => (
             "other",
             Err(ApiError::new(
-                ErrorCode::NotFound,
-                "refunds are not available in this version yet",
+                ErrorCode::MethodNotAllowed,
+                format!("{} is not allowed on {path}", req.method()),
             )),
         ),
         _ => (
@@ -211,6 +222,44 @@ async fn close(
         .close(&routes(live), merchant, out_trade_no)
         .await?;
     Ok(json_response(StatusCode::OK, &types::payment_json(&rec)))
+}
+
+async fn create_refund(app: &App, live: &Live, req: Request<Incoming>) -> Answer {
+    let shop = authorize(live, &req, None)?;
+    let limit = live.config.server.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, limit).await?;
+    let new = types::parse_refund(&body)?;
+    check_merchant(&shop, &new.merchant_id)?;
+    match app.payments.refund(&routes(live), &shop.id, new).await? {
+        RefundOutcome::Created(r) => {
+            Ok(json_response(StatusCode::CREATED, &types::refund_json(&r)))
+        }
+        RefundOutcome::Replayed(r) => {
+            let mut resp = json_response(StatusCode::OK, &types::refund_json(&r));
+            resp.headers_mut().insert(
+                "Idempotent-Replayed",
+                http::HeaderValue::from_static("true"),
+            );
+            Ok(resp)
+        }
+    }
+}
+
+async fn get_refund(
+    app: &App,
+    live: &Live,
+    req: &Request<Incoming>,
+    merchant: &str,
+    out_refund_no: &str,
+    refresh: bool,
+) -> Answer {
+    authorize(live, req, Some(merchant))?;
+    let rec = app
+        .payments
+        .get_refund(&routes(live), merchant, out_refund_no, refresh)
+        .await?;
+    Ok(json_response(StatusCode::OK, &types::refund_json(&rec)))
 }
 
 async fn read_body(

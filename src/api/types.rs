@@ -9,8 +9,8 @@ use time::OffsetDateTime;
 
 use super::error::{ApiError, ErrorCode};
 use crate::domain::{Method, MAX_AMOUNT};
-use crate::payment::NewPayment;
-use crate::store::PaymentRecord;
+use crate::payment::{NewPayment, NewRefund};
+use crate::store::{PaymentRecord, RefundRecord};
 
 const CREATE_FIELDS: [&str; 11] = [
     "merchant_id",
@@ -48,18 +48,7 @@ pub fn parse_create(body: &[u8], now: OffsetDateTime) -> Result<NewPayment, ApiE
         ));
     }
     let merchant_id = string(&obj, "merchant_id", 1, 64)?.ok_or_else(|| missing("merchant_id"))?;
-    let out_trade_no =
-        string(&obj, "out_trade_no", 1, 32)?.ok_or_else(|| missing("out_trade_no"))?;
-    if !out_trade_no
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
-    {
-        return Err(ApiError::field(
-            ErrorCode::InvalidRequest,
-            "out_trade_no",
-            "out_trade_no may only hold A-Z a-z 0-9 _ - | *",
-        ));
-    }
+    let out_trade_no = order_no(&obj, "out_trade_no", 32)?;
     let amount = amount(obj.get("amount"))?;
     let currency = string(&obj, "currency", 1, 8)?.ok_or_else(|| missing("currency"))?;
     if currency != "CNY" {
@@ -216,6 +205,62 @@ pub fn parse_create(body: &[u8], now: OffsetDateTime) -> Result<NewPayment, ApiE
     })
 }
 
+/// Parses and validates a refund body.
+pub fn parse_refund(body: &[u8]) -> Result<NewRefund, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(obj) = v else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "body must be a JSON object",
+        ));
+    };
+    const FIELDS: [&str; 5] = [
+        "merchant_id",
+        "out_trade_no",
+        "out_refund_no",
+        "amount",
+        "reason",
+    ];
+    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::field(
+            ErrorCode::InvalidRequest,
+            k,
+            format!("unknown field {k:?}"),
+        ));
+    }
+    let merchant_id = string(&obj, "merchant_id", 1, 64)?.ok_or_else(|| missing("merchant_id"))?;
+    let out_trade_no = order_no(&obj, "out_trade_no", 32)?;
+    let out_refund_no = order_no(&obj, "out_refund_no", 64)?;
+    Ok(NewRefund {
+        merchant_id,
+        out_trade_no,
+        out_refund_no,
+        amount: amount(obj.get("amount"))?,
+        reason: string(&obj, "reason", 1, 80)?,
+    })
+}
+
+/// An order or refund number: `[A-Za-z0-9_\-|*]`, 1 to `max` characters.
+fn order_no(obj: &Map<String, Value>, key: &str, max: usize) -> Result<String, ApiError> {
+    let v = string(obj, key, 1, max)?.ok_or_else(|| missing(key))?;
+    if !v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
+    {
+        return Err(ApiError::field(
+            ErrorCode::InvalidRequest,
+            key,
+            format!("{key} may only hold A-Z a-z 0-9 _ - | *"),
+        ));
+    }
+    Ok(v)
+}
+
 /// Integer minor units in `1..=MAX_AMOUNT`; floats, strings, zero and negatives are refused.
 fn amount(v: Option<&Value>) -> Result<u64, ApiError> {
     let bad = |why: &str| ApiError::field(ErrorCode::InvalidAmount, "amount", why.to_string());
@@ -295,6 +340,25 @@ pub fn payment_json(p: &PaymentRecord) -> Value {
         "updated_at": rfc3339(p.updated_at),
         "paid_at": p.paid_at.map(rfc3339),
         "expires_at": rfc3339(p.expires_at),
+    })
+}
+
+/// The refund object of every refund response.
+pub fn refund_json(r: &RefundRecord) -> Value {
+    json!({
+        "refund_id": r.refund_id,
+        "merchant_id": r.merchant_id,
+        "out_trade_no": r.out_trade_no,
+        "out_refund_no": r.out_refund_no,
+        "payment_id": r.payment_id,
+        "amount": r.amount,
+        "reason": r.reason,
+        "status": r.status,
+        "channel": r.channel,
+        "provider_refund_no": r.provider_refund_no,
+        "created_at": rfc3339(r.created_at),
+        "updated_at": rfc3339(r.updated_at),
+        "succeeded_at": r.succeeded_at.map(rfc3339),
     })
 }
 

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use time::OffsetDateTime;
 
-use crate::domain::{Family, FeeRate, Method, PaymentStatus};
+use crate::domain::{Family, FeeRate, Method, PaymentStatus, RefundStatus};
 use crate::resilience::RateSpec;
 use crate::secret::Secret;
 
@@ -127,6 +127,28 @@ pub struct OrderState {
     pub paid_at: Option<OffsetDateTime>,
 }
 
+/// What the channel is asked to refund.
+#[derive(Clone, Debug)]
+pub struct RefundRequest<'a> {
+    pub out_trade_no: &'a str,
+    pub out_refund_no: &'a str,
+    pub amount: u64,
+    /// The paid amount of the order (WeChat Pay wants it with every refund).
+    pub total: u64,
+    pub currency: &'a str,
+    pub reason: Option<&'a str>,
+    pub notify_url: &'a str,
+    pub sub: &'a SubMerchant,
+}
+
+/// A refund as the provider reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefundState {
+    pub status: RefundStatus,
+    pub provider_state: String,
+    pub provider_refund_no: Option<String>,
+}
+
 /// A provider protocol. Implementations sign, send, verify and map; they never retry
 /// (the payment layer owns the retry policy, because only it knows what is safe).
 #[async_trait]
@@ -149,6 +171,19 @@ pub trait Connector: Send + Sync {
         sub: &SubMerchant,
         deadline: Duration,
     ) -> Result<(), ChannelError>;
+    /// Refunds (part of) a paid order. The provider deduplicates on `out_refund_no`.
+    async fn refund(
+        &self,
+        refund: &RefundRequest<'_>,
+        deadline: Duration,
+    ) -> Result<RefundState, ChannelError>;
+    async fn refund_query(
+        &self,
+        out_trade_no: &str,
+        out_refund_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<RefundState, ChannelError>;
 }
 
 /// How a channel call failed, which says what may be done next (DESIGN.md §7).
@@ -356,6 +391,33 @@ impl Channel {
         let started = tokio::time::Instant::now();
         let out = self.connector.close(out_trade_no, sub, deadline).await;
         self.observe("close", started, out.as_ref().err());
+        out
+    }
+
+    pub async fn refund(
+        &self,
+        refund: &RefundRequest<'_>,
+        deadline: Duration,
+    ) -> Result<RefundState, ChannelError> {
+        let started = tokio::time::Instant::now();
+        let out = self.connector.refund(refund, deadline).await;
+        self.observe("refund", started, out.as_ref().err());
+        out
+    }
+
+    pub async fn refund_query(
+        &self,
+        out_trade_no: &str,
+        out_refund_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<RefundState, ChannelError> {
+        let started = tokio::time::Instant::now();
+        let out = self
+            .connector
+            .refund_query(out_trade_no, out_refund_no, sub, deadline)
+            .await;
+        self.observe("refund_query", started, out.as_ref().err());
         out
     }
 

@@ -15,6 +15,8 @@
 //! After a create ends in `unknown`, the channel is not queried yet (the reconciliation
 //! worker will do it); the shop's retry with the same `out_trade_no` re-sends the create.
 
+mod refund;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +38,8 @@ const DEFAULT_EXPIRY_MS: i64 = 2 * 3600 * 1000;
 
 /// Retries after the first attempt, within the channel's deadline.
 const MAX_RETRIES: u32 = 2;
+
+pub use refund::{NewRefund, RefundOutcome};
 
 /// A validated create request (the API checked every field).
 #[derive(Clone, Debug)]
@@ -199,7 +203,7 @@ impl PaymentService {
         let decision = routes.rules.decide(&facts)?;
         let fallback = decision.fallback.to_vec();
         let rec = PaymentRecord {
-            payment_id: new_payment_id(),
+            payment_id: new_id("pay"),
             merchant_id: req.merchant_id.clone(),
             shop_id: shop_id.to_string(),
             out_trade_no: req.out_trade_no.clone(),
@@ -640,11 +644,12 @@ pub fn china_minute(unix_ms: i64) -> u16 {
     ((unix_ms / 1000 + 8 * 3600).rem_euclid(86_400) / 60) as u16
 }
 
-fn new_payment_id() -> String {
+/// `pay_…` / `ref_…`: 96 random bits in hex.
+fn new_id(prefix: &str) -> String {
     let mut b = [0u8; 12];
     aws_lc_rs::rand::fill(&mut b).expect("system randomness");
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("pay_{hex}")
+    format!("{prefix}_{hex}")
 }
 
 fn random_u64() -> u64 {

@@ -31,6 +31,8 @@ pub(super) struct AliOrder {
     send_pay_date: Option<String>,
     /// Every request parameter as received except `sign` (biz_content parsed).
     request: Value,
+    /// Refunds: (out_request_no, amount).
+    refunds: Vec<(String, u64)>,
 }
 
 impl AliOrder {
@@ -111,6 +113,8 @@ impl Sandbox {
             }
             "alipay.trade.query" => self.ali_query(&biz, &seller),
             "alipay.trade.close" => self.ali_close(&biz, &seller),
+            "alipay.trade.refund" => self.ali_refund(&biz, &seller),
+            "alipay.trade.fastpay.refund.query" => self.ali_refund_query(&biz, &seller),
             _ => error_body(
                 "40004",
                 "Business Failed",
@@ -217,6 +221,7 @@ impl Sandbox {
                     trade_no: None,
                     send_pay_date: None,
                     request: Value::Object(request),
+                    refunds: Vec::new(),
                 },
             );
         }
@@ -281,6 +286,107 @@ impl Sandbox {
             r#"{{"code":"10000","msg":"Success","out_trade_no":{}}}"#,
             json!(no)
         )
+    }
+
+    fn ali_refund(&self, biz: &Value, seller: &str) -> String {
+        let s = |k: &str| biz[k].as_str().filter(|v| !v.is_empty());
+        let (Some(no), Some(amount), Some(request_no)) =
+            (s("out_trade_no"), s("refund_amount"), s("out_request_no"))
+        else {
+            return error_body(
+                "40002",
+                "Invalid Arguments",
+                "isv.missing-parameter",
+                "out_trade_no, refund_amount and out_request_no are required",
+            );
+        };
+        let amount = match parse_yuan(amount) {
+            Ok(a) if a > 0 => a,
+            _ => {
+                return error_body(
+                    "40004",
+                    "Business Failed",
+                    "ACQ.INVALID_PARAMETER",
+                    "refund_amount is not a valid amount",
+                )
+            }
+        };
+        let mut orders = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(o) = orders.get_mut(&(seller.to_string(), no.to_string())) else {
+            return error_body(
+                "40004",
+                "Business Failed",
+                "ACQ.TRADE_NOT_EXIST",
+                "交易不存在",
+            );
+        };
+        let fund_change = if let Some((_, a)) = o.refunds.iter().find(|(n, _)| n == request_no) {
+            if *a != amount {
+                return error_body(
+                    "40004",
+                    "Business Failed",
+                    "ACQ.INVALID_PARAMETER",
+                    "out_request_no used with another amount",
+                );
+            }
+            "N"
+        } else {
+            if o.state != "TRADE_SUCCESS" {
+                return error_body(
+                    "40004",
+                    "Business Failed",
+                    "ACQ.TRADE_STATUS_ERROR",
+                    "交易状态不合法",
+                );
+            }
+            let refunded: u64 = o.refunds.iter().map(|(_, a)| a).sum();
+            if refunded + amount > o.amount {
+                return error_body(
+                    "40004",
+                    "Business Failed",
+                    "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL",
+                    "退款金额超限",
+                );
+            }
+            o.refunds.push((request_no.to_string(), amount));
+            "Y"
+        };
+        let refund_fee: u64 = o.refunds.iter().map(|(_, a)| a).sum();
+        format!(
+            r#"{{"code":"10000","msg":"Success","buyer_logon_id":"san***@sandbox.example","fund_change":"{fund_change}","out_trade_no":{},"refund_fee":"{}","trade_no":{}}}"#,
+            json!(no),
+            yuan(refund_fee),
+            json!(o.trade_no)
+        )
+    }
+
+    fn ali_refund_query(&self, biz: &Value, seller: &str) -> String {
+        let no = biz["out_trade_no"].as_str().unwrap_or("");
+        let request_no = biz["out_request_no"].as_str().unwrap_or("");
+        let orders = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(o) = orders.get(&(seller.to_string(), no.to_string())) else {
+            return error_body(
+                "40004",
+                "Business Failed",
+                "ACQ.TRADE_NOT_EXIST",
+                "交易不存在",
+            );
+        };
+        match o.refunds.iter().find(|(n, _)| n == request_no) {
+            Some((_, amount)) => format!(
+                r#"{{"code":"10000","msg":"Success","out_request_no":{},"out_trade_no":{},"refund_amount":"{}","refund_status":"REFUND_SUCCESS","total_amount":"{}","trade_no":{}}}"#,
+                json!(request_no),
+                json!(no),
+                yuan(*amount),
+                yuan(o.amount),
+                json!(o.trade_no)
+            ),
+            // As Alipay: success code, no refund_status, when there is no such refund.
+            None => format!(
+                r#"{{"code":"10000","msg":"Success","out_trade_no":{}}}"#,
+                json!(no)
+            ),
+        }
     }
 
     /// `{"<key>":<inner>,"sign":"…"}` with the signature over the exact bytes of `inner`.

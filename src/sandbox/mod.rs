@@ -96,6 +96,8 @@ struct Order {
     success_time: Option<String>,
     /// The create request body exactly as received, for tests that check its shape.
     request: Value,
+    /// Refunds of this order: (out_refund_no, amount, refund_id).
+    refunds: Vec<(String, u64, String)>,
 }
 
 pub struct Sandbox {
@@ -277,6 +279,11 @@ impl Sandbox {
                 &Method::POST,
                 ["v3", "pay", "partner", "transactions", "out-trade-no", no, "close"],
             ) => self.close(&mchid, true, &crate::api::decode(no), body),
+            (&Method::POST, ["v3", "refund", "domestic", "refunds"]) => self.refund(&mchid, body),
+            (&Method::GET, ["v3", "refund", "domestic", "refunds", no]) => {
+                let sub = query_param(path_and_query, "sub_mchid");
+                self.refund_query(&mchid, sub.as_deref(), &crate::api::decode(no))
+            }
             (&Method::GET, ["v3", "pay", "transactions", "out-trade-no", no]) => {
                 self.query(&mchid, None, &crate::api::decode(no))
             }
@@ -453,6 +460,7 @@ impl Sandbox {
                 transaction_id: None,
                 success_time: None,
                 request: req.clone(),
+                refunds: Vec::new(),
             },
         );
         (StatusCode::OK, self.create_answer(kind, &prepay_id))
@@ -535,6 +543,90 @@ impl Sandbox {
         }
         o.state = "CLOSED".into();
         (StatusCode::NO_CONTENT, Value::Null)
+    }
+
+    fn refund(&self, auth_mchid: &str, body: &[u8]) -> (StatusCode, Value) {
+        let bad = |m: &str| {
+            (
+                StatusCode::BAD_REQUEST,
+                json!({"code":"PARAM_ERROR","message":m}),
+            )
+        };
+        let Ok(req) = serde_json::from_slice::<Value>(body) else {
+            return bad("body is not JSON");
+        };
+        let (Some(no), Some(refund_no)) =
+            (req["out_trade_no"].as_str(), req["out_refund_no"].as_str())
+        else {
+            return bad("out_trade_no and out_refund_no are required");
+        };
+        let (Some(refund), Some(total)) = (
+            req["amount"]["refund"].as_u64(),
+            req["amount"]["total"].as_u64(),
+        ) else {
+            return bad("amount.refund and amount.total are required");
+        };
+        if req["notify_url"].as_str().is_none() {
+            return bad("notify_url is required by the sandbox");
+        }
+        let key = (
+            order_key(auth_mchid, req["sub_mchid"].as_str()),
+            no.to_string(),
+        );
+        let mut orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(o) = orders.get_mut(&key) else {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({"code":"RESOURCE_NOT_EXISTS","message":"订单不存在"}),
+            );
+        };
+        if let Some((_, amount, _)) = o.refunds.iter().find(|(n, _, _)| n == refund_no) {
+            if *amount != refund {
+                return bad("out_refund_no used with another amount");
+            }
+            return (StatusCode::OK, refund_answer(o, refund_no));
+        }
+        if o.state != "SUCCESS" && o.state != "REFUND" {
+            return (
+                StatusCode::FORBIDDEN,
+                json!({"code":"INVALID_REQUEST","message":"订单未支付"}),
+            );
+        }
+        if total != o.amount {
+            return bad("amount.total is not the order's amount");
+        }
+        let refunded: u64 = o.refunds.iter().map(|(_, a, _)| a).sum();
+        if refund == 0 || refunded + refund > o.amount {
+            return (
+                StatusCode::FORBIDDEN,
+                json!({"code":"NOT_ENOUGH","message":"可退金额不足"}),
+            );
+        }
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        o.refunds
+            .push((refund_no.to_string(), refund, format!("50300{n:024}")));
+        o.state = "REFUND".into();
+        (StatusCode::OK, refund_answer(o, refund_no))
+    }
+
+    fn refund_query(
+        &self,
+        auth_mchid: &str,
+        sub_mchid: Option<&str>,
+        refund_no: &str,
+    ) -> (StatusCode, Value) {
+        let merchant = order_key(auth_mchid, sub_mchid);
+        let orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
+        orders
+            .iter()
+            .find(|((m, _), o)| *m == merchant && o.refunds.iter().any(|(n, _, _)| n == refund_no))
+            .map(|(_, o)| (StatusCode::OK, refund_answer(o, refund_no)))
+            .unwrap_or((
+                StatusCode::NOT_FOUND,
+                json!({"code":"RESOURCE_NOT_EXISTS","message":"退款单不存在"}),
+            ))
     }
 
     /// Marks every open order with this out_trade_no paid (or only `?mchid=`'s).
@@ -638,6 +730,21 @@ impl Sandbox {
         );
         resp
     }
+}
+
+fn refund_answer(o: &Order, refund_no: &str) -> Value {
+    let (_, amount, id) = o
+        .refunds
+        .iter()
+        .find(|(n, _, _)| n == refund_no)
+        .cloned()
+        .unwrap_or_default();
+    json!({
+        "refund_id": id, "out_refund_no": refund_no, "out_trade_no": o.out_trade_no,
+        "transaction_id": o.transaction_id, "channel": "ORIGINAL", "status": "SUCCESS",
+        "success_time": china_time(OffsetDateTime::now_utc()),
+        "amount": { "total": o.amount, "refund": amount, "payer_total": o.amount, "payer_refund": amount, "currency": o.currency },
+    })
 }
 
 /// Changes one base64 character so the signature no longer verifies but still decodes.

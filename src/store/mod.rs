@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use crate::domain::{Method, PaymentStatus};
+use crate::domain::{Method, PaymentStatus, RefundStatus};
 
 /// Where state lives (config `store:`).
 #[derive(Clone, Debug)]
@@ -51,6 +51,41 @@ pub struct PaymentRecord {
     pub version: i64,
 }
 
+/// One refund: bound to its payment's channel, its amount reserved while pending.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefundRecord {
+    pub refund_id: String,
+    pub merchant_id: String,
+    pub shop_id: String,
+    pub out_trade_no: String,
+    pub out_refund_no: String,
+    pub payment_id: String,
+    pub channel: String,
+    pub amount: u64,
+    pub reason: Option<String>,
+    pub status: RefundStatus,
+    pub provider_refund_no: Option<String>,
+    pub request_hash: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub attempt_until: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub succeeded_at: Option<i64>,
+    pub version: i64,
+}
+
+/// The outcome of [`Store::reserve_refund`].
+#[derive(Debug)]
+pub enum Reservation {
+    /// Stored as pending; its amount now counts against the payment.
+    Reserved,
+    /// `(merchant_id, out_refund_no)` is taken: the earlier refund.
+    Exists(Box<RefundRecord>),
+    /// Refunded + in flight + this would exceed the paid amount.
+    Exceeds { available: u64 },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
@@ -74,6 +109,20 @@ pub trait Store: Send + Sync {
     /// Writes `p` if nobody else changed it since it was read (same `version`); bumps
     /// `p.version` and returns true on success, false on a lost race.
     async fn update_payment(&self, p: &mut PaymentRecord) -> Result<bool, StoreError>;
+
+    /// Atomically checks the refund guard (succeeded + pending refunds + this ≤ `paid`) and
+    /// the uniqueness of `out_refund_no`, then stores the refund as pending.
+    async fn reserve_refund(&self, r: &RefundRecord, paid: u64) -> Result<Reservation, StoreError>;
+
+    async fn get_refund(
+        &self,
+        merchant_id: &str,
+        out_refund_no: &str,
+    ) -> Result<Option<RefundRecord>, StoreError>;
+
+    /// Compare-and-set like [`Store::update_payment`]; in the same transaction the payment's
+    /// `refunded_amount` becomes the sum of its succeeded refunds.
+    async fn update_refund(&self, r: &mut RefundRecord) -> Result<bool, StoreError>;
 
     /// Reachable and writable: for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

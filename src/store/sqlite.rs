@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{PaymentRecord, Store, StoreError};
-use crate::domain::{Method, PaymentStatus};
+use super::{PaymentRecord, RefundRecord, Reservation, Store, StoreError};
+use crate::domain::{Method, PaymentStatus, RefundStatus};
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -45,7 +45,79 @@ CREATE TABLE IF NOT EXISTS payments (
     UNIQUE (merchant_id, out_trade_no)
 );
 CREATE INDEX IF NOT EXISTS payments_status ON payments (status, updated_at);
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_id          TEXT PRIMARY KEY,
+    merchant_id        TEXT NOT NULL,
+    shop_id            TEXT NOT NULL,
+    out_trade_no       TEXT NOT NULL,
+    out_refund_no      TEXT NOT NULL,
+    payment_id         TEXT NOT NULL REFERENCES payments (payment_id),
+    channel            TEXT NOT NULL,
+    amount             INTEGER NOT NULL CHECK (amount > 0),
+    reason             TEXT,
+    status             TEXT NOT NULL,
+    provider_refund_no TEXT,
+    request_hash       TEXT NOT NULL,
+    error_code         TEXT,
+    error_message      TEXT,
+    attempt_until      INTEGER,
+    created_at         INTEGER NOT NULL,
+    updated_at         INTEGER NOT NULL,
+    succeeded_at       INTEGER,
+    version            INTEGER NOT NULL,
+    UNIQUE (merchant_id, out_refund_no)
+);
+CREATE INDEX IF NOT EXISTS refunds_payment ON refunds (payment_id, status);
 ";
+
+const REFUND_COLUMNS: &str = "refund_id, merchant_id, shop_id, out_trade_no, out_refund_no, payment_id, channel, amount, reason, status, provider_refund_no, request_hash, error_code, error_message, attempt_until, created_at, updated_at, succeeded_at, version";
+
+fn read_refund(row: &Row) -> rusqlite::Result<Result<RefundRecord, StoreError>> {
+    let amount: i64 = row.get(7)?;
+    let status: String = row.get(9)?;
+    Ok((|| {
+        Ok(RefundRecord {
+            refund_id: row.get(0).map_err(backend)?,
+            merchant_id: row.get(1).map_err(backend)?,
+            shop_id: row.get(2).map_err(backend)?,
+            out_trade_no: row.get(3).map_err(backend)?,
+            out_refund_no: row.get(4).map_err(backend)?,
+            payment_id: row.get(5).map_err(backend)?,
+            channel: row.get(6).map_err(backend)?,
+            amount: u64::try_from(amount)
+                .map_err(|_| StoreError::Corrupt(format!("refund amount {amount}")))?,
+            reason: row.get(8).map_err(backend)?,
+            status: RefundStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("refund status {status}")))?,
+            provider_refund_no: row.get(10).map_err(backend)?,
+            request_hash: row.get(11).map_err(backend)?,
+            error_code: row.get(12).map_err(backend)?,
+            error_message: row.get(13).map_err(backend)?,
+            attempt_until: row.get(14).map_err(backend)?,
+            created_at: row.get(15).map_err(backend)?,
+            updated_at: row.get(16).map_err(backend)?,
+            succeeded_at: row.get(17).map_err(backend)?,
+            version: row.get(18).map_err(backend)?,
+        })
+    })())
+}
+
+fn get_refund(
+    conn: &Connection,
+    merchant_id: &str,
+    out_refund_no: &str,
+) -> Result<Option<RefundRecord>, StoreError> {
+    conn.query_row(
+        &format!(
+            "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant_id = ?1 AND out_refund_no = ?2"
+        ),
+        params![merchant_id, out_refund_no],
+        read_refund,
+    )
+    .optional()
+    .map_err(backend)?
+    .transpose()
+}
 
 const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version";
 
@@ -211,6 +283,87 @@ impl Store for SqliteStore {
             .await?;
         if updated {
             p.version += 1;
+        }
+        Ok(updated)
+    }
+
+    async fn reserve_refund(&self, r: &RefundRecord, paid: u64) -> Result<Reservation, StoreError> {
+        let r = r.clone();
+        self.with(move |conn| {
+            // IMMEDIATE: take the write lock first, so two refunds cannot both pass the guard.
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            if let Some(existing) = get_refund(&tx, &r.merchant_id, &r.out_refund_no)? {
+                return Ok(Reservation::Exists(Box::new(existing)));
+            }
+            let taken: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = ?1 AND status IN ('pending', 'succeeded')",
+                    params![r.payment_id],
+                    |row| row.get(0),
+                )
+                .map_err(backend)?;
+            let available = paid.saturating_sub(taken.max(0) as u64);
+            if r.amount > available {
+                return Ok(Reservation::Exceeds { available });
+            }
+            tx.execute(
+                &format!("INSERT INTO refunds ({REFUND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"),
+                params![
+                    r.refund_id, r.merchant_id, r.shop_id, r.out_trade_no, r.out_refund_no, r.payment_id,
+                    r.channel, r.amount as i64, r.reason, r.status.as_str(), r.provider_refund_no,
+                    r.request_hash, r.error_code, r.error_message, r.attempt_until, r.created_at,
+                    r.updated_at, r.succeeded_at, r.version,
+                ],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(Reservation::Reserved)
+        })
+        .await
+    }
+
+    async fn get_refund(
+        &self,
+        merchant_id: &str,
+        out_refund_no: &str,
+    ) -> Result<Option<RefundRecord>, StoreError> {
+        let (m, o) = (merchant_id.to_string(), out_refund_no.to_string());
+        self.with(move |conn| get_refund(conn, &m, &o)).await
+    }
+
+    async fn update_refund(&self, r: &mut RefundRecord) -> Result<bool, StoreError> {
+        let rec = r.clone();
+        let updated = self
+            .with(move |conn| {
+                let tx = conn.transaction().map_err(backend)?;
+                let n = tx
+                    .execute(
+                        "UPDATE refunds SET status = ?1, provider_refund_no = ?2, error_code = ?3, error_message = ?4,
+                         attempt_until = ?5, updated_at = ?6, succeeded_at = ?7, version = version + 1
+                         WHERE refund_id = ?8 AND version = ?9",
+                        params![
+                            rec.status.as_str(), rec.provider_refund_no, rec.error_code, rec.error_message,
+                            rec.attempt_until, rec.updated_at, rec.succeeded_at, rec.refund_id, rec.version,
+                        ],
+                    )
+                    .map_err(backend)?;
+                if n == 1 {
+                    tx.execute(
+                        "UPDATE payments SET refunded_amount = (SELECT COALESCE(SUM(amount), 0) FROM refunds
+                         WHERE payment_id = ?1 AND status = 'succeeded'), updated_at = ?2, version = version + 1
+                         WHERE payment_id = ?1",
+                        params![rec.payment_id, rec.updated_at],
+                    )
+                    .map_err(backend)?;
+                }
+                tx.commit().map_err(backend)?;
+                Ok(n == 1)
+            })
+            .await?;
+        if updated {
+            r.version += 1;
         }
         Ok(updated)
     }

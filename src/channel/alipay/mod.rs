@@ -25,8 +25,11 @@ use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
 use super::http::HttpClient;
 use super::keys::{RsaSigner, RsaVerifier};
-use super::{ChannelError, Created, ErrorKind, OrderRequest, OrderState, SubMerchant};
-use crate::domain::{parse_yuan, yuan, Method, PaymentStatus};
+use super::{
+    ChannelError, Created, ErrorKind, OrderRequest, OrderState, RefundRequest, RefundState,
+    SubMerchant,
+};
+use crate::domain::{parse_yuan, yuan, Method, PaymentStatus, RefundStatus};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AlipayMode {
@@ -270,6 +273,61 @@ impl super::Connector for Alipay {
         let params = self.params(method, sub, &json!({ "out_trade_no": out_trade_no }))?;
         self.call(method, params, deadline).await?;
         Ok(())
+    }
+
+    /// `alipay.trade.refund` is synchronous: code 10000 means refunded (`fund_change` is
+    /// `N` when Alipay had already refunded this `out_request_no`).
+    async fn refund(
+        &self,
+        r: &RefundRequest<'_>,
+        deadline: Duration,
+    ) -> Result<RefundState, ChannelError> {
+        let method = "alipay.trade.refund";
+        let mut biz = json!({
+            "out_trade_no": r.out_trade_no,
+            "refund_amount": yuan(r.amount),
+            "out_request_no": r.out_refund_no,
+        });
+        if let Some(reason) = r.reason {
+            biz["refund_reason"] = json!(reason);
+        }
+        let params = self.params(method, r.sub, &biz)?;
+        let v = self.call(method, params, deadline).await?;
+        if v["out_trade_no"].as_str() != Some(r.out_trade_no) {
+            return Err(ChannelError::new(
+                ErrorKind::Protocol,
+                "answer is for another out_trade_no",
+            ));
+        }
+        Ok(RefundState {
+            status: RefundStatus::Succeeded,
+            provider_state: format!("fund_change={}", v["fund_change"].as_str().unwrap_or("?")),
+            provider_refund_no: v["trade_no"].as_str().map(str::to_string),
+        })
+    }
+
+    async fn refund_query(
+        &self,
+        out_trade_no: &str,
+        out_refund_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<RefundState, ChannelError> {
+        let method = "alipay.trade.fastpay.refund.query";
+        let biz = json!({ "out_trade_no": out_trade_no, "out_request_no": out_refund_no });
+        let params = self.params(method, sub, &biz)?;
+        let v = self.call(method, params, deadline).await?;
+        // No refund_status: Alipay has no successful refund under this out_request_no.
+        let state = v["refund_status"].as_str().unwrap_or("");
+        Ok(RefundState {
+            status: if state == "REFUND_SUCCESS" {
+                RefundStatus::Succeeded
+            } else {
+                RefundStatus::Pending
+            },
+            provider_state: state.to_string(),
+            provider_refund_no: v["trade_no"].as_str().map(str::to_string),
+        })
     }
 }
 

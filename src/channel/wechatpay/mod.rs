@@ -20,8 +20,11 @@ use time::{OffsetDateTime, UtcOffset};
 
 use super::http::{HttpClient, HttpResponse};
 use super::keys::RsaSigner;
-use super::{ChannelError, Created, ErrorKind, OrderRequest, OrderState, SubMerchant};
-use crate::domain::{Method, PaymentStatus};
+use super::{
+    ChannelError, Created, ErrorKind, OrderRequest, OrderState, RefundRequest, RefundState,
+    SubMerchant,
+};
+use crate::domain::{Method, PaymentStatus, RefundStatus};
 use crate::secret::Secret;
 pub use sign::WechatVerifier;
 
@@ -325,6 +328,84 @@ impl super::Connector for WechatPay {
             .await?;
         Ok(())
     }
+
+    async fn refund(
+        &self,
+        r: &RefundRequest<'_>,
+        deadline: Duration,
+    ) -> Result<RefundState, ChannelError> {
+        let mut body = json!({
+            "out_trade_no": r.out_trade_no,
+            "out_refund_no": r.out_refund_no,
+            "notify_url": r.notify_url,
+            "amount": { "refund": r.amount, "total": r.total, "currency": r.currency },
+        });
+        if let Some(reason) = r.reason {
+            body["reason"] = json!(reason);
+        }
+        if let WechatMode::Partner { .. } = self.settings().mode {
+            body["sub_mchid"] = json!(sub_mchid(r.sub)?);
+        }
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| ChannelError::new(ErrorKind::Local, e.to_string()))?;
+        let resp = self
+            .call(
+                HttpMethod::POST,
+                "/v3/refund/domestic/refunds",
+                Some(body),
+                deadline,
+            )
+            .await?;
+        parse_refund(&resp.body, r.out_refund_no)
+    }
+
+    async fn refund_query(
+        &self,
+        _out_trade_no: &str,
+        out_refund_no: &str,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<RefundState, ChannelError> {
+        let no = encode_path_segment(out_refund_no);
+        let path = match self.settings().mode {
+            WechatMode::Direct { .. } => format!("/v3/refund/domestic/refunds/{no}"),
+            WechatMode::Partner { .. } => {
+                format!(
+                    "/v3/refund/domestic/refunds/{no}?sub_mchid={}",
+                    sub_mchid(sub)?
+                )
+            }
+        };
+        let resp = self.call(HttpMethod::GET, &path, None, deadline).await?;
+        parse_refund(&resp.body, out_refund_no)
+    }
+}
+
+fn parse_refund(body: &[u8], out_refund_no: &str) -> Result<RefundState, ChannelError> {
+    let protocol = |m: String| ChannelError::new(ErrorKind::Protocol, m);
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| protocol(format!("answer is not JSON: {e}")))?;
+    if v["out_refund_no"].as_str() != Some(out_refund_no) {
+        return Err(protocol(format!(
+            "answer is for out_refund_no {}",
+            v["out_refund_no"]
+        )));
+    }
+    let state = v["status"]
+        .as_str()
+        .ok_or_else(|| protocol("answer has no status".into()))?;
+    let status = match state {
+        "SUCCESS" => RefundStatus::Succeeded,
+        "PROCESSING" => RefundStatus::Pending,
+        // ABNORMAL needs the merchant to act (a closed bank card): not refunded.
+        "CLOSED" | "ABNORMAL" => RefundStatus::Failed,
+        other => return Err(protocol(format!("unknown refund status {other:?}"))),
+    };
+    Ok(RefundState {
+        status,
+        provider_state: state.to_string(),
+        provider_refund_no: v["refund_id"].as_str().map(str::to_string),
+    })
 }
 
 fn parse_order_state(body: &[u8], out_trade_no: &str) -> Result<OrderState, ChannelError> {
