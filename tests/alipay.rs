@@ -281,3 +281,31 @@ async fn alipay_errors_follow_the_retry_table() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn replays_answer_from_the_binding_even_when_the_family_is_gone() {
+    let h = Harness::start_alipay(RULES).await;
+    let body = payment("m_4004", "ali-gone-1", "alipay_precreate", 100, json!({}));
+    let first = h.create(&body).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    // Ops remove every Alipay channel.
+    h.write_config(support::RULES, "");
+    assert_eq!(h.admin_post("/admin/reload", &json!({})).await.status, 200);
+    h.create(&payment(
+        "m_4004",
+        "ali-gone-2",
+        "alipay_precreate",
+        100,
+        json!({}),
+    ))
+    .await
+    .expect_error(422, "no_route");
+    // The bound order still replays, and says plainly that its channel is gone.
+    let again = h.create(&body).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["payment_id"], first.body["payment_id"]);
+    let q = h.get_payment("m_4004", "ali-gone-1", true).await;
+    q.expect_error(503, "channel_unavailable");
+    assert!(q.error_message().contains("no longer configured"));
+    h.shutdown().await;
+}

@@ -200,7 +200,21 @@ impl PaymentService {
             out_trade_no: &req.out_trade_no,
             china_minute: china_minute(now),
         };
-        let decision = routes.rules.decide(&facts)?;
+        let decision = match routes.rules.decide(&facts) {
+            Ok(d) => d,
+            Err(no_route) => {
+                // The rules may have changed since this order was bound: a replay of an
+                // existing order still answers from its binding.
+                return match self
+                    .store
+                    .get_payment(&req.merchant_id, &req.out_trade_no)
+                    .await?
+                {
+                    Some(existing) => self.replay(routes, existing, &request_hash, &req).await,
+                    None => Err(no_route.into()),
+                };
+            }
+        };
         let fallback = decision.fallback.to_vec();
         let rec = PaymentRecord {
             payment_id: new_id("pay"),
