@@ -4,13 +4,14 @@
 //! - `config`: the YAML file, its validation into the runtime model, live reload.
 //! - `server`: the inbound HTTP/1.1 + HTTP/2 listener with optional TLS and graceful drain.
 //! - `api`: the unified API for shops; the one place errors become HTTP responses.
-//! - `payment`: the lifecycle — route, bind, call the channel safely, store the outcome.
+//! - `payment`: the lifecycle — route, bind, call the channel safely, store the outcome;
+//!   query, close, refunds.
 //! - `routing`: the rules engine; pure, indexed by merchant, with `explain`.
-//! - `channel`: the channel abstraction, outbound HTTP client, keys, WeChat Pay v3 connector.
+//! - `channel`: the channel abstraction, outbound HTTP client, keys; `wechatpay`, `alipay`.
 //! - `resilience`: retry backoff, rate specs and durations.
 //! - `store`: the `Store` trait and its SQLite implementation.
 //! - `admin`: metrics, health, reload, config, explain on the admin port.
-//! - `sandbox`: the built-in simulated provider (test-only keys).
+//! - `sandbox`: the built-in simulated WeChat Pay and Alipay (test-only keys).
 //! - `app`: wires the modules, owns the registry, the live config and shutdown.
 //! - `domain`, `secret`: shared vocabulary (methods, statuses, money) and secret handling.
 #![forbid(unsafe_code)]
