@@ -206,6 +206,62 @@ async fn admin_api_needs_the_token_and_redacts_secrets() {
         .unwrap()
         .contains("method wechat_h5 not in"));
 
+    // The ledger.
+    assert_eq!(
+        h.create(&payment(
+            "m_1001",
+            "ledger-1",
+            "wechat_native",
+            100,
+            json!({})
+        ))
+        .await
+        .status,
+        201
+    );
+    assert_eq!(
+        h.create(&payment(
+            "m_4004",
+            "ledger-2",
+            "wechat_native",
+            200,
+            json!({})
+        ))
+        .await
+        .status,
+        201
+    );
+    let l = h
+        .admin_get("/admin/payments?merchant_id=m_1001&status=pending&limit=10")
+        .await;
+    assert_eq!(l.status, 200, "{}", l.text);
+    let list = l.body["payments"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (
+            list[0]["out_trade_no"].as_str(),
+            list[0]["shop_id"].as_str()
+        ),
+        (Some("ledger-1"), Some("test-shop"))
+    );
+    assert_eq!(
+        h.admin_get("/admin/payments").await.body["payments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        h.admin_get("/admin/payments?since=2999-01-01T00:00:00Z")
+            .await
+            .body["payments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(h.admin_get("/admin/payments?status=paid").await.status, 400);
+
     for path in ["/healthz", "/readyz"] {
         assert_eq!(
             h.send(http::Method::GET, &format!("{}{path}", h.admin), &[], "")

@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 use crate::api::auth::token_matches;
 use crate::api::error::json_response;
 use crate::app::App;
-use crate::domain::Method as PayMethod;
+use crate::domain::{Method as PayMethod, PaymentStatus};
 use crate::routing::PaymentFacts;
+use crate::store::PaymentFilter;
 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
@@ -68,6 +69,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byte
                     &json!({ "version": live.config.version, "config": live.config.redacted }),
                 ),
                 (&Method::GET, "/admin/channels") => channels(&app),
+                (&Method::GET, "/admin/payments") => payments(&app, req.uri().query()).await,
                 (&Method::POST, "/admin/explain") => {
                     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
                         Ok(b) => b.to_bytes(),
@@ -132,6 +134,81 @@ fn channels(app: &App) -> Response<Full<Bytes>> {
         StatusCode::OK,
         &json!({ "version": live.config.version, "channels": list }),
     )
+}
+
+/// `GET /admin/payments?merchant_id=&status=&since=<RFC 3339>&limit=<1..=1000>`.
+async fn payments(app: &App, query: Option<&str>) -> Response<Full<Bytes>> {
+    let mut filter = PaymentFilter {
+        limit: 100,
+        ..PaymentFilter::default()
+    };
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "merchant_id" => filter.merchant_id = Some(v.into_owned()),
+            "status" => match PaymentStatus::parse(&v) {
+                Some(s) => filter.status = Some(s),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        &format!("unknown status {v:?}"),
+                    )
+                }
+            },
+            "since" => match time::OffsetDateTime::parse(
+                &v,
+                &time::format_description::well_known::Rfc3339,
+            ) {
+                Ok(t) => filter.since = Some((t.unix_timestamp_nanos() / 1_000_000) as i64),
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "since must be an RFC 3339 time",
+                    )
+                }
+            },
+            "limit" => match v.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => filter.limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "limit must be 1 to 1000",
+                    )
+                }
+            },
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &format!("unknown parameter {other:?}"),
+                )
+            }
+        }
+    }
+    match app.payments.store().list_payments(&filter).await {
+        Ok(list) => {
+            let items: Vec<Value> = list
+                .iter()
+                .map(|p| {
+                    let mut v = crate::api::types::payment_json(p);
+                    v["shop_id"] = json!(p.shop_id);
+                    v["last_error"] = json!(p.error_message);
+                    v
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({ "payments": items }))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "listing payments");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "internal_error",
+                "store unavailable",
+            )
+        }
+    }
 }
 
 /// `POST /admin/explain` `{"merchant_id","method","amount","shop_id"?,"currency"?,

@@ -51,6 +51,16 @@ pub struct PaymentRecord {
     pub version: i64,
 }
 
+/// Which payments `GET /admin/payments` lists, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct PaymentFilter {
+    pub merchant_id: Option<String>,
+    pub status: Option<PaymentStatus>,
+    /// Unix ms: created at or after.
+    pub since: Option<i64>,
+    pub limit: u32,
+}
+
 /// One refund: bound to its payment's channel, its amount reserved while pending.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefundRecord {
@@ -109,6 +119,10 @@ pub trait Store: Send + Sync {
     /// Writes `p` if nobody else changed it since it was read (same `version`); bumps
     /// `p.version` and returns true on success, false on a lost race.
     async fn update_payment(&self, p: &mut PaymentRecord) -> Result<bool, StoreError>;
+
+    /// The ledger for ops, newest first.
+    async fn list_payments(&self, filter: &PaymentFilter)
+        -> Result<Vec<PaymentRecord>, StoreError>;
 
     /// Atomically checks the refund guard (succeeded + pending refunds + this ≤ `paid`) and
     /// the uniqueness of `out_refund_no`, then stores the refund as pending.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{PaymentRecord, RefundRecord, Reservation, Store, StoreError};
+use super::{PaymentFilter, PaymentRecord, RefundRecord, Reservation, Store, StoreError};
 use crate::domain::{Method, PaymentStatus, RefundStatus};
 
 pub struct SqliteStore {
@@ -285,6 +285,30 @@ impl Store for SqliteStore {
             p.version += 1;
         }
         Ok(updated)
+    }
+
+    async fn list_payments(
+        &self,
+        filter: &PaymentFilter,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let f = filter.clone();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM payments
+                     WHERE (?1 IS NULL OR merchant_id = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR created_at >= ?3)
+                     ORDER BY created_at DESC LIMIT ?4"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(
+                    params![f.merchant_id, f.status.map(|s| s.as_str()), f.since, f.limit],
+                    read_row,
+                )
+                .map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(|rec| rec)).collect()
+        })
+        .await
     }
 
     async fn reserve_refund(&self, r: &RefundRecord, paid: u64) -> Result<Reservation, StoreError> {
