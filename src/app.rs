@@ -93,6 +93,9 @@ impl App {
                 {
                     tracing::warn!("server.listen / admin_listen changed: takes effect on restart");
                 }
+                if config.store != current.config.store {
+                    tracing::warn!("store changed: takes effect on restart");
+                }
                 if let (Some(sb), Some(_)) = (self.sandbox.get(), &config.sandbox) {
                     sb.set_merchants(crate::config::sandbox_merchants(&config.channels));
                 }

@@ -85,20 +85,6 @@ async fn route(app: &App, live: &Live, req: Request<Incoming>) -> (&'static str,
             let (m, o) = (decode(merchant), decode(out_trade_no));
             ("close_payment", close(app, live, &req, &m, &o).await)
         }
-        (_, ["v1", "payments"]) | (_, ["v1", "payments", _, _]) => (
-            "other",
-            Err(ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                format!("{} is not allowed on {path}", req.method()),
-            )),
-        ),
-        (_, ["v1", "payments", _, _, "close"]) => (
-            "other",
-            Err(ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                format!("{} is not allowed on {path}", req.method()),
-            )),
-        ),
         (&Method::POST, ["v1", "refunds"]) => {
             ("create_refund", create_refund(app, live, req).await)
         }
@@ -110,7 +96,9 @@ async fn route(app: &App, live: &Live, req: Request<Incoming>) -> (&'static str,
                 get_refund(app, live, &req, &m, &o, refresh).await,
             )
         }
-        (_, ["v1", "refunds"]) | (_, ["v1", "refunds", _, _]) => (
+        (_, ["v1", "payments" | "refunds"])
+        | (_, ["v1", "payments" | "refunds", _, _])
+        | (_, ["v1", "payments", _, _, "close"]) => (
             "other",
             Err(ApiError::new(
                 ErrorCode::MethodNotAllowed,

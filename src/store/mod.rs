@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use crate::domain::{Method, PaymentStatus, RefundStatus};
 
 /// Where state lives (config `store:`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreSettings {
     Sqlite { path: PathBuf },
 }
