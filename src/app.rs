@@ -16,6 +16,7 @@ use crate::channel::{ChannelMetrics, ChannelSet};
 use crate::config::reload::ReloadMetrics;
 use crate::config::Config;
 use crate::payment::PaymentService;
+use crate::resilience::Limiters;
 use crate::sandbox::Sandbox;
 
 /// One config version with everything built from it. Requests hold an `Arc<Live>` for their
@@ -31,6 +32,7 @@ pub struct App {
     pub payments: PaymentService,
     pub api_metrics: ApiMetrics,
     channel_metrics: Arc<ChannelMetrics>,
+    pub limiters: Arc<Limiters>,
     reload_metrics: ReloadMetrics,
     reload_lock: tokio::sync::Mutex<()>,
     config_path: PathBuf,
@@ -45,7 +47,9 @@ impl App {
             .await
             .map_err(|e| e.to_string())?;
         let channel_metrics = Arc::new(ChannelMetrics::new(&registry).map_err(metric_err)?);
-        let channels = ChannelSet::build(&config.channels, &channel_metrics)?;
+        let limiters = Arc::new(Limiters::new(&registry).map_err(metric_err)?);
+        limiters.configure(&config.limits);
+        let channels = ChannelSet::build(&config.channels, &channel_metrics, &limiters)?;
         let reload_metrics = ReloadMetrics::new(&registry).map_err(metric_err)?;
         reload_metrics.loaded(&config.version);
         Ok(Arc::new(App {
@@ -58,6 +62,7 @@ impl App {
             }),
             registry,
             channel_metrics,
+            limiters,
             reload_metrics,
             reload_lock: tokio::sync::Mutex::new(()),
             sandbox: OnceLock::new(),
@@ -81,7 +86,8 @@ impl App {
             if only_if_changed && config.version == current.config.version {
                 return Ok(None);
             }
-            let channels = ChannelSet::build(&config.channels, &self.channel_metrics)?;
+            let channels =
+                ChannelSet::build(&config.channels, &self.channel_metrics, &self.limiters)?;
             Ok(Some((config, channels)))
         });
         match built {
@@ -99,6 +105,7 @@ impl App {
                 if let (Some(sb), Some(_)) = (self.sandbox.get(), &config.sandbox) {
                     sb.set_merchants(crate::config::sandbox_merchants(&config.channels));
                 }
+                self.limiters.configure(&config.limits);
                 self.live.store(Arc::new(Live {
                     config: Arc::new(config),
                     channels,

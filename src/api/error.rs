@@ -6,6 +6,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::payment::{api_code, PaymentError};
+use crate::resilience::RateLimited;
 
 /// The error codes of the unified API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +111,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Payment state carried by channel errors, so the shop sees `status: unknown`.
     pub payment: Option<serde_json::Value>,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -119,6 +122,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             payment: None,
+            retry_after: None,
         }
     }
 
@@ -128,6 +132,7 @@ impl ApiError {
             message: message.into(),
             field: Some(field.to_string()),
             payment: None,
+            retry_after: None,
         }
     }
 
@@ -144,7 +149,24 @@ impl ApiError {
         if let Some(p) = self.payment {
             body["payment"] = p;
         }
-        json_response(self.code.status(), &body)
+        let mut resp = json_response(self.code.status(), &body);
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from(secs.max(1)));
+        }
+        resp
+    }
+}
+
+impl From<RateLimited> for ApiError {
+    fn from(e: RateLimited) -> ApiError {
+        let mut api = ApiError::new(
+            ErrorCode::RateLimited,
+            format!("rate limit {:?} reached", e.limit),
+        );
+        api.retry_after = Some(e.retry_after);
+        api
     }
 }
 

@@ -165,6 +165,7 @@ async fn create(app: &App, live: &Live, req: Request<Incoming>) -> Answer {
     let body = read_body(&parts.headers, body, limit).await?;
     let new = types::parse_create(&body, OffsetDateTime::now_utc())?;
     check_merchant(&shop, &new.merchant_id)?;
+    app.limiters.check_inbound(&shop.id, &new.merchant_id)?;
     match app.payments.create(&routes(live), &shop.id, new).await? {
         CreateOutcome::Created(rec) => Ok(json_response(
             StatusCode::CREATED,
@@ -189,7 +190,8 @@ async fn get(
     out_trade_no: &str,
     refresh: bool,
 ) -> Answer {
-    authorize(live, req, Some(merchant))?;
+    let shop = authorize(live, req, Some(merchant))?;
+    app.limiters.check_inbound(&shop.id, merchant)?;
     let rec = app
         .payments
         .get(&routes(live), merchant, out_trade_no, refresh)
@@ -204,7 +206,8 @@ async fn close(
     merchant: &str,
     out_trade_no: &str,
 ) -> Answer {
-    authorize(live, req, Some(merchant))?;
+    let shop = authorize(live, req, Some(merchant))?;
+    app.limiters.check_inbound(&shop.id, merchant)?;
     let rec = app
         .payments
         .close(&routes(live), merchant, out_trade_no)
@@ -219,6 +222,7 @@ async fn create_refund(app: &App, live: &Live, req: Request<Incoming>) -> Answer
     let body = read_body(&parts.headers, body, limit).await?;
     let new = types::parse_refund(&body)?;
     check_merchant(&shop, &new.merchant_id)?;
+    app.limiters.check_inbound(&shop.id, &new.merchant_id)?;
     match app.payments.refund(&routes(live), &shop.id, new).await? {
         RefundOutcome::Created(r) => {
             Ok(json_response(StatusCode::CREATED, &types::refund_json(&r)))
@@ -242,7 +246,8 @@ async fn get_refund(
     out_refund_no: &str,
     refresh: bool,
 ) -> Answer {
-    authorize(live, req, Some(merchant))?;
+    let shop = authorize(live, req, Some(merchant))?;
+    app.limiters.check_inbound(&shop.id, merchant)?;
     let rec = app
         .payments
         .get_refund(&routes(live), merchant, out_refund_no, refresh)

@@ -20,7 +20,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use time::OffsetDateTime;
 
 use crate::domain::{Family, FeeRate, Method, PaymentStatus, RefundStatus};
-use crate::resilience::RateSpec;
+use crate::resilience::limits::ChannelLimit;
+use crate::resilience::{Limiters, RateSpec};
 use crate::secret::Secret;
 
 /// A channel as config describes it, validated and with its keys parsed.
@@ -191,6 +192,8 @@ pub trait Connector: Send + Sync {
 pub enum ErrorKind {
     /// Connect refused, DNS, TLS handshake: the provider never saw the request.
     NothingSent,
+    /// The channel's own `limit` refused the call before sending: nothing sent either.
+    ChannelLimit,
     /// No answer within the deadline; the provider may have acted.
     Timeout,
     /// The connection broke after the request was written.
@@ -227,7 +230,7 @@ impl ChannelError {
 
     /// The request certainly did not reach the provider: safe to retry and to fail over.
     pub fn nothing_sent(&self) -> bool {
-        self.kind == ErrorKind::NothingSent
+        matches!(self.kind, ErrorKind::NothingSent | ErrorKind::ChannelLimit)
     }
 
     /// Safe to retry on the same channel with the same out_trade_no.
@@ -235,6 +238,7 @@ impl ChannelError {
         matches!(
             self.kind,
             ErrorKind::NothingSent
+                | ErrorKind::ChannelLimit
                 | ErrorKind::Timeout
                 | ErrorKind::Transport
                 | ErrorKind::ServerError
@@ -246,6 +250,7 @@ impl ChannelError {
     pub fn label(&self) -> &'static str {
         match self.kind {
             ErrorKind::NothingSent => "nothing_sent",
+            ErrorKind::ChannelLimit => "channel_limit",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Transport => "transport",
             ErrorKind::ServerError => "server_error",
@@ -323,12 +328,14 @@ pub struct Channel {
     pub settings: Arc<ChannelSettings>,
     connector: Box<dyn Connector>,
     metrics: Arc<ChannelMetrics>,
+    limit: Option<ChannelLimit>,
 }
 
 impl Channel {
     pub fn build(
         settings: Arc<ChannelSettings>,
         metrics: Arc<ChannelMetrics>,
+        limiters: &Arc<Limiters>,
     ) -> Result<Channel, String> {
         let http = http::HttpClient::new(settings.ca_pem.as_deref())?;
         let base_url = settings.base_url.clone();
@@ -341,6 +348,7 @@ impl Channel {
             }
         };
         Ok(Channel {
+            limit: limiters.channel(&settings.name, settings.limit),
             settings,
             connector,
             metrics,
@@ -364,10 +372,8 @@ impl Channel {
         order: &OrderRequest<'_>,
         deadline: Duration,
     ) -> Result<Created, ChannelError> {
-        let started = tokio::time::Instant::now();
-        let out = self.connector.create(order, deadline).await;
-        self.observe("create", started, out.as_ref().err());
-        out
+        self.run("create", self.connector.create(order, deadline))
+            .await
     }
 
     pub async fn query(
@@ -376,10 +382,8 @@ impl Channel {
         sub: &SubMerchant,
         deadline: Duration,
     ) -> Result<OrderState, ChannelError> {
-        let started = tokio::time::Instant::now();
-        let out = self.connector.query(out_trade_no, sub, deadline).await;
-        self.observe("query", started, out.as_ref().err());
-        out
+        self.run("query", self.connector.query(out_trade_no, sub, deadline))
+            .await
     }
 
     pub async fn close(
@@ -388,10 +392,8 @@ impl Channel {
         sub: &SubMerchant,
         deadline: Duration,
     ) -> Result<(), ChannelError> {
-        let started = tokio::time::Instant::now();
-        let out = self.connector.close(out_trade_no, sub, deadline).await;
-        self.observe("close", started, out.as_ref().err());
-        out
+        self.run("close", self.connector.close(out_trade_no, sub, deadline))
+            .await
     }
 
     pub async fn refund(
@@ -399,10 +401,8 @@ impl Channel {
         refund: &RefundRequest<'_>,
         deadline: Duration,
     ) -> Result<RefundState, ChannelError> {
-        let started = tokio::time::Instant::now();
-        let out = self.connector.refund(refund, deadline).await;
-        self.observe("refund", started, out.as_ref().err());
-        out
+        self.run("refund", self.connector.refund(refund, deadline))
+            .await
     }
 
     pub async fn refund_query(
@@ -412,12 +412,31 @@ impl Channel {
         sub: &SubMerchant,
         deadline: Duration,
     ) -> Result<RefundState, ChannelError> {
-        let started = tokio::time::Instant::now();
-        let out = self
+        let call = self
             .connector
-            .refund_query(out_trade_no, out_refund_no, sub, deadline)
-            .await;
-        self.observe("refund_query", started, out.as_ref().err());
+            .refund_query(out_trade_no, out_refund_no, sub, deadline);
+        self.run("refund_query", call).await
+    }
+
+    /// Admits the call through the channel's own rate limit (refused before anything is
+    /// sent), runs it, and records its result and latency.
+    async fn run<T>(
+        &self,
+        op: &str,
+        call: impl std::future::Future<Output = Result<T, ChannelError>>,
+    ) -> Result<T, ChannelError> {
+        let started = tokio::time::Instant::now();
+        let admitted = match &self.limit {
+            Some(l) => l
+                .check()
+                .map_err(|e| ChannelError::new(ErrorKind::ChannelLimit, e.to_string())),
+            None => Ok(()),
+        };
+        let out = match admitted {
+            Ok(()) => call.await,
+            Err(e) => Err(e),
+        };
+        self.observe(op, started, out.as_ref().err());
         out
     }
 
@@ -445,10 +464,11 @@ impl ChannelSet {
     pub fn build(
         settings: &BTreeMap<String, Arc<ChannelSettings>>,
         metrics: &Arc<ChannelMetrics>,
+        limiters: &Arc<Limiters>,
     ) -> Result<ChannelSet, String> {
         let mut channels = HashMap::new();
         for (name, s) in settings {
-            let ch = Channel::build(s.clone(), metrics.clone())
+            let ch = Channel::build(s.clone(), metrics.clone(), limiters)
                 .map_err(|e| format!("channels.{name}: {e}"))?;
             channels.insert(name.clone(), Arc::new(ch));
         }

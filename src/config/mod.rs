@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::api::auth::ShopDirectory;
 use crate::channel::{ChannelSettings, SubMerchant};
+use crate::resilience::LimitSettings;
 use crate::routing::Rules;
 use crate::sandbox::SandboxSettings;
 use crate::secret::Secret;
@@ -41,20 +42,6 @@ pub struct Config {
     pub sandbox: Option<SandboxSettings>,
     /// The file as parsed, with literal secrets replaced by `<redacted>`.
     pub redacted: serde_json::Value,
-}
-
-/// An inbound rate limit (enforcement is not built yet; see `resilience`).
-#[derive(Clone, Debug)]
-pub struct LimitSettings {
-    pub name: String,
-    pub key: LimitKey,
-    pub rate: crate::resilience::RateSpec,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LimitKey {
-    Merchant,
-    Shop,
 }
 
 /// One problem in a config file.

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::file::{ChannelFile, FileConfig, RuleFile, TlsFile};
-use super::{Config, ConfigError, LimitKey, LimitSettings, Locator};
+use super::{Config, ConfigError, Locator};
 use crate::api::auth::{Shop, ShopDirectory, Webhook};
 use crate::channel::alipay::{AlipayMode, AlipaySettings};
 use crate::channel::keys::{Certificate, RsaSigner, RsaVerifier};
 use crate::channel::wechatpay::{WechatMode, WechatPaySettings, WechatVerifier};
 use crate::channel::{ChannelSettings, ConnectorSettings, SubMerchant};
 use crate::domain::{Family, FeeRate, Method};
-use crate::resilience::{parse_duration, RateSpec};
+use crate::resilience::{parse_duration, LimitKey, LimitSettings, RateSpec};
 use crate::routing::{Conditions, HoursRange, Rule, Rules, Target};
 use crate::sandbox::{SandboxMerchant, SandboxSettings};
 use crate::secret::{self, Secret};

@@ -632,7 +632,9 @@ fn paid_refusal(e: &ChannelError) -> bool {
 pub fn api_code(e: &ChannelError) -> &'static str {
     match e.kind {
         ErrorKind::Rejected(_) => "channel_rejected",
-        ErrorKind::NothingSent | ErrorKind::ProviderRetryable(_) => "channel_unavailable",
+        ErrorKind::NothingSent | ErrorKind::ChannelLimit | ErrorKind::ProviderRetryable(_) => {
+            "channel_unavailable"
+        }
         ErrorKind::Timeout | ErrorKind::Transport | ErrorKind::ServerError => "channel_timeout",
         ErrorKind::NotFound | ErrorKind::BadSignature | ErrorKind::Protocol | ErrorKind::Local => {
             "channel_error"

@@ -1,10 +1,13 @@
 //! Retry policy and limits: how often, how fast, how long.
 //!
 //! # Limits
-//! Inbound rate limits, the retry budget and the circuit breaker of DESIGN.md §7 are not
-//! built yet; config parses and validates their settings so files written today keep working.
+//! The retry budget and the circuit breaker of DESIGN.md §7 are not built yet.
+
+pub mod limits;
 
 use std::time::Duration;
+
+pub use limits::{LimitKey, LimitSettings, Limiters, RateLimited};
 
 /// `300/s`, `50/m`, `1000/h`: a count per period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

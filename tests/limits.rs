@@ -1,0 +1,151 @@
+//! Rate limits: inbound per merchant / per shop (429 + Retry-After), outbound per channel
+//! (refused before sending, so failover is safe).
+
+mod support;
+
+use serde_json::json;
+use support::{payment, Harness};
+
+fn rules(limits: &str) -> String {
+    format!(
+        r#"
+  rules:
+    - name: m1001-limited
+      when: {{ merchant: [m_1001], method: [wechat_native] }}
+      to: limited_wechat
+      fallback: [platform_wechat]
+  default: {{ wechat: platform_wechat }}
+limits:
+{limits}
+"#
+    )
+}
+
+const PER_MERCHANT: &str = "  - { name: per-merchant, key: merchant, rate: 2/h, burst: 2 }";
+
+fn limited_channel(h_base: &str) -> String {
+    format!(
+        r#"
+  limited_wechat:
+    kind: wechatpay_v3
+    mode: direct
+    base_url: {h_base}
+    mchid: "1900000109"
+    appid: wx2421b1c4370ec43b
+    serial_no: 0C0C0C0C
+    private_key: file:{key}
+    wechatpay_public_key: file:{pubkey}
+    wechatpay_public_key_id: PUB_KEY_ID_SANDBOX_TEST_ONLY
+    limit: {{ rate: 1/h, burst: 1 }}"#,
+        key = support::key("m1001_apiclient_key.pem"),
+        pubkey = support::key("wechatpay_pub_key.pem"),
+    )
+}
+
+#[tokio::test]
+async fn inbound_limits_answer_429_with_retry_after_and_survive_reloads() {
+    let h = Harness::start_with(
+        false,
+        &rules(PER_MERCHANT).replace("limited_wechat", "m1001_wechat"),
+        "",
+    )
+    .await;
+    assert_eq!(
+        h.create(&payment("m_1001", "lim-1", "wechat_native", 100, json!({})))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(h.get_payment("m_1001", "lim-1", false).await.status, 200);
+    let r = h
+        .create(&payment("m_1001", "lim-2", "wechat_native", 100, json!({})))
+        .await;
+    r.expect_error(429, "rate_limited");
+    assert_eq!(r.body["error"]["retryable"], true);
+    let after: u64 = r
+        .headers
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1000..=1800).contains(&after), "Retry-After {after}");
+    assert!(
+        h.sandbox_orders("lim-2").await.is_empty(),
+        "a limited request reaches no channel"
+    );
+    // Another merchant has its own budget.
+    assert_eq!(
+        h.create(&payment("m_4004", "lim-3", "wechat_native", 100, json!({})))
+            .await
+            .status,
+        201
+    );
+
+    // A reload that keeps the limit keeps its state; a new rate starts afresh.
+    let same = rules(PER_MERCHANT).replace("limited_wechat", "m1001_wechat") + "\n";
+    h.write_config(&same, "");
+    assert_eq!(h.admin_post("/admin/reload", &json!({})).await.status, 200);
+    h.create(&payment("m_1001", "lim-4", "wechat_native", 100, json!({})))
+        .await
+        .expect_error(429, "rate_limited");
+    let wider = rules("  - { name: per-merchant, key: merchant, rate: 5/h, burst: 5 }")
+        .replace("limited_wechat", "m1001_wechat");
+    h.write_config(&wider, "");
+    assert_eq!(h.admin_post("/admin/reload", &json!({})).await.status, 200);
+    assert_eq!(
+        h.create(&payment("m_1001", "lim-5", "wechat_native", 100, json!({})))
+            .await
+            .status,
+        201
+    );
+
+    let m = h.metrics().await;
+    assert_eq!(
+        support::metric(&m, r#"payroute_rate_limited_total{limit="per-merchant"}"#),
+        Some(2.0)
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_channel_over_its_limit_fails_over_because_nothing_was_sent() {
+    let h = Harness::start_with(false, support::RULES, "").await;
+    h.write_config(&rules("  []"), &limited_channel(&h.upstream.base_url));
+    assert_eq!(h.admin_post("/admin/reload", &json!({})).await.status, 200);
+    h.sandbox.set_merchants(payroute::config::sandbox_merchants(
+        &payroute::config::Config::load(&h.config_path)
+            .unwrap()
+            .channels,
+    ));
+    let first = h
+        .create(&payment("m_1001", "cl-1", "wechat_native", 100, json!({})))
+        .await;
+    assert_eq!(
+        (first.status, first.body["channel"].as_str()),
+        (201, Some("limited_wechat")),
+        "{}",
+        first.text
+    );
+    let second = h
+        .create(&payment("m_1001", "cl-2", "wechat_native", 100, json!({})))
+        .await;
+    assert_eq!(
+        (second.status, second.body["channel"].as_str()),
+        (201, Some("platform_wechat")),
+        "{}",
+        second.text
+    );
+    let m = h.metrics().await;
+    assert!(support::metric(&m, r#"payroute_channel_requests_total{channel="limited_wechat",operation="create",result="channel_limit"}"#).unwrap() >= 1.0);
+    assert!(
+        support::metric(
+            &m,
+            r#"payroute_rate_limited_total{limit="channel:limited_wechat"}"#
+        )
+        .unwrap()
+            >= 1.0
+    );
+    h.shutdown().await;
+}
