@@ -16,7 +16,7 @@ use crate::channel::{ChannelMetrics, ChannelSet};
 use crate::config::reload::ReloadMetrics;
 use crate::config::Config;
 use crate::payment::PaymentService;
-use crate::resilience::Limiters;
+use crate::resilience::Resilience;
 use crate::sandbox::Sandbox;
 
 /// One config version with everything built from it. Requests hold an `Arc<Live>` for their
@@ -32,7 +32,7 @@ pub struct App {
     pub payments: PaymentService,
     pub api_metrics: ApiMetrics,
     channel_metrics: Arc<ChannelMetrics>,
-    pub limiters: Arc<Limiters>,
+    pub resilience: Arc<Resilience>,
     reload_metrics: ReloadMetrics,
     reload_lock: tokio::sync::Mutex<()>,
     config_path: PathBuf,
@@ -47,9 +47,9 @@ impl App {
             .await
             .map_err(|e| e.to_string())?;
         let channel_metrics = Arc::new(ChannelMetrics::new(&registry).map_err(metric_err)?);
-        let limiters = Arc::new(Limiters::new(&registry).map_err(metric_err)?);
-        limiters.configure(&config.limits);
-        let channels = ChannelSet::build(&config.channels, &channel_metrics, &limiters)?;
+        let resilience = Arc::new(Resilience::new(&registry).map_err(metric_err)?);
+        resilience.configure(&config.limits);
+        let channels = ChannelSet::build(&config.channels, &channel_metrics, &resilience)?;
         let reload_metrics = ReloadMetrics::new(&registry).map_err(metric_err)?;
         reload_metrics.loaded(&config.version);
         Ok(Arc::new(App {
@@ -62,7 +62,7 @@ impl App {
             }),
             registry,
             channel_metrics,
-            limiters,
+            resilience,
             reload_metrics,
             reload_lock: tokio::sync::Mutex::new(()),
             sandbox: OnceLock::new(),
@@ -87,7 +87,7 @@ impl App {
                 return Ok(None);
             }
             let channels =
-                ChannelSet::build(&config.channels, &self.channel_metrics, &self.limiters)?;
+                ChannelSet::build(&config.channels, &self.channel_metrics, &self.resilience)?;
             Ok(Some((config, channels)))
         });
         match built {
@@ -105,7 +105,7 @@ impl App {
                 if let (Some(sb), Some(_)) = (self.sandbox.get(), &config.sandbox) {
                     sb.set_merchants(crate::config::sandbox_merchants(&config.channels));
                 }
-                self.limiters.configure(&config.limits);
+                self.resilience.configure(&config.limits);
                 self.live.store(Arc::new(Live {
                     config: Arc::new(config),
                     channels,

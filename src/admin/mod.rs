@@ -126,6 +126,7 @@ fn channels(app: &App) -> Response<Full<Bytes>> {
                 "name": c.name, "kind": c.kind(), "mode": c.mode(), "family": c.family(),
                 "base_url": c.base_url, "timeout_ms": c.timeout.as_millis() as u64,
                 "fee_rate_ppm": c.fee.ppm,
+                "circuit": live.channels.get(&c.name).map(|ch| ch.breaker_state()),
                 "limit": c.limit.map(|l| json!({ "count": l.count, "per_seconds": l.per.as_secs(), "burst": l.burst })),
             })
         })

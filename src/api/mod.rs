@@ -165,7 +165,7 @@ async fn create(app: &App, live: &Live, req: Request<Incoming>) -> Answer {
     let body = read_body(&parts.headers, body, limit).await?;
     let new = types::parse_create(&body, OffsetDateTime::now_utc())?;
     check_merchant(&shop, &new.merchant_id)?;
-    app.limiters.check_inbound(&shop.id, &new.merchant_id)?;
+    app.resilience.check_inbound(&shop.id, &new.merchant_id)?;
     match app.payments.create(&routes(live), &shop.id, new).await? {
         CreateOutcome::Created(rec) => Ok(json_response(
             StatusCode::CREATED,
@@ -191,7 +191,7 @@ async fn get(
     refresh: bool,
 ) -> Answer {
     let shop = authorize(live, req, Some(merchant))?;
-    app.limiters.check_inbound(&shop.id, merchant)?;
+    app.resilience.check_inbound(&shop.id, merchant)?;
     let rec = app
         .payments
         .get(&routes(live), merchant, out_trade_no, refresh)
@@ -207,7 +207,7 @@ async fn close(
     out_trade_no: &str,
 ) -> Answer {
     let shop = authorize(live, req, Some(merchant))?;
-    app.limiters.check_inbound(&shop.id, merchant)?;
+    app.resilience.check_inbound(&shop.id, merchant)?;
     let rec = app
         .payments
         .close(&routes(live), merchant, out_trade_no)
@@ -222,7 +222,7 @@ async fn create_refund(app: &App, live: &Live, req: Request<Incoming>) -> Answer
     let body = read_body(&parts.headers, body, limit).await?;
     let new = types::parse_refund(&body)?;
     check_merchant(&shop, &new.merchant_id)?;
-    app.limiters.check_inbound(&shop.id, &new.merchant_id)?;
+    app.resilience.check_inbound(&shop.id, &new.merchant_id)?;
     match app.payments.refund(&routes(live), &shop.id, new).await? {
         RefundOutcome::Created(r) => {
             Ok(json_response(StatusCode::CREATED, &types::refund_json(&r)))
@@ -247,7 +247,7 @@ async fn get_refund(
     refresh: bool,
 ) -> Answer {
     let shop = authorize(live, req, Some(merchant))?;
-    app.limiters.check_inbound(&shop.id, merchant)?;
+    app.resilience.check_inbound(&shop.id, merchant)?;
     let rec = app
         .payments
         .get_refund(&routes(live), merchant, out_refund_no, refresh)

@@ -20,8 +20,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use time::OffsetDateTime;
 
 use crate::domain::{Family, FeeRate, Method, PaymentStatus, RefundStatus};
-use crate::resilience::limits::ChannelLimit;
-use crate::resilience::{Limiters, RateSpec};
+use crate::resilience::breaker::Outcome;
+use crate::resilience::{ChannelGuard, RateSpec, Refused, Resilience};
 use crate::secret::Secret;
 
 /// A channel as config describes it, validated and with its keys parsed.
@@ -194,6 +194,8 @@ pub enum ErrorKind {
     NothingSent,
     /// The channel's own `limit` refused the call before sending: nothing sent either.
     ChannelLimit,
+    /// The channel's circuit breaker is open: nothing sent, and no point retrying now.
+    CircuitOpen,
     /// No answer within the deadline; the provider may have acted.
     Timeout,
     /// The connection broke after the request was written.
@@ -230,7 +232,10 @@ impl ChannelError {
 
     /// The request certainly did not reach the provider: safe to retry and to fail over.
     pub fn nothing_sent(&self) -> bool {
-        matches!(self.kind, ErrorKind::NothingSent | ErrorKind::ChannelLimit)
+        matches!(
+            self.kind,
+            ErrorKind::NothingSent | ErrorKind::ChannelLimit | ErrorKind::CircuitOpen
+        )
     }
 
     /// Safe to retry on the same channel with the same out_trade_no.
@@ -246,11 +251,24 @@ impl ChannelError {
         )
     }
 
+    /// Failures that say the channel itself is down (they feed the circuit breaker).
+    pub fn is_channel_down(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::NothingSent
+                | ErrorKind::Timeout
+                | ErrorKind::Transport
+                | ErrorKind::ServerError
+                | ErrorKind::ProviderRetryable(_)
+        )
+    }
+
     /// Bounded label for metrics.
     pub fn label(&self) -> &'static str {
         match self.kind {
             ErrorKind::NothingSent => "nothing_sent",
             ErrorKind::ChannelLimit => "channel_limit",
+            ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Transport => "transport",
             ErrorKind::ServerError => "server_error",
@@ -328,14 +346,14 @@ pub struct Channel {
     pub settings: Arc<ChannelSettings>,
     connector: Box<dyn Connector>,
     metrics: Arc<ChannelMetrics>,
-    limit: Option<ChannelLimit>,
+    guard: ChannelGuard,
 }
 
 impl Channel {
     pub fn build(
         settings: Arc<ChannelSettings>,
         metrics: Arc<ChannelMetrics>,
-        limiters: &Arc<Limiters>,
+        resilience: &Arc<Resilience>,
     ) -> Result<Channel, String> {
         let http = http::HttpClient::new(settings.ca_pem.as_deref())?;
         let base_url = settings.base_url.clone();
@@ -348,7 +366,7 @@ impl Channel {
             }
         };
         Ok(Channel {
-            limit: limiters.channel(&settings.name, settings.limit),
+            guard: resilience.channel(&settings.name, settings.limit),
             settings,
             connector,
             metrics,
@@ -365,6 +383,16 @@ impl Channel {
 
     pub fn metrics(&self) -> &ChannelMetrics {
         &self.metrics
+    }
+
+    /// Takes a retry from the channel's retry budget (DESIGN.md §7).
+    pub fn retry_allowed(&self) -> bool {
+        self.guard.try_retry()
+    }
+
+    /// `closed`, `open` or `half_open`.
+    pub fn breaker_state(&self) -> &'static str {
+        self.guard.breaker_state()
     }
 
     pub async fn create(
@@ -418,23 +446,29 @@ impl Channel {
         self.run("refund_query", call).await
     }
 
-    /// Admits the call through the channel's own rate limit (refused before anything is
-    /// sent), runs it, and records its result and latency.
+    /// Admits the call through the channel's rate limit and circuit breaker (refused before
+    /// anything is sent), runs it, feeds the breaker, and records result and latency.
     async fn run<T>(
         &self,
         op: &str,
         call: impl std::future::Future<Output = Result<T, ChannelError>>,
     ) -> Result<T, ChannelError> {
         let started = tokio::time::Instant::now();
-        let admitted = match &self.limit {
-            Some(l) => l
-                .check()
-                .map_err(|e| ChannelError::new(ErrorKind::ChannelLimit, e.to_string())),
-            None => Ok(()),
-        };
-        let out = match admitted {
-            Ok(()) => call.await,
-            Err(e) => Err(e),
+        let out = match self.guard.admit() {
+            Ok(()) => {
+                let out = call.await;
+                self.guard.record(match &out {
+                    Err(e) if e.is_channel_down() => Outcome::Down,
+                    _ => Outcome::Up,
+                });
+                out
+            }
+            Err(Refused::Limited(e)) => {
+                Err(ChannelError::new(ErrorKind::ChannelLimit, e.to_string()))
+            }
+            Err(e @ Refused::CircuitOpen(_)) => {
+                Err(ChannelError::new(ErrorKind::CircuitOpen, e.to_string()))
+            }
         };
         self.observe(op, started, out.as_ref().err());
         out
@@ -464,11 +498,11 @@ impl ChannelSet {
     pub fn build(
         settings: &BTreeMap<String, Arc<ChannelSettings>>,
         metrics: &Arc<ChannelMetrics>,
-        limiters: &Arc<Limiters>,
+        resilience: &Arc<Resilience>,
     ) -> Result<ChannelSet, String> {
         let mut channels = HashMap::new();
         for (name, s) in settings {
-            let ch = Channel::build(s.clone(), metrics.clone(), limiters)
+            let ch = Channel::build(s.clone(), metrics.clone(), resilience)
                 .map_err(|e| format!("channels.{name}: {e}"))?;
             channels.insert(name.clone(), Arc::new(ch));
         }

@@ -610,7 +610,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
-        if !err.retryable() || retries >= MAX_RETRIES {
+        if !err.retryable() || retries >= MAX_RETRIES || !channel.retry_allowed() {
             return Err(err);
         }
         retries += 1;
@@ -632,9 +632,10 @@ fn paid_refusal(e: &ChannelError) -> bool {
 pub fn api_code(e: &ChannelError) -> &'static str {
     match e.kind {
         ErrorKind::Rejected(_) => "channel_rejected",
-        ErrorKind::NothingSent | ErrorKind::ChannelLimit | ErrorKind::ProviderRetryable(_) => {
-            "channel_unavailable"
-        }
+        ErrorKind::NothingSent
+        | ErrorKind::ChannelLimit
+        | ErrorKind::CircuitOpen
+        | ErrorKind::ProviderRetryable(_) => "channel_unavailable",
         ErrorKind::Timeout | ErrorKind::Transport | ErrorKind::ServerError => "channel_timeout",
         ErrorKind::NotFound | ErrorKind::BadSignature | ErrorKind::Protocol | ErrorKind::Local => {
             "channel_error"

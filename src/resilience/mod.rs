@@ -1,13 +1,12 @@
 //! Retry policy and limits: how often, how fast, how long.
 //!
-//! # Limits
-//! The retry budget and the circuit breaker of DESIGN.md §7 are not built yet.
-
-pub mod limits;
+pub mod breaker;
+pub mod budget;
+pub mod guards;
 
 use std::time::Duration;
 
-pub use limits::{LimitKey, LimitSettings, Limiters, RateLimited};
+pub use guards::{ChannelGuard, LimitKey, LimitSettings, RateLimited, Refused, Resilience};
 
 /// `300/s`, `50/m`, `1000/h`: a count per period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

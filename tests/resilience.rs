@@ -1,5 +1,5 @@
-//! Rate limits: inbound per merchant / per shop (429 + Retry-After), outbound per channel
-//! (refused before sending, so failover is safe).
+//! Resilience through real sockets: inbound rate limits (429 + Retry-After), channel limits
+//! and the circuit breaker (refused before sending, so failover is safe).
 
 mod support;
 
@@ -146,6 +146,92 @@ async fn a_channel_over_its_limit_fails_over_because_nothing_was_sent() {
         )
         .unwrap()
             >= 1.0
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_channel_opens_its_circuit_and_is_skipped() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = limited_channel(&format!("http://127.0.0.1:{port}"))
+        .replace("    limit: { rate: 1/h, burst: 1 }", "");
+    let rules = r#"
+  rules:
+    - name: m1001-limited
+      when: { merchant: [m_1001], method: [wechat_native] }
+      to: limited_wechat
+      fallback: [platform_wechat]
+    - name: m3003-dead
+      when: { merchant: [m_3003], method: [wechat_native] }
+      to: limited_wechat
+  default: { wechat: platform_wechat }
+"#;
+    let h = Harness::start_with(false, rules, &dead).await;
+    // Each create tries the dead channel three times (two retries): two creates trip it.
+    for i in 0..2 {
+        let r = h
+            .create(&payment(
+                "m_1001",
+                &format!("cb-{i}"),
+                "wechat_native",
+                100,
+                json!({}),
+            ))
+            .await;
+        assert_eq!(
+            (r.status, r.body["channel"].as_str()),
+            (201, Some("platform_wechat")),
+            "{}",
+            r.text
+        );
+    }
+    let ch = h.admin_get("/admin/channels").await;
+    let state = ch.body["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "limited_wechat")
+        .unwrap()["circuit"]
+        .clone();
+    assert_eq!(state, "open");
+    let m = h.metrics().await;
+    assert_eq!(
+        support::metric(&m, r#"payroute_circuit_open{channel="limited_wechat"}"#),
+        Some(1.0)
+    );
+    let tried = support::metric(&m, r#"payroute_channel_requests_total{channel="limited_wechat",operation="create",result="nothing_sent"}"#).unwrap();
+    // Open: the next payment goes straight to the fallback without touching the dead channel…
+    let r = h
+        .create(&payment("m_1001", "cb-2", "wechat_native", 100, json!({})))
+        .await;
+    assert_eq!(
+        (r.status, r.body["channel"].as_str()),
+        (201, Some("platform_wechat")),
+        "{}",
+        r.text
+    );
+    // …and without a fallback the shop hears 503 at once.
+    let r = h
+        .create(&payment("m_3003", "cb-3", "wechat_native", 100, json!({})))
+        .await;
+    r.expect_error(503, "channel_unavailable");
+    assert!(
+        r.error_message().contains("circuit breaker open"),
+        "{}",
+        r.text
+    );
+    let m = h.metrics().await;
+    assert_eq!(
+        support::metric(
+            &m,
+            r#"payroute_channel_requests_total{channel="limited_wechat",operation="create",result="nothing_sent"}"#
+        ),
+        Some(tried),
+        "an open circuit sends nothing"
     );
     h.shutdown().await;
 }

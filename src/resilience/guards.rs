@@ -1,0 +1,288 @@
+//! The guards around calls: rate limits (governor's GCRA) inbound per shop or per merchant and
+//! outbound per channel, and each channel's circuit breaker and retry budget.
+//!
+//! Their state lives in [`Resilience`], which outlives config versions: a reload that keeps a
+//! limit's name and rate keeps its state (a reload is no way around a limit), and a channel
+//! keeps its breaker and budget across reloads.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use super::breaker::{Breaker, Outcome};
+use super::budget::RetryBudget;
+use super::RateSpec;
+
+/// An inbound limit (config `limits:`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub name: String,
+    pub key: LimitKey,
+    pub rate: RateSpec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    Merchant,
+    Shop,
+}
+
+/// A request over a limit: which one, and when to come back.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("rate limit {limit:?} reached; retry after {retry_after:?}")]
+pub struct RateLimited {
+    pub limit: String,
+    pub retry_after: Duration,
+}
+
+type Keyed = DefaultKeyedRateLimiter<String>;
+
+/// Every limiter of the process, by name, and the `rate_limited_total` counter.
+pub struct Resilience {
+    pool: Mutex<HashMap<String, (RateSpec, Arc<Keyed>)>>,
+    inbound: Mutex<Vec<(LimitSettings, Arc<Keyed>)>>,
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
+    rejected: IntCounterVec,
+    circuit_open: IntGaugeVec,
+    budget_exhausted: IntCounterVec,
+    clock: DefaultClock,
+}
+
+fn quota(rate: RateSpec) -> Quota {
+    let per_cell = (rate.per / rate.count).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(per_cell)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
+}
+
+impl Resilience {
+    pub fn new(registry: &Registry) -> prometheus::Result<Resilience> {
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "payroute_rate_limited_total",
+                "Requests refused by a rate limit.",
+            ),
+            &["limit"],
+        )?;
+        let circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "payroute_circuit_open",
+                "1 while a channel's circuit breaker is open.",
+            ),
+            &["channel"],
+        )?;
+        let budget_exhausted = IntCounterVec::new(
+            Opts::new(
+                "payroute_retry_budget_exhausted_total",
+                "Retries not made because the channel's retry budget was spent.",
+            ),
+            &["channel"],
+        )?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(circuit_open.clone()))?;
+        registry.register(Box::new(budget_exhausted.clone()))?;
+        Ok(Resilience {
+            pool: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(Vec::new()),
+            breakers: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+            rejected,
+            circuit_open,
+            budget_exhausted,
+            clock: DefaultClock::default(),
+        })
+    }
+
+    /// The limiter called `name` at `rate`: the existing one if the rate is unchanged.
+    fn limiter(&self, name: &str, rate: RateSpec) -> Arc<Keyed> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        match pool.get(name) {
+            Some((r, l)) if *r == rate => l.clone(),
+            _ => {
+                let l = Arc::new(RateLimiter::keyed(quota(rate)));
+                pool.insert(name.to_string(), (rate, l.clone()));
+                l
+            }
+        }
+    }
+
+    /// Installs the inbound limits of a (re)loaded config.
+    pub fn configure(&self, limits: &[LimitSettings]) {
+        let built = limits
+            .iter()
+            .map(|l| {
+                (
+                    l.clone(),
+                    self.limiter(&format!("inbound:{}", l.name), l.rate),
+                )
+            })
+            .collect();
+        *self.inbound.lock().unwrap_or_else(|p| p.into_inner()) = built;
+    }
+
+    /// Takes one request from every inbound limit that applies to this shop and merchant.
+    pub fn check_inbound(&self, shop: &str, merchant: &str) -> Result<(), RateLimited> {
+        let inbound = self
+            .inbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (settings, limiter) in &inbound {
+            let key = match settings.key {
+                LimitKey::Merchant => merchant,
+                LimitKey::Shop => shop,
+            };
+            if let Err(not_until) = limiter.check_key(&key.to_string()) {
+                self.rejected
+                    .with_label_values(&[settings.name.as_str()])
+                    .inc();
+                return Err(RateLimited {
+                    limit: settings.name.clone(),
+                    retry_after: not_until.wait_time_from(self.clock.now()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The guard of a channel: its limit (if any), breaker and retry budget.
+    pub fn channel(self: &Arc<Self>, channel: &str, rate: Option<RateSpec>) -> ChannelGuard {
+        let name = format!("channel:{channel}");
+        let breaker = {
+            let mut b = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+            b.entry(channel.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Breaker::new(
+                        self.circuit_open.with_label_values(&[channel]),
+                    ))
+                })
+                .clone()
+        };
+        let budget = {
+            let mut b = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+            b.entry(channel.to_string()).or_default().clone()
+        };
+        ChannelGuard {
+            limit: rate.map(|r| self.limiter(&name, r)),
+            breaker,
+            budget,
+            resilience: self.clone(),
+            channel: channel.to_string(),
+            name,
+        }
+    }
+}
+
+/// Why a guard refused a call before anything was sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Limited(#[from] RateLimited),
+    #[error("circuit breaker open; next probe in {0:?}")]
+    CircuitOpen(Duration),
+}
+
+/// One channel's limit, breaker and retry budget.
+pub struct ChannelGuard {
+    limit: Option<Arc<Keyed>>,
+    breaker: Arc<Breaker>,
+    budget: Arc<RetryBudget>,
+    resilience: Arc<Resilience>,
+    channel: String,
+    name: String,
+}
+
+impl ChannelGuard {
+    /// Before a call: the rate limit, then the breaker.
+    pub fn admit(&self) -> Result<(), Refused> {
+        if let Some(limiter) = &self.limit {
+            limiter.check_key(&String::new()).map_err(|not_until| {
+                self.resilience
+                    .rejected
+                    .with_label_values(&[self.name.as_str()])
+                    .inc();
+                RateLimited {
+                    limit: self.name.clone(),
+                    retry_after: not_until.wait_time_from(self.resilience.clock.now()),
+                }
+            })?;
+        }
+        self.breaker.admit().map_err(Refused::CircuitOpen)?;
+        self.budget.record_call();
+        Ok(())
+    }
+
+    /// After a call that was admitted.
+    pub fn record(&self, outcome: Outcome) {
+        self.breaker.record(outcome);
+    }
+
+    /// Takes a retry from the budget; counts the refusal when it is spent.
+    pub fn try_retry(&self) -> bool {
+        let ok = self.budget.try_retry();
+        if !ok {
+            self.resilience
+                .budget_exhausted
+                .with_label_values(&[self.channel.as_str()])
+                .inc();
+        }
+        ok
+    }
+
+    pub fn breaker_state(&self) -> &'static str {
+        self.breaker.state()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(name: &str, key: LimitKey, count: u32, burst: u32) -> LimitSettings {
+        LimitSettings {
+            name: name.into(),
+            key,
+            rate: RateSpec {
+                count,
+                per: Duration::from_secs(3600),
+                burst,
+            },
+        }
+    }
+
+    #[test]
+    fn limits_apply_per_key_and_survive_an_unchanged_reload() {
+        let resilience = Resilience::new(&Registry::new()).unwrap();
+        resilience.configure(&[settings("per-merchant", LimitKey::Merchant, 2, 2)]);
+        assert!(resilience.check_inbound("s", "m1").is_ok());
+        assert!(resilience.check_inbound("s", "m1").is_ok());
+        let err = resilience.check_inbound("s", "m1").unwrap_err();
+        assert_eq!(err.limit, "per-merchant");
+        assert!(err.retry_after > Duration::from_secs(1000), "{err:?}");
+        assert!(
+            resilience.check_inbound("s", "m2").is_ok(),
+            "another merchant has its own budget"
+        );
+        // Same limit again: still exhausted. A new rate: a fresh limiter.
+        resilience.configure(&[settings("per-merchant", LimitKey::Merchant, 2, 2)]);
+        assert!(resilience.check_inbound("s", "m1").is_err());
+        resilience.configure(&[settings("per-merchant", LimitKey::Merchant, 3, 3)]);
+        assert!(resilience.check_inbound("s", "m1").is_ok());
+    }
+
+    #[test]
+    fn shop_limits_key_by_shop() {
+        let resilience = Resilience::new(&Registry::new()).unwrap();
+        resilience.configure(&[settings("per-shop", LimitKey::Shop, 1, 1)]);
+        assert!(resilience.check_inbound("a", "m1").is_ok());
+        assert!(resilience.check_inbound("a", "m2").is_err());
+        assert!(resilience.check_inbound("b", "m1").is_ok());
+    }
+}
