@@ -166,20 +166,12 @@ async fn create(app: &App, live: &Live, req: Request<Incoming>) -> Answer {
     let new = types::parse_create(&body, OffsetDateTime::now_utc())?;
     check_merchant(&shop, &new.merchant_id)?;
     app.resilience.check_inbound(&shop.id, &new.merchant_id)?;
-    match app.payments.create(&routes(live), &shop.id, new).await? {
-        CreateOutcome::Created(rec) => Ok(json_response(
-            StatusCode::CREATED,
-            &types::payment_json(&rec),
-        )),
-        CreateOutcome::Replayed(rec) => {
-            let mut resp = json_response(StatusCode::OK, &types::payment_json(&rec));
-            resp.headers_mut().insert(
-                "Idempotent-Replayed",
-                http::HeaderValue::from_static("true"),
-            );
-            Ok(resp)
-        }
-    }
+    Ok(
+        match app.payments.create(&routes(live), &shop.id, new).await? {
+            CreateOutcome::Created(rec) => created(false, &types::payment_json(&rec)),
+            CreateOutcome::Replayed(rec) => created(true, &types::payment_json(&rec)),
+        },
+    )
 }
 
 async fn get(
@@ -223,19 +215,12 @@ async fn create_refund(app: &App, live: &Live, req: Request<Incoming>) -> Answer
     let new = types::parse_refund(&body)?;
     check_merchant(&shop, &new.merchant_id)?;
     app.resilience.check_inbound(&shop.id, &new.merchant_id)?;
-    match app.payments.refund(&routes(live), &shop.id, new).await? {
-        RefundOutcome::Created(r) => {
-            Ok(json_response(StatusCode::CREATED, &types::refund_json(&r)))
-        }
-        RefundOutcome::Replayed(r) => {
-            let mut resp = json_response(StatusCode::OK, &types::refund_json(&r));
-            resp.headers_mut().insert(
-                "Idempotent-Replayed",
-                http::HeaderValue::from_static("true"),
-            );
-            Ok(resp)
-        }
-    }
+    Ok(
+        match app.payments.refund(&routes(live), &shop.id, new).await? {
+            RefundOutcome::Created(r) => created(false, &types::refund_json(&r)),
+            RefundOutcome::Replayed(r) => created(true, &types::refund_json(&r)),
+        },
+    )
 }
 
 async fn get_refund(
@@ -253,6 +238,19 @@ async fn get_refund(
         .get_refund(&routes(live), merchant, out_refund_no, refresh)
         .await?;
     Ok(json_response(StatusCode::OK, &types::refund_json(&rec)))
+}
+
+/// 201 for a new object; 200 with `Idempotent-Replayed: true` for a replay.
+fn created(replayed: bool, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    if !replayed {
+        return json_response(StatusCode::CREATED, body);
+    }
+    let mut resp = json_response(StatusCode::OK, body);
+    resp.headers_mut().insert(
+        "Idempotent-Replayed",
+        http::HeaderValue::from_static("true"),
+    );
+    resp
 }
 
 async fn read_body(

@@ -264,21 +264,13 @@ impl PaymentService {
         hash: &str,
         req: &NewPayment,
     ) -> Result<CreateOutcome, PaymentError> {
-        if existing.request_hash != hash {
-            return Err(PaymentError::IdempotencyMismatch);
-        }
         let now = now_ms();
-        if existing.attempt_until.is_some_and(|t| t > now) {
-            return Err(PaymentError::InProgress);
-        }
-        if existing.status == PaymentStatus::Failed {
-            if let (Some(code), Some(message)) = (&existing.error_code, &existing.error_message) {
-                return Err(PaymentError::Stored {
-                    code: code.clone(),
-                    message: message.clone(),
-                });
-            }
-        }
+        check_replay(
+            (&existing.request_hash, hash),
+            existing.attempt_until,
+            existing.status == PaymentStatus::Failed,
+            (&existing.error_code, &existing.error_message),
+        )?;
         if existing.action.is_some() || existing.status.is_final() {
             self.metrics.outcome(&existing, "replayed");
             return Ok(CreateOutcome::Replayed(existing));
@@ -621,6 +613,29 @@ where
         channel.metrics().retried(channel.name(), err.label());
         tokio::time::sleep(wait).await;
     }
+}
+
+/// What every idempotent replay (payment or refund) checks first: the same request, no
+/// attempt in flight, and — for a failure the provider made final — the same error again.
+fn check_replay(
+    (stored_hash, hash): (&str, &str),
+    attempt_until: Option<i64>,
+    failed: bool,
+    (code, message): (&Option<String>, &Option<String>),
+) -> Result<(), PaymentError> {
+    if stored_hash != hash {
+        return Err(PaymentError::IdempotencyMismatch);
+    }
+    if attempt_until.is_some_and(|t| t > now_ms()) {
+        return Err(PaymentError::InProgress);
+    }
+    if let (true, Some(code), Some(message)) = (failed, code, message) {
+        return Err(PaymentError::Stored {
+            code: code.clone(),
+            message: message.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// A provider's refusal to close because the order is paid.

@@ -115,21 +115,13 @@ impl PaymentService {
         hash: &str,
         payment: &crate::store::PaymentRecord,
     ) -> Result<RefundOutcome, PaymentError> {
-        if existing.request_hash != hash {
-            return Err(PaymentError::IdempotencyMismatch);
-        }
         let now = now_ms();
-        if existing.attempt_until.is_some_and(|t| t > now) {
-            return Err(PaymentError::InProgress);
-        }
-        if existing.status == RefundStatus::Failed {
-            if let (Some(code), Some(message)) = (&existing.error_code, &existing.error_message) {
-                return Err(PaymentError::Stored {
-                    code: code.clone(),
-                    message: message.clone(),
-                });
-            }
-        }
+        super::check_replay(
+            (&existing.request_hash, hash),
+            existing.attempt_until,
+            existing.status == RefundStatus::Failed,
+            (&existing.error_code, &existing.error_message),
+        )?;
         if existing.status != RefundStatus::Pending || existing.provider_refund_no.is_some() {
             return Ok(RefundOutcome::Replayed(existing));
         }

@@ -154,16 +154,9 @@ impl Sandbox {
                 "out_trade_no, total_amount and subject are required",
             );
         };
-        let amount = match parse_yuan(total) {
-            Ok(a) if a > 0 => a,
-            _ => {
-                return error_body(
-                    "40004",
-                    "Business Failed",
-                    "ACQ.INVALID_PARAMETER",
-                    "total_amount is not a valid amount",
-                )
-            }
+        let amount = match positive_yuan(total, "total_amount") {
+            Ok(a) => a,
+            Err(body) => return body,
         };
         if params.get("notify_url").is_none_or(|u| u.is_empty()) {
             return error_body(
@@ -300,16 +293,9 @@ impl Sandbox {
                 "out_trade_no, refund_amount and out_request_no are required",
             );
         };
-        let amount = match parse_yuan(amount) {
-            Ok(a) if a > 0 => a,
-            _ => {
-                return error_body(
-                    "40004",
-                    "Business Failed",
-                    "ACQ.INVALID_PARAMETER",
-                    "refund_amount is not a valid amount",
-                )
-            }
+        let amount = match positive_yuan(amount, "refund_amount") {
+            Ok(a) => a,
+            Err(body) => return body,
         };
         let mut orders = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
         let Some(o) = orders.get_mut(&(seller.to_string(), no.to_string())) else {
@@ -403,6 +389,19 @@ impl Sandbox {
             http::HeaderValue::from_static("text/html;charset=utf-8"),
         );
         resp
+    }
+}
+
+/// A positive yuan amount in fen, or the error answer Alipay gives for it.
+fn positive_yuan(value: &str, field: &str) -> Result<u64, String> {
+    match parse_yuan(value) {
+        Ok(a) if a > 0 => Ok(a),
+        _ => Err(error_body(
+            "40004",
+            "Business Failed",
+            "ACQ.INVALID_PARAMETER",
+            &format!("{field} is not a valid amount"),
+        )),
     }
 }
 
