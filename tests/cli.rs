@@ -8,6 +8,26 @@ fn payroute() -> Command {
     c
 }
 
+fn shipped() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/payroute.yaml")).unwrap()
+}
+
+/// Runs `payroute check` on a config text: exit code and stderr.
+fn check(text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("payroute.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = payroute()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn check_accepts_the_shipped_config() {
     let out = payroute()
@@ -25,10 +45,7 @@ fn check_accepts_the_shipped_config() {
 
 #[test]
 fn check_reports_every_error_with_rule_key_and_position() {
-    let dir = tempfile::tempdir().unwrap();
-    let shipped =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/payroute.yaml"))
-            .unwrap();
+    let shipped = shipped();
     let broken = shipped
         .replace("to: m1001_wechat", "to: m1001_wechatt")
         .replace("weight: 90", "weight: 0")
@@ -38,15 +55,8 @@ fn check_reports_every_error_with_rule_key_and_position() {
             "when: { merchant: m_3003, method: [wechat_native, alipay_page] }",
         )
         .replace("- name: promotions-on-platform", "- name: m1001-own-wechat");
-    let path = dir.path().join("broken.yaml");
-    std::fs::write(&path, &broken).unwrap();
-    let out = payroute()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check(&broken);
+    assert_eq!(code, Some(1), "{err}");
     let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
     let last_line_of = |needle: &str| {
         broken
@@ -90,20 +100,10 @@ fn check_reports_every_error_with_rule_key_and_position() {
 
 #[test]
 fn check_rejects_unknown_keys_and_missing_sub_merchants() {
-    let dir = tempfile::tempdir().unwrap();
-    let shipped =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/payroute.yaml"))
-            .unwrap();
+    let shipped = shipped();
     let typo = shipped.replace("fee_rate: 0.006", "fee_rte: 0.006");
-    let path = dir.path().join("typo.yaml");
-    std::fs::write(&path, &typo).unwrap();
-    let out = payroute()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check(&typo);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("unknown field `fee_rte`"), "{err}");
     let line = typo.lines().position(|l| l.contains("fee_rte")).unwrap() + 1;
     assert!(err.contains(&format!(":{line}:")), "{err}");
@@ -113,24 +113,15 @@ fn check_rejects_unknown_keys_and_missing_sub_merchants() {
         .filter(|l| !l.starts_with("  m_4004:"))
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(&path, &no_sub).unwrap();
-    let out = payroute()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = check(&no_sub);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(r#"channel "platform_wechat" is partner mode but merchant(s) m_4004 have no wechat_sub_mchid"#), "{err}");
     assert!(err.contains(r#"channel "platform_alipay" is isv mode but merchant(s) m_4004 have no alipay_app_auth_token"#), "{err}");
 }
 
 #[test]
 fn check_rejects_methods_a_channel_cannot_serve() {
-    let dir = tempfile::tempdir().unwrap();
-    let shipped =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/payroute.yaml"))
-            .unwrap();
+    let shipped = shipped();
     // An Alipay method sent to a WeChat channel, and a WeChat method to an Alipay channel.
     let crossed = shipped
         .replace(
@@ -141,15 +132,8 @@ fn check_rejects_methods_a_channel_cannot_serve() {
             "method: [alipay_page, alipay_wap, alipay_precreate] }",
             "method: [alipay_page, wechat_h5] }",
         );
-    let path = dir.path().join("crossed.yaml");
-    std::fs::write(&path, &crossed).unwrap();
-    let out = payroute()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = check(&crossed);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(r#"rules[0] "m1001-own-wechat": to: channel "m1001_wechat" (wechat) cannot serve method alipay_wap"#), "{err}");
     assert!(err.contains(r#"rules[0] "m1001-own-wechat": fallback[0]: channel "platform_wechat" (wechat) cannot serve method alipay_wap"#), "{err}");
     assert!(err.contains(r#"rules[4] "m2002-alipay-canary": split[0].to: channel "m2002_alipay" (alipay) cannot serve method wechat_h5"#), "{err}");
