@@ -296,7 +296,9 @@ pub fn decode(segment: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&segment[i + 1..i + 3], 16) {
+            // Bytes, not a str slice: a slice inside a multi-byte character would panic.
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
                 out.push(b);
                 i += 3;
                 continue;
@@ -306,4 +308,16 @@ pub fn decode(segment: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_segments_decode_without_panicking() {
+        assert_eq!(super::decode("a%7Cb"), "a|b");
+        assert_eq!(super::decode("%7c%2A"), "|*");
+        assert_eq!(super::decode("50%"), "50%");
+        assert_eq!(super::decode("%zz%é"), "%zz%é");
+        assert_eq!(super::decode("%"), "%");
+    }
 }
