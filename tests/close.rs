@@ -6,17 +6,6 @@ use http::Method;
 use serde_json::json;
 use support::{payment, Harness, Reply, SHOP_KEY};
 
-const ALIPAY_RULES: &str = r#"
-  rules:
-    - name: m2002-own-alipay
-      when: { merchant: m_2002, family: alipay }
-      to: m2002_alipay
-    - name: m1001-own-wechat
-      when: { merchant: [m_1001], method: [wechat_native] }
-      to: m1001_wechat
-  default: { wechat: platform_wechat, alipay: platform_alipay }
-"#;
-
 async fn close(h: &Harness, merchant: &str, no: &str) -> Reply {
     let auth = format!("Bearer {SHOP_KEY}");
     h.send(
@@ -30,7 +19,7 @@ async fn close(h: &Harness, merchant: &str, no: &str) -> Reply {
 
 #[tokio::test]
 async fn unpaid_orders_close_in_every_mode() {
-    let h = Harness::start_alipay(ALIPAY_RULES).await;
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
     let cases = [
         (
             "m_1001",
@@ -101,7 +90,7 @@ async fn unpaid_orders_close_in_every_mode() {
 
 #[tokio::test]
 async fn a_paid_order_is_never_closed() {
-    let h = Harness::start_alipay(ALIPAY_RULES).await;
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
     for (merchant, no, method) in [
         ("m_1001", "paid-wx", "wechat_native"),
         ("m_2002", "paid-ali", "alipay_precreate"),
@@ -132,7 +121,7 @@ async fn a_paid_order_is_never_closed() {
 
 #[tokio::test]
 async fn closing_an_alipay_page_order_the_payer_never_opened_is_refused() {
-    let h = Harness::start_alipay(ALIPAY_RULES).await;
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
     assert_eq!(
         h.create(&payment(
             "m_4004",

@@ -258,14 +258,8 @@ async fn platform_certificate_mode_verifies_by_serial() {
     let rules = "  rules:\n    - { name: m9009-cert, when: { merchant: m_9009 }, to: cert_wechat }\n  default: { wechat: platform_wechat }\n";
     // The harness fills in the sandbox address after binding it, so the channel comes by reload.
     let h = Harness::start().await;
-    h.write_config(rules, &cert_channel.replace("{BASE}", &h.upstream.base_url));
-    let rl = h.admin_post("/admin/reload", &json!({})).await;
-    assert_eq!(rl.status, 200, "{}", rl.text);
-    h.sandbox.set_merchants(payroute::config::sandbox_merchants(
-        &payroute::config::Config::load(&h.config_path)
-            .unwrap()
-            .channels,
-    ));
+    h.reload_with(rules, &cert_channel.replace("{BASE}", &h.upstream.base_url))
+        .await;
 
     let other = "Bearer other-shop-key-0123456789".to_string();
     let body = payment("m_9009", "cert-1", "wechat_native", 100, json!({})).to_string();

@@ -7,17 +7,6 @@ use http::Method;
 use serde_json::{json, Value};
 use support::{payment, Harness, Reply, SHOP_KEY};
 
-const RULES: &str = r#"
-  rules:
-    - name: m2002-own-alipay
-      when: { merchant: m_2002, family: alipay }
-      to: m2002_alipay
-    - name: m1001-own-wechat
-      when: { merchant: [m_1001], method: [wechat_native] }
-      to: m1001_wechat
-  default: { wechat: platform_wechat, alipay: platform_alipay }
-"#;
-
 async fn refund(h: &Harness, body: Value) -> Reply {
     let auth = format!("Bearer {SHOP_KEY}");
     h.send(
@@ -55,7 +44,7 @@ async fn paid(h: &Harness, merchant: &str, no: &str, method: &str, amount: u64) 
 
 #[tokio::test]
 async fn partial_refunds_up_to_the_paid_amount_in_every_mode() {
-    let h = Harness::start_alipay(RULES).await;
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
     let cases = [
         ("m_1001", "rf-wx-direct", "wechat_native", "m1001_wechat"),
         ("m_4004", "rf-wx-partner", "wechat_jsapi", "platform_wechat"),
@@ -109,7 +98,7 @@ async fn partial_refunds_up_to_the_paid_amount_in_every_mode() {
 
 #[tokio::test]
 async fn refund_guards_and_idempotency() {
-    let h = Harness::start_alipay(RULES).await;
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
     // Unpaid and unknown payments.
     assert_eq!(
         h.create(&payment(
@@ -181,7 +170,7 @@ async fn refund_guards_and_idempotency() {
 
 #[tokio::test]
 async fn a_rejected_refund_frees_its_amount() {
-    let h = Harness::start_alipay(RULES).await;
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
     paid(&h, "m_4004", "rr-1", "wechat_jsapi", 800).await;
     h.faults(json!({ "fail_next": 1, "fail_status": 403, "fail_code": "NOT_ENOUGH" }))
         .await;

@@ -112,31 +112,16 @@ async fn inbound_limits_answer_429_with_retry_after_and_survive_reloads() {
 #[tokio::test]
 async fn a_channel_over_its_limit_fails_over_because_nothing_was_sent() {
     let h = Harness::start_with(false, support::RULES, "").await;
-    h.write_config(&rules("  []"), &limited_channel(&h.upstream.base_url));
-    assert_eq!(h.admin_post("/admin/reload", &json!({})).await.status, 200);
-    h.sandbox.set_merchants(payroute::config::sandbox_merchants(
-        &payroute::config::Config::load(&h.config_path)
-            .unwrap()
-            .channels,
-    ));
+    h.reload_with(&rules("  []"), &limited_channel(&h.upstream.base_url))
+        .await;
     let first = h
         .create(&payment("m_1001", "cl-1", "wechat_native", 100, json!({})))
         .await;
-    assert_eq!(
-        (first.status, first.body["channel"].as_str()),
-        (201, Some("limited_wechat")),
-        "{}",
-        first.text
-    );
+    first.expect_created_on("limited_wechat");
     let second = h
         .create(&payment("m_1001", "cl-2", "wechat_native", 100, json!({})))
         .await;
-    assert_eq!(
-        (second.status, second.body["channel"].as_str()),
-        (201, Some("platform_wechat")),
-        "{}",
-        second.text
-    );
+    second.expect_created_on("platform_wechat");
     let m = h.metrics().await;
     assert!(support::metric(&m, r#"payroute_channel_requests_total{channel="limited_wechat",operation="create",result="channel_limit"}"#).unwrap() >= 1.0);
     assert!(
@@ -182,12 +167,7 @@ async fn a_dead_channel_opens_its_circuit_and_is_skipped() {
                 json!({}),
             ))
             .await;
-        assert_eq!(
-            (r.status, r.body["channel"].as_str()),
-            (201, Some("platform_wechat")),
-            "{}",
-            r.text
-        );
+        r.expect_created_on("platform_wechat");
     }
     let ch = h.admin_get("/admin/channels").await;
     let state = ch.body["channels"]
@@ -208,12 +188,7 @@ async fn a_dead_channel_opens_its_circuit_and_is_skipped() {
     let r = h
         .create(&payment("m_1001", "cb-2", "wechat_native", 100, json!({})))
         .await;
-    assert_eq!(
-        (r.status, r.body["channel"].as_str()),
-        (201, Some("platform_wechat")),
-        "{}",
-        r.text
-    );
+    r.expect_created_on("platform_wechat");
     // …and without a fallback the shop hears 503 at once.
     let r = h
         .create(&payment("m_3003", "cb-3", "wechat_native", 100, json!({})))

@@ -53,6 +53,18 @@ pub const RULES: &str = r#"
   default: { wechat: platform_wechat }
 "#;
 
+/// Both families, each with a merchant on its own channel (use with [`Harness::start_alipay`]).
+pub const MIXED_RULES: &str = r#"
+  rules:
+    - name: m2002-own-alipay
+      when: { merchant: m_2002, family: alipay }
+      to: m2002_alipay
+    - name: m1001-own-wechat
+      when: { merchant: [m_1001], method: [wechat_native] }
+      to: m1001_wechat
+  default: { wechat: platform_wechat, alipay: platform_alipay }
+"#;
+
 /// The demo Alipay channels on the sandbox's gateway: `platform_alipay` (ISV) and
 /// `m2002_alipay` (direct).
 pub fn alipay_channels(up: &Upstream) -> String {
@@ -219,6 +231,18 @@ impl Reply {
         self
     }
 
+    /// Asserts a 201 whose payment went to `channel`.
+    #[track_caller]
+    pub fn expect_created_on(&self, channel: &str) -> &Reply {
+        assert_eq!(
+            (self.status, self.body["channel"].as_str()),
+            (201, Some(channel)),
+            "{}",
+            self.text
+        );
+        self
+    }
+
     /// The error message, for checks on what it names.
     pub fn error_message(&self) -> &str {
         self.body["error"]["message"].as_str().unwrap_or("")
@@ -301,6 +325,19 @@ impl Harness {
     pub fn write_config(&self, rules: &str, extra_channels: &str) {
         let yaml = config_yaml(&self.upstream, &self.db_path(), rules, extra_channels);
         write_atomically(&self.config_path, &yaml);
+    }
+
+    /// Rewrites the config, reloads it through the admin API, and lets the sandbox trust any
+    /// new channel keys.
+    pub async fn reload_with(&self, rules: &str, extra_channels: &str) {
+        self.write_config(rules, extra_channels);
+        let r = self
+            .admin_post("/admin/reload", &serde_json::json!({}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let config = Config::load(&self.config_path).unwrap();
+        self.sandbox
+            .set_merchants(payroute::config::sandbox_merchants(&config.channels));
     }
 
     pub async fn send(
