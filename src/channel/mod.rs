@@ -295,6 +295,26 @@ impl fmt::Display for ChannelError {
 
 impl std::error::Error for ChannelError {}
 
+/// What every order answer must hold: the order asked about, and its state in `field`.
+fn order_answer<'a>(
+    v: &'a serde_json::Value,
+    out_trade_no: &str,
+    field: &str,
+) -> Result<&'a str, ChannelError> {
+    if v["out_trade_no"].as_str() != Some(out_trade_no) {
+        return Err(ChannelError::new(
+            ErrorKind::Protocol,
+            format!(
+                "answer is for out_trade_no {}, asked for {out_trade_no:?}",
+                v["out_trade_no"]
+            ),
+        ));
+    }
+    v[field]
+        .as_str()
+        .ok_or_else(|| ChannelError::new(ErrorKind::Protocol, format!("answer has no {field}")))
+}
+
 /// Channel request metrics, shared by every channel across reloads.
 pub struct ChannelMetrics {
     requests: IntCounterVec,

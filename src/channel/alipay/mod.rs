@@ -333,15 +333,7 @@ impl super::Connector for Alipay {
 
 fn parse_trade(v: &Value, out_trade_no: &str) -> Result<OrderState, ChannelError> {
     let protocol = |m: String| ChannelError::new(ErrorKind::Protocol, m);
-    if v["out_trade_no"].as_str() != Some(out_trade_no) {
-        return Err(protocol(format!(
-            "answer is for out_trade_no {}, asked for {out_trade_no:?}",
-            v["out_trade_no"]
-        )));
-    }
-    let state = v["trade_status"]
-        .as_str()
-        .ok_or_else(|| protocol("answer has no trade_status".into()))?;
+    let state = super::order_answer(v, out_trade_no, "trade_status")?;
     let status = match state {
         "TRADE_SUCCESS" | "TRADE_FINISHED" => PaymentStatus::Succeeded,
         "WAIT_BUYER_PAY" => PaymentStatus::Pending,

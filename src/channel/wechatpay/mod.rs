@@ -412,15 +412,7 @@ fn parse_order_state(body: &[u8], out_trade_no: &str) -> Result<OrderState, Chan
     let protocol = |m: String| ChannelError::new(ErrorKind::Protocol, m);
     let v: Value =
         serde_json::from_slice(body).map_err(|e| protocol(format!("answer is not JSON: {e}")))?;
-    if v["out_trade_no"].as_str() != Some(out_trade_no) {
-        return Err(protocol(format!(
-            "answer is for out_trade_no {:?}, asked for {out_trade_no:?}",
-            v["out_trade_no"]
-        )));
-    }
-    let state = v["trade_state"]
-        .as_str()
-        .ok_or_else(|| protocol("answer has no trade_state".into()))?;
+    let state = super::order_answer(&v, out_trade_no, "trade_state")?;
     let status = match state {
         "SUCCESS" | "REFUND" => PaymentStatus::Succeeded,
         "NOTPAY" | "USERPAYING" => PaymentStatus::Pending,
