@@ -45,7 +45,8 @@ type Keyed = DefaultKeyedRateLimiter<String>;
 /// Every limiter of the process, by name, and the `rate_limited_total` counter.
 pub struct Resilience {
     pool: Mutex<HashMap<String, (RateSpec, Arc<Keyed>)>>,
-    inbound: Mutex<Vec<(LimitSettings, Arc<Keyed>)>>,
+    /// Swapped whole on reload; requests take a cheap `Arc` clone.
+    inbound: Mutex<Arc<Vec<(LimitSettings, Arc<Keyed>)>>>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
     rejected: IntCounterVec,
@@ -90,7 +91,7 @@ impl Resilience {
         registry.register(Box::new(budget_exhausted.clone()))?;
         Ok(Resilience {
             pool: Mutex::new(HashMap::new()),
-            inbound: Mutex::new(Vec::new()),
+            inbound: Mutex::new(Arc::new(Vec::new())),
             breakers: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             rejected,
@@ -115,7 +116,7 @@ impl Resilience {
 
     /// Installs the inbound limits of a (re)loaded config.
     pub fn configure(&self, limits: &[LimitSettings]) {
-        let built = limits
+        let built: Vec<_> = limits
             .iter()
             .map(|l| {
                 (
@@ -124,7 +125,7 @@ impl Resilience {
                 )
             })
             .collect();
-        *self.inbound.lock().unwrap_or_else(|p| p.into_inner()) = built;
+        *self.inbound.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(built);
     }
 
     /// Takes one request from every inbound limit that applies to this shop and merchant.
@@ -134,7 +135,7 @@ impl Resilience {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        for (settings, limiter) in &inbound {
+        for (settings, limiter) in inbound.iter() {
             let key = match settings.key {
                 LimitKey::Merchant => merchant,
                 LimitKey::Shop => shop,
