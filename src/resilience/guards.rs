@@ -41,12 +41,14 @@ pub struct RateLimited {
 }
 
 type Keyed = DefaultKeyedRateLimiter<String>;
+/// The inbound limits of the serving config, each with its limiter.
+type InboundLimits = Arc<Vec<(LimitSettings, Arc<Keyed>)>>;
 
 /// Every limiter of the process, by name, and the `rate_limited_total` counter.
 pub struct Resilience {
     pool: Mutex<HashMap<String, (RateSpec, Arc<Keyed>)>>,
     /// Swapped whole on reload; requests take a cheap `Arc` clone.
-    inbound: Mutex<Arc<Vec<(LimitSettings, Arc<Keyed>)>>>,
+    inbound: Mutex<InboundLimits>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
     rejected: IntCounterVec,
