@@ -429,3 +429,33 @@ async fn channels_reach_the_sandbox_over_tls() {
     r.expect_error(503, "channel_unavailable");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_timed_out_order_paid_meanwhile_is_learned_not_failed() {
+    let h = Harness::start().await;
+    // The sandbox answers after the 2s deadline has passed: our answer is unknown.
+    h.faults(json!({ "latency_ms": 2300 })).await;
+    let body = payment("m_1001", "paid-late", "wechat_native", 100, json!({}));
+    let r = h.create(&body).await;
+    r.expect_error(504, "channel_timeout");
+    assert_eq!(r.body["payment"]["status"], "unknown");
+    h.faults(json!({})).await;
+    // The sandbox, like WeChat Pay, acted on the request; only its answer came too late.
+    assert_eq!(h.sandbox_orders("paid-late").await.len(), 1);
+    // The payer paid; the shop retries the same order: WeChat says ORDERPAID, a verified query
+    // says SUCCESS, and the payment is succeeded — never failed.
+    assert_eq!(h.pay("paid-late").await.status, 200);
+    let again = h.create(&body).await;
+    assert_eq!(
+        (again.status, again.body["status"].as_str()),
+        (201, Some("succeeded")),
+        "{}",
+        again.text
+    );
+    assert_eq!(again.body["channel"], "m1001_wechat");
+    let stored = h.get_payment("m_1001", "paid-late", false).await;
+    assert_eq!(stored.body["status"], "succeeded");
+    // Nothing is in flight any more: a replay answers at once from the store.
+    assert_eq!(h.create(&body).await.status, 200);
+    h.shutdown().await;
+}

@@ -353,15 +353,16 @@ impl PaymentService {
                 }
                 Err(e) => {
                     if let ErrorKind::Rejected(code) = &e.kind {
-                        if code == "ORDERPAID" {
-                            // Paid already (an earlier attempt went through): learn the state.
-                            if let Ok(state) =
-                                with_retries(channel, |d| channel.query(&rec.out_trade_no, &sub, d))
-                                    .await
-                            {
-                                rec.attempt_until = None;
-                                return self.apply_state(rec, state, channel).await;
-                            }
+                        if ["ORDERPAID", "ACQ.TRADE_HAS_SUCCESS"].contains(&code.as_str()) {
+                            // Paid already (an earlier attempt went through): learn the state
+                            // from a verified query. Never mark such an order failed.
+                            let query = |d| channel.query(&rec.out_trade_no, &sub, d);
+                            return match with_retries(channel, query).await {
+                                Ok(state) => self.apply_state(rec, state, channel).await,
+                                Err(q) => {
+                                    Err(self.fail(rec, q, PaymentStatus::Unknown, "error").await)
+                                }
+                            };
                         }
                         return Err(self.fail(rec, e, PaymentStatus::Failed, "rejected").await);
                     }
@@ -386,9 +387,9 @@ impl PaymentService {
         status: PaymentStatus,
         outcome: &str,
     ) -> PaymentError {
-        if rec.status != status && (rec.status.may_become(status) || rec.action.is_none()) {
-            rec.status = status;
-        }
+        // Attempts run only for orders the channel has not answered yet (pending or unknown,
+        // no action), so the failure alone decides what the order is now.
+        rec.status = status;
         rec.error_code = Some(api_code(&error).to_string());
         rec.error_message = Some(error.to_string());
         rec.attempt_until = None;

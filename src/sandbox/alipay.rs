@@ -49,7 +49,14 @@ impl AliOrder {
 
 type Answer = Response<Full<Bytes>>;
 
+/// What the gateway answers: signed JSON, or the cashier page a payer's browser sees.
+enum Gateway {
+    Json { key: String, inner: String },
+    Cashier(String),
+}
+
 impl Sandbox {
+    /// Answers a gateway call. As for WeChat Pay, injected latency comes after the work.
     pub(super) async fn alipay_gateway(
         &self,
         method: &Method,
@@ -63,21 +70,34 @@ impl Sandbox {
         {
             params.insert(k, v);
         }
-        let api = params.get("method").cloned().unwrap_or_default();
         let faults = self
             .faults
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let answer = self.gateway_answer(method, &params, &faults);
         if faults.latency_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(faults.latency_ms)).await;
         }
-        if let Err(why) = self.check_alipay_signature(&params) {
-            return self.alipay_answer(
-                "error_response",
-                &error_body("40002", "Invalid Arguments", "isv.invalid-signature", &why),
-                &faults,
-            );
+        match answer {
+            Gateway::Json { key, inner } => self.alipay_answer(&key, &inner, &faults),
+            Gateway::Cashier(inner) => {
+                cashier(&serde_json::from_str(&inner).unwrap_or(Value::Null))
+            }
+        }
+    }
+
+    fn gateway_answer(
+        &self,
+        method: &Method,
+        params: &BTreeMap<String, String>,
+        faults: &Faults,
+    ) -> Gateway {
+        let api = params.get("method").cloned().unwrap_or_default();
+        let json = |key: String, inner: String| Gateway::Json { key, inner };
+        if let Err(why) = self.check_alipay_signature(params) {
+            let inner = error_body("40002", "Invalid Arguments", "isv.invalid-signature", &why);
+            return json("error_response".into(), inner);
         }
         if faults.fail_next > 0 {
             let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
@@ -86,13 +106,13 @@ impl Sandbox {
                 .fail_code
                 .clone()
                 .unwrap_or_else(|| "ACQ.SYSTEM_ERROR".into());
-            let body = error_body(
+            let inner = error_body(
                 "40004",
                 "Business Failed",
                 &sub,
                 "injected by /sandbox/faults",
             );
-            return self.alipay_answer(&response_key(&api), &body, &faults);
+            return json(response_key(&api), inner);
         }
         let biz: Value = params
             .get("biz_content")
@@ -102,14 +122,12 @@ impl Sandbox {
             .get("app_auth_token")
             .cloned()
             .unwrap_or_else(|| params.get("app_id").cloned().unwrap_or_default());
-        let body = match api.as_str() {
-            "alipay.trade.precreate" => self.ali_create(&params, &biz, &seller),
+        let inner = match api.as_str() {
+            "alipay.trade.precreate" => self.ali_create(params, &biz, &seller),
             "alipay.trade.page.pay" | "alipay.trade.wap.pay" | "alipay.trade.app.pay"
                 if *method == Method::GET =>
             {
-                let inner = self.ali_create(&params, &biz, &seller);
-                let v: Value = serde_json::from_str(&inner).unwrap_or(Value::Null);
-                return cashier(&v);
+                return Gateway::Cashier(self.ali_create(params, &biz, &seller));
             }
             "alipay.trade.query" => self.ali_query(&biz, &seller),
             "alipay.trade.close" => self.ali_close(&biz, &seller),
@@ -122,7 +140,7 @@ impl Sandbox {
                 "method not supported by the sandbox",
             ),
         };
-        self.alipay_answer(&response_key(&api), &body, &faults)
+        json(response_key(&api), inner)
     }
 
     fn check_alipay_signature(&self, params: &BTreeMap<String, String>) -> Result<(), String> {

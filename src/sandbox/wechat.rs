@@ -49,6 +49,9 @@ impl Order {
 }
 
 impl Sandbox {
+    /// Answers a `/v3` call. Injected latency comes after the work and before the answer, so
+    /// a caller that times out has still created the order — as with the real provider,
+    /// which is what makes a timeout dangerous.
     pub(super) async fn v3(
         &self,
         method: &Method,
@@ -62,16 +65,28 @@ impl Sandbox {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let (status, answer) = self.v3_answer(method, headers, path_and_query, seg, body, &faults);
         if faults.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
         }
+        self.signed(status, answer, &faults)
+    }
+
+    fn v3_answer(
+        &self,
+        method: &Method,
+        headers: &http::HeaderMap,
+        path_and_query: &str,
+        seg: &[&str],
+        body: &[u8],
+        faults: &Faults,
+    ) -> (StatusCode, Value) {
         let mchid = match self.check_signature(method, headers, path_and_query, body) {
             Ok(m) => m,
             Err(msg) => {
-                return self.signed(
+                return (
                     StatusCode::UNAUTHORIZED,
                     json!({"code":"SIGN_ERROR","message":msg}),
-                    &faults,
                 )
             }
         };
@@ -84,13 +99,12 @@ impl Sandbox {
                 .fail_code
                 .clone()
                 .unwrap_or_else(|| "SYSTEM_ERROR".into());
-            return self.signed(
+            return (
                 status,
                 json!({"code": code, "message": "injected by /sandbox/faults"}),
-                &faults,
             );
         }
-        let (status, answer) = match (method, seg) {
+        match (method, seg) {
             (&Method::POST, ["v3", "pay", "transactions", kind]) => {
                 self.create(&mchid, false, kind, body)
             }
@@ -120,8 +134,7 @@ impl Sandbox {
                 StatusCode::NOT_FOUND,
                 json!({"code":"NOT_FOUND","message":"no such API in the sandbox"}),
             ),
-        };
-        self.signed(status, answer, &faults)
+        }
     }
 
     /// Verifies the Authorization header as WeChat Pay does; returns the signing mchid.
