@@ -124,12 +124,8 @@ fn routes(live: &Live) -> Routes<'_> {
     }
 }
 
-/// The shop behind the request, allowed to act for `merchant`.
-fn authorize(
-    live: &Live,
-    req: &Request<Incoming>,
-    merchant: Option<&str>,
-) -> Result<Arc<auth::Shop>, ApiError> {
+/// The shop behind the request.
+fn authorize(live: &Live, req: &Request<Incoming>) -> Result<Arc<auth::Shop>, ApiError> {
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -140,14 +136,13 @@ fn authorize(
             "missing or unknown API key (Authorization: Bearer <key>)",
         )
     })?;
-    if let Some(m) = merchant {
-        check_merchant(&shop, m)?;
-    }
     Ok(shop)
 }
 
-fn check_merchant(shop: &auth::Shop, merchant: &str) -> Result<(), ApiError> {
+/// The shop may act for `merchant`, and neither is over its rate limits.
+fn admit(app: &App, shop: &auth::Shop, merchant: &str) -> Result<(), ApiError> {
     if shop.merchants.contains(merchant) {
+        app.resilience.check_inbound(&shop.id, merchant)?;
         return Ok(());
     }
     Err(ApiError::field(
@@ -159,13 +154,12 @@ fn check_merchant(shop: &auth::Shop, merchant: &str) -> Result<(), ApiError> {
 
 async fn create(app: &App, live: &Live, req: Request<Incoming>) -> Answer {
     // Authenticate before reading the body: unknown callers get nothing parsed.
-    let shop = authorize(live, &req, None)?;
+    let shop = authorize(live, &req)?;
     let limit = live.config.server.max_body_bytes;
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, limit).await?;
     let new = types::parse_create(&body, OffsetDateTime::now_utc())?;
-    check_merchant(&shop, &new.merchant_id)?;
-    app.resilience.check_inbound(&shop.id, &new.merchant_id)?;
+    admit(app, &shop, &new.merchant_id)?;
     Ok(
         match app.payments.create(&routes(live), &shop.id, new).await? {
             CreateOutcome::Created(rec) => created(false, &types::payment_json(&rec)),
@@ -182,8 +176,8 @@ async fn get(
     out_trade_no: &str,
     refresh: bool,
 ) -> Answer {
-    let shop = authorize(live, req, Some(merchant))?;
-    app.resilience.check_inbound(&shop.id, merchant)?;
+    let shop = authorize(live, req)?;
+    admit(app, &shop, merchant)?;
     let rec = app
         .payments
         .get(&routes(live), merchant, out_trade_no, refresh)
@@ -198,8 +192,8 @@ async fn close(
     merchant: &str,
     out_trade_no: &str,
 ) -> Answer {
-    let shop = authorize(live, req, Some(merchant))?;
-    app.resilience.check_inbound(&shop.id, merchant)?;
+    let shop = authorize(live, req)?;
+    admit(app, &shop, merchant)?;
     let rec = app
         .payments
         .close(&routes(live), merchant, out_trade_no)
@@ -208,13 +202,12 @@ async fn close(
 }
 
 async fn create_refund(app: &App, live: &Live, req: Request<Incoming>) -> Answer {
-    let shop = authorize(live, &req, None)?;
+    let shop = authorize(live, &req)?;
     let limit = live.config.server.max_body_bytes;
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, limit).await?;
     let new = types::parse_refund(&body)?;
-    check_merchant(&shop, &new.merchant_id)?;
-    app.resilience.check_inbound(&shop.id, &new.merchant_id)?;
+    admit(app, &shop, &new.merchant_id)?;
     Ok(
         match app.payments.refund(&routes(live), &shop.id, new).await? {
             RefundOutcome::Created(r) => created(false, &types::refund_json(&r)),
@@ -231,8 +224,8 @@ async fn get_refund(
     out_refund_no: &str,
     refresh: bool,
 ) -> Answer {
-    let shop = authorize(live, req, Some(merchant))?;
-    app.resilience.check_inbound(&shop.id, merchant)?;
+    let shop = authorize(live, req)?;
+    admit(app, &shop, merchant)?;
     let rec = app
         .payments
         .get_refund(&routes(live), merchant, out_refund_no, refresh)

@@ -81,6 +81,25 @@ pub struct Routes<'a> {
     pub public_base_url: &'a str,
 }
 
+impl Routes<'_> {
+    /// The channel an order is bound to, and the merchant's sub-merchant ids for it.
+    fn bound(
+        &self,
+        channel: &str,
+        merchant_id: &str,
+    ) -> Result<(&Arc<Channel>, SubMerchant), PaymentError> {
+        let ch = self
+            .channels
+            .get(channel)
+            .ok_or_else(|| PaymentError::ChannelMissing(channel.to_string()))?;
+        Ok((ch, self.sub_merchant(merchant_id)))
+    }
+
+    fn sub_merchant(&self, merchant_id: &str) -> SubMerchant {
+        self.merchants.get(merchant_id).cloned().unwrap_or_default()
+    }
+}
+
 #[derive(Debug)]
 pub enum CreateOutcome {
     Created(PaymentRecord),
@@ -294,11 +313,7 @@ impl PaymentService {
         req: &NewPayment,
         fallback: Vec<String>,
     ) -> Result<PaymentRecord, PaymentError> {
-        let sub = routes
-            .merchants
-            .get(&rec.merchant_id)
-            .cloned()
-            .unwrap_or_default();
+        let sub = routes.sub_merchant(&rec.merchant_id);
         let mut fallback = fallback.into_iter();
         loop {
             let Some(channel) = routes.channels.get(&rec.channel) else {
@@ -430,15 +445,7 @@ impl PaymentService {
         if !refresh {
             return Ok(rec);
         }
-        let channel = routes
-            .channels
-            .get(&rec.channel)
-            .ok_or_else(|| PaymentError::ChannelMissing(rec.channel.clone()))?;
-        let sub = routes
-            .merchants
-            .get(merchant_id)
-            .cloned()
-            .unwrap_or_default();
+        let (channel, sub) = routes.bound(&rec.channel, merchant_id)?;
         match with_retries(channel, |d| channel.query(out_trade_no, &sub, d)).await {
             Ok(state) => self.apply_state(rec, state, channel).await,
             // The channel has no such order (nothing was ever created there).
@@ -477,15 +484,7 @@ impl PaymentService {
         if rec.attempt_until.is_some_and(|t| t > now_ms()) {
             return Err(PaymentError::InProgress);
         }
-        let channel = routes
-            .channels
-            .get(&rec.channel)
-            .ok_or_else(|| PaymentError::ChannelMissing(rec.channel.clone()))?;
-        let sub = routes
-            .merchants
-            .get(merchant_id)
-            .cloned()
-            .unwrap_or_default();
+        let (channel, sub) = routes.bound(&rec.channel, merchant_id)?;
         match with_retries(channel, |d| channel.close(out_trade_no, &sub, d)).await {
             Ok(()) => {}
             Err(e) if paid_refusal(&e) => {

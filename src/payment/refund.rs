@@ -147,11 +147,7 @@ impl PaymentService {
             self.save_refund(&mut rec).await?;
             return Err(PaymentError::ChannelMissing(rec.channel.clone()));
         };
-        let sub = routes
-            .merchants
-            .get(&rec.merchant_id)
-            .cloned()
-            .unwrap_or_default();
+        let sub = routes.sub_merchant(&rec.merchant_id);
         let notify_url = format!("{}/notify/{}", routes.public_base_url, rec.channel);
         let request = RefundRequest {
             out_trade_no: &rec.out_trade_no,
@@ -203,15 +199,7 @@ impl PaymentService {
         if !refresh || rec.status != RefundStatus::Pending {
             return Ok(rec);
         }
-        let channel = routes
-            .channels
-            .get(&rec.channel)
-            .ok_or_else(|| PaymentError::ChannelMissing(rec.channel.clone()))?;
-        let sub = routes
-            .merchants
-            .get(merchant_id)
-            .cloned()
-            .unwrap_or_default();
+        let (channel, sub) = routes.bound(&rec.channel, merchant_id)?;
         let state = match with_retries(channel, |d| {
             channel.refund_query(&rec.out_trade_no, out_refund_no, &sub, d)
         })
