@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -148,5 +148,49 @@ pub async fn serve<H, F, S>(
         .is_err()
     {
         tracing::warn!(?drain, "drain timed out; closing remaining connections");
+    }
+}
+
+/// A JSON answer; the API, the admin port and the sandbox all answer this way.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Percent-decoding of one path segment (`|` arrives as `%7C`).
+pub fn decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            // Bytes, not a str slice: a slice inside a multi-byte character would panic.
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_segments_decode_without_panicking() {
+        assert_eq!(super::decode("a%7Cb"), "a|b");
+        assert_eq!(super::decode("%7c%2A"), "|*");
+        assert_eq!(super::decode("50%"), "50%");
+        assert_eq!(super::decode("%zz%é"), "%zz%é");
+        assert_eq!(super::decode("%"), "%");
     }
 }

@@ -12,10 +12,10 @@ use prometheus::{Encoder, TextEncoder};
 use serde_json::{json, Value};
 
 use crate::api::auth::token_matches;
-use crate::api::error::json_response;
 use crate::app::App;
 use crate::domain::{Method as PayMethod, PaymentStatus};
 use crate::routing::PaymentFacts;
+use crate::server::json_response;
 use crate::store::PaymentFilter;
 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {

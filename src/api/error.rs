@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::payment::{api_code, PaymentError};
 use crate::resilience::RateLimited;
+use crate::server::json_response;
 
 /// The error codes of the unified API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,14 +212,4 @@ impl From<PaymentError> for ApiError {
             }
         }
     }
-}
-
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
 }

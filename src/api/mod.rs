@@ -16,7 +16,8 @@ use time::OffsetDateTime;
 
 use crate::app::{App, Live};
 use crate::payment::{CreateOutcome, RefundOutcome, Routes};
-use error::{json_response, ApiError, ErrorCode};
+use crate::server::{decode, json_response};
+use error::{ApiError, ErrorCode};
 
 /// HTTP metrics of the API listener.
 pub struct ApiMetrics {
@@ -280,37 +281,4 @@ fn query_flag(query: Option<&str>, name: &str) -> bool {
         .split('&')
         .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
         .any(|(k, v)| k == name && (v == "true" || v == "1"))
-}
-
-/// Percent-decoding of one path segment (`|` arrives as `%7C`).
-pub fn decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            // Bytes, not a str slice: a slice inside a multi-byte character would panic.
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn path_segments_decode_without_panicking() {
-        assert_eq!(super::decode("a%7Cb"), "a|b");
-        assert_eq!(super::decode("%7c%2A"), "|*");
-        assert_eq!(super::decode("50%"), "50%");
-        assert_eq!(super::decode("%zz%é"), "%zz%é");
-        assert_eq!(super::decode("%"), "%");
-    }
 }

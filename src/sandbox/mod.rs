@@ -175,9 +175,11 @@ impl Sandbox {
         let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (&parts.method, seg.as_slice()) {
             (&Method::POST, ["sandbox", "pay", no]) => {
-                self.pay(&crate::api::decode(no), parts.uri.query())
+                self.pay(&crate::server::decode(no), parts.uri.query())
             }
-            (&Method::GET, ["sandbox", "orders", no]) => self.orders_json(&crate::api::decode(no)),
+            (&Method::GET, ["sandbox", "orders", no]) => {
+                self.orders_json(&crate::server::decode(no))
+            }
             (&Method::POST, ["sandbox", "faults"]) => match serde_json::from_slice::<Faults>(&body)
             {
                 Ok(f) => {
@@ -275,5 +277,5 @@ fn query_param(path_and_query: &str, name: &str) -> Option<String> {
 }
 
 fn plain(status: StatusCode, body: Value) -> Answer {
-    crate::api::error::json_response(status, &body)
+    crate::server::json_response(status, &body)
 }

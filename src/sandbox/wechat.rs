@@ -112,23 +112,23 @@ impl Sandbox {
                 self.create(&mchid, true, kind, body)
             }
             (&Method::POST, ["v3", "pay", "transactions", "out-trade-no", no, "close"]) => {
-                self.close(&mchid, false, &crate::api::decode(no), body)
+                self.close(&mchid, false, &crate::server::decode(no), body)
             }
             (
                 &Method::POST,
                 ["v3", "pay", "partner", "transactions", "out-trade-no", no, "close"],
-            ) => self.close(&mchid, true, &crate::api::decode(no), body),
+            ) => self.close(&mchid, true, &crate::server::decode(no), body),
             (&Method::POST, ["v3", "refund", "domestic", "refunds"]) => self.refund(&mchid, body),
             (&Method::GET, ["v3", "refund", "domestic", "refunds", no]) => {
                 let sub = query_param(path_and_query, "sub_mchid");
-                self.refund_query(&mchid, sub.as_deref(), &crate::api::decode(no))
+                self.refund_query(&mchid, sub.as_deref(), &crate::server::decode(no))
             }
             (&Method::GET, ["v3", "pay", "transactions", "out-trade-no", no]) => {
-                self.query(&mchid, None, &crate::api::decode(no))
+                self.query(&mchid, None, &crate::server::decode(no))
             }
             (&Method::GET, ["v3", "pay", "partner", "transactions", "out-trade-no", no]) => {
                 let sub = query_param(path_and_query, "sub_mchid");
-                self.query(&mchid, sub.as_deref(), &crate::api::decode(no))
+                self.query(&mchid, sub.as_deref(), &crate::server::decode(no))
             }
             _ => (
                 StatusCode::NOT_FOUND,
