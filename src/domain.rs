@@ -181,25 +181,115 @@ pub enum RefundStatus {
     Succeeded,
     /// Refused or abandoned by the channel; its amount is free again.
     Failed,
+    /// WeChat Pay `ABNORMAL`: the money left the merchant's account but could not reach the
+    /// payer (a closed card, a frozen account). Ops must act; the amount stays reserved.
+    Abnormal,
 }
 
 impl RefundStatus {
+    pub const ALL: [RefundStatus; 4] = [
+        RefundStatus::Pending,
+        RefundStatus::Succeeded,
+        RefundStatus::Failed,
+        RefundStatus::Abnormal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RefundStatus::Pending => "pending",
             RefundStatus::Succeeded => "succeeded",
             RefundStatus::Failed => "failed",
+            RefundStatus::Abnormal => "abnormal",
         }
     }
 
     pub fn parse(s: &str) -> Option<RefundStatus> {
-        [
-            RefundStatus::Pending,
-            RefundStatus::Succeeded,
-            RefundStatus::Failed,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        RefundStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the channel may still change it (so a refresh asks the channel).
+    pub fn is_open(self) -> bool {
+        matches!(self, RefundStatus::Pending | RefundStatus::Abnormal)
+    }
+}
+
+/// Why the last channel call of a payment or refund failed, as stored and as the shop sees
+/// it (the unified API's `channel_*` codes, DESIGN.md §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelFailure {
+    /// The provider's final business refusal (`402 channel_rejected`).
+    Rejected,
+    /// Nothing reached the channel, or it said "try again" (`503 channel_unavailable`).
+    Unavailable,
+    /// An answer that could not be trusted or understood (`502 channel_error`).
+    Error,
+    /// The request may have reached the channel and no answer came (`504 channel_timeout`).
+    Timeout,
+}
+
+impl ChannelFailure {
+    pub const ALL: [ChannelFailure; 4] = [
+        ChannelFailure::Rejected,
+        ChannelFailure::Unavailable,
+        ChannelFailure::Error,
+        ChannelFailure::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelFailure::Rejected => "channel_rejected",
+            ChannelFailure::Unavailable => "channel_unavailable",
+            ChannelFailure::Error => "channel_error",
+            ChannelFailure::Timeout => "channel_timeout",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChannelFailure> {
+        ChannelFailure::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+/// The provider account that holds an order's money: what a payment is bound to, beside the
+/// channel name (DESIGN.md §1 step 5). Two channels with equal accounts are interchangeable
+/// for an existing order; a channel whose account differs must never see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub provider: String,
+    pub mode: String,
+    /// WeChat Pay: `mchid` (direct) or `sp_mchid` (partner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mchid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_mchid: Option<String>,
+    /// WeChat Pay `appid` / `sp_appid`; Alipay `app_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    /// Alipay ISV: fingerprint of the merchant's app_auth_token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seller: Option<String>,
+}
+
+impl Account {
+    /// What differs between the bound account and `other`, for the refusal message.
+    pub fn differences(&self, other: &Account) -> String {
+        let field = |name: &str, a: &Option<String>, b: &Option<String>| {
+            (a != b).then(|| {
+                let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+                format!("{name} {} → {}", show(a), show(b))
+            })
+        };
+        let mut diffs: Vec<String> = Vec::new();
+        if self.provider != other.provider || self.mode != other.mode {
+            diffs.push(format!(
+                "{} {} → {} {}",
+                self.provider, self.mode, other.provider, other.mode
+            ));
+        }
+        diffs.extend(field("mchid", &self.mchid, &other.mchid));
+        diffs.extend(field("sub_mchid", &self.sub_mchid, &other.sub_mchid));
+        diffs.extend(field("app_id", &self.app_id, &other.app_id));
+        diffs.extend(field("seller", &self.seller, &other.seller));
+        diffs.join(", ")
     }
 }
 

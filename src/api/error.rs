@@ -5,7 +5,8 @@ use http::{header, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
-use crate::payment::{api_code, PaymentError};
+use crate::domain::ChannelFailure;
+use crate::payment::{failure_of, PaymentError};
 use crate::resilience::RateLimited;
 use crate::server::json_response;
 
@@ -89,19 +90,16 @@ impl ErrorCode {
                 | InternalError
         )
     }
+}
 
-    fn parse(s: &str) -> Option<ErrorCode> {
-        use ErrorCode::*;
-        [
-            ChannelRejected,
-            ChannelUnavailable,
-            ChannelError,
-            ChannelTimeout,
-            NoRoute,
-            InvalidState,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
+impl From<ChannelFailure> for ErrorCode {
+    fn from(f: ChannelFailure) -> ErrorCode {
+        match f {
+            ChannelFailure::Rejected => ErrorCode::ChannelRejected,
+            ChannelFailure::Unavailable => ErrorCode::ChannelUnavailable,
+            ChannelFailure::Error => ErrorCode::ChannelError,
+            ChannelFailure::Timeout => ErrorCode::ChannelTimeout,
+        }
     }
 }
 
@@ -175,20 +173,19 @@ impl From<PaymentError> for ApiError {
     fn from(e: PaymentError) -> ApiError {
         match e {
             PaymentError::NoRoute(r) => ApiError::new(ErrorCode::NoRoute, r.to_string()),
+            PaymentError::Invalid { field, message } => {
+                ApiError::field(ErrorCode::InvalidRequest, field, message)
+            }
             PaymentError::Channel { error, payment } => {
-                let code = ErrorCode::parse(api_code(&error)).unwrap_or(ErrorCode::ChannelError);
+                let code = ErrorCode::from(failure_of(&error));
                 let mut api = ApiError::new(code, format!("channel {}: {error}", payment.channel));
                 api.payment = Some(super::types::payment_json(&payment));
                 api
             }
-            PaymentError::Stored { code, message } => ApiError::new(
-                ErrorCode::parse(&code).unwrap_or(ErrorCode::ChannelError),
-                message,
-            ),
-            PaymentError::ChannelMissing(c) => ApiError::new(
-                ErrorCode::ChannelUnavailable,
-                format!("bound channel {c:?} is no longer configured"),
-            ),
+            PaymentError::Stored { code, message } => ApiError::new(code.into(), message),
+            PaymentError::AccountUnavailable(why) => {
+                ApiError::new(ErrorCode::ChannelUnavailable, why)
+            }
             PaymentError::IdempotencyMismatch => ApiError::new(
                 ErrorCode::IdempotencyMismatch,
                 "this out_trade_no was already used with a different request",

@@ -1,9 +1,16 @@
 //! Channels: one provider account plus how to call it.
 //!
-//! A [`Channel`] wraps a [`Connector`] (the provider protocol: `wechatpay_v3` today) with what
-//! every channel shares: its name, family, fee rate, timeout and metrics. Connectors build
-//! and sign requests, verify responses and map provider answers into [`ChannelError`]s that
-//! know whether they may be retried.
+//! A [`Channel`] wraps a [`Connector`] (the provider protocol: `wechatpay_v3`, `alipay`) with
+//! what every channel shares: its name, family, fee rate, timeout, metrics and its one guarded
+//! call path — limit → breaker → retries with budget and deadline → sign/send/verify. Connectors
+//! build and sign requests, verify answers and turn provider codes into typed [`ErrorKind`]s;
+//! no provider code string leaves this module.
+//!
+//! # Safety of retries
+//! Every call returns, with its error, whether *any* of its attempts may have reached the
+//! provider ([`ChannelError::maybe_sent`]). The flag is sticky over the whole call: a 5xx
+//! followed by an open breaker is still "may have been sent", so the payment layer never
+//! fails such an order over to another account.
 
 pub mod alipay;
 pub mod http;
@@ -19,10 +26,15 @@ use async_trait::async_trait;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use time::OffsetDateTime;
 
-use crate::domain::{Family, FeeRate, Method, PaymentStatus, RefundStatus};
+use crate::domain::{Account, Family, FeeRate, Method, PaymentStatus, RefundStatus};
 use crate::resilience::breaker::Outcome;
-use crate::resilience::{ChannelGuard, RateSpec, Refused, Resilience};
+use crate::resilience::{backoff, ChannelGuard, RateSpec, Refused, Resilience};
 use crate::secret::Secret;
+
+/// Retries after the first attempt, within the call's deadline (DESIGN.md §7).
+const MAX_RETRIES: u32 = 2;
+/// A retry is not started when less than this is left of the deadline.
+const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(10);
 
 /// A channel as config describes it, validated and with its keys parsed.
 #[derive(Debug)]
@@ -84,6 +96,54 @@ impl ChannelSettings {
     }
 }
 
+impl ChannelSettings {
+    /// The provider account an order created through this channel for `sub` belongs to.
+    pub fn account(&self, sub: &SubMerchant) -> Account {
+        match &self.connector {
+            ConnectorSettings::WechatPay(w) => match &w.mode {
+                wechatpay::WechatMode::Direct { mchid, appid } => Account {
+                    provider: "wechatpay_v3".into(),
+                    mode: "direct".into(),
+                    mchid: Some(mchid.clone()),
+                    sub_mchid: None,
+                    app_id: Some(appid.clone()),
+                    seller: None,
+                },
+                wechatpay::WechatMode::Partner { sp_mchid, sp_appid } => Account {
+                    provider: "wechatpay_v3".into(),
+                    mode: "partner".into(),
+                    mchid: Some(sp_mchid.clone()),
+                    sub_mchid: sub.wechat_sub_mchid.clone(),
+                    app_id: Some(sp_appid.clone()),
+                    seller: None,
+                },
+            },
+            ConnectorSettings::Alipay(a) => Account {
+                provider: "alipay".into(),
+                mode: self.mode().into(),
+                mchid: None,
+                sub_mchid: None,
+                app_id: Some(a.app_id.clone()),
+                // The seller of an ISV order is the merchant whose app_auth_token was used:
+                // stored as a fingerprint, never the token itself.
+                seller: match a.mode {
+                    alipay::AlipayMode::Isv => sub
+                        .alipay_app_auth_token
+                        .as_ref()
+                        .map(|t| token_fingerprint(t.expose())),
+                    alipay::AlipayMode::Direct => None,
+                },
+            },
+        }
+    }
+}
+
+/// First 16 hex digits of SHA-256: names a token without revealing it.
+fn token_fingerprint(token: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The per-merchant ids a partner / ISV channel acts under (config `merchants:`).
 #[derive(Clone, Debug, Default)]
 pub struct SubMerchant {
@@ -124,7 +184,10 @@ pub struct OrderState {
     /// The provider's own word (`NOTPAY`, `SUCCESS`, …), for logs and explain.
     pub provider_state: String,
     pub provider_trade_no: Option<String>,
+    /// The order's amount and currency as the provider states them; the payment layer
+    /// refuses an answer without them (it cannot be cross-checked).
     pub amount: Option<u64>,
+    pub currency: Option<String>,
     pub paid_at: Option<OffsetDateTime>,
 }
 
@@ -148,10 +211,14 @@ pub struct RefundState {
     pub status: RefundStatus,
     pub provider_state: String,
     pub provider_refund_no: Option<String>,
+    /// This refund's amount as the provider states it, when it does.
+    pub amount: Option<u64>,
+    /// Everything refunded on the order so far (Alipay's `refund_fee`), when stated.
+    pub refunded_total: Option<u64>,
 }
 
-/// A provider protocol. Implementations sign, send, verify and map; they never retry
-/// (the payment layer owns the retry policy, because only it knows what is safe).
+/// A provider protocol. Implementations sign, send, verify and map one attempt; they never
+/// retry ([`Channel`] owns the guarded call path).
 #[async_trait]
 pub trait Connector: Send + Sync {
     async fn create(
@@ -165,7 +232,7 @@ pub trait Connector: Send + Sync {
         sub: &SubMerchant,
         deadline: Duration,
     ) -> Result<OrderState, ChannelError>;
-    /// Closes an unpaid order. A paid order is refused by the provider (`Rejected`).
+    /// Closes an unpaid order. A paid order is refused (`AlreadyPaid` or `NotCloseable`).
     async fn close(
         &self,
         out_trade_no: &str,
@@ -187,7 +254,9 @@ pub trait Connector: Send + Sync {
     ) -> Result<RefundState, ChannelError>;
 }
 
-/// How a channel call failed, which says what may be done next (DESIGN.md §7).
+/// How a channel call failed, which says what may be done next (DESIGN.md §7). Only a
+/// verified answer from the provider produces `AlreadyPaid`, `NotCloseable`, `NotFound` or
+/// `Rejected`: those are the kinds that may make a payment final.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Connect refused, DNS, TLS handshake: the provider never saw the request.
@@ -202,40 +271,67 @@ pub enum ErrorKind {
     Transport,
     /// HTTP 5xx without a known code.
     ServerError,
-    /// The provider says try again (`SYSTEM_ERROR`, `FREQUENCY_LIMITED`).
+    /// The provider says try again (WeChat `SYSTEM_ERROR`, Alipay `ACQ.SYSTEM_ERROR`, …).
     ProviderRetryable(String),
-    /// The provider's final business answer (`PARAM_ERROR`, `ORDERPAID`, …).
+    /// The order is paid already (WeChat `ORDERPAID`, Alipay `ACQ.TRADE_HAS_SUCCESS`).
+    AlreadyPaid,
+    /// The order's state does not allow the operation (Alipay `ACQ.TRADE_STATUS_ERROR` on
+    /// close): which state it is in must be learnt by a query.
+    NotCloseable,
+    /// The provider's final business answer (`PARAM_ERROR`, …): its code, for the shop.
     Rejected(String),
     /// The provider does not know the order.
     NotFound,
-    /// The answer's signature did not verify: it must not change any payment.
+    /// The answer's signature did not verify, or an answer that must be signed was not:
+    /// it must not change any payment.
     BadSignature,
     /// The answer was not what the protocol promises.
     Protocol,
-    /// We could not build the request (a local bug or config problem).
+    /// We could not build the request (a local bug or config problem): nothing sent.
     Local,
+}
+
+impl ErrorKind {
+    /// Whether an attempt that failed this way may have reached the provider.
+    fn maybe_sent(&self) -> bool {
+        !matches!(
+            self,
+            ErrorKind::NothingSent
+                | ErrorKind::ChannelLimit
+                | ErrorKind::CircuitOpen
+                | ErrorKind::Local
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Whether any attempt of the call may have reached the provider (sticky over retries).
+    pub maybe_sent: bool,
+    /// How long the provider (or the channel limit) asked us to wait.
+    pub retry_after: Option<Duration>,
 }
 
 impl ChannelError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> ChannelError {
         ChannelError {
+            maybe_sent: kind.maybe_sent(),
             kind,
             message: message.into(),
+            retry_after: None,
         }
     }
 
-    /// The request certainly did not reach the provider: safe to retry and to fail over.
+    pub fn with_retry_after(mut self, after: Option<Duration>) -> ChannelError {
+        self.retry_after = after;
+        self
+    }
+
+    /// No attempt of the call can have reached the provider: safe to fail over.
     pub fn nothing_sent(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::NothingSent | ErrorKind::ChannelLimit | ErrorKind::CircuitOpen
-        )
+        !self.maybe_sent
     }
 
     /// Safe to retry on the same channel with the same out_trade_no.
@@ -273,6 +369,8 @@ impl ChannelError {
             ErrorKind::Transport => "transport",
             ErrorKind::ServerError => "server_error",
             ErrorKind::ProviderRetryable(_) => "retryable",
+            ErrorKind::AlreadyPaid => "already_paid",
+            ErrorKind::NotCloseable => "not_closeable",
             ErrorKind::Rejected(_) => "rejected",
             ErrorKind::NotFound => "not_found",
             ErrorKind::BadSignature => "bad_signature",
@@ -405,22 +503,18 @@ impl Channel {
         &self.metrics
     }
 
-    /// Takes a retry from the channel's retry budget (DESIGN.md §7).
-    pub fn retry_allowed(&self) -> bool {
-        self.guard.try_retry()
-    }
-
     /// `closed`, `open` or `half_open`.
     pub fn breaker_state(&self) -> &'static str {
         self.guard.breaker_state()
     }
 
-    pub async fn create(
-        &self,
-        order: &OrderRequest<'_>,
-        deadline: Duration,
-    ) -> Result<Created, ChannelError> {
-        self.run("create", self.connector.create(order, deadline))
+    /// The account an order for `sub` created through this channel belongs to.
+    pub fn account(&self, sub: &SubMerchant) -> Account {
+        self.settings.account(sub)
+    }
+
+    pub async fn create(&self, order: &OrderRequest<'_>) -> Result<Created, ChannelError> {
+        self.call("create", |d| self.connector.create(order, d))
             .await
     }
 
@@ -428,28 +522,18 @@ impl Channel {
         &self,
         out_trade_no: &str,
         sub: &SubMerchant,
-        deadline: Duration,
     ) -> Result<OrderState, ChannelError> {
-        self.run("query", self.connector.query(out_trade_no, sub, deadline))
+        self.call("query", |d| self.connector.query(out_trade_no, sub, d))
             .await
     }
 
-    pub async fn close(
-        &self,
-        out_trade_no: &str,
-        sub: &SubMerchant,
-        deadline: Duration,
-    ) -> Result<(), ChannelError> {
-        self.run("close", self.connector.close(out_trade_no, sub, deadline))
+    pub async fn close(&self, out_trade_no: &str, sub: &SubMerchant) -> Result<(), ChannelError> {
+        self.call("close", |d| self.connector.close(out_trade_no, sub, d))
             .await
     }
 
-    pub async fn refund(
-        &self,
-        refund: &RefundRequest<'_>,
-        deadline: Duration,
-    ) -> Result<RefundState, ChannelError> {
-        self.run("refund", self.connector.refund(refund, deadline))
+    pub async fn refund(&self, refund: &RefundRequest<'_>) -> Result<RefundState, ChannelError> {
+        self.call("refund", |d| self.connector.refund(refund, d))
             .await
     }
 
@@ -458,23 +542,63 @@ impl Channel {
         out_trade_no: &str,
         out_refund_no: &str,
         sub: &SubMerchant,
-        deadline: Duration,
     ) -> Result<RefundState, ChannelError> {
-        let call = self
-            .connector
-            .refund_query(out_trade_no, out_refund_no, sub, deadline);
-        self.run("refund_query", call).await
+        self.call("refund_query", |d| {
+            self.connector
+                .refund_query(out_trade_no, out_refund_no, sub, d)
+        })
+        .await
     }
 
-    /// Admits the call through the channel's rate limit and circuit breaker (refused before
-    /// anything is sent), runs it, feeds the breaker, and records result and latency.
-    async fn run<T>(
+    /// The one guarded call path: each attempt passes the channel's limit and breaker, then
+    /// runs; retryable failures are retried on this channel with full-jitter backoff (or the
+    /// provider's `Retry-After`) within one deadline and the retry budget.
+    ///
+    /// # Safety of retries
+    /// The returned error is the last attempt's, with `maybe_sent` true if *any* attempt may
+    /// have reached the provider: an open breaker after two 5xx is not "nothing sent".
+    async fn call<T, F, Fut>(&self, op: &str, attempt: F) -> Result<T, ChannelError>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ChannelError>>,
+    {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.settings.timeout;
+        let mut retries = 0;
+        let mut maybe_sent = false;
+        let result = loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut err = match self.attempt(attempt(remaining)).await {
+                Ok(v) => break Ok(v),
+                Err(e) => e,
+            };
+            maybe_sent |= err.maybe_sent;
+            err.maybe_sent = maybe_sent;
+            if !err.retryable() || retries >= MAX_RETRIES {
+                break Err(err);
+            }
+            let wait = backoff(retries + 1, random_u64()).max(err.retry_after.unwrap_or_default());
+            if tokio::time::Instant::now() + wait + MIN_ATTEMPT_TIME >= deadline {
+                break Err(err);
+            }
+            if !self.guard.try_retry() {
+                break Err(err);
+            }
+            retries += 1;
+            self.metrics.retried(self.name(), err.label());
+            tokio::time::sleep(wait).await;
+        };
+        self.observe(op, started, result.as_ref().err());
+        result
+    }
+
+    /// One attempt: refused before sending by the limit or the breaker, else run and fed to
+    /// the breaker.
+    async fn attempt<T>(
         &self,
-        op: &str,
         call: impl std::future::Future<Output = Result<T, ChannelError>>,
     ) -> Result<T, ChannelError> {
-        let started = tokio::time::Instant::now();
-        let out = match self.guard.admit() {
+        match self.guard.admit() {
             Ok(()) => {
                 let out = call.await;
                 self.guard.record(match &out {
@@ -484,14 +608,13 @@ impl Channel {
                 out
             }
             Err(Refused::Limited(e)) => {
-                Err(ChannelError::new(ErrorKind::ChannelLimit, e.to_string()))
+                Err(ChannelError::new(ErrorKind::ChannelLimit, e.to_string())
+                    .with_retry_after(Some(e.retry_after)))
             }
             Err(e @ Refused::CircuitOpen(_)) => {
                 Err(ChannelError::new(ErrorKind::CircuitOpen, e.to_string()))
             }
-        };
-        self.observe(op, started, out.as_ref().err());
-        out
+        }
     }
 
     fn observe(&self, op: &str, started: tokio::time::Instant, err: Option<&ChannelError>) {
@@ -532,4 +655,24 @@ impl ChannelSet {
     pub fn get(&self, name: &str) -> Option<&Arc<Channel>> {
         self.channels.get(name)
     }
+
+    /// A channel that holds `account` for a merchant with these sub-merchant ids (the
+    /// lowest name, so the choice is stable).
+    pub fn holding(&self, account: &Account, sub: &SubMerchant) -> Option<&Arc<Channel>> {
+        self.channels
+            .iter()
+            .filter(|(_, ch)| ch.account(sub) == *account)
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(_, ch)| ch)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Channel>> {
+        self.channels.values()
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut b).expect("system randomness");
+    u64::from_le_bytes(b)
 }

@@ -1,25 +1,28 @@
-//! The payment lifecycle: route, bind, call the channel with the retry rules of DESIGN.md §7,
-//! store the outcome; query the bound channel later.
+//! The payment lifecycle: route, bind, call the channel, store the outcome; query and close
+//! the bound account later. This module is the state machine only: the guarded call path
+//! (limit, breaker, retries, deadline) lives on [`Channel`].
 //!
 //! # Safety of retries
-//! - The binding (payment record with its channel) is written before any channel call, so
-//!   every later call for the order goes to the same channel, whatever the rules say then.
-//! - Failover to a `fallback` channel happens only when the request certainly reached no
-//!   channel (`NothingSent`); the record is rebound before the fallback is called.
-//! - A timeout, a reset after sending or a 5xx is retried on the same channel with the same
-//!   `out_trade_no` (the provider deduplicates on it) within one deadline, never elsewhere.
-//! - A record has one in-flight attempt at a time (`attempt_until`, compare-and-set on
-//!   `version`): a concurrent twin gets `request_in_progress`, never a second upstream call.
-//!
-//! # Limits
-//! After a create ends in `unknown`, the channel is not queried yet (the reconciliation
-//! worker will do it); the shop's retry with the same `out_trade_no` re-sends the create.
+//! - The binding (payment record with its channel **and account**) is written before any
+//!   channel call. Every later call for the order goes to a live channel holding that account
+//!   ([`PaymentService::bound`]); if none does (ops changed `mchid`, `sub_mchid`, `app_id`),
+//!   the operation is refused, never sent to another account.
+//! - Failover to a `fallback` channel happens only when no attempt of the call can have
+//!   reached the channel ([`ChannelError::nothing_sent`], sticky over retries); the record is
+//!   rebound, with a fresh claim for the fallback's window, before the fallback is called.
+//! - A call that may have reached the channel is never failed over: the create asks the same
+//!   channel (a query) what it has, and otherwise ends `unknown` with `504 channel_timeout`;
+//!   the shop's retry with the same `out_trade_no` goes to the same account.
+//! - A record has one in-flight call at a time (`attempt_until`, compare-and-set on
+//!   `version`): creates and closes claim it; a concurrent twin gets `request_in_progress`,
+//!   and a refresh never clears another request's live claim.
+//! - Only a verified answer moves a payment to a final state; a `succeeded` answer must state
+//!   the order's amount and currency, and they must match.
 
 mod refund;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::json;
@@ -28,16 +31,17 @@ use time::OffsetDateTime;
 use crate::channel::{
     Channel, ChannelError, ChannelSet, ErrorKind, OrderRequest, OrderState, SubMerchant,
 };
-use crate::domain::{Method, PaymentStatus};
-use crate::resilience::backoff;
+use crate::domain::{ChannelFailure, Method, PaymentStatus};
 use crate::routing::{NoRoute, PaymentFacts, Rules};
 use crate::store::{PaymentRecord, Store, StoreError};
 
 /// How long a payment stays payable when the shop does not say.
 const DEFAULT_EXPIRY_MS: i64 = 2 * 3600 * 1000;
-
-/// Retries after the first attempt, within the channel's deadline.
-const MAX_RETRIES: u32 = 2;
+/// A new order must stay payable at least this long (a replay of an older one is not held
+/// to it: it answers from the record).
+const MIN_EXPIRY_MS: i64 = 60 * 1000;
+/// Slack on a claim beyond its calls' deadlines, for the store writes around them.
+const CLAIM_SLACK_MS: i64 = 5_000;
 
 pub use refund::{NewRefund, RefundOutcome};
 
@@ -82,19 +86,6 @@ pub struct Routes<'a> {
 }
 
 impl Routes<'_> {
-    /// The channel an order is bound to, and the merchant's sub-merchant ids for it.
-    fn bound(
-        &self,
-        channel: &str,
-        merchant_id: &str,
-    ) -> Result<(&Arc<Channel>, SubMerchant), PaymentError> {
-        let ch = self
-            .channels
-            .get(channel)
-            .ok_or_else(|| PaymentError::ChannelMissing(channel.to_string()))?;
-        Ok((ch, self.sub_merchant(merchant_id)))
-    }
-
     fn sub_merchant(&self, merchant_id: &str) -> SubMerchant {
         self.merchants.get(merchant_id).cloned().unwrap_or_default()
     }
@@ -111,6 +102,12 @@ pub enum CreateOutcome {
 pub enum PaymentError {
     #[error(transparent)]
     NoRoute(#[from] NoRoute),
+    /// A request field that only the payment layer can judge (say, a new order's expiry).
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("{error}")]
     Channel {
         error: ChannelError,
@@ -118,9 +115,13 @@ pub enum PaymentError {
     },
     /// A replay of a request whose final answer was an error.
     #[error("{message}")]
-    Stored { code: String, message: String },
-    #[error("bound channel {0:?} is no longer configured")]
-    ChannelMissing(String),
+    Stored {
+        code: ChannelFailure,
+        message: String,
+    },
+    /// No live channel holds the account the order is bound to.
+    #[error("{0}")]
+    AccountUnavailable(String),
     #[error("this out_trade_no was used with a different request")]
     IdempotencyMismatch,
     #[error("a request for this out_trade_no is in progress")]
@@ -137,10 +138,19 @@ pub enum PaymentError {
     Store(#[from] StoreError),
 }
 
+/// Whether the caller holds the record's claim (`attempt_until`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Ours,
+    NotOurs,
+}
+
 pub struct PaymentMetrics {
     payments: IntCounterVec,
     decisions: IntCounterVec,
     fees: IntCounterVec,
+    refunds: IntCounterVec,
+    refused: IntCounterVec,
 }
 
 impl PaymentMetrics {
@@ -166,13 +176,29 @@ impl PaymentMetrics {
             ),
             &["channel"],
         )?;
-        registry.register(Box::new(payments.clone()))?;
-        registry.register(Box::new(decisions.clone()))?;
-        registry.register(Box::new(fees.clone()))?;
+        let refunds = IntCounterVec::new(
+            Opts::new(
+                "payroute_refunds_total",
+                "Refunds reaching a state (succeeded, failed, abnormal: money left but did not arrive, ops must act).",
+            ),
+            &["channel", "outcome"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "payroute_account_refusals_total",
+                "Operations refused because no live channel holds the account the order is bound to.",
+            ),
+            &["channel", "operation"],
+        )?;
+        for m in [&payments, &decisions, &fees, &refunds, &refused] {
+            registry.register(Box::new(m.clone()))?;
+        }
         Ok(PaymentMetrics {
             payments,
             decisions,
             fees,
+            refunds,
+            refused,
         })
     }
 
@@ -219,18 +245,35 @@ impl PaymentService {
             out_trade_no: &req.out_trade_no,
             china_minute: china_minute(now),
         };
-        let decision = match routes.rules.decide(&facts) {
+        let decided = match req.expires_at {
+            Some(t) if t.unix_timestamp() * 1000 <= now + MIN_EXPIRY_MS => {
+                Err(PaymentError::Invalid {
+                    field: "expires_at",
+                    message: "a new order's expires_at must be more than a minute ahead".into(),
+                })
+            }
+            _ => routes.rules.decide(&facts).map_err(PaymentError::from),
+        };
+        let (decision, channel) = match decided.and_then(|d| {
+            let ch = routes.channels.get(d.channel).ok_or_else(|| {
+                PaymentError::AccountUnavailable(format!(
+                    "channel {:?} is not configured",
+                    d.channel
+                ))
+            })?;
+            Ok((d, ch))
+        }) {
             Ok(d) => d,
-            Err(no_route) => {
-                // The rules may have changed since this order was bound: a replay of an
-                // existing order still answers from its binding.
+            Err(refusal) => {
+                // A replay of an existing order still answers from its record, whatever the
+                // rules or the clock say now.
                 return match self
                     .store
                     .get_payment(&req.merchant_id, &req.out_trade_no)
                     .await?
                 {
                     Some(existing) => self.replay(routes, existing, &request_hash, &req).await,
-                    None => Err(no_route.into()),
+                    None => Err(refusal),
                 };
             }
         };
@@ -245,6 +288,7 @@ impl PaymentService {
             method: req.method,
             status: PaymentStatus::Pending,
             channel: decision.channel.to_string(),
+            account: Some(channel.account(&routes.sub_merchant(&req.merchant_id))),
             rule: decision.rule_label().to_string(),
             action: None,
             provider_trade_no: None,
@@ -253,7 +297,7 @@ impl PaymentService {
             request,
             error_code: None,
             error_message: None,
-            attempt_until: Some(now + attempt_window_ms(routes, decision.channel)),
+            attempt_until: Some(now + claim_window_ms(channel)),
             created_at: now,
             updated_at: now,
             paid_at: None,
@@ -294,9 +338,10 @@ impl PaymentService {
             self.metrics.outcome(&existing, "replayed");
             return Ok(CreateOutcome::Replayed(existing));
         }
-        // The last attempt ended without an answer (timeout, nothing sent, a crash):
-        // take the record over and send the same order to the same channel again.
-        existing.attempt_until = Some(now + attempt_window_ms(routes, &existing.channel));
+        // The last attempt ended without an answer (timeout, nothing sent, a crash): take the
+        // record over and send the same order to the same account again.
+        let (channel, _) = self.bound(routes, &existing, "create")?;
+        existing.attempt_until = Some(now + claim_window_ms(channel));
         existing.updated_at = now;
         if !self.store.update_payment(&mut existing).await? {
             return Err(PaymentError::InProgress);
@@ -306,6 +351,8 @@ impl PaymentService {
             .map(CreateOutcome::Created)
     }
 
+    /// Sends the create to the bound account; fails over only while nothing was sent.
+    /// Holds the record's claim throughout.
     async fn attempt(
         &self,
         routes: &Routes<'_>,
@@ -313,13 +360,14 @@ impl PaymentService {
         req: &NewPayment,
         fallback: Vec<String>,
     ) -> Result<PaymentRecord, PaymentError> {
-        let sub = routes.sub_merchant(&rec.merchant_id);
         let mut fallback = fallback.into_iter();
         loop {
-            let Some(channel) = routes.channels.get(&rec.channel) else {
-                rec.attempt_until = None;
-                self.save(&mut rec).await?;
-                return Err(PaymentError::ChannelMissing(rec.channel.clone()));
+            let (channel, sub) = match self.bound(routes, &rec, "create") {
+                Ok(b) => b,
+                Err(refusal) => {
+                    self.release(rec).await;
+                    return Err(refusal);
+                }
             };
             let notify_url = format!("{}/notify/{}", routes.public_base_url, rec.channel);
             let expires_at = OffsetDateTime::from_unix_timestamp(rec.expires_at / 1000)
@@ -338,9 +386,9 @@ impl PaymentService {
                 return_url: req.return_url.as_deref(),
                 sub: &sub,
             };
-            let result = with_retries(channel, |d| channel.create(&order, d)).await;
+            let result = channel.create(&order).await;
             rec.updated_at = now_ms();
-            match result {
+            let error = match result {
                 Ok(created) => {
                     rec.action = Some(created.action);
                     rec.provider_trade_no =
@@ -353,45 +401,109 @@ impl PaymentService {
                     self.metrics.outcome(&rec, "created");
                     return Ok(rec);
                 }
-                Err(e) if e.nothing_sent() => {
-                    if let Some(next) = fallback.next() {
-                        tracing::warn!(channel = %rec.channel, fallback = %next, error = %e, "nothing reached the channel; failing over");
-                        channel.metrics().retried(&rec.channel, "failover");
-                        self.metrics.outcome(&rec, "failed_over");
-                        rec.channel = next;
-                        self.save(&mut rec).await?;
-                        continue;
-                    }
-                    return Err(self
-                        .fail(rec, e, PaymentStatus::Pending, "unavailable")
-                        .await);
+                Err(e) => e,
+            };
+            if error.nothing_sent() {
+                let next = fallback
+                    .by_ref()
+                    .find_map(|name| routes.channels.get(&name).map(|ch| (name, ch.clone())));
+                if let Some((next, next_channel)) = next {
+                    tracing::warn!(channel = %rec.channel, fallback = %next, %error, "nothing reached the channel; failing over");
+                    channel.metrics().retried(&rec.channel, "failover");
+                    self.metrics.outcome(&rec, "failed_over");
+                    rec.account = Some(next_channel.account(&sub));
+                    rec.channel = next;
+                    // The fallback's call gets a claim of its own length.
+                    rec.attempt_until = Some(now_ms() + claim_window_ms(&next_channel));
+                    self.save(&mut rec).await?;
+                    continue;
                 }
-                Err(e) => {
-                    if let ErrorKind::Rejected(code) = &e.kind {
-                        if ["ORDERPAID", "ACQ.TRADE_HAS_SUCCESS"].contains(&code.as_str()) {
-                            // Paid already (an earlier attempt went through): learn the state
-                            // from a verified query. Never mark such an order failed.
-                            let query = |d| channel.query(&rec.out_trade_no, &sub, d);
-                            return match with_retries(channel, query).await {
-                                Ok(state) => self.apply_state(rec, state, channel).await,
-                                Err(q) => {
-                                    Err(self.fail(rec, q, PaymentStatus::Unknown, "error").await)
-                                }
-                            };
-                        }
-                        return Err(self.fail(rec, e, PaymentStatus::Failed, "rejected").await);
-                    }
-                    let (status, outcome) = match e.kind {
-                        ErrorKind::ProviderRetryable(_) => (PaymentStatus::Pending, "unavailable"),
-                        ErrorKind::Timeout | ErrorKind::Transport | ErrorKind::ServerError => {
-                            (PaymentStatus::Unknown, "timeout")
-                        }
-                        _ => (PaymentStatus::Unknown, "error"),
-                    };
-                    return Err(self.fail(rec, e, status, outcome).await);
-                }
+                return Err(self.fail(rec, error, PaymentStatus::Pending).await);
+            }
+            return match error.kind {
+                // The provider's verified, final refusal: nothing was created.
+                ErrorKind::Rejected(_) => Err(self.fail(rec, error, PaymentStatus::Failed).await),
+                // Paid already, or the request may have reached the channel: learn what the
+                // channel has by a verified query (DESIGN.md §7) before answering. Never fail
+                // over, never mark such an order failed.
+                _ => self.learn_after(rec, error, channel, &sub).await,
+            };
+        }
+    }
+
+    /// After a create that may have reached the channel (or was answered "paid"): a paid
+    /// order becomes `succeeded`; anything else leaves it `unknown` for the shop to retry.
+    async fn learn_after(
+        &self,
+        rec: PaymentRecord,
+        error: ChannelError,
+        channel: &Channel,
+        sub: &SubMerchant,
+    ) -> Result<PaymentRecord, PaymentError> {
+        match channel.query(&rec.out_trade_no, sub).await {
+            Ok(state) if state.status == PaymentStatus::Succeeded => {
+                self.apply_state(rec, state, channel, Claim::Ours).await
+            }
+            Ok(state) => {
+                tracing::info!(payment_id = %rec.payment_id, channel = %rec.channel, provider_state = %state.provider_state, "after an uncertain create the channel reports the order unpaid");
+                Err(self.fail(rec, error, PaymentStatus::Unknown).await)
+            }
+            Err(q) => {
+                tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, error = %q, "query after an uncertain create failed");
+                Err(self.fail(rec, error, PaymentStatus::Unknown).await)
             }
         }
+    }
+
+    /// The live channel holding the account `rec` is bound to, and the merchant's ids for
+    /// it: the bound channel if it still holds that account, else any channel that does.
+    /// Refused (and counted) when none does.
+    fn bound<'r>(
+        &self,
+        routes: &'r Routes<'_>,
+        rec: &PaymentRecord,
+        operation: &str,
+    ) -> Result<(&'r Arc<Channel>, SubMerchant), PaymentError> {
+        let sub = routes.sub_merchant(&rec.merchant_id);
+        let named = routes.channels.get(&rec.channel);
+        let Some(bound) = &rec.account else {
+            // Written before accounts were stored: the channel name is all there is.
+            return named.map(|ch| (ch, sub)).ok_or_else(|| {
+                self.refuse(
+                    rec,
+                    operation,
+                    format!("bound channel {:?} is no longer configured", rec.channel),
+                )
+            });
+        };
+        if let Some(ch) = named.filter(|ch| ch.account(&sub) == *bound) {
+            return Ok((ch, sub));
+        }
+        if let Some(ch) = routes.channels.holding(bound, &sub) {
+            return Ok((ch, sub));
+        }
+        let why = match named {
+            Some(ch) => format!(
+                "the order is bound to {} at channel {:?}, whose account changed ({}); no configured channel holds the bound account, so nothing was sent",
+                rec.channel,
+                rec.channel,
+                bound.differences(&ch.account(&sub))
+            ),
+            None => format!(
+                "bound channel {:?} is no longer configured and no other channel holds its account; nothing was sent",
+                rec.channel
+            ),
+        };
+        Err(self.refuse(rec, operation, why))
+    }
+
+    fn refuse(&self, rec: &PaymentRecord, operation: &str, why: String) -> PaymentError {
+        self.metrics
+            .refused
+            .with_label_values(&[rec.channel.as_str(), operation])
+            .inc();
+        tracing::error!(payment_id = %rec.payment_id, channel = %rec.channel, operation, %why, "operation refused: bound account unavailable");
+        PaymentError::AccountUnavailable(why)
     }
 
     /// Stores a failed attempt and turns it into the error the shop sees.
@@ -400,15 +512,15 @@ impl PaymentService {
         mut rec: PaymentRecord,
         error: ChannelError,
         status: PaymentStatus,
-        outcome: &str,
     ) -> PaymentError {
         // Attempts run only for orders the channel has not answered yet (pending or unknown,
         // no action), so the failure alone decides what the order is now.
+        let failure = failure_of(&error);
         rec.status = status;
-        rec.error_code = Some(api_code(&error).to_string());
+        rec.error_code = Some(failure);
         rec.error_message = Some(error.to_string());
         rec.attempt_until = None;
-        self.metrics.outcome(&rec, outcome);
+        self.metrics.outcome(&rec, outcome_label(failure));
         tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, error = %error, "channel call failed");
         if let Err(e) = self.save(&mut rec).await {
             return e;
@@ -429,7 +541,18 @@ impl PaymentService {
         }
     }
 
-    /// The stored payment; with `refresh`, its bound channel is asked first.
+    /// Gives up our claim without other changes (the record stays as it was).
+    async fn release(&self, mut rec: PaymentRecord) -> PaymentRecord {
+        rec.attempt_until = None;
+        rec.updated_at = now_ms();
+        if let Err(e) = self.save(&mut rec).await {
+            tracing::warn!(payment_id = %rec.payment_id, error = %e, "releasing the claim failed; it expires by itself");
+        }
+        rec
+    }
+
+    /// The stored payment; with `refresh`, its bound account is asked first. A payment with
+    /// a call in flight answers from the record: that call's result will be stored.
     pub async fn get(
         &self,
         routes: &Routes<'_>,
@@ -442,12 +565,12 @@ impl PaymentService {
             .get_payment(merchant_id, out_trade_no)
             .await?
             .ok_or(PaymentError::NotFound)?;
-        if !refresh {
+        if !refresh || claim_live(rec.attempt_until) {
             return Ok(rec);
         }
-        let (channel, sub) = routes.bound(&rec.channel, merchant_id)?;
-        match with_retries(channel, |d| channel.query(out_trade_no, &sub, d)).await {
-            Ok(state) => self.apply_state(rec, state, channel).await,
+        let (channel, sub) = self.bound(routes, &rec, "query")?;
+        match channel.query(out_trade_no, &sub).await {
+            Ok(state) => self.apply_state(rec, state, channel, Claim::NotOurs).await,
             // The channel has no such order (nothing was ever created there).
             Err(e) if e.kind == ErrorKind::NotFound => Ok(rec),
             Err(error) => Err(PaymentError::Channel {
@@ -457,15 +580,16 @@ impl PaymentService {
         }
     }
 
-    /// Closes an unpaid order at its bound channel. Never closes a paid one: when the
+    /// Closes an unpaid order at its bound account. Never closes a paid one: when the
     /// channel says it was paid, the payment becomes `succeeded` and the close is refused.
+    /// The close claims the record first, so no create retry runs beside it.
     pub async fn close(
         &self,
         routes: &Routes<'_>,
         merchant_id: &str,
         out_trade_no: &str,
     ) -> Result<PaymentRecord, PaymentError> {
-        let rec = self
+        let mut rec = self
             .store
             .get_payment(merchant_id, out_trade_no)
             .await?
@@ -481,65 +605,91 @@ impl PaymentService {
             }
             _ => {}
         }
-        if rec.attempt_until.is_some_and(|t| t > now_ms()) {
+        if claim_live(rec.attempt_until) {
             return Err(PaymentError::InProgress);
         }
-        let (channel, sub) = routes.bound(&rec.channel, merchant_id)?;
-        match with_retries(channel, |d| channel.close(out_trade_no, &sub, d)).await {
+        let (channel, sub) = self.bound(routes, &rec, "close")?;
+        rec.attempt_until = Some(now_ms() + claim_window_ms(channel));
+        rec.updated_at = now_ms();
+        if !self.store.update_payment(&mut rec).await? {
+            return Err(PaymentError::InProgress);
+        }
+        match channel.close(out_trade_no, &sub).await {
             Ok(()) => {}
-            Err(e) if paid_refusal(&e) => {
-                let state = with_retries(channel, |d| channel.query(out_trade_no, &sub, d))
-                    .await
-                    .map_err(|error| PaymentError::Channel { error, payment: Box::new(rec.clone()) })?;
-                let rec = self.apply_state(rec, state, channel).await?;
-                return Err(refuse("the channel says the order was paid; it was not closed", rec));
+            Err(e) if matches!(e.kind, ErrorKind::AlreadyPaid | ErrorKind::NotCloseable) => {
+                // Refused because of the order's state: which state, a verified query says.
+                let state = match channel.query(out_trade_no, &sub).await {
+                    Ok(state) => state,
+                    Err(error) => {
+                        let rec = self.release(rec).await;
+                        return Err(PaymentError::Channel {
+                            error,
+                            payment: Box::new(rec),
+                        });
+                    }
+                };
+                let rec = self.apply_state(rec, state, channel, Claim::Ours).await?;
+                return match rec.status {
+                    PaymentStatus::Succeeded => Err(refuse(
+                        "the channel says the order was paid; it was not closed",
+                        rec,
+                    )),
+                    PaymentStatus::Closed => Ok(rec),
+                    other => Err(refuse(
+                        &format!(
+                            "the channel refused to close the order ({e}); it is {}",
+                            other.as_str()
+                        ),
+                        rec,
+                    )),
+                };
             }
-            // Never reached the channel (a failed create): nothing there to close.
+            // A verified "no such order" for an order never created there: nothing to close.
             Err(e) if e.kind == ErrorKind::NotFound && rec.action.is_none() => {}
             Err(e) if e.kind == ErrorKind::NotFound => {
+                let rec = self.release(rec).await;
                 return Err(refuse(
                     "the channel does not know the order yet (the payer has not opened it); it expires at expires_at",
                     rec,
-                ))
+                ));
             }
-            Err(error) => return Err(PaymentError::Channel { error, payment: Box::new(rec) }),
-        }
-        let mut rec = rec;
-        rec.status = PaymentStatus::Closed;
-        rec.updated_at = now_ms();
-        if !self.store.update_payment(&mut rec).await? {
-            return self
-                .store
-                .get_payment(merchant_id, out_trade_no)
-                .await?
-                .ok_or(PaymentError::NotFound);
-        }
-        self.metrics.outcome(&rec, "closed");
-        Ok(rec)
-    }
-
-    /// Applies the bound channel's word to the record (compare-and-set).
-    async fn apply_state(
-        &self,
-        mut rec: PaymentRecord,
-        state: OrderState,
-        channel: &Channel,
-    ) -> Result<PaymentRecord, PaymentError> {
-        if let Some(amount) = state.amount {
-            if amount != rec.amount {
-                let error = ChannelError::new(
-                    ErrorKind::Protocol,
-                    format!(
-                        "channel reports amount {amount}, the order is for {}",
-                        rec.amount
-                    ),
-                );
-                tracing::error!(payment_id = %rec.payment_id, channel = %rec.channel, %error, "amount mismatch; payment left unchanged");
+            Err(error) => {
+                let rec = self.release(rec).await;
                 return Err(PaymentError::Channel {
                     error,
                     payment: Box::new(rec),
                 });
             }
+        }
+        rec.status = PaymentStatus::Closed;
+        rec.attempt_until = None;
+        rec.updated_at = now_ms();
+        self.save(&mut rec).await?;
+        self.metrics.outcome(&rec, "closed");
+        Ok(rec)
+    }
+
+    /// Applies the bound account's verified word to the record (compare-and-set). An answer
+    /// whose amount or currency differ from the order's — or that says "paid" without
+    /// stating them — changes nothing.
+    async fn apply_state(
+        &self,
+        mut rec: PaymentRecord,
+        state: OrderState,
+        channel: &Channel,
+        claim: Claim,
+    ) -> Result<PaymentRecord, PaymentError> {
+        if let Err(message) = cross_check(&rec, &state) {
+            let error = ChannelError::new(ErrorKind::Protocol, message);
+            tracing::error!(payment_id = %rec.payment_id, channel = %rec.channel, %error, "answer fails the cross-check; payment left unchanged");
+            let rec = match claim {
+                Claim::Ours => self.release(rec).await,
+                Claim::NotOurs => rec,
+            };
+            return Err(PaymentError::Channel {
+                error,
+                payment: Box::new(rec),
+            });
         }
         let before = rec.status;
         let mut changed = false;
@@ -558,7 +708,9 @@ impl PaymentService {
             rec.provider_trade_no = state.provider_trade_no;
             changed = true;
         }
-        if rec.attempt_until.is_some() {
+        // Our own claim ends here; another request's live claim is never cleared, a dead one
+        // (its holder crashed) may be.
+        if rec.attempt_until.is_some() && (claim == Claim::Ours || !claim_live(rec.attempt_until)) {
             rec.attempt_until = None;
             changed = true;
         }
@@ -588,31 +740,32 @@ impl PaymentService {
     }
 }
 
-/// Calls `op` until it succeeds, fails for good, or the channel's deadline runs out.
-async fn with_retries<T, F, Fut>(channel: &Channel, op: F) -> Result<T, ChannelError>
-where
-    F: Fn(Duration) -> Fut,
-    Fut: std::future::Future<Output = Result<T, ChannelError>>,
-{
-    let deadline = tokio::time::Instant::now() + channel.settings.timeout;
-    let mut retries = 0;
-    loop {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let err = match op(remaining).await {
-            Ok(v) => return Ok(v),
-            Err(e) => e,
-        };
-        if !err.retryable() || retries >= MAX_RETRIES || !channel.retry_allowed() {
-            return Err(err);
+/// The channel's answer is about this order: the same amount and currency. A "paid" answer
+/// must state both; other states are checked where they state them.
+fn cross_check(rec: &PaymentRecord, state: &OrderState) -> Result<(), String> {
+    let must = state.status == PaymentStatus::Succeeded;
+    match state.amount {
+        Some(a) if a != rec.amount => {
+            return Err(format!(
+                "channel reports amount {a}, the order is for {}",
+                rec.amount
+            ))
         }
-        retries += 1;
-        let wait = backoff(retries, random_u64());
-        if tokio::time::Instant::now() + wait + Duration::from_millis(10) >= deadline {
-            return Err(err);
-        }
-        channel.metrics().retried(channel.name(), err.label());
-        tokio::time::sleep(wait).await;
+        None if must => return Err("a paid answer without the order's amount".into()),
+        _ => {}
     }
+    match state.currency.as_deref() {
+        Some(c) if c != rec.currency => Err(format!(
+            "channel reports currency {c}, the order is in {}",
+            rec.currency
+        )),
+        None if must => Err("a paid answer without the order's currency".into()),
+        _ => Ok(()),
+    }
+}
+
+fn claim_live(attempt_until: Option<i64>) -> bool {
+    attempt_until.is_some_and(|t| t > now_ms())
 }
 
 /// What every idempotent replay (payment or refund) checks first: the same request, no
@@ -621,50 +774,53 @@ fn check_replay(
     (stored_hash, hash): (&str, &str),
     attempt_until: Option<i64>,
     failed: bool,
-    (code, message): (&Option<String>, &Option<String>),
+    (code, message): (&Option<ChannelFailure>, &Option<String>),
 ) -> Result<(), PaymentError> {
     if stored_hash != hash {
         return Err(PaymentError::IdempotencyMismatch);
     }
-    if attempt_until.is_some_and(|t| t > now_ms()) {
+    if claim_live(attempt_until) {
         return Err(PaymentError::InProgress);
     }
     if let (true, Some(code), Some(message)) = (failed, code, message) {
         return Err(PaymentError::Stored {
-            code: code.clone(),
+            code: *code,
             message: message.clone(),
         });
     }
     Ok(())
 }
 
-/// A provider's refusal to close because the order is paid.
-fn paid_refusal(e: &ChannelError) -> bool {
-    matches!(&e.kind, ErrorKind::Rejected(code) if ["ORDERPAID", "ACQ.TRADE_STATUS_ERROR", "ACQ.TRADE_HAS_SUCCESS"].contains(&code.as_str()))
-}
-
-/// The unified API code a channel failure becomes (DESIGN.md §2).
-pub fn api_code(e: &ChannelError) -> &'static str {
+/// The stored and shown failure of a channel call (DESIGN.md §2 and §7).
+pub fn failure_of(e: &ChannelError) -> ChannelFailure {
     match e.kind {
-        ErrorKind::Rejected(_) => "channel_rejected",
-        ErrorKind::NothingSent
-        | ErrorKind::ChannelLimit
-        | ErrorKind::CircuitOpen
-        | ErrorKind::ProviderRetryable(_) => "channel_unavailable",
-        ErrorKind::Timeout | ErrorKind::Transport | ErrorKind::ServerError => "channel_timeout",
-        ErrorKind::NotFound | ErrorKind::BadSignature | ErrorKind::Protocol | ErrorKind::Local => {
-            "channel_error"
+        ErrorKind::Rejected(_) | ErrorKind::AlreadyPaid | ErrorKind::NotCloseable => {
+            ChannelFailure::Rejected
         }
+        ErrorKind::Local => ChannelFailure::Error,
+        _ if e.nothing_sent() => ChannelFailure::Unavailable,
+        ErrorKind::ProviderRetryable(_) => ChannelFailure::Unavailable,
+        ErrorKind::NotFound | ErrorKind::BadSignature | ErrorKind::Protocol => {
+            ChannelFailure::Error
+        }
+        // Timeouts, resets, 5xx — and a limit or open breaker after any of them.
+        _ => ChannelFailure::Timeout,
     }
 }
 
-fn attempt_window_ms(routes: &Routes<'_>, channel: &str) -> i64 {
-    let timeout = routes
-        .channels
-        .get(channel)
-        .map_or(Duration::from_secs(5), |c| c.settings.timeout);
-    // The whole deadline plus slack for the store writes around it.
-    timeout.as_millis() as i64 + 5_000
+fn outcome_label(f: ChannelFailure) -> &'static str {
+    match f {
+        ChannelFailure::Rejected => "rejected",
+        ChannelFailure::Unavailable => "unavailable",
+        ChannelFailure::Error => "error",
+        ChannelFailure::Timeout => "timeout",
+    }
+}
+
+/// How long a claim on a record lasts: the call and its follow-up query, each within the
+/// channel's deadline, plus slack for the store writes around them.
+fn claim_window_ms(channel: &Channel) -> i64 {
+    2 * channel.settings.timeout.as_millis() as i64 + CLAIM_SLACK_MS
 }
 
 pub fn now_ms() -> i64 {
@@ -682,12 +838,6 @@ fn new_id(prefix: &str) -> String {
     aws_lc_rs::rand::fill(&mut b).expect("system randomness");
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!("{prefix}_{hex}")
-}
-
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut b).expect("system randomness");
-    u64::from_le_bytes(b)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -709,12 +859,73 @@ mod tests {
     #[test]
     fn every_channel_failure_has_an_api_code() {
         let e = |k| ChannelError::new(k, "x");
-        assert_eq!(api_code(&e(ErrorKind::Timeout)), "channel_timeout");
-        assert_eq!(api_code(&e(ErrorKind::NothingSent)), "channel_unavailable");
+        assert_eq!(failure_of(&e(ErrorKind::Timeout)), ChannelFailure::Timeout);
         assert_eq!(
-            api_code(&e(ErrorKind::Rejected("PARAM_ERROR".into()))),
-            "channel_rejected"
+            failure_of(&e(ErrorKind::NothingSent)),
+            ChannelFailure::Unavailable
         );
-        assert_eq!(api_code(&e(ErrorKind::BadSignature)), "channel_error");
+        assert_eq!(
+            failure_of(&e(ErrorKind::Rejected("PARAM_ERROR".into()))),
+            ChannelFailure::Rejected
+        );
+        assert_eq!(
+            failure_of(&e(ErrorKind::BadSignature)),
+            ChannelFailure::Error
+        );
+        // An open breaker after a 5xx: the order may exist, the shop must hear "timeout".
+        let mut open = e(ErrorKind::CircuitOpen);
+        open.maybe_sent = true;
+        assert_eq!(failure_of(&open), ChannelFailure::Timeout);
+    }
+
+    fn record() -> PaymentRecord {
+        PaymentRecord {
+            payment_id: "pay_1".into(),
+            merchant_id: "m".into(),
+            shop_id: "s".into(),
+            out_trade_no: "o".into(),
+            amount: 100,
+            currency: "CNY".into(),
+            method: Method::WechatNative,
+            status: PaymentStatus::Pending,
+            channel: "c".into(),
+            account: None,
+            rule: "r".into(),
+            action: None,
+            provider_trade_no: None,
+            refunded_amount: 0,
+            request_hash: String::new(),
+            request: json!({}),
+            error_code: None,
+            error_message: None,
+            attempt_until: None,
+            created_at: 0,
+            updated_at: 0,
+            paid_at: None,
+            expires_at: 0,
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn a_paid_answer_must_state_amount_and_currency() {
+        let state = |status, amount, currency: Option<&str>| OrderState {
+            status,
+            provider_state: String::new(),
+            provider_trade_no: None,
+            amount,
+            currency: currency.map(str::to_string),
+            paid_at: None,
+        };
+        let rec = record();
+        use PaymentStatus::*;
+        assert!(cross_check(&rec, &state(Succeeded, Some(100), Some("CNY"))).is_ok());
+        assert!(cross_check(&rec, &state(Succeeded, None, Some("CNY"))).is_err());
+        assert!(cross_check(&rec, &state(Succeeded, Some(100), None)).is_err());
+        assert!(cross_check(&rec, &state(Succeeded, Some(100), Some("USD"))).is_err());
+        assert!(cross_check(&rec, &state(Succeeded, Some(99), Some("CNY"))).is_err());
+        // An unpaid order's answer may omit the amount (WeChat Pay does), not misstate it.
+        assert!(cross_check(&rec, &state(Pending, None, None)).is_ok());
+        assert!(cross_check(&rec, &state(Closed, Some(5), None)).is_err());
     }
 }

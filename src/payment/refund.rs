@@ -1,18 +1,23 @@
-//! Refunds: only of a succeeded payment, only at its bound channel, never more than was paid.
+//! Refunds: only of a succeeded payment, only at its bound account, never more than was paid.
 //!
 //! # Safety of retries
-//! The guard (succeeded + pending refunds + this ≤ paid) and the uniqueness of
-//! `out_refund_no` are checked and the refund stored in one store transaction before the
-//! channel is called. Every retry — ours within the deadline, or the shop's with the same
+//! The guard (succeeded + open refunds + this ≤ paid) and the uniqueness of `out_refund_no`
+//! are checked and the refund stored in one store transaction before the channel is called.
+//! Every retry — the channel's within the deadline, or the shop's with the same
 //! `out_refund_no` — sends the same `out_refund_no`, which the provider deduplicates on.
-//! A refund whose outcome is unknown stays `pending` and keeps its amount reserved.
+//! Only a verified, final refusal frees the reserved amount; a refund whose outcome is
+//! unknown stays `pending`, and an `abnormal` one (money left, did not arrive) stays
+//! reserved until ops settle it.
 
 use serde_json::json;
 
-use super::{now_ms, sha256_hex, with_retries, PaymentError, PaymentService, Routes};
+use super::{
+    check_replay, claim_live, claim_window_ms, failure_of, new_id, now_ms, sha256_hex,
+    PaymentError, PaymentService, Routes,
+};
 use crate::channel::{ChannelError, ErrorKind, RefundRequest, RefundState};
 use crate::domain::{PaymentStatus, RefundStatus};
-use crate::store::{RefundRecord, Reservation};
+use crate::store::{PaymentRecord, RefundRecord, Reservation};
 
 /// A validated refund request.
 #[derive(Clone, Debug)]
@@ -53,40 +58,15 @@ impl PaymentService {
             .to_string()
             .as_bytes(),
         );
-        let now = now_ms();
-        let rec = RefundRecord {
-            refund_id: super::new_id("ref"),
-            merchant_id: req.merchant_id.clone(),
-            shop_id: shop_id.to_string(),
-            out_trade_no: req.out_trade_no.clone(),
-            out_refund_no: req.out_refund_no.clone(),
-            payment_id: payment.payment_id.clone(),
-            // Refunds go back the way the money came: the payment's bound channel.
-            channel: payment.channel.clone(),
-            amount: req.amount,
-            reason: req.reason.clone(),
-            status: RefundStatus::Pending,
-            provider_refund_no: None,
-            request_hash: hash,
-            error_code: None,
-            error_message: None,
-            attempt_until: Some(now + super::attempt_window_ms(routes, &payment.channel)),
-            created_at: now,
-            updated_at: now,
-            succeeded_at: None,
-            version: 0,
-        };
+        // A replay of an earlier refund answers with that refund, whatever happened since.
+        if let Some(existing) = self
+            .store
+            .get_refund(&req.merchant_id, &req.out_refund_no)
+            .await?
+        {
+            return self.replay_refund(routes, existing, &hash, &payment).await;
+        }
         if payment.status != PaymentStatus::Succeeded {
-            // A replay of an earlier refund still answers with that refund.
-            if let Some(existing) = self
-                .store
-                .get_refund(&req.merchant_id, &req.out_refund_no)
-                .await?
-            {
-                return self
-                    .replay_refund(routes, existing, &rec.request_hash, &payment)
-                    .await;
-            }
             return Err(PaymentError::InvalidState {
                 message: format!(
                     "the payment is {}; only a succeeded payment can be refunded",
@@ -95,6 +75,30 @@ impl PaymentService {
                 payment: Box::new(payment),
             });
         }
+        // Refunds go back the way the money came: the payment's bound account.
+        let (channel, _) = self.bound(routes, &payment, "refund")?;
+        let now = now_ms();
+        let rec = RefundRecord {
+            refund_id: new_id("ref"),
+            merchant_id: req.merchant_id.clone(),
+            shop_id: shop_id.to_string(),
+            out_trade_no: req.out_trade_no.clone(),
+            out_refund_no: req.out_refund_no.clone(),
+            payment_id: payment.payment_id.clone(),
+            channel: payment.channel.clone(),
+            amount: req.amount,
+            reason: req.reason.clone(),
+            status: RefundStatus::Pending,
+            provider_refund_no: None,
+            request_hash: hash,
+            error_code: None,
+            error_message: None,
+            attempt_until: Some(now + claim_window_ms(channel)),
+            created_at: now,
+            updated_at: now,
+            succeeded_at: None,
+            version: 0,
+        };
         match self.store.reserve_refund(&rec, payment.amount).await? {
             Reservation::Reserved => self.attempt_refund(routes, rec, &payment).await.map(RefundOutcome::Created),
             Reservation::Exists(existing) => self.replay_refund(routes, *existing, &rec.request_hash, &payment).await,
@@ -113,10 +117,9 @@ impl PaymentService {
         routes: &Routes<'_>,
         mut existing: RefundRecord,
         hash: &str,
-        payment: &crate::store::PaymentRecord,
+        payment: &PaymentRecord,
     ) -> Result<RefundOutcome, PaymentError> {
-        let now = now_ms();
-        super::check_replay(
+        check_replay(
             (&existing.request_hash, hash),
             existing.attempt_until,
             existing.status == RefundStatus::Failed,
@@ -126,7 +129,9 @@ impl PaymentService {
             return Ok(RefundOutcome::Replayed(existing));
         }
         // The last attempt ended without an answer: ask again with the same out_refund_no.
-        existing.attempt_until = Some(now + super::attempt_window_ms(routes, &existing.channel));
+        let (channel, _) = self.bound(routes, payment, "refund")?;
+        let now = now_ms();
+        existing.attempt_until = Some(now + claim_window_ms(channel));
         existing.updated_at = now;
         if !self.store.update_refund(&mut existing).await? {
             return Err(PaymentError::InProgress);
@@ -140,15 +145,19 @@ impl PaymentService {
         &self,
         routes: &Routes<'_>,
         mut rec: RefundRecord,
-        payment: &crate::store::PaymentRecord,
+        payment: &PaymentRecord,
     ) -> Result<RefundRecord, PaymentError> {
-        let Some(channel) = routes.channels.get(&rec.channel) else {
-            rec.attempt_until = None;
-            self.save_refund(&mut rec).await?;
-            return Err(PaymentError::ChannelMissing(rec.channel.clone()));
+        let (channel, sub) = match self.bound(routes, payment, "refund") {
+            Ok(b) => b,
+            Err(refusal) => {
+                // Nothing was sent; the refund stays pending (and reserved) for a retry once
+                // the account is configured again.
+                rec.attempt_until = None;
+                self.save_refund(&mut rec).await?;
+                return Err(refusal);
+            }
         };
-        let sub = routes.sub_merchant(&rec.merchant_id);
-        let notify_url = format!("{}/notify/{}", routes.public_base_url, rec.channel);
+        let notify_url = format!("{}/notify/{}", routes.public_base_url, payment.channel);
         let request = RefundRequest {
             out_trade_no: &rec.out_trade_no,
             out_refund_no: &rec.out_refund_no,
@@ -159,22 +168,28 @@ impl PaymentService {
             notify_url: &notify_url,
             sub: &sub,
         };
-        let result = with_retries(channel, |d| channel.refund(&request, d)).await;
+        let result = channel
+            .refund(&request)
+            .await
+            .and_then(|state| refund_cross_check(&rec, payment, state));
         rec.attempt_until = None;
         rec.updated_at = now_ms();
         match result {
             Ok(state) => {
+                let before = rec.status;
                 self.apply_refund_state(&mut rec, state);
                 self.save_refund(&mut rec).await?;
+                self.count_refund(&rec, before);
                 Ok(rec)
             }
             Err(error) => {
-                let code = super::api_code(&error);
                 if matches!(error.kind, ErrorKind::Rejected(_)) {
-                    // Final: nothing was refunded; the reserved amount is free again.
+                    // The provider's verified, final refusal: nothing was refunded, the
+                    // reserved amount is free again.
                     rec.status = RefundStatus::Failed;
+                    self.count_refund(&rec, RefundStatus::Pending);
                 }
-                rec.error_code = Some(code.to_string());
+                rec.error_code = Some(failure_of(&error));
                 rec.error_message = Some(error.to_string());
                 tracing::warn!(refund_id = %rec.refund_id, channel = %rec.channel, %error, "refund call failed");
                 self.save_refund(&mut rec).await?;
@@ -183,7 +198,7 @@ impl PaymentService {
         }
     }
 
-    /// The refund's stored state; with `refresh`, its channel is asked first.
+    /// The refund's stored state; with `refresh`, its bound account is asked first.
     pub async fn get_refund(
         &self,
         routes: &Routes<'_>,
@@ -196,25 +211,23 @@ impl PaymentService {
             .get_refund(merchant_id, out_refund_no)
             .await?
             .ok_or(PaymentError::NotFound)?;
-        if !refresh || rec.status != RefundStatus::Pending {
+        if !refresh || !rec.status.is_open() || claim_live(rec.attempt_until) {
             return Ok(rec);
         }
-        let (channel, sub) = routes.bound(&rec.channel, merchant_id)?;
-        let state = match with_retries(channel, |d| {
-            channel.refund_query(&rec.out_trade_no, out_refund_no, &sub, d)
-        })
-        .await
+        let payment = self
+            .store
+            .get_payment(merchant_id, &rec.out_trade_no)
+            .await?
+            .ok_or(PaymentError::NotFound)?;
+        let (channel, sub) = self.bound(routes, &payment, "refund_query")?;
+        let state = match channel
+            .refund_query(&rec.out_trade_no, out_refund_no, &sub)
+            .await
+            .and_then(|state| refund_cross_check(&rec, &payment, state))
         {
             Ok(s) => s,
             Err(e) if e.kind == ErrorKind::NotFound => return Ok(rec),
-            Err(error) => {
-                let payment = self
-                    .store
-                    .get_payment(merchant_id, &rec.out_trade_no)
-                    .await?
-                    .ok_or(PaymentError::NotFound)?;
-                return Err(refund_error(error, &payment));
-            }
+            Err(error) => return Err(refund_error(error, &payment)),
         };
         let before = rec.status;
         self.apply_refund_state(&mut rec, state);
@@ -229,6 +242,7 @@ impl PaymentService {
                 .await?
                 .ok_or(PaymentError::NotFound);
         }
+        self.count_refund(&rec, before);
         Ok(rec)
     }
 
@@ -245,6 +259,18 @@ impl PaymentService {
         rec.error_message = None;
     }
 
+    fn count_refund(&self, rec: &RefundRecord, before: RefundStatus) {
+        if rec.status != before && rec.status != RefundStatus::Pending {
+            if rec.status == RefundStatus::Abnormal {
+                tracing::error!(refund_id = %rec.refund_id, channel = %rec.channel, "refund ABNORMAL: the money left but did not reach the payer; ops must act");
+            }
+            self.metrics
+                .refunds
+                .with_label_values(&[rec.channel.as_str(), rec.status.as_str()])
+                .inc();
+        }
+    }
+
     async fn save_refund(&self, rec: &mut RefundRecord) -> Result<(), PaymentError> {
         if self.store.update_refund(rec).await? {
             Ok(())
@@ -254,7 +280,33 @@ impl PaymentService {
     }
 }
 
-fn refund_error(error: ChannelError, payment: &crate::store::PaymentRecord) -> PaymentError {
+/// The provider's answer is about this refund: its amount, and a running total that fits
+/// the order, where the provider states them.
+fn refund_cross_check(
+    rec: &RefundRecord,
+    payment: &PaymentRecord,
+    state: RefundState,
+) -> Result<RefundState, ChannelError> {
+    let mismatch = |m: String| Err(ChannelError::new(ErrorKind::Protocol, m));
+    if let Some(a) = state.amount.filter(|a| *a != rec.amount) {
+        return mismatch(format!(
+            "channel reports refund amount {a}, the refund is for {}",
+            rec.amount
+        ));
+    }
+    if let Some(t) = state
+        .refunded_total
+        .filter(|t| *t < rec.amount || *t > payment.amount)
+    {
+        return mismatch(format!(
+            "channel reports {t} refunded in all, which cannot hold a refund of {} of an order of {}",
+            rec.amount, payment.amount
+        ));
+    }
+    Ok(state)
+}
+
+fn refund_error(error: ChannelError, payment: &PaymentRecord) -> PaymentError {
     PaymentError::Channel {
         error,
         payment: Box::new(payment.clone()),

@@ -161,7 +161,7 @@ impl Sandbox {
         );
         let ts: i64 = ts.parse().map_err(|_| "bad timestamp".to_string())?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        if (now - ts).abs() > sign::MAX_SKEW_SECS {
+        if now.abs_diff(ts) > sign::MAX_SKEW_SECS {
             return Err("timestamp too far from now".into());
         }
         let merchants = self.merchants.read().unwrap_or_else(|p| p.into_inner());

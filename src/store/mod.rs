@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use crate::domain::{Method, PaymentStatus, RefundStatus};
+use crate::domain::{Account, ChannelFailure, Method, PaymentStatus, RefundStatus};
 
 /// Where state lives (config `store:`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +29,9 @@ pub struct PaymentRecord {
     pub status: PaymentStatus,
     /// The bound channel: every later operation on this order goes here.
     pub channel: String,
+    /// The provider account the order was created at (`None` only for records written
+    /// before accounts were stored). A channel whose account differs never sees the order.
+    pub account: Option<Account>,
     /// The rule that chose the channel (`default` for a family default).
     pub rule: String,
     pub action: Option<serde_json::Value>,
@@ -38,8 +41,8 @@ pub struct PaymentRecord {
     pub request_hash: String,
     /// The canonical create request, so that a retry can call the channel again.
     pub request: serde_json::Value,
-    /// The last channel error (API code and message), for replays and ops.
-    pub error_code: Option<String>,
+    /// The last channel failure and its message, for replays and ops.
+    pub error_code: Option<ChannelFailure>,
     pub error_message: Option<String>,
     /// Unix ms until which a channel call is in flight for this payment.
     pub attempt_until: Option<i64>,
@@ -76,13 +79,33 @@ pub struct RefundRecord {
     pub status: RefundStatus,
     pub provider_refund_no: Option<String>,
     pub request_hash: String,
-    pub error_code: Option<String>,
+    pub error_code: Option<ChannelFailure>,
     pub error_message: Option<String>,
     pub attempt_until: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub succeeded_at: Option<i64>,
     pub version: i64,
+}
+
+/// Which refunds the refund ledger lists, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct RefundFilter {
+    pub merchant_id: Option<String>,
+    pub status: Option<RefundStatus>,
+    pub limit: u32,
+}
+
+/// Orders still open at one bound (channel, account): what a change of the account's
+/// identity in the config would strand.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenAtAccount {
+    pub channel: String,
+    pub account: Option<Account>,
+    /// Payments `pending` or `unknown`.
+    pub payments: u64,
+    /// Refunds `pending` or `abnormal` of payments bound there.
+    pub refunds: u64,
 }
 
 /// The outcome of [`Store::reserve_refund`].
@@ -124,7 +147,13 @@ pub trait Store: Send + Sync {
     async fn list_payments(&self, filter: &PaymentFilter)
         -> Result<Vec<PaymentRecord>, StoreError>;
 
-    /// Atomically checks the refund guard (succeeded + pending refunds + this ≤ `paid`) and
+    /// The refund ledger for ops, newest first.
+    async fn list_refunds(&self, filter: &RefundFilter) -> Result<Vec<RefundRecord>, StoreError>;
+
+    /// Open payments and refunds grouped by bound channel and account.
+    async fn open_by_account(&self) -> Result<Vec<OpenAtAccount>, StoreError>;
+
+    /// Atomically checks the refund guard (succeeded + open refunds + this ≤ `paid`) and
     /// the uniqueness of `out_refund_no`, then stores the refund as pending.
     async fn reserve_refund(&self, r: &RefundRecord, paid: u64) -> Result<Reservation, StoreError>;
 

@@ -10,8 +10,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{PaymentFilter, PaymentRecord, RefundRecord, Reservation, Store, StoreError};
-use crate::domain::{Method, PaymentStatus, RefundStatus};
+use super::{
+    OpenAtAccount, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord, Reservation, Store,
+    StoreError,
+};
+use crate::domain::{Account, ChannelFailure, Method, PaymentStatus, RefundStatus};
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -42,6 +45,7 @@ CREATE TABLE IF NOT EXISTS payments (
     paid_at           INTEGER,
     expires_at        INTEGER NOT NULL,
     version           INTEGER NOT NULL,
+    account           TEXT,
     UNIQUE (merchant_id, out_trade_no)
 );
 CREATE INDEX IF NOT EXISTS payments_status ON payments (status, updated_at);
@@ -70,6 +74,42 @@ CREATE TABLE IF NOT EXISTS refunds (
 CREATE INDEX IF NOT EXISTS refunds_payment ON refunds (payment_id, status);
 ";
 
+/// Columns added after the first release, for files created before them.
+const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("payments", "account", "TEXT")];
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = conn
+            .query_row(
+                &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                params![column],
+                |row| row.get(0),
+            )
+            .map_err(backend)?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
+fn failure(code: Option<String>) -> Result<Option<ChannelFailure>, StoreError> {
+    code.map(|c| {
+        ChannelFailure::parse(&c).ok_or_else(|| StoreError::Corrupt(format!("error_code {c}")))
+    })
+    .transpose()
+}
+
+fn account_json(a: &Option<Account>) -> Option<String> {
+    a.as_ref().and_then(|a| serde_json::to_string(a).ok())
+}
+
+fn parse_account(text: Option<String>) -> Result<Option<Account>, StoreError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("account: {e}"))))
+        .transpose()
+}
+
 const REFUND_COLUMNS: &str = "refund_id, merchant_id, shop_id, out_trade_no, out_refund_no, payment_id, channel, amount, reason, status, provider_refund_no, request_hash, error_code, error_message, attempt_until, created_at, updated_at, succeeded_at, version";
 
 fn read_refund(row: &Row) -> rusqlite::Result<Result<RefundRecord, StoreError>> {
@@ -91,7 +131,7 @@ fn read_refund(row: &Row) -> rusqlite::Result<Result<RefundRecord, StoreError>> 
                 .ok_or_else(|| StoreError::Corrupt(format!("refund status {status}")))?,
             provider_refund_no: row.get(10).map_err(backend)?,
             request_hash: row.get(11).map_err(backend)?,
-            error_code: row.get(12).map_err(backend)?,
+            error_code: failure(row.get(12).map_err(backend)?)?,
             error_message: row.get(13).map_err(backend)?,
             attempt_until: row.get(14).map_err(backend)?,
             created_at: row.get(15).map_err(backend)?,
@@ -119,7 +159,7 @@ fn get_refund(
     .transpose()
 }
 
-const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version";
+const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account";
 
 impl SqliteStore {
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -137,6 +177,7 @@ impl SqliteStore {
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(backend)?;
             conn.execute_batch(SCHEMA).map_err(backend)?;
+            migrate(&conn)?;
             Ok(conn)
         })
         .await
@@ -198,7 +239,7 @@ fn read_row(row: &Row) -> rusqlite::Result<Result<PaymentRecord, StoreError>> {
             request_hash: row.get(13).map_err(backend)?,
             request: serde_json::from_str(&request)
                 .map_err(|e| StoreError::Corrupt(format!("request: {e}")))?,
-            error_code: row.get(15).map_err(backend)?,
+            error_code: failure(row.get(15).map_err(backend)?)?,
             error_message: row.get(16).map_err(backend)?,
             attempt_until: row.get(17).map_err(backend)?,
             created_at: row.get(18).map_err(backend)?,
@@ -206,6 +247,7 @@ fn read_row(row: &Row) -> rusqlite::Result<Result<PaymentRecord, StoreError>> {
             paid_at: row.get(20).map_err(backend)?,
             expires_at: row.get(21).map_err(backend)?,
             version: row.get(22).map_err(backend)?,
+            account: parse_account(row.get(23).map_err(backend)?)?,
         })
     };
     Ok(build())
@@ -236,13 +278,14 @@ impl Store for SqliteStore {
                 return Ok(Some(existing));
             }
             tx.execute(
-                &format!("INSERT INTO payments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"),
+                &format!("INSERT INTO payments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"),
                 params![
                     p.payment_id, p.merchant_id, p.shop_id, p.out_trade_no, p.amount as i64, p.currency,
                     p.method.as_str(), p.status.as_str(), p.channel, p.rule,
                     p.action.as_ref().map(|a| a.to_string()), p.provider_trade_no, p.refunded_amount as i64,
-                    p.request_hash, p.request.to_string(), p.error_code, p.error_message, p.attempt_until,
-                    p.created_at, p.updated_at, p.paid_at, p.expires_at, p.version,
+                    p.request_hash, p.request.to_string(), p.error_code.map(|c| c.as_str()), p.error_message,
+                    p.attempt_until, p.created_at, p.updated_at, p.paid_at, p.expires_at, p.version,
+                    account_json(&p.account),
                 ],
             )
             .map_err(backend)?;
@@ -269,12 +312,13 @@ impl Store for SqliteStore {
                     .execute(
                         "UPDATE payments SET status = ?1, channel = ?2, rule = ?3, action = ?4, provider_trade_no = ?5,
                          refunded_amount = ?6, error_code = ?7, error_message = ?8, attempt_until = ?9, updated_at = ?10,
-                         paid_at = ?11, version = version + 1
+                         paid_at = ?11, account = ?14, version = version + 1
                          WHERE payment_id = ?12 AND version = ?13",
                         params![
                             rec.status.as_str(), rec.channel, rec.rule, rec.action.as_ref().map(|a| a.to_string()),
-                            rec.provider_trade_no, rec.refunded_amount as i64, rec.error_code, rec.error_message,
-                            rec.attempt_until, rec.updated_at, rec.paid_at, rec.payment_id, rec.version,
+                            rec.provider_trade_no, rec.refunded_amount as i64, rec.error_code.map(|c| c.as_str()),
+                            rec.error_message, rec.attempt_until, rec.updated_at, rec.paid_at, rec.payment_id,
+                            rec.version, account_json(&rec.account),
                         ],
                     )
                     .map_err(backend)?;
@@ -311,6 +355,64 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_refunds(&self, filter: &RefundFilter) -> Result<Vec<RefundRecord>, StoreError> {
+        let f = filter.clone();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {REFUND_COLUMNS} FROM refunds
+                     WHERE (?1 IS NULL OR merchant_id = ?1) AND (?2 IS NULL OR status = ?2)
+                     ORDER BY created_at DESC LIMIT ?3"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(
+                    params![f.merchant_id, f.status.map(|s| s.as_str()), f.limit],
+                    read_refund,
+                )
+                .map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(|rec| rec))
+                .collect()
+        })
+        .await
+    }
+
+    async fn open_by_account(&self) -> Result<Vec<OpenAtAccount>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT channel, account, SUM(open_payment), SUM(open_refunds) FROM (
+                       SELECT channel, account, status IN ('pending', 'unknown') AS open_payment,
+                              (SELECT COUNT(*) FROM refunds r WHERE r.payment_id = p.payment_id
+                                 AND r.status IN ('pending', 'abnormal')) AS open_refunds
+                       FROM payments p WHERE status IN ('pending', 'unknown', 'succeeded'))
+                     GROUP BY channel, account HAVING SUM(open_payment) + SUM(open_refunds) > 0",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(backend)?;
+            rows.map(|r| {
+                let (channel, account, payments, refunds) = r.map_err(backend)?;
+                Ok(OpenAtAccount {
+                    channel,
+                    account: parse_account(account)?,
+                    payments: payments.max(0) as u64,
+                    refunds: refunds.max(0) as u64,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn reserve_refund(&self, r: &RefundRecord, paid: u64) -> Result<Reservation, StoreError> {
         let r = r.clone();
         self.with(move |conn| {
@@ -323,7 +425,7 @@ impl Store for SqliteStore {
             }
             let taken: i64 = tx
                 .query_row(
-                    "SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = ?1 AND status IN ('pending', 'succeeded')",
+                    "SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = ?1 AND status IN ('pending', 'succeeded', 'abnormal')",
                     params![r.payment_id],
                     |row| row.get(0),
                 )
@@ -337,7 +439,7 @@ impl Store for SqliteStore {
                 params![
                     r.refund_id, r.merchant_id, r.shop_id, r.out_trade_no, r.out_refund_no, r.payment_id,
                     r.channel, r.amount as i64, r.reason, r.status.as_str(), r.provider_refund_no,
-                    r.request_hash, r.error_code, r.error_message, r.attempt_until, r.created_at,
+                    r.request_hash, r.error_code.map(|c| c.as_str()), r.error_message, r.attempt_until, r.created_at,
                     r.updated_at, r.succeeded_at, r.version,
                 ],
             )
@@ -368,7 +470,7 @@ impl Store for SqliteStore {
                          attempt_until = ?5, updated_at = ?6, succeeded_at = ?7, version = version + 1
                          WHERE refund_id = ?8 AND version = ?9",
                         params![
-                            rec.status.as_str(), rec.provider_refund_no, rec.error_code, rec.error_message,
+                            rec.status.as_str(), rec.provider_refund_no, rec.error_code.map(|c| c.as_str()), rec.error_message,
                             rec.attempt_until, rec.updated_at, rec.succeeded_at, rec.refund_id, rec.version,
                         ],
                     )
@@ -427,6 +529,14 @@ mod tests {
             paid_at: None,
             expires_at: 9,
             version: 0,
+            account: Some(Account {
+                provider: "wechatpay_v3".into(),
+                mode: "partner".into(),
+                mchid: Some("1900000100".into()),
+                sub_mchid: Some("1900000109".into()),
+                app_id: Some("wx1".into()),
+                seller: None,
+            }),
         }
     }
 

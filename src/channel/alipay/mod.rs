@@ -275,8 +275,9 @@ impl super::Connector for Alipay {
         Ok(())
     }
 
-    /// `alipay.trade.refund` is synchronous: code 10000 means refunded (`fund_change` is
-    /// `N` when Alipay had already refunded this `out_request_no`).
+    /// `alipay.trade.refund`: code 10000 with `fund_change = "Y"` means this call moved the
+    /// money. `"N"` means it did not (yet): a repeat of an earlier request, or a refund still
+    /// being processed — the refund stays pending until a refund query confirms it.
     async fn refund(
         &self,
         r: &RefundRequest<'_>,
@@ -299,10 +300,18 @@ impl super::Connector for Alipay {
                 "answer is for another out_trade_no",
             ));
         }
+        let fund_change = v["fund_change"].as_str().unwrap_or("");
+        let refunded_total = yuan_field(&v, "refund_fee")?;
         Ok(RefundState {
-            status: RefundStatus::Succeeded,
-            provider_state: format!("fund_change={}", v["fund_change"].as_str().unwrap_or("?")),
+            status: if fund_change == "Y" {
+                RefundStatus::Succeeded
+            } else {
+                RefundStatus::Pending
+            },
+            provider_state: format!("fund_change={fund_change}"),
             provider_refund_no: v["trade_no"].as_str().map(str::to_string),
+            amount: None,
+            refunded_total,
         })
     }
 
@@ -327,8 +336,21 @@ impl super::Connector for Alipay {
             },
             provider_state: state.to_string(),
             provider_refund_no: v["trade_no"].as_str().map(str::to_string),
+            amount: yuan_field(&v, "refund_amount")?,
+            refunded_total: None,
         })
     }
+}
+
+/// An optional yuan amount field, converted exactly; a malformed one is a protocol error.
+fn yuan_field(v: &Value, field: &str) -> Result<Option<u64>, ChannelError> {
+    v[field]
+        .as_str()
+        .map(|s| {
+            parse_yuan(s)
+                .map_err(|e| ChannelError::new(ErrorKind::Protocol, format!("{field}: {e}")))
+        })
+        .transpose()
 }
 
 fn parse_trade(v: &Value, out_trade_no: &str) -> Result<OrderState, ChannelError> {
@@ -340,15 +362,15 @@ fn parse_trade(v: &Value, out_trade_no: &str) -> Result<OrderState, ChannelError
         "TRADE_CLOSED" => PaymentStatus::Closed,
         other => return Err(protocol(format!("unknown trade_status {other:?}"))),
     };
-    let amount = match v["total_amount"].as_str() {
-        Some(s) => Some(parse_yuan(s).map_err(protocol)?),
-        None => None,
-    };
+    let amount = yuan_field(v, "total_amount")?;
     Ok(OrderState {
         status,
         provider_state: state.to_string(),
         provider_trade_no: v["trade_no"].as_str().map(str::to_string),
         amount,
+        // The classic gateway trades in CNY only (`biz_content` refuses anything else);
+        // `trans_currency` appears only for cross-border trades.
+        currency: Some(v["trans_currency"].as_str().unwrap_or("CNY").to_string()),
         paid_at: v["send_pay_date"].as_str().and_then(parse_china_datetime),
     })
 }
@@ -366,8 +388,12 @@ fn map_error(v: &Value) -> ChannelError {
     if RETRYABLE.contains(&sub_code) || RETRYABLE.contains(&code) {
         return ChannelError::new(ErrorKind::ProviderRetryable(name), message);
     }
-    if sub_code == "ACQ.TRADE_NOT_EXIST" {
-        return ChannelError::new(ErrorKind::NotFound, message);
+    match sub_code {
+        "ACQ.TRADE_NOT_EXIST" => return ChannelError::new(ErrorKind::NotFound, message),
+        "ACQ.TRADE_HAS_SUCCESS" => return ChannelError::new(ErrorKind::AlreadyPaid, message),
+        // Closing a trade that is paid, finished or already closed: which, a query says.
+        "ACQ.TRADE_STATUS_ERROR" => return ChannelError::new(ErrorKind::NotCloseable, message),
+        _ => {}
     }
     if name.is_empty() {
         return ChannelError::new(ErrorKind::Protocol, "answer without code");
@@ -417,13 +443,18 @@ mod tests {
         let e = map_error(
             &json!({"code":"40004","sub_code":"ACQ.TRADE_HAS_SUCCESS","sub_msg":"交易已被支付"}),
         );
-        assert_eq!(e.kind, ErrorKind::Rejected("ACQ.TRADE_HAS_SUCCESS".into()));
+        assert_eq!(e.kind, ErrorKind::AlreadyPaid);
         assert!(!e.retryable());
         let e = map_error(&json!({"code":"40004","sub_code":"ACQ.INVALID_PARAMETER"}));
         assert_eq!(e.kind, ErrorKind::Rejected("ACQ.INVALID_PARAMETER".into()));
         assert_eq!(
             map_error(&json!({"code":"40004","sub_code":"ACQ.TRADE_NOT_EXIST"})).kind,
             ErrorKind::NotFound
+        );
+        // Not "paid": the trade may as well be closed already.
+        assert_eq!(
+            map_error(&json!({"code":"40004","sub_code":"ACQ.TRADE_STATUS_ERROR"})).kind,
+            ErrorKind::NotCloseable
         );
     }
 

@@ -119,7 +119,16 @@ impl WechatPay {
             self.verify(&resp)?;
             return Ok(resp);
         }
-        Err(map_error(&resp))
+        // WeChat Pay signs its error answers too. A signed one must verify; an unsigned one
+        // (a load balancer's 502, or someone in the path) may say "retry" but never anything
+        // that would make a payment or a refund final.
+        let verified = if resp.headers.contains_key("Wechatpay-Signature") {
+            self.verify(&resp)?;
+            true
+        } else {
+            false
+        };
+        Err(map_error(&resp, verified))
     }
 
     fn verify(&self, resp: &HttpResponse) -> Result<(), ChannelError> {
@@ -397,14 +406,18 @@ fn parse_refund(body: &[u8], out_refund_no: &str) -> Result<RefundState, Channel
     let status = match state {
         "SUCCESS" => RefundStatus::Succeeded,
         "PROCESSING" => RefundStatus::Pending,
-        // ABNORMAL needs the merchant to act (a closed bank card): not refunded.
-        "CLOSED" | "ABNORMAL" => RefundStatus::Failed,
+        // The money left the merchant but did not reach the payer (a closed bank card): ops
+        // must act, and the amount stays reserved.
+        "ABNORMAL" => RefundStatus::Abnormal,
+        "CLOSED" => RefundStatus::Failed,
         other => return Err(protocol(format!("unknown refund status {other:?}"))),
     };
     Ok(RefundState {
         status,
         provider_state: state.to_string(),
         provider_refund_no: v["refund_id"].as_str().map(str::to_string),
+        amount: v["amount"]["refund"].as_u64(),
+        refunded_total: None,
     })
 }
 
@@ -428,39 +441,57 @@ fn parse_order_state(body: &[u8], out_trade_no: &str) -> Result<OrderState, Chan
         provider_state: state.to_string(),
         provider_trade_no: v["transaction_id"].as_str().map(str::to_string),
         amount: v["amount"]["total"].as_u64(),
+        currency: v["amount"]["currency"].as_str().map(str::to_string),
         paid_at,
     })
 }
 
 /// Maps a non-2xx answer (`{"code","message"}`) to the retry classes of DESIGN.md §7.
-fn map_error(resp: &HttpResponse) -> ChannelError {
+/// `verified`: the answer carried a signature that verified. Only then may it say something
+/// final (paid, not found, refused); an unverified answer is at most "try again".
+fn map_error(resp: &HttpResponse, verified: bool) -> ChannelError {
     let v: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
     let code = v["code"].as_str().unwrap_or("").to_string();
     let message = v["message"]
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| format!("HTTP {}", resp.status.as_u16()));
-    if RETRYABLE_CODES.contains(&code.as_str()) {
-        return ChannelError::new(ErrorKind::ProviderRetryable(code), message);
-    }
-    if resp.status.is_server_error() {
-        return ChannelError::new(
+    let retry_after = resp
+        .headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let error = if RETRYABLE_CODES.contains(&code.as_str()) {
+        ChannelError::new(ErrorKind::ProviderRetryable(code), message)
+    } else if resp.status.is_server_error() {
+        ChannelError::new(
             ErrorKind::ServerError,
             format!("HTTP {} {code} {message}", resp.status.as_u16()),
-        );
-    }
-    if resp.status == http::StatusCode::NOT_FOUND
+        )
+    } else if !verified {
+        ChannelError::new(
+            ErrorKind::BadSignature,
+            format!(
+                "unsigned error answer HTTP {} {code}: not trusted to change anything",
+                resp.status.as_u16()
+            ),
+        )
+    } else if code == "ORDERPAID" {
+        ChannelError::new(ErrorKind::AlreadyPaid, message)
+    } else if resp.status == http::StatusCode::NOT_FOUND
         && (code == "ORDER_NOT_EXIST" || code == "ORDERNOTEXIST" || code == "RESOURCE_NOT_EXISTS")
     {
-        return ChannelError::new(ErrorKind::NotFound, message);
-    }
-    if code.is_empty() {
-        return ChannelError::new(
+        ChannelError::new(ErrorKind::NotFound, message)
+    } else if code.is_empty() {
+        ChannelError::new(
             ErrorKind::Protocol,
             format!("HTTP {} without an error code", resp.status.as_u16()),
-        );
-    }
-    ChannelError::new(ErrorKind::Rejected(code), message)
+        )
+    } else {
+        ChannelError::new(ErrorKind::Rejected(code), message)
+    };
+    error.with_retry_after(retry_after)
 }
 
 fn sub_mchid(sub: &SubMerchant) -> Result<&str, ChannelError> {
@@ -507,6 +538,7 @@ mod tests {
             headers: http::HeaderMap::new(),
             body: Bytes::from(body.to_string()),
         };
+        let map_error = |r: &HttpResponse| map_error(r, true);
         let e = map_error(&resp(500, r#"{"code":"SYSTEM_ERROR","message":"busy"}"#));
         assert_eq!(e.kind, ErrorKind::ProviderRetryable("SYSTEM_ERROR".into()));
         assert!(e.retryable() && !e.nothing_sent());
@@ -516,7 +548,7 @@ mod tests {
         ));
         assert!(e.retryable());
         let e = map_error(&resp(403, r#"{"code":"ORDERPAID","message":"paid"}"#));
-        assert_eq!(e.kind, ErrorKind::Rejected("ORDERPAID".into()));
+        assert_eq!(e.kind, ErrorKind::AlreadyPaid);
         assert!(!e.retryable());
         let e = map_error(&resp(400, r#"{"code":"PARAM_ERROR","message":"bad"}"#));
         assert_eq!(e.to_string(), "PARAM_ERROR: bad");
@@ -526,6 +558,32 @@ mod tests {
             ErrorKind::NotFound
         );
         assert_eq!(map_error(&resp(400, "")).kind, ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn an_unverified_error_answer_is_never_final() {
+        let resp = |status: u16, body: &str| HttpResponse {
+            status: http::StatusCode::from_u16(status).unwrap(),
+            headers: http::HeaderMap::new(),
+            body: Bytes::from(body.to_string()),
+        };
+        for (status, body) in [
+            (403, r#"{"code":"ORDERPAID","message":"paid"}"#),
+            (400, r#"{"code":"PARAM_ERROR","message":"bad"}"#),
+            (404, r#"{"code":"ORDER_NOT_EXIST","message":"x"}"#),
+        ] {
+            let e = map_error(&resp(status, body), false);
+            assert_eq!(e.kind, ErrorKind::BadSignature, "{body}");
+            assert!(e.maybe_sent);
+        }
+        // "Try again" needs no trust: it changes nothing.
+        let e = map_error(&resp(503, "<html>"), false);
+        assert_eq!(e.kind, ErrorKind::ServerError);
+        let mut r = resp(429, r#"{"code":"FREQUENCY_LIMITED","message":"slow"}"#);
+        r.headers.insert(header::RETRY_AFTER, "3".parse().unwrap());
+        let e = map_error(&r, false);
+        assert!(e.retryable());
+        assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::channel::keys::{RsaSigner, RsaVerifier};
 pub const AUTH_SCHEME: &str = "WECHATPAY2-SHA256-RSA2048";
 
 /// Clock skew tolerated on signed answers and notifications.
-pub const MAX_SKEW_SECS: i64 = 300;
+pub const MAX_SKEW_SECS: u64 = 300;
 
 /// `METHOD\nPATH?QUERY\nTIMESTAMP\nNONCE\nBODY\n`.
 pub fn request_message(
@@ -104,7 +104,8 @@ impl WechatVerifier {
         let t: i64 = ts
             .parse()
             .map_err(|_| format!("bad Wechatpay-Timestamp {ts:?}"))?;
-        if (now - t).abs() > MAX_SKEW_SECS {
+        // abs_diff: a hostile timestamp near i64::MIN must not overflow.
+        if now.abs_diff(t) > MAX_SKEW_SECS {
             return Err(format!(
                 "Wechatpay-Timestamp {t} is more than {MAX_SKEW_SECS}s from now ({now})"
             ));
