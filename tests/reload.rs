@@ -56,11 +56,10 @@ async fn reloads_under_concurrent_requests_fail_nothing() {
     }
     let wait_for_traffic = |n: usize| {
         let ok = ok.clone();
-        async move {
-            while ok.load(Ordering::Relaxed) < n {
-                tokio::task::yield_now().await;
-            }
-        }
+        support::wait_until("requests to succeed", move || {
+            let ok = ok.clone();
+            async move { ok.load(Ordering::Relaxed) >= n }
+        })
     };
     wait_for_traffic(20).await;
 
@@ -107,23 +106,14 @@ async fn reloads_under_concurrent_requests_fail_nothing() {
 
     // The file watcher picks up a good file replaced by rename, with no explicit reload.
     h.write_config(support::RULES, "");
-    let mut version = String::new();
-    for _ in 0..500 {
-        version = h.admin_get("/admin/config").await.body["version"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        if version == version0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(version, version0, "the watcher reloaded the original rules");
+    support::wait_until("the watcher to reload the original rules", || async {
+        h.admin_get("/admin/config").await.body["version"] == version0.as_str()
+    })
+    .await;
 
     stop.store(true, Ordering::Relaxed);
     for w in workers {
-        w.await.unwrap();
+        support::within("a load worker to stop", w).await.unwrap();
     }
     assert_eq!(
         failed.load(Ordering::Relaxed),
