@@ -5,15 +5,14 @@
 //! - `server`: the inbound HTTP/1.1 + HTTP/2 listener with optional TLS and graceful drain.
 //! - `shops`: the shop directory — API keys, the merchants each shop may act for, webhooks.
 //! - `live`: the live config — the version serving now, its channels, reload and its hooks.
-//! - `api`: the unified API for shops; the one place errors become HTTP responses (the admin
-//!   port answers its errors through it too).
+//! - `api`: the unified API for shops; the one place errors become HTTP responses (admin's too).
 //! - `payment`: the lifecycle — route, bind, call the channel safely, store the outcome;
 //!   query, close, refunds.
 //! - `routing`: the rules engine; pure, indexed by merchant, with `explain`.
 //! - `channel`: the channel abstraction, outbound HTTP client, keys; `wechatpay`, `alipay`.
 //! - `resilience`: retry backoff, rate specs and durations.
 //! - `store`: the `Store` trait and its SQLite implementation.
-//! - `admin`: metrics, health, reload, config, explain on the admin port.
+//! - `admin`: metrics, health, reload, config, channels, ledger, explain on the admin port.
 //! - `sandbox`: the built-in simulated WeChat Pay and Alipay (test-only keys).
 //! - `app`: wires the modules, hands each its narrow state, owns the registry and the drain.
 //! - `domain`, `secret`: shared vocabulary (methods, statuses, money); secret handling and

@@ -156,7 +156,8 @@ async fn admin_api_needs_the_token_and_redacts_secrets() {
             "",
         )
         .await;
-    assert_eq!(r.status, 401);
+    r.expect_error(401, "unauthorized");
+    assert_eq!(r.body["error"]["retryable"], false);
     let r = h
         .send(
             http::Method::POST,
@@ -250,7 +251,18 @@ async fn admin_api_needs_the_token_and_redacts_secrets() {
             .len(),
         0
     );
-    assert_eq!(h.admin_get("/admin/payments?status=paid").await.status, 400);
+    h.admin_get("/admin/payments?status=paid")
+        .await
+        .expect_error(400, "invalid_request");
+    h.admin_get("/admin/nothing-here")
+        .await
+        .expect_error(404, "not_found");
+    h.admin_post(
+        "/admin/explain",
+        &json!({"merchant_id": "m_1001", "method": "wechat_h5"}),
+    )
+    .await
+    .expect_error(400, "invalid_amount");
 
     for path in ["/healthz", "/readyz"] {
         assert_eq!(
