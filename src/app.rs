@@ -1,42 +1,31 @@
-//! Wiring: builds every module from a [`Config`], owns the metrics registry, the live config
-//! (swapped atomically on reload), the listeners and their drain.
+//! Wiring: builds every module from a [`Config`] and hands each the narrow state it needs;
+//! owns the metrics registry, the listeners' tasks and their drain.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::ApiMetrics;
-use crate::channel::{ChannelMetrics, ChannelSet};
-use crate::config::reload::ReloadMetrics;
+use crate::admin::AdminState;
+use crate::api::{ApiMetrics, ApiState};
 use crate::config::Config;
+use crate::live::{Live, LiveConfig};
 use crate::payment::PaymentService;
 use crate::resilience::Resilience;
 use crate::sandbox::Sandbox;
 
-/// One config version with everything built from it. Requests hold an `Arc<Live>` for their
-/// whole life, so a reload never changes the rules or keys under a request in flight.
-pub struct Live {
-    pub config: Arc<Config>,
-    pub channels: ChannelSet,
-}
-
+/// Every module built from one config, and the state each listener is given.
 pub struct App {
-    live: ArcSwap<Live>,
+    pub live: Arc<LiveConfig>,
     pub registry: Registry,
-    pub payments: PaymentService,
-    pub api_metrics: ApiMetrics,
-    channel_metrics: Arc<ChannelMetrics>,
+    pub payments: Arc<PaymentService>,
     pub resilience: Arc<Resilience>,
-    reload_metrics: ReloadMetrics,
-    reload_lock: tokio::sync::Mutex<()>,
-    config_path: PathBuf,
-    sandbox: OnceLock<Arc<Sandbox>>,
+    pub api: Arc<ApiState>,
+    pub admin: Arc<AdminState>,
 }
 
 impl App {
@@ -46,88 +35,70 @@ impl App {
         let store = crate::store::open(&config.store)
             .await
             .map_err(|e| e.to_string())?;
-        let channel_metrics = Arc::new(ChannelMetrics::new(&registry).map_err(metric_err)?);
         let resilience = Arc::new(Resilience::new(&registry).map_err(metric_err)?);
-        resilience.configure(&config.limits);
-        let channels = ChannelSet::build(&config.channels, &channel_metrics, &resilience)?;
-        let reload_metrics = ReloadMetrics::new(&registry).map_err(metric_err)?;
-        reload_metrics.loaded(&config.version);
+        let live = Arc::new(LiveConfig::new(config, &registry, resilience.clone())?);
+        let payments = Arc::new(PaymentService::new(store, &registry).map_err(metric_err)?);
+        let api = Arc::new(ApiState {
+            live: live.clone(),
+            payments: payments.clone(),
+            resilience: resilience.clone(),
+            metrics: ApiMetrics::new(&registry).map_err(metric_err)?,
+        });
+        let admin = Arc::new(AdminState {
+            live: live.clone(),
+            payments: payments.clone(),
+            registry: registry.clone(),
+        });
         Ok(Arc::new(App {
-            payments: PaymentService::new(store, &registry).map_err(metric_err)?,
-            api_metrics: ApiMetrics::new(&registry).map_err(metric_err)?,
-            config_path: config.path.clone(),
-            live: ArcSwap::from_pointee(Live {
-                config: Arc::new(config),
-                channels,
-            }),
+            live,
             registry,
-            channel_metrics,
+            payments,
             resilience,
-            reload_metrics,
-            reload_lock: tokio::sync::Mutex::new(()),
-            sandbox: OnceLock::new(),
+            api,
+            admin,
         }))
     }
 
+    /// The config version serving now.
     pub fn live(&self) -> Arc<Live> {
-        self.live.load_full()
+        self.live.load()
     }
 
-    /// Parse, validate, build, then swap. A bad file changes nothing; the error (with line
-    /// and column) is logged and counted. With `only_if_changed`, an identical file is a no-op.
+    /// See [`LiveConfig::reload`].
     pub async fn reload(&self, only_if_changed: bool) -> Result<String, String> {
-        let _one_at_a_time = self.reload_lock.lock().await;
-        let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
-            .await
-            .map_err(|e| e.to_string())?;
-        let current = self.live();
-        let built = loaded.map_err(|e| e.to_string()).and_then(|config| {
-            if only_if_changed && config.version == current.config.version {
-                return Ok(None);
-            }
-            let channels =
-                ChannelSet::build(&config.channels, &self.channel_metrics, &self.resilience)?;
-            Ok(Some((config, channels)))
-        });
-        match built {
-            Ok(None) => Ok(current.config.version.clone()),
-            Ok(Some((config, channels))) => {
-                let version = config.version.clone();
-                if config.server.listen != current.config.server.listen
-                    || config.server.admin_listen != current.config.server.admin_listen
-                {
-                    tracing::warn!("server.listen / admin_listen changed: takes effect on restart");
-                }
-                if config.store != current.config.store {
-                    tracing::warn!("store changed: takes effect on restart");
-                }
-                if let (Some(sb), Some(_)) = (self.sandbox.get(), &config.sandbox) {
-                    sb.set_merchants(crate::config::sandbox_merchants(&config.channels));
-                }
-                self.resilience.configure(&config.limits);
-                self.live.store(Arc::new(Live {
-                    config: Arc::new(config),
-                    channels,
-                }));
-                self.reload_metrics.success(&version);
-                tracing::info!(%version, "config reloaded");
-                Ok(version)
-            }
-            Err(e) => {
-                self.reload_metrics.error();
-                tracing::error!(error = %e, "config reload failed; still serving the previous config");
-                Err(e)
-            }
-        }
+        self.live.reload(only_if_changed).await
     }
 
     pub async fn ready(&self) -> Result<(), String> {
-        self.payments
-            .store()
-            .ping()
-            .await
-            .map_err(|e| e.to_string())
+        self.admin.ready().await
+    }
+}
+
+/// The bound sockets a proxy serves on: the API, the admin port and, when `sandbox:` is
+/// configured, the sandbox.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub admin: TcpListener,
+    pub sandbox: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses `config` names (`server.listen`, `server.admin_listen`,
+    /// `sandbox.listen`).
+    pub async fn bind(config: &Config) -> Result<Listeners, String> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("{what}: cannot listen on {addr}: {e}"))
+        };
+        Ok(Listeners {
+            api: bind(config.server.listen, "server.listen").await?,
+            admin: bind(config.server.admin_listen, "server.admin_listen").await?,
+            sandbox: match &config.sandbox {
+                Some(s) => Some(bind(s.listen, "sandbox.listen").await?),
+                None => None,
+            },
+        })
     }
 }
 
@@ -151,28 +122,50 @@ impl Running {
     }
 }
 
-/// Binds every listener of `config`, then serves. `config.path` is watched for reloads
-/// when `watch_config` is set.
-pub async fn start(config: Config, watch_config: bool) -> Result<Running, String> {
-    let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("{what}: cannot listen on {addr}: {e}"))
-    };
-    let api_listener = bind(config.server.listen, "server.listen").await?;
-    let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
-    let sandbox_listener = match &config.sandbox {
-        Some(s) => Some(bind(s.listen, "sandbox.listen").await?),
-        None => None,
-    };
+/// Serves `config` on `listeners` until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    watch_config: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let running = start(config, listeners, watch_config).await?;
+    shutdown.await;
+    tracing::info!("draining");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Builds everything from `config` and serves on `listeners` (see [`Listeners::bind`]);
+/// `config.path` is watched for reloads when `watch_config` is set. A `sandbox:` section
+/// needs a sandbox listener, and a sandbox listener needs a `sandbox:` section.
+pub async fn start(
+    config: Config,
+    listeners: Listeners,
+    watch_config: bool,
+) -> Result<Running, String> {
+    let Listeners {
+        api: api_listener,
+        admin: admin_listener,
+        sandbox: sandbox_listener,
+    } = listeners;
     let local = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
     let (api_addr, admin_addr) = (local(&api_listener)?, local(&admin_listener)?);
     let sandbox_addr = sandbox_listener.as_ref().map(local).transpose()?;
 
-    let sandbox_setup = config
-        .sandbox
-        .as_ref()
-        .map(|s| (Sandbox::new(s.merchants.clone()), s.tls.clone()));
+    let sandbox = match (&config.sandbox, sandbox_listener) {
+        (Some(s), Some(listener)) => {
+            Some((Sandbox::new(s.merchants.clone()), s.tls.clone(), listener))
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err("sandbox: is configured but no sandbox listener was given".into())
+        }
+        (None, Some(_)) => {
+            return Err("a sandbox listener was given but sandbox: is not configured".into())
+        }
+    };
     let server_tls = config.server.tls.clone();
     let drain = config.server.drain_timeout;
     let app = App::new(config).await?;
@@ -182,16 +175,22 @@ pub async fn start(config: Config, watch_config: bool) -> Result<Running, String
     };
     let mut tasks = Vec::new();
 
-    if let (Some((sandbox, tls)), Some(listener)) = (sandbox_setup, sandbox_listener) {
-        let _ = app.sandbox.set(sandbox.clone());
+    if let Some((sandbox, tls, listener)) = sandbox {
+        // The sandbox trusts the keys of the channels serving now.
+        let sb = sandbox.clone();
+        app.live.on_reload(move |config| {
+            if config.sandbox.is_some() {
+                sb.set_merchants(crate::config::sandbox_merchants(&config.channels));
+            }
+        });
         tasks.push(tokio::spawn(sandbox.serve(
             listener,
             tls,
             stopped(rx.clone()),
         )));
     }
-    let api_app = app.clone();
-    let api = move |req, _peer| crate::api::handle(api_app.clone(), req);
+    let api_state = app.api.clone();
+    let api = move |req, _peer| crate::api::handle(api_state.clone(), req);
     tasks.push(tokio::spawn(crate::server::serve(
         api_listener,
         server_tls,
@@ -199,8 +198,8 @@ pub async fn start(config: Config, watch_config: bool) -> Result<Running, String
         stopped(rx.clone()),
         drain,
     )));
-    let admin_app = app.clone();
-    let admin = move |req, _peer| crate::admin::handle(admin_app.clone(), req);
+    let admin_state = app.admin.clone();
+    let admin = move |req, _peer| crate::admin::handle(admin_state.clone(), req);
     tasks.push(tokio::spawn(crate::server::serve(
         admin_listener,
         None,
@@ -210,10 +209,7 @@ pub async fn start(config: Config, watch_config: bool) -> Result<Running, String
     )));
 
     if watch_config {
-        tasks.push(tokio::spawn(reload_triggers(
-            app.clone(),
-            stopped(rx.clone()),
-        )));
+        tasks.push(tokio::spawn(app.live.clone().watch(stopped(rx.clone()))));
     }
     tracing::info!(%api_addr, %admin_addr, sandbox = ?sandbox_addr, version = %app.live().config.version, "payroute serving");
     Ok(Running {
@@ -224,26 +220,4 @@ pub async fn start(config: Config, watch_config: bool) -> Result<Running, String
         shutdown: tx,
         tasks,
     })
-}
-
-/// Reloads on a change in the config's directory and on SIGHUP, until `stop`.
-async fn reload_triggers(app: Arc<App>, stop: impl std::future::Future<Output = ()>) {
-    let path = app.config_path.clone();
-    let (_watcher, mut changes) = match crate::config::reload::watch(&path) {
-        Ok(w) => (Some(w.0), w.1),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the config directory; reload with SIGHUP or POST /admin/reload");
-            (None, tokio::sync::mpsc::channel(1).1)
-        }
-    };
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    tokio::pin!(stop);
-    loop {
-        let only_if_changed = tokio::select! {
-            _ = &mut stop => return,
-            Some(()) = changes.recv() => true,
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => false,
-        };
-        let _ = app.reload(only_if_changed).await;
-    }
 }

@@ -3,17 +3,20 @@
 //! # Layout
 //! - `config`: the YAML file, its validation into the runtime model, live reload.
 //! - `server`: the inbound HTTP/1.1 + HTTP/2 listener with optional TLS and graceful drain.
-//! - `api`: the unified API for shops; the one place errors become HTTP responses.
+//! - `shops`: the shop directory — API keys, the merchants each shop may act for, webhooks.
+//! - `live`: the live config — the version serving now, its channels, reload and its hooks.
+//! - `api`: the unified API for shops; the one place errors become HTTP responses (admin's too).
 //! - `payment`: the lifecycle — route, bind, call the channel safely, store the outcome;
 //!   query, close, refunds.
 //! - `routing`: the rules engine; pure, indexed by merchant, with `explain`.
 //! - `channel`: the channel abstraction, outbound HTTP client, keys; `wechatpay`, `alipay`.
 //! - `resilience`: retry backoff, rate specs and durations.
 //! - `store`: the `Store` trait and its SQLite implementation.
-//! - `admin`: metrics, health, reload, config, explain on the admin port.
+//! - `admin`: metrics, health, reload, config, channels, ledger, explain on the admin port.
 //! - `sandbox`: the built-in simulated WeChat Pay and Alipay (test-only keys).
-//! - `app`: wires the modules, owns the registry, the live config and shutdown.
-//! - `domain`, `secret`: shared vocabulary (methods, statuses, money) and secret handling.
+//! - `app`: wires the modules, hands each its narrow state, owns the registry and the drain.
+//! - `domain`, `secret`: shared vocabulary (methods, statuses, money); secret handling and
+//!   constant-time token comparison.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -22,12 +25,14 @@ pub mod app;
 pub mod channel;
 pub mod config;
 pub mod domain;
+pub mod live;
 pub mod payment;
 pub mod resilience;
 pub mod routing;
 pub mod sandbox;
 pub mod secret;
 pub mod server;
+pub mod shops;
 pub mod store;
 
 /// Test fixtures (`tests/fixtures/`), for unit tests.

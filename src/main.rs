@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use payroute::app;
 use payroute::config::Config;
 use payroute::domain::Method;
 use payroute::routing::PaymentFacts;
@@ -157,13 +158,10 @@ fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     }
 }
 
+/// Config is already loaded and valid: bind, build, serve, drain on SIGTERM.
 async fn serve(config: Config) -> Result<(), String> {
-    let running = payroute::app::start(config, true).await?;
-    shutdown_signal().await;
-    tracing::info!("draining");
-    running.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
+    let listeners = app::Listeners::bind(&config).await?;
+    app::run(config, listeners, true, shutdown_signal()).await
 }
 
 async fn sandbox(listen: std::net::SocketAddr, config: Config) -> Result<(), String> {

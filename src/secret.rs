@@ -1,4 +1,5 @@
-//! Secrets in config: `env:NAME` and `file:/path` references, and a type that never prints.
+//! Secrets in config: `env:NAME` and `file:/path` references, a type that never prints, and
+//! constant-time comparison of bearer tokens.
 
 use std::fmt;
 
@@ -51,6 +52,27 @@ pub fn resolve(value: &str) -> Result<String, String> {
         return Ok(text.trim_end_matches(['\n', '\r']).to_string());
     }
     Ok(value.to_string())
+}
+
+/// SHA-256 of a string: the form in which keys and tokens are compared.
+pub fn sha256(value: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Constant-time comparison for a bearer token against one expected value (admin token).
+pub fn token_matches(authorization: Option<&str>, expected: &Secret) -> bool {
+    let Some(given) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    // Compare digests so that neither length nor content leaks through timing.
+    let (a, b) = (sha256(given.trim()), sha256(expected.expose()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]

@@ -9,27 +9,17 @@ use support::{payment, Harness, SHOP_KEY};
 
 /// A channel whose address refuses connections.
 fn dead_channel(name: &str, mchid: &str, keyfile: &str) -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!(
-        r#"
-  {name}:
-    kind: wechatpay_v3
-    mode: direct
-    base_url: http://127.0.0.1:{port}
-    mchid: "{mchid}"
-    appid: wx0000000000000001
-    serial_no: 0A0A0A0A
-    private_key: file:{key}
-    wechatpay_public_key: file:{pubkey}
-    wechatpay_public_key_id: PUB_KEY_ID_SANDBOX_TEST_ONLY
-    timeout: 2s"#,
-        key = support::key(keyfile),
-        pubkey = support::key("wechatpay_pub_key.pem"),
+    let dead = support::Upstream::dead();
+    support::wechat_direct(
+        &dead,
+        name,
+        mchid,
+        "wx0000000000000001",
+        "0A0A0A0A",
+        keyfile,
     )
+    .with("timeout", "2s")
+    .to_string()
 }
 
 #[tokio::test]
@@ -145,9 +135,10 @@ async fn replays_are_idempotent_and_twins_never_reach_the_channel_twice() {
     let (a, b) = tokio::join!(h.create(&twin), async {
         tokio::task::yield_now().await;
         // Give the first request time to write its binding before the twin arrives.
-        while h.get_payment("m_1001", "idem-2", false).await.status == 404 {
-            tokio::task::yield_now().await;
-        }
+        support::wait_until("the first create's binding", || async {
+            h.get_payment("m_1001", "idem-2", false).await.status != 404
+        })
+        .await;
         h.create(&twin).await
     });
     assert_eq!(a.status, 201, "{}", a.text);
@@ -241,25 +232,27 @@ async fn tampered_response_signatures_change_nothing() {
 
 #[tokio::test]
 async fn platform_certificate_mode_verifies_by_serial() {
-    let cert_channel = format!(
-        r#"
-  cert_wechat:
-    kind: wechatpay_v3
-    mode: direct
-    base_url: {{BASE}}
-    mchid: "1900000909"
-    appid: wx0000000000000009
-    serial_no: 0B0B0B0B
-    private_key: file:{key}
-    platform_certificates: [ "file:{cert}" ]"#,
-        key = support::key("m3003_apiclient_key.pem"),
-        cert = support::key("wechatpay_platform_cert.pem"),
-    );
     let rules = "  rules:\n    - { name: m9009-cert, when: { merchant: m_9009 }, to: cert_wechat }\n  default: { wechat: platform_wechat }\n";
     // The harness fills in the sandbox address after binding it, so the channel comes by reload.
     let h = Harness::start().await;
-    h.reload_with(rules, &cert_channel.replace("{BASE}", &h.upstream.base_url))
-        .await;
+    let cert_channel = support::wechat_direct(
+        &h.upstream,
+        "cert_wechat",
+        "1900000909",
+        "wx0000000000000009",
+        "0B0B0B0B",
+        "m3003_apiclient_key.pem",
+    )
+    .without("wechatpay_public_key")
+    .without("wechatpay_public_key_id")
+    .with(
+        "platform_certificates",
+        format!(
+            "[ \"file:{}\" ]",
+            support::key("wechatpay_platform_cert.pem")
+        ),
+    );
+    h.reload_with(rules, &cert_channel.to_string()).await;
 
     let other = "Bearer other-shop-key-0123456789".to_string();
     let body = payment("m_9009", "cert-1", "wechat_native", 100, json!({})).to_string();
@@ -414,22 +407,15 @@ async fn channels_reach_the_sandbox_over_tls() {
     let rules = support::RULES
         .replace("to: m1001_wechat", "to: untrusted_wechat")
         .replace("fallback: [platform_wechat]", "");
-    let untrusted = format!(
-        r#"
-  untrusted_wechat:
-    kind: wechatpay_v3
-    mode: direct
-    base_url: {base}
-    mchid: "1900000109"
-    appid: wx2421b1c4370ec43b
-    serial_no: 3775B6A45ACD588826D15E583A95F5DD
-    private_key: file:{key}
-    wechatpay_public_key: file:{pubkey}
-    wechatpay_public_key_id: PUB_KEY_ID_SANDBOX_TEST_ONLY"#,
-        base = h.upstream.base_url,
-        key = support::key("m1001_apiclient_key.pem"),
-        pubkey = support::key("wechatpay_pub_key.pem"),
-    );
+    let untrusted = support::wechat_direct(
+        &support::Upstream::plain(&h.upstream.base_url),
+        "untrusted_wechat",
+        "1900000109",
+        "wx2421b1c4370ec43b",
+        "3775B6A45ACD588826D15E583A95F5DD",
+        "m1001_apiclient_key.pem",
+    )
+    .to_string();
     h.write_config(&rules, &untrusted);
     assert_eq!(h.admin_post("/admin/reload", &json!({})).await.status, 200);
     let r = h

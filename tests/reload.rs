@@ -56,11 +56,10 @@ async fn reloads_under_concurrent_requests_fail_nothing() {
     }
     let wait_for_traffic = |n: usize| {
         let ok = ok.clone();
-        async move {
-            while ok.load(Ordering::Relaxed) < n {
-                tokio::task::yield_now().await;
-            }
-        }
+        support::wait_until("requests to succeed", move || {
+            let ok = ok.clone();
+            async move { ok.load(Ordering::Relaxed) >= n }
+        })
     };
     wait_for_traffic(20).await;
 
@@ -107,23 +106,14 @@ async fn reloads_under_concurrent_requests_fail_nothing() {
 
     // The file watcher picks up a good file replaced by rename, with no explicit reload.
     h.write_config(support::RULES, "");
-    let mut version = String::new();
-    for _ in 0..500 {
-        version = h.admin_get("/admin/config").await.body["version"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        if version == version0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(version, version0, "the watcher reloaded the original rules");
+    support::wait_until("the watcher to reload the original rules", || async {
+        h.admin_get("/admin/config").await.body["version"] == version0.as_str()
+    })
+    .await;
 
     stop.store(true, Ordering::Relaxed);
     for w in workers {
-        w.await.unwrap();
+        support::within("a load worker to stop", w).await.unwrap();
     }
     assert_eq!(
         failed.load(Ordering::Relaxed),
@@ -166,7 +156,8 @@ async fn admin_api_needs_the_token_and_redacts_secrets() {
             "",
         )
         .await;
-    assert_eq!(r.status, 401);
+    r.expect_error(401, "unauthorized");
+    assert_eq!(r.body["error"]["retryable"], false);
     let r = h
         .send(
             http::Method::POST,
@@ -260,7 +251,18 @@ async fn admin_api_needs_the_token_and_redacts_secrets() {
             .len(),
         0
     );
-    assert_eq!(h.admin_get("/admin/payments?status=paid").await.status, 400);
+    h.admin_get("/admin/payments?status=paid")
+        .await
+        .expect_error(400, "invalid_request");
+    h.admin_get("/admin/nothing-here")
+        .await
+        .expect_error(404, "not_found");
+    h.admin_post(
+        "/admin/explain",
+        &json!({"merchant_id": "m_1001", "method": "wechat_h5"}),
+    )
+    .await
+    .expect_error(400, "invalid_amount");
 
     for path in ["/healthz", "/readyz"] {
         assert_eq!(

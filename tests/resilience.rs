@@ -23,23 +23,16 @@ limits:
 
 const PER_MERCHANT: &str = "  - { name: per-merchant, key: merchant, rate: 2/h, burst: 2 }";
 
-fn limited_channel(h_base: &str) -> String {
-    format!(
-        r#"
-  limited_wechat:
-    kind: wechatpay_v3
-    mode: direct
-    base_url: {h_base}
-    mchid: "1900000109"
-    appid: wx2421b1c4370ec43b
-    serial_no: 0C0C0C0C
-    private_key: file:{key}
-    wechatpay_public_key: file:{pubkey}
-    wechatpay_public_key_id: PUB_KEY_ID_SANDBOX_TEST_ONLY
-    limit: {{ rate: 1/h, burst: 1 }}"#,
-        key = support::key("m1001_apiclient_key.pem"),
-        pubkey = support::key("wechatpay_pub_key.pem"),
+fn limited_channel(up: &support::Upstream) -> support::ChannelYaml {
+    support::wechat_direct(
+        up,
+        "limited_wechat",
+        "1900000109",
+        "wx2421b1c4370ec43b",
+        "0C0C0C0C",
+        "m1001_apiclient_key.pem",
     )
+    .with("limit", "{ rate: 1/h, burst: 1 }")
 }
 
 #[tokio::test]
@@ -112,7 +105,7 @@ async fn inbound_limits_answer_429_with_retry_after_and_survive_reloads() {
 #[tokio::test]
 async fn a_channel_over_its_limit_fails_over_because_nothing_was_sent() {
     let h = Harness::start_with(false, support::RULES, "").await;
-    h.reload_with(&rules("  []"), &limited_channel(&h.upstream.base_url))
+    h.reload_with(&rules("  []"), &limited_channel(&h.upstream).to_string())
         .await;
     let first = h
         .create(&payment("m_1001", "cl-1", "wechat_native", 100, json!({})))
@@ -137,13 +130,9 @@ async fn a_channel_over_its_limit_fails_over_because_nothing_was_sent() {
 
 #[tokio::test]
 async fn a_dead_channel_opens_its_circuit_and_is_skipped() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dead = limited_channel(&format!("http://127.0.0.1:{port}"))
-        .replace("    limit: { rate: 1/h, burst: 1 }", "");
+    let dead = limited_channel(&support::Upstream::dead())
+        .without("limit")
+        .to_string();
     let rules = r#"
   rules:
     - name: m1001-limited

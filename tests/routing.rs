@@ -337,7 +337,7 @@ async fn query_follows_the_bound_channel_after_the_rules_change() {
 
 #[tokio::test]
 async fn the_binding_survives_a_restart() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let r = h
         .create(&payment(
             "m_1001",
@@ -347,26 +347,27 @@ async fn the_binding_survives_a_restart() {
             json!({}),
         ))
         .await;
-    assert_eq!(r.status, 201);
+    r.expect_created_on("m1001_wechat");
     let id = r.body["payment_id"].clone();
-    let running = {
-        let mut h = h;
-        let r = h.running.take().unwrap();
-        r.shutdown().await;
-        h.running = Some(
-            payroute::app::start(
-                payroute::config::Config::load(&h.config_path).unwrap(),
-                false,
-            )
-            .await
-            .unwrap(),
-        );
-        h.api = format!("http://{}", h.running.as_ref().unwrap().api_addr);
-        h
-    };
-    let q = running.get_payment("m_1001", "restart-1", false).await;
-    assert_eq!(q.status, 200);
+
+    // While the proxy is down, ops move m_1001 to the platform: the rules no longer lead to
+    // the channel the order was created on.
+    h.write_config("  rules: []\n  default: { wechat: platform_wechat }\n", "");
+    h.restart().await;
+    let ex = h
+        .admin_post(
+            "/admin/explain",
+            &json!({"merchant_id": "m_1001", "method": "wechat_native", "amount": 300}),
+        )
+        .await;
+    assert_eq!(ex.body["channel"], "platform_wechat", "{}", ex.text);
+
+    // The order is paid at m_1001's own account; only the stored binding finds it there.
+    assert_eq!(h.pay("restart-1").await.status, 200);
+    let q = h.get_payment("m_1001", "restart-1", true).await;
+    assert_eq!(q.status, 200, "{}", q.text);
     assert_eq!(q.body["payment_id"], id);
     assert_eq!(q.body["channel"], "m1001_wechat");
-    running.shutdown().await;
+    assert_eq!(q.body["status"], "succeeded", "{}", q.text);
+    h.shutdown().await;
 }

@@ -50,10 +50,14 @@ async fn shutdown_drains_in_flight_payments() {
         })
     };
     // The binding is written before the channel call: once it exists, the request is in flight.
-    while h.get_payment("m_1001", "drain-1", false).await.status == 404 {
-        tokio::task::yield_now().await;
-    }
-    let (reply, ()) = tokio::join!(in_flight, running.shutdown());
+    support::wait_until("the payment to be in flight", || async {
+        h.get_payment("m_1001", "drain-1", false).await.status != 404
+    })
+    .await;
+    let (reply, ()) = tokio::join!(
+        support::within("the in-flight payment", in_flight),
+        support::within("the drain", running.shutdown())
+    );
     let reply = reply.unwrap();
     assert_eq!(reply.status, 201, "{}", reply.text);
     assert_eq!(reply.body["status"], "pending");

@@ -8,17 +8,37 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use prometheus::{Encoder, TextEncoder};
+use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{json, Value};
 
-use crate::api::auth::token_matches;
-use crate::app::App;
+use crate::api::error::{ApiError, ErrorCode};
 use crate::domain::{Method as PayMethod, PaymentStatus};
+use crate::live::LiveConfig;
+use crate::payment::PaymentService;
 use crate::routing::PaymentFacts;
+use crate::secret::token_matches;
 use crate::server::json_response;
 use crate::store::PaymentFilter;
 
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// What the admin port needs: the live config (and its reload), the ledger, the metrics.
+pub struct AdminState {
+    pub live: Arc<LiveConfig>,
+    pub payments: Arc<PaymentService>,
+    pub registry: Registry,
+}
+
+impl AdminState {
+    /// Ready when the store answers.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.payments
+            .store()
+            .ping()
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => metrics(&app),
@@ -31,7 +51,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byte
             }
         },
         (_, p) if p.starts_with("/admin/") => {
-            let live = app.live();
+            let live = app.live.load();
             let auth = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -39,22 +59,17 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byte
             match &live.config.admin_token {
                 None => {
                     return error(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
+                        ErrorCode::Forbidden,
                         "no admin.token is configured; the admin API is off",
                     )
                 }
                 Some(t) if !token_matches(auth, t) => {
-                    return error(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        "missing or wrong admin token",
-                    )
+                    return error(ErrorCode::Unauthorized, "missing or wrong admin token")
                 }
                 Some(_) => {}
             }
             match (req.method(), p) {
-                (&Method::POST, "/admin/reload") => match app.reload(false).await {
+                (&Method::POST, "/admin/reload") => match app.live.reload(false).await {
                     Ok(version) => json_response(
                         StatusCode::OK,
                         &json!({ "result": "success", "version": version }),
@@ -73,32 +88,21 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byte
                 (&Method::POST, "/admin/explain") => {
                     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
                         Ok(b) => b.to_bytes(),
-                        Err(_) => {
-                            return error(
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                "payload_too_large",
-                                "body too large",
-                            )
-                        }
+                        Err(_) => return error(ErrorCode::PayloadTooLarge, "body too large"),
                     };
                     explain(&app, &body)
                 }
                 _ => error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    &format!("no admin route {} {p}", req.method()),
+                    ErrorCode::NotFound,
+                    format!("no admin route {} {p}", req.method()),
                 ),
             }
         }
-        _ => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("no route {path}"),
-        ),
+        _ => error(ErrorCode::NotFound, format!("no route {path}")),
     }
 }
 
-fn metrics(app: &App) -> Response<Full<Bytes>> {
+fn metrics(app: &AdminState) -> Response<Full<Bytes>> {
     let mut buf = Vec::new();
     let encoder = TextEncoder::new();
     if let Err(e) = encoder.encode(&app.registry.gather(), &mut buf) {
@@ -115,8 +119,8 @@ fn metrics(app: &App) -> Response<Full<Bytes>> {
     resp
 }
 
-fn channels(app: &App) -> Response<Full<Bytes>> {
-    let live = app.live();
+fn channels(app: &AdminState) -> Response<Full<Bytes>> {
+    let live = app.live.load();
     let list: Vec<Value> = live
         .config
         .channels
@@ -138,7 +142,7 @@ fn channels(app: &App) -> Response<Full<Bytes>> {
 }
 
 /// `GET /admin/payments?merchant_id=&status=&since=<RFC 3339>&limit=<1..=1000>`.
-async fn payments(app: &App, query: Option<&str>) -> Response<Full<Bytes>> {
+async fn payments(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
     let mut filter = PaymentFilter {
         limit: 100,
         ..PaymentFilter::default()
@@ -148,13 +152,7 @@ async fn payments(app: &App, query: Option<&str>) -> Response<Full<Bytes>> {
             "merchant_id" => filter.merchant_id = Some(v.into_owned()),
             "status" => match PaymentStatus::parse(&v) {
                 Some(s) => filter.status = Some(s),
-                None => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        &format!("unknown status {v:?}"),
-                    )
-                }
+                None => return error(ErrorCode::InvalidRequest, format!("unknown status {v:?}")),
             },
             "since" => match time::OffsetDateTime::parse(
                 &v,
@@ -162,28 +160,17 @@ async fn payments(app: &App, query: Option<&str>) -> Response<Full<Bytes>> {
             ) {
                 Ok(t) => filter.since = Some((t.unix_timestamp_nanos() / 1_000_000) as i64),
                 Err(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        "since must be an RFC 3339 time",
-                    )
+                    return error(ErrorCode::InvalidRequest, "since must be an RFC 3339 time")
                 }
             },
             "limit" => match v.parse::<u32>() {
                 Ok(n) if (1..=1000).contains(&n) => filter.limit = n,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        "limit must be 1 to 1000",
-                    )
-                }
+                _ => return error(ErrorCode::InvalidRequest, "limit must be 1 to 1000"),
             },
             other => {
                 return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    &format!("unknown parameter {other:?}"),
+                    ErrorCode::InvalidRequest,
+                    format!("unknown parameter {other:?}"),
                 )
             }
         }
@@ -203,40 +190,25 @@ async fn payments(app: &App, query: Option<&str>) -> Response<Full<Bytes>> {
         }
         Err(e) => {
             tracing::error!(error = %e, "listing payments");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "internal_error",
-                "store unavailable",
-            )
+            error(ErrorCode::StoreUnavailable, "store unavailable")
         }
     }
 }
 
 /// `POST /admin/explain` `{"merchant_id","method","amount","shop_id"?,"currency"?,
 /// "metadata"?,"out_trade_no"?,"china_time"?: "HH:MM"}`.
-fn explain(app: &App, body: &[u8]) -> Response<Full<Bytes>> {
+fn explain(app: &AdminState, body: &[u8]) -> Response<Full<Bytes>> {
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("body is not JSON: {e}"),
-            )
-        }
+        Err(e) => return error(ErrorCode::InvalidRequest, format!("body is not JSON: {e}")),
     };
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     let Some(method) = PayMethod::parse(&s("method")) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "method is missing or unknown",
-        );
+        return error(ErrorCode::InvalidRequest, "method is missing or unknown");
     };
     let Some(amount) = v["amount"].as_u64().filter(|a| *a > 0) else {
         return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_amount",
+            ErrorCode::InvalidAmount,
             "amount must be a positive integer (fen)",
         );
     };
@@ -252,16 +224,10 @@ fn explain(app: &App, body: &[u8]) -> Response<Full<Bytes>> {
         None => crate::payment::china_minute(crate::payment::now_ms()),
         Some(t) => match crate::routing::parse_hhmm(t) {
             Some(m) => m,
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "china_time must be HH:MM",
-                )
-            }
+            None => return error(ErrorCode::InvalidRequest, "china_time must be HH:MM"),
         },
     };
-    let live = app.live();
+    let live = app.live.load();
     let (merchant, shop, currency, out_trade_no) = (
         s("merchant_id"),
         s("shop_id"),
@@ -311,9 +277,7 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     resp
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json_response(
-        status,
-        &json!({ "error": { "code": code, "message": message, "retryable": false } }),
-    )
+/// Admin errors answer like the API's: `{"error":{"code","message","retryable"}}`.
+fn error(code: ErrorCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    ApiError::new(code, message).into_response()
 }

@@ -29,6 +29,10 @@ pub enum ErrorCode {
     ChannelUnavailable,
     ChannelError,
     ChannelTimeout,
+    /// The admin API is off (no `admin.token` configured).
+    Forbidden,
+    /// The store does not answer (admin ledger queries).
+    StoreUnavailable,
     /// Our own failure (the store, a bug); details are in the log, not the answer.
     InternalError,
 }
@@ -53,6 +57,8 @@ impl ErrorCode {
             ChannelUnavailable => "channel_unavailable",
             ChannelError => "channel_error",
             ChannelTimeout => "channel_timeout",
+            Forbidden => "forbidden",
+            StoreUnavailable => "store_unavailable",
             InternalError => "internal_error",
         }
     }
@@ -61,7 +67,7 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             Unauthorized => StatusCode::UNAUTHORIZED,
-            ForbiddenMerchant => StatusCode::FORBIDDEN,
+            ForbiddenMerchant | Forbidden => StatusCode::FORBIDDEN,
             InvalidRequest | InvalidAmount => StatusCode::BAD_REQUEST,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             NotFound => StatusCode::NOT_FOUND,
@@ -70,7 +76,7 @@ impl ErrorCode {
             NoRoute => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ChannelRejected => StatusCode::PAYMENT_REQUIRED,
-            ChannelUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ChannelUnavailable | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ChannelError => StatusCode::BAD_GATEWAY,
             ChannelTimeout => StatusCode::GATEWAY_TIMEOUT,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,6 +93,7 @@ impl ErrorCode {
                 | ChannelUnavailable
                 | ChannelError
                 | ChannelTimeout
+                | StoreUnavailable
                 | InternalError
         )
     }

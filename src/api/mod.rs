@@ -1,7 +1,6 @@
 //! The unified API (DESIGN.md §2): authenticate the shop, check the merchant, validate the
 //! body, hand over to `payment`, answer in one JSON shape.
 
-pub mod auth;
 pub mod error;
 pub mod types;
 
@@ -14,9 +13,11 @@ use hyper::body::Incoming;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use time::OffsetDateTime;
 
-use crate::app::{App, Live};
-use crate::payment::{CreateOutcome, RefundOutcome, Routes};
+use crate::live::{Live, LiveConfig};
+use crate::payment::{CreateOutcome, PaymentService, RefundOutcome, Routes};
+use crate::resilience::Resilience;
 use crate::server::{decode, json_response};
+use crate::shops::Shop;
 use error::{ApiError, ErrorCode};
 
 /// HTTP metrics of the API listener.
@@ -48,11 +49,19 @@ impl ApiMetrics {
     }
 }
 
+/// What the API needs: the live config, the payment lifecycle, the inbound limits, its metrics.
+pub struct ApiState {
+    pub live: Arc<LiveConfig>,
+    pub payments: Arc<PaymentService>,
+    pub resilience: Arc<Resilience>,
+    pub metrics: ApiMetrics,
+}
+
 /// Entry point for every API request.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(app: Arc<ApiState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = tokio::time::Instant::now();
     // In-flight requests keep the config they started with, across reloads.
-    let live = app.live();
+    let live = app.live.load();
     let (route, result) = route(&app, &live, req).await;
     let resp = result.unwrap_or_else(ApiError::into_response);
     let class = match resp.status().as_u16() {
@@ -62,7 +71,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byte
         400..=499 => "4xx",
         _ => "5xx",
     };
-    let m = &app.api_metrics;
+    let m = &app.metrics;
     m.requests.with_label_values(&[route, class]).inc();
     m.duration
         .with_label_values(&[route])
@@ -72,7 +81,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Full<Byte
 
 type Answer = Result<Response<Full<Bytes>>, ApiError>;
 
-async fn route(app: &App, live: &Live, req: Request<Incoming>) -> (&'static str, Answer) {
+async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (&'static str, Answer) {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
@@ -126,7 +135,7 @@ fn routes(live: &Live) -> Routes<'_> {
 }
 
 /// The shop behind the request.
-fn authorize(live: &Live, req: &Request<Incoming>) -> Result<Arc<auth::Shop>, ApiError> {
+fn authorize(live: &Live, req: &Request<Incoming>) -> Result<Arc<Shop>, ApiError> {
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -141,7 +150,7 @@ fn authorize(live: &Live, req: &Request<Incoming>) -> Result<Arc<auth::Shop>, Ap
 }
 
 /// The shop may act for `merchant`, and neither is over its rate limits.
-fn admit(app: &App, shop: &auth::Shop, merchant: &str) -> Result<(), ApiError> {
+fn admit(app: &ApiState, shop: &Shop, merchant: &str) -> Result<(), ApiError> {
     if shop.merchants.contains(merchant) {
         app.resilience.check_inbound(&shop.id, merchant)?;
         return Ok(());
@@ -153,7 +162,7 @@ fn admit(app: &App, shop: &auth::Shop, merchant: &str) -> Result<(), ApiError> {
     ))
 }
 
-async fn create(app: &App, live: &Live, req: Request<Incoming>) -> Answer {
+async fn create(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
     // Authenticate before reading the body: unknown callers get nothing parsed.
     let shop = authorize(live, &req)?;
     let limit = live.config.server.max_body_bytes;
@@ -170,7 +179,7 @@ async fn create(app: &App, live: &Live, req: Request<Incoming>) -> Answer {
 }
 
 async fn get(
-    app: &App,
+    app: &ApiState,
     live: &Live,
     req: &Request<Incoming>,
     merchant: &str,
@@ -187,7 +196,7 @@ async fn get(
 }
 
 async fn close(
-    app: &App,
+    app: &ApiState,
     live: &Live,
     req: &Request<Incoming>,
     merchant: &str,
@@ -202,7 +211,7 @@ async fn close(
     Ok(json_response(StatusCode::OK, &types::payment_json(&rec)))
 }
 
-async fn create_refund(app: &App, live: &Live, req: Request<Incoming>) -> Answer {
+async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
     let shop = authorize(live, &req)?;
     let limit = live.config.server.max_body_bytes;
     let (parts, body) = req.into_parts();
@@ -218,7 +227,7 @@ async fn create_refund(app: &App, live: &Live, req: Request<Incoming>) -> Answer
 }
 
 async fn get_refund(
-    app: &App,
+    app: &ApiState,
     live: &Live,
     req: &Request<Incoming>,
     merchant: &str,

@@ -14,13 +14,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::api::auth::ShopDirectory;
 use crate::channel::{ChannelSettings, SubMerchant};
 use crate::resilience::LimitSettings;
 use crate::routing::Rules;
 use crate::sandbox::SandboxSettings;
 use crate::secret::Secret;
 use crate::server::ServerSettings;
+use crate::shops::ShopDirectory;
 use crate::store::StoreSettings;
 
 pub use locate::Locator;

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use super::file::{ChannelFile, FileConfig, RuleFile, TlsFile};
 use super::{Config, ConfigError, Locator};
-use crate::api::auth::{Shop, ShopDirectory, Webhook};
 use crate::channel::alipay::{AlipayMode, AlipaySettings};
 use crate::channel::keys::{Certificate, RsaSigner, RsaVerifier};
 use crate::channel::wechatpay::{WechatMode, WechatPaySettings, WechatVerifier};
@@ -19,6 +18,7 @@ use crate::routing::{Conditions, HoursRange, Rule, Rules, Target};
 use crate::sandbox::{SandboxMerchant, SandboxSettings};
 use crate::secret::{self, Secret};
 use crate::server::{ServerSettings, TlsSettings};
+use crate::shops::{Shop, ShopDirectory, Webhook};
 use crate::store::StoreSettings;
 
 /// Keys whose literal values are secrets; `/admin/config` redacts them.

@@ -1,16 +1,20 @@
-//! Test harness: the real proxy on 127.0.0.1:0 with a real SQLite file, the sandbox provider
-//! on its own socket as the upstream, and a small HTTP client.
+//! Test harness: the real proxy on listeners it binds itself (127.0.0.1:0) with a real
+//! SQLite file, the sandbox provider on its own socket as the upstream, a small HTTP client,
+//! builders for channel YAML, and deadlines for every wait.
 #![allow(dead_code)]
 
+use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use payroute::app::Running;
+use payroute::app::{Listeners, Running};
 use payroute::config::Config;
 use payroute::sandbox::Sandbox;
 use serde_json::Value;
@@ -32,6 +36,183 @@ pub fn key(name: &str) -> String {
 pub struct Upstream {
     pub base_url: String,
     pub ca_file: Option<String>,
+}
+
+impl Upstream {
+    /// An address reached without a custom CA (a dead port, or a TLS server not trusted).
+    pub fn plain(base_url: &str) -> Upstream {
+        Upstream {
+            base_url: base_url.to_string(),
+            ca_file: None,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>` of a port nothing listens on: connections are refused.
+    pub fn dead() -> Upstream {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Upstream::plain(&format!("http://127.0.0.1:{port}"))
+    }
+}
+
+/// One channel's YAML block under `channels:`; `Display` renders it (leading newline, two
+/// spaces of indent), so blocks concatenate into an `extra_channels` string.
+#[derive(Clone, Debug)]
+pub struct ChannelYaml {
+    pub name: String,
+    fields: Vec<(String, String)>,
+}
+
+impl ChannelYaml {
+    pub fn new(name: &str) -> ChannelYaml {
+        ChannelYaml {
+            name: name.to_string(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// Sets `key: value` (replacing an earlier value of `key`); `value` is YAML as written.
+    pub fn with(mut self, key: &str, value: impl fmt::Display) -> ChannelYaml {
+        let value = value.to_string();
+        match self.fields.iter_mut().find(|(k, _)| k == key) {
+            Some(f) => f.1 = value,
+            None => self.fields.push((key.to_string(), value)),
+        }
+        self
+    }
+
+    /// Drops `key`.
+    pub fn without(mut self, key: &str) -> ChannelYaml {
+        self.fields.retain(|(k, _)| k != key);
+        self
+    }
+
+    fn upstream(self, up: &Upstream, path: &str) -> ChannelYaml {
+        let me = self.with("base_url", format!("{}{path}", up.base_url));
+        match &up.ca_file {
+            Some(ca) => me.with("ca_file", ca),
+            None => me,
+        }
+    }
+}
+
+impl fmt::Display for ChannelYaml {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\n  {}:", self.name)?;
+        for (k, v) in &self.fields {
+            write!(f, "\n    {k}: {v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A WeChat Pay direct-merchant channel on `up`, verifying with the sandbox's public key.
+/// No fee rate, the default timeout; add them with [`ChannelYaml::with`].
+pub fn wechat_direct(
+    up: &Upstream,
+    name: &str,
+    mchid: &str,
+    appid: &str,
+    serial_no: &str,
+    keyfile: &str,
+) -> ChannelYaml {
+    ChannelYaml::new(name)
+        .with("kind", "wechatpay_v3")
+        .with("mode", "direct")
+        .upstream(up, "")
+        .with("mchid", format!("{mchid:?}"))
+        .with("appid", appid)
+        .with("serial_no", serial_no)
+        .with("private_key", format!("file:{}", key(keyfile)))
+        .with(
+            "wechatpay_public_key",
+            format!("file:{}", key("wechatpay_pub_key.pem")),
+        )
+        .with("wechatpay_public_key_id", "PUB_KEY_ID_SANDBOX_TEST_ONLY")
+}
+
+/// A WeChat Pay service-provider (partner) channel on `up`, verifying with the sandbox's
+/// public key.
+pub fn wechat_partner(
+    up: &Upstream,
+    name: &str,
+    sp_mchid: &str,
+    sp_appid: &str,
+    serial_no: &str,
+    keyfile: &str,
+) -> ChannelYaml {
+    ChannelYaml::new(name)
+        .with("kind", "wechatpay_v3")
+        .with("mode", "partner")
+        .upstream(up, "")
+        .with("sp_mchid", format!("{sp_mchid:?}"))
+        .with("sp_appid", sp_appid)
+        .with("serial_no", serial_no)
+        .with("private_key", format!("file:{}", key(keyfile)))
+        .with(
+            "wechatpay_public_key",
+            format!("file:{}", key("wechatpay_pub_key.pem")),
+        )
+        .with("wechatpay_public_key_id", "PUB_KEY_ID_SANDBOX_TEST_ONLY")
+}
+
+/// An Alipay channel (`mode`: `direct` or `isv`) on `up`'s gateway.
+pub fn alipay_channel(
+    up: &Upstream,
+    name: &str,
+    mode: &str,
+    app_id: &str,
+    keyfile: &str,
+) -> ChannelYaml {
+    ChannelYaml::new(name)
+        .with("kind", "alipay")
+        .with("mode", mode)
+        .upstream(up, "/gateway.do")
+        .with("app_id", format!("{app_id:?}"))
+        .with("private_key", format!("file:{}", key(keyfile)))
+        .with(
+            "alipay_public_key",
+            format!("file:{}", key("alipay_sandbox_pub_key.pem")),
+        )
+}
+
+/// The standard channels' fee and deadline.
+fn standard(c: ChannelYaml, fee_rate: &str) -> ChannelYaml {
+    c.with("fee_rate", fee_rate).with("timeout", "2s")
+}
+
+/// The deadline of one wait in a test: long enough for a slow shared machine, short enough
+/// that a bug fails the test instead of hanging it.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Awaits `fut`, failing the test if it takes longer than [`WAIT`].
+#[track_caller]
+pub fn within<T>(what: &str, fut: impl Future<Output = T>) -> impl Future<Output = T> {
+    let what = what.to_string();
+    let caller = std::panic::Location::caller();
+    async move {
+        match tokio::time::timeout(WAIT, fut).await {
+            Ok(v) => v,
+            Err(_) => panic!("timed out after {WAIT:?} waiting for {what} ({caller})"),
+        }
+    }
+}
+
+/// Polls `check` until it is true, failing the test after [`WAIT`].
+#[track_caller]
+pub fn wait_until<F, Fut>(what: &str, mut check: F) -> impl Future<Output = ()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async move {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
 }
 
 /// The standard test routing (like the shipped config).
@@ -68,69 +249,47 @@ pub const MIXED_RULES: &str = r#"
 /// The demo Alipay channels on the sandbox's gateway: `platform_alipay` (ISV) and
 /// `m2002_alipay` (direct).
 pub fn alipay_channels(up: &Upstream) -> String {
-    let ca = up
-        .ca_file
-        .as_ref()
-        .map(|c| format!("\n    ca_file: {c}"))
-        .unwrap_or_default();
-    let channel = |name: &str, mode: &str, app_id: &str, keyfile: &str| {
-        format!(
-            r#"
-  {name}:
-    kind: alipay
-    mode: {mode}
-    base_url: {base}/gateway.do{ca}
-    app_id: "{app_id}"
-    private_key: file:{key}
-    alipay_public_key: file:{pubkey}
-    fee_rate: 0.006
-    timeout: 2s"#,
-            base = up.base_url,
-            key = key(keyfile),
-            pubkey = key("alipay_sandbox_pub_key.pem"),
-        )
-    };
-    channel(
+    let platform = alipay_channel(
+        up,
         "platform_alipay",
         "isv",
         "2021000000000001",
         "platform_alipay_app_key.pem",
-    ) + &channel(
+    );
+    let m2002 = alipay_channel(
+        up,
         "m2002_alipay",
         "direct",
         "2021000000002002",
         "m2002_alipay_app_key.pem",
+    );
+    format!(
+        "{}{}",
+        standard(platform, "0.006"),
+        standard(m2002, "0.006")
     )
 }
 
 /// A whole config file; `rules` is the body of `routing:`, `extra_channels` is appended
 /// under `channels:`.
 pub fn config_yaml(up: &Upstream, db: &Path, rules: &str, extra_channels: &str) -> String {
-    let ca = up
-        .ca_file
-        .as_ref()
-        .map(|c| format!("\n    ca_file: {c}"))
-        .unwrap_or_default();
     let direct = |name: &str, mchid: &str, appid: &str, serial: &str, keyfile: &str| {
-        format!(
-            r#"
-  {name}:
-    kind: wechatpay_v3
-    mode: direct
-    base_url: {base}{ca}
-    mchid: "{mchid}"
-    appid: {appid}
-    serial_no: {serial}
-    private_key: file:{key}
-    wechatpay_public_key: file:{pubkey}
-    wechatpay_public_key_id: PUB_KEY_ID_SANDBOX_TEST_ONLY
-    fee_rate: 0.0038
-    timeout: 2s"#,
-            base = up.base_url,
-            key = key(keyfile),
-            pubkey = key("wechatpay_pub_key.pem"),
+        standard(
+            wechat_direct(up, name, mchid, appid, serial, keyfile),
+            "0.0038",
         )
     };
+    let platform = standard(
+        wechat_partner(
+            up,
+            "platform_wechat",
+            "1900000100",
+            "wx8888888888888888",
+            "5157F09EFDC096DE15EBE81A47057A72",
+            "platform_apiclient_key.pem",
+        ),
+        "0.006",
+    );
     format!(
         r#"
 server:
@@ -154,27 +313,12 @@ merchants:
   m_3003: {{ wechat_sub_mchid: "1900000309", alipay_app_auth_token: tok_m_3003_TEST_ONLY }}
   m_4004: {{ wechat_sub_mchid: "1900000409", alipay_app_auth_token: tok_m_4004_TEST_ONLY }}
   m_9009: {{ wechat_sub_mchid: "1900000909", alipay_app_auth_token: tok_m_9009_TEST_ONLY }}
-channels:
-  platform_wechat:
-    kind: wechatpay_v3
-    mode: partner
-    base_url: {base}{ca}
-    sp_mchid: "1900000100"
-    sp_appid: wx8888888888888888
-    serial_no: 5157F09EFDC096DE15EBE81A47057A72
-    private_key: file:{platform_key}
-    wechatpay_public_key: file:{pubkey}
-    wechatpay_public_key_id: PUB_KEY_ID_SANDBOX_TEST_ONLY
-    fee_rate: 0.006
-    timeout: 2s{m1001}{m2002}{m3003}
+channels:{platform}{m1001}{m2002}{m3003}
 {extra_channels}
 routing:
 {rules}
 "#,
         db = db.display(),
-        base = up.base_url,
-        platform_key = key("platform_apiclient_key.pem"),
-        pubkey = key("wechatpay_pub_key.pem"),
         m1001 = direct(
             "m1001_wechat",
             "1900000109",
@@ -303,7 +447,7 @@ impl Harness {
                 .clone()
                 .serve(listener, sandbox_tls, std::future::pending()),
         );
-        let running = payroute::app::start(config, true).await.unwrap();
+        let running = start_proxy(config).await;
         Harness {
             api: format!("http://{}", running.api_addr),
             admin: format!("http://{}", running.admin_addr),
@@ -315,6 +459,19 @@ impl Harness {
             dir,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// Stops the proxy (draining) and starts it again from the config file as it is now, on
+    /// new ports, with the same database and sandbox.
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            within("the proxy to stop", r.shutdown()).await;
+        }
+        let config = Config::load(&self.config_path).unwrap_or_else(|e| panic!("test config: {e}"));
+        let running = start_proxy(config).await;
+        self.api = format!("http://{}", running.api_addr);
+        self.admin = format!("http://{}", running.admin_addr);
+        self.running = Some(running);
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -352,13 +509,16 @@ impl Harness {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .expect("request reaches the server");
-        let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.unwrap().to_bytes();
+        let (parts, bytes) = within(&format!("an answer from {url}"), async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .expect("request reaches the server");
+            let (parts, body) = resp.into_parts();
+            (parts, body.collect().await.unwrap().to_bytes())
+        })
+        .await;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         Reply {
             status: parts.status.as_u16(),
@@ -464,9 +624,23 @@ impl Harness {
 
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
-            r.shutdown().await;
+            within("the proxy to stop", r.shutdown()).await;
         }
     }
+}
+
+/// The proxy for `config` on fresh 127.0.0.1:0 listeners (the config's `listen` addresses are
+/// not used), watching its file for reloads.
+pub async fn start_proxy(config: Config) -> Running {
+    let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let listeners = Listeners {
+        api: bind().await,
+        admin: bind().await,
+        sandbox: None,
+    };
+    payroute::app::start(config, listeners, true)
+        .await
+        .unwrap_or_else(|e| panic!("starting the proxy: {e}"))
 }
 
 /// A create body with sensible defaults; `extra` overrides or adds fields.

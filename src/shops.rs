@@ -1,9 +1,10 @@
-//! Shops and their API keys.
+//! The shop directory: shop backends, their API keys, the merchants each may act for, and
+//! their webhooks. Below the API, so config, notifications and the outbox can use it too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::secret::Secret;
+use crate::secret::{sha256, Secret};
 
 /// A shop backend allowed to call the API (config `shops:`).
 #[derive(Debug)]
@@ -32,7 +33,7 @@ impl ShopDirectory {
     pub fn new(shops: Vec<Shop>) -> ShopDirectory {
         let by_key = shops
             .into_iter()
-            .map(|s| (digest(s.api_key.expose()), Arc::new(s)))
+            .map(|s| (sha256(s.api_key.expose()), Arc::new(s)))
             .collect();
         ShopDirectory { by_key }
     }
@@ -51,26 +52,6 @@ impl ShopDirectory {
         if key.is_empty() {
             return None;
         }
-        self.by_key.get(&digest(key)).cloned()
+        self.by_key.get(&sha256(key)).cloned()
     }
-}
-
-fn digest(key: &str) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// Constant-time comparison for a bearer token against one expected value (admin token).
-pub fn token_matches(authorization: Option<&str>, expected: &Secret) -> bool {
-    let Some(given) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
-        return false;
-    };
-    // Compare digests so that neither length nor content leaks through timing.
-    let (a, b) = (digest(given.trim()), digest(expected.expose()));
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
 }
