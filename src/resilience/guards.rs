@@ -1,4 +1,4 @@
-//! The guards around calls: rate limits (governor's GCRA) inbound per shop or per merchant and
+//! The guards around calls: rate limits (GCRA, [`super::gcra`]) inbound per shop or per merchant and
 //! outbound per channel, and each channel's circuit breaker and retry budget.
 //!
 //! Their state lives in [`Resilience`], which outlives config versions: a reload that keeps a
@@ -6,16 +6,14 @@
 //! keeps its breaker and budget across reloads.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::breaker::{Breaker, Outcome};
 use super::budget::RetryBudget;
+use super::gcra::{admit_all_indexed, Gcra};
 use super::RateSpec;
 
 /// An inbound limit (config `limits:`).
@@ -40,7 +38,7 @@ pub struct RateLimited {
     pub retry_after: Duration,
 }
 
-type Keyed = DefaultKeyedRateLimiter<String>;
+type Keyed = Gcra;
 /// The inbound limits of the serving config, each with its limiter.
 type InboundLimits = Arc<Vec<(LimitSettings, Arc<Keyed>)>>;
 
@@ -54,15 +52,6 @@ pub struct Resilience {
     rejected: IntCounterVec,
     circuit_open: IntGaugeVec,
     budget_exhausted: IntCounterVec,
-    clock: DefaultClock,
-}
-
-fn quota(rate: RateSpec) -> Quota {
-    let per_cell = (rate.per / rate.count).max(Duration::from_nanos(1));
-    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(per_cell)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(burst)
 }
 
 impl Resilience {
@@ -99,7 +88,6 @@ impl Resilience {
             rejected,
             circuit_open,
             budget_exhausted,
-            clock: DefaultClock::default(),
         })
     }
 
@@ -109,7 +97,7 @@ impl Resilience {
         match pool.get(name) {
             Some((r, l)) if *r == rate => l.clone(),
             _ => {
-                let l = Arc::new(RateLimiter::keyed(quota(rate)));
+                let l = Arc::new(Gcra::new(rate));
                 pool.insert(name.to_string(), (rate, l.clone()));
                 l
             }
@@ -130,29 +118,32 @@ impl Resilience {
         *self.inbound.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(built);
     }
 
-    /// Takes one request from every inbound limit that applies to this shop and merchant.
+    /// Takes one request from every inbound limit that applies to this shop and merchant —
+    /// from all of them or, when one refuses, from none.
     pub fn check_inbound(&self, shop: &str, merchant: &str) -> Result<(), RateLimited> {
         let inbound = self
             .inbound
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        for (settings, limiter) in inbound.iter() {
-            let key = match settings.key {
-                LimitKey::Merchant => merchant,
-                LimitKey::Shop => shop,
-            };
-            if let Err(not_until) = limiter.check_key(&key.to_string()) {
-                self.rejected
-                    .with_label_values(&[settings.name.as_str()])
-                    .inc();
-                return Err(RateLimited {
-                    limit: settings.name.clone(),
-                    retry_after: not_until.wait_time_from(self.clock.now()),
-                });
+        let checks: Vec<(&Gcra, &str)> = inbound
+            .iter()
+            .map(|(settings, limiter)| {
+                let key = match settings.key {
+                    LimitKey::Merchant => merchant,
+                    LimitKey::Shop => shop,
+                };
+                (limiter.as_ref(), key)
+            })
+            .collect();
+        admit_all_indexed(&checks).map_err(|(i, retry_after)| {
+            let name = inbound[i].0.name.as_str();
+            self.rejected.with_label_values(&[name]).inc();
+            RateLimited {
+                limit: name.to_string(),
+                retry_after,
             }
-        }
-        Ok(())
+        })
     }
 
     /// The guard of a channel: its limit (if any), breaker and retry budget.
@@ -206,14 +197,14 @@ impl ChannelGuard {
     /// Before a call: the rate limit, then the breaker.
     pub fn admit(&self) -> Result<(), Refused> {
         if let Some(limiter) = &self.limit {
-            limiter.check_key(&String::new()).map_err(|not_until| {
+            limiter.check("").map_err(|retry_after| {
                 self.resilience
                     .rejected
                     .with_label_values(&[self.name.as_str()])
                     .inc();
                 RateLimited {
                     limit: self.name.clone(),
-                    retry_after: not_until.wait_time_from(self.resilience.clock.now()),
+                    retry_after,
                 }
             })?;
         }

@@ -2,6 +2,7 @@
 //!
 pub mod breaker;
 pub mod budget;
+pub mod gcra;
 pub mod guards;
 
 use std::time::Duration;
