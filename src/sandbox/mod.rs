@@ -3,13 +3,37 @@
 //!
 //! Both check each request's signature with the configured merchant's (or app's) public key,
 //! validate the fields of each mode, keep orders and refunds in memory, and sign every answer
-//! with their own test key. This module holds what they share: the routes, the test knobs
-//! (`POST /sandbox/pay/{out_trade_no}` marks an order paid, `GET /sandbox/orders/{no}` shows
-//! what arrived, `/sandbox/faults` injects latency, failures and tampered signatures) and the
-//! keys. Every key it holds is TEST-ONLY (`config/sandbox/`).
+//! with their own test key — WeChat Pay answers, errors included, carry `Wechatpay-Serial`,
+//! `-Timestamp`, `-Nonce`, `-Signature` and `-Signature-Type: WECHATPAY2-SHA256-RSA2048`, as the
+//! official SDKs expect. Every key it holds is TEST-ONLY (`config/sandbox/`).
+//!
+//! Both simulators answer through one path (`Sandbox::respond`): signature check, then an
+//! injected failure if one is due (taken atomically), else the work; then the injected latency
+//! (after the work, as a real late answer); then the signature as the faults say.
+//!
+//! # Test knobs
+//! - `POST /sandbox/pay/{out_trade_no}` marks open orders paid (`?mchid=` for one merchant's).
+//! - `GET /sandbox/orders/{out_trade_no}` shows every order with that number at any account:
+//!   its fields as stored (`mchid`, `sub_mchid`, `state`, `request` — the create request as
+//!   received —, `refunds` as `[no, amount, id, status]` / `[no, amount, status]`, …), plus
+//!   `create_calls`, how many create requests that passed the signature check arrived for that
+//!   (account, out_trade_no) — duplicates and ones answered `ORDERPAID` /
+//!   `ACQ.TRADE_HAS_SUCCESS` included, fault-failed ones not (the fault answers before the
+//!   work) — and `account`: `{"provider":"wechatpay","mode":"direct"|"partner","mchid",
+//!   "sub_mchid"}` or `{"provider":"alipay","app_id","app_auth_token_present"}` (never a token).
+//! - `POST /sandbox/faults` replaces the [`Faults`] (unknown fields refused; omitted = off):
+//!   `latency_ms`; `tamper_signature` (every answer) and `tamper_errors` (error answers only);
+//!   `sign_with_certificate` (WeChat Pay: name the platform certificate's serial); `fail_next`
+//!   requests fail with `fail_status` (WeChat Pay, default 500) and `fail_code` (default
+//!   `SYSTEM_ERROR` / `ACQ.SYSTEM_ERROR`), only of the operations in `fail_ops` when set
+//!   (`create`, `query`, `close`, `refund`, `refund_query`), unsigned with `fail_unsigned`,
+//!   with `Retry-After` given `retry_after_secs`; `refund_status` (WeChat Pay refunds created
+//!   `PROCESSING` / `ABNORMAL` / `CLOSED` and kept so); `alipay_refund_pending` (refunds
+//!   accepted with `fund_change: "N"`, settled by the next refund query).
 //!
 //! # Limits
-//! No asynchronous notifications yet.
+//! No asynchronous notifications yet. Refund statuses never change by themselves, except a
+//! pending Alipay refund, which settles when queried.
 
 mod alipay;
 mod wechat;
