@@ -9,15 +9,15 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use super::{Faults, Sandbox};
+use super::{count_create, Faults, Op, Outcome, Sandbox, Signing};
 use crate::channel::alipay::{china_datetime, sign};
 use crate::domain::{parse_yuan, yuan};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub(super) struct AliOrder {
     app_id: String,
     /// `app_auth_token` in ISV mode: whose money it is.
@@ -31,8 +31,31 @@ pub(super) struct AliOrder {
     send_pay_date: Option<String>,
     /// Every request parameter as received except `sign` (biz_content parsed).
     request: Value,
-    /// Refunds: (out_request_no, amount).
-    refunds: Vec<(String, u64)>,
+    /// Refunds, each shown as `[out_request_no, amount, status]`.
+    refunds: Vec<AliRefund>,
+}
+
+#[derive(Clone, Debug)]
+struct AliRefund {
+    out_request_no: String,
+    amount: u64,
+    /// False while processing (`Faults::alipay_refund_pending`): no money moved yet.
+    settled: bool,
+}
+
+/// As the tuple the orders view has always shown, with the status appended.
+impl Serialize for AliRefund {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(3)?;
+        t.serialize_element(&self.out_request_no)?;
+        t.serialize_element(&self.amount)?;
+        t.serialize_element(if self.settled {
+            "REFUND_SUCCESS"
+        } else {
+            "REFUND_PROCESSING"
+        })?;
+        t.end()
+    }
 }
 
 impl AliOrder {
@@ -45,6 +68,27 @@ impl AliOrder {
         self.send_pay_date = Some(china_datetime(OffsetDateTime::now_utc()));
         true
     }
+
+    /// The order as `GET /sandbox/orders` shows it: every field, plus the account (which
+    /// says whether an app_auth_token came, never the token).
+    pub(super) fn view(&self) -> Value {
+        let mut v = json!(self);
+        v["account"] = json!({
+            "provider": "alipay",
+            "app_id": self.app_id,
+            "app_auth_token_present": self.app_auth_token.is_some(),
+        });
+        v
+    }
+
+    /// What has been refunded so far: settled refunds only.
+    fn refunded(&self) -> u64 {
+        self.refunds
+            .iter()
+            .filter(|r| r.settled)
+            .map(|r| r.amount)
+            .sum()
+    }
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -56,7 +100,7 @@ enum Gateway {
 }
 
 impl Sandbox {
-    /// Answers a gateway call. As for WeChat Pay, injected latency comes after the work.
+    /// Answers a gateway call through the shared answer → latency → sign path.
     pub(super) async fn alipay_gateway(
         &self,
         method: &Method,
@@ -70,21 +114,24 @@ impl Sandbox {
         {
             params.insert(k, v);
         }
-        let faults = self
-            .faults
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let answer = self.gateway_answer(method, &params, &faults);
-        if faults.latency_ms > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(faults.latency_ms)).await;
-        }
-        match answer {
-            Gateway::Json { key, inner } => self.alipay_answer(&key, &inner, &faults),
-            Gateway::Cashier(inner) => {
-                cashier(&serde_json::from_str(&inner).unwrap_or(Value::Null))
-            }
-        }
+        self.respond(
+            |faults| {
+                let out = self.gateway_answer(method, &params, faults);
+                let error = match &out.answer {
+                    Gateway::Json { inner, .. } | Gateway::Cashier(inner) => {
+                        serde_json::from_str::<Value>(inner).map_or(true, |v| v["code"] != "10000")
+                    }
+                };
+                Outcome { error, ..out }
+            },
+            |answer, signing| match answer {
+                Gateway::Json { key, inner } => self.alipay_answer(&key, &inner, signing),
+                Gateway::Cashier(inner) => {
+                    cashier(&serde_json::from_str(&inner).unwrap_or(Value::Null))
+                }
+            },
+        )
+        .await
     }
 
     fn gateway_answer(
@@ -92,27 +139,33 @@ impl Sandbox {
         method: &Method,
         params: &BTreeMap<String, String>,
         faults: &Faults,
-    ) -> Gateway {
+    ) -> Outcome<Gateway> {
         let api = params.get("method").cloned().unwrap_or_default();
         let json = |key: String, inner: String| Gateway::Json { key, inner };
         if let Err(why) = self.check_alipay_signature(params) {
             let inner = error_body("40002", "Invalid Arguments", "isv.invalid-signature", &why);
-            return json("error_response".into(), inner);
+            return Outcome::done(json("error_response".into(), inner), true);
         }
-        if faults.fail_next > 0 {
-            let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
-            f.fail_next = f.fail_next.saturating_sub(1);
-            let sub = faults
-                .fail_code
-                .clone()
-                .unwrap_or_else(|| "ACQ.SYSTEM_ERROR".into());
+        let op = match api.as_str() {
+            "alipay.trade.precreate"
+            | "alipay.trade.page.pay"
+            | "alipay.trade.wap.pay"
+            | "alipay.trade.app.pay" => Some(Op::Create),
+            "alipay.trade.query" => Some(Op::Query),
+            "alipay.trade.close" => Some(Op::Close),
+            "alipay.trade.refund" => Some(Op::Refund),
+            "alipay.trade.fastpay.refund.query" => Some(Op::RefundQuery),
+            _ => None,
+        };
+        if let Some(f) = self.take_failure(op) {
+            let sub = f.code.unwrap_or_else(|| "ACQ.SYSTEM_ERROR".into());
             let inner = error_body(
                 "40004",
                 "Business Failed",
                 &sub,
                 "injected by /sandbox/faults",
             );
-            return json(response_key(&api), inner);
+            return Outcome::injected(json(response_key(&api), inner));
         }
         let biz: Value = params
             .get("biz_content")
@@ -127,11 +180,12 @@ impl Sandbox {
             "alipay.trade.page.pay" | "alipay.trade.wap.pay" | "alipay.trade.app.pay"
                 if *method == Method::GET =>
             {
-                return Gateway::Cashier(self.ali_create(params, &biz, &seller));
+                let inner = self.ali_create(params, &biz, &seller);
+                return Outcome::done(Gateway::Cashier(inner), false);
             }
             "alipay.trade.query" => self.ali_query(&biz, &seller),
             "alipay.trade.close" => self.ali_close(&biz, &seller),
-            "alipay.trade.refund" => self.ali_refund(&biz, &seller),
+            "alipay.trade.refund" => self.ali_refund(&biz, &seller, faults),
             "alipay.trade.fastpay.refund.query" => self.ali_refund_query(&biz, &seller),
             _ => error_body(
                 "40004",
@@ -140,7 +194,8 @@ impl Sandbox {
                 "method not supported by the sandbox",
             ),
         };
-        json(response_key(&api), inner)
+        // `error` is filled in from the inner code by the caller.
+        Outcome::done(json(response_key(&api), inner), false)
     }
 
     fn check_alipay_signature(&self, params: &BTreeMap<String, String>) -> Result<(), String> {
@@ -148,7 +203,7 @@ impl Sandbox {
         if params.get("sign_type").map(String::as_str) != Some("RSA2") {
             return Err("sign_type must be RSA2".into());
         }
-        let apps = self.alipay_apps.read().unwrap_or_else(|p| p.into_inner());
+        let apps = self.alipay_apps.load();
         let key = apps
             .get(app_id)
             .ok_or_else(|| format!("no public key for app {app_id}"))?;
@@ -162,6 +217,10 @@ impl Sandbox {
     /// The inner response object, as JSON text in Alipay's own field order.
     fn ali_create(&self, params: &BTreeMap<String, String>, biz: &Value, seller: &str) -> String {
         let s = |k: &str| biz[k].as_str().filter(|v| !v.is_empty());
+        // Every signed create for (seller, out_trade_no) counts, whatever it is answered.
+        if let Some(no) = s("out_trade_no") {
+            count_create(&self.alipay_creates, seller, no);
+        }
         let (Some(no), Some(total), Some(subject)) =
             (s("out_trade_no"), s("total_amount"), s("subject"))
         else {
@@ -176,52 +235,45 @@ impl Sandbox {
             Ok(a) => a,
             Err(body) => return body,
         };
-        if params.get("notify_url").is_none_or(|u| u.is_empty()) {
-            return error_body(
-                "40002",
-                "Invalid Arguments",
-                "isv.missing-parameter",
-                "notify_url is required by the sandbox",
-            );
-        }
+        // notify_url is optional at Alipay: without it, no notification is sent.
         let api = params.get("method").cloned().unwrap_or_default();
-        let mut orders = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
         let key = (seller.to_string(), no.to_string());
-        if let Some(o) = orders.get(&key) {
-            if o.state == "TRADE_SUCCESS" {
-                return error_body(
-                    "40004",
-                    "Business Failed",
-                    "ACQ.TRADE_HAS_SUCCESS",
-                    "交易已被支付",
-                );
+        match self.alipay_orders.entry(key) {
+            dashmap::Entry::Occupied(o) => {
+                let o = o.get();
+                if o.state == "TRADE_SUCCESS" {
+                    return error_body(
+                        "40004",
+                        "Business Failed",
+                        "ACQ.TRADE_HAS_SUCCESS",
+                        "交易已被支付",
+                    );
+                }
+                if o.state == "TRADE_CLOSED" {
+                    return error_body(
+                        "40004",
+                        "Business Failed",
+                        "ACQ.TRADE_HAS_CLOSE",
+                        "交易已经关闭",
+                    );
+                }
+                if o.amount != amount {
+                    return error_body(
+                        "40004",
+                        "Business Failed",
+                        "ACQ.INVALID_PARAMETER",
+                        "out_trade_no used with another amount",
+                    );
+                }
             }
-            if o.state == "TRADE_CLOSED" {
-                return error_body(
-                    "40004",
-                    "Business Failed",
-                    "ACQ.TRADE_HAS_CLOSE",
-                    "交易已经关闭",
-                );
-            }
-            if o.amount != amount {
-                return error_body(
-                    "40004",
-                    "Business Failed",
-                    "ACQ.INVALID_PARAMETER",
-                    "out_trade_no used with another amount",
-                );
-            }
-        } else {
-            let mut request: serde_json::Map<String, Value> = params
-                .iter()
-                .filter(|(k, _)| k.as_str() != "sign")
-                .map(|(k, v)| (k.clone(), json!(v)))
-                .collect();
-            request.insert("biz_content".into(), biz.clone());
-            orders.insert(
-                key,
-                AliOrder {
+            dashmap::Entry::Vacant(slot) => {
+                let mut request: serde_json::Map<String, Value> = params
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "sign")
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect();
+                request.insert("biz_content".into(), biz.clone());
+                slot.insert(AliOrder {
                     app_id: params.get("app_id").cloned().unwrap_or_default(),
                     app_auth_token: params.get("app_auth_token").cloned(),
                     out_trade_no: no.to_string(),
@@ -233,8 +285,8 @@ impl Sandbox {
                     send_pay_date: None,
                     request: Value::Object(request),
                     refunds: Vec::new(),
-                },
-            );
+                });
+            }
         }
         format!(
             r#"{{"code":"10000","msg":"Success","out_trade_no":{},"qr_code":{}}}"#,
@@ -245,8 +297,10 @@ impl Sandbox {
 
     fn ali_query(&self, biz: &Value, seller: &str) -> String {
         let no = biz["out_trade_no"].as_str().unwrap_or("");
-        let orders = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(o) = orders.get(&(seller.to_string(), no.to_string())) else {
+        let Some(o) = self
+            .alipay_orders
+            .get(&(seller.to_string(), no.to_string()))
+        else {
             return error_body(
                 "40004",
                 "Business Failed",
@@ -273,10 +327,14 @@ impl Sandbox {
         s
     }
 
+    /// Only an unpaid trade closes; a paid or already closed one answers
+    /// `ACQ.TRADE_STATUS_ERROR`, as Alipay does.
     fn ali_close(&self, biz: &Value, seller: &str) -> String {
         let no = biz["out_trade_no"].as_str().unwrap_or("");
-        let mut orders = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(o) = orders.get_mut(&(seller.to_string(), no.to_string())) else {
+        let Some(mut o) = self
+            .alipay_orders
+            .get_mut(&(seller.to_string(), no.to_string()))
+        else {
             return error_body(
                 "40004",
                 "Business Failed",
@@ -284,7 +342,7 @@ impl Sandbox {
                 "交易不存在",
             );
         };
-        if o.state == "TRADE_SUCCESS" {
+        if o.state != "WAIT_BUYER_PAY" {
             return error_body(
                 "40004",
                 "Business Failed",
@@ -299,7 +357,11 @@ impl Sandbox {
         )
     }
 
-    fn ali_refund(&self, biz: &Value, seller: &str) -> String {
+    /// `fund_change` is `Y` when this call moved money; `N` for a repeat of the same
+    /// out_request_no (never refunded twice) or a refund left processing
+    /// (`Faults::alipay_refund_pending`). `refund_fee` is what has been refunded on the trade
+    /// so far (settled refunds); processing ones still count against the refundable amount.
+    fn ali_refund(&self, biz: &Value, seller: &str, faults: &Faults) -> String {
         let s = |k: &str| biz[k].as_str().filter(|v| !v.is_empty());
         let (Some(no), Some(amount), Some(request_no)) =
             (s("out_trade_no"), s("refund_amount"), s("out_request_no"))
@@ -315,8 +377,10 @@ impl Sandbox {
             Ok(a) => a,
             Err(body) => return body,
         };
-        let mut orders = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(o) = orders.get_mut(&(seller.to_string(), no.to_string())) else {
+        let Some(mut o) = self
+            .alipay_orders
+            .get_mut(&(seller.to_string(), no.to_string()))
+        else {
             return error_body(
                 "40004",
                 "Business Failed",
@@ -324,8 +388,9 @@ impl Sandbox {
                 "交易不存在",
             );
         };
-        let fund_change = if let Some((_, a)) = o.refunds.iter().find(|(n, _)| n == request_no) {
-            if *a != amount {
+        let fund_change = if let Some(r) = o.refunds.iter().find(|r| r.out_request_no == request_no)
+        {
+            if r.amount != amount {
                 return error_body(
                     "40004",
                     "Business Failed",
@@ -343,8 +408,8 @@ impl Sandbox {
                     "交易状态不合法",
                 );
             }
-            let refunded: u64 = o.refunds.iter().map(|(_, a)| a).sum();
-            if refunded + amount > o.amount {
+            let held: u64 = o.refunds.iter().map(|r| r.amount).sum();
+            if held + amount > o.amount {
                 return error_body(
                     "40004",
                     "Business Failed",
@@ -352,23 +417,34 @@ impl Sandbox {
                     "退款金额超限",
                 );
             }
-            o.refunds.push((request_no.to_string(), amount));
-            "Y"
+            let settled = !faults.alipay_refund_pending;
+            o.refunds.push(AliRefund {
+                out_request_no: request_no.to_string(),
+                amount,
+                settled,
+            });
+            if settled {
+                "Y"
+            } else {
+                "N"
+            }
         };
-        let refund_fee: u64 = o.refunds.iter().map(|(_, a)| a).sum();
         format!(
             r#"{{"code":"10000","msg":"Success","buyer_logon_id":"san***@sandbox.example","fund_change":"{fund_change}","out_trade_no":{},"refund_fee":"{}","trade_no":{}}}"#,
             json!(no),
-            yuan(refund_fee),
+            yuan(o.refunded()),
             json!(o.trade_no)
         )
     }
 
+    /// A refund left processing has settled by the time it is queried.
     fn ali_refund_query(&self, biz: &Value, seller: &str) -> String {
         let no = biz["out_trade_no"].as_str().unwrap_or("");
         let request_no = biz["out_request_no"].as_str().unwrap_or("");
-        let orders = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(o) = orders.get(&(seller.to_string(), no.to_string())) else {
+        let Some(mut o) = self
+            .alipay_orders
+            .get_mut(&(seller.to_string(), no.to_string()))
+        else {
             return error_body(
                 "40004",
                 "Business Failed",
@@ -376,15 +452,23 @@ impl Sandbox {
                 "交易不存在",
             );
         };
-        match o.refunds.iter().find(|(n, _)| n == request_no) {
-            Some((_, amount)) => format!(
-                r#"{{"code":"10000","msg":"Success","out_request_no":{},"out_trade_no":{},"refund_amount":"{}","refund_status":"REFUND_SUCCESS","total_amount":"{}","trade_no":{}}}"#,
-                json!(request_no),
-                json!(no),
-                yuan(*amount),
-                yuan(o.amount),
-                json!(o.trade_no)
-            ),
+        let total = o.amount;
+        match o
+            .refunds
+            .iter_mut()
+            .find(|r| r.out_request_no == request_no)
+        {
+            Some(r) => {
+                r.settled = true;
+                format!(
+                    r#"{{"code":"10000","msg":"Success","out_request_no":{},"out_trade_no":{},"refund_amount":"{}","refund_status":"REFUND_SUCCESS","total_amount":"{}","trade_no":{}}}"#,
+                    json!(request_no),
+                    json!(no),
+                    yuan(r.amount),
+                    yuan(total),
+                    json!(o.trade_no)
+                )
+            }
             // As Alipay: success code, no refund_status, when there is no such refund.
             None => format!(
                 r#"{{"code":"10000","msg":"Success","out_trade_no":{}}}"#,
@@ -393,13 +477,13 @@ impl Sandbox {
         }
     }
 
-    /// `{"<key>":<inner>,"sign":"…"}` with the signature over the exact bytes of `inner`.
-    fn alipay_answer(&self, key: &str, inner: &str, faults: &Faults) -> Answer {
-        let mut signature = self.alipay_signer.sign_b64(inner.as_bytes());
-        if faults.tamper_signature {
-            signature = super::tamper(&signature);
-        }
-        let body = format!(r#"{{"{key}":{inner},"sign":"{signature}"}}"#);
+    /// `{"<key>":<inner>,"sign":"…"}` with the signature over the exact bytes of `inner`;
+    /// `{"<key>":<inner>}` when the answer goes unsigned.
+    fn alipay_answer(&self, key: &str, inner: &str, signing: &Signing) -> Answer {
+        let body = match signing.signature(&self.alipay_signer, inner.as_bytes()) {
+            Some(signature) => format!(r#"{{"{key}":{inner},"sign":"{signature}"}}"#),
+            None => format!(r#"{{"{key}":{inner}}}"#),
+        };
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = StatusCode::OK;
         resp.headers_mut().insert(
@@ -462,4 +546,194 @@ fn cashier(inner: &Value) -> Answer {
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     *resp.status_mut() = status;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Sandbox;
+    use super::*;
+
+    const APP: &str = "2021000000009999";
+
+    fn params(token: Option<&str>) -> BTreeMap<String, String> {
+        let mut p = BTreeMap::new();
+        p.insert("app_id".to_string(), APP.to_string());
+        p.insert("method".to_string(), "alipay.trade.precreate".to_string());
+        if let Some(t) = token {
+            p.insert("app_auth_token".to_string(), t.to_string());
+        }
+        p
+    }
+
+    fn v(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn paid_order(sb: &Sandbox, no: &str, total: &str) {
+        let biz = json!({"out_trade_no": no, "total_amount": total, "subject": "s"});
+        assert_eq!(v(&sb.ali_create(&params(None), &biz, APP))["code"], "10000");
+        sb.alipay_orders
+            .get_mut(&(APP.into(), no.into()))
+            .unwrap()
+            .mark_paid(7);
+    }
+
+    fn refund(sb: &Sandbox, no: &str, req: &str, amount: &str, faults: &Faults) -> Value {
+        let biz = json!({"out_trade_no": no, "out_request_no": req, "refund_amount": amount});
+        v(&sb.ali_refund(&biz, APP, faults))
+    }
+
+    #[test]
+    fn create_needs_no_notify_url_counts_calls_and_shows_the_account_without_a_token() {
+        let sb = Sandbox::new(Vec::new());
+        let biz = json!({"out_trade_no": "a-1", "total_amount": "1.00", "subject": "s"});
+        let seller = "tok_SECRET";
+        assert_eq!(
+            v(&sb.ali_create(&params(Some(seller)), &biz, seller))["code"],
+            "10000"
+        );
+        assert_eq!(
+            v(&sb.ali_create(&params(Some(seller)), &biz, seller))["code"],
+            "10000"
+        );
+        let key = (seller.to_string(), "a-1".to_string());
+        sb.alipay_orders.get_mut(&key).unwrap().mark_paid(1);
+        let again = v(&sb.ali_create(&params(Some(seller)), &biz, seller));
+        assert_eq!(again["sub_code"], "ACQ.TRADE_HAS_SUCCESS");
+        let view = sb.alipay_view(&key, &sb.alipay_orders.get(&key).unwrap());
+        assert_eq!(view["create_calls"], 3);
+        assert_eq!(
+            view["account"],
+            json!({"provider": "alipay", "app_id": APP, "app_auth_token_present": true})
+        );
+        assert_eq!(view["state"], "TRADE_SUCCESS");
+        assert_eq!(view["request"]["biz_content"]["total_amount"], "1.00");
+    }
+
+    #[test]
+    fn close_of_a_closed_or_paid_trade_is_a_status_error() {
+        let sb = Sandbox::new(Vec::new());
+        let biz = json!({"out_trade_no": "c-1", "total_amount": "1.00", "subject": "s"});
+        sb.ali_create(&params(None), &biz, APP);
+        let close = |no: &str| v(&sb.ali_close(&json!({ "out_trade_no": no }), APP));
+        assert_eq!(close("c-1")["code"], "10000");
+        assert_eq!(close("c-1")["sub_code"], "ACQ.TRADE_STATUS_ERROR");
+        paid_order(&sb, "c-2", "1.00");
+        assert_eq!(close("c-2")["sub_code"], "ACQ.TRADE_STATUS_ERROR");
+        assert_eq!(close("c-3")["sub_code"], "ACQ.TRADE_NOT_EXIST");
+    }
+
+    #[test]
+    fn refunds_answer_fund_change_and_the_total_refunded() {
+        let sb = Sandbox::new(Vec::new());
+        let none = Faults::default();
+        paid_order(&sb, "r-1", "1.00");
+        let r = refund(&sb, "r-1", "r-1-a", "0.30", &none);
+        assert_eq!(
+            (r["fund_change"].as_str(), r["refund_fee"].as_str()),
+            (Some("Y"), Some("0.30"))
+        );
+        let r = refund(&sb, "r-1", "r-1-b", "0.20", &none);
+        assert_eq!(
+            (r["fund_change"].as_str(), r["refund_fee"].as_str()),
+            (Some("Y"), Some("0.50"))
+        );
+        // A repeat refunds nothing twice.
+        let r = refund(&sb, "r-1", "r-1-a", "0.30", &none);
+        assert_eq!(
+            (r["fund_change"].as_str(), r["refund_fee"].as_str()),
+            (Some("N"), Some("0.50"))
+        );
+        let r = refund(&sb, "r-1", "r-1-c", "0.51", &none);
+        assert_eq!(r["sub_code"], "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL");
+        let q = v(&sb.ali_refund_query(
+            &json!({"out_trade_no": "r-1", "out_request_no": "r-1-b"}),
+            APP,
+        ));
+        assert_eq!(
+            (
+                q["refund_status"].as_str(),
+                q["refund_amount"].as_str(),
+                q["total_amount"].as_str()
+            ),
+            (Some("REFUND_SUCCESS"), Some("0.20"), Some("1.00"))
+        );
+        let q = v(&sb.ali_refund_query(
+            &json!({"out_trade_no": "r-1", "out_request_no": "nope"}),
+            APP,
+        ));
+        assert_eq!(
+            (q["code"].as_str(), q.get("refund_status")),
+            (Some("10000"), None)
+        );
+    }
+
+    #[test]
+    fn a_pending_refund_moves_no_money_until_it_settles() {
+        let sb = Sandbox::new(Vec::new());
+        let pending = Faults {
+            alipay_refund_pending: true,
+            ..Faults::default()
+        };
+        paid_order(&sb, "p-1", "1.00");
+        let r = refund(&sb, "p-1", "p-1-a", "0.60", &pending);
+        assert_eq!(
+            (r["code"].as_str(), r["fund_change"].as_str()),
+            (Some("10000"), Some("N"))
+        );
+        assert_eq!(r["refund_fee"], "0.00", "nothing refunded yet");
+        // Processing still holds the amount.
+        let r = refund(&sb, "p-1", "p-1-b", "0.50", &Faults::default());
+        assert_eq!(r["sub_code"], "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL");
+        let key = (APP.to_string(), "p-1".to_string());
+        let view = sb.alipay_view(&key, &sb.alipay_orders.get(&key).unwrap());
+        assert_eq!(
+            view["refunds"][0],
+            json!(["p-1-a", 60, "REFUND_PROCESSING"])
+        );
+        let q = v(&sb.ali_refund_query(
+            &json!({"out_trade_no": "p-1", "out_request_no": "p-1-a"}),
+            APP,
+        ));
+        assert_eq!(
+            (q["refund_status"].as_str(), q["refund_amount"].as_str()),
+            (Some("REFUND_SUCCESS"), Some("0.60"))
+        );
+        let r = refund(&sb, "p-1", "p-1-a", "0.60", &Faults::default());
+        assert_eq!(
+            (r["fund_change"].as_str(), r["refund_fee"].as_str()),
+            (Some("N"), Some("0.60"))
+        );
+    }
+
+    #[tokio::test]
+    async fn injected_failures_can_go_unsigned_and_errors_tampered() {
+        let sb = Sandbox::new(Vec::new());
+        let key = sb.alipay_signer.verifier();
+        let answer = |out: Outcome<String>| {
+            sb.respond(
+                move |_| out,
+                |inner, signing| sb.alipay_answer("k_response", &inner, signing),
+            )
+        };
+        let body = |resp: Answer| async move {
+            use http_body_util::BodyExt;
+            let b = resp.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(b.to_vec()).unwrap()
+        };
+        let err = error_body("40004", "Business Failed", "ACQ.SYSTEM_ERROR", "x");
+        *sb.faults() =
+            serde_json::from_value(json!({"fail_unsigned": true, "retry_after_secs": 2})).unwrap();
+        let resp = answer(Outcome::injected(err.clone())).await;
+        assert_eq!(resp.headers()["retry-after"], "2");
+        assert_eq!(body(resp).await, format!(r#"{{"k_response":{err}}}"#));
+
+        *sb.faults() = serde_json::from_value(json!({"tamper_errors": true})).unwrap();
+        let split = |text: &str| v(text)["sign"].as_str().unwrap().to_string();
+        let text = body(answer(Outcome::done(err.clone(), true)).await).await;
+        assert!(!key.verify_b64(err.as_bytes(), &split(&text)));
+        let ok = r#"{"code":"10000","msg":"Success"}"#.to_string();
+        let text = body(answer(Outcome::done(ok.clone(), false)).await).await;
+        assert!(key.verify_b64(ok.as_bytes(), &split(&text)));
+    }
 }

@@ -3,21 +3,49 @@
 //!
 //! Both check each request's signature with the configured merchant's (or app's) public key,
 //! validate the fields of each mode, keep orders and refunds in memory, and sign every answer
-//! with their own test key. This module holds what they share: the routes, the test knobs
-//! (`POST /sandbox/pay/{out_trade_no}` marks an order paid, `GET /sandbox/orders/{no}` shows
-//! what arrived, `/sandbox/faults` injects latency, failures and tampered signatures) and the
-//! keys. Every key it holds is TEST-ONLY (`config/sandbox/`).
+//! with their own test key — WeChat Pay answers, errors included, carry `Wechatpay-Serial`,
+//! `-Timestamp`, `-Nonce`, `-Signature` and `-Signature-Type: WECHATPAY2-SHA256-RSA2048`, as the
+//! official SDKs expect. Every key it holds is TEST-ONLY (`config/sandbox/`).
+//!
+//! Both simulators answer through one path (`Sandbox::respond`): signature check, then an
+//! injected failure if one is due (taken atomically), else the work; then the injected latency
+//! (after the work, as a real late answer); then the signature as the faults say.
+//!
+//! # Test knobs
+//! - `POST /sandbox/pay/{out_trade_no}` marks open orders paid (`?mchid=` for one merchant's).
+//! - `GET /sandbox/orders/{out_trade_no}` shows every order with that number at any account:
+//!   its fields as stored (`mchid`, `sub_mchid`, `state`, `request` — the create request as
+//!   received —, `refunds` as `[no, amount, id, status]` / `[no, amount, status]`, …), plus
+//!   `create_calls`, how many create requests that passed the signature check arrived for that
+//!   (account, out_trade_no) — duplicates and ones answered `ORDERPAID` /
+//!   `ACQ.TRADE_HAS_SUCCESS` included, fault-failed ones not (the fault answers before the
+//!   work) — and `account`: `{"provider":"wechatpay","mode":"direct"|"partner","mchid",
+//!   "sub_mchid"}` or `{"provider":"alipay","app_id","app_auth_token_present"}` (never a token).
+//! - `POST /sandbox/faults` replaces the [`Faults`] (unknown fields refused; omitted = off):
+//!   `latency_ms`; `tamper_signature` (every answer) and `tamper_errors` (error answers only);
+//!   `sign_with_certificate` (WeChat Pay: name the platform certificate's serial); `fail_next`
+//!   requests fail with `fail_status` (WeChat Pay, default 500) and `fail_code` (default
+//!   `SYSTEM_ERROR` / `ACQ.SYSTEM_ERROR`), only of the operations in `fail_ops` when set
+//!   (`create`, `query`, `close`, `refund`, `refund_query`), unsigned with `fail_unsigned`,
+//!   with `Retry-After` given `retry_after_secs`; `refund_status` (WeChat Pay refunds created
+//!   `PROCESSING` / `ABNORMAL` / `CLOSED` and kept so); `alipay_refund_pending` (refunds
+//!   accepted with `fund_change: "N"`, settled by the next refund query).
 //!
 //! # Limits
-//! No asynchronous notifications yet.
+//! No asynchronous notifications yet. Refund statuses never change by themselves, except a
+//! pending Alipay refund, which settles when queried.
 
 mod alipay;
 mod wechat;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -64,33 +92,148 @@ pub enum SandboxMerchant {
     Alipay { app_id: String, key: RsaVerifier },
 }
 
-/// Knobs for tests and benchmarks (`POST /sandbox/faults`).
+/// Knobs for tests and benchmarks (`POST /sandbox/faults`); each POST replaces them all.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Faults {
-    /// Added before every `/v3` answer.
+    /// Added before every `/v3` and gateway answer, after the work.
     pub latency_ms: u64,
     /// Flip a byte of every answer's signature.
     pub tamper_signature: bool,
-    /// Fail this many of the next `/v3` requests with `fail_status` / `fail_code`.
+    /// Fail this many of the next signed `/v3` / gateway requests (of `fail_ops` when set)
+    /// with `fail_status` / `fail_code`. Each failure is taken atomically: N concurrent
+    /// requests consume at most `fail_next` failures between them.
     pub fail_next: u32,
     pub fail_status: Option<u16>,
     pub fail_code: Option<String>,
     /// Name the platform certificate's serial instead of the public key id.
     pub sign_with_certificate: bool,
+    /// When set, `fail_next` only applies to (and is only consumed by) these operations:
+    /// `create`, `query`, `close`, `refund`, `refund_query`.
+    pub fail_ops: Option<Vec<String>>,
+    /// Injected failures go unsigned (WeChat: no `Wechatpay-*` headers; Alipay: no `sign`).
+    pub fail_unsigned: bool,
+    /// Tamper the signature of error answers only (non-2xx WeChat, code ≠ 10000 Alipay).
+    pub tamper_errors: bool,
+    /// Injected failures carry `Retry-After: N`.
+    pub retry_after_secs: Option<u64>,
+    /// WeChat refunds are created with this `status` (`PROCESSING`, `ABNORMAL`, `CLOSED`)
+    /// instead of `SUCCESS`, and keep it. All but `CLOSED` count against the refundable amount.
+    pub refund_status: Option<String>,
+    /// `alipay.trade.refund` accepts with `fund_change: "N"` and records the refund as
+    /// processing; the next `alipay.trade.fastpay.refund.query` finds it settled.
+    pub alipay_refund_pending: bool,
 }
 
+impl Faults {
+    fn check(&self) -> Result<(), String> {
+        for op in self.fail_ops.iter().flatten() {
+            if Op::from_name(op).is_none() {
+                return Err(format!(
+                    "unknown fail_ops entry {op:?} (create, query, close, refund, refund_query)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The operations `fail_ops` names, the same for both providers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Op {
+    Create,
+    Query,
+    Close,
+    Refund,
+    RefundQuery,
+}
+
+impl Op {
+    fn from_name(name: &str) -> Option<Op> {
+        Some(match name {
+            "create" => Op::Create,
+            "query" => Op::Query,
+            "close" => Op::Close,
+            "refund" => Op::Refund,
+            "refund_query" => Op::RefundQuery,
+            _ => return None,
+        })
+    }
+}
+
+/// An injected failure taken from [`Faults::fail_next`]: what to answer instead of the work.
+pub(super) struct Injected {
+    pub(super) status: Option<u16>,
+    pub(super) code: Option<String>,
+}
+
+/// What a simulator's work produced, before latency and signing.
+pub(super) struct Outcome<T> {
+    pub(super) answer: T,
+    /// Answered by an injected failure, before any work was done.
+    pub(super) injected: bool,
+    /// An error answer: non-2xx at WeChat Pay, code ≠ 10000 at Alipay.
+    pub(super) error: bool,
+}
+
+impl<T> Outcome<T> {
+    pub(super) fn done(answer: T, error: bool) -> Self {
+        Outcome {
+            answer,
+            injected: false,
+            error,
+        }
+    }
+
+    pub(super) fn injected(answer: T) -> Self {
+        Outcome {
+            answer,
+            injected: true,
+            error: true,
+        }
+    }
+}
+
+/// How one answer is to be signed, decided from the faults and the outcome.
+pub(super) struct Signing {
+    /// False: the answer goes out with no signature at all (`fail_unsigned`).
+    pub(super) sign: bool,
+    pub(super) tamper: bool,
+    /// WeChat Pay: name the platform certificate's serial.
+    pub(super) with_certificate: bool,
+}
+
+impl Signing {
+    /// The base64 signature of `msg`, tampered when asked; `None` for an unsigned answer.
+    pub(super) fn signature(&self, signer: &RsaSigner, msg: &[u8]) -> Option<String> {
+        if !self.sign {
+            return None;
+        }
+        let sig = signer.sign_b64(msg);
+        Some(if self.tamper { tamper(&sig) } else { sig })
+    }
+}
+
+/// Orders and create-call counts, keyed by (account, out_trade_no).
+type Orders<O> = DashMap<(String, String), O>;
+
 pub struct Sandbox {
-    merchants: RwLock<HashMap<(String, String), RsaVerifier>>,
-    orders: Mutex<HashMap<(String, String), wechat::Order>>,
-    alipay_apps: RwLock<HashMap<String, RsaVerifier>>,
+    /// WeChat Pay: (mchid, certificate serial) → the merchant's public key.
+    merchants: ArcSwap<HashMap<(String, String), RsaVerifier>>,
+    /// By (mchid, or `mchid/sub_mchid` in partner mode; out_trade_no).
+    orders: Orders<wechat::Order>,
+    /// Create requests that passed the signature check, by the same key as `orders`.
+    wechat_creates: Orders<u32>,
+    alipay_apps: ArcSwap<HashMap<String, RsaVerifier>>,
     /// By (seller: app_auth_token or app_id, out_trade_no).
-    alipay_orders: Mutex<HashMap<(String, String), alipay::AliOrder>>,
+    alipay_orders: Orders<alipay::AliOrder>,
+    /// Create requests that passed the signature check, by the same key as `alipay_orders`.
+    alipay_creates: Orders<u32>,
     alipay_signer: RsaSigner,
     faults: Mutex<Faults>,
     signer: RsaSigner,
     cert_serial: String,
-    counter: std::sync::atomic::AtomicU64,
+    counter: AtomicU64,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -102,16 +245,18 @@ impl Sandbox {
         let cert = Certificate::from_pem(PLATFORM_CERT_PEM)
             .expect("the bundled sandbox certificate parses");
         let sb = Sandbox {
-            merchants: RwLock::new(HashMap::new()),
-            orders: Mutex::new(HashMap::new()),
-            alipay_apps: RwLock::new(HashMap::new()),
-            alipay_orders: Mutex::new(HashMap::new()),
+            merchants: ArcSwap::from_pointee(HashMap::new()),
+            orders: DashMap::new(),
+            wechat_creates: DashMap::new(),
+            alipay_apps: ArcSwap::from_pointee(HashMap::new()),
+            alipay_orders: DashMap::new(),
+            alipay_creates: DashMap::new(),
             alipay_signer: RsaSigner::from_text(ALIPAY_KEY_PEM)
                 .expect("the bundled sandbox Alipay key parses"),
             faults: Mutex::new(Faults::default()),
             signer,
             cert_serial: cert.serial,
-            counter: std::sync::atomic::AtomicU64::new(1),
+            counter: AtomicU64::new(1),
         };
         sb.set_merchants(merchants);
         Arc::new(sb)
@@ -134,8 +279,8 @@ impl Sandbox {
                 }
             }
         }
-        *self.merchants.write().unwrap_or_else(|p| p.into_inner()) = wechat;
-        *self.alipay_apps.write().unwrap_or_else(|p| p.into_inner()) = alipay;
+        self.merchants.store(Arc::new(wechat));
+        self.alipay_apps.store(Arc::new(alipay));
     }
 
     /// The platform certificate (PEM), for channels in certificate mode.
@@ -180,17 +325,21 @@ impl Sandbox {
             (&Method::GET, ["sandbox", "orders", no]) => {
                 self.orders_json(&crate::server::decode(no))
             }
-            (&Method::POST, ["sandbox", "faults"]) => match serde_json::from_slice::<Faults>(&body)
-            {
-                Ok(f) => {
-                    *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = f.clone();
-                    plain(StatusCode::OK, json!(f))
+            (&Method::POST, ["sandbox", "faults"]) => {
+                match serde_json::from_slice::<Faults>(&body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| f.check().map(|()| f))
+                {
+                    Ok(f) => {
+                        *self.faults() = f.clone();
+                        plain(StatusCode::OK, json!(f))
+                    }
+                    Err(e) => plain(
+                        StatusCode::BAD_REQUEST,
+                        json!({"code":"PARAM_ERROR","message":e}),
+                    ),
                 }
-                Err(e) => plain(
-                    StatusCode::BAD_REQUEST,
-                    json!({"code":"PARAM_ERROR","message":e.to_string()}),
-                ),
-            },
+            }
             (_, ["gateway.do"]) => {
                 self.alipay_gateway(&parts.method, parts.uri.query(), &body)
                     .await
@@ -206,30 +355,83 @@ impl Sandbox {
         }
     }
 
+    /// The faults; the one place that gets past a poisoned lock (nothing panics under it).
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes one injected failure for `op` if one is due. The check and the decrement are one
+    /// critical section, so concurrent requests never take more failures than `fail_next`.
+    /// With `fail_ops` set, only those operations take (and consume) failures; a request of
+    /// no known operation (`op` None) then takes none.
+    pub(super) fn take_failure(&self, op: Option<Op>) -> Option<Injected> {
+        let mut f = self.faults();
+        if f.fail_next == 0 {
+            return None;
+        }
+        if let Some(ops) = &f.fail_ops {
+            let op = op?;
+            if !ops.iter().any(|o| Op::from_name(o) == Some(op)) {
+                return None;
+            }
+        }
+        f.fail_next -= 1;
+        Some(Injected {
+            status: f.fail_status,
+            code: f.fail_code.clone(),
+        })
+    }
+
+    /// The path every simulated API answer takes: the work (signature check, injected
+    /// failure or the real work), then the injected latency — after the work, as a real late
+    /// answer comes after the provider acted, which is what makes a timeout dangerous — then
+    /// the signature as the faults say, then `Retry-After` on an injected failure.
+    pub(super) async fn respond<T>(
+        &self,
+        work: impl FnOnce(&Faults) -> Outcome<T>,
+        finish: impl FnOnce(T, &Signing) -> Answer,
+    ) -> Answer {
+        let faults = self.faults().clone();
+        let out = work(&faults);
+        if faults.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+        }
+        let signing = Signing {
+            sign: !(out.injected && faults.fail_unsigned),
+            tamper: faults.tamper_signature || (faults.tamper_errors && out.error),
+            with_certificate: faults.sign_with_certificate,
+        };
+        let mut resp = finish(out.answer, &signing);
+        if let (true, Some(secs)) = (out.injected, faults.retry_after_secs) {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        resp
+    }
+
+    fn next_id(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Marks every open order with this out_trade_no paid (or only `?mchid=`'s).
     fn pay(&self, no: &str, query: Option<&str>) -> Answer {
         let only = query.and_then(|q| query_param(&format!("?{q}"), "mchid"));
-        let mut orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
         let mut paid = Vec::new();
-        for ((_, o_no), o) in orders.iter_mut() {
-            if o_no != no || only.as_deref().is_some_and(|m| m != o.mchid()) {
+        for mut o in self.orders.iter_mut() {
+            if o.key().1 != no || only.as_deref().is_some_and(|m| m != o.mchid()) {
                 continue;
             }
-            o.mark_paid(
-                self.counter
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            );
-            paid.push(json!(o));
+            let n = self.next_id();
+            o.mark_paid(n);
+            paid.push(self.wechat_view(o.key(), &o));
         }
-        drop(orders);
-        let mut ali = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
-        for ((_, o_no), o) in ali.iter_mut() {
-            if o_no == no && only.is_none() {
-                o.mark_paid(
-                    self.counter
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                );
-                paid.push(json!(o));
+        if only.is_none() {
+            for mut o in self.alipay_orders.iter_mut() {
+                if o.key().1 == no {
+                    let n = self.next_id();
+                    o.mark_paid(n);
+                    paid.push(self.alipay_view(o.key(), &o));
+                }
             }
         }
         if paid.is_empty() {
@@ -241,22 +443,41 @@ impl Sandbox {
         plain(StatusCode::OK, json!({ "orders": paid }))
     }
 
+    /// `GET /sandbox/orders/{no}`: every order with this out_trade_no at any account.
     fn orders_json(&self, no: &str) -> Answer {
-        let orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
-        let mut found: Vec<Value> = orders
+        let mut found: Vec<Value> = self
+            .orders
             .iter()
-            .filter(|((_, o), _)| o == no)
-            .map(|(_, o)| json!(o))
+            .filter(|o| o.key().1 == no)
+            .map(|o| self.wechat_view(o.key(), &o))
             .collect();
-        drop(orders);
-        let ali = self.alipay_orders.lock().unwrap_or_else(|p| p.into_inner());
         found.extend(
-            ali.iter()
-                .filter(|((_, o), _)| o == no)
-                .map(|(_, o)| json!(o)),
+            self.alipay_orders
+                .iter()
+                .filter(|o| o.key().1 == no)
+                .map(|o| self.alipay_view(o.key(), &o)),
         );
         plain(StatusCode::OK, json!({ "orders": found }))
     }
+
+    fn wechat_view(&self, key: &(String, String), o: &wechat::Order) -> Value {
+        let mut v = o.view();
+        v["create_calls"] = json!(self.wechat_creates.get(key).map_or(0, |n| *n));
+        v
+    }
+
+    fn alipay_view(&self, key: &(String, String), o: &alipay::AliOrder) -> Value {
+        let mut v = o.view();
+        v["create_calls"] = json!(self.alipay_creates.get(key).map_or(0, |n| *n));
+        v
+    }
+}
+
+/// Counts one create request for (account, out_trade_no).
+fn count_create(creates: &Orders<u32>, account: &str, no: &str) {
+    *creates
+        .entry((account.to_string(), no.to_string()))
+        .or_insert(0) += 1;
 }
 
 /// Changes one base64 character so the signature no longer verifies but still decodes.
@@ -278,4 +499,109 @@ fn query_param(path_and_query: &str, name: &str) -> Option<String> {
 
 fn plain(status: StatusCode, body: Value) -> Answer {
     crate::server::json_response(status, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(sb: &Sandbox, faults: Value) {
+        let f: Faults = serde_json::from_value(faults).unwrap();
+        f.check().unwrap();
+        *sb.faults() = f;
+    }
+
+    /// Concurrent takers never get more failures than `fail_next` between them.
+    #[test]
+    fn fail_next_is_taken_atomically() {
+        for (fail_next, takers) in [(1u32, 16usize), (3, 16), (0, 8)] {
+            let sb = Sandbox::new(Vec::new());
+            set(&sb, json!({ "fail_next": fail_next }));
+            let barrier = Arc::new(std::sync::Barrier::new(takers));
+            let handles: Vec<_> = (0..takers)
+                .map(|_| {
+                    let (sb, barrier) = (sb.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        (0..4)
+                            .filter(|_| sb.take_failure(Some(Op::Create)).is_some())
+                            .count()
+                    })
+                })
+                .collect();
+            let taken: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+            assert_eq!(taken, fail_next as usize);
+            assert_eq!(sb.faults().fail_next, 0);
+        }
+    }
+
+    #[test]
+    fn fail_ops_limits_which_operations_take_failures() {
+        let sb = Sandbox::new(Vec::new());
+        set(
+            &sb,
+            json!({ "fail_next": 1, "fail_ops": ["refund"], "fail_status": 503, "fail_code": "X" }),
+        );
+        assert!(sb.take_failure(Some(Op::Create)).is_none());
+        assert!(sb.take_failure(Some(Op::RefundQuery)).is_none());
+        assert!(sb.take_failure(None).is_none(), "an unknown API takes none");
+        assert_eq!(sb.faults().fail_next, 1, "not consumed by other operations");
+        let f = sb
+            .take_failure(Some(Op::Refund))
+            .expect("a refund takes it");
+        assert_eq!((f.status, f.code.as_deref()), (Some(503), Some("X")));
+        assert!(sb.take_failure(Some(Op::Refund)).is_none());
+
+        // Without fail_ops every request takes one, even of an unknown API.
+        set(&sb, json!({ "fail_next": 2 }));
+        assert!(sb.take_failure(None).is_some());
+        assert!(sb.take_failure(Some(Op::Query)).is_some());
+        assert!(sb.take_failure(Some(Op::Query)).is_none());
+    }
+
+    #[test]
+    fn faults_reject_unknown_knobs_and_operations() {
+        assert!(serde_json::from_value::<Faults>(json!({ "fail_nxet": 1 })).is_err());
+        let f: Faults = serde_json::from_value(json!({ "fail_ops": ["create", "pay"] })).unwrap();
+        assert!(f.check().unwrap_err().contains("pay"));
+        let all = json!({
+            "latency_ms": 5, "tamper_signature": false, "fail_next": 2, "fail_status": 500,
+            "fail_code": "SYSTEM_ERROR", "sign_with_certificate": false,
+            "fail_ops": ["create", "query", "close", "refund", "refund_query"],
+            "fail_unsigned": true, "tamper_errors": true, "retry_after_secs": 3,
+            "refund_status": "ABNORMAL", "alipay_refund_pending": true,
+        });
+        let f: Faults = serde_json::from_value(all.clone()).unwrap();
+        f.check().unwrap();
+        assert_eq!(json!(f), all);
+    }
+
+    #[tokio::test]
+    async fn injected_failures_can_go_unsigned_with_retry_after() {
+        let sb = Sandbox::new(Vec::new());
+        set(&sb, json!({ "retry_after_secs": 7, "fail_unsigned": true }));
+        let failed = sb
+            .respond(
+                |_| Outcome::injected((StatusCode::SERVICE_UNAVAILABLE, json!({"code": "X"}))),
+                |(status, body), signing| sb.signed(status, body, signing),
+            )
+            .await;
+        assert_eq!(failed.headers()["retry-after"], "7");
+        assert!(failed
+            .headers()
+            .keys()
+            .all(|k| !k.as_str().starts_with("wechatpay-")));
+        // A real error is signed, and carries no Retry-After.
+        let real = sb
+            .respond(
+                |_| Outcome::done((StatusCode::NOT_FOUND, json!({"code": "X"})), true),
+                |(status, body), signing| sb.signed(status, body, signing),
+            )
+            .await;
+        assert!(real.headers().get("retry-after").is_none());
+        assert_eq!(
+            real.headers()["wechatpay-signature-type"],
+            "WECHATPAY2-SHA256-RSA2048"
+        );
+    }
 }

@@ -1,19 +1,19 @@
 //! The sandbox's WeChat Pay API v3: signature checks, orders in direct and partner mode,
 //! close, refunds, and signed answers.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use super::{query_param, tamper, Answer, Faults, Sandbox, PUBLIC_KEY_ID};
+use super::{
+    count_create, query_param, Answer, Faults, Op, Outcome, Sandbox, Signing, PUBLIC_KEY_ID,
+};
 use crate::channel::wechatpay::{china_time, sign};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub(super) struct Order {
     mchid: String,
     sub_mchid: Option<String>,
@@ -27,8 +27,36 @@ pub(super) struct Order {
     success_time: Option<String>,
     /// The create request body exactly as received, for tests that check its shape.
     request: Value,
-    /// Refunds of this order: (out_refund_no, amount, refund_id).
-    refunds: Vec<(String, u64, String)>,
+    /// Refunds of this order, each shown as `[out_refund_no, amount, refund_id, status]`.
+    refunds: Vec<Refund>,
+}
+
+#[derive(Clone, Debug)]
+struct Refund {
+    out_refund_no: String,
+    amount: u64,
+    refund_id: String,
+    /// `SUCCESS`, or what `Faults::refund_status` said.
+    status: String,
+}
+
+impl Refund {
+    /// A `CLOSED` refund gave the money back to the refundable amount.
+    fn holds_money(&self) -> bool {
+        self.status != "CLOSED"
+    }
+}
+
+/// As the tuple the orders view has always shown, with the status appended.
+impl Serialize for Refund {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(4)?;
+        t.serialize_element(&self.out_refund_no)?;
+        t.serialize_element(&self.amount)?;
+        t.serialize_element(&self.refund_id)?;
+        t.serialize_element(&self.status)?;
+        t.end()
+    }
 }
 
 impl Order {
@@ -46,12 +74,85 @@ impl Order {
         self.success_time = Some(china_time(OffsetDateTime::now_utc()));
         true
     }
+
+    /// The order as `GET /sandbox/orders` shows it: every field, plus the account.
+    pub(super) fn view(&self) -> Value {
+        let mut v = json!(self);
+        v["account"] = json!({
+            "provider": "wechatpay",
+            "mode": if self.sub_mchid.is_some() { "partner" } else { "direct" },
+            "mchid": self.mchid,
+            "sub_mchid": self.sub_mchid,
+        });
+        v
+    }
+}
+
+/// A `/v3` API the sandbox knows, routed once.
+enum Call<'a> {
+    Create { partner: bool, kind: &'a str },
+    Query { partner: bool, no: String },
+    Close { partner: bool, no: String },
+    Refund,
+    RefundQuery { no: String },
+}
+
+impl<'a> Call<'a> {
+    fn route(method: &Method, seg: &[&'a str]) -> Option<Call<'a>> {
+        let d = crate::server::decode;
+        Some(match (method, seg) {
+            (&Method::POST, ["v3", "pay", "transactions", kind]) => Call::Create {
+                partner: false,
+                kind,
+            },
+            (&Method::POST, ["v3", "pay", "partner", "transactions", kind]) => Call::Create {
+                partner: true,
+                kind,
+            },
+            (&Method::POST, ["v3", "pay", "transactions", "out-trade-no", no, "close"]) => {
+                Call::Close {
+                    partner: false,
+                    no: d(no),
+                }
+            }
+            (
+                &Method::POST,
+                ["v3", "pay", "partner", "transactions", "out-trade-no", no, "close"],
+            ) => Call::Close {
+                partner: true,
+                no: d(no),
+            },
+            (&Method::POST, ["v3", "refund", "domestic", "refunds"]) => Call::Refund,
+            (&Method::GET, ["v3", "refund", "domestic", "refunds", no]) => {
+                Call::RefundQuery { no: d(no) }
+            }
+            (&Method::GET, ["v3", "pay", "transactions", "out-trade-no", no]) => Call::Query {
+                partner: false,
+                no: d(no),
+            },
+            (&Method::GET, ["v3", "pay", "partner", "transactions", "out-trade-no", no]) => {
+                Call::Query {
+                    partner: true,
+                    no: d(no),
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    fn op(&self) -> Op {
+        match self {
+            Call::Create { .. } => Op::Create,
+            Call::Query { .. } => Op::Query,
+            Call::Close { .. } => Op::Close,
+            Call::Refund => Op::Refund,
+            Call::RefundQuery { .. } => Op::RefundQuery,
+        }
+    }
 }
 
 impl Sandbox {
-    /// Answers a `/v3` call. Injected latency comes after the work and before the answer, so
-    /// a caller that times out has still created the order — as with the real provider,
-    /// which is what makes a timeout dangerous.
+    /// Answers a `/v3` call through the shared answer → latency → sign path.
     pub(super) async fn v3(
         &self,
         method: &Method,
@@ -60,16 +161,11 @@ impl Sandbox {
         seg: &[&str],
         body: &[u8],
     ) -> Answer {
-        let faults = self
-            .faults
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let (status, answer) = self.v3_answer(method, headers, path_and_query, seg, body, &faults);
-        if faults.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
-        }
-        self.signed(status, answer, &faults)
+        self.respond(
+            |faults| self.v3_answer(method, headers, path_and_query, seg, body, faults),
+            |(status, answer), signing| self.signed(status, answer, signing),
+        )
+        .await
     }
 
     fn v3_answer(
@@ -80,61 +176,47 @@ impl Sandbox {
         seg: &[&str],
         body: &[u8],
         faults: &Faults,
-    ) -> (StatusCode, Value) {
+    ) -> Outcome<(StatusCode, Value)> {
         let mchid = match self.check_signature(method, headers, path_and_query, body) {
             Ok(m) => m,
             Err(msg) => {
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    json!({"code":"SIGN_ERROR","message":msg}),
+                return Outcome::done(
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        json!({"code":"SIGN_ERROR","message":msg}),
+                    ),
+                    true,
                 )
             }
         };
-        if faults.fail_next > 0 {
-            let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
-            f.fail_next = f.fail_next.saturating_sub(1);
-            let status = StatusCode::from_u16(faults.fail_status.unwrap_or(500))
+        let call = Call::route(method, seg);
+        if let Some(f) = self.take_failure(call.as_ref().map(Call::op)) {
+            let status = StatusCode::from_u16(f.status.unwrap_or(500))
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let code = faults
-                .fail_code
-                .clone()
-                .unwrap_or_else(|| "SYSTEM_ERROR".into());
-            return (
+            let code = f.code.unwrap_or_else(|| "SYSTEM_ERROR".into());
+            return Outcome::injected((
                 status,
                 json!({"code": code, "message": "injected by /sandbox/faults"}),
-            );
+            ));
         }
-        match (method, seg) {
-            (&Method::POST, ["v3", "pay", "transactions", kind]) => {
-                self.create(&mchid, false, kind, body)
+        let sub_query = || query_param(path_and_query, "sub_mchid");
+        let (status, answer) = match call {
+            Some(Call::Create { partner, kind }) => self.create(&mchid, partner, kind, body),
+            Some(Call::Close { partner, no }) => self.close(&mchid, partner, &no, body),
+            Some(Call::Refund) => self.refund(&mchid, body, faults),
+            Some(Call::RefundQuery { no }) => {
+                self.refund_query(&mchid, sub_query().as_deref(), &no)
             }
-            (&Method::POST, ["v3", "pay", "partner", "transactions", kind]) => {
-                self.create(&mchid, true, kind, body)
+            Some(Call::Query { partner, no }) => {
+                let sub = if partner { sub_query() } else { None };
+                self.query(&mchid, sub.as_deref(), &no)
             }
-            (&Method::POST, ["v3", "pay", "transactions", "out-trade-no", no, "close"]) => {
-                self.close(&mchid, false, &crate::server::decode(no), body)
-            }
-            (
-                &Method::POST,
-                ["v3", "pay", "partner", "transactions", "out-trade-no", no, "close"],
-            ) => self.close(&mchid, true, &crate::server::decode(no), body),
-            (&Method::POST, ["v3", "refund", "domestic", "refunds"]) => self.refund(&mchid, body),
-            (&Method::GET, ["v3", "refund", "domestic", "refunds", no]) => {
-                let sub = query_param(path_and_query, "sub_mchid");
-                self.refund_query(&mchid, sub.as_deref(), &crate::server::decode(no))
-            }
-            (&Method::GET, ["v3", "pay", "transactions", "out-trade-no", no]) => {
-                self.query(&mchid, None, &crate::server::decode(no))
-            }
-            (&Method::GET, ["v3", "pay", "partner", "transactions", "out-trade-no", no]) => {
-                let sub = query_param(path_and_query, "sub_mchid");
-                self.query(&mchid, sub.as_deref(), &crate::server::decode(no))
-            }
-            _ => (
+            None => (
                 StatusCode::NOT_FOUND,
                 json!({"code":"NOT_FOUND","message":"no such API in the sandbox"}),
             ),
-        }
+        };
+        Outcome::done((status, answer), !status.is_success())
     }
 
     /// Verifies the Authorization header as WeChat Pay does; returns the signing mchid.
@@ -164,7 +246,7 @@ impl Sandbox {
         if now.abs_diff(ts) > sign::MAX_SKEW_SECS {
             return Err("timestamp too far from now".into());
         }
-        let merchants = self.merchants.read().unwrap_or_else(|p| p.into_inner());
+        let merchants = self.merchants.load();
         let key = merchants
             .get(&(mchid.clone(), serial.clone()))
             .ok_or_else(|| format!("no certificate {serial} for merchant {mchid}"))?;
@@ -189,13 +271,22 @@ impl Sandbox {
                 json!({"code":"PARAM_ERROR","message":m}),
             )
         };
+        let req = serde_json::from_slice::<Value>(body).ok();
+        // Every signed create for (account, out_trade_no) counts, whatever it is answered.
+        if let Some(req) = &req {
+            let s = |k: &str| req[k].as_str().filter(|v| !v.is_empty());
+            if let Some(no) = s("out_trade_no") {
+                let sub = if partner { s("sub_mchid") } else { None };
+                count_create(&self.wechat_creates, &order_key(auth_mchid, sub), no);
+            }
+        }
         if !["jsapi", "native", "h5", "app"].contains(&kind) {
             return (
                 StatusCode::NOT_FOUND,
                 json!({"code":"NOT_FOUND","message":"unknown trade type"}),
             );
         }
-        let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        let Some(req) = req else {
             return bad("body is not JSON");
         };
         let s = |k: &str| req[k].as_str().filter(|v| !v.is_empty());
@@ -248,60 +339,55 @@ impl Sandbox {
             order_key(auth_mchid, sub_mchid.as_deref()),
             out_trade_no.clone(),
         );
-        let mut orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = orders.get(&key) {
-            match existing.state.as_str() {
-                "SUCCESS" => {
-                    return (
-                        StatusCode::FORBIDDEN,
-                        json!({"code":"ORDERPAID","message":"该订单已支付"}),
-                    )
-                }
-                "CLOSED" => {
-                    return (
-                        StatusCode::BAD_REQUEST,
-                        json!({"code":"ORDER_CLOSED","message":"订单已关闭"}),
-                    )
-                }
-                _ if existing.amount != total || existing.trade_type != kind.to_uppercase() => {
-                    return (
-                        StatusCode::BAD_REQUEST,
-                        json!({"code":"INVALID_REQUEST","message":"out_trade_no used with different parameters"}),
-                    )
-                }
-                _ => {
-                    return (
-                        StatusCode::OK,
-                        self.create_answer(kind, &existing.prepay_id),
-                    )
-                }
+        let slot = match self.orders.entry(key) {
+            dashmap::Entry::Occupied(existing) => {
+                return self.create_again(existing.get(), kind, total)
             }
-        }
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            dashmap::Entry::Vacant(slot) => slot,
+        };
+        let n = self.next_id();
         let prepay_id = format!("wx{}{n:010}", OffsetDateTime::now_utc().unix_timestamp());
-        orders.insert(
-            key,
-            Order {
-                mchid: auth_mchid.to_string(),
-                sub_mchid,
-                out_trade_no,
-                trade_type: kind.to_uppercase(),
-                amount: total,
-                currency: req["amount"]["currency"]
-                    .as_str()
-                    .unwrap_or("CNY")
-                    .to_string(),
-                state: "NOTPAY".into(),
-                prepay_id: prepay_id.clone(),
-                transaction_id: None,
-                success_time: None,
-                request: req.clone(),
-                refunds: Vec::new(),
-            },
-        );
+        slot.insert(Order {
+            mchid: auth_mchid.to_string(),
+            sub_mchid,
+            out_trade_no,
+            trade_type: kind.to_uppercase(),
+            amount: total,
+            currency: req["amount"]["currency"]
+                .as_str()
+                .unwrap_or("CNY")
+                .to_string(),
+            state: "NOTPAY".into(),
+            prepay_id: prepay_id.clone(),
+            transaction_id: None,
+            success_time: None,
+            request: req,
+            refunds: Vec::new(),
+        });
         (StatusCode::OK, self.create_answer(kind, &prepay_id))
+    }
+
+    /// A create for an out_trade_no the account already has: paid (or refunded) answers
+    /// `ORDERPAID`, closed `ORDER_CLOSED`, an open one with the same parameters its prepay id.
+    fn create_again(&self, existing: &Order, kind: &str, total: u64) -> (StatusCode, Value) {
+        match existing.state.as_str() {
+            "SUCCESS" | "REFUND" => (
+                StatusCode::FORBIDDEN,
+                json!({"code":"ORDERPAID","message":"该订单已支付"}),
+            ),
+            "CLOSED" => (
+                StatusCode::BAD_REQUEST,
+                json!({"code":"ORDER_CLOSED","message":"订单已关闭"}),
+            ),
+            _ if existing.amount != total || existing.trade_type != kind.to_uppercase() => (
+                StatusCode::BAD_REQUEST,
+                json!({"code":"INVALID_REQUEST","message":"out_trade_no used with different parameters"}),
+            ),
+            _ => (
+                StatusCode::OK,
+                self.create_answer(kind, &existing.prepay_id),
+            ),
+        }
     }
 
     fn create_answer(&self, kind: &str, prepay_id: &str) -> Value {
@@ -315,8 +401,10 @@ impl Sandbox {
     }
 
     fn query(&self, mchid: &str, sub_mchid: Option<&str>, no: &str) -> (StatusCode, Value) {
-        let orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(o) = orders.get(&(order_key(mchid, sub_mchid), no.to_string())) else {
+        let Some(o) = self
+            .orders
+            .get(&(order_key(mchid, sub_mchid), no.to_string()))
+        else {
             return (
                 StatusCode::NOT_FOUND,
                 json!({"code":"ORDER_NOT_EXIST","message":"订单不存在"}),
@@ -365,8 +453,9 @@ impl Sandbox {
         } else {
             None
         };
-        let mut orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(o) = orders.get_mut(&(order_key(auth_mchid, sub.as_deref()), no.to_string()))
+        let Some(mut o) = self
+            .orders
+            .get_mut(&(order_key(auth_mchid, sub.as_deref()), no.to_string()))
         else {
             return (
                 StatusCode::NOT_FOUND,
@@ -383,7 +472,9 @@ impl Sandbox {
         (StatusCode::NO_CONTENT, Value::Null)
     }
 
-    fn refund(&self, auth_mchid: &str, body: &[u8]) -> (StatusCode, Value) {
+    /// A refund is created with `SUCCESS`, or with the status `Faults::refund_status` names,
+    /// and keeps it; all but `CLOSED` refunds count against the refundable amount.
+    fn refund(&self, auth_mchid: &str, body: &[u8], faults: &Faults) -> (StatusCode, Value) {
         let bad = |m: &str| {
             (
                 StatusCode::BAD_REQUEST,
@@ -411,18 +502,17 @@ impl Sandbox {
             order_key(auth_mchid, req["sub_mchid"].as_str()),
             no.to_string(),
         );
-        let mut orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(o) = orders.get_mut(&key) else {
+        let Some(mut o) = self.orders.get_mut(&key) else {
             return (
                 StatusCode::NOT_FOUND,
                 json!({"code":"RESOURCE_NOT_EXISTS","message":"订单不存在"}),
             );
         };
-        if let Some((_, amount, _)) = o.refunds.iter().find(|(n, _, _)| n == refund_no) {
-            if *amount != refund {
+        if let Some(r) = o.refunds.iter().find(|r| r.out_refund_no == refund_no) {
+            if r.amount != refund {
                 return bad("out_refund_no used with another amount");
             }
-            return (StatusCode::OK, refund_answer(o, refund_no));
+            return (StatusCode::OK, refund_answer(&o, r));
         }
         if o.state != "SUCCESS" && o.state != "REFUND" {
             return (
@@ -433,20 +523,33 @@ impl Sandbox {
         if total != o.amount {
             return bad("amount.total is not the order's amount");
         }
-        let refunded: u64 = o.refunds.iter().map(|(_, a, _)| a).sum();
+        let refunded: u64 = o
+            .refunds
+            .iter()
+            .filter(|r| r.holds_money())
+            .map(|r| r.amount)
+            .sum();
         if refund == 0 || refunded + refund > o.amount {
             return (
                 StatusCode::FORBIDDEN,
                 json!({"code":"NOT_ENOUGH","message":"可退金额不足"}),
             );
         }
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        o.refunds
-            .push((refund_no.to_string(), refund, format!("50300{n:024}")));
-        o.state = "REFUND".into();
-        (StatusCode::OK, refund_answer(o, refund_no))
+        let r = Refund {
+            out_refund_no: refund_no.to_string(),
+            amount: refund,
+            refund_id: format!("50300{:024}", self.next_id()),
+            status: faults
+                .refund_status
+                .clone()
+                .unwrap_or_else(|| "SUCCESS".into()),
+        };
+        if r.holds_money() {
+            o.state = "REFUND".into();
+        }
+        let answer = refund_answer(&o, &r);
+        o.refunds.push(r);
+        (StatusCode::OK, answer)
     }
 
     fn refund_query(
@@ -456,19 +559,22 @@ impl Sandbox {
         refund_no: &str,
     ) -> (StatusCode, Value) {
         let merchant = order_key(auth_mchid, sub_mchid);
-        let orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
-        orders
+        self.orders
             .iter()
-            .find(|((m, _), o)| *m == merchant && o.refunds.iter().any(|(n, _, _)| n == refund_no))
-            .map(|(_, o)| (StatusCode::OK, refund_answer(o, refund_no)))
+            .filter(|o| o.key().0 == merchant)
+            .find_map(|o| {
+                let r = o.refunds.iter().find(|r| r.out_refund_no == refund_no)?;
+                Some((StatusCode::OK, refund_answer(&o, r)))
+            })
             .unwrap_or((
                 StatusCode::NOT_FOUND,
                 json!({"code":"RESOURCE_NOT_EXISTS","message":"退款单不存在"}),
             ))
     }
 
-    /// A WeChat Pay style answer: JSON body (none for 204) with signature headers.
-    fn signed(&self, status: StatusCode, body: Value, faults: &Faults) -> Answer {
+    /// A WeChat Pay style answer: JSON body (none for 204) with the `Wechatpay-*` signature
+    /// headers — on errors too, as WeChat Pay does — unless it goes unsigned.
+    pub(super) fn signed(&self, status: StatusCode, body: Value, signing: &Signing) -> Answer {
         let bytes = if status == StatusCode::NO_CONTENT {
             Vec::new()
         } else {
@@ -476,17 +582,8 @@ impl Sandbox {
         };
         let ts = OffsetDateTime::now_utc().unix_timestamp().to_string();
         let nonce = sign::nonce();
-        let mut signature = self
-            .signer
-            .sign_b64(&sign::response_message(&ts, &nonce, &bytes));
-        if faults.tamper_signature {
-            signature = tamper(&signature);
-        }
-        let serial = if faults.sign_with_certificate {
-            self.cert_serial.clone()
-        } else {
-            PUBLIC_KEY_ID.to_string()
-        };
+        let signature =
+            signing.signature(&self.signer, &sign::response_message(&ts, &nonce, &bytes));
         let mut resp = Response::new(Full::new(Bytes::from(bytes)));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
@@ -498,40 +595,205 @@ impl Sandbox {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
         );
-        h.insert("Wechatpay-Timestamp", val(&ts));
-        h.insert("Wechatpay-Nonce", val(&nonce));
-        h.insert("Wechatpay-Signature", val(&signature));
-        h.insert("Wechatpay-Serial", val(&serial));
-        h.insert(
-            "Request-ID",
-            val(&format!(
-                "sandbox-{}",
-                self.counter
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            )),
-        );
+        if let Some(signature) = signature {
+            let serial = if signing.with_certificate {
+                self.cert_serial.as_str()
+            } else {
+                PUBLIC_KEY_ID
+            };
+            h.insert("Wechatpay-Timestamp", val(&ts));
+            h.insert("Wechatpay-Nonce", val(&nonce));
+            h.insert("Wechatpay-Signature", val(&signature));
+            h.insert("Wechatpay-Serial", val(serial));
+            h.insert(
+                "Wechatpay-Signature-Type",
+                http::HeaderValue::from_static("WECHATPAY2-SHA256-RSA2048"),
+            );
+        }
+        h.insert("Request-ID", val(&format!("sandbox-{}", self.next_id())));
         resp
     }
 }
 
-fn refund_answer(o: &Order, refund_no: &str) -> Value {
-    let (_, amount, id) = o
-        .refunds
-        .iter()
-        .find(|(n, _, _)| n == refund_no)
-        .cloned()
-        .unwrap_or_default();
-    json!({
-        "refund_id": id, "out_refund_no": refund_no, "out_trade_no": o.out_trade_no,
-        "transaction_id": o.transaction_id, "channel": "ORIGINAL", "status": "SUCCESS",
-        "success_time": china_time(OffsetDateTime::now_utc()),
-        "amount": { "total": o.amount, "refund": amount, "payer_total": o.amount, "payer_refund": amount, "currency": o.currency },
-    })
+fn refund_answer(o: &Order, r: &Refund) -> Value {
+    let mut v = json!({
+        "refund_id": r.refund_id, "out_refund_no": r.out_refund_no, "out_trade_no": o.out_trade_no,
+        "transaction_id": o.transaction_id, "channel": "ORIGINAL", "status": r.status,
+        "amount": { "total": o.amount, "refund": r.amount, "payer_total": o.amount, "payer_refund": r.amount, "currency": o.currency },
+    });
+    if r.status == "SUCCESS" {
+        v["success_time"] = json!(china_time(OffsetDateTime::now_utc()));
+    }
+    v
 }
 
 fn order_key(mchid: &str, sub_mchid: Option<&str>) -> String {
     match sub_mchid {
         Some(sub) => format!("{mchid}/{sub}"),
         None => mchid.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Sandbox;
+    use super::*;
+
+    const MCH: &str = "1900000001";
+
+    fn order_body(no: &str, total: u64) -> Vec<u8> {
+        json!({
+            "appid": "wx_sandbox", "mchid": MCH, "description": "d", "out_trade_no": no,
+            "notify_url": "https://shop.example/n", "amount": { "total": total, "currency": "CNY" },
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn refund_body(no: &str, refund_no: &str, refund: u64, total: u64) -> Vec<u8> {
+        json!({
+            "out_trade_no": no, "out_refund_no": refund_no, "notify_url": "https://shop.example/r",
+            "amount": { "refund": refund, "total": total, "currency": "CNY" },
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn faults(v: Value) -> Faults {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn view(sb: &Sandbox, no: &str) -> Value {
+        let key = (MCH.to_string(), no.to_string());
+        sb.wechat_view(&key, &sb.orders.get(&key).unwrap())
+    }
+
+    #[test]
+    fn create_calls_count_every_signed_create_and_the_account_is_shown() {
+        let sb = Sandbox::new(Vec::new());
+        assert_eq!(
+            sb.create(MCH, false, "native", &order_body("c-1", 100)).0,
+            200
+        );
+        assert_eq!(
+            sb.create(MCH, false, "native", &order_body("c-1", 100)).0,
+            200
+        );
+        // Another amount is refused, but it arrived: it counts.
+        assert_eq!(
+            sb.create(MCH, false, "native", &order_body("c-1", 5)).0,
+            400
+        );
+        let mut o = sb.orders.get_mut(&(MCH.into(), "c-1".into())).unwrap();
+        o.mark_paid(1);
+        drop(o);
+        let (status, v) = sb.create(MCH, false, "native", &order_body("c-1", 100));
+        assert_eq!(
+            (status.as_u16(), v["code"].as_str()),
+            (403, Some("ORDERPAID"))
+        );
+        let v = view(&sb, "c-1");
+        assert_eq!(v["create_calls"], 4);
+        assert_eq!(
+            v["account"],
+            json!({"provider": "wechatpay", "mode": "direct", "mchid": MCH, "sub_mchid": null})
+        );
+        assert_eq!(
+            (v["mchid"].as_str(), v["state"].as_str()),
+            (Some(MCH), Some("SUCCESS"))
+        );
+        assert_eq!(v["request"]["out_trade_no"], "c-1");
+    }
+
+    #[test]
+    fn refund_status_is_kept_and_holds_money_unless_closed() {
+        let sb = Sandbox::new(Vec::new());
+        sb.create(MCH, false, "native", &order_body("r-1", 100));
+        sb.orders
+            .get_mut(&(MCH.into(), "r-1".into()))
+            .unwrap()
+            .mark_paid(1);
+        let abnormal = faults(json!({ "refund_status": "ABNORMAL" }));
+        let (status, v) = sb.refund(MCH, &refund_body("r-1", "r-1-a", 60, 100), &abnormal);
+        assert_eq!(
+            (status.as_u16(), v["status"].as_str()),
+            (200, Some("ABNORMAL"))
+        );
+        assert!(v.get("success_time").is_none());
+        let (_, q) = sb.refund_query(MCH, None, "r-1-a");
+        assert_eq!(q["status"], "ABNORMAL");
+        // The ABNORMAL refund still holds 60 of the 100.
+        let (status, v) = sb.refund(MCH, &refund_body("r-1", "r-1-b", 50, 100), &abnormal);
+        assert_eq!(
+            (status.as_u16(), v["code"].as_str()),
+            (403, Some("NOT_ENOUGH"))
+        );
+        // A CLOSED refund gives its amount back.
+        let closed = faults(json!({ "refund_status": "CLOSED" }));
+        let (_, v) = sb.refund(MCH, &refund_body("r-1", "r-1-c", 40, 100), &closed);
+        assert_eq!(v["status"], "CLOSED");
+        let (status, v) = sb.refund(
+            MCH,
+            &refund_body("r-1", "r-1-d", 40, 100),
+            &Faults::default(),
+        );
+        assert_eq!(
+            (status.as_u16(), v["status"].as_str()),
+            (200, Some("SUCCESS"))
+        );
+        assert!(v["success_time"].is_string());
+        assert_eq!(
+            view(&sb, "r-1")["refunds"][0],
+            json!(["r-1-a", 60, q["refund_id"], "ABNORMAL"])
+        );
+    }
+
+    #[tokio::test]
+    async fn every_answer_is_signed_with_its_type_and_tamper_errors_only_spoils_errors() {
+        let sb = Sandbox::new(Vec::new());
+        *sb.faults() = faults(json!({ "tamper_errors": true }));
+        let key = sb.signer.verifier();
+        let answer = |status: StatusCode, body: Value| {
+            sb.respond(
+                move |_| Outcome::done((status, body), !status.is_success()),
+                |(status, body), signing| sb.signed(status, body, signing),
+            )
+        };
+        let verifies = |resp: &Answer, body: &Value| {
+            let h = |n: &str| resp.headers()[n].to_str().unwrap().to_string();
+            assert_eq!(h("wechatpay-signature-type"), "WECHATPAY2-SHA256-RSA2048");
+            assert_eq!(h("wechatpay-serial"), PUBLIC_KEY_ID);
+            let body = body.to_string();
+            let msg = sign::response_message(
+                &h("wechatpay-timestamp"),
+                &h("wechatpay-nonce"),
+                body.as_bytes(),
+            );
+            key.verify_b64(&msg, &h("wechatpay-signature"))
+        };
+        let ok = json!({"a": 1});
+        assert!(verifies(&answer(StatusCode::OK, ok.clone()).await, &ok));
+        let err = json!({"code": "SYSTEM_ERROR"});
+        let resp = answer(StatusCode::INTERNAL_SERVER_ERROR, err.clone()).await;
+        assert!(!verifies(&resp, &err), "tamper_errors spoils errors");
+        *sb.faults() = Faults::default();
+        let resp = answer(StatusCode::INTERNAL_SERVER_ERROR, err.clone()).await;
+        assert!(verifies(&resp, &err), "errors are signed too");
+    }
+
+    #[test]
+    fn a_hostile_timestamp_is_refused_without_overflow() {
+        let sb = Sandbox::new(Vec::new());
+        for ts in [i64::MIN, i64::MAX] {
+            let mut headers = http::HeaderMap::new();
+            let auth = format!(
+                r#"WECHATPAY2-SHA256-RSA2048 mchid="{MCH}",nonce_str="N",timestamp="{ts}",serial_no="S",signature="x""#
+            );
+            headers.insert(http::header::AUTHORIZATION, auth.parse().unwrap());
+            let err = sb
+                .check_signature(&Method::GET, &headers, "/v3/x", b"")
+                .unwrap_err();
+            assert!(err.contains("timestamp"), "{err}");
+        }
     }
 }
