@@ -6,6 +6,7 @@
 
 pub mod file;
 mod locate;
+mod redact;
 pub mod reload;
 mod validate;
 
