@@ -2,13 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{secret_value, Errors};
 use crate::channel::alipay::{AlipayMode, AlipaySettings};
 use crate::channel::keys::{Certificate, RsaSigner, RsaVerifier};
 use crate::channel::wechatpay::{WechatMode, WechatPaySettings, WechatVerifier};
 use crate::channel::{ChannelSettings, ConnectorSettings};
+use crate::config::defaults::{
+    DEFAULT_ALIPAY_BASE_URL, DEFAULT_CHANNEL_TIMEOUT, DEFAULT_WECHATPAY_BASE_URL,
+    MAX_CHANNEL_TIMEOUT, MIN_CHANNEL_TIMEOUT, WECHAT_APIV3_KEY_LEN,
+};
 use crate::config::file::{ChannelFile, FileConfig};
 use crate::domain::FeeRate;
 use crate::resilience::{parse_duration, RateSpec};
@@ -113,11 +116,11 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
                 need("private_key", &c.private_key, errs).and_then(|k| private_key(name, &k, errs));
             let apiv3_key = c.apiv3_key.as_ref().and_then(|k| {
                 let v = secret_value(k, &format!("{at}.apiv3_key"), errs)?;
-                if v.expose().len() != 32 {
+                if v.expose().len() != WECHAT_APIV3_KEY_LEN {
                     errs.push(
                         &format!("{at}.apiv3_key"),
                         format!(
-                            "channels.{name}: apiv3_key must be 32 bytes, not {}",
+                            "channels.{name}: apiv3_key must be {WECHAT_APIV3_KEY_LEN} bytes, not {}",
                             v.expose().len()
                         ),
                     );
@@ -212,8 +215,8 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
         }
     };
     let default_base = match c.kind.as_str() {
-        "alipay" => "https://openapi.alipay.com/gateway.do",
-        _ => "https://api.mch.weixin.qq.com",
+        "alipay" => DEFAULT_ALIPAY_BASE_URL,
+        _ => DEFAULT_WECHATPAY_BASE_URL,
     };
     let base_url = c
         .base_url
@@ -239,7 +242,7 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
             .unwrap_or_default(),
     };
     let timeout = match &c.timeout {
-        None => Duration::from_secs(5),
+        None => DEFAULT_CHANNEL_TIMEOUT,
         Some(t) => parse_duration(t)
             .map_err(|e| {
                 errs.push(
@@ -249,12 +252,10 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
             })
             .unwrap_or_default(),
     };
-    if c.timeout.is_some()
-        && (timeout < Duration::from_millis(50) || timeout > Duration::from_secs(60))
-    {
+    if c.timeout.is_some() && (timeout < MIN_CHANNEL_TIMEOUT || timeout > MAX_CHANNEL_TIMEOUT) {
         errs.push(
             &format!("{at}.timeout"),
-            format!("channels.{name}: timeout must be between 50ms and 60s"),
+            format!("channels.{name}: timeout must be between {MIN_CHANNEL_TIMEOUT:?} and {MAX_CHANNEL_TIMEOUT:?}"),
         );
     }
     let ca_pem = c.ca_file.as_ref().and_then(|p| {

@@ -3,11 +3,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{addr, secret_value, tls, Errors};
 use crate::api::auth::{Shop, Webhook};
 use crate::channel::{ChannelSettings, ConnectorSettings, SubMerchant};
+use crate::config::defaults::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_STORE_PATH, MAX_MAX_BODY_BYTES,
+    MIN_ADMIN_TOKEN_LEN, MIN_MAX_BODY_BYTES, MIN_SHOP_API_KEY_LEN,
+};
 use crate::config::file::FileConfig;
 use crate::resilience::{parse_duration, LimitKey, LimitSettings, RateSpec};
 use crate::sandbox::{SandboxMerchant, SandboxSettings};
@@ -26,15 +29,15 @@ pub(super) fn server(f: &FileConfig, errs: &mut Errors) -> Option<ServerSettings
             format!("server.public_base_url: {base:?} must start with http:// or https://"),
         );
     }
-    let max_body_bytes = s.max_body_bytes.unwrap_or(65_536);
-    if !(1024..=16 << 20).contains(&max_body_bytes) {
+    let max_body_bytes = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if !(MIN_MAX_BODY_BYTES..=MAX_MAX_BODY_BYTES).contains(&max_body_bytes) {
         errs.push(
             "server.max_body_bytes",
-            "server.max_body_bytes: must be between 1024 and 16777216".into(),
+            format!("server.max_body_bytes: must be between {MIN_MAX_BODY_BYTES} and {MAX_MAX_BODY_BYTES}"),
         );
     }
     let drain_timeout = match &s.drain_timeout {
-        None => Some(Duration::from_secs(30)),
+        None => Some(DEFAULT_DRAIN_TIMEOUT),
         Some(d) => parse_duration(d)
             .map_err(|e| errs.push("server.drain_timeout", format!("server.drain_timeout: {e}")))
             .ok(),
@@ -56,10 +59,10 @@ pub(super) fn server(f: &FileConfig, errs: &mut Errors) -> Option<ServerSettings
 pub(super) fn admin_token(f: &FileConfig, errs: &mut Errors) -> Option<Secret> {
     f.admin.as_ref().and_then(|a| {
         secret_value(&a.token, "admin.token", errs).and_then(|t| {
-            if t.expose().len() < 16 {
+            if t.expose().len() < MIN_ADMIN_TOKEN_LEN {
                 errs.push(
                     "admin.token",
-                    "admin.token: must be at least 16 characters".into(),
+                    format!("admin.token: must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
                 );
                 None
             } else {
@@ -72,7 +75,7 @@ pub(super) fn admin_token(f: &FileConfig, errs: &mut Errors) -> Option<Secret> {
 pub(super) fn store(f: &FileConfig, errs: &mut Errors) -> Option<StoreSettings> {
     let Some(s) = &f.store else {
         return Some(StoreSettings::Sqlite {
-            path: PathBuf::from("data/payroute.db"),
+            path: PathBuf::from(DEFAULT_STORE_PATH),
         });
     };
     match s.kind.as_str() {
@@ -84,7 +87,7 @@ pub(super) fn store(f: &FileConfig, errs: &mut Errors) -> Option<StoreSettings> 
                 );
             }
             Some(StoreSettings::Sqlite {
-                path: PathBuf::from(s.path.as_deref().unwrap_or("data/payroute.db")),
+                path: PathBuf::from(s.path.as_deref().unwrap_or(DEFAULT_STORE_PATH)),
             })
         }
         "redis" => {
@@ -118,10 +121,10 @@ pub(super) fn shops(f: &FileConfig, errs: &mut Errors) -> Vec<Shop> {
         }
         let key = secret_value(&s.api_key, &format!("{at}.api_key"), errs);
         if let Some(k) = &key {
-            if k.expose().len() < 16 {
+            if k.expose().len() < MIN_SHOP_API_KEY_LEN {
                 errs.push(
                     &format!("{at}.api_key"),
-                    format!("{label}: api_key must be at least 16 characters"),
+                    format!("{label}: api_key must be at least {MIN_SHOP_API_KEY_LEN} characters"),
                 );
             }
             if !keys.insert(k.expose().to_string()) {
