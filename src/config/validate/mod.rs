@@ -1,9 +1,11 @@
 //! `FileConfig` → [`Config`]: every check of DESIGN.md §5, errors collected, never a panic.
 //!
 //! This module orchestrates; the checks live by concern: `server` (server, admin, store,
-//! shops, merchants, limits, sandbox), `channels`, `routing`. Redaction is `config::redact`.
+//! shops, merchants, limits, sandbox), `channels`, `routing`, and `reach` (which channels
+//! each merchant can reach, so which sub-merchant ids are needed). Redaction is `config::redact`.
 
 mod channels;
+mod reach;
 mod routing;
 mod server;
 

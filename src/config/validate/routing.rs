@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::Errors;
+use super::{reach, Errors};
 use crate::api::auth::Shop;
 use crate::channel::{ChannelSettings, SubMerchant};
 use crate::config::file::{FileConfig, RuleFile};
@@ -29,11 +29,6 @@ pub(super) fn routing(
             _ => None,
         })
     };
-    let all_merchants: BTreeSet<&str> = shops
-        .iter()
-        .flat_map(|s| s.merchants.iter().map(String::as_str))
-        .collect();
-
     let mut defaults = HashMap::new();
     for (fam, ch) in &f.routing.default {
         let at = format!("routing.default.{fam}");
@@ -55,16 +50,6 @@ pub(super) fn routing(
             ),
             _ => {
                 defaults.insert(family, ch.clone());
-                let reachable: Vec<&str> = all_merchants.iter().copied().collect();
-                check_sub_merchants(
-                    &format!("routing.default.{fam}"),
-                    &at,
-                    ch,
-                    &reachable,
-                    channels,
-                    merchants,
-                    errs,
-                );
             }
         }
     }
@@ -84,7 +69,7 @@ pub(super) fn routing(
         }
     }
 
-    let mut rules = Vec::new();
+    let mut rules: Vec<(usize, Rule)> = Vec::new();
     let mut names = HashSet::new();
     for (i, r) in f.routing.rules.iter().enumerate() {
         let at = format!("routing.rules[{i}]");
@@ -99,27 +84,11 @@ pub(super) fn routing(
             );
         }
         if let Some(rule) = rule(r, &at, &label, &family_of, errs) {
-            let reachable: Vec<&str> = match &rule.when.merchants {
-                Some(ms) => {
-                    let mut v: Vec<&str> = ms.iter().map(String::as_str).collect();
-                    v.sort_unstable();
-                    v
-                }
-                None => shops
-                    .iter()
-                    .filter(|s| rule.when.shops.as_ref().is_none_or(|ss| ss.contains(&s.id)))
-                    .flat_map(|s| s.merchants.iter().map(String::as_str))
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
-            };
-            for ch in rule.channels() {
-                check_sub_merchants(&label, &at, ch, &reachable, channels, merchants, errs);
-            }
-            rules.push(rule);
+            rules.push((i, rule));
         }
     }
-    Rules::new(rules, defaults)
+    reach::check_sub_merchants(&rules, &defaults, shops, channels, merchants, errs);
+    Rules::new(rules.into_iter().map(|(_, r)| r).collect(), defaults)
 }
 
 fn rule(
@@ -290,40 +259,4 @@ fn rule(
         target: target?,
         fallback: r.fallback.clone(),
     })
-}
-
-/// A partner / ISV channel reachable for a merchant must have that merchant's sub-merchant id.
-fn check_sub_merchants(
-    label: &str,
-    at: &str,
-    channel: &str,
-    reachable: &[&str],
-    channels: &BTreeMap<String, Arc<ChannelSettings>>,
-    merchants: &HashMap<String, SubMerchant>,
-    errs: &mut Errors,
-) {
-    let Some(c) = channels.get(channel) else {
-        return;
-    };
-    if !c.needs_sub_merchant() {
-        return;
-    }
-    let (key, has): (&str, fn(&SubMerchant) -> bool) = match c.family() {
-        Family::Wechat => ("wechat_sub_mchid", |m| m.wechat_sub_mchid.is_some()),
-        Family::Alipay => ("alipay_app_auth_token", |m| {
-            m.alipay_app_auth_token.is_some()
-        }),
-    };
-    let missing: Vec<&str> = reachable
-        .iter()
-        .copied()
-        .filter(|m| !merchants.get(*m).is_some_and(has))
-        .collect();
-    if !missing.is_empty() {
-        errs.push(at, format!(
-            "{label}: channel {channel:?} is {} mode but merchant(s) {} have no {key} under merchants:",
-            c.mode(),
-            missing.join(", ")
-        ));
-    }
 }

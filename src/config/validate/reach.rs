@@ -1,0 +1,154 @@
+//! Which channels each (merchant, method) can reach, decided from the rules themselves, and
+//! the sub-merchant ids the partner / ISV ones among them need (DESIGN.md §5).
+//!
+//! For every merchant and method, the rules that apply are walked in file order, as
+//! `Rules::decide` walks them: every channel of an applying rule (its `to`, every `split`
+//! channel, every `fallback`) is reachable; a rule whose `when` only names merchants, methods
+//! or families matches every such payment and ends the walk; one with `amount`, `hours`,
+//! `metadata`, `shop` or `currency` conditions may not match, so the next rules and finally
+//! the family default stay reachable. A partner channel no payment of a merchant can reach
+//! does not need that merchant's sub_mchid — the merchant on its own account for every
+//! method is exactly the merchant the product is for.
+//!
+//! Merchants are those of the shops' `merchants:` lists (the only ones a request can name)
+//! plus those named by rules. A merchant no shop lists is only walked through the rules that
+//! name it: merchant-less rules and the defaults reach shop merchants only.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::Errors;
+use crate::api::auth::Shop;
+use crate::channel::{ChannelSettings, SubMerchant};
+use crate::domain::{Family, Method};
+use crate::routing::{Conditions, Rule};
+
+/// A rule that matches every payment of the merchants and methods it covers.
+pub(super) fn unconditional(w: &Conditions) -> bool {
+    w.shops.is_none()
+        && w.amount_min.is_none()
+        && w.amount_max.is_none()
+        && w.currencies.is_none()
+        && w.metadata.is_empty()
+        && w.hours.is_none()
+}
+
+/// Reports every partner / ISV channel reachable for a merchant that lacks its sub-merchant
+/// id, one error per (rule or default, channel) naming the merchants. `rules` are the valid
+/// rules with their position in the file.
+pub(super) fn check_sub_merchants(
+    rules: &[(usize, Rule)],
+    defaults: &HashMap<Family, String>,
+    shops: &[Shop],
+    channels: &BTreeMap<String, Arc<ChannelSettings>>,
+    merchants: &HashMap<String, SubMerchant>,
+    errs: &mut Errors,
+) {
+    let mut shops_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for s in shops {
+        for m in &s.merchants {
+            shops_of.entry(m).or_default().insert(&s.id);
+        }
+    }
+    let mut all: BTreeSet<&str> = shops_of.keys().copied().collect();
+    for (_, r) in rules {
+        if let Some(ms) = &r.when.merchants {
+            all.extend(ms.iter().map(String::as_str));
+        }
+    }
+
+    // Whether `channel` lacks what it needs for `merchant`: the sub-merchant key, if so.
+    let lacks = |channel: &str, merchant: &str| -> bool {
+        let Some(c) = channels.get(channel) else {
+            return false; // unknown or invalid: reported elsewhere
+        };
+        if !c.needs_sub_merchant() {
+            return false;
+        }
+        let m = merchants.get(merchant);
+        match c.family() {
+            Family::Wechat => !m.is_some_and(|m| m.wechat_sub_mchid.is_some()),
+            Family::Alipay => !m.is_some_and(|m| m.alipay_app_auth_token.is_some()),
+        }
+    };
+    // (rule position, channel) and (family, channel) → merchants missing the key.
+    let mut by_rule: BTreeMap<(usize, &str), BTreeSet<&str>> = BTreeMap::new();
+    let mut by_default: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+
+    for &m in &all {
+        let my_shops = shops_of.get(m);
+        for method in Method::ALL {
+            let mut default_reachable = my_shops.is_some();
+            for (i, rule) in rules {
+                let w = &rule.when;
+                let for_me = match &w.merchants {
+                    Some(ms) => ms.contains(m),
+                    None => my_shops.is_some(),
+                };
+                if !for_me || w.methods & method.bit() == 0 {
+                    continue;
+                }
+                // A shop condition none of the merchant's shops meets: never for this merchant.
+                if let (Some(ss), Some(mine)) = (&w.shops, my_shops) {
+                    if !mine.iter().any(|s| ss.contains(*s)) {
+                        continue;
+                    }
+                }
+                for ch in rule.channels() {
+                    if lacks(ch, m) {
+                        by_rule.entry((*i, ch)).or_default().insert(m);
+                    }
+                }
+                if unconditional(w) {
+                    default_reachable = false;
+                    break;
+                }
+            }
+            if default_reachable {
+                let family = method.family();
+                if let Some(ch) = defaults.get(&family) {
+                    if lacks(ch, m) {
+                        by_default
+                            .entry((family.as_str(), ch))
+                            .or_default()
+                            .insert(m);
+                    }
+                }
+            }
+        }
+    }
+
+    let mut report = |at: &str, label: &str, channel: &str, missing: &BTreeSet<&str>| {
+        let Some(c) = channels.get(channel) else {
+            return;
+        };
+        let key = match c.family() {
+            Family::Wechat => "wechat_sub_mchid",
+            Family::Alipay => "alipay_app_auth_token",
+        };
+        let missing: Vec<&str> = missing.iter().copied().collect();
+        errs.push(
+            at,
+            format!(
+                "{label}: channel {channel:?} is {} mode but merchant(s) {} have no {key} under merchants:",
+                c.mode(),
+                missing.join(", ")
+            ),
+        );
+    };
+    for ((family, channel), missing) in &by_default {
+        let at = format!("routing.default.{family}");
+        report(&at, &at, channel, missing);
+    }
+    for ((i, channel), missing) in &by_rule {
+        let Some((_, rule)) = rules.iter().find(|(j, _)| j == i) else {
+            continue;
+        };
+        report(
+            &format!("routing.rules[{i}]"),
+            &format!("rules[{i}] {:?}", rule.name),
+            channel,
+            missing,
+        );
+    }
+}
