@@ -74,17 +74,23 @@ const FULL: &str =
     r#"{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m1001_TEST_ONLY }"#;
 
 fn config(m1001: &str, rules: &str) -> String {
-    BASE.replace("{M1001}", m1001)
-        .replace("{RULES}", rules)
-        .replace("{PLATFORM_BASE}", "http://127.0.0.1:8090")
-        .replace(
-            "{PLATFORM_KEY}",
-            "file:config/sandbox/platform_apiclient_key.pem",
-        )
-        .replace(
-            "{WECHATPAY_PUB}",
-            "file:config/sandbox/wechatpay_pub_key.pem",
-        )
+    platform_wechat(
+        &config_keeping_platform(m1001, rules),
+        "http://127.0.0.1:8090",
+        "file:config/sandbox/platform_apiclient_key.pem",
+        "file:config/sandbox/wechatpay_pub_key.pem",
+    )
+}
+
+fn config_keeping_platform(m1001: &str, rules: &str) -> String {
+    BASE.replace("{M1001}", m1001).replace("{RULES}", rules)
+}
+
+/// Sets platform_wechat's base_url, private_key and wechatpay_public_key.
+fn platform_wechat(text: &str, base: &str, key: &str, public: &str) -> String {
+    text.replace("{PLATFORM_BASE}", base)
+        .replace("{PLATFORM_KEY}", key)
+        .replace("{WECHATPAY_PUB}", public)
 }
 
 const OWN_WECHAT_ALL_METHODS: &str = r#"    - name: m1001-own-wechat
@@ -209,4 +215,134 @@ fn isv_default_needs_the_app_auth_token() {
         err.contains(r#"routing.default.alipay: channel "platform_alipay" is isv mode but merchant(s) m_1001 have no alipay_app_auth_token"#),
         "{err}"
     );
+}
+
+/// A throwaway RSA key pair, as bare base64 (PKCS#8 private, SPKI public) — what a real
+/// provider account's keys look like to validation: not the sandbox's.
+fn fresh_key_pair() -> (String, String) {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::{KeyPair, KeySize};
+    use aws_lc_rs::signature::KeyPair as _;
+    use base64::Engine;
+    let kp = KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let private = b64.encode(kp.as_der().unwrap().as_ref());
+    let public = b64.encode(kp.public_key().as_der().unwrap().as_ref());
+    (private, public)
+}
+
+const SANDBOX_PLATFORM_KEY: &str = "file:config/sandbox/platform_apiclient_key.pem";
+const SANDBOX_WECHATPAY_PUB: &str = "file:config/sandbox/wechatpay_pub_key.pem";
+
+/// The sandbox keys are fine against a loopback sandbox, however it is spelled.
+#[test]
+fn sandbox_keys_are_accepted_on_loopback() {
+    let text = config_keeping_platform(FULL, OWN_WECHAT_ALL_METHODS);
+    for base in [
+        "http://127.0.0.1:8090",
+        "http://127.3.2.1:8090",
+        "http://localhost:8090",
+        "http://[::1]:8090",
+        "https://localhost:8443",
+    ] {
+        let (ok, err) = check(&platform_wechat(
+            &text,
+            base,
+            SANDBOX_PLATFORM_KEY,
+            SANDBOX_WECHATPAY_PUB,
+        ));
+        assert!(ok, "{base}: {err}");
+    }
+}
+
+/// (A4) The public sandbox keys on a channel to a real provider are refused, each key named
+/// with the reason; fresh keys on the same channel pass. Accepted before this check existed.
+#[test]
+fn sandbox_keys_are_refused_off_loopback() {
+    let text = config_keeping_platform(FULL, OWN_WECHAT_ALL_METHODS);
+    let real = "https://api.mch.weixin.qq.com";
+    let (ok, err) = check(&platform_wechat(
+        &text,
+        real,
+        SANDBOX_PLATFORM_KEY,
+        SANDBOX_WECHATPAY_PUB,
+    ));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("channels.platform_wechat.private_key: this is the public sandbox TEST-ONLY key (config/sandbox/platform_apiclient_key.pem); it is refused for a non-loopback base_url (api.mch.weixin.qq.com)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("channels.platform_wechat.wechatpay_public_key: this is the public sandbox TEST-ONLY key"),
+        "{err}"
+    );
+    assert!(err.contains("2 error(s)"), "{err}");
+
+    // The key of another sandbox merchant, inline as PEM, is just as public.
+    let m2002 = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/sandbox/m2002_apiclient_key.pem"
+    ))
+    .unwrap();
+    let (private, public) = fresh_key_pair();
+    let inline = format!(
+        "|\n{}",
+        m2002
+            .lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    );
+    let (ok, err) = check(&platform_wechat(&text, real, &inline, &public));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("channels.platform_wechat.private_key: this is the public sandbox TEST-ONLY key (config/sandbox/m2002_apiclient_key.pem)"),
+        "{err}"
+    );
+    assert!(err.contains("1 error(s)"), "{err}");
+
+    let (ok, err) = check(&platform_wechat(&text, real, &private, &public));
+    assert!(ok, "{err}");
+}
+
+/// Alipay keys and WeChat Pay platform certificates are recognised too.
+#[test]
+fn sandbox_alipay_keys_and_certificates_are_refused_off_loopback() {
+    let text = config(FULL, OWN_WECHAT_ALL_METHODS)
+        .replace(
+            "base_url: http://127.0.0.1:8090/gateway.do",
+            "base_url: https://openapi.alipay.com/gateway.do",
+        )
+        .replace(
+            "    base_url: http://127.0.0.1:8090\n    mchid:",
+            "    base_url: https://api.mch.weixin.qq.com\n    mchid:",
+        );
+    let (ok, err) = check(&text);
+    assert!(!ok, "{err}");
+    for expected in [
+        "channels.platform_alipay.private_key: this is the public sandbox TEST-ONLY key (config/sandbox/platform_alipay_app_key.pem)",
+        "channels.platform_alipay.alipay_public_key: this is the public sandbox TEST-ONLY key (config/sandbox/alipay_sandbox_key.pem)",
+        "channels.m1001_wechat.private_key: this is the public sandbox TEST-ONLY key (config/sandbox/m1001_apiclient_key.pem)",
+        "channels.m1001_wechat.platform_certificates[0]: this is the public sandbox TEST-ONLY key (config/sandbox/wechatpay_platform_key.pem)",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+/// (A4) Plain HTTP to anything but loopback is refused, naming the channel and its base_url.
+#[test]
+fn plain_http_is_refused_off_loopback() {
+    let text = config_keeping_platform(FULL, OWN_WECHAT_ALL_METHODS);
+    let (private, public) = fresh_key_pair();
+    for base in [
+        "http://10.0.0.5:8090",
+        "http://api.mch.weixin.qq.com",
+        "http://127.0.0.1.nip.io",
+    ] {
+        let (ok, err) = check(&platform_wechat(&text, base, &private, &public));
+        assert!(!ok, "{base}: {err}");
+        assert!(
+            err.contains(&format!("channels.platform_wechat.base_url: {base:?} is plain http:// to a non-loopback host; it is refused")),
+            "{err}"
+        );
+    }
 }

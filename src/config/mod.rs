@@ -9,6 +9,7 @@ pub mod file;
 mod locate;
 mod redact;
 pub mod reload;
+pub mod sandbox_keys;
 mod validate;
 
 use std::collections::{BTreeMap, HashMap};

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{secret_value, Errors};
+use super::{insecure, secret_value, Errors};
 use crate::channel::alipay::{AlipayMode, AlipaySettings};
 use crate::channel::keys::{Certificate, RsaSigner, RsaVerifier};
 use crate::channel::wechatpay::{WechatMode, WechatPaySettings, WechatVerifier};
@@ -230,6 +230,7 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
             format!("channels.{name}: base_url {base_url:?} must start with http:// or https://"),
         );
     }
+    insecure::check_channel(name, c, &base_url, errs);
     let fee = match &c.fee_rate {
         None => FeeRate::default(),
         Some(r) => FeeRate::parse(r)

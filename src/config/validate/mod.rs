@@ -1,10 +1,12 @@
 //! `FileConfig` → [`Config`]: every check of DESIGN.md §5, errors collected, never a panic.
 //!
 //! This module orchestrates; the checks live by concern: `server` (server, admin, store,
-//! shops, merchants, limits, sandbox), `channels`, `routing`, and `reach` (which channels
+//! shops, merchants, limits, sandbox), `channels`, `routing`, `insecure`
+//! (plain HTTP and sandbox keys off loopback), and `reach` (which channels
 //! each merchant can reach, so which sub-merchant ids are needed). Redaction is `config::redact`.
 
 mod channels;
+mod insecure;
 mod reach;
 mod routing;
 mod server;
