@@ -55,15 +55,26 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
     let rules = routing::routing(&f, &channels, &merchants, &shops, &mut errs);
     let sandbox = server::sandbox(&f, &channels, &mut errs);
 
+    // Each builder reports why it returns None, so these are Some without errors; if one
+    // ever is not, that is an error message, not a panic.
+    let (Some(server), Some(store)) = (server, store) else {
+        if errs.list.is_empty() {
+            errs.push(
+                "server",
+                "server / store settings could not be built".into(),
+            );
+        }
+        return Err(errs.list);
+    };
     if !errs.list.is_empty() {
         return Err(errs.list);
     }
     Ok(Config {
         path: PathBuf::new(),
         version: String::new(),
-        server: server.expect("no errors means server settings were built"),
+        server,
         admin_token,
-        store: store.expect("no errors means store settings were built"),
+        store,
         shops: ShopDirectory::new(shops),
         merchants,
         channels,
