@@ -72,8 +72,8 @@ pub(super) fn check_sub_merchants(
         }
         let m = merchants.get(merchant);
         match c.family() {
-            Family::Wechat => !m.is_some_and(|m| m.wechat_sub_mchid.is_some()),
-            Family::Alipay => !m.is_some_and(|m| m.alipay_app_auth_token.is_some()),
+            Family::Wechat => m.is_none_or(|m| m.wechat_sub_mchid.is_none()),
+            Family::Alipay => m.is_none_or(|m| m.alipay_app_auth_token.is_none()),
         }
     };
     // (index into `rules`, channel) and (family, channel) → merchants missing the key.
