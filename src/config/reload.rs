@@ -2,7 +2,6 @@
 //! parse, validate, build, swap — is `App::reload`; a bad file changes nothing.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use prometheus::{Gauge, IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -91,7 +90,7 @@ pub fn watch(path: &Path) -> notify::Result<(notify::RecommendedWatcher, mpsc::R
     tokio::spawn(async move {
         while raw_rx.recv().await.is_some() {
             // A save is often several events (truncate, write, rename): wait for quiet.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(super::defaults::RELOAD_DEBOUNCE).await;
             while raw_rx.try_recv().is_ok() {}
             if tx.send(()).await.is_err() {
                 break;

@@ -1,0 +1,40 @@
+//! Redaction for `/admin/config`: the file as parsed, literal secrets replaced.
+
+use crate::secret;
+
+/// Keys whose literal values are secrets; `/admin/config` redacts them.
+const SECRET_KEYS: [&str; 7] = [
+    "api_key",
+    "secret",
+    "token",
+    "private_key",
+    "apiv3_key",
+    "alipay_app_auth_token",
+    "key",
+];
+
+/// Replaces literal secret values with `<redacted>`; `env:`/`file:` references stay, since
+/// they name where the secret lives, not what it is.
+pub(super) fn redact(mut v: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, val) in map.iter_mut() {
+                    if SECRET_KEYS.contains(&k.as_str()) {
+                        if let serde_json::Value::String(s) = val {
+                            if !secret::is_reference(s) {
+                                *s = "<redacted>".into();
+                            }
+                            continue;
+                        }
+                    }
+                    walk(val);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
+}

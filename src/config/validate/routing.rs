@@ -1,0 +1,262 @@
+//! Routing: rules, family defaults, and the sub-merchant ids partner / ISV channels need.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::{reach, Errors};
+use crate::shops::Shop;
+use crate::channel::{ChannelSettings, SubMerchant};
+use crate::config::file::{FileConfig, RuleFile};
+use crate::domain::{Family, Method};
+use crate::routing::{Conditions, HoursRange, Rule, Rules, Target};
+
+pub(super) fn routing(
+    f: &FileConfig,
+    channels: &BTreeMap<String, Arc<ChannelSettings>>,
+    merchants: &HashMap<String, SubMerchant>,
+    shops: &[Shop],
+    errs: &mut Errors,
+) -> Rules {
+    // A channel that failed its own validation still exists for routing purposes: report
+    // its errors once, not again as "unknown channel" in every rule that names it.
+    let family_of = |name: &str| -> Option<Option<Family>> {
+        if let Some(c) = channels.get(name) {
+            return Some(Some(c.family()));
+        }
+        f.channels.get(name).map(|c| match c.kind.as_str() {
+            "wechatpay_v3" => Some(Family::Wechat),
+            "alipay" => Some(Family::Alipay),
+            _ => None,
+        })
+    };
+    let mut defaults = HashMap::new();
+    for (fam, ch) in &f.routing.default {
+        let at = format!("routing.default.{fam}");
+        let Some(family) = Family::parse(fam) else {
+            errs.push(
+                &at,
+                format!("routing.default: {fam:?} is not a family (wechat, alipay)"),
+            );
+            continue;
+        };
+        match family_of(ch) {
+            None => errs.push(
+                &at,
+                format!("routing.default.{fam}: unknown channel {ch:?}"),
+            ),
+            Some(Some(cf)) if cf != family => errs.push(
+                &at,
+                format!("routing.default.{fam}: channel {ch:?} is in the {cf} family"),
+            ),
+            _ => {
+                defaults.insert(family, ch.clone());
+            }
+        }
+    }
+    for family in Family::ALL {
+        let has_channels = f
+            .channels
+            .keys()
+            .any(|c| family_of(c) == Some(Some(family)));
+        if has_channels
+            && !defaults.contains_key(&family)
+            && !f.routing.default.contains_key(family.as_str())
+        {
+            errs.push(
+                "routing",
+                format!("routing.default: the {family} family has channels but no default"),
+            );
+        }
+    }
+
+    let mut rules: Vec<(usize, Rule)> = Vec::new();
+    let mut names = HashSet::new();
+    for (i, r) in f.routing.rules.iter().enumerate() {
+        let at = format!("routing.rules[{i}]");
+        let label = format!("rules[{i}] {:?}", r.name);
+        if r.name.is_empty() {
+            errs.push(&at, format!("rules[{i}]: name is empty"));
+        }
+        if !names.insert(r.name.as_str()) {
+            errs.push(
+                &format!("{at}.name"),
+                format!("{label}: duplicate rule name"),
+            );
+        }
+        if let Some(rule) = rule(r, &at, &label, &family_of, errs) {
+            rules.push((i, rule));
+        }
+    }
+    reach::check_sub_merchants(&rules, &defaults, shops, channels, merchants, errs);
+    Rules::new(rules.into_iter().map(|(_, r)| r).collect(), defaults)
+}
+
+fn rule(
+    r: &RuleFile,
+    at: &str,
+    label: &str,
+    family_of: &dyn Fn(&str) -> Option<Option<Family>>,
+    errs: &mut Errors,
+) -> Option<Rule> {
+    let n = errs.list.len();
+    let mut targets: Vec<(String, &str)> = Vec::new(); // (yaml path, channel)
+    let target = match (&r.to, &r.split) {
+        (Some(to), None) => {
+            targets.push((format!("{at}.to"), to));
+            Some(Target::To(to.clone()))
+        }
+        (None, Some(split)) => {
+            if split.is_empty() {
+                errs.push(&format!("{at}.split"), format!("{label}: split is empty"));
+            }
+            let total: u64 = split.iter().map(|s| s.weight as u64).sum();
+            if total == 0 && !split.is_empty() {
+                errs.push(
+                    &format!("{at}.split"),
+                    format!("{label}: split weights sum to 0"),
+                );
+            }
+            for (j, s) in split.iter().enumerate() {
+                targets.push((format!("{at}.split[{j}].to"), &s.to));
+            }
+            Some(Target::Split {
+                choices: split.iter().map(|s| (s.to.clone(), s.weight)).collect(),
+                total,
+            })
+        }
+        (Some(_), Some(_)) => {
+            errs.push(at, format!("{label}: has both to and split; use one"));
+            None
+        }
+        (None, None) => {
+            errs.push(at, format!("{label}: needs to or split"));
+            None
+        }
+    };
+    for (j, fb) in r.fallback.iter().enumerate() {
+        targets.push((format!("{at}.fallback[{j}]"), fb));
+    }
+    // `to`, `split[1].to`, `fallback[0]`: the key within the rule.
+    let key_of = |path: &str| {
+        path.strip_prefix(at)
+            .unwrap_or(path)
+            .trim_start_matches('.')
+            .to_string()
+    };
+    let mut families = BTreeSet::new();
+    let mut known: Vec<(String, &str, Family)> = Vec::new();
+    for (path, ch) in &targets {
+        match family_of(ch) {
+            None => errs.push(
+                path,
+                format!("{label}: {}: unknown channel {ch:?}", key_of(path)),
+            ),
+            Some(Some(fam)) => {
+                families.insert(fam);
+                known.push((path.clone(), ch, fam));
+            }
+            Some(None) => {} // its own kind error is reported under channels
+        }
+    }
+
+    let w = &r.when;
+    let mut explicit: Option<u16> = None;
+    if let Some(methods) = &w.method {
+        let mut bits = 0;
+        for m in methods.values() {
+            match Method::parse(&m) {
+                Some(m) => bits |= m.bit(),
+                None => errs.push(
+                    &format!("{at}.when.method"),
+                    format!("{label}: when.method: unknown method {m:?}"),
+                ),
+            }
+        }
+        explicit = Some(bits);
+    }
+    if let Some(fams) = &w.family {
+        let mut bits = 0;
+        for fam in fams.values() {
+            match Family::parse(&fam) {
+                Some(f) => bits |= f.method_bits(),
+                None => errs.push(
+                    &format!("{at}.when.family"),
+                    format!("{label}: when.family: {fam:?} is not wechat or alipay"),
+                ),
+            }
+        }
+        explicit = Some(explicit.unwrap_or(u16::MAX) & bits);
+    }
+    let methods = match explicit {
+        Some(bits) => {
+            for m in Method::from_bits(bits) {
+                for (path, ch, fam) in &known {
+                    if *fam != m.family() {
+                        errs.push(
+                            path,
+                            format!(
+                                "{label}: {}: channel {ch:?} ({fam}) cannot serve method {m}",
+                                key_of(path)
+                            ),
+                        );
+                    }
+                }
+            }
+            bits
+        }
+        // No method condition: the rule applies to the methods its channels can serve.
+        None => match families.len() {
+            0 => 0,
+            1 => families.first().map_or(0, |f| f.method_bits()),
+            _ => {
+                errs.push(at, format!("{label}: sends to both wechat and alipay channels; add when.method or when.family"));
+                0
+            }
+        },
+    };
+    let amount = w.amount.as_ref();
+    let (amount_min, amount_max) = (amount.and_then(|a| a.min), amount.and_then(|a| a.max));
+    if let (Some(min), Some(max)) = (amount_min, amount_max) {
+        if min > max {
+            errs.push(
+                &format!("{at}.when.amount"),
+                format!("{label}: when.amount: min {min} is above max {max}"),
+            );
+        }
+    }
+    let hours = w.hours.as_ref().and_then(|h| {
+        HoursRange::parse(h)
+            .map_err(|e| {
+                errs.push(
+                    &format!("{at}.when.hours"),
+                    format!("{label}: when.hours: {e}"),
+                )
+            })
+            .ok()
+    });
+    if errs.list.len() > n {
+        return None;
+    }
+    Some(Rule {
+        name: r.name.clone(),
+        when: Conditions {
+            merchants: w
+                .merchant
+                .as_ref()
+                .map(|m| m.values().into_iter().collect()),
+            shops: w.shop.as_ref().map(|s| s.values().into_iter().collect()),
+            methods,
+            amount_min,
+            amount_max,
+            currencies: w.currency.as_ref().map(|c| c.values()),
+            metadata: w
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.values()))
+                .collect(),
+            hours,
+        },
+        target: target?,
+        fallback: r.fallback.clone(),
+    })
+}

@@ -1,0 +1,254 @@
+//! Server, admin, store, shops, merchants, limits and the built-in sandbox.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{addr, secret_value, tls, Errors};
+use crate::shops::{Shop, Webhook};
+use crate::channel::{ChannelSettings, ConnectorSettings, SubMerchant};
+use crate::config::defaults::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_STORE_PATH, MAX_MAX_BODY_BYTES,
+    MIN_ADMIN_TOKEN_LEN, MIN_MAX_BODY_BYTES, MIN_SHOP_API_KEY_LEN,
+};
+use crate::config::file::FileConfig;
+use crate::resilience::{parse_duration, LimitKey, LimitSettings, RateSpec};
+use crate::sandbox::{SandboxMerchant, SandboxSettings};
+use crate::secret::Secret;
+use crate::server::ServerSettings;
+use crate::store::StoreSettings;
+
+pub(super) fn server(f: &FileConfig, errs: &mut Errors) -> Option<ServerSettings> {
+    let s = &f.server;
+    let listen = addr(&s.listen, "server.listen", errs);
+    let admin_listen = addr(&s.admin_listen, "server.admin_listen", errs);
+    let base = s.public_base_url.trim_end_matches('/').to_string();
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        errs.push(
+            "server.public_base_url",
+            format!("server.public_base_url: {base:?} must start with http:// or https://"),
+        );
+    }
+    let max_body_bytes = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if !(MIN_MAX_BODY_BYTES..=MAX_MAX_BODY_BYTES).contains(&max_body_bytes) {
+        errs.push(
+            "server.max_body_bytes",
+            format!("server.max_body_bytes: must be between {MIN_MAX_BODY_BYTES} and {MAX_MAX_BODY_BYTES}"),
+        );
+    }
+    let drain_timeout = match &s.drain_timeout {
+        None => Some(DEFAULT_DRAIN_TIMEOUT),
+        Some(d) => parse_duration(d)
+            .map_err(|e| errs.push("server.drain_timeout", format!("server.drain_timeout: {e}")))
+            .ok(),
+    };
+    let tls = match &s.tls {
+        None => Some(None),
+        Some(t) => tls(t, "server.tls", errs).map(Some),
+    };
+    Some(ServerSettings {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        public_base_url: base,
+        max_body_bytes,
+        drain_timeout: drain_timeout?,
+        tls: tls?,
+    })
+}
+
+pub(super) fn admin_token(f: &FileConfig, errs: &mut Errors) -> Option<Secret> {
+    f.admin.as_ref().and_then(|a| {
+        secret_value(&a.token, "admin.token", errs).and_then(|t| {
+            if t.expose().len() < MIN_ADMIN_TOKEN_LEN {
+                errs.push(
+                    "admin.token",
+                    format!("admin.token: must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+                );
+                None
+            } else {
+                Some(t)
+            }
+        })
+    })
+}
+
+pub(super) fn store(f: &FileConfig, errs: &mut Errors) -> Option<StoreSettings> {
+    let Some(s) = &f.store else {
+        return Some(StoreSettings::Sqlite {
+            path: PathBuf::from(DEFAULT_STORE_PATH),
+        });
+    };
+    match s.kind.as_str() {
+        "sqlite" => {
+            if s.url.is_some() {
+                errs.push(
+                    "store.url",
+                    "store.url: is for kind redis; sqlite uses path".into(),
+                );
+            }
+            Some(StoreSettings::Sqlite {
+                path: PathBuf::from(s.path.as_deref().unwrap_or(DEFAULT_STORE_PATH)),
+            })
+        }
+        "redis" => {
+            errs.push(
+                "store.kind",
+                "store.kind: redis is not built yet; use sqlite".into(),
+            );
+            None
+        }
+        other => {
+            errs.push(
+                "store.kind",
+                format!("store.kind: {other:?} is not sqlite or redis"),
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn shops(f: &FileConfig, errs: &mut Errors) -> Vec<Shop> {
+    let mut out: Vec<Shop> = Vec::new();
+    let mut keys = HashSet::new();
+    for (i, s) in f.shops.iter().enumerate() {
+        let at = format!("shops[{i}]");
+        let label = format!("shops[{i}] {:?}", s.id);
+        if s.id.is_empty() {
+            errs.push(&at, format!("{label}: id is empty"));
+        }
+        if out.iter().any(|o| o.id == s.id) {
+            errs.push(&format!("{at}.id"), format!("{label}: duplicate shop id"));
+        }
+        let key = secret_value(&s.api_key, &format!("{at}.api_key"), errs);
+        if let Some(k) = &key {
+            if k.expose().len() < MIN_SHOP_API_KEY_LEN {
+                errs.push(
+                    &format!("{at}.api_key"),
+                    format!("{label}: api_key must be at least {MIN_SHOP_API_KEY_LEN} characters"),
+                );
+            }
+            if !keys.insert(k.expose().to_string()) {
+                errs.push(
+                    &format!("{at}.api_key"),
+                    format!("{label}: api_key is the same as another shop's"),
+                );
+            }
+        }
+        let webhook = s.webhook.as_ref().and_then(|w| {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                errs.push(
+                    &format!("{at}.webhook.url"),
+                    format!("{label}: webhook.url must be http(s)"),
+                );
+            }
+            let secret = secret_value(&w.secret, &format!("{at}.webhook.secret"), errs)?;
+            Some(Webhook {
+                url: w.url.clone(),
+                secret,
+            })
+        });
+        if let Some(api_key) = key {
+            out.push(Shop {
+                id: s.id.clone(),
+                api_key,
+                merchants: s.merchants.iter().cloned().collect(),
+                webhook,
+            });
+        }
+    }
+    out
+}
+
+pub(super) fn merchants(f: &FileConfig, errs: &mut Errors) -> HashMap<String, SubMerchant> {
+    let mut out = HashMap::new();
+    for (id, m) in &f.merchants {
+        let token = m
+            .alipay_app_auth_token
+            .as_ref()
+            .and_then(|t| secret_value(t, &format!("merchants.{id}.alipay_app_auth_token"), errs));
+        out.insert(
+            id.clone(),
+            SubMerchant {
+                wechat_sub_mchid: m.wechat_sub_mchid.clone(),
+                wechat_sub_appid: m.wechat_sub_appid.clone(),
+                alipay_app_auth_token: token,
+            },
+        );
+    }
+    out
+}
+
+pub(super) fn limits(f: &FileConfig, errs: &mut Errors) -> Vec<LimitSettings> {
+    let mut out: Vec<LimitSettings> = Vec::new();
+    for (i, l) in f.limits.iter().enumerate() {
+        let at = format!("limits[{i}]");
+        let label = format!("limits[{i}] {:?}", l.name);
+        if out.iter().any(|o| o.name == l.name) {
+            errs.push(
+                &format!("{at}.name"),
+                format!("{label}: duplicate limit name"),
+            );
+        }
+        let key = match l.key.as_str() {
+            "merchant" => Some(LimitKey::Merchant),
+            "shop" => Some(LimitKey::Shop),
+            other => {
+                errs.push(
+                    &format!("{at}.key"),
+                    format!("{label}: key {other:?} is not merchant or shop"),
+                );
+                None
+            }
+        };
+        let rate = RateSpec::parse(&l.rate, l.burst)
+            .map_err(|e| errs.push(&format!("{at}.rate"), format!("{label}: rate {e}")))
+            .ok();
+        if let (Some(key), Some(rate)) = (key, rate) {
+            out.push(LimitSettings {
+                name: l.name.clone(),
+                key,
+                rate,
+            });
+        }
+    }
+    out
+}
+
+pub(super) fn sandbox(
+    f: &FileConfig,
+    channels: &BTreeMap<String, Arc<ChannelSettings>>,
+    errs: &mut Errors,
+) -> Option<SandboxSettings> {
+    let s = f.sandbox.as_ref()?;
+    let listen = addr(&s.listen, "sandbox.listen", errs)?;
+    let tls = match &s.tls {
+        None => None,
+        Some(t) => Some(tls(t, "sandbox.tls", errs)?),
+    };
+    Some(SandboxSettings {
+        listen,
+        tls,
+        merchants: sandbox_merchants(channels),
+    })
+}
+
+/// The sandbox knows each configured merchant's (or app's) public key, as WeChat Pay does once
+/// the merchant uploads its certificate and Alipay once the app's key is set in its console.
+pub fn sandbox_merchants(
+    channels: &BTreeMap<String, Arc<ChannelSettings>>,
+) -> Vec<SandboxMerchant> {
+    channels
+        .values()
+        .map(|c| match &c.connector {
+            ConnectorSettings::WechatPay(w) => SandboxMerchant::Wechat {
+                mchid: w.signing_mchid().to_string(),
+                serial_no: w.serial_no.clone(),
+                key: w.signer.verifier(),
+            },
+            ConnectorSettings::Alipay(a) => SandboxMerchant::Alipay {
+                app_id: a.app_id.clone(),
+                key: a.signer.verifier(),
+            },
+        })
+        .collect()
+}

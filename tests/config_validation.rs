@@ -1,0 +1,348 @@
+//! `payroute check` on small configs: sub-merchant ids only where a partner / ISV channel is
+//! really reachable (no crying wolf), and channels refused when they could leak real money
+//! through plain HTTP or the public sandbox keys.
+
+use std::process::Command;
+
+/// Runs `payroute check` on a config text (from the repository root, so `file:config/…`
+/// resolves): success and stderr.
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("payroute.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_payroute"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Two merchants, the platform's partner / ISV channels and m_1001's own WeChat account, all
+/// against a loopback sandbox. `{M1001}` is m_1001's merchants: entry, `{RULES}` the rules.
+const BASE: &str = r#"
+server:
+  listen: 127.0.0.1:8080
+  admin_listen: 127.0.0.1:9901
+  public_base_url: http://127.0.0.1:8080
+shops:
+  - id: demo-shop
+    api_key: demo-shop-key-TEST-ONLY
+    merchants: [m_1001, m_2002]
+merchants:
+  m_1001: {M1001}
+  m_2002: { wechat_sub_mchid: "1900000209", alipay_app_auth_token: tok_m2002_TEST_ONLY }
+channels:
+  platform_wechat:
+    kind: wechatpay_v3
+    mode: partner
+    base_url: {PLATFORM_BASE}
+    sp_mchid: "1900000100"
+    sp_appid: wx8888888888888888
+    serial_no: 5157F09EFDC096DE15EBE81A47057A72
+    private_key: {PLATFORM_KEY}
+    wechatpay_public_key: {WECHATPAY_PUB}
+    wechatpay_public_key_id: PUB_KEY_ID_SANDBOX_TEST_ONLY
+  m1001_wechat:
+    kind: wechatpay_v3
+    mode: direct
+    base_url: http://127.0.0.1:8090
+    mchid: "1900000109"
+    appid: wx2421b1c4370ec43b
+    serial_no: 3775B6A45ACD588826D15E583A95F5DD
+    private_key: file:config/sandbox/m1001_apiclient_key.pem
+    platform_certificates: [ file:config/sandbox/wechatpay_platform_cert.pem ]
+  platform_alipay:
+    kind: alipay
+    mode: isv
+    base_url: http://127.0.0.1:8090/gateway.do
+    app_id: "2021000000000001"
+    private_key: file:config/sandbox/platform_alipay_app_key.pem
+    alipay_public_key: file:config/sandbox/alipay_sandbox_pub_key.pem
+routing:
+  rules:
+{RULES}
+  default: { wechat: platform_wechat, alipay: platform_alipay }
+"#;
+
+const NO_WECHAT_SUB: &str = "{ alipay_app_auth_token: tok_m1001_TEST_ONLY }";
+const FULL: &str =
+    r#"{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m1001_TEST_ONLY }"#;
+
+fn config(m1001: &str, rules: &str) -> String {
+    platform_wechat(
+        &config_keeping_platform(m1001, rules),
+        "http://127.0.0.1:8090",
+        "file:config/sandbox/platform_apiclient_key.pem",
+        "file:config/sandbox/wechatpay_pub_key.pem",
+    )
+}
+
+fn config_keeping_platform(m1001: &str, rules: &str) -> String {
+    BASE.replace("{M1001}", m1001).replace("{RULES}", rules)
+}
+
+/// Sets platform_wechat's base_url, private_key and wechatpay_public_key.
+fn platform_wechat(text: &str, base: &str, key: &str, public: &str) -> String {
+    text.replace("{PLATFORM_BASE}", base)
+        .replace("{PLATFORM_KEY}", key)
+        .replace("{WECHATPAY_PUB}", public)
+}
+
+const OWN_WECHAT_ALL_METHODS: &str = r#"    - name: m1001-own-wechat
+      when: { merchant: m_1001, method: [wechat_jsapi, wechat_native, wechat_h5, wechat_app] }
+      to: m1001_wechat"#;
+
+#[test]
+fn base_config_with_every_sub_merchant_id_passes() {
+    let (ok, err) = check(&config(FULL, OWN_WECHAT_ALL_METHODS));
+    assert!(ok, "{err}");
+}
+
+/// (a) The merchant the product is for: every WeChat method goes to its own account by an
+/// unconditional rule, so the platform's partner channel never serves it and it needs no
+/// sub_mchid. Rejected before reachability was decided from the rules.
+#[test]
+fn merchant_on_its_own_channel_for_every_method_needs_no_sub_mchid() {
+    let (ok, err) = check(&config(NO_WECHAT_SUB, OWN_WECHAT_ALL_METHODS));
+    assert!(ok, "{err}");
+    // `family: wechat` says the same as listing the four methods.
+    let by_family = OWN_WECHAT_ALL_METHODS.replace(
+        "method: [wechat_jsapi, wechat_native, wechat_h5, wechat_app]",
+        "family: wechat",
+    );
+    let (ok, err) = check(&config(NO_WECHAT_SUB, &by_family));
+    assert!(ok, "{err}");
+}
+
+/// A later rule to the partner channel that the merchant's unconditional rule shadows is
+/// unreachable for it, even a merchant-less one with conditions.
+#[test]
+fn rules_after_an_unconditional_rule_are_unreachable_for_its_merchant() {
+    let rules = format!(
+        "{OWN_WECHAT_ALL_METHODS}
+    - name: promotions-on-platform
+      when: {{ metadata: {{ campaign: double11 }}, family: wechat }}
+      to: platform_wechat"
+    );
+    let (ok, err) = check(&config(NO_WECHAT_SUB, &rules));
+    assert!(ok, "{err}");
+}
+
+/// (b) An amount condition makes the rule conditional: larger payments fall through to the
+/// family default, the partner channel, so the sub_mchid is required and the error says who.
+#[test]
+fn conditional_rule_leaves_the_partner_default_reachable() {
+    let rules = OWN_WECHAT_ALL_METHODS.replace(
+        "when: { merchant: m_1001,",
+        "when: { merchant: m_1001, amount: { max: 100 },",
+    );
+    let (ok, err) = check(&config(NO_WECHAT_SUB, &rules));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(r#"routing.default.wechat: channel "platform_wechat" is partner mode but merchant(s) m_1001 have no wechat_sub_mchid"#),
+        "{err}"
+    );
+    for conditional in [
+        r#"hours: "08:00-20:00","#,
+        "shop: demo-shop,",
+        "currency: CNY,",
+        "metadata: { channel: app },",
+    ] {
+        let rules = OWN_WECHAT_ALL_METHODS.replace(
+            "when: { merchant: m_1001,",
+            &format!("when: {{ merchant: m_1001, {conditional}"),
+        );
+        let (ok, err) = check(&config(NO_WECHAT_SUB, &rules));
+        assert!(!ok, "{conditional}: {err}");
+        assert!(err.contains(r#"channel "platform_wechat""#), "{err}");
+    }
+}
+
+/// Methods the merchant's rule does not cover still reach the partner default.
+#[test]
+fn methods_the_rule_does_not_cover_reach_the_default() {
+    let rules = OWN_WECHAT_ALL_METHODS.replace(", wechat_h5, wechat_app", "");
+    let (ok, err) = check(&config(NO_WECHAT_SUB, &rules));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(r#"routing.default.wechat: channel "platform_wechat" is partner mode but merchant(s) m_1001 have no wechat_sub_mchid"#),
+        "{err}"
+    );
+}
+
+/// (c) A fallback is reachable whenever its rule is: a partner fallback needs the sub_mchid.
+#[test]
+fn partner_fallback_needs_the_sub_mchid() {
+    let rules = format!("{OWN_WECHAT_ALL_METHODS}\n      fallback: [platform_wechat]");
+    let (ok, err) = check(&config(NO_WECHAT_SUB, &rules));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(r#"rules[0] "m1001-own-wechat": channel "platform_wechat" is partner mode but merchant(s) m_1001 have no wechat_sub_mchid"#),
+        "{err}"
+    );
+    assert!(!err.contains("routing.default.wechat"), "{err}");
+}
+
+/// Every channel of a split is reachable.
+#[test]
+fn every_split_channel_is_reachable() {
+    let rules = r#"    - name: m1001-canary
+      when: { merchant: m_1001, family: wechat }
+      split: [ { to: m1001_wechat, weight: 100 }, { to: platform_wechat, weight: 0 } ]"#;
+    let (ok, err) = check(&config(NO_WECHAT_SUB, rules));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(r#"rules[0] "m1001-canary": channel "platform_wechat" is partner mode but merchant(s) m_1001 have no wechat_sub_mchid"#),
+        "{err}"
+    );
+}
+
+/// The Alipay side too: m_1001 has no app_auth_token and no own Alipay channel, so the ISV
+/// default reaches it.
+#[test]
+fn isv_default_needs_the_app_auth_token() {
+    let (ok, err) = check(&config(
+        r#"{ wechat_sub_mchid: "1900000109" }"#,
+        OWN_WECHAT_ALL_METHODS,
+    ));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(r#"routing.default.alipay: channel "platform_alipay" is isv mode but merchant(s) m_1001 have no alipay_app_auth_token"#),
+        "{err}"
+    );
+}
+
+/// A throwaway RSA key pair, as bare base64 (PKCS#8 private, SPKI public) — what a real
+/// provider account's keys look like to validation: not the sandbox's.
+fn fresh_key_pair() -> (String, String) {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::{KeyPair, KeySize};
+    use aws_lc_rs::signature::KeyPair as _;
+    use base64::Engine;
+    let kp = KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let private = b64.encode(kp.as_der().unwrap().as_ref());
+    let public = b64.encode(kp.public_key().as_der().unwrap().as_ref());
+    (private, public)
+}
+
+const SANDBOX_PLATFORM_KEY: &str = "file:config/sandbox/platform_apiclient_key.pem";
+const SANDBOX_WECHATPAY_PUB: &str = "file:config/sandbox/wechatpay_pub_key.pem";
+
+/// The sandbox keys are fine against a loopback sandbox, however it is spelled.
+#[test]
+fn sandbox_keys_are_accepted_on_loopback() {
+    let text = config_keeping_platform(FULL, OWN_WECHAT_ALL_METHODS);
+    for base in [
+        "http://127.0.0.1:8090",
+        "http://127.3.2.1:8090",
+        "http://localhost:8090",
+        "http://[::1]:8090",
+        "https://localhost:8443",
+    ] {
+        let (ok, err) = check(&platform_wechat(
+            &text,
+            base,
+            SANDBOX_PLATFORM_KEY,
+            SANDBOX_WECHATPAY_PUB,
+        ));
+        assert!(ok, "{base}: {err}");
+    }
+}
+
+/// (A4) The public sandbox keys on a channel to a real provider are refused, each key named
+/// with the reason; fresh keys on the same channel pass. Accepted before this check existed.
+#[test]
+fn sandbox_keys_are_refused_off_loopback() {
+    let text = config_keeping_platform(FULL, OWN_WECHAT_ALL_METHODS);
+    let real = "https://api.mch.weixin.qq.com";
+    let (ok, err) = check(&platform_wechat(
+        &text,
+        real,
+        SANDBOX_PLATFORM_KEY,
+        SANDBOX_WECHATPAY_PUB,
+    ));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("channels.platform_wechat.private_key: this is the public sandbox TEST-ONLY key (config/sandbox/platform_apiclient_key.pem); it is refused for a non-loopback base_url (api.mch.weixin.qq.com)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("channels.platform_wechat.wechatpay_public_key: this is the public sandbox TEST-ONLY key"),
+        "{err}"
+    );
+    assert!(err.contains("2 error(s)"), "{err}");
+
+    // The key of another sandbox merchant, inline as PEM, is just as public.
+    let m2002 = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/sandbox/m2002_apiclient_key.pem"
+    ))
+    .unwrap();
+    let (private, public) = fresh_key_pair();
+    let inline = format!(
+        "|\n{}",
+        m2002
+            .lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    );
+    let (ok, err) = check(&platform_wechat(&text, real, &inline, &public));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("channels.platform_wechat.private_key: this is the public sandbox TEST-ONLY key (config/sandbox/m2002_apiclient_key.pem)"),
+        "{err}"
+    );
+    assert!(err.contains("1 error(s)"), "{err}");
+
+    let (ok, err) = check(&platform_wechat(&text, real, &private, &public));
+    assert!(ok, "{err}");
+}
+
+/// Alipay keys and WeChat Pay platform certificates are recognised too.
+#[test]
+fn sandbox_alipay_keys_and_certificates_are_refused_off_loopback() {
+    let text = config(FULL, OWN_WECHAT_ALL_METHODS)
+        .replace(
+            "base_url: http://127.0.0.1:8090/gateway.do",
+            "base_url: https://openapi.alipay.com/gateway.do",
+        )
+        .replace(
+            "    base_url: http://127.0.0.1:8090\n    mchid:",
+            "    base_url: https://api.mch.weixin.qq.com\n    mchid:",
+        );
+    let (ok, err) = check(&text);
+    assert!(!ok, "{err}");
+    for expected in [
+        "channels.platform_alipay.private_key: this is the public sandbox TEST-ONLY key (config/sandbox/platform_alipay_app_key.pem)",
+        "channels.platform_alipay.alipay_public_key: this is the public sandbox TEST-ONLY key (config/sandbox/alipay_sandbox_key.pem)",
+        "channels.m1001_wechat.private_key: this is the public sandbox TEST-ONLY key (config/sandbox/m1001_apiclient_key.pem)",
+        "channels.m1001_wechat.platform_certificates[0]: this is the public sandbox TEST-ONLY key (config/sandbox/wechatpay_platform_key.pem)",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+/// (A4) Plain HTTP to anything but loopback is refused, naming the channel and its base_url.
+#[test]
+fn plain_http_is_refused_off_loopback() {
+    let text = config_keeping_platform(FULL, OWN_WECHAT_ALL_METHODS);
+    let (private, public) = fresh_key_pair();
+    for base in [
+        "http://10.0.0.5:8090",
+        "http://api.mch.weixin.qq.com",
+        "http://127.0.0.1.nip.io",
+    ] {
+        let (ok, err) = check(&platform_wechat(&text, base, &private, &public));
+        assert!(!ok, "{base}: {err}");
+        assert!(
+            err.contains(&format!("channels.platform_wechat.base_url: {base:?} is plain http:// to a non-loopback host; it is refused")),
+            "{err}"
+        );
+    }
+}
