@@ -2,20 +2,8 @@
 
 mod support;
 
-use http::Method;
 use serde_json::json;
-use support::{payment, Harness, Reply, SHOP_KEY};
-
-async fn close(h: &Harness, merchant: &str, no: &str) -> Reply {
-    let auth = format!("Bearer {SHOP_KEY}");
-    h.send(
-        Method::POST,
-        &format!("{}/v1/payments/{merchant}/{no}/close", h.api),
-        &[("authorization", &auth)],
-        "",
-    )
-    .await
-}
+use support::{payment, Harness};
 
 #[tokio::test]
 async fn unpaid_orders_close_in_every_mode() {
@@ -56,7 +44,7 @@ async fn unpaid_orders_close_in_every_mode() {
             .await;
         assert_eq!(r.status, 201, "{no}: {}", r.text);
         assert_eq!(r.body["channel"], channel);
-        let c = close(&h, merchant, no).await;
+        let c = h.close(merchant, no).await;
         assert_eq!(
             (c.status, c.body["status"].as_str()),
             (200, Some("closed")),
@@ -69,7 +57,7 @@ async fn unpaid_orders_close_in_every_mode() {
             "{no}"
         );
         // Closing again is a no-op, and a closed order cannot be paid.
-        assert_eq!(close(&h, merchant, no).await.body["status"], "closed");
+        assert_eq!(h.close(merchant, no).await.body["status"], "closed");
         h.pay(no).await;
         assert_eq!(
             h.get_payment(merchant, no, true).await.body["status"],
@@ -104,7 +92,7 @@ async fn a_paid_order_is_never_closed() {
         // Paid at the channel, not yet known to payroute: the close is refused and the
         // payment becomes succeeded.
         assert_eq!(h.pay(no).await.status, 200);
-        let c = close(&h, merchant, no).await;
+        let c = h.close(merchant, no).await;
         c.expect_error(409, "invalid_state");
         assert_eq!(c.body["payment"]["status"], "succeeded", "{no}");
         assert_eq!(
@@ -112,7 +100,7 @@ async fn a_paid_order_is_never_closed() {
             "succeeded"
         );
         // Known to be paid: refused without asking the channel.
-        close(&h, merchant, no)
+        h.close(merchant, no)
             .await
             .expect_error(409, "invalid_state");
     }
@@ -134,7 +122,7 @@ async fn closing_an_alipay_page_order_the_payer_never_opened_is_refused() {
         .status,
         201
     );
-    let c = close(&h, "m_4004", "page-unopened").await;
+    let c = h.close("m_4004", "page-unopened").await;
     c.expect_error(409, "invalid_state");
     assert!(
         c.error_message().contains("has not opened it"),
@@ -143,10 +131,10 @@ async fn closing_an_alipay_page_order_the_payer_never_opened_is_refused() {
     );
     assert_eq!(c.body["payment"]["status"], "pending");
 
-    close(&h, "m_4004", "never-created")
+    h.close("m_4004", "never-created")
         .await
         .expect_error(404, "not_found");
-    close(&h, "m_9009", "x")
+    h.close("m_9009", "x")
         .await
         .expect_error(403, "forbidden_merchant");
     h.shutdown().await;

@@ -3,44 +3,8 @@
 
 mod support;
 
-use http::Method;
-use serde_json::{json, Value};
-use support::{payment, Harness, Reply, SHOP_KEY};
-
-async fn refund(h: &Harness, body: Value) -> Reply {
-    let auth = format!("Bearer {SHOP_KEY}");
-    h.send(
-        Method::POST,
-        &format!("{}/v1/refunds", h.api),
-        &[("authorization", &auth)],
-        &body.to_string(),
-    )
-    .await
-}
-
-async fn get_refund(h: &Harness, merchant: &str, no: &str, refresh: bool) -> Reply {
-    let auth = format!("Bearer {SHOP_KEY}");
-    let q = if refresh { "?refresh=true" } else { "" };
-    h.send(
-        Method::GET,
-        &format!("{}/v1/refunds/{merchant}/{no}{q}", h.api),
-        &[("authorization", &auth)],
-        "",
-    )
-    .await
-}
-
-/// Creates, pays and confirms a payment.
-async fn paid(h: &Harness, merchant: &str, no: &str, method: &str, amount: u64) -> Value {
-    let r = h
-        .create(&payment(merchant, no, method, amount, json!({})))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    assert_eq!(h.pay(no).await.status, 200);
-    let q = h.get_payment(merchant, no, true).await;
-    assert_eq!(q.body["status"], "succeeded", "{}", q.text);
-    q.body
-}
+use serde_json::json;
+use support::{payment, Harness};
 
 #[tokio::test]
 async fn partial_refunds_up_to_the_paid_amount_in_every_mode() {
@@ -62,9 +26,9 @@ async fn partial_refunds_up_to_the_paid_amount_in_every_mode() {
         ),
     ];
     for (merchant, no, method, channel) in cases {
-        let p = paid(&h, merchant, no, method, 1999).await;
+        let p = h.paid(merchant, no, method, 1999).await;
         assert_eq!(p["channel"], channel);
-        let first = refund(&h, json!({"merchant_id": merchant, "out_trade_no": no, "out_refund_no": format!("{no}-r1"), "amount": 500, "reason": "退货"})).await;
+        let first = h.refund(&json!({"merchant_id": merchant, "out_trade_no": no, "out_refund_no": format!("{no}-r1"), "amount": 500, "reason": "退货"})).await;
         assert_eq!(
             (first.status, first.body["status"].as_str()),
             (201, Some("succeeded")),
@@ -75,16 +39,16 @@ async fn partial_refunds_up_to_the_paid_amount_in_every_mode() {
             first.body["channel"], channel,
             "a refund goes back the way the money came"
         );
-        let rest = refund(&h, json!({"merchant_id": merchant, "out_trade_no": no, "out_refund_no": format!("{no}-r2"), "amount": 1499})).await;
+        let rest = h.refund(&json!({"merchant_id": merchant, "out_trade_no": no, "out_refund_no": format!("{no}-r2"), "amount": 1499})).await;
         assert_eq!(rest.status, 201, "{no}: {}", rest.text);
         // Nothing is left: one more fen is refused before any channel call.
-        let over = refund(&h, json!({"merchant_id": merchant, "out_trade_no": no, "out_refund_no": format!("{no}-r3"), "amount": 1})).await;
+        let over = h.refund(&json!({"merchant_id": merchant, "out_trade_no": no, "out_refund_no": format!("{no}-r3"), "amount": 1})).await;
         over.expect_error(409, "invalid_state");
         assert!(over.error_message().contains("exceeds"), "{}", over.text);
         let p = h.get_payment(merchant, no, false).await;
         assert_eq!(p.body["refunded_amount"], 1999, "{no}");
         assert_eq!(p.body["status"], "succeeded");
-        let q = get_refund(&h, merchant, &format!("{no}-r1"), true).await;
+        let q = h.get_refund(merchant, &format!("{no}-r1"), true).await;
         assert_eq!(
             (q.status, q.body["status"].as_str()),
             (200, Some("succeeded")),
@@ -112,28 +76,28 @@ async fn refund_guards_and_idempotency() {
         .status,
         201
     );
-    refund(&h, json!({"merchant_id": "m_1001", "out_trade_no": "rg-unpaid", "out_refund_no": "x1", "amount": 100}))
+    h.refund(&json!({"merchant_id": "m_1001", "out_trade_no": "rg-unpaid", "out_refund_no": "x1", "amount": 100}))
         .await
         .expect_error(409, "invalid_state");
-    refund(&h, json!({"merchant_id": "m_1001", "out_trade_no": "nope", "out_refund_no": "x2", "amount": 100}))
+    h.refund(&json!({"merchant_id": "m_1001", "out_trade_no": "nope", "out_refund_no": "x2", "amount": 100}))
         .await
         .expect_error(404, "not_found");
-    refund(&h, json!({"merchant_id": "m_1001", "out_trade_no": "rg-unpaid", "out_refund_no": "x3", "amount": 1.5}))
+    h.refund(&json!({"merchant_id": "m_1001", "out_trade_no": "rg-unpaid", "out_refund_no": "x3", "amount": 1.5}))
         .await
         .expect_error(400, "invalid_amount");
-    refund(&h, json!({"merchant_id": "m_9009", "out_trade_no": "rg-unpaid", "out_refund_no": "x4", "amount": 1}))
+    h.refund(&json!({"merchant_id": "m_9009", "out_trade_no": "rg-unpaid", "out_refund_no": "x4", "amount": 1}))
         .await
         .expect_error(403, "forbidden_merchant");
 
-    paid(&h, "m_1001", "rg-1", "wechat_native", 1000).await;
+    h.paid("m_1001", "rg-1", "wechat_native", 1000).await;
     let body = json!({"merchant_id": "m_1001", "out_trade_no": "rg-1", "out_refund_no": "rg-1-a", "amount": 300});
-    let first = refund(&h, body.clone()).await;
+    let first = h.refund(&body).await;
     assert_eq!(first.status, 201, "{}", first.text);
-    let again = refund(&h, body).await;
+    let again = h.refund(&body).await;
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(again.headers.get("idempotent-replayed").unwrap(), "true");
     assert_eq!(again.body["refund_id"], first.body["refund_id"]);
-    refund(&h, json!({"merchant_id": "m_1001", "out_trade_no": "rg-1", "out_refund_no": "rg-1-a", "amount": 301}))
+    h.refund(&json!({"merchant_id": "m_1001", "out_trade_no": "rg-1", "out_refund_no": "rg-1-a", "amount": 301}))
         .await
         .expect_error(409, "idempotency_mismatch");
     let orders = h.sandbox_orders("rg-1").await;
@@ -148,16 +112,9 @@ async fn refund_guards_and_idempotency() {
     );
 
     // Two refunds racing for the whole remaining amount: exactly one wins.
-    let (a, b) = tokio::join!(
-        refund(
-            &h,
-            json!({"merchant_id": "m_1001", "out_trade_no": "rg-1", "out_refund_no": "rg-1-b", "amount": 700})
-        ),
-        refund(
-            &h,
-            json!({"merchant_id": "m_1001", "out_trade_no": "rg-1", "out_refund_no": "rg-1-c", "amount": 700})
-        ),
-    );
+    let b1 = json!({"merchant_id": "m_1001", "out_trade_no": "rg-1", "out_refund_no": "rg-1-b", "amount": 700});
+    let b2 = json!({"merchant_id": "m_1001", "out_trade_no": "rg-1", "out_refund_no": "rg-1-c", "amount": 700});
+    let (a, b) = tokio::join!(h.refund(&b1), h.refund(&b2));
     let mut statuses = [a.status, b.status];
     statuses.sort_unstable();
     assert_eq!(statuses, [201, 409], "{} / {}", a.text, b.text);
@@ -171,17 +128,17 @@ async fn refund_guards_and_idempotency() {
 #[tokio::test]
 async fn a_rejected_refund_frees_its_amount() {
     let h = Harness::start_alipay(support::MIXED_RULES).await;
-    paid(&h, "m_4004", "rr-1", "wechat_jsapi", 800).await;
+    h.paid("m_4004", "rr-1", "wechat_jsapi", 800).await;
     h.faults(json!({ "fail_next": 1, "fail_status": 403, "fail_code": "NOT_ENOUGH" }))
         .await;
-    let r = refund(&h, json!({"merchant_id": "m_4004", "out_trade_no": "rr-1", "out_refund_no": "rr-1-a", "amount": 800})).await;
+    let r = h.refund(&json!({"merchant_id": "m_4004", "out_trade_no": "rr-1", "out_refund_no": "rr-1-a", "amount": 800})).await;
     r.expect_error(402, "channel_rejected");
     assert!(r.error_message().contains("NOT_ENOUGH"));
     assert_eq!(
-        get_refund(&h, "m_4004", "rr-1-a", false).await.body["status"],
+        h.get_refund("m_4004", "rr-1-a", false).await.body["status"],
         "failed"
     );
-    let ok = refund(&h, json!({"merchant_id": "m_4004", "out_trade_no": "rr-1", "out_refund_no": "rr-1-b", "amount": 800})).await;
+    let ok = h.refund(&json!({"merchant_id": "m_4004", "out_trade_no": "rr-1", "out_refund_no": "rr-1-b", "amount": 800})).await;
     assert_eq!(
         (ok.status, ok.body["status"].as_str()),
         (201, Some("succeeded")),

@@ -551,6 +551,59 @@ impl Harness {
         .await
     }
 
+    /// `POST /v1/payments/{merchant}/{no}/close`.
+    pub async fn close(&self, merchant: &str, no: &str) -> Reply {
+        self.shop_send(
+            Method::POST,
+            &format!("/v1/payments/{merchant}/{no}/close"),
+            "",
+        )
+        .await
+    }
+
+    /// `POST /v1/refunds`.
+    pub async fn refund(&self, body: &Value) -> Reply {
+        self.shop_send(Method::POST, "/v1/refunds", &body.to_string())
+            .await
+    }
+
+    /// `GET /v1/refunds/{merchant}/{no}`, with `?refresh=true` when asked.
+    pub async fn get_refund(&self, merchant: &str, no: &str, refresh: bool) -> Reply {
+        let q = if refresh { "?refresh=true" } else { "" };
+        self.shop_send(Method::GET, &format!("/v1/refunds/{merchant}/{no}{q}"), "")
+            .await
+    }
+
+    /// Creates, pays (in the sandbox) and confirms a payment; its payment object.
+    pub async fn paid(&self, merchant: &str, no: &str, method: &str, amount: u64) -> Value {
+        let r = self
+            .create(&payment(
+                merchant,
+                no,
+                method,
+                amount,
+                serde_json::json!({}),
+            ))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert_eq!(self.pay(no).await.status, 200);
+        let q = self.get_payment(merchant, no, true).await;
+        assert_eq!(q.body["status"], "succeeded", "{}", q.text);
+        q.body
+    }
+
+    /// A shop API call with the test shop's key.
+    pub async fn shop_send(&self, method: Method, path: &str, body: &str) -> Reply {
+        let auth = format!("Bearer {SHOP_KEY}");
+        self.send(
+            method,
+            &format!("{}{path}", self.api),
+            &[("authorization", &auth)],
+            body,
+        )
+        .await
+    }
+
     pub async fn admin_post(&self, path: &str, body: &Value) -> Reply {
         let auth = format!("Bearer {ADMIN_TOKEN}");
         self.send(
