@@ -103,6 +103,44 @@ async fn a_create_that_may_have_reached_its_channel_is_never_failed_over() {
     h.shutdown().await;
 }
 
+/// Before: a channel limit that refused the third attempt, after two 5xx, counted as
+/// "nothing sent" and the order was failed over.
+#[tokio::test]
+async fn a_channel_limit_after_a_5xx_is_not_nothing_sent() {
+    let h = Harness::start_with(false, OWN_WITH_FALLBACK, "").await;
+    // Two calls an hour: the two 5xx attempts spend them, the third is refused locally.
+    let limited = support::wechat_direct(
+        &h.upstream,
+        "limited_wechat",
+        "1900000109",
+        "wx2421b1c4370ec43b",
+        "0C0C0C0C",
+        "m1001_apiclient_key.pem",
+    )
+    .with("limit", "{ rate: 2/h, burst: 2 }");
+    h.reload_with(
+        &OWN_WITH_FALLBACK.replace("to: m1001_wechat", "to: limited_wechat"),
+        &limited.to_string(),
+    )
+    .await;
+    h.faults(json!({"fail_next": 2, "fail_status": 500, "fail_code": "INTERNAL", "fail_ops": ["create"]}))
+        .await;
+    let r = h
+        .create(&payment(
+            "m_1001",
+            "limit-5xx",
+            "wechat_native",
+            100,
+            json!({}),
+        ))
+        .await;
+    r.expect_error(504, "channel_timeout");
+    assert_eq!(r.body["payment"]["channel"], "limited_wechat");
+    assert_eq!(r.body["payment"]["status"], "unknown");
+    assert!(creates_by_mchid(&h, "limit-5xx").await.is_empty());
+    h.shutdown().await;
+}
+
 /// Before: the refund went to whatever sub_mchid the live config named for the merchant.
 #[tokio::test]
 async fn a_refund_after_the_sub_mchid_changed_is_refused_not_sent_elsewhere() {

@@ -213,6 +213,20 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.contains("more than"));
+        // A hostile timestamp at the edge of i64 is refused, not an overflow panic.
+        for hostile in ["-9223372036854775808", "9223372036854775807"] {
+            let err = v
+                .verify(
+                    "D7CE59D1F522D701",
+                    hostile,
+                    nonce,
+                    sig,
+                    body.as_bytes(),
+                    now,
+                )
+                .unwrap_err();
+            assert!(err.contains("more than"), "{err}");
+        }
     }
 
     /// Vector V3 (wechatpay-java AeadAesCipherTest).
