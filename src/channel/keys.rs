@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, KeyPair, ParsedPublicKey, RsaKeyPair};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -94,6 +95,14 @@ impl RsaVerifier {
             .decode(strip_ws(text))
             .map_err(|_| "neither PEM nor base64".to_string())?;
         RsaVerifier::from_der(&der)
+    }
+
+    /// Lower-case hex SHA-256 of the key's X.509 `SubjectPublicKeyInfo` DER: one name for a
+    /// key pair, whichever form (private key, public key, certificate) it came in.
+    pub fn spki_sha256(&self) -> Option<String> {
+        let der = self.key.as_der().ok()?;
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+        Some(d.as_ref().iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// Verifies a base64 signature; any decoding problem is a failed verification.

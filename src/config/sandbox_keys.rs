@@ -6,12 +6,7 @@
 //! (`openssl pkey -in KEY -pubout -outform DER | sha256sum`). The unit test below recomputes
 //! them from the files, so the list cannot drift from the folder.
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::{self, KeyPair, ParsedPublicKey, RsaKeyPair};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer};
+use crate::channel::keys::{RsaSigner, RsaVerifier};
 
 /// One key pair of `config/sandbox/`: the file it is known by, and its fingerprint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,84 +77,13 @@ pub fn sandbox_key(text: &str) -> Option<&'static SandboxKey> {
 /// X.509 certificate PEM. `None` when it does not parse; its parse error is reported by the
 /// channel's own checks.
 pub fn spki_sha256(text: &str) -> Option<String> {
-    let spki = if text.contains("BEGIN CERTIFICATE") {
-        let cert = CertificateDer::from_pem_slice(text.as_bytes()).ok()?;
-        canonical_public(certificate_spki(cert.as_ref())?)?
-    } else if text.contains("PRIVATE KEY-----") {
-        match PrivateKeyDer::from_pem_slice(text.as_bytes()).ok()? {
-            PrivateKeyDer::Pkcs8(k) => private_spki(RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()))?,
-            PrivateKeyDer::Pkcs1(k) => private_spki(RsaKeyPair::from_der(k.secret_pkcs1_der()))?,
-            _ => return None,
-        }
-    } else if text.contains("-----BEGIN") {
-        let spki = SubjectPublicKeyInfoDer::from_pem_slice(text.as_bytes()).ok()?;
-        canonical_public(spki.as_ref())?
+    let private = || RsaSigner::from_text(text).ok().map(|k| k.verifier());
+    let verifier = if text.contains("PRIVATE KEY-----") {
+        private()?
     } else {
-        let clean: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-        let der = B64.decode(clean).ok()?;
-        private_spki(RsaKeyPair::from_pkcs8(&der))
-            .or_else(|| private_spki(RsaKeyPair::from_der(&der)))
-            .or_else(|| canonical_public(&der))?
+        RsaVerifier::from_text(text).ok().or_else(private)?
     };
-    Some(hex_sha256(&spki))
-}
-
-fn private_spki<E>(key: Result<RsaKeyPair, E>) -> Option<Vec<u8>> {
-    let der = key.ok()?.public_key().as_der().ok()?;
-    Some(der.as_ref().to_vec())
-}
-
-/// SPKI or PKCS#1 `RSAPublicKey` DER → canonical SPKI DER.
-fn canonical_public(der: &[u8]) -> Option<Vec<u8>> {
-    let key = ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, der).ok()?;
-    Some(key.as_der().ok()?.as_ref().to_vec())
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The `subjectPublicKeyInfo` TLV of an X.509 certificate (no signature is checked).
-fn certificate_spki(der: &[u8]) -> Option<&[u8]> {
-    let (cert, _) = der_item(der, 0x30)?;
-    let (mut tbs, _) = der_item(cert, 0x30)?;
-    if tbs.first() == Some(&0xa0) {
-        tbs = der_item(tbs, 0xa0)?.1;
-    }
-    let mut rest = der_item(tbs, 0x02)?.1; // serialNumber
-    for _ in ["signature", "issuer", "validity", "subject"] {
-        rest = der_item(rest, 0x30)?.1;
-    }
-    let (header, len) = der_header(rest)?;
-    rest.get(..header.checked_add(len)?)
-}
-
-/// One DER TLV with the expected tag: `(contents, rest)`.
-fn der_item(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    if *input.first()? != tag {
-        return None;
-    }
-    let (header, len) = der_header(input)?;
-    let end = header.checked_add(len)?;
-    Some((input.get(header..end)?, input.get(end..)?))
-}
-
-/// `(header length, contents length)` of the TLV at the start of `input`.
-fn der_header(input: &[u8]) -> Option<(usize, usize)> {
-    let first = *input.get(1)?;
-    if first < 0x80 {
-        return Some((2, first as usize));
-    }
-    let n = (first & 0x7f) as usize;
-    if n == 0 || n > 4 {
-        return None;
-    }
-    let len = input
-        .get(2..2 + n)?
-        .iter()
-        .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-    Some((2 + n, len))
+    verifier.spki_sha256()
 }
 
 #[cfg(test)]
