@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use super::file::{FileConfig, TlsFile};
 use super::redact::redact;
 use super::{Config, ConfigError, Locator};
-use crate::shops::ShopDirectory;
 use crate::secret::{self, Secret};
 use crate::server::TlsSettings;
+use crate::shops::ShopDirectory;
 
 pub use server::sandbox_merchants;
 

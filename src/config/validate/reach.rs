@@ -18,10 +18,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::Errors;
-use crate::shops::Shop;
 use crate::channel::{ChannelSettings, SubMerchant};
 use crate::domain::{Family, Method};
 use crate::routing::{Conditions, Rule};
+use crate::shops::Shop;
 
 /// A rule that matches every payment of the merchants and methods it covers.
 pub(super) fn unconditional(w: &Conditions) -> bool {

@@ -4,11 +4,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{reach, Errors};
-use crate::shops::Shop;
 use crate::channel::{ChannelSettings, SubMerchant};
 use crate::config::file::{FileConfig, RuleFile};
 use crate::domain::{Family, Method};
 use crate::routing::{Conditions, HoursRange, Rule, Rules, Target};
+use crate::shops::Shop;
 
 pub(super) fn routing(
     f: &FileConfig,

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{addr, secret_value, tls, Errors};
-use crate::shops::{Shop, Webhook};
 use crate::channel::{ChannelSettings, ConnectorSettings, SubMerchant};
 use crate::config::defaults::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_STORE_PATH, MAX_MAX_BODY_BYTES,
@@ -16,6 +15,7 @@ use crate::resilience::{parse_duration, LimitKey, LimitSettings, RateSpec};
 use crate::sandbox::{SandboxMerchant, SandboxSettings};
 use crate::secret::Secret;
 use crate::server::ServerSettings;
+use crate::shops::{Shop, Webhook};
 use crate::store::StoreSettings;
 
 pub(super) fn server(f: &FileConfig, errs: &mut Errors) -> Option<ServerSettings> {
