@@ -19,12 +19,15 @@ use crate::routing::PaymentFacts;
 use crate::secret::token_matches;
 use crate::server::json_response;
 use crate::store::PaymentFilter;
+use crate::stranded::StrandedWatch;
 
 /// What the admin port needs: the live config (and its reload), the ledger, the metrics.
 pub struct AdminState {
     pub live: Arc<LiveConfig>,
     pub payments: Arc<PaymentService>,
     pub registry: Registry,
+    /// Open orders at accounts no channel holds, as judged on load and the last reload.
+    pub stranded: Arc<StrandedWatch>,
 }
 
 impl AdminState {
@@ -72,7 +75,7 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                 (&Method::POST, "/admin/reload") => match app.live.reload(false).await {
                     Ok(version) => json_response(
                         StatusCode::OK,
-                        &json!({ "result": "success", "version": version }),
+                        &json!({ "result": "success", "version": version, "stranded": stranded(&app) }),
                     ),
                     Err(e) => json_response(
                         StatusCode::UNPROCESSABLE_ENTITY,
@@ -81,7 +84,7 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                 },
                 (&Method::GET, "/admin/config") => json_response(
                     StatusCode::OK,
-                    &json!({ "version": live.config.version, "config": live.config.redacted }),
+                    &json!({ "version": live.config.version, "config": live.config.redacted, "stranded": stranded(&app) }),
                 ),
                 (&Method::GET, "/admin/channels") => channels(&app),
                 (&Method::GET, "/admin/payments") => payments(&app, req.uri().query()).await,
@@ -193,6 +196,10 @@ async fn payments(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>
             error(ErrorCode::StoreUnavailable, "store unavailable")
         }
     }
+}
+
+fn stranded(app: &AdminState) -> Vec<Value> {
+    app.stranded.last().iter().map(|g| g.to_json()).collect()
 }
 
 /// `POST /admin/explain` `{"merchant_id","method","amount","shop_id"?,"currency"?,
