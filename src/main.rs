@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use payroute::app;
+use payroute::config::defaults::DEFAULT_CONFIG_PATH;
 use payroute::config::Config;
 use payroute::domain::Method;
 use payroute::routing::PaymentFacts;
@@ -22,17 +23,17 @@ struct Cli {
 enum Command {
     /// Serve the API, the admin port and (if configured) the sandbox.
     Serve {
-        #[arg(long, default_value = "config/payroute.yaml")]
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Validate a config file: exit 0 with a summary, or 1 with every error.
     Check {
-        #[arg(long, default_value = "config/payroute.yaml")]
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Dry-run one payment through the rules.
     Explain {
-        #[arg(long, default_value = "config/payroute.yaml")]
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[arg(long)]
         merchant: String,
@@ -59,7 +60,7 @@ enum Command {
     Sandbox {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: std::net::SocketAddr,
-        #[arg(long, default_value = "config/payroute.yaml")]
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
 }

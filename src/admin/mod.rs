@@ -90,7 +90,8 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                 (&Method::GET, "/admin/payments") => payments(&app, req.uri().query()).await,
                 (&Method::GET, "/admin/refunds") => refunds(&app, req.uri().query()).await,
                 (&Method::POST, "/admin/explain") => {
-                    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                    let limit = live.config.server.max_body_bytes;
+                    let body = match Limited::new(req.into_body(), limit).collect().await {
                         Ok(b) => b.to_bytes(),
                         Err(_) => return error(ErrorCode::PayloadTooLarge, "body too large"),
                     };
