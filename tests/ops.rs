@@ -49,8 +49,8 @@ async fn a_changed_sub_mchid_strands_open_orders_until_it_is_restored() {
     // Paid at the provider; the proxy has not learned it yet (still pending here).
     assert_eq!(h.pay("st-1").await.status, 200);
 
-    let changed = format!(r#"m_4004: {{ wechat_sub_mchid: "1900000499""#);
-    let r = reload_replacing(&h, M4004_SUB, &changed).await;
+    let changed = r#"m_4004: { wechat_sub_mchid: "1900000499""#;
+    let r = reload_replacing(&h, M4004_SUB, changed).await;
     let groups = r.body["stranded"].as_array().cloned().unwrap_or_default();
     assert_eq!(groups.len(), 1, "{}", r.text);
     assert_eq!(groups[0]["channel"], "platform_wechat");
@@ -82,7 +82,7 @@ async fn a_changed_sub_mchid_strands_open_orders_until_it_is_restored() {
         .await
         .expect_error(503, "channel_unavailable");
 
-    let r = reload_replacing(&h, &changed, M4004_SUB).await;
+    let r = reload_replacing(&h, changed, M4004_SUB).await;
     assert_eq!(r.body["stranded"], json!([]), "{}", r.text);
     assert_eq!(stranded_gauge(&h, "platform_wechat").await, Some(0.0));
     let q = h.get_payment("m_4004", "st-1", true).await;
