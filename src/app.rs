@@ -17,6 +17,7 @@ use crate::live::{Live, LiveConfig};
 use crate::payment::PaymentService;
 use crate::resilience::Resilience;
 use crate::sandbox::Sandbox;
+use crate::stranded::StrandedWatch;
 
 /// Every module built from one config, and the state each listener is given.
 pub struct App {
@@ -26,6 +27,7 @@ pub struct App {
     pub resilience: Arc<Resilience>,
     pub api: Arc<ApiState>,
     pub admin: Arc<AdminState>,
+    pub stranded: Arc<StrandedWatch>,
 }
 
 impl App {
@@ -38,6 +40,19 @@ impl App {
         let resilience = Arc::new(Resilience::new(&registry).map_err(metric_err)?);
         let live = Arc::new(LiveConfig::new(config, &registry, resilience.clone())?);
         let payments = Arc::new(PaymentService::new(store, &registry).map_err(metric_err)?);
+        // Orders bound to an account the config no longer holds: warned about and counted on
+        // load and after every reload.
+        let stranded = Arc::new(StrandedWatch::new(&registry).map_err(metric_err)?);
+        stranded
+            .update(payments.store().as_ref(), &live.load().config)
+            .await;
+        let (watch, service) = (stranded.clone(), payments.clone());
+        live.on_reloaded(move |now| {
+            let (watch, service) = (watch.clone(), service.clone());
+            async move {
+                watch.update(service.store().as_ref(), &now.config).await;
+            }
+        });
         let api = Arc::new(ApiState {
             live: live.clone(),
             payments: payments.clone(),
@@ -48,6 +63,7 @@ impl App {
             live: live.clone(),
             payments: payments.clone(),
             registry: registry.clone(),
+            stranded: stranded.clone(),
         });
         Ok(Arc::new(App {
             live,
@@ -56,6 +72,7 @@ impl App {
             resilience,
             api,
             admin,
+            stranded,
         }))
     }
 

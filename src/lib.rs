@@ -12,6 +12,7 @@
 //! - `channel`: the channel abstraction, outbound HTTP client, keys; `wechatpay`, `alipay`.
 //! - `resilience`: retry backoff, rate specs and durations.
 //! - `store`: the `Store` trait and its SQLite implementation.
+//! - `stranded`: open orders bound to an account no channel holds any more; check and reload warn.
 //! - `admin`: metrics, health, reload, config, channels, ledger, explain on the admin port.
 //! - `sandbox`: the built-in simulated WeChat Pay and Alipay (test-only keys).
 //! - `app`: wires the modules, hands each its narrow state, owns the registry and the drain.
@@ -34,6 +35,7 @@ pub mod secret;
 pub mod server;
 pub mod shops;
 pub mod store;
+pub mod stranded;
 
 /// Test fixtures (`tests/fixtures/`), for unit tests.
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -23,6 +24,10 @@ pub struct Live {
 /// Called with a new config after it validated and built, just before it is swapped in.
 pub type ReloadHook = Box<dyn Fn(&Config) + Send + Sync>;
 
+/// Called with the new version once it serves; the reload answers after the future ends.
+pub type ReloadedHook =
+    Box<dyn Fn(Arc<Live>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// The live config and its reload: parse, validate, build, run the hooks, swap.
 pub struct LiveConfig {
     live: ArcSwap<Live>,
@@ -32,6 +37,7 @@ pub struct LiveConfig {
     reload_metrics: ReloadMetrics,
     reload_lock: tokio::sync::Mutex<()>,
     hooks: Mutex<Vec<ReloadHook>>,
+    reloaded_hooks: Mutex<Vec<ReloadedHook>>,
 }
 
 impl LiveConfig {
@@ -58,6 +64,7 @@ impl LiveConfig {
             reload_metrics,
             reload_lock: tokio::sync::Mutex::new(()),
             hooks: Mutex::new(Vec::new()),
+            reloaded_hooks: Mutex::new(Vec::new()),
         })
     }
 
@@ -77,6 +84,19 @@ impl LiveConfig {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Box::new(hook));
+    }
+
+    /// Runs `hook` on every successful reload, after the new config is swapped in; the reload
+    /// returns once the hook's future has finished (say, a look at the store).
+    pub fn on_reloaded<F, Fut>(&self, hook: F)
+    where
+        F: Fn(Arc<Live>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.reloaded_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(move |live| Box::pin(hook(live))));
     }
 
     /// Parse, validate, build, then swap. A bad file changes nothing; the error (with line
@@ -118,6 +138,16 @@ impl LiveConfig {
                 }));
                 self.reload_metrics.success(&version);
                 tracing::info!(%version, "config reloaded");
+                let after: Vec<_> = self
+                    .reloaded_hooks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|hook| hook(self.load()))
+                    .collect();
+                for fut in after {
+                    fut.await;
+                }
                 Ok(version)
             }
             Err(e) => {

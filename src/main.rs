@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use payroute::app;
+use payroute::config::defaults::DEFAULT_CONFIG_PATH;
 use payroute::config::Config;
 use payroute::domain::Method;
 use payroute::routing::PaymentFacts;
@@ -22,17 +23,17 @@ struct Cli {
 enum Command {
     /// Serve the API, the admin port and (if configured) the sandbox.
     Serve {
-        #[arg(long, default_value = "config/payroute.yaml")]
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Validate a config file: exit 0 with a summary, or 1 with every error.
     Check {
-        #[arg(long, default_value = "config/payroute.yaml")]
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Dry-run one payment through the rules.
     Explain {
-        #[arg(long, default_value = "config/payroute.yaml")]
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[arg(long)]
         merchant: String,
@@ -59,7 +60,7 @@ enum Command {
     Sandbox {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: std::net::SocketAddr,
-        #[arg(long, default_value = "config/payroute.yaml")]
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
 }
@@ -97,6 +98,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { .. } => {
             println!("{}: ok\n{}", config_path.display(), config.summary());
+            // Warnings only: the config is valid, but orders would be stranded by it.
+            for line in stranded_warnings(&config) {
+                eprintln!("warning: {line}");
+            }
             ExitCode::SUCCESS
         }
         Command::Explain {
@@ -139,6 +144,33 @@ fn main() -> ExitCode {
         Command::Serve { .. } => run(serve(config)),
         Command::Sandbox { listen, .. } => run(sandbox(listen, config)),
     }
+}
+
+/// Open orders in the configured store (when its file exists) bound to an account that no
+/// channel of `config` holds.
+fn stranded_warnings(config: &Config) -> Vec<String> {
+    let payroute::store::StoreSettings::Sqlite { path } = &config.store;
+    if !path.exists() {
+        return Vec::new();
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![format!("cannot start the runtime to read the store: {e}")],
+    };
+    rt.block_on(async {
+        let store = payroute::store::open(&config.store).await?;
+        payroute::stranded::find(store.as_ref(), config).await
+    })
+    .map(|groups| groups.iter().map(|g| g.message()).collect())
+    .unwrap_or_else(|e| {
+        vec![format!(
+            "cannot read {} to look for stranded orders: {e}",
+            path.display()
+        )]
+    })
 }
 
 fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {

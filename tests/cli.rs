@@ -1,6 +1,11 @@
 //! The `payroute` binary: check and explain as ops use them.
 
+mod support;
+
 use std::process::Command;
+
+use serde_json::json;
+use support::{payment, within, Harness};
 
 fn payroute() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_payroute"));
@@ -165,4 +170,81 @@ fn explain_prints_the_decision_and_why() {
         stdout.contains(r#"→ channel "platform_wechat" by the family default"#),
         "{stdout}"
     );
+}
+
+/// `payroute check --config <path>` as a child process, within the test deadline.
+async fn check_file(path: &std::path::Path) -> std::process::Output {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_payroute"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["check", "--config"])
+        .arg(path)
+        .kill_on_drop(true)
+        .output();
+    within("payroute check", out).await.unwrap()
+}
+
+#[tokio::test]
+async fn check_warns_when_a_changed_identity_strands_open_orders() {
+    let h = Harness::start().await;
+    h.create(&payment(
+        "m_4004",
+        "cli-st-1",
+        "wechat_native",
+        1999,
+        json!({}),
+    ))
+    .await
+    .expect_created_on("platform_wechat");
+    // The config as it is: the order's account is held, nothing to say.
+    let out = check_file(&h.config_path).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+
+    // The edit ops are about to deploy: m_4004's sub_mchid changes under an open order.
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let edited = h.dir.path().join("edited.yaml");
+    std::fs::write(
+        &edited,
+        text.replace(
+            r#"m_4004: { wechat_sub_mchid: "1900000409""#,
+            r#"m_4004: { wechat_sub_mchid: "1900000499""#,
+        ),
+    )
+    .unwrap();
+    let out = check_file(&edited).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "a warning is not an error: {err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(": ok"),
+        "{err}"
+    );
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning in:\n{err}"));
+    for part in [
+        r#"channel "platform_wechat": 1 open payment(s) and 0 open refund(s)"#,
+        "sub_mchid 1900000409",
+        "restore that identity until those orders settle",
+    ] {
+        assert!(warning.contains(part), "{part:?} not in {warning}");
+    }
+
+    // No store file yet (a first deploy): nothing to say, nothing created.
+    let fresh = h.dir.path().join("fresh.yaml");
+    let fresh_db = h.dir.path().join("fresh.db");
+    std::fs::write(
+        &fresh,
+        text.replace(
+            &h.db_path().display().to_string(),
+            &fresh_db.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = check_file(&fresh).await;
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+    assert!(!fresh_db.exists(), "check must not create the store");
+    h.shutdown().await;
 }

@@ -12,19 +12,22 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{json, Value};
 
 use crate::api::error::{ApiError, ErrorCode};
-use crate::domain::{Method as PayMethod, PaymentStatus};
+use crate::domain::{Method as PayMethod, PaymentStatus, RefundStatus};
 use crate::live::LiveConfig;
 use crate::payment::PaymentService;
 use crate::routing::PaymentFacts;
 use crate::secret::token_matches;
 use crate::server::json_response;
-use crate::store::PaymentFilter;
+use crate::store::{PaymentFilter, RefundFilter};
+use crate::stranded::StrandedWatch;
 
 /// What the admin port needs: the live config (and its reload), the ledger, the metrics.
 pub struct AdminState {
     pub live: Arc<LiveConfig>,
     pub payments: Arc<PaymentService>,
     pub registry: Registry,
+    /// Open orders at accounts no channel holds, as judged on load and the last reload.
+    pub stranded: Arc<StrandedWatch>,
 }
 
 impl AdminState {
@@ -72,7 +75,7 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                 (&Method::POST, "/admin/reload") => match app.live.reload(false).await {
                     Ok(version) => json_response(
                         StatusCode::OK,
-                        &json!({ "result": "success", "version": version }),
+                        &json!({ "result": "success", "version": version, "stranded": stranded(&app) }),
                     ),
                     Err(e) => json_response(
                         StatusCode::UNPROCESSABLE_ENTITY,
@@ -81,12 +84,14 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                 },
                 (&Method::GET, "/admin/config") => json_response(
                     StatusCode::OK,
-                    &json!({ "version": live.config.version, "config": live.config.redacted }),
+                    &json!({ "version": live.config.version, "config": live.config.redacted, "stranded": stranded(&app) }),
                 ),
                 (&Method::GET, "/admin/channels") => channels(&app),
                 (&Method::GET, "/admin/payments") => payments(&app, req.uri().query()).await,
+                (&Method::GET, "/admin/refunds") => refunds(&app, req.uri().query()).await,
                 (&Method::POST, "/admin/explain") => {
-                    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                    let limit = live.config.server.max_body_bytes;
+                    let body = match Limited::new(req.into_body(), limit).collect().await {
                         Ok(b) => b.to_bytes(),
                         Err(_) => return error(ErrorCode::PayloadTooLarge, "body too large"),
                     };
@@ -193,6 +198,57 @@ async fn payments(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>
             error(ErrorCode::StoreUnavailable, "store unavailable")
         }
     }
+}
+
+/// `GET /admin/refunds?merchant_id=&status=pending|succeeded|failed|abnormal&limit=<1..=1000>`:
+/// the refund ledger, newest first — `abnormal` ones (money left the merchant, did not reach
+/// the payer) need ops.
+async fn refunds(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
+    let mut filter = RefundFilter {
+        limit: 100,
+        ..RefundFilter::default()
+    };
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "merchant_id" => filter.merchant_id = Some(v.into_owned()),
+            "status" => match RefundStatus::parse(&v) {
+                Some(s) => filter.status = Some(s),
+                None => return error(ErrorCode::InvalidRequest, format!("unknown status {v:?}")),
+            },
+            "limit" => match v.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => filter.limit = n,
+                _ => return error(ErrorCode::InvalidRequest, "limit must be 1 to 1000"),
+            },
+            other => {
+                return error(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown parameter {other:?}"),
+                )
+            }
+        }
+    }
+    match app.payments.store().list_refunds(&filter).await {
+        Ok(list) => {
+            let items: Vec<Value> = list
+                .iter()
+                .map(|r| {
+                    let mut v = crate::api::types::refund_json(r);
+                    v["shop_id"] = json!(r.shop_id);
+                    v["last_error"] = json!(r.error_message);
+                    v
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({ "refunds": items }))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "listing refunds");
+            error(ErrorCode::StoreUnavailable, "store unavailable")
+        }
+    }
+}
+
+fn stranded(app: &AdminState) -> Vec<Value> {
+    app.stranded.last().iter().map(|g| g.to_json()).collect()
 }
 
 /// `POST /admin/explain` `{"merchant_id","method","amount","shop_id"?,"currency"?,
