@@ -361,6 +361,39 @@ async fn refunds_end_in_the_states_the_providers_define() {
     h.shutdown().await;
 }
 
+/// Before: Alipay's `ACQ.TRADE_STATUS_ERROR` on close was read as "paid", so closing a
+/// trade that was already closed answered "the channel says the order was paid".
+#[tokio::test]
+async fn a_close_refused_for_its_state_learns_the_state_by_query() {
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
+    let r = h
+        .create(&payment(
+            "m_2002",
+            "ali-closed",
+            "alipay_precreate",
+            500,
+            json!({}),
+        ))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(
+        h.close("m_2002", "ali-closed").await.body["status"],
+        "closed"
+    );
+    // As if the first close's answer had been lost: the record still says pending.
+    rusqlite::Connection::open(h.db_path())
+        .unwrap()
+        .execute(
+            "UPDATE payments SET status = 'pending' WHERE out_trade_no = 'ali-closed'",
+            [],
+        )
+        .unwrap();
+    let again = h.close("m_2002", "ali-closed").await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["status"], "closed");
+    h.shutdown().await;
+}
+
 /// Before: the body was read into a map where the last duplicate key won.
 #[tokio::test]
 async fn a_key_given_twice_is_a_bad_request() {
