@@ -185,7 +185,7 @@ async fn payments(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>
             let items: Vec<Value> = list
                 .iter()
                 .map(|p| {
-                    let mut v = crate::api::types::payment_json(p);
+                    let mut v = crate::payment::view::payment_json(p);
                     v["shop_id"] = json!(p.shop_id);
                     v["last_error"] = json!(p.error_message);
                     v
@@ -232,7 +232,7 @@ async fn refunds(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>>
             let items: Vec<Value> = list
                 .iter()
                 .map(|r| {
-                    let mut v = crate::api::types::refund_json(r);
+                    let mut v = crate::payment::view::refund_json(r);
                     v["shop_id"] = json!(r.shop_id);
                     v["last_error"] = json!(r.error_message);
                     v

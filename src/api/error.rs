@@ -186,7 +186,7 @@ impl From<PaymentError> for ApiError {
             PaymentError::Channel { error, payment } => {
                 let code = ErrorCode::from(failure_of(&error));
                 let mut api = ApiError::new(code, format!("channel {}: {error}", payment.channel));
-                api.payment = Some(super::types::payment_json(&payment));
+                api.payment = Some(crate::payment::view::payment_json(&payment));
                 api
             }
             PaymentError::Stored { code, message } => ApiError::new(code.into(), message),
@@ -204,7 +204,7 @@ impl From<PaymentError> for ApiError {
             PaymentError::NotFound => ApiError::new(ErrorCode::NotFound, "no such payment"),
             PaymentError::InvalidState { message, payment } => {
                 let mut api = ApiError::new(ErrorCode::InvalidState, message);
-                api.payment = Some(super::types::payment_json(&payment));
+                api.payment = Some(crate::payment::view::payment_json(&payment));
                 api
             }
             PaymentError::Store(e) => {

@@ -172,8 +172,12 @@ async fn create(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
     admit(app, &shop, &new.merchant_id)?;
     Ok(
         match app.payments.create(&routes(live), &shop.id, new).await? {
-            CreateOutcome::Created(rec) => created(false, &types::payment_json(&rec)),
-            CreateOutcome::Replayed(rec) => created(true, &types::payment_json(&rec)),
+            CreateOutcome::Created(rec) => {
+                created(false, &crate::payment::view::payment_json(&rec))
+            }
+            CreateOutcome::Replayed(rec) => {
+                created(true, &crate::payment::view::payment_json(&rec))
+            }
         },
     )
 }
@@ -192,7 +196,10 @@ async fn get(
         .payments
         .get(&routes(live), merchant, out_trade_no, refresh)
         .await?;
-    Ok(json_response(StatusCode::OK, &types::payment_json(&rec)))
+    Ok(json_response(
+        StatusCode::OK,
+        &crate::payment::view::payment_json(&rec),
+    ))
 }
 
 async fn close(
@@ -208,7 +215,10 @@ async fn close(
         .payments
         .close(&routes(live), merchant, out_trade_no)
         .await?;
-    Ok(json_response(StatusCode::OK, &types::payment_json(&rec)))
+    Ok(json_response(
+        StatusCode::OK,
+        &crate::payment::view::payment_json(&rec),
+    ))
 }
 
 async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
@@ -220,8 +230,8 @@ async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> A
     admit(app, &shop, &new.merchant_id)?;
     Ok(
         match app.payments.refund(&routes(live), &shop.id, new).await? {
-            RefundOutcome::Created(r) => created(false, &types::refund_json(&r)),
-            RefundOutcome::Replayed(r) => created(true, &types::refund_json(&r)),
+            RefundOutcome::Created(r) => created(false, &crate::payment::view::refund_json(&r)),
+            RefundOutcome::Replayed(r) => created(true, &crate::payment::view::refund_json(&r)),
         },
     )
 }
@@ -240,7 +250,10 @@ async fn get_refund(
         .payments
         .get_refund(&routes(live), merchant, out_refund_no, refresh)
         .await?;
-    Ok(json_response(StatusCode::OK, &types::refund_json(&rec)))
+    Ok(json_response(
+        StatusCode::OK,
+        &crate::payment::view::refund_json(&rec),
+    ))
 }
 
 /// 201 for a new object; 200 with `Idempotent-Replayed: true` for a replay.

@@ -20,6 +20,7 @@
 //!   the order's amount and currency, and they must match.
 
 mod refund;
+pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
