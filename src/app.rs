@@ -14,7 +14,9 @@ use crate::admin::AdminState;
 use crate::api::{ApiMetrics, ApiState};
 use crate::config::Config;
 use crate::live::{Live, LiveConfig};
+use crate::notify::outbox::Outbox;
 use crate::payment::PaymentService;
+use crate::reconcile::Reconciler;
 use crate::resilience::Resilience;
 use crate::sandbox::Sandbox;
 use crate::stranded::StrandedWatch;
@@ -28,6 +30,8 @@ pub struct App {
     pub api: Arc<ApiState>,
     pub admin: Arc<AdminState>,
     pub stranded: Arc<StrandedWatch>,
+    pub outbox: Arc<Outbox>,
+    pub reconciler: Arc<Reconciler>,
 }
 
 impl App {
@@ -65,6 +69,15 @@ impl App {
             registry: registry.clone(),
             stranded: stranded.clone(),
         });
+        let outbox = Arc::new(Outbox::new(
+            payments.store().clone(),
+            live.clone(),
+            payments.events_written(),
+            &registry,
+        )?);
+        let reconciler = Arc::new(
+            Reconciler::new(live.clone(), payments.clone(), &registry).map_err(metric_err)?,
+        );
         Ok(Arc::new(App {
             live,
             registry,
@@ -73,6 +86,8 @@ impl App {
             api,
             admin,
             stranded,
+            outbox,
+            reconciler,
         }))
     }
 
@@ -228,6 +243,11 @@ pub async fn start(
     if watch_config {
         tasks.push(tokio::spawn(app.live.clone().watch(stopped(rx.clone()))));
     }
+    // The workers that close the loop: shop events out, forgotten orders found.
+    tasks.push(tokio::spawn(app.outbox.clone().run(stopped(rx.clone()))));
+    tasks.push(tokio::spawn(
+        app.reconciler.clone().run(stopped(rx.clone())),
+    ));
     tracing::info!(%api_addr, %admin_addr, sandbox = ?sandbox_addr, version = %app.live().config.version, "payroute serving");
     Ok(Running {
         app,

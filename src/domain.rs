@@ -213,6 +213,93 @@ impl RefundStatus {
     }
 }
 
+/// A shop event (DESIGN.md §3): what the shop's webhook is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    PaymentSucceeded,
+    PaymentClosed,
+    PaymentFailed,
+    RefundSucceeded,
+    RefundFailed,
+    /// The refund left the merchant but did not reach the payer: ops must act.
+    RefundAbnormal,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 6] = [
+        EventType::PaymentSucceeded,
+        EventType::PaymentClosed,
+        EventType::PaymentFailed,
+        EventType::RefundSucceeded,
+        EventType::RefundFailed,
+        EventType::RefundAbnormal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::PaymentSucceeded => "payment.succeeded",
+            EventType::PaymentClosed => "payment.closed",
+            EventType::PaymentFailed => "payment.failed",
+            EventType::RefundSucceeded => "refund.succeeded",
+            EventType::RefundFailed => "refund.failed",
+            EventType::RefundAbnormal => "refund.abnormal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// The event a payment reaching `status` emits, if any.
+    pub fn for_payment(status: PaymentStatus) -> Option<EventType> {
+        match status {
+            PaymentStatus::Succeeded => Some(EventType::PaymentSucceeded),
+            PaymentStatus::Closed => Some(EventType::PaymentClosed),
+            PaymentStatus::Failed => Some(EventType::PaymentFailed),
+            PaymentStatus::Pending | PaymentStatus::Unknown => None,
+        }
+    }
+
+    /// The event a refund reaching `status` emits, if any.
+    pub fn for_refund(status: RefundStatus) -> Option<EventType> {
+        match status {
+            RefundStatus::Succeeded => Some(EventType::RefundSucceeded),
+            RefundStatus::Failed => Some(EventType::RefundFailed),
+            RefundStatus::Abnormal => Some(EventType::RefundAbnormal),
+            RefundStatus::Pending => None,
+        }
+    }
+}
+
+/// Where a shop event is in its delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventStatus {
+    Pending,
+    Delivered,
+    /// Every retry of the schedule failed; resend from the admin API.
+    Dead,
+}
+
+impl EventStatus {
+    pub const ALL: [EventStatus; 3] = [
+        EventStatus::Pending,
+        EventStatus::Delivered,
+        EventStatus::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Delivered => "delivered",
+            EventStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventStatus> {
+        EventStatus::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
 /// Why the last channel call of a payment or refund failed, as stored and as the shop sees
 /// it (the unified API's `channel_*` codes, DESIGN.md §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ pub struct Shop {
     pub webhook: Option<Webhook>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Webhook {
     pub url: String,
     pub secret: Secret,
@@ -27,15 +27,23 @@ pub struct Webhook {
 #[derive(Debug, Default)]
 pub struct ShopDirectory {
     by_key: HashMap<[u8; 32], Arc<Shop>>,
+    by_id: HashMap<String, Arc<Shop>>,
 }
 
 impl ShopDirectory {
     pub fn new(shops: Vec<Shop>) -> ShopDirectory {
+        let shops: Vec<Arc<Shop>> = shops.into_iter().map(Arc::new).collect();
         let by_key = shops
-            .into_iter()
-            .map(|s| (sha256(s.api_key.expose()), Arc::new(s)))
+            .iter()
+            .map(|s| (sha256(s.api_key.expose()), s.clone()))
             .collect();
-        ShopDirectory { by_key }
+        let by_id = shops.into_iter().map(|s| (s.id.clone(), s)).collect();
+        ShopDirectory { by_key, by_id }
+    }
+
+    /// The shop called `id` (whose webhook an event goes to).
+    pub fn get(&self, id: &str) -> Option<&Arc<Shop>> {
+        self.by_id.get(id)
     }
 
     pub fn len(&self) -> usize {

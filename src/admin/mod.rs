@@ -12,13 +12,13 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{json, Value};
 
 use crate::api::error::{ApiError, ErrorCode};
-use crate::domain::{Method as PayMethod, PaymentStatus, RefundStatus};
+use crate::domain::{EventStatus, Method as PayMethod, PaymentStatus, RefundStatus};
 use crate::live::LiveConfig;
 use crate::payment::PaymentService;
 use crate::routing::PaymentFacts;
 use crate::secret::token_matches;
 use crate::server::json_response;
-use crate::store::{PaymentFilter, RefundFilter};
+use crate::store::{EventFilter, EventRecord, PaymentFilter, RefundFilter};
 use crate::stranded::StrandedWatch;
 
 /// What the admin port needs: the live config (and its reload), the ledger, the metrics.
@@ -89,6 +89,11 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                 (&Method::GET, "/admin/channels") => channels(&app),
                 (&Method::GET, "/admin/payments") => payments(&app, req.uri().query()).await,
                 (&Method::GET, "/admin/refunds") => refunds(&app, req.uri().query()).await,
+                (&Method::GET, "/admin/events") => events(&app, req.uri().query()).await,
+                (&Method::POST, p) if p.starts_with("/admin/events/") && p.ends_with("/resend") => {
+                    let id = &p["/admin/events/".len()..p.len() - "/resend".len()];
+                    resend(&app, &crate::server::decode(id)).await
+                }
                 (&Method::POST, "/admin/explain") => {
                     let limit = live.config.server.max_body_bytes;
                     let body = match Limited::new(req.into_body(), limit).collect().await {
@@ -245,6 +250,82 @@ async fn refunds(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>>
             error(ErrorCode::StoreUnavailable, "store unavailable")
         }
     }
+}
+
+/// `GET /admin/events?status=pending|delivered|dead&merchant_id=&limit=<1..=1000>`: the
+/// outbox of shop events, newest first.
+async fn events(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
+    let mut filter = EventFilter {
+        limit: 100,
+        ..EventFilter::default()
+    };
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "merchant_id" => filter.merchant_id = Some(v.into_owned()),
+            "status" => match EventStatus::parse(&v) {
+                Some(s) => filter.status = Some(s),
+                None => return error(ErrorCode::InvalidRequest, format!("unknown status {v:?}")),
+            },
+            "limit" => match v.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => filter.limit = n,
+                _ => return error(ErrorCode::InvalidRequest, "limit must be 1 to 1000"),
+            },
+            other => {
+                return error(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown parameter {other:?}"),
+                )
+            }
+        }
+    }
+    match app.payments.store().list_events(&filter).await {
+        Ok(list) => {
+            let items: Vec<Value> = list.iter().map(event_json).collect();
+            json_response(StatusCode::OK, &json!({ "events": items }))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "listing events");
+            error(ErrorCode::StoreUnavailable, "store unavailable")
+        }
+    }
+}
+
+/// `POST /admin/events/{id}/resend`: back in the queue, due now, its schedule afresh.
+async fn resend(app: &AdminState, id: &str) -> Response<Full<Bytes>> {
+    match app
+        .payments
+        .store()
+        .resend_event(id, crate::payment::now_ms())
+        .await
+    {
+        Ok(Some(e)) => {
+            app.payments.events_written().notify_one();
+            json_response(StatusCode::OK, &event_json(&e))
+        }
+        Ok(None) => error(ErrorCode::NotFound, format!("no event {id:?}")),
+        Err(e) => {
+            tracing::error!(error = %e, "resending an event");
+            error(ErrorCode::StoreUnavailable, "store unavailable")
+        }
+    }
+}
+
+fn event_json(e: &EventRecord) -> Value {
+    let rfc = crate::payment::view::rfc3339;
+    json!({
+        "id": e.event_id,
+        "type": e.event_type.as_str(),
+        "status": e.status.as_str(),
+        "shop_id": e.shop_id,
+        "merchant_id": e.merchant_id,
+        "payment_id": e.payment_id,
+        "attempts": e.attempts,
+        "next_attempt_at": rfc(e.next_attempt_at),
+        "created_at": rfc(e.created_at),
+        "delivered_at": e.delivered_at.map(rfc),
+        "last_error": e.last_error,
+        "body": serde_json::from_str::<Value>(&e.body).unwrap_or(Value::Null),
+    })
 }
 
 fn stranded(app: &AdminState) -> Vec<Value> {

@@ -26,6 +26,40 @@ pub struct FileConfig {
     pub limits: Vec<LimitFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<ReconcileFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhooksFile>,
+}
+
+/// `reconcile:` — when open orders are asked about (DESIGN.md §8).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<Vec<TierFile>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierFile {
+    pub until: String,
+    pub every: String,
+}
+
+/// `webhooks:` — how shop events are delivered (DESIGN.md §3).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksFile {
+    /// The waits after each failed delivery; after the last the event is dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_shop_concurrency: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

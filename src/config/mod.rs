@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::channel::{ChannelSettings, SubMerchant};
+use crate::notify::WebhookSettings;
+use crate::reconcile::ReconcileSettings;
 use crate::resilience::LimitSettings;
 use crate::routing::Rules;
 use crate::sandbox::SandboxSettings;
@@ -43,6 +45,8 @@ pub struct Config {
     pub rules: Rules,
     pub limits: Vec<LimitSettings>,
     pub sandbox: Option<SandboxSettings>,
+    pub reconcile: ReconcileSettings,
+    pub webhooks: WebhookSettings,
     /// The file as parsed, with literal secrets replaced by `<redacted>`.
     pub redacted: serde_json::Value,
 }

@@ -32,9 +32,9 @@ use time::OffsetDateTime;
 use crate::channel::{
     Channel, ChannelError, ChannelSet, ErrorKind, OrderRequest, OrderState, SubMerchant,
 };
-use crate::domain::{ChannelFailure, Method, PaymentStatus};
+use crate::domain::{ChannelFailure, EventStatus, EventType, Method, PaymentStatus};
 use crate::routing::{NoRoute, PaymentFacts, Rules};
-use crate::store::{PaymentRecord, Store, StoreError};
+use crate::store::{EventRecord, PaymentRecord, Store, StoreError};
 
 /// How long a payment stays payable when the shop does not say.
 const DEFAULT_EXPIRY_MS: i64 = 2 * 3600 * 1000;
@@ -87,7 +87,8 @@ pub struct Routes<'a> {
 }
 
 impl Routes<'_> {
-    fn sub_merchant(&self, merchant_id: &str) -> SubMerchant {
+    /// A merchant's sub-merchant ids (config `merchants:`), empty when it has none.
+    pub fn sub_merchant(&self, merchant_id: &str) -> SubMerchant {
         self.merchants.get(merchant_id).cloned().unwrap_or_default()
     }
 }
@@ -213,6 +214,8 @@ impl PaymentMetrics {
 pub struct PaymentService {
     store: Arc<dyn Store>,
     metrics: PaymentMetrics,
+    /// Woken after a shop event is written (the outbox waits on it).
+    events_written: Arc<tokio::sync::Notify>,
 }
 
 impl PaymentService {
@@ -220,7 +223,24 @@ impl PaymentService {
         Ok(PaymentService {
             store,
             metrics: PaymentMetrics::new(registry)?,
+            events_written: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// Notified whenever a shop event has been committed.
+    pub fn events_written(&self) -> Arc<tokio::sync::Notify> {
+        self.events_written.clone()
+    }
+
+    /// Applies a verified notification's order state (compare-and-set, never clearing a live
+    /// claim), with the shop event if the payment reached a final state.
+    pub async fn apply_notified(
+        &self,
+        rec: PaymentRecord,
+        state: OrderState,
+        channel: &Channel,
+    ) -> Result<PaymentRecord, PaymentError> {
+        self.apply_state(rec, state, channel, Claim::NotOurs).await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -517,13 +537,14 @@ impl PaymentService {
         // Attempts run only for orders the channel has not answered yet (pending or unknown,
         // no action), so the failure alone decides what the order is now.
         let failure = failure_of(&error);
+        let before = rec.status;
         rec.status = status;
         rec.error_code = Some(failure);
         rec.error_message = Some(error.to_string());
         rec.attempt_until = None;
         self.metrics.outcome(&rec, outcome_label(failure));
         tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, error = %error, "channel call failed");
-        if let Err(e) = self.save(&mut rec).await {
+        if let Err(e) = self.save_emitting(&mut rec, before).await {
             return e;
         }
         PaymentError::Channel {
@@ -533,7 +554,26 @@ impl PaymentService {
     }
 
     async fn save(&self, rec: &mut PaymentRecord) -> Result<(), PaymentError> {
-        if self.store.update_payment(rec).await? {
+        let before = rec.status;
+        self.save_emitting(rec, before).await
+    }
+
+    /// Saves (compare-and-set) and, if the status moved from `before` to a final one, writes
+    /// the shop event in the same transaction.
+    async fn save_emitting(
+        &self,
+        rec: &mut PaymentRecord,
+        before: PaymentStatus,
+    ) -> Result<(), PaymentError> {
+        let event = payment_event(rec, before);
+        if self
+            .store
+            .update_payment_emitting(rec, event.as_ref())
+            .await?
+        {
+            if event.is_some() {
+                self.events_written.notify_one();
+            }
             Ok(())
         } else {
             // Only the holder of `attempt_until` writes during an attempt, so a lost race here
@@ -645,8 +685,11 @@ impl PaymentService {
                     )),
                 };
             }
-            // A verified "no such order" for an order never created there: nothing to close.
-            Err(e) if e.kind == ErrorKind::NotFound && rec.action.is_none() => {}
+            // A verified "no such order" for an order never created there, or one whose payer
+            // never opened it before it expired: nothing is or can be paid, nothing to close.
+            Err(e)
+                if e.kind == ErrorKind::NotFound
+                    && (rec.action.is_none() || rec.expires_at <= now_ms()) => {}
             Err(e) if e.kind == ErrorKind::NotFound => {
                 let rec = self.release(rec).await;
                 return Err(refuse(
@@ -662,10 +705,11 @@ impl PaymentService {
                 });
             }
         }
+        let before = rec.status;
         rec.status = PaymentStatus::Closed;
         rec.attempt_until = None;
         rec.updated_at = now_ms();
-        self.save(&mut rec).await?;
+        self.save_emitting(&mut rec, before).await?;
         self.metrics.outcome(&rec, "closed");
         Ok(rec)
     }
@@ -719,13 +763,21 @@ impl PaymentService {
             return Ok(rec);
         }
         rec.updated_at = now_ms();
-        if !self.store.update_payment(&mut rec).await? {
+        let event = payment_event(&rec, before);
+        if !self
+            .store
+            .update_payment_emitting(&mut rec, event.as_ref())
+            .await?
+        {
             // Someone else moved it first; theirs is at least as new.
             return self
                 .store
                 .get_payment(&rec.merchant_id, &rec.out_trade_no)
                 .await?
                 .ok_or(PaymentError::NotFound);
+        }
+        if event.is_some() {
+            self.events_written.notify_one();
         }
         if rec.status != before {
             tracing::info!(payment_id = %rec.payment_id, channel = %rec.channel, from = before.as_str(), to = rec.status.as_str(), "payment state changed");
@@ -738,6 +790,51 @@ impl PaymentService {
             }
         }
         Ok(rec)
+    }
+}
+
+/// The shop event of a payment that moved from `before` to a final status.
+fn payment_event(rec: &PaymentRecord, before: PaymentStatus) -> Option<EventRecord> {
+    let kind = EventType::for_payment(rec.status).filter(|_| rec.status != before)?;
+    Some(new_event(
+        kind,
+        &rec.shop_id,
+        &rec.merchant_id,
+        &rec.payment_id,
+        view::payment_json(rec),
+    ))
+}
+
+/// A pending shop event, due now: `{"id","type","created_at","data"}` (DESIGN.md §3).
+fn new_event(
+    kind: EventType,
+    shop_id: &str,
+    merchant_id: &str,
+    payment_id: &str,
+    data: serde_json::Value,
+) -> EventRecord {
+    let now = now_ms();
+    let event_id = new_id("evt");
+    let body = json!({
+        "id": event_id,
+        "type": kind.as_str(),
+        "created_at": view::rfc3339(now),
+        "data": data,
+    });
+    EventRecord {
+        event_id,
+        shop_id: shop_id.to_string(),
+        merchant_id: merchant_id.to_string(),
+        payment_id: payment_id.to_string(),
+        event_type: kind,
+        body: body.to_string(),
+        status: EventStatus::Pending,
+        attempts: 0,
+        next_attempt_at: now,
+        created_at: now,
+        delivered_at: None,
+        last_error: None,
+        seq: 0,
     }
 }
 

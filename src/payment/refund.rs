@@ -12,12 +12,12 @@
 use serde_json::json;
 
 use super::{
-    check_replay, claim_live, claim_window_ms, failure_of, new_id, now_ms, sha256_hex,
-    PaymentError, PaymentService, Routes,
+    check_replay, claim_live, claim_window_ms, failure_of, new_event, new_id, now_ms, sha256_hex,
+    view, PaymentError, PaymentService, Routes,
 };
 use crate::channel::{ChannelError, ErrorKind, RefundRequest, RefundState};
-use crate::domain::{PaymentStatus, RefundStatus};
-use crate::store::{PaymentRecord, RefundRecord, Reservation};
+use crate::domain::{EventType, PaymentStatus, RefundStatus};
+use crate::store::{EventRecord, PaymentRecord, RefundRecord, Reservation};
 
 /// A validated refund request.
 #[derive(Clone, Debug)]
@@ -153,7 +153,8 @@ impl PaymentService {
                 // Nothing was sent; the refund stays pending (and reserved) for a retry once
                 // the account is configured again.
                 rec.attempt_until = None;
-                self.save_refund(&mut rec).await?;
+                let before = rec.status;
+                self.save_refund(&mut rec, before).await?;
                 return Err(refusal);
             }
         };
@@ -178,21 +179,20 @@ impl PaymentService {
             Ok(state) => {
                 let before = rec.status;
                 self.apply_refund_state(&mut rec, state);
-                self.save_refund(&mut rec).await?;
-                self.count_refund(&rec, before);
+                self.save_refund(&mut rec, before).await?;
                 Ok(rec)
             }
             Err(error) => {
+                let before = rec.status;
                 if matches!(error.kind, ErrorKind::Rejected(_)) {
                     // The provider's verified, final refusal: nothing was refunded, the
                     // reserved amount is free again.
                     rec.status = RefundStatus::Failed;
-                    self.count_refund(&rec, RefundStatus::Pending);
                 }
                 rec.error_code = Some(failure_of(&error));
                 rec.error_message = Some(error.to_string());
                 tracing::warn!(refund_id = %rec.refund_id, channel = %rec.channel, %error, "refund call failed");
-                self.save_refund(&mut rec).await?;
+                self.save_refund(&mut rec, before).await?;
                 Err(refund_error(error, payment))
             }
         }
@@ -206,7 +206,7 @@ impl PaymentService {
         out_refund_no: &str,
         refresh: bool,
     ) -> Result<RefundRecord, PaymentError> {
-        let mut rec = self
+        let rec = self
             .store
             .get_refund(merchant_id, out_refund_no)
             .await?
@@ -229,21 +229,52 @@ impl PaymentService {
             Err(e) if e.kind == ErrorKind::NotFound => return Ok(rec),
             Err(error) => return Err(refund_error(error, &payment)),
         };
+        self.apply_refund_change(rec, state).await
+    }
+
+    /// Applies a verified refund state (compare-and-set, with its shop event). A lost race
+    /// answers with the winner's record.
+    pub(super) async fn apply_refund_change(
+        &self,
+        mut rec: RefundRecord,
+        state: RefundState,
+    ) -> Result<RefundRecord, PaymentError> {
         let before = rec.status;
         self.apply_refund_state(&mut rec, state);
         if rec.status == before {
             return Ok(rec);
         }
         rec.updated_at = now_ms();
-        if !self.store.update_refund(&mut rec).await? {
+        let event = refund_event(&rec, before);
+        if !self
+            .store
+            .update_refund_emitting(&mut rec, event.as_ref())
+            .await?
+        {
             return self
                 .store
-                .get_refund(merchant_id, out_refund_no)
+                .get_refund(&rec.merchant_id, &rec.out_refund_no)
                 .await?
                 .ok_or(PaymentError::NotFound);
         }
+        if event.is_some() {
+            self.events_written.notify_one();
+        }
         self.count_refund(&rec, before);
         Ok(rec)
+    }
+
+    /// Applies a verified refund notification (cross-checked against the refund and its
+    /// payment), with the shop event if the refund reached a reportable state.
+    pub async fn apply_notified_refund(
+        &self,
+        rec: RefundRecord,
+        payment: &PaymentRecord,
+        state: RefundState,
+    ) -> Result<RefundRecord, PaymentError> {
+        let state =
+            refund_cross_check(&rec, payment, state).map_err(|e| refund_error(e, payment))?;
+        self.apply_refund_change(rec, state).await
     }
 
     fn apply_refund_state(&self, rec: &mut RefundRecord, state: RefundState) {
@@ -271,8 +302,22 @@ impl PaymentService {
         }
     }
 
-    async fn save_refund(&self, rec: &mut RefundRecord) -> Result<(), PaymentError> {
-        if self.store.update_refund(rec).await? {
+    /// Saves (compare-and-set) with the shop event of a move from `before`, if any.
+    async fn save_refund(
+        &self,
+        rec: &mut RefundRecord,
+        before: RefundStatus,
+    ) -> Result<(), PaymentError> {
+        let event = refund_event(rec, before);
+        if self
+            .store
+            .update_refund_emitting(rec, event.as_ref())
+            .await?
+        {
+            if event.is_some() {
+                self.events_written.notify_one();
+            }
+            self.count_refund(rec, before);
             Ok(())
         } else {
             Err(PaymentError::InProgress)
@@ -306,6 +351,18 @@ fn refund_cross_check(
         ));
     }
     Ok(state)
+}
+
+/// The shop event of a refund that moved from `before` to a reportable status.
+fn refund_event(rec: &RefundRecord, before: RefundStatus) -> Option<EventRecord> {
+    let kind = EventType::for_refund(rec.status).filter(|_| rec.status != before)?;
+    Some(new_event(
+        kind,
+        &rec.shop_id,
+        &rec.merchant_id,
+        &rec.payment_id,
+        view::refund_json(rec),
+    ))
 }
 
 fn refund_error(error: ChannelError, payment: &PaymentRecord) -> PaymentError {

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use crate::domain::{Account, ChannelFailure, Method, PaymentStatus, RefundStatus};
+use crate::domain::{
+    Account, ChannelFailure, EventStatus, EventType, Method, PaymentStatus, RefundStatus,
+};
 
 /// Where state lives (config `store:`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +110,53 @@ pub struct OpenAtAccount {
     pub refunds: u64,
 }
 
+/// A shop event in the outbox (DESIGN.md §3): written in the same transaction as the state
+/// change it tells of, delivered at least once, in order per payment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    pub event_id: String,
+    pub shop_id: String,
+    pub merchant_id: String,
+    /// Events of one payment are delivered in `seq` order, one at a time.
+    pub payment_id: String,
+    pub event_type: EventType,
+    /// The webhook body exactly as it is signed and sent.
+    pub body: String,
+    pub status: EventStatus,
+    pub attempts: u32,
+    /// Unix ms.
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+    pub last_error: Option<String>,
+    /// Assigned by the store on insert.
+    pub seq: i64,
+}
+
+/// Which events `GET /admin/events` lists, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub status: Option<EventStatus>,
+    pub merchant_id: Option<String>,
+    pub limit: u32,
+}
+
+/// What one delivery attempt came to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delivery {
+    Delivered { at: i64 },
+    Retry { next_attempt_at: i64, error: String },
+    Dead { error: String },
+}
+
+/// The outbox at a glance, for its gauges.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub oldest_pending_created_at: Option<i64>,
+    pub dead: u64,
+}
+
 /// The outcome of [`Store::reserve_refund`].
 #[derive(Debug)]
 pub enum Reservation {
@@ -141,7 +190,24 @@ pub trait Store: Send + Sync {
 
     /// Writes `p` if nobody else changed it since it was read (same `version`); bumps
     /// `p.version` and returns true on success, false on a lost race.
-    async fn update_payment(&self, p: &mut PaymentRecord) -> Result<bool, StoreError>;
+    async fn update_payment(&self, p: &mut PaymentRecord) -> Result<bool, StoreError> {
+        self.update_payment_emitting(p, None).await
+    }
+
+    /// [`Store::update_payment`], and in the same transaction (only if the update wins) the
+    /// shop event that tells of it.
+    async fn update_payment_emitting(
+        &self,
+        p: &mut PaymentRecord,
+        event: Option<&EventRecord>,
+    ) -> Result<bool, StoreError>;
+
+    /// Every payment with this out_trade_no (one per merchant), for notifications, which
+    /// name the order but not our merchant id.
+    async fn payments_by_trade_no(
+        &self,
+        out_trade_no: &str,
+    ) -> Result<Vec<PaymentRecord>, StoreError>;
 
     /// The ledger for ops, newest first.
     async fn list_payments(&self, filter: &PaymentFilter)
@@ -165,7 +231,52 @@ pub trait Store: Send + Sync {
 
     /// Compare-and-set like [`Store::update_payment`]; in the same transaction the payment's
     /// `refunded_amount` becomes the sum of its succeeded refunds.
-    async fn update_refund(&self, r: &mut RefundRecord) -> Result<bool, StoreError>;
+    async fn update_refund(&self, r: &mut RefundRecord) -> Result<bool, StoreError> {
+        self.update_refund_emitting(r, None).await
+    }
+
+    /// [`Store::update_refund`] with the shop event that tells of it, in one transaction.
+    async fn update_refund_emitting(
+        &self,
+        r: &mut RefundRecord,
+        event: Option<&EventRecord>,
+    ) -> Result<bool, StoreError>;
+
+    /// Pending events due at `now` that head their payment's queue, oldest first.
+    async fn due_events(&self, now: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Records one delivery attempt of a pending event.
+    async fn record_delivery(&self, event_id: &str, delivery: Delivery) -> Result<(), StoreError>;
+
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Puts an event (dead or delivered) back in the queue, due now; `None` if unknown.
+    async fn resend_event(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<EventRecord>, StoreError>;
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+
+    /// Open payments (`pending`, `unknown`) whose reconciliation check is due at `now`.
+    async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError>;
+
+    /// Open refunds (`pending`, `abnormal`) whose reconciliation check is due at `now`.
+    async fn due_refunds(&self, now: i64, limit: u32) -> Result<Vec<RefundRecord>, StoreError>;
+
+    /// When to check a payment next (`None`: never again).
+    async fn schedule_payment_check(
+        &self,
+        payment_id: &str,
+        at: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    async fn schedule_refund_check(
+        &self,
+        refund_id: &str,
+        at: Option<i64>,
+    ) -> Result<(), StoreError>;
 
     /// Reachable and writable: for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -11,10 +11,12 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    OpenAtAccount, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord, Reservation, Store,
-    StoreError,
+    Delivery, EventFilter, EventRecord, OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord,
+    RefundFilter, RefundRecord, Reservation, Store, StoreError,
 };
-use crate::domain::{Account, ChannelFailure, Method, PaymentStatus, RefundStatus};
+use crate::domain::{
+    Account, ChannelFailure, EventStatus, EventType, Method, PaymentStatus, RefundStatus,
+};
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -72,10 +74,33 @@ CREATE TABLE IF NOT EXISTS refunds (
     UNIQUE (merchant_id, out_refund_no)
 );
 CREATE INDEX IF NOT EXISTS refunds_payment ON refunds (payment_id, status);
+CREATE INDEX IF NOT EXISTS payments_trade_no ON payments (out_trade_no);
+CREATE TABLE IF NOT EXISTS events (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        TEXT NOT NULL UNIQUE,
+    shop_id         TEXT NOT NULL,
+    merchant_id     TEXT NOT NULL,
+    payment_id      TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS events_payment ON events (payment_id, status, seq);
 ";
 
 /// Columns added after the first release, for files created before them.
-const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("payments", "account", "TEXT")];
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    ("payments", "account", "TEXT"),
+    // The reconciliation schedule (unix ms; NULL: not checked any more).
+    ("payments", "next_check_at", "INTEGER"),
+    ("refunds", "next_check_at", "INTEGER"),
+];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     for (table, column, kind) in ADDED_COLUMNS {
@@ -89,9 +114,92 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         if !present {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
                 .map_err(backend)?;
+            if column == "next_check_at" {
+                // Open records from before the schedule existed are checked at once.
+                conn.execute_batch(&format!(
+                    "UPDATE {table} SET next_check_at = updated_at
+                     WHERE status IN ('pending', 'unknown', 'abnormal')"
+                ))
+                .map_err(backend)?;
+            }
         }
     }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS payments_check ON payments (next_check_at);
+         CREATE INDEX IF NOT EXISTS refunds_check ON refunds (next_check_at);",
+    )
+    .map_err(backend)?;
     Ok(())
+}
+
+const EVENT_COLUMNS: &str = "seq, event_id, shop_id, merchant_id, payment_id, event_type, body, status, attempts, next_attempt_at, created_at, delivered_at, last_error";
+
+fn read_event(row: &Row) -> rusqlite::Result<Result<EventRecord, StoreError>> {
+    let event_type: String = row.get(5)?;
+    let status: String = row.get(7)?;
+    let attempts: i64 = row.get(8)?;
+    Ok((|| {
+        Ok(EventRecord {
+            seq: row.get(0).map_err(backend)?,
+            event_id: row.get(1).map_err(backend)?,
+            shop_id: row.get(2).map_err(backend)?,
+            merchant_id: row.get(3).map_err(backend)?,
+            payment_id: row.get(4).map_err(backend)?,
+            event_type: EventType::parse(&event_type)
+                .ok_or_else(|| StoreError::Corrupt(format!("event_type {event_type}")))?,
+            body: row.get(6).map_err(backend)?,
+            status: EventStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("event status {status}")))?,
+            attempts: u32::try_from(attempts)
+                .map_err(|_| StoreError::Corrupt(format!("attempts {attempts}")))?,
+            next_attempt_at: row.get(9).map_err(backend)?,
+            created_at: row.get(10).map_err(backend)?,
+            delivered_at: row.get(11).map_err(backend)?,
+            last_error: row.get(12).map_err(backend)?,
+        })
+    })())
+}
+
+fn insert_event(conn: &Connection, e: &EventRecord) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO events (event_id, shop_id, merchant_id, payment_id, event_type, body, status,
+         attempts, next_attempt_at, created_at, delivered_at, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            e.event_id,
+            e.shop_id,
+            e.merchant_id,
+            e.payment_id,
+            e.event_type.as_str(),
+            e.body,
+            e.status.as_str(),
+            e.attempts,
+            e.next_attempt_at,
+            e.created_at,
+            e.delivered_at,
+            e.last_error,
+        ],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn get_event(conn: &Connection, event_id: &str) -> Result<Option<EventRecord>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?1"),
+        params![event_id],
+        read_event,
+    )
+    .optional()
+    .map_err(backend)?
+    .transpose()
+}
+
+fn collect<T>(
+    rows: impl Iterator<Item = rusqlite::Result<Result<T, StoreError>>>,
+) -> Result<Vec<T>, StoreError> {
+    rows.map(|r| r.map_err(backend).and_then(|rec| rec))
+        .collect()
 }
 
 fn failure(code: Option<String>) -> Result<Option<ChannelFailure>, StoreError> {
@@ -278,7 +386,8 @@ impl Store for SqliteStore {
                 return Ok(Some(existing));
             }
             tx.execute(
-                &format!("INSERT INTO payments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"),
+                // Due for reconciliation at once: the worker sets the real first check.
+                &format!("INSERT INTO payments ({COLUMNS}, next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?19)"),
                 params![
                     p.payment_id, p.merchant_id, p.shop_id, p.out_trade_no, p.amount as i64, p.currency,
                     p.method.as_str(), p.status.as_str(), p.channel, p.rule,
@@ -304,11 +413,17 @@ impl Store for SqliteStore {
         self.with(move |conn| get(conn, &m, &o)).await
     }
 
-    async fn update_payment(&self, p: &mut PaymentRecord) -> Result<bool, StoreError> {
+    async fn update_payment_emitting(
+        &self,
+        p: &mut PaymentRecord,
+        event: Option<&EventRecord>,
+    ) -> Result<bool, StoreError> {
         let rec = p.clone();
+        let event = event.cloned();
         let updated = self
             .with(move |conn| {
-                let n = conn
+                let tx = conn.transaction().map_err(backend)?;
+                let n = tx
                     .execute(
                         "UPDATE payments SET status = ?1, channel = ?2, rule = ?3, action = ?4, provider_trade_no = ?5,
                          refunded_amount = ?6, error_code = ?7, error_message = ?8, attempt_until = ?9, updated_at = ?10,
@@ -322,6 +437,12 @@ impl Store for SqliteStore {
                         ],
                     )
                     .map_err(backend)?;
+                if n == 1 {
+                    if let Some(e) = &event {
+                        insert_event(&tx, e)?;
+                    }
+                }
+                tx.commit().map_err(backend)?;
                 Ok(n == 1)
             })
             .await?;
@@ -329,6 +450,23 @@ impl Store for SqliteStore {
             p.version += 1;
         }
         Ok(updated)
+    }
+
+    async fn payments_by_trade_no(
+        &self,
+        out_trade_no: &str,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let no = out_trade_no.to_string();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM payments WHERE out_trade_no = ?1"
+                ))
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![no], read_row).map_err(backend)?;
+            collect(rows)
+        })
+        .await
     }
 
     async fn list_payments(
@@ -435,7 +573,7 @@ impl Store for SqliteStore {
                 return Ok(Reservation::Exceeds { available });
             }
             tx.execute(
-                &format!("INSERT INTO refunds ({REFUND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"),
+                &format!("INSERT INTO refunds ({REFUND_COLUMNS}, next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?16)"),
                 params![
                     r.refund_id, r.merchant_id, r.shop_id, r.out_trade_no, r.out_refund_no, r.payment_id,
                     r.channel, r.amount as i64, r.reason, r.status.as_str(), r.provider_refund_no,
@@ -459,8 +597,13 @@ impl Store for SqliteStore {
         self.with(move |conn| get_refund(conn, &m, &o)).await
     }
 
-    async fn update_refund(&self, r: &mut RefundRecord) -> Result<bool, StoreError> {
+    async fn update_refund_emitting(
+        &self,
+        r: &mut RefundRecord,
+        event: Option<&EventRecord>,
+    ) -> Result<bool, StoreError> {
         let rec = r.clone();
+        let event = event.cloned();
         let updated = self
             .with(move |conn| {
                 let tx = conn.transaction().map_err(backend)?;
@@ -483,6 +626,9 @@ impl Store for SqliteStore {
                         params![rec.payment_id, rec.updated_at],
                     )
                     .map_err(backend)?;
+                    if let Some(e) = &event {
+                        insert_event(&tx, e)?;
+                    }
                 }
                 tx.commit().map_err(backend)?;
                 Ok(n == 1)
@@ -492,6 +638,181 @@ impl Store for SqliteStore {
             r.version += 1;
         }
         Ok(updated)
+    }
+
+    async fn due_events(&self, now: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events e
+                     WHERE e.status = 'pending' AND e.next_attempt_at <= ?1
+                       AND e.seq = (SELECT MIN(x.seq) FROM events x
+                                    WHERE x.payment_id = e.payment_id AND x.status = 'pending')
+                     ORDER BY e.next_attempt_at, e.seq LIMIT ?2"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![now, limit], read_event)
+                .map_err(backend)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn record_delivery(&self, event_id: &str, delivery: Delivery) -> Result<(), StoreError> {
+        let id = event_id.to_string();
+        self.with(move |conn| {
+            let n = match delivery {
+                Delivery::Delivered { at } => conn.execute(
+                    "UPDATE events SET status = 'delivered', attempts = attempts + 1, delivered_at = ?2,
+                     last_error = NULL WHERE event_id = ?1 AND status = 'pending'",
+                    params![id, at],
+                ),
+                Delivery::Retry { next_attempt_at, error } => conn.execute(
+                    "UPDATE events SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3
+                     WHERE event_id = ?1 AND status = 'pending'",
+                    params![id, next_attempt_at, error],
+                ),
+                Delivery::Dead { error } => conn.execute(
+                    "UPDATE events SET status = 'dead', attempts = attempts + 1, last_error = ?2
+                     WHERE event_id = ?1 AND status = 'pending'",
+                    params![id, error],
+                ),
+            }
+            .map_err(backend)?;
+            if n == 0 {
+                tracing::debug!(event_id = %id, "delivery recorded for an event no longer pending");
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
+        let f = filter.clone();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events
+                     WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR merchant_id = ?2)
+                     ORDER BY seq DESC LIMIT ?3"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(
+                    params![f.status.map(|s| s.as_str()), f.merchant_id, f.limit],
+                    read_event,
+                )
+                .map_err(backend)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn resend_event(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<EventRecord>, StoreError> {
+        let id = event_id.to_string();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = ?2,
+                 delivered_at = NULL WHERE event_id = ?1",
+                params![id, now],
+            )
+            .map_err(backend)?;
+            get_event(conn, &id)
+        })
+        .await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM events WHERE status = 'pending'),
+                        (SELECT MIN(created_at) FROM events WHERE status = 'pending'),
+                        (SELECT COUNT(*) FROM events WHERE status = 'dead')",
+                [],
+                |row| {
+                    Ok(OutboxStats {
+                        pending: row.get::<_, i64>(0)?.max(0) as u64,
+                        oldest_pending_created_at: row.get(1)?,
+                        dead: row.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                },
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM payments
+                     WHERE next_check_at <= ?1 AND status IN ('pending', 'unknown')
+                     ORDER BY next_check_at LIMIT ?2"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![now, limit], read_row)
+                .map_err(backend)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn due_refunds(&self, now: i64, limit: u32) -> Result<Vec<RefundRecord>, StoreError> {
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {REFUND_COLUMNS} FROM refunds
+                     WHERE next_check_at <= ?1 AND status IN ('pending', 'abnormal')
+                     ORDER BY next_check_at LIMIT ?2"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![now, limit], read_refund)
+                .map_err(backend)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn schedule_payment_check(
+        &self,
+        payment_id: &str,
+        at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let id = payment_id.to_string();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE payments SET next_check_at = ?2 WHERE payment_id = ?1",
+                params![id, at],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn schedule_refund_check(
+        &self,
+        refund_id: &str,
+        at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let id = refund_id.to_string();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE refunds SET next_check_at = ?2 WHERE refund_id = ?1",
+                params![id, at],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -22,6 +22,124 @@ use tokio::net::TcpListener;
 
 pub const SHOP_KEY: &str = "test-shop-key-0123456789";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";
+
+/// One request the shop's webhook receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub raw: String,
+    pub body: Value,
+    pub signature: String,
+    /// What the receiver answered.
+    pub status: u16,
+}
+
+impl Received {
+    /// `Payroute-Signature` is `t=<unix>,v1=<HMAC-SHA256(secret, "<t>.<raw body>")>`: checked
+    /// here the way a shop would, from the header alone.
+    pub fn signature_verifies(&self) -> bool {
+        let Some((t, _)) = self
+            .signature
+            .strip_prefix("t=")
+            .and_then(|rest| rest.split_once(','))
+        else {
+            return false;
+        };
+        let Ok(t) = t.parse::<i64>() else {
+            return false;
+        };
+        payroute::notify::signature(WEBHOOK_SECRET.as_bytes(), t, self.raw.as_bytes())
+            == self.signature
+    }
+}
+
+/// A shop's webhook endpoint on 127.0.0.1:0 that records every request and answers with a
+/// status the test sets (200 unless told otherwise).
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    got: Arc<std::sync::Mutex<Vec<Received>>>,
+    answer: Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/payroute/events", listener.local_addr().unwrap());
+        let rx = Receiver {
+            url,
+            got: Arc::default(),
+            answer: Arc::new(std::sync::atomic::AtomicU16::new(200)),
+        };
+        let me = rx.clone();
+        let handler = move |req: Request<hyper::body::Incoming>, _peer| {
+            let me = me.clone();
+            async move {
+                let signature = req
+                    .headers()
+                    .get("payroute-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let raw = req.into_body().collect().await.unwrap().to_bytes();
+                let raw = String::from_utf8_lossy(&raw).into_owned();
+                let status = me.answer.load(std::sync::atomic::Ordering::SeqCst);
+                me.got.lock().unwrap().push(Received {
+                    body: serde_json::from_str(&raw).unwrap_or(Value::Null),
+                    raw,
+                    signature,
+                    status,
+                });
+                let mut resp = http::Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                resp
+            }
+        };
+        tokio::spawn(payroute::server::serve(
+            listener,
+            None,
+            handler,
+            std::future::pending(),
+            Duration::from_secs(1),
+        ));
+        rx
+    }
+
+    /// From now on answer every delivery with `status` (500: the shop is down).
+    pub fn answer_with(&self, status: u16) {
+        self.answer
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every request so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// The events the receiver accepted (answered 2xx), in arrival order.
+    pub fn accepted(&self) -> Vec<Value> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .map(|r| r.body)
+            .collect()
+    }
+
+    /// Waits (with the test deadline) until `accepted()` holds an event of `kind` for the
+    /// order `out_trade_no`; returns it.
+    pub async fn event(&self, kind: &str, out_trade_no: &str) -> Value {
+        let found = || {
+            self.accepted()
+                .into_iter()
+                .find(|e| e["type"] == kind && e["data"]["out_trade_no"] == out_trade_no)
+        };
+        wait_until(&format!("a {kind} event for {out_trade_no}"), || async {
+            found().is_some()
+        })
+        .await;
+        found().unwrap()
+    }
+}
 
 pub fn keys_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sandbox")
@@ -272,7 +390,13 @@ pub fn alipay_channels(up: &Upstream) -> String {
 
 /// A whole config file; `rules` is the body of `routing:`, `extra_channels` is appended
 /// under `channels:`.
-pub fn config_yaml(up: &Upstream, db: &Path, rules: &str, extra_channels: &str) -> String {
+pub fn config_yaml(
+    up: &Upstream,
+    db: &Path,
+    webhook_url: &str,
+    rules: &str,
+    extra_channels: &str,
+) -> String {
     let direct = |name: &str, mchid: &str, appid: &str, serial: &str, keyfile: &str| {
         standard(
             wechat_direct(up, name, mchid, appid, serial, keyfile),
@@ -304,9 +428,11 @@ shops:
   - id: test-shop
     api_key: {SHOP_KEY}
     merchants: [m_1001, m_2002, m_3003, m_4004]
+    webhook: {{ url: "{webhook_url}", secret: {WEBHOOK_SECRET} }}
   - id: other-shop
     api_key: other-shop-key-0123456789
     merchants: [m_9009]
+    webhook: {{ url: "{webhook_url}", secret: {WEBHOOK_SECRET} }}
 merchants:
   m_1001: {{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m_1001_TEST_ONLY }}
   m_2002: {{ wechat_sub_mchid: "1900000209", alipay_app_auth_token: tok_m_2002_TEST_ONLY }}
@@ -349,6 +475,8 @@ pub struct Harness {
     pub running: Option<Running>,
     pub sandbox: Arc<Sandbox>,
     pub upstream: Upstream,
+    /// The shop's webhook receiver (both test shops post here).
+    pub receiver: Receiver,
     pub api: String,
     pub admin: String,
     pub sandbox_url: String,
@@ -426,9 +554,11 @@ impl Harness {
             }
         };
         let config_path = dir.path().join("payroute.yaml");
+        let receiver = Receiver::start().await;
         let yaml = config_yaml(
             &upstream,
             &dir.path().join("payroute.db"),
+            &receiver.url,
             rules,
             &extra(&upstream),
         );
@@ -455,6 +585,7 @@ impl Harness {
             running: Some(running),
             sandbox,
             upstream,
+            receiver,
             config_path,
             dir,
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -480,7 +611,13 @@ impl Harness {
 
     /// Rewrites the config file with other rules (the file watcher may pick it up too).
     pub fn write_config(&self, rules: &str, extra_channels: &str) {
-        let yaml = config_yaml(&self.upstream, &self.db_path(), rules, extra_channels);
+        let yaml = config_yaml(
+            &self.upstream,
+            &self.db_path(),
+            &self.receiver.url,
+            rules,
+            extra_channels,
+        );
         write_atomically(&self.config_path, &yaml);
     }
 

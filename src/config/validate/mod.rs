@@ -2,14 +2,16 @@
 //!
 //! This module orchestrates; the checks live by concern: `server` (server, admin, store,
 //! shops, merchants, limits, sandbox), `channels`, `routing`, `insecure`
-//! (plain HTTP and sandbox keys off loopback), and `reach` (which channels
-//! each merchant can reach, so which sub-merchant ids are needed). Redaction is `config::redact`.
+//! (plain HTTP and sandbox keys off loopback), `reach` (which channels
+//! each merchant can reach, so which sub-merchant ids are needed), and `workers`
+//! (reconciliation tiers, webhook delivery, and that every shop can be told). Redaction is `config::redact`.
 
 mod channels;
 mod insecure;
 mod reach;
 mod routing;
 mod server;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +56,9 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
     let limits = server::limits(&f, &mut errs);
     let rules = routing::routing(&f, &channels, &merchants, &shops, &mut errs);
     let sandbox = server::sandbox(&f, &channels, &mut errs);
+    let reconcile = workers::reconcile(&f, &mut errs);
+    let webhooks = workers::webhooks(&f, &mut errs);
+    workers::shops_have_webhooks(&f, &mut errs);
 
     // Each builder reports why it returns None, so these are Some without errors; if one
     // ever is not, that is an error message, not a panic.
@@ -81,6 +86,8 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
         rules,
         limits,
         sandbox,
+        reconcile,
+        webhooks,
         redacted,
     })
 }

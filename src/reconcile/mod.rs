@@ -1,0 +1,339 @@
+//! The reconciliation worker (DESIGN.md §8): no lost orders. It asks the bound account about
+//! every payment still `pending` or `unknown` and every refund still `pending` or `abnormal`,
+//! on a schedule by age (`reconcile.tiers`), and closes payments whose `expires_at` has
+//! passed. It changes state only through `payment`, so every change emits the same shop
+//! event a notification would, and a "paid" answer to a close makes the payment `succeeded`.
+//!
+//! # Limits
+//! - The schedule lives in the store (`next_check_at`): a restart resumes it.
+//! - Bounded concurrency; a channel whose breaker is open is not asked (the order is checked
+//!   again at its next time), and the channel's own limit applies to these calls too.
+//! - After the last tier, an open payment is checked once more at `expires_at` (and closed);
+//!   an open refund is no longer checked: ops see it in `GET /admin/refunds`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::domain::{PaymentStatus, RefundStatus};
+use crate::live::{Live, LiveConfig};
+use crate::payment::{now_ms, PaymentError, PaymentService, Routes};
+use crate::store::{PaymentRecord, RefundRecord};
+
+/// How often the worker looks for due checks.
+const POLL: Duration = Duration::from_millis(500);
+/// Due records taken per round.
+const BATCH: u32 = 128;
+/// A record with a call in flight is looked at again this much later.
+const BUSY_RETRY_MS: i64 = 1_000;
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// Until an order is this old, check it this often.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tier {
+    pub until: Duration,
+    pub every: Duration,
+}
+
+/// Every minute at 1–10 minutes, every 10 minutes until an hour, hourly until a day.
+pub const DEFAULT_TIERS: [Tier; 3] = [
+    Tier {
+        until: Duration::from_secs(10 * 60),
+        every: Duration::from_secs(60),
+    },
+    Tier {
+        until: Duration::from_secs(3600),
+        every: Duration::from_secs(10 * 60),
+    },
+    Tier {
+        until: Duration::from_secs(24 * 3600),
+        every: Duration::from_secs(3600),
+    },
+];
+
+/// Config `reconcile:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReconcileSettings {
+    /// Ascending `until`; never empty.
+    pub tiers: Vec<Tier>,
+    pub concurrency: usize,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings {
+            tiers: DEFAULT_TIERS.to_vec(),
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+impl ReconcileSettings {
+    /// The next check of an order created at `created_at`, after one at `now`: by its tier,
+    /// never later than `expires_at` while that is ahead; `None` after the last tier (and,
+    /// with an expiry, once it has passed).
+    pub fn next_check(&self, created_at: i64, now: i64, expires_at: Option<i64>) -> Option<i64> {
+        let age = Duration::from_millis((now - created_at).max(0) as u64);
+        let by_tier = self
+            .tiers
+            .iter()
+            .find(|t| age < t.until)
+            .map(|t| now + t.every.as_millis() as i64);
+        match expires_at {
+            Some(exp) if exp > now => Some(by_tier.map_or(exp, |t| t.min(exp))),
+            _ => by_tier,
+        }
+    }
+
+    /// The first check of an order: one `every` of the first tier after its creation.
+    fn first_check(&self, created_at: i64) -> i64 {
+        created_at + self.tiers.first().map_or(0, |t| t.every.as_millis() as i64)
+    }
+}
+
+pub struct Reconciler {
+    live: Arc<LiveConfig>,
+    payments: Arc<PaymentService>,
+    actions: IntCounterVec,
+}
+
+impl Reconciler {
+    pub fn new(
+        live: Arc<LiveConfig>,
+        payments: Arc<PaymentService>,
+        registry: &Registry,
+    ) -> prometheus::Result<Reconciler> {
+        let actions = IntCounterVec::new(
+            Opts::new(
+                "payroute_reconcile_actions_total",
+                "What the reconciliation worker did: query, close, resolved (a final state learnt), busy, breaker_open, error.",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(actions.clone()))?;
+        Ok(Reconciler {
+            live,
+            payments,
+            actions,
+        })
+    }
+
+    pub async fn run(self: Arc<Self>, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = self.clone().round() => {}
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    /// Checks everything due now, `reconcile.concurrency` at a time.
+    pub async fn round(self: Arc<Self>) {
+        let now = now_ms();
+        let live = self.live.load();
+        let settings = live.config.reconcile.clone();
+        let store = self.payments.store();
+        let (payments, refunds) = match (
+            store.due_payments(now, BATCH).await,
+            store.due_refunds(now, BATCH).await,
+        ) {
+            (Ok(p), Ok(r)) => (p, r),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "reconcile: cannot read due orders");
+                return;
+            }
+        };
+        let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        for p in payments {
+            let (me, live, settings, slots) =
+                (self.clone(), live.clone(), settings.clone(), slots.clone());
+            tasks.spawn(async move {
+                let _slot = slots.acquire().await;
+                me.check_payment(&live, &settings, p).await;
+            });
+        }
+        for r in refunds {
+            let (me, live, settings, slots) =
+                (self.clone(), live.clone(), settings.clone(), slots.clone());
+            tasks.spawn(async move {
+                let _slot = slots.acquire().await;
+                me.check_refund(&live, &settings, r).await;
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn check_payment(&self, live: &Live, settings: &ReconcileSettings, p: PaymentRecord) {
+        let now = now_ms();
+        let store = self.payments.store();
+        let first = settings.first_check(p.created_at);
+        let next = if now < first {
+            // Not yet checked: its first time comes one tier interval after creation.
+            Some(first)
+        } else if p.attempt_until.is_some_and(|t| t > now) {
+            self.count("busy");
+            Some(now + BUSY_RETRY_MS)
+        } else if live
+            .channels
+            .get(&p.channel)
+            .is_some_and(|c| c.breaker_state() == "open")
+        {
+            self.count("breaker_open");
+            settings.next_check(p.created_at, now, Some(p.expires_at))
+        } else {
+            let routes = routes(live);
+            let expired = now >= p.expires_at;
+            let result = if expired {
+                self.count("close");
+                self.payments
+                    .close(&routes, &p.merchant_id, &p.out_trade_no)
+                    .await
+            } else {
+                self.count("query");
+                self.payments
+                    .get(&routes, &p.merchant_id, &p.out_trade_no, true)
+                    .await
+            };
+            match result {
+                Ok(rec) if rec.status.is_final() => {
+                    self.count("resolved");
+                    tracing::info!(payment_id = %rec.payment_id, status = rec.status.as_str(), "reconciled");
+                    None
+                }
+                Ok(rec) => settings.next_check(rec.created_at, now, Some(rec.expires_at)),
+                // A paid order refused to close: it is `succeeded` now.
+                Err(PaymentError::InvalidState { payment, .. })
+                    if payment.status == PaymentStatus::Succeeded =>
+                {
+                    self.count("resolved");
+                    None
+                }
+                Err(e) => {
+                    self.count("error");
+                    tracing::warn!(payment_id = %p.payment_id, error = %e, "reconcile: check failed; trying again later");
+                    settings
+                        .next_check(p.created_at, now, Some(p.expires_at))
+                        .or_else(|| expired.then_some(now + settings_last_every(settings)))
+                }
+            }
+        };
+        if let Err(e) = store.schedule_payment_check(&p.payment_id, next).await {
+            tracing::warn!(payment_id = %p.payment_id, error = %e, "reconcile: cannot store the next check");
+        }
+    }
+
+    async fn check_refund(&self, live: &Live, settings: &ReconcileSettings, r: RefundRecord) {
+        let now = now_ms();
+        let first = settings.first_check(r.created_at);
+        let next = if now < first {
+            Some(first)
+        } else if r.attempt_until.is_some_and(|t| t > now) {
+            self.count("busy");
+            Some(now + BUSY_RETRY_MS)
+        } else {
+            self.count("query");
+            match self
+                .payments
+                .get_refund(&routes(live), &r.merchant_id, &r.out_refund_no, true)
+                .await
+            {
+                Ok(rec) if !rec.status.is_open() => {
+                    self.count("resolved");
+                    None
+                }
+                Ok(rec) => settings.next_check(rec.created_at, now, None),
+                Err(e) => {
+                    self.count("error");
+                    tracing::warn!(refund_id = %r.refund_id, error = %e, "reconcile: refund check failed; trying again later");
+                    settings.next_check(r.created_at, now, None)
+                }
+            }
+        };
+        if r.status == RefundStatus::Abnormal && next.is_none() {
+            tracing::warn!(refund_id = %r.refund_id, "refund still abnormal after the last reconciliation tier; ops must settle it");
+        }
+        if let Err(e) = self
+            .payments
+            .store()
+            .schedule_refund_check(&r.refund_id, next)
+            .await
+        {
+            tracing::warn!(refund_id = %r.refund_id, error = %e, "reconcile: cannot store the next check");
+        }
+    }
+
+    fn count(&self, action: &str) {
+        self.actions.with_label_values(&[action]).inc();
+    }
+}
+
+/// An expired order whose close failed is tried again at the last tier's interval.
+fn settings_last_every(settings: &ReconcileSettings) -> i64 {
+    settings
+        .tiers
+        .last()
+        .map_or(3_600_000, |t| t.every.as_millis() as i64)
+}
+
+fn routes(live: &Live) -> Routes<'_> {
+    Routes {
+        rules: &live.config.rules,
+        channels: &live.channels,
+        merchants: &live.config.merchants,
+        public_base_url: &live.config.server.public_base_url,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn checks_follow_the_tiers_and_stop_at_expiry() {
+        let s = ReconcileSettings::default();
+        let created = 1_000_000;
+        assert_eq!(s.first_check(created), created + MIN);
+        // At 5 minutes: every minute; at 30 minutes: every 10; at 5 hours: hourly.
+        assert_eq!(
+            s.next_check(created, created + 5 * MIN, None),
+            Some(created + 6 * MIN)
+        );
+        assert_eq!(
+            s.next_check(created, created + 30 * MIN, None),
+            Some(created + 40 * MIN)
+        );
+        assert_eq!(
+            s.next_check(created, created + 300 * MIN, None),
+            Some(created + 360 * MIN)
+        );
+        // Past a day: no more checks, unless the order has yet to expire.
+        assert_eq!(s.next_check(created, created + 25 * 60 * MIN, None), None);
+        let exp = created + 30 * 60 * MIN;
+        assert_eq!(
+            s.next_check(created, created + 25 * 60 * MIN, Some(exp)),
+            Some(exp)
+        );
+        // Never later than the expiry while it is ahead.
+        let soon = created + 5 * MIN + 10_000;
+        assert_eq!(
+            s.next_check(created, created + 5 * MIN, Some(soon)),
+            Some(soon)
+        );
+        assert_eq!(
+            s.next_check(created, created + 25 * 60 * MIN, Some(created)),
+            None
+        );
+    }
+}
