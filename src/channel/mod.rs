@@ -15,7 +15,10 @@
 pub mod alipay;
 pub mod http;
 pub mod keys;
+pub mod notification;
 pub mod wechatpay;
+
+pub use notification::{Notification, NotifiedAccount, NotifyError};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -252,6 +255,20 @@ pub trait Connector: Send + Sync {
         sub: &SubMerchant,
         deadline: Duration,
     ) -> Result<RefundState, ChannelError>;
+    /// Verifies and parses a notification the provider POSTed to this channel's notify_url
+    /// (no network: signature, freshness, decryption, mapping). `now_unix`: seconds.
+    fn verify_notification(
+        &self,
+        headers: &::http::HeaderMap,
+        body: &[u8],
+        now_unix: i64,
+    ) -> Result<Notification, NotifyError>;
+    /// The answer the provider expects to a notification: `ok` stops its retries.
+    fn notification_answer(
+        &self,
+        ok: bool,
+        message: &str,
+    ) -> ::http::Response<http_body_util::Full<bytes::Bytes>>;
 }
 
 /// How a channel call failed, which says what may be done next (DESIGN.md §7). Only a

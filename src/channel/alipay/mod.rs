@@ -9,6 +9,7 @@
 //! Amounts cross the wire as yuan strings with two decimals, converted exactly
 //! ([`crate::domain::yuan`], [`crate::domain::parse_yuan`]).
 
+mod notify;
 pub mod sign;
 
 use std::collections::BTreeMap;
@@ -26,8 +27,8 @@ use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 use super::http::HttpClient;
 use super::keys::{RsaSigner, RsaVerifier};
 use super::{
-    ChannelError, Created, ErrorKind, OrderRequest, OrderState, RefundRequest, RefundState,
-    SubMerchant,
+    ChannelError, Created, ErrorKind, Notification, NotifyError, OrderRequest, OrderState,
+    RefundRequest, RefundState, SubMerchant,
 };
 use crate::domain::{parse_yuan, yuan, Method, PaymentStatus, RefundStatus};
 
@@ -339,6 +340,21 @@ impl super::Connector for Alipay {
             amount: yuan_field(&v, "refund_amount")?,
             refunded_total: None,
         })
+    }
+
+    /// Alipay signs no timestamp that could be checked (it retries a notification for a
+    /// day): `now_unix` is not used.
+    fn verify_notification(
+        &self,
+        _headers: &http::HeaderMap,
+        body: &[u8],
+        _now_unix: i64,
+    ) -> Result<Notification, NotifyError> {
+        notify::verify(self.settings(), body)
+    }
+
+    fn notification_answer(&self, ok: bool, _message: &str) -> http::Response<Full<Bytes>> {
+        notify::answer(ok)
     }
 }
 

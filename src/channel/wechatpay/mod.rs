@@ -5,6 +5,7 @@
 //! partner mode speaks for the platform's `sp_mchid`/`sp_appid` on behalf of a sub-merchant
 //! (`sub_mchid`) on `/v3/pay/partner/transactions/…`.
 
+mod notify;
 pub mod sign;
 
 use std::sync::Arc;
@@ -21,8 +22,8 @@ use time::{OffsetDateTime, UtcOffset};
 use super::http::{HttpClient, HttpResponse};
 use super::keys::RsaSigner;
 use super::{
-    ChannelError, Created, ErrorKind, OrderRequest, OrderState, RefundRequest, RefundState,
-    SubMerchant,
+    ChannelError, Created, ErrorKind, Notification, NotifyError, OrderRequest, OrderState,
+    RefundRequest, RefundState, SubMerchant,
 };
 use crate::domain::{Method, PaymentStatus, RefundStatus};
 use crate::secret::Secret;
@@ -388,6 +389,19 @@ impl super::Connector for WechatPay {
         let resp = self.call(HttpMethod::GET, &path, None, deadline).await?;
         parse_refund(&resp.body, out_refund_no)
     }
+
+    fn verify_notification(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+        now_unix: i64,
+    ) -> Result<Notification, NotifyError> {
+        notify::verify(self.settings(), headers, body, now_unix)
+    }
+
+    fn notification_answer(&self, ok: bool, message: &str) -> http::Response<Full<Bytes>> {
+        notify::answer(ok, message)
+    }
 }
 
 fn parse_refund(body: &[u8], out_refund_no: &str) -> Result<RefundState, ChannelError> {
@@ -403,6 +417,13 @@ fn parse_refund(body: &[u8], out_refund_no: &str) -> Result<RefundState, Channel
     let state = v["status"]
         .as_str()
         .ok_or_else(|| protocol("answer has no status".into()))?;
+    refund_state(&v, state)
+}
+
+/// A refund object's state (`state`: its `status`, or a notification's `refund_status`):
+/// shared by refund answers and refund notifications.
+fn refund_state(v: &Value, state: &str) -> Result<RefundState, ChannelError> {
+    let protocol = |m: String| ChannelError::new(ErrorKind::Protocol, m);
     let status = match state {
         "SUCCESS" => RefundStatus::Succeeded,
         "PROCESSING" => RefundStatus::Pending,
@@ -426,6 +447,12 @@ fn parse_order_state(body: &[u8], out_trade_no: &str) -> Result<OrderState, Chan
     let v: Value =
         serde_json::from_slice(body).map_err(|e| protocol(format!("answer is not JSON: {e}")))?;
     let state = super::order_answer(&v, out_trade_no, "trade_state")?;
+    order_state(&v, state)
+}
+
+/// A transaction object's state: shared by query answers and payment notifications.
+fn order_state(v: &Value, state: &str) -> Result<OrderState, ChannelError> {
+    let protocol = |m: String| ChannelError::new(ErrorKind::Protocol, m);
     let status = match state {
         "SUCCESS" | "REFUND" => PaymentStatus::Succeeded,
         "NOTPAY" | "USERPAYING" => PaymentStatus::Pending,

@@ -94,6 +94,33 @@ impl WechatVerifier {
         body: &[u8],
         now: i64,
     ) -> Result<(), String> {
+        self.check(serial, ts, nonce, signature, body, Some(now))
+            .map(|_| ())
+    }
+
+    /// The signature alone, without the clock: returns the signed timestamp, which the
+    /// caller must still check with [`check_skew`]. Notifications use it to tell a genuine
+    /// but stale message (a replay) from a forged one.
+    pub fn verify_signature(
+        &self,
+        serial: &str,
+        ts: &str,
+        nonce: &str,
+        signature: &str,
+        body: &[u8],
+    ) -> Result<i64, String> {
+        self.check(serial, ts, nonce, signature, body, None)
+    }
+
+    fn check(
+        &self,
+        serial: &str,
+        ts: &str,
+        nonce: &str,
+        signature: &str,
+        body: &[u8],
+        now: Option<i64>,
+    ) -> Result<i64, String> {
         let key = match &self.public_key {
             Some((id, key)) if id == serial => key,
             _ => self
@@ -104,18 +131,26 @@ impl WechatVerifier {
         let t: i64 = ts
             .parse()
             .map_err(|_| format!("bad Wechatpay-Timestamp {ts:?}"))?;
-        // abs_diff: a hostile timestamp near i64::MIN must not overflow.
-        if now.abs_diff(t) > MAX_SKEW_SECS {
-            return Err(format!(
-                "Wechatpay-Timestamp {t} is more than {MAX_SKEW_SECS}s from now ({now})"
-            ));
+        if let Some(now) = now {
+            check_skew(t, now)?;
         }
         if key.verify_b64(&response_message(ts, nonce, body), signature) {
-            Ok(())
+            Ok(t)
         } else {
             Err("Wechatpay-Signature does not verify".into())
         }
     }
+}
+
+/// A signed timestamp `t` must be within [`MAX_SKEW_SECS`] of `now`.
+pub fn check_skew(t: i64, now: i64) -> Result<(), String> {
+    // abs_diff: a hostile timestamp near i64::MIN must not overflow.
+    if now.abs_diff(t) > MAX_SKEW_SECS {
+        return Err(format!(
+            "Wechatpay-Timestamp {t} is more than {MAX_SKEW_SECS}s from now ({now})"
+        ));
+    }
+    Ok(())
 }
 
 /// AEAD_AES_256_GCM as WeChat Pay uses it: base64(ciphertext ‖ tag), a 12-byte nonce

@@ -1,0 +1,135 @@
+//! Provider notifications — what a provider POSTs to `{public_base_url}/notify/{channel}` —
+//! verified and parsed into payroute's vocabulary (DESIGN.md §1, §6).
+//!
+//! The connector of the channel does the provider work (signature, freshness, decryption,
+//! field names, state words); [`Channel`] delegates to it. Nothing of the provider's wire
+//! format leaves this module: the rest of payroute sees a [`Notification`] or a
+//! [`NotifyError`], and asks the channel for the answer the provider expects
+//! ([`Channel::notification_answer`]).
+//!
+//! A verified notification is a claim by the provider, not yet a fact about one of our
+//! payments: the payment layer still cross-checks its out_trade_no, amount and account
+//! against the stored payment before it changes anything.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http_body_util::Full;
+
+use super::{Channel, OrderState, RefundState};
+
+/// A verified provider notification, in payroute's vocabulary.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notification {
+    /// A payment changed state (WeChat `TRANSACTION.*`, Alipay `trade_status_sync`).
+    /// `state.amount` and `state.currency` are filled from the notification.
+    Payment {
+        out_trade_no: String,
+        state: OrderState,
+        account: NotifiedAccount,
+    },
+    /// A refund changed state (WeChat `REFUND.*`; Alipay a `trade_status_sync` carrying
+    /// `out_biz_no` + `refund_fee` + `gmt_refund`).
+    Refund {
+        out_trade_no: String,
+        out_refund_no: String,
+        state: RefundState,
+        account: NotifiedAccount,
+    },
+}
+
+impl Notification {
+    pub fn out_trade_no(&self) -> &str {
+        match self {
+            Notification::Payment { out_trade_no, .. }
+            | Notification::Refund { out_trade_no, .. } => out_trade_no,
+        }
+    }
+
+    pub fn account(&self) -> &NotifiedAccount {
+        match self {
+            Notification::Payment { account, .. } | Notification::Refund { account, .. } => account,
+        }
+    }
+}
+
+/// Who the provider says the order belongs to (what the notification names). Compare with
+/// the stored [`crate::domain::Account`]: WeChat names `mchid` (the `sp_mchid` in partner
+/// mode), `sub_mchid` in partner mode, and the `appid` / `sp_appid` on payments (refund
+/// notifications name no app); Alipay names only its `app_id`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NotifiedAccount {
+    pub mchid: Option<String>,
+    pub sub_mchid: Option<String>,
+    pub app_id: Option<String>,
+}
+
+/// Why a notification was refused. None of these may change a payment; the provider is
+/// answered "not ok" and retries (a probe expects exactly that answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotifyError {
+    /// Unsigned, signed by a key we do not hold, or not matching its signature.
+    BadSignature(String),
+    /// Genuinely signed, but its timestamp is outside the allowed clock skew (a replay).
+    Stale(String),
+    /// WeChat Pay's signature probe (`WECHATPAY/SIGNTEST/…`): it checks that we refuse
+    /// what we cannot verify.
+    Probe,
+    /// Verified, but not what the protocol promises (missing fields, unknown states or
+    /// event types).
+    Malformed(String),
+    /// Verified, but its resource does not decrypt with the channel's APIv3 key (or the
+    /// channel has none).
+    Decrypt(String),
+    /// Verified, but addressed to another app / merchant account than this channel's.
+    NotForThisApp(String),
+}
+
+impl NotifyError {
+    /// Bounded label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NotifyError::BadSignature(_) => "bad_signature",
+            NotifyError::Stale(_) => "stale",
+            NotifyError::Probe => "probe",
+            NotifyError::Malformed(_) => "malformed",
+            NotifyError::Decrypt(_) => "decrypt",
+            NotifyError::NotForThisApp(_) => "wrong_app",
+        }
+    }
+}
+
+impl fmt::Display for NotifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotifyError::Probe => write!(f, "probe: signature probe"),
+            NotifyError::BadSignature(m)
+            | NotifyError::Stale(m)
+            | NotifyError::Malformed(m)
+            | NotifyError::Decrypt(m)
+            | NotifyError::NotForThisApp(m) => write!(f, "{}: {m}", self.label()),
+        }
+    }
+}
+
+impl std::error::Error for NotifyError {}
+
+impl Channel {
+    /// Verifies and parses a notification for this channel's account keys. `now_unix`:
+    /// seconds.
+    pub fn verify_notification(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+        now_unix: i64,
+    ) -> Result<Notification, NotifyError> {
+        self.connector.verify_notification(headers, body, now_unix)
+    }
+
+    /// What the provider must be answered: `ok` → WeChat `204` empty / Alipay `200
+    /// text/plain "success"`; not ok → WeChat `500` with JSON
+    /// `{"code":"FAIL","message":message}` / Alipay `200 "fail"` — so the provider retries.
+    pub fn notification_answer(&self, ok: bool, message: &str) -> http::Response<Full<Bytes>> {
+        self.connector.notification_answer(ok, message)
+    }
+}
