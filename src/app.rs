@@ -14,6 +14,7 @@ use crate::admin::AdminState;
 use crate::api::{ApiMetrics, ApiState};
 use crate::config::Config;
 use crate::live::{Live, LiveConfig};
+use crate::notify::inbound::Inbound;
 use crate::notify::outbox::Outbox;
 use crate::payment::PaymentService;
 use crate::reconcile::Reconciler;
@@ -62,6 +63,9 @@ impl App {
             payments: payments.clone(),
             resilience: resilience.clone(),
             metrics: ApiMetrics::new(&registry).map_err(metric_err)?,
+            notify: Arc::new(
+                Inbound::new(live.clone(), payments.clone(), &registry).map_err(metric_err)?,
+            ),
         });
         let admin = Arc::new(AdminState {
             live: live.clone(),

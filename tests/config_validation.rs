@@ -33,6 +33,7 @@ shops:
   - id: demo-shop
     api_key: demo-shop-key-TEST-ONLY
     merchants: [m_1001, m_2002]
+    webhook: { url: http://127.0.0.1:8000/payroute/events, secret: demo-webhook-secret-TEST-ONLY }
 merchants:
   m_1001: {M1001}
   m_2002: { wechat_sub_mchid: "1900000209", alipay_app_auth_token: tok_m2002_TEST_ONLY }

@@ -55,6 +55,8 @@ pub struct ApiState {
     pub payments: Arc<PaymentService>,
     pub resilience: Arc<Resilience>,
     pub metrics: ApiMetrics,
+    /// Provider notifications arrive on this listener too (`/notify/{channel}`).
+    pub notify: Arc<crate::notify::inbound::Inbound>,
 }
 
 /// Entry point for every API request.
@@ -86,6 +88,11 @@ async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (&'static
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
         (&Method::POST, ["v1", "payments"]) => ("create_payment", create(app, live, req).await),
+        // Providers, not shops: verified by their signatures, answered in their format.
+        (&Method::POST, ["notify", channel]) => {
+            let channel = decode(channel);
+            ("notify", Ok(app.notify.handle(&channel, req).await))
+        }
         (&Method::GET, ["v1", "payments", merchant, out_trade_no]) => {
             let refresh = query_flag(req.uri().query(), "refresh");
             let (m, o) = (decode(merchant), decode(out_trade_no));

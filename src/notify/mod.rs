@@ -4,6 +4,7 @@
 //! Events are written by `payment` in the same store transaction as the state change they
 //! tell of; this module only delivers them.
 
+pub mod inbound;
 pub mod outbox;
 
 use std::time::Duration;
