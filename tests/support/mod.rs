@@ -250,6 +250,12 @@ pub fn wechat_direct(
             format!("file:{}", key("wechatpay_pub_key.pem")),
         )
         .with("wechatpay_public_key_id", "PUB_KEY_ID_SANDBOX_TEST_ONLY")
+        .with("apiv3_key", apiv3_key(mchid))
+}
+
+/// The TEST-ONLY APIv3 key (32 bytes) of a test merchant: decrypts its notifications.
+pub fn apiv3_key(mchid: &str) -> String {
+    format!("{:0<32}", format!("apiv3-{mchid}-TEST-ONLY"))
 }
 
 /// A WeChat Pay service-provider (partner) channel on `up`, verifying with the sandbox's
@@ -275,6 +281,7 @@ pub fn wechat_partner(
             format!("file:{}", key("wechatpay_pub_key.pem")),
         )
         .with("wechatpay_public_key_id", "PUB_KEY_ID_SANDBOX_TEST_ONLY")
+        .with("apiv3_key", apiv3_key(sp_mchid))
 }
 
 /// An Alipay channel (`mode`: `direct` or `isv`) on `up`'s gateway.
@@ -390,13 +397,22 @@ pub fn alipay_channels(up: &Upstream) -> String {
 
 /// A whole config file; `rules` is the body of `routing:`, `extra_channels` is appended
 /// under `channels:`.
+/// Where the proxy can be reached and where it tells the shop: written into the config.
+#[derive(Clone, Debug)]
+pub struct Site {
+    /// `server.public_base_url`: providers send notifications to `{this}/notify/{channel}`.
+    pub public_base_url: String,
+    pub webhook_url: String,
+}
+
 pub fn config_yaml(
     up: &Upstream,
     db: &Path,
-    webhook_url: &str,
+    site: &Site,
     rules: &str,
     extra_channels: &str,
 ) -> String {
+    let webhook_url = &site.webhook_url;
     let direct = |name: &str, mchid: &str, appid: &str, serial: &str, keyfile: &str| {
         standard(
             wechat_direct(up, name, mchid, appid, serial, keyfile),
@@ -419,7 +435,7 @@ pub fn config_yaml(
 server:
   listen: 127.0.0.1:0
   admin_listen: 127.0.0.1:0
-  public_base_url: http://127.0.0.1:8080
+  public_base_url: {public_base_url}
   max_body_bytes: 65536
   drain_timeout: 5s
 admin: {{ token: {ADMIN_TOKEN} }}
@@ -445,6 +461,7 @@ routing:
 {rules}
 "#,
         db = db.display(),
+        public_base_url = site.public_base_url,
         m1001 = direct(
             "m1001_wechat",
             "1900000109",
@@ -477,6 +494,7 @@ pub struct Harness {
     pub upstream: Upstream,
     /// The shop's webhook receiver (both test shops post here).
     pub receiver: Receiver,
+    pub site: Site,
     pub api: String,
     pub admin: String,
     pub sandbox_url: String,
@@ -555,10 +573,17 @@ impl Harness {
         };
         let config_path = dir.path().join("payroute.yaml");
         let receiver = Receiver::start().await;
+        // The API port is chosen first, so providers' notify_url can name it.
+        let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_port = api_listener.local_addr().unwrap().port();
+        let site = Site {
+            public_base_url: format!("http://127.0.0.1:{api_port}"),
+            webhook_url: receiver.url.clone(),
+        };
         let yaml = config_yaml(
             &upstream,
             &dir.path().join("payroute.db"),
-            &receiver.url,
+            &site,
             rules,
             &extra(&upstream),
         );
@@ -577,7 +602,7 @@ impl Harness {
                 .clone()
                 .serve(listener, sandbox_tls, std::future::pending()),
         );
-        let running = start_proxy(config).await;
+        let running = start_proxy_on(config, api_listener).await;
         Harness {
             api: format!("http://{}", running.api_addr),
             admin: format!("http://{}", running.admin_addr),
@@ -586,6 +611,7 @@ impl Harness {
             sandbox,
             upstream,
             receiver,
+            site,
             config_path,
             dir,
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -599,7 +625,18 @@ impl Harness {
             within("the proxy to stop", r.shutdown()).await;
         }
         let config = Config::load(&self.config_path).unwrap_or_else(|e| panic!("test config: {e}"));
-        let running = start_proxy(config).await;
+        // The same API port: it is the providers' notify_url.
+        let api = self.site.public_base_url.trim_start_matches("http://").to_string();
+        let listener = within("the API port to be free again", async {
+            loop {
+                match TcpListener::bind(&api).await {
+                    Ok(l) => break l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await;
+        let running = start_proxy_on(config, listener).await;
         self.api = format!("http://{}", running.api_addr);
         self.admin = format!("http://{}", running.admin_addr);
         self.running = Some(running);
@@ -611,13 +648,7 @@ impl Harness {
 
     /// Rewrites the config file with other rules (the file watcher may pick it up too).
     pub fn write_config(&self, rules: &str, extra_channels: &str) {
-        let yaml = config_yaml(
-            &self.upstream,
-            &self.db_path(),
-            &self.receiver.url,
-            rules,
-            extra_channels,
-        );
+        let yaml = config_yaml(&self.upstream, &self.db_path(), &self.site, rules, extra_channels);
         write_atomically(&self.config_path, &yaml);
     }
 
@@ -822,10 +853,15 @@ impl Harness {
 /// The proxy for `config` on fresh 127.0.0.1:0 listeners (the config's `listen` addresses are
 /// not used), watching its file for reloads.
 pub async fn start_proxy(config: Config) -> Running {
-    let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_proxy_on(config, api).await
+}
+
+/// [`start_proxy`] with the API on `api`.
+pub async fn start_proxy_on(config: Config, api: TcpListener) -> Running {
     let listeners = Listeners {
-        api: bind().await,
-        admin: bind().await,
+        api,
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         sandbox: None,
     };
     payroute::app::start(config, listeners, true)
