@@ -626,7 +626,11 @@ impl Harness {
         }
         let config = Config::load(&self.config_path).unwrap_or_else(|e| panic!("test config: {e}"));
         // The same API port: it is the providers' notify_url.
-        let api = self.site.public_base_url.trim_start_matches("http://").to_string();
+        let api = self
+            .site
+            .public_base_url
+            .trim_start_matches("http://")
+            .to_string();
         let listener = within("the API port to be free again", async {
             loop {
                 match TcpListener::bind(&api).await {
@@ -648,7 +652,13 @@ impl Harness {
 
     /// Rewrites the config file with other rules (the file watcher may pick it up too).
     pub fn write_config(&self, rules: &str, extra_channels: &str) {
-        let yaml = config_yaml(&self.upstream, &self.db_path(), &self.site, rules, extra_channels);
+        let yaml = config_yaml(
+            &self.upstream,
+            &self.db_path(),
+            &self.site,
+            rules,
+            extra_channels,
+        );
         write_atomically(&self.config_path, &yaml);
     }
 
