@@ -41,6 +41,7 @@ async fn every_knob_round_trips_and_unknown_ones_are_refused() {
         "fail_ops": ["create", "query", "close", "refund", "refund_query"],
         "fail_unsigned": true, "tamper_errors": false, "retry_after_secs": 1,
         "refund_status": "PROCESSING", "alipay_refund_pending": true,
+        "drop_notifications": false, "duplicate_notifications": true, "notify_delay_ms": 250,
     });
     let r = post_faults(&h, &all).await;
     assert_eq!((r.status, &r.body), (200, &all), "{}", r.text);

@@ -13,6 +13,7 @@ use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use super::notify::{Kind, Notification, Provider};
 use super::{count_create, Faults, Op, Outcome, Sandbox, Signing};
 use crate::channel::alipay::{china_datetime, sign};
 use crate::domain::{parse_yuan, yuan};
@@ -28,6 +29,8 @@ pub(super) struct AliOrder {
     subject: String,
     pub(super) state: String,
     trade_no: Option<String>,
+    /// When the order came into being (`gmt_create` of its notifications).
+    gmt_create: String,
     send_pay_date: Option<String>,
     /// Every request parameter as received except `sign` (biz_content parsed).
     request: Value,
@@ -36,7 +39,7 @@ pub(super) struct AliOrder {
 }
 
 #[derive(Clone, Debug)]
-struct AliRefund {
+pub(super) struct AliRefund {
     out_request_no: String,
     amount: u64,
     /// False while processing (`Faults::alipay_refund_pending`): no money moved yet.
@@ -282,6 +285,7 @@ impl Sandbox {
                     subject: subject.to_string(),
                     state: "WAIT_BUYER_PAY".into(),
                     trade_no: None,
+                    gmt_create: china_datetime(OffsetDateTime::now_utc()),
                     send_pay_date: None,
                     request: Value::Object(request),
                     refunds: Vec::new(),
@@ -388,6 +392,7 @@ impl Sandbox {
                 "交易不存在",
             );
         };
+        let mut note = None;
         let fund_change = if let Some(r) = o.refunds.iter().find(|r| r.out_request_no == request_no)
         {
             if r.amount != amount {
@@ -418,23 +423,30 @@ impl Sandbox {
                 );
             }
             let settled = !faults.alipay_refund_pending;
-            o.refunds.push(AliRefund {
+            let r = AliRefund {
                 out_request_no: request_no.to_string(),
                 amount,
                 settled,
-            });
+            };
+            o.refunds.push(r.clone());
             if settled {
+                note = self.alipay_notification(&o, Some(&r));
                 "Y"
             } else {
                 "N"
             }
         };
-        format!(
+        let answer = format!(
             r#"{{"code":"10000","msg":"Success","buyer_logon_id":"san***@sandbox.example","fund_change":"{fund_change}","out_trade_no":{},"refund_fee":"{}","trade_no":{}}}"#,
             json!(no),
             yuan(o.refunded()),
             json!(o.trade_no)
-        )
+        );
+        drop(o);
+        if let Some(n) = note {
+            self.notify(n, faults.plan());
+        }
+        answer
     }
 
     /// A refund left processing has settled by the time it is queried.
@@ -453,13 +465,19 @@ impl Sandbox {
             );
         };
         let total = o.amount;
-        match o
+        let mut note = None;
+        let answer = match o
             .refunds
             .iter_mut()
             .find(|r| r.out_request_no == request_no)
         {
             Some(r) => {
+                let settles = !r.settled;
                 r.settled = true;
+                let r = r.clone();
+                if settles {
+                    note = self.alipay_notification(&o, Some(&r));
+                }
                 format!(
                     r#"{{"code":"10000","msg":"Success","out_request_no":{},"out_trade_no":{},"refund_amount":"{}","refund_status":"REFUND_SUCCESS","total_amount":"{}","trade_no":{}}}"#,
                     json!(request_no),
@@ -474,7 +492,90 @@ impl Sandbox {
                 r#"{{"code":"10000","msg":"Success","out_trade_no":{}}}"#,
                 json!(no)
             ),
+        };
+        drop(o);
+        if let Some(n) = note {
+            let plan = self.faults().plan();
+            self.notify(n, plan);
         }
+        answer
+    }
+
+    /// The `trade_status_sync` notification of a just-paid order, or (with `refund`) of a
+    /// refund that just settled: `TRADE_SUCCESS`, `TRADE_CLOSED` once fully refunded, with
+    /// `out_biz_no`, `refund_fee` (all refunded so far) and `gmt_refund`. To the create
+    /// request's `notify_url`; none without one, as at Alipay. Signed RSA2 with the sandbox's
+    /// TEST-ONLY Alipay key over the sorted fields but `sign` and `sign_type`.
+    pub(super) fn alipay_notification(
+        &self,
+        o: &AliOrder,
+        refund: Option<&AliRefund>,
+    ) -> Option<Notification> {
+        let url = o.request["notify_url"].as_str().filter(|u| !u.is_empty())?;
+        let now = OffsetDateTime::now_utc();
+        let seller = o.app_auth_token.as_deref().unwrap_or(&o.app_id);
+        let mut p: BTreeMap<String, String> = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            p.insert(k.to_string(), v);
+        };
+        put("notify_time", china_datetime(now));
+        put("notify_type", "trade_status_sync".into());
+        put(
+            "notify_id",
+            crate::channel::wechatpay::sign::nonce().to_lowercase(),
+        );
+        put("app_id", o.app_id.clone());
+        // ISV: the merchant's own app (a stable made-up one); direct: the app itself.
+        put(
+            "auth_app_id",
+            match &o.app_auth_token {
+                Some(t) => format!("2021{:012}", stable_digits(t)),
+                None => o.app_id.clone(),
+            },
+        );
+        put("charset", "utf-8".into());
+        put("version", "1.0".into());
+        put("trade_no", o.trade_no.clone().unwrap_or_default());
+        put("out_trade_no", o.out_trade_no.clone());
+        put("buyer_id", "2088102177846880".into());
+        put("seller_id", format!("2088{:012}", stable_digits(seller)));
+        put("subject", o.subject.clone());
+        put("total_amount", yuan(o.amount));
+        put("receipt_amount", yuan(o.amount));
+        put("buyer_pay_amount", yuan(o.amount));
+        put("gmt_create", o.gmt_create.clone());
+        put("gmt_payment", o.send_pay_date.clone().unwrap_or_default());
+        let mut status = "TRADE_SUCCESS";
+        if let Some(r) = refund {
+            let refunded = o.refunded();
+            if refunded >= o.amount {
+                status = "TRADE_CLOSED";
+                put("gmt_close", china_datetime(now));
+            }
+            put("out_biz_no", r.out_request_no.clone());
+            put("refund_fee", yuan(refunded));
+            let ms = now.millisecond();
+            put("gmt_refund", format!("{}.{ms:03}", china_datetime(now)));
+        }
+        put("trade_status", status.into());
+        let sign = self
+            .alipay_signer
+            .sign_b64(sign::string_to_sign(&p).as_bytes());
+        p.insert("sign_type".into(), "RSA2".into());
+        p.insert("sign".into(), sign);
+        Some(Notification {
+            provider: Provider::Alipay,
+            kind: if refund.is_some() {
+                Kind::Refund
+            } else {
+                Kind::Payment
+            },
+            out_trade_no: o.out_trade_no.clone(),
+            out_refund_no: refund.map(|r| r.out_request_no.clone()),
+            url: url.to_string(),
+            body: Bytes::from(sign::encode(&p)),
+            wechat: None,
+        })
     }
 
     /// `{"<key>":<inner>,"sign":"…"}` with the signature over the exact bytes of `inner`;
@@ -492,6 +593,14 @@ impl Sandbox {
         );
         resp
     }
+}
+
+/// 12 digits that stay the same for the same text (FNV-1a), for made-up Alipay ids.
+fn stable_digits(text: &str) -> u64 {
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    h % 1_000_000_000_000
 }
 
 /// A positive yuan amount in fen, or the error answer Alipay gives for it.

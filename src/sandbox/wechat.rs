@@ -8,6 +8,7 @@ use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use super::notify::{self, Kind, Notification, Provider, WechatSigning};
 use super::{
     count_create, query_param, Answer, Faults, Op, Outcome, Sandbox, Signing, PUBLIC_KEY_ID,
 };
@@ -38,6 +39,8 @@ struct Refund {
     refund_id: String,
     /// `SUCCESS`, or what `Faults::refund_status` said.
     status: String,
+    /// Where its notification goes: the refund request's `notify_url`.
+    notify_url: String,
 }
 
 impl Refund {
@@ -62,6 +65,48 @@ impl Serialize for Refund {
 impl Order {
     pub(super) fn mchid(&self) -> &str {
         &self.mchid
+    }
+
+    /// The transaction object as WeChat Pay shows it: the query answer, and the plaintext
+    /// of a `TRANSACTION.SUCCESS` notification.
+    fn transaction(&self) -> Value {
+        let req = &self.request;
+        let mut v = json!({
+            "out_trade_no": self.out_trade_no, "trade_type": self.trade_type,
+            "trade_state": self.state, "trade_state_desc": self.state,
+            "amount": { "total": self.amount, "currency": self.currency, "payer_total": self.amount, "payer_currency": self.currency },
+        });
+        match &self.sub_mchid {
+            None => {
+                v["mchid"] = json!(self.mchid);
+                v["appid"] = req["appid"].clone();
+            }
+            Some(sub) => {
+                v["sp_mchid"] = json!(self.mchid);
+                v["sp_appid"] = req["sp_appid"].clone();
+                v["sub_mchid"] = json!(sub);
+                if let Some(a) = req["sub_appid"].as_str() {
+                    v["sub_appid"] = json!(a);
+                }
+            }
+        }
+        if let Some(a) = req["attach"].as_str() {
+            v["attach"] = json!(a);
+        }
+        if let Some(t) = &self.transaction_id {
+            v["transaction_id"] = json!(t);
+            v["bank_type"] = json!("OTHERS");
+            // The payer the request named, else a made-up (TEST-ONLY) one.
+            v["payer"] = match req["payer"].as_object() {
+                Some(p) if !p.is_empty() => Value::Object(p.clone()),
+                _ if self.sub_mchid.is_some() => json!({"sp_openid": "oSandboxPayerTestOnly"}),
+                _ => json!({"openid": "oSandboxPayerTestOnly"}),
+            };
+        }
+        if let Some(t) = &self.success_time {
+            v["success_time"] = json!(t);
+        }
+        v
     }
 
     /// The payer paid: only an open (`NOTPAY`) order can be.
@@ -410,25 +455,7 @@ impl Sandbox {
                 json!({"code":"ORDER_NOT_EXIST","message":"订单不存在"}),
             );
         };
-        let mut v = json!({
-            "out_trade_no": o.out_trade_no, "trade_type": o.trade_type, "trade_state": o.state,
-            "trade_state_desc": o.state,
-            "amount": { "total": o.amount, "currency": o.currency, "payer_total": o.amount, "payer_currency": o.currency },
-        });
-        match &o.sub_mchid {
-            None => v["mchid"] = json!(o.mchid),
-            Some(sub) => {
-                v["sp_mchid"] = json!(o.mchid);
-                v["sub_mchid"] = json!(sub);
-            }
-        }
-        if let Some(t) = &o.transaction_id {
-            v["transaction_id"] = json!(t);
-        }
-        if let Some(t) = &o.success_time {
-            v["success_time"] = json!(t);
-        }
-        (StatusCode::OK, v)
+        (StatusCode::OK, o.transaction())
     }
 
     fn close(&self, auth_mchid: &str, partner: bool, no: &str, body: &[u8]) -> (StatusCode, Value) {
@@ -543,12 +570,23 @@ impl Sandbox {
                 .refund_status
                 .clone()
                 .unwrap_or_else(|| "SUCCESS".into()),
+            notify_url: req["notify_url"].as_str().unwrap_or_default().to_string(),
         };
         if r.holds_money() {
             o.state = "REFUND".into();
         }
         let answer = refund_answer(&o, &r);
+        // A settled refund is notified; one left PROCESSING never settles, so never is.
+        let note = if ["SUCCESS", "ABNORMAL", "CLOSED"].contains(&r.status.as_str()) {
+            self.wechat_refund_notification(&o, &r, &answer)
+        } else {
+            None
+        };
         o.refunds.push(r);
+        drop(o);
+        if let Some(n) = note {
+            self.notify(n, faults.plan());
+        }
         (StatusCode::OK, answer)
     }
 
@@ -570,6 +608,120 @@ impl Sandbox {
                 StatusCode::NOT_FOUND,
                 json!({"code":"RESOURCE_NOT_EXISTS","message":"退款单不存在"}),
             ))
+    }
+
+    /// The `TRANSACTION.SUCCESS` notification of a just-paid order, to the create
+    /// request's `notify_url`.
+    pub(super) fn wechat_payment_notification(&self, o: &Order) -> Option<Notification> {
+        let url = o.request["notify_url"].as_str().unwrap_or_default();
+        let event = WechatEvent {
+            kind: Kind::Payment,
+            event_type: "TRANSACTION.SUCCESS",
+            summary: "支付成功",
+            original_type: "transaction",
+        };
+        self.wechat_notification(o, None, url, &event, &o.transaction())
+    }
+
+    /// The `REFUND.SUCCESS` / `REFUND.ABNORMAL` / `REFUND.CLOSED` notification of a
+    /// settled refund, to the refund request's `notify_url`; `answer` is the refund answer.
+    fn wechat_refund_notification(
+        &self,
+        o: &Order,
+        r: &Refund,
+        answer: &Value,
+    ) -> Option<Notification> {
+        let (event_type, summary) = match r.status.as_str() {
+            "SUCCESS" => ("REFUND.SUCCESS", "退款成功"),
+            "ABNORMAL" => ("REFUND.ABNORMAL", "退款异常"),
+            _ => ("REFUND.CLOSED", "退款关闭"),
+        };
+        let mut plain = json!({
+            "out_trade_no": o.out_trade_no, "transaction_id": o.transaction_id,
+            "out_refund_no": r.out_refund_no, "refund_id": r.refund_id,
+            "refund_status": r.status, "user_received_account": "支付用户零钱",
+            "amount": { "total": o.amount, "refund": r.amount, "payer_total": o.amount, "payer_refund": r.amount },
+        });
+        match &o.sub_mchid {
+            None => plain["mchid"] = json!(o.mchid),
+            Some(sub) => {
+                plain["sp_mchid"] = json!(o.mchid);
+                plain["sub_mchid"] = json!(sub);
+            }
+        }
+        if let Some(t) = answer.get("success_time") {
+            plain["success_time"] = t.clone();
+        }
+        let event = WechatEvent {
+            kind: Kind::Refund,
+            event_type,
+            summary,
+            original_type: "refund",
+        };
+        self.wechat_notification(o, Some(&r.out_refund_no), &r.notify_url, &event, &plain)
+    }
+
+    /// The notification body: `resource` is `plaintext` sealed with the merchant's APIv3 key
+    /// (the `sp_mchid`'s in partner mode), `associated_data` = `original_type`; the fields in
+    /// WeChat Pay's order. `None` (recorded as not sent) without a key.
+    fn wechat_notification(
+        &self,
+        o: &Order,
+        out_refund_no: Option<&str>,
+        url: &str,
+        event: &WechatEvent,
+        plaintext: &Value,
+    ) -> Option<Notification> {
+        let serial = if self.faults().sign_with_certificate {
+            self.cert_serial.clone()
+        } else {
+            PUBLIC_KEY_ID.to_string()
+        };
+        let mut n = Notification {
+            provider: Provider::Wechatpay,
+            kind: event.kind,
+            out_trade_no: o.out_trade_no.clone(),
+            out_refund_no: out_refund_no.map(str::to_string),
+            url: url.to_string(),
+            body: Bytes::new(),
+            wechat: Some(WechatSigning {
+                signer: self.signer.clone(),
+                serial,
+            }),
+        };
+        let keys = self.apiv3_keys.load();
+        let Some(key) = keys.get(&o.mchid) else {
+            let why = format!("no apiv3_key configured for mchid {}", o.mchid);
+            self.notifier.not_sent(&n, &why);
+            return None;
+        };
+        let nonce = notify::aead_nonce();
+        let sealed = sign::aead_encrypt(
+            key.expose().as_bytes(),
+            &nonce,
+            event.original_type,
+            plaintext.to_string().as_bytes(),
+        );
+        let ciphertext = match sealed {
+            Ok(c) => c,
+            Err(e) => {
+                self.notifier.not_sent(&n, &e);
+                return None;
+            }
+        };
+        let body = format!(
+            r#"{{"id":{},"create_time":{},"resource_type":"encrypt-resource","event_type":{},"summary":{},"resource":{{"original_type":{},"algorithm":"AEAD_AES_256_GCM","ciphertext":{},"associated_data":{},"nonce":{}}}}}"#,
+            json!(notify::uuid_like()),
+            json!(china_time(OffsetDateTime::now_utc())),
+            json!(event.event_type),
+            json!(event.summary),
+            json!(event.original_type),
+            json!(ciphertext),
+            json!(event.original_type),
+            json!(nonce),
+        );
+        n.body = Bytes::from(body);
+        Some(n)
     }
 
     /// A WeChat Pay style answer: JSON body (none for 204) with the `Wechatpay-*` signature
@@ -613,6 +765,15 @@ impl Sandbox {
         h.insert("Request-ID", val(&format!("sandbox-{}", self.next_id())));
         resp
     }
+}
+
+/// What a WeChat Pay notification announces.
+struct WechatEvent {
+    kind: Kind,
+    event_type: &'static str,
+    summary: &'static str,
+    /// `transaction` or `refund`: also the resource's `associated_data`.
+    original_type: &'static str,
 }
 
 fn refund_answer(o: &Order, r: &Refund) -> Value {
