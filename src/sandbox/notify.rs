@@ -334,3 +334,323 @@ pub(super) fn uuid_like() -> String {
 pub(super) fn aead_nonce() -> String {
     sign::nonce()[..12].to_string()
 }
+
+/// A scripted receiver for unit tests: records every request (with the tokio time it came)
+/// and answers from a script, then with the default answer.
+#[cfg(test)]
+pub(super) mod testing {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use http::{HeaderMap, Request, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use tokio::time::Instant;
+
+    use super::{Reply, Transport};
+
+    pub struct Received {
+        pub at: Instant,
+        pub uri: String,
+        pub headers: HeaderMap,
+        pub body: Bytes,
+    }
+
+    pub struct Fake {
+        pub received: Mutex<Vec<Received>>,
+        script: Mutex<VecDeque<(u16, &'static str)>>,
+        default: (u16, &'static str),
+        arrived: tokio::sync::Notify,
+    }
+
+    impl Fake {
+        pub fn new(script: &[(u16, &'static str)], default: (u16, &'static str)) -> Fake {
+            Fake {
+                received: Mutex::new(Vec::new()),
+                script: Mutex::new(script.iter().copied().collect()),
+                default,
+                arrived: tokio::sync::Notify::new(),
+            }
+        }
+
+        pub fn count(&self) -> usize {
+            self.received.lock().unwrap().len()
+        }
+
+        /// Waits until `n` requests have arrived, bounded by 8 days of (paused) tokio time:
+        /// longer than either provider's whole schedule.
+        pub async fn wait_for(&self, n: usize) {
+            tokio::time::timeout(Duration::from_secs(8 * 24 * 3600), async {
+                loop {
+                    let arrived = self.arrived.notified();
+                    if self.count() >= n {
+                        break;
+                    }
+                    arrived.await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} notifications arrived", self.count()));
+        }
+    }
+
+    #[async_trait]
+    impl Transport for Fake {
+        async fn send(&self, req: Request<Full<Bytes>>) -> Reply {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.expect("a Full body").to_bytes();
+            self.received.lock().unwrap().push(Received {
+                at: Instant::now(),
+                uri: parts.uri.to_string(),
+                headers: parts.headers,
+                body,
+            });
+            self.arrived.notify_waiters();
+            let (status, body) = self
+                .script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(self.default);
+            Reply::Answered {
+                status: StatusCode::from_u16(status).unwrap(),
+                body: Bytes::from_static(body.as_bytes()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Fake;
+    use super::*;
+
+    fn note(provider: Provider, url: &str) -> Notification {
+        Notification {
+            provider,
+            kind: Kind::Payment,
+            out_trade_no: "n-1".into(),
+            out_refund_no: None,
+            url: url.into(),
+            body: Bytes::from_static(b"{}"),
+            wechat: (provider == Provider::Wechatpay).then(|| WechatSigning {
+                signer: RsaSigner::from_text(super::super::PLATFORM_KEY_PEM).unwrap(),
+                serial: super::super::PUBLIC_KEY_ID.into(),
+            }),
+        }
+    }
+
+    fn offsets(fake: &Fake, start: tokio::time::Instant) -> Vec<u64> {
+        let r = fake.received.lock().unwrap();
+        r.iter().map(|r| (r.at - start).as_secs()).collect()
+    }
+
+    /// 500, 500, then 204: sent at 0, 15 s and 30 s, then never again.
+    #[tokio::test(start_paused = true)]
+    async fn wechat_retries_on_its_schedule_until_a_2xx() {
+        let fake = Arc::new(Fake::new(&[(500, ""), (500, "")], (204, "")));
+        let notifier = Notifier::new(fake.clone());
+        let start = tokio::time::Instant::now();
+        notifier.dispatch(
+            note(Provider::Wechatpay, "http://127.0.0.1:9/n"),
+            Plan::default(),
+        );
+        fake.wait_for(3).await;
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        assert_eq!(offsets(&fake, start), [0, 15, 30]);
+        let log = notifier.attempts();
+        let seen: Vec<_> = log
+            .iter()
+            .map(|a| (a.attempt, a.status.clone(), a.answered_ok))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, json!(500), false),
+                (2, json!(500), false),
+                (3, json!(204), true)
+            ]
+        );
+        assert_eq!(json!(log[0])["kind"], "payment");
+        assert_eq!(json!(log[0])["provider"], "wechatpay");
+        assert_eq!(log[0].url, "http://127.0.0.1:9/n");
+    }
+
+    /// A receiver that never answers well gets the whole schedule, then no more.
+    #[tokio::test(start_paused = true)]
+    async fn the_schedules_end() {
+        for (provider, schedule) in [
+            (Provider::Wechatpay, &WECHAT_SCHEDULE_SECS[..]),
+            (Provider::Alipay, &ALIPAY_SCHEDULE_SECS[..]),
+        ] {
+            // Alipay wants the body `success`: a 200 `fail` is no answer.
+            let fake = Arc::new(Fake::new(&[], (200, "fail")));
+            let fake = if provider == Provider::Wechatpay {
+                Arc::new(Fake::new(&[], (503, "")))
+            } else {
+                fake
+            };
+            let notifier = Notifier::new(fake.clone());
+            let start = tokio::time::Instant::now();
+            notifier.dispatch(note(provider, "http://127.0.0.1:9/n"), Plan::default());
+            fake.wait_for(schedule.len() + 1).await;
+            tokio::time::sleep(Duration::from_secs(7 * 24 * 3600)).await;
+            let expected: Vec<u64> = std::iter::once(0)
+                .chain(schedule.iter().scan(0, |t, s| {
+                    *t += s;
+                    Some(*t)
+                }))
+                .collect();
+            assert_eq!(offsets(&fake, start), expected, "{provider:?}");
+            assert!(notifier.attempts().iter().all(|a| !a.answered_ok));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn alipay_needs_the_body_success() {
+        let fake = Arc::new(Fake::new(
+            &[(200, "fail"), (500, "success")],
+            (200, " success\n"),
+        ));
+        let notifier = Notifier::new(fake.clone());
+        let start = tokio::time::Instant::now();
+        notifier.dispatch(
+            note(Provider::Alipay, "http://127.0.0.1:9/n"),
+            Plan::default(),
+        );
+        fake.wait_for(3).await;
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        assert_eq!(offsets(&fake, start), [0, 240, 840]);
+        let r = fake.received.lock().unwrap();
+        assert_eq!(r[2].uri, "http://127.0.0.1:9/n");
+        assert_eq!(
+            r[0].headers["content-type"],
+            "application/x-www-form-urlencoded; charset=utf-8"
+        );
+        assert!(r[0].headers.get("wechatpay-signature").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drop_sends_nothing_duplicate_sends_twice_delay_waits() {
+        let fake = Arc::new(Fake::new(&[], (204, "")));
+        let notifier = Notifier::new(fake.clone());
+        let dropped = Plan {
+            drop: true,
+            ..Plan::default()
+        };
+        notifier.dispatch(note(Provider::Wechatpay, "http://127.0.0.1:9/n"), dropped);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(fake.count(), 0, "dropped: nothing sent");
+        let log = notifier.attempts();
+        assert_eq!(
+            (log.len(), log[0].attempt, &log[0].status),
+            (1, 0, &json!("dropped"))
+        );
+
+        let start = tokio::time::Instant::now();
+        let plan = Plan {
+            duplicate: true,
+            delay_ms: 2500,
+            ..Plan::default()
+        };
+        notifier.dispatch(note(Provider::Wechatpay, "http://127.0.0.1:9/n"), plan);
+        fake.wait_for(2).await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let r = fake.received.lock().unwrap();
+        assert_eq!(r.len(), 2, "sent twice, no more");
+        assert_eq!((r[0].at - start).as_millis(), 2500, "after the delay");
+        assert_eq!(r[1].at, r[0].at, "the copy right after the answer");
+        assert_eq!(r[0].body, r[1].body, "the same notification");
+        assert_ne!(
+            r[0].headers["wechatpay-nonce"], r[1].headers["wechatpay-nonce"],
+            "signed anew"
+        );
+        let attempts: Vec<u32> = notifier.attempts()[1..].iter().map(|a| a.attempt).collect();
+        assert_eq!(attempts, [1, 2]);
+    }
+
+    /// An unusable URL is recorded once and not retried.
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_url_is_recorded_not_retried() {
+        let fake = Arc::new(Fake::new(&[], (204, "")));
+        let notifier = Notifier::new(fake.clone());
+        notifier.dispatch(note(Provider::Wechatpay, "not a url"), Plan::default());
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(fake.count(), 0);
+        let log = notifier.attempts();
+        assert_eq!(log.len(), 1);
+        assert!(log[0].status.as_str().unwrap().contains("bad notify_url"));
+    }
+
+    /// The real transport over loopback HTTP (real time): a 204 ends it; a refused
+    /// connection is recorded as an error.
+    #[tokio::test]
+    async fn http_transport_sends_to_a_local_receiver() {
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            tx.send((parts, body)).ok();
+                            let mut resp = http::Response::new(Full::new(Bytes::new()));
+                            *resp.status_mut() = StatusCode::NO_CONTENT;
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let notifier = Notifier::new(Arc::new(HttpTransport::default()));
+        let url = format!("http://{addr}/notify/wx?x=1");
+        notifier.dispatch(note(Provider::Wechatpay, &url), Plan::default());
+        let (parts, body) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the receiver got it in time")
+            .unwrap();
+        assert_eq!(parts.method, http::Method::POST);
+        assert_eq!(
+            parts.uri.path_and_query().unwrap().as_str(),
+            "/notify/wx?x=1"
+        );
+        assert_eq!(&body[..], b"{}");
+        assert_eq!(parts.headers["wechatpay-signature-type"], sign::AUTH_SCHEME);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while notifier.attempts().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let a = &notifier.attempts()[0];
+        assert_eq!(
+            (a.attempt, &a.status, a.answered_ok),
+            (1, &json!(204), true)
+        );
+
+        // Nothing listens there (the port was just released): an error, recorded.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let notifier = Notifier::new(Arc::new(HttpTransport::default()));
+        let n = note(Provider::Alipay, &format!("http://127.0.0.1:{port}/n"));
+        assert_eq!(notifier.attempt(&n, 1).await, Some(false));
+        let a = &notifier.attempts()[0];
+        assert!(a.status.is_string() && !a.answered_ok, "{a:?}");
+    }
+}
