@@ -464,6 +464,7 @@ impl Sandbox {
     /// Marks every open order with this out_trade_no paid (or only `?mchid=`'s).
     fn pay(&self, no: &str, query: Option<&str>) -> Answer {
         let only = query.and_then(|q| query_param(&format!("?{q}"), "mchid"));
+        let faults = self.faults().clone();
         let mut paid = Vec::new();
         let mut notes = Vec::new();
         for mut o in self.orders.iter_mut() {
@@ -472,7 +473,7 @@ impl Sandbox {
             }
             let n = self.next_id();
             if o.mark_paid(n) {
-                notes.push(self.wechat_payment_notification(&o));
+                notes.push(self.wechat_payment_notification(&o, &faults));
             }
             paid.push(self.wechat_view(o.key(), &o));
         }
@@ -488,9 +489,8 @@ impl Sandbox {
             }
         }
         // Sent once no order is locked any more.
-        let plan = self.faults().plan();
         for n in notes.into_iter().flatten() {
-            self.notify(n, plan);
+            self.notify(n, faults.plan());
         }
         if paid.is_empty() {
             return plain(

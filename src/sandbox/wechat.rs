@@ -578,7 +578,7 @@ impl Sandbox {
         let answer = refund_answer(&o, &r);
         // A settled refund is notified; one left PROCESSING never settles, so never is.
         let note = if ["SUCCESS", "ABNORMAL", "CLOSED"].contains(&r.status.as_str()) {
-            self.wechat_refund_notification(&o, &r, &answer)
+            self.wechat_refund_notification(&o, &r, &answer, faults)
         } else {
             None
         };
@@ -612,7 +612,11 @@ impl Sandbox {
 
     /// The `TRANSACTION.SUCCESS` notification of a just-paid order, to the create
     /// request's `notify_url`.
-    pub(super) fn wechat_payment_notification(&self, o: &Order) -> Option<Notification> {
+    pub(super) fn wechat_payment_notification(
+        &self,
+        o: &Order,
+        faults: &Faults,
+    ) -> Option<Notification> {
         let url = o.request["notify_url"].as_str().unwrap_or_default();
         let event = WechatEvent {
             kind: Kind::Payment,
@@ -620,7 +624,7 @@ impl Sandbox {
             summary: "支付成功",
             original_type: "transaction",
         };
-        self.wechat_notification(o, None, url, &event, &o.transaction())
+        self.wechat_notification(o, None, url, &event, &o.transaction(), faults)
     }
 
     /// The `REFUND.SUCCESS` / `REFUND.ABNORMAL` / `REFUND.CLOSED` notification of a
@@ -630,6 +634,7 @@ impl Sandbox {
         o: &Order,
         r: &Refund,
         answer: &Value,
+        faults: &Faults,
     ) -> Option<Notification> {
         let (event_type, summary) = match r.status.as_str() {
             "SUCCESS" => ("REFUND.SUCCESS", "退款成功"),
@@ -658,7 +663,14 @@ impl Sandbox {
             summary,
             original_type: "refund",
         };
-        self.wechat_notification(o, Some(&r.out_refund_no), &r.notify_url, &event, &plain)
+        self.wechat_notification(
+            o,
+            Some(&r.out_refund_no),
+            &r.notify_url,
+            &event,
+            &plain,
+            faults,
+        )
     }
 
     /// The notification body: `resource` is `plaintext` sealed with the merchant's APIv3 key
@@ -671,8 +683,9 @@ impl Sandbox {
         url: &str,
         event: &WechatEvent,
         plaintext: &Value,
+        faults: &Faults,
     ) -> Option<Notification> {
-        let serial = if self.faults().sign_with_certificate {
+        let serial = if faults.sign_with_certificate {
             self.cert_serial.clone()
         } else {
             PUBLIC_KEY_ID.to_string()
@@ -955,6 +968,217 @@ mod tests {
                 .check_signature(&Method::GET, &headers, "/v3/x", b"")
                 .unwrap_err();
             assert!(err.contains("timestamp"), "{err}");
+        }
+    }
+
+    mod notifications {
+        use std::sync::Arc;
+
+        use super::super::super::notify::testing::Fake;
+        use super::super::super::{SandboxMerchant, PLATFORM_KEY_PEM};
+        use super::*;
+        use crate::channel::keys::RsaSigner;
+        use crate::channel::wechatpay::WechatVerifier;
+        use crate::secret::Secret;
+
+        const KEY: &str = "0123456789abcdefSANDBOXtestONLY!";
+        const SP: &str = "1900000100";
+
+        fn sandbox(fake: &Arc<Fake>, keyed: &[&str]) -> Arc<Sandbox> {
+            let verifier = RsaSigner::from_text(PLATFORM_KEY_PEM).unwrap().verifier();
+            let merchants = keyed
+                .iter()
+                .map(|m| SandboxMerchant::Wechat {
+                    mchid: m.to_string(),
+                    serial_no: "S".into(),
+                    key: verifier.clone(),
+                    apiv3_key: Some(Secret::new(KEY)),
+                })
+                .collect();
+            Sandbox::with_transport(merchants, fake.clone())
+        }
+
+        /// Checks the signature headers and returns (body, decrypted resource).
+        fn open(sb: &Sandbox, fake: &Fake, i: usize, serial: &str) -> (Value, Value) {
+            let r = &fake.received.lock().unwrap()[i];
+            let h = |n: &str| r.headers[n].to_str().unwrap().to_string();
+            assert_eq!(h("content-type"), "application/json");
+            assert_eq!(h("wechatpay-signature-type"), "WECHATPAY2-SHA256-RSA2048");
+            assert_eq!(h("wechatpay-serial"), serial);
+            let verifier = WechatVerifier {
+                public_key: Some((PUBLIC_KEY_ID.into(), sb.signer.verifier())),
+                certificates: [(sb.cert_serial.clone(), sb.signer.verifier())].into(),
+            };
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            verifier
+                .verify(
+                    &serial,
+                    &h("wechatpay-timestamp"),
+                    &h("wechatpay-nonce"),
+                    &h("wechatpay-signature"),
+                    &r.body,
+                    now,
+                )
+                .unwrap();
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            let res = &body["resource"];
+            assert_eq!(res["algorithm"], "AEAD_AES_256_GCM");
+            assert_eq!(res["associated_data"], res["original_type"]);
+            let nonce = res["nonce"].as_str().unwrap();
+            assert_eq!(nonce.len(), 12);
+            let plain = sign::aead_decrypt(
+                KEY.as_bytes(),
+                nonce,
+                res["associated_data"].as_str().unwrap(),
+                res["ciphertext"].as_str().unwrap(),
+            )
+            .unwrap();
+            (body, serde_json::from_slice(&plain).unwrap())
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_payment_is_notified_signed_and_encrypted_as_the_query_answers_it() {
+            let fake = Arc::new(Fake::new(&[], (204, "")));
+            let sb = sandbox(&fake, &[MCH]);
+            let mut body: Value = serde_json::from_slice(&order_body("w-1", 100)).unwrap();
+            body["notify_url"] = json!("http://127.0.0.1:9/notify/wx");
+            body["payer"] = json!({"openid": "o-payer"});
+            assert_eq!(
+                sb.create(MCH, false, "jsapi", &body.to_string().into_bytes())
+                    .0,
+                200
+            );
+            assert_eq!(sb.pay("w-1", None).status(), 200);
+            fake.wait_for(1).await;
+            // Paid already: paying again sends nothing more.
+            sb.pay("w-1", None);
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            assert_eq!(fake.count(), 1);
+            assert_eq!(
+                fake.received.lock().unwrap()[0].uri,
+                "http://127.0.0.1:9/notify/wx"
+            );
+            let (body, plain) = open(&sb, &fake, 0, PUBLIC_KEY_ID);
+            assert_eq!(body["event_type"], "TRANSACTION.SUCCESS");
+            assert_eq!(body["resource_type"], "encrypt-resource");
+            assert_eq!(body["summary"], "支付成功");
+            assert_eq!(body["resource"]["original_type"], "transaction");
+            assert_eq!(body["id"].as_str().unwrap().len(), 36);
+            assert!(body["create_time"].as_str().unwrap().ends_with("+08:00"));
+            assert_eq!(plain, sb.query(MCH, None, "w-1").1);
+            assert_eq!(plain["trade_state"], "SUCCESS");
+            assert_eq!(plain["mchid"], MCH);
+            assert_eq!(plain["appid"], "wx_sandbox");
+            assert_eq!(plain["payer"], json!({"openid": "o-payer"}));
+            assert_eq!(plain["amount"]["payer_total"], 100);
+            assert!(plain["transaction_id"].is_string() && plain["success_time"].is_string());
+            let log = sb.notifier.attempts();
+            assert_eq!((log.len(), log[0].answered_ok), (1, true));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn settled_partner_refunds_are_notified_with_the_sp_key() {
+            let fake = Arc::new(Fake::new(&[], (200, "")));
+            let sb = sandbox(&fake, &[SP]);
+            let order = json!({
+                "sp_appid": "wx_sp", "sp_mchid": SP, "sub_mchid": "1900000109",
+                "description": "d", "out_trade_no": "p-1", "notify_url": "http://127.0.0.1:9/pay",
+                "amount": { "total": 100, "currency": "CNY" },
+            });
+            assert_eq!(
+                sb.create(SP, true, "native", order.to_string().as_bytes())
+                    .0,
+                200
+            );
+            sb.pay("p-1", None);
+            fake.wait_for(1).await;
+            let (_, plain) = open(&sb, &fake, 0, PUBLIC_KEY_ID);
+            assert_eq!(
+                (
+                    plain["sp_mchid"].as_str(),
+                    plain["sub_mchid"].as_str(),
+                    plain.get("mchid")
+                ),
+                (Some(SP), Some("1900000109"), None)
+            );
+            assert_eq!(plain["sp_appid"], "wx_sp");
+            assert_eq!(
+                plain["payer"],
+                json!({"sp_openid": "oSandboxPayerTestOnly"})
+            );
+
+            let refund = |no: &str, amount: u64, faults: &Faults| {
+                let mut b: Value =
+                    serde_json::from_slice(&refund_body("p-1", no, amount, 100)).unwrap();
+                b["sub_mchid"] = json!("1900000109");
+                b["notify_url"] = json!("http://127.0.0.1:9/refund");
+                sb.refund(SP, b.to_string().as_bytes(), faults)
+            };
+            // PROCESSING never settles: no notification.
+            let processing = faults(json!({ "refund_status": "PROCESSING" }));
+            assert_eq!(refund("p-1-a", 10, &processing).1["status"], "PROCESSING");
+            let cert = faults(json!({ "sign_with_certificate": true }));
+            let (_, answer) = refund("p-1-b", 30, &cert);
+            fake.wait_for(2).await;
+            let abnormal = faults(json!({ "refund_status": "ABNORMAL" }));
+            refund("p-1-c", 20, &abnormal);
+            fake.wait_for(3).await;
+            // A repeat of a known refund is not notified again.
+            refund("p-1-b", 30, &Faults::default());
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            assert_eq!(fake.count(), 3);
+            assert_eq!(
+                fake.received.lock().unwrap()[1].uri,
+                "http://127.0.0.1:9/refund"
+            );
+
+            let (body, plain) = open(&sb, &fake, 1, &sb.cert_serial);
+            assert_eq!(body["event_type"], "REFUND.SUCCESS");
+            assert_eq!(body["summary"], "退款成功");
+            assert_eq!(body["resource"]["associated_data"], "refund");
+            assert_eq!(plain["sp_mchid"], SP);
+            assert_eq!(plain["sub_mchid"], "1900000109");
+            assert_eq!(plain["out_trade_no"], "p-1");
+            assert_eq!(plain["out_refund_no"], "p-1-b");
+            assert_eq!(plain["refund_id"], answer["refund_id"]);
+            assert_eq!(plain["transaction_id"], answer["transaction_id"]);
+            assert_eq!(plain["refund_status"], "SUCCESS");
+            assert_eq!(plain["success_time"], answer["success_time"]);
+            assert_eq!(plain["user_received_account"], "支付用户零钱");
+            assert_eq!(
+                plain["amount"],
+                json!({"total": 100, "refund": 30, "payer_total": 100, "payer_refund": 30})
+            );
+            let (body, plain) = open(&sb, &fake, 2, PUBLIC_KEY_ID);
+            assert_eq!(body["event_type"], "REFUND.ABNORMAL");
+            assert_eq!(plain["refund_status"], "ABNORMAL");
+            assert!(plain.get("success_time").is_none());
+            let kinds: Vec<Value> = sb
+                .notifier
+                .attempts()
+                .iter()
+                .map(|a| json!(a.kind))
+                .collect();
+            assert_eq!(kinds, [json!("payment"), json!("refund"), json!("refund")]);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn no_apiv3_key_no_notification_and_dropped_ones_are_not_sent() {
+            let fake = Arc::new(Fake::new(&[], (204, "")));
+            let sb = sandbox(&fake, &[]);
+            sb.create(MCH, false, "native", &order_body("k-1", 100));
+            sb.pay("k-1", None);
+            let sb2 = sandbox(&fake, &[MCH]);
+            *sb2.faults() = faults(json!({ "drop_notifications": true }));
+            sb2.create(MCH, false, "native", &order_body("k-2", 100));
+            sb2.pay("k-2", None);
+            tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
+            assert_eq!(fake.count(), 0);
+            let a = &sb.notifier.attempts()[0];
+            assert_eq!(a.attempt, 0);
+            assert!(a.status.as_str().unwrap().contains("no apiv3_key"), "{a:?}");
+            let a = &sb2.notifier.attempts()[0];
+            assert_eq!((a.attempt, &a.status), (0, &json!("dropped")));
         }
     }
 }
