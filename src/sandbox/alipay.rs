@@ -845,4 +845,178 @@ mod tests {
         let text = body(answer(Outcome::done(ok.clone(), false)).await).await;
         assert!(key.verify_b64(ok.as_bytes(), &split(&text)));
     }
+
+    mod notifications {
+        use std::sync::Arc;
+
+        use super::super::super::notify::testing::Fake;
+        use super::*;
+
+        fn sandbox(fake: &Arc<Fake>) -> Arc<Sandbox> {
+            Sandbox::with_transport(Vec::new(), fake.clone())
+        }
+
+        /// Creates an order (ISV with `token`) whose create named `notify_url`.
+        fn order(sb: &Sandbox, no: &str, token: Option<&str>, notify_url: Option<&str>) {
+            let mut p = params(token);
+            if let Some(u) = notify_url {
+                p.insert("notify_url".into(), u.into());
+            }
+            let biz = json!({"out_trade_no": no, "total_amount": "1.00", "subject": "书"});
+            let seller = token.unwrap_or(APP);
+            assert_eq!(v(&sb.ali_create(&p, &biz, seller))["code"], "10000");
+        }
+
+        /// The i-th received form, verified with the sandbox's Alipay public key.
+        fn form(sb: &Sandbox, fake: &Fake, i: usize) -> BTreeMap<String, String> {
+            let r = &fake.received.lock().unwrap()[i];
+            assert_eq!(
+                r.headers["content-type"],
+                "application/x-www-form-urlencoded; charset=utf-8"
+            );
+            let fields = sign::decode(&r.body);
+            assert!(fields.iter().any(|(k, v)| k == "sign_type" && v == "RSA2"));
+            let key = sb.alipay_signer.verifier();
+            let map = sign::verify_notification(&fields, &key).unwrap();
+            // Any field changed: it no longer verifies.
+            let mut tampered = fields.clone();
+            let amount = tampered
+                .iter_mut()
+                .find(|(k, _)| k == "total_amount")
+                .unwrap();
+            amount.1 = "100.00".into();
+            assert!(sign::verify_notification(&tampered, &key).is_err());
+            map
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn pay_and_refunds_are_notified_signed_until_closed() {
+            let fake = Arc::new(Fake::new(&[], (200, "success")));
+            let sb = sandbox(&fake);
+            order(
+                &sb,
+                "a-1",
+                Some("tok_x"),
+                Some("http://127.0.0.1:9/notify/ali"),
+            );
+            assert_eq!(sb.pay("a-1", None).status(), 200);
+            fake.wait_for(1).await;
+            assert_eq!(
+                fake.received.lock().unwrap()[0].uri,
+                "http://127.0.0.1:9/notify/ali"
+            );
+            let f = form(&sb, &fake, 0);
+            let get = |f: &BTreeMap<String, String>, k: &str| f.get(k).cloned().unwrap_or_default();
+            for (k, want) in [
+                ("notify_type", "trade_status_sync"),
+                ("app_id", APP),
+                ("charset", "utf-8"),
+                ("version", "1.0"),
+                ("out_trade_no", "a-1"),
+                ("trade_status", "TRADE_SUCCESS"),
+                ("total_amount", "1.00"),
+                ("receipt_amount", "1.00"),
+                ("buyer_pay_amount", "1.00"),
+                ("subject", "书"),
+            ] {
+                assert_eq!(get(&f, k), want, "{k}");
+            }
+            let auth_app_id = get(&f, "auth_app_id");
+            assert!(
+                auth_app_id.len() == 16 && auth_app_id != APP,
+                "{auth_app_id}"
+            );
+            for k in [
+                "notify_time",
+                "notify_id",
+                "trade_no",
+                "buyer_id",
+                "seller_id",
+                "gmt_create",
+                "gmt_payment",
+            ] {
+                assert!(!get(&f, k).is_empty(), "{k}");
+            }
+            assert!(f.get("refund_fee").is_none());
+
+            let none = Faults::default();
+            let refund = |req: &str, amount: &str| {
+                let biz =
+                    json!({"out_trade_no": "a-1", "out_request_no": req, "refund_amount": amount});
+                v(&sb.ali_refund(&biz, "tok_x", &none))
+            };
+            assert_eq!(refund("a-1-r1", "0.30")["fund_change"], "Y");
+            fake.wait_for(2).await;
+            let f1 = form(&sb, &fake, 1);
+            assert_eq!(
+                (
+                    get(&f1, "trade_status"),
+                    get(&f1, "out_biz_no"),
+                    get(&f1, "refund_fee")
+                ),
+                ("TRADE_SUCCESS".into(), "a-1-r1".into(), "0.30".into())
+            );
+            assert_eq!(
+                get(&f1, "gmt_refund").len(),
+                "2026-01-01 00:00:00.000".len()
+            );
+            assert_eq!(get(&f1, "auth_app_id"), auth_app_id, "stable");
+            // A repeat moves no money and is not notified; the rest closes the trade.
+            assert_eq!(refund("a-1-r1", "0.30")["fund_change"], "N");
+            assert_eq!(refund("a-1-r2", "0.70")["fund_change"], "Y");
+            fake.wait_for(3).await;
+            tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
+            assert_eq!(fake.count(), 3);
+            let f2 = form(&sb, &fake, 2);
+            assert_eq!(
+                (
+                    get(&f2, "trade_status"),
+                    get(&f2, "out_biz_no"),
+                    get(&f2, "refund_fee")
+                ),
+                ("TRADE_CLOSED".into(), "a-1-r2".into(), "1.00".into())
+            );
+            let log = sb.notifier.attempts();
+            assert!(log.iter().all(|a| a.answered_ok && a.attempt == 1));
+            assert_eq!(json!(log[2])["provider"], "alipay");
+            assert_eq!(log[2].out_refund_no.as_deref(), Some("a-1-r2"));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_pending_refund_is_notified_when_it_settles_and_no_url_no_notification() {
+            let fake = Arc::new(Fake::new(&[], (200, "success")));
+            let sb = sandbox(&fake);
+            order(&sb, "n-1", None, None);
+            sb.pay("n-1", None);
+            order(&sb, "p-1", None, Some("http://127.0.0.1:9/n"));
+            sb.pay("p-1", None);
+            fake.wait_for(1).await;
+            let pending = Faults {
+                alipay_refund_pending: true,
+                ..Faults::default()
+            };
+            let biz =
+                json!({"out_trade_no": "p-1", "out_request_no": "p-1-a", "refund_amount": "0.40"});
+            assert_eq!(v(&sb.ali_refund(&biz, APP, &pending))["fund_change"], "N");
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            assert_eq!(fake.count(), 1, "nothing settled yet");
+            let q = json!({"out_trade_no": "p-1", "out_request_no": "p-1-a"});
+            sb.ali_refund_query(&q, APP);
+            fake.wait_for(2).await;
+            sb.ali_refund_query(&q, APP);
+            tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
+            assert_eq!(fake.count(), 2, "settles once");
+            let f = form(&sb, &fake, 1);
+            assert_eq!(f["refund_fee"], "0.40");
+            assert_eq!(f["trade_status"], "TRADE_SUCCESS");
+            assert_eq!(f["auth_app_id"], APP, "direct: the app itself");
+            let nos: Vec<String> = sb
+                .notifier
+                .attempts()
+                .iter()
+                .map(|a| a.out_trade_no.clone())
+                .collect();
+            assert_eq!(nos, ["p-1", "p-1"], "n-1 had no notify_url");
+        }
+    }
 }
