@@ -29,11 +29,45 @@
 //!   (`create`, `query`, `close`, `refund`, `refund_query`), unsigned with `fail_unsigned`,
 //!   with `Retry-After` given `retry_after_secs`; `refund_status` (WeChat Pay refunds created
 //!   `PROCESSING` / `ABNORMAL` / `CLOSED` and kept so); `alipay_refund_pending` (refunds
-//!   accepted with `fund_change: "N"`, settled by the next refund query).
+//!   accepted with `fund_change: "N"`, settled by the next refund query);
+//!   `drop_notifications` (none sent, as if lost), `duplicate_notifications` (each sent once
+//!   more right after its first answered attempt), `notify_delay_ms` (wait before the first
+//!   attempt). The notification knobs apply to notifications made while they are set.
+//! - `GET /sandbox/notifications` lists every notification attempt, oldest first:
+//!   `{"out_trade_no", "out_refund_no" (null for payments), "kind": "payment"|"refund",
+//!   "provider": "wechatpay"|"alipay", "url", "attempt" (from 1), "status" (the HTTP status,
+//!   or the error text), "answered_ok"}`. `attempt` 0 marks one never sent: `status`
+//!   `"dropped"` or `"not sent: …"` (e.g. no APIv3 key).
+//!
+//! # Notifications (`notify`)
+//! Signed with the same TEST-ONLY keys as the answers, to the `notify_url` of the create
+//! request (WeChat Pay refunds: of the refund request; Alipay: optional — none without it):
+//! - WeChat Pay, after `POST /sandbox/pay` and after a refund is created settled (`SUCCESS`,
+//!   or `ABNORMAL` / `CLOSED` by `refund_status`; `PROCESSING` never settles): a JSON body
+//!   `{"id","create_time","resource_type":"encrypt-resource","event_type":
+//!   "TRANSACTION.SUCCESS"|"REFUND.SUCCESS"|"REFUND.ABNORMAL"|"REFUND.CLOSED","summary",
+//!   "resource":{"original_type","algorithm":"AEAD_AES_256_GCM","ciphertext",
+//!   "associated_data","nonce"}}` whose resource is the transaction (as the query answers it)
+//!   or the refund, sealed with the merchant's APIv3 key (the `sp_mchid`'s in partner mode,
+//!   from [`SandboxMerchant::Wechat`]; no key → not sent) and `associated_data` =
+//!   `original_type` (`transaction` / `refund`); headers `Wechatpay-Serial` (public key id,
+//!   or the certificate serial with `sign_with_certificate`), `-Timestamp`, `-Nonce`,
+//!   `-Signature` over `TS\nNONCE\nBODY\n`, `-Signature-Type`, signed anew at each attempt.
+//!   Answered by any 2xx; else retried after 15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/
+//!   3h/6h/6h.
+//! - Alipay, after pay and after a refund settles: an RSA2-signed `trade_status_sync` form
+//!   (`sign` over the sorted fields but `sign` and `sign_type`); a refund adds `out_biz_no`,
+//!   `refund_fee` (all refunded so far), `gmt_refund`, and says `TRADE_CLOSED` once the
+//!   whole amount is refunded. Answered by the body `success`; else retried after 4m, 10m,
+//!   10m, 1h, 2h, 6h, 15h.
+//!
+//! Each notification is one spawned task on tokio time (tests pause it); each send is
+//! bounded by 5 s. Plain HTTP and HTTPS (web roots plus the sandbox's TEST-ONLY CA).
 //!
 //! # Limits
-//! No asynchronous notifications yet. Refund statuses never change by themselves, except a
-//! pending Alipay refund, which settles when queried.
+//! Refund statuses never change by themselves, except a pending Alipay refund, which settles
+//! when queried. No automatic payment after a delay yet: orders are paid by
+//! `POST /sandbox/pay`. Notification tasks live until answered or their schedule ends.
 
 mod alipay;
 pub mod notify;
