@@ -937,7 +937,7 @@ mod tests {
             ] {
                 assert!(!get(&f, k).is_empty(), "{k}");
             }
-            assert!(f.get("refund_fee").is_none());
+            assert!(!f.contains_key("refund_fee"));
 
             let none = Faults::default();
             let refund = |req: &str, amount: &str| {

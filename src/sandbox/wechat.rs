@@ -1012,7 +1012,7 @@ mod tests {
             let now = OffsetDateTime::now_utc().unix_timestamp();
             verifier
                 .verify(
-                    &serial,
+                    serial,
                     &h("wechatpay-timestamp"),
                     &h("wechatpay-nonce"),
                     &h("wechatpay-signature"),
