@@ -41,6 +41,7 @@ async fn every_knob_round_trips_and_unknown_ones_are_refused() {
         "fail_ops": ["create", "query", "close", "refund", "refund_query"],
         "fail_unsigned": true, "tamper_errors": false, "retry_after_secs": 1,
         "refund_status": "PROCESSING", "alipay_refund_pending": true,
+        "drop_notifications": false, "duplicate_notifications": true, "notify_delay_ms": 250,
     });
     let r = post_faults(&h, &all).await;
     assert_eq!((r.status, &r.body), (200, &all), "{}", r.text);
@@ -122,5 +123,59 @@ async fn fail_ops_spares_the_other_operations() {
     let ok = refund(&h, "sbx-ops-b").await;
     assert_eq!(ok.status, 201, "one failure only: {}", ok.text);
     assert_eq!(h.sandbox_orders("sbx-ops").await[0]["create_calls"], 1);
+    h.shutdown().await;
+}
+
+async fn notifications(h: &Harness) -> Vec<Value> {
+    let r = h
+        .send(
+            Method::GET,
+            &format!("{}/sandbox/notifications", h.sandbox_url),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body.as_array().cloned().expect("a JSON list")
+}
+
+/// Dropped notifications are listed, never sent; a WeChat Pay channel without an APIv3 key
+/// gets none, and the list says why.
+#[tokio::test]
+async fn dropped_and_unkeyed_notifications_are_listed_not_sent() {
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
+    assert_eq!(notifications(&h).await, Vec::<Value>::new());
+    h.faults(json!({ "drop_notifications": true })).await;
+    for (merchant, no, method) in [
+        ("m_4004", "sbx-n-ali", "alipay_precreate"),
+        ("m_1001", "sbx-n-wx", "wechat_native"),
+    ] {
+        let r = h
+            .create(&payment(merchant, no, method, 100, json!({})))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert_eq!(h.pay(no).await.status, 200);
+    }
+    let list = notifications(&h).await;
+    assert_eq!(list.len(), 2, "{list:?}");
+    let ali = &list[0];
+    assert_eq!(
+        (&ali["out_trade_no"], &ali["provider"], &ali["kind"]),
+        (&json!("sbx-n-ali"), &json!("alipay"), &json!("payment"))
+    );
+    assert_eq!(
+        (&ali["attempt"], &ali["status"], &ali["answered_ok"]),
+        (&json!(0), &json!("dropped"), &json!(false))
+    );
+    assert!(ali["url"].as_str().unwrap().contains("/notify/"), "{ali}");
+    let wx = &list[1];
+    assert_eq!(
+        (&wx["provider"], &wx["attempt"]),
+        (&json!("wechatpay"), &json!(0))
+    );
+    assert!(
+        wx["status"].as_str().unwrap().contains("no apiv3_key"),
+        "{wx}"
+    );
     h.shutdown().await;
 }

@@ -13,6 +13,7 @@ use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use super::notify::{Kind, Notification, Provider};
 use super::{count_create, Faults, Op, Outcome, Sandbox, Signing};
 use crate::channel::alipay::{china_datetime, sign};
 use crate::domain::{parse_yuan, yuan};
@@ -28,6 +29,8 @@ pub(super) struct AliOrder {
     subject: String,
     pub(super) state: String,
     trade_no: Option<String>,
+    /// When the order came into being (`gmt_create` of its notifications).
+    gmt_create: String,
     send_pay_date: Option<String>,
     /// Every request parameter as received except `sign` (biz_content parsed).
     request: Value,
@@ -36,7 +39,7 @@ pub(super) struct AliOrder {
 }
 
 #[derive(Clone, Debug)]
-struct AliRefund {
+pub(super) struct AliRefund {
     out_request_no: String,
     amount: u64,
     /// False while processing (`Faults::alipay_refund_pending`): no money moved yet.
@@ -282,6 +285,7 @@ impl Sandbox {
                     subject: subject.to_string(),
                     state: "WAIT_BUYER_PAY".into(),
                     trade_no: None,
+                    gmt_create: china_datetime(OffsetDateTime::now_utc()),
                     send_pay_date: None,
                     request: Value::Object(request),
                     refunds: Vec::new(),
@@ -388,6 +392,7 @@ impl Sandbox {
                 "交易不存在",
             );
         };
+        let mut note = None;
         let fund_change = if let Some(r) = o.refunds.iter().find(|r| r.out_request_no == request_no)
         {
             if r.amount != amount {
@@ -418,23 +423,30 @@ impl Sandbox {
                 );
             }
             let settled = !faults.alipay_refund_pending;
-            o.refunds.push(AliRefund {
+            let r = AliRefund {
                 out_request_no: request_no.to_string(),
                 amount,
                 settled,
-            });
+            };
+            o.refunds.push(r.clone());
             if settled {
+                note = self.alipay_notification(&o, Some(&r));
                 "Y"
             } else {
                 "N"
             }
         };
-        format!(
+        let answer = format!(
             r#"{{"code":"10000","msg":"Success","buyer_logon_id":"san***@sandbox.example","fund_change":"{fund_change}","out_trade_no":{},"refund_fee":"{}","trade_no":{}}}"#,
             json!(no),
             yuan(o.refunded()),
             json!(o.trade_no)
-        )
+        );
+        drop(o);
+        if let Some(n) = note {
+            self.notify(n, faults.plan());
+        }
+        answer
     }
 
     /// A refund left processing has settled by the time it is queried.
@@ -453,13 +465,19 @@ impl Sandbox {
             );
         };
         let total = o.amount;
-        match o
+        let mut note = None;
+        let answer = match o
             .refunds
             .iter_mut()
             .find(|r| r.out_request_no == request_no)
         {
             Some(r) => {
+                let settles = !r.settled;
                 r.settled = true;
+                let r = r.clone();
+                if settles {
+                    note = self.alipay_notification(&o, Some(&r));
+                }
                 format!(
                     r#"{{"code":"10000","msg":"Success","out_request_no":{},"out_trade_no":{},"refund_amount":"{}","refund_status":"REFUND_SUCCESS","total_amount":"{}","trade_no":{}}}"#,
                     json!(request_no),
@@ -474,7 +492,90 @@ impl Sandbox {
                 r#"{{"code":"10000","msg":"Success","out_trade_no":{}}}"#,
                 json!(no)
             ),
+        };
+        drop(o);
+        if let Some(n) = note {
+            let plan = self.faults().plan();
+            self.notify(n, plan);
         }
+        answer
+    }
+
+    /// The `trade_status_sync` notification of a just-paid order, or (with `refund`) of a
+    /// refund that just settled: `TRADE_SUCCESS`, `TRADE_CLOSED` once fully refunded, with
+    /// `out_biz_no`, `refund_fee` (all refunded so far) and `gmt_refund`. To the create
+    /// request's `notify_url`; none without one, as at Alipay. Signed RSA2 with the sandbox's
+    /// TEST-ONLY Alipay key over the sorted fields but `sign` and `sign_type`.
+    pub(super) fn alipay_notification(
+        &self,
+        o: &AliOrder,
+        refund: Option<&AliRefund>,
+    ) -> Option<Notification> {
+        let url = o.request["notify_url"].as_str().filter(|u| !u.is_empty())?;
+        let now = OffsetDateTime::now_utc();
+        let seller = o.app_auth_token.as_deref().unwrap_or(&o.app_id);
+        let mut p: BTreeMap<String, String> = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            p.insert(k.to_string(), v);
+        };
+        put("notify_time", china_datetime(now));
+        put("notify_type", "trade_status_sync".into());
+        put(
+            "notify_id",
+            crate::channel::wechatpay::sign::nonce().to_lowercase(),
+        );
+        put("app_id", o.app_id.clone());
+        // ISV: the merchant's own app (a stable made-up one); direct: the app itself.
+        put(
+            "auth_app_id",
+            match &o.app_auth_token {
+                Some(t) => format!("2021{:012}", stable_digits(t)),
+                None => o.app_id.clone(),
+            },
+        );
+        put("charset", "utf-8".into());
+        put("version", "1.0".into());
+        put("trade_no", o.trade_no.clone().unwrap_or_default());
+        put("out_trade_no", o.out_trade_no.clone());
+        put("buyer_id", "2088102177846880".into());
+        put("seller_id", format!("2088{:012}", stable_digits(seller)));
+        put("subject", o.subject.clone());
+        put("total_amount", yuan(o.amount));
+        put("receipt_amount", yuan(o.amount));
+        put("buyer_pay_amount", yuan(o.amount));
+        put("gmt_create", o.gmt_create.clone());
+        put("gmt_payment", o.send_pay_date.clone().unwrap_or_default());
+        let mut status = "TRADE_SUCCESS";
+        if let Some(r) = refund {
+            let refunded = o.refunded();
+            if refunded >= o.amount {
+                status = "TRADE_CLOSED";
+                put("gmt_close", china_datetime(now));
+            }
+            put("out_biz_no", r.out_request_no.clone());
+            put("refund_fee", yuan(refunded));
+            let ms = now.millisecond();
+            put("gmt_refund", format!("{}.{ms:03}", china_datetime(now)));
+        }
+        put("trade_status", status.into());
+        let sign = self
+            .alipay_signer
+            .sign_b64(sign::string_to_sign(&p).as_bytes());
+        p.insert("sign_type".into(), "RSA2".into());
+        p.insert("sign".into(), sign);
+        Some(Notification {
+            provider: Provider::Alipay,
+            kind: if refund.is_some() {
+                Kind::Refund
+            } else {
+                Kind::Payment
+            },
+            out_trade_no: o.out_trade_no.clone(),
+            out_refund_no: refund.map(|r| r.out_request_no.clone()),
+            url: url.to_string(),
+            body: Bytes::from(sign::encode(&p)),
+            wechat: None,
+        })
     }
 
     /// `{"<key>":<inner>,"sign":"…"}` with the signature over the exact bytes of `inner`;
@@ -492,6 +593,14 @@ impl Sandbox {
         );
         resp
     }
+}
+
+/// 12 digits that stay the same for the same text (FNV-1a), for made-up Alipay ids.
+fn stable_digits(text: &str) -> u64 {
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    h % 1_000_000_000_000
 }
 
 /// A positive yuan amount in fen, or the error answer Alipay gives for it.
@@ -735,5 +844,179 @@ mod tests {
         let ok = r#"{"code":"10000","msg":"Success"}"#.to_string();
         let text = body(answer(Outcome::done(ok.clone(), false)).await).await;
         assert!(key.verify_b64(ok.as_bytes(), &split(&text)));
+    }
+
+    mod notifications {
+        use std::sync::Arc;
+
+        use super::super::super::notify::testing::Fake;
+        use super::*;
+
+        fn sandbox(fake: &Arc<Fake>) -> Arc<Sandbox> {
+            Sandbox::with_transport(Vec::new(), fake.clone())
+        }
+
+        /// Creates an order (ISV with `token`) whose create named `notify_url`.
+        fn order(sb: &Sandbox, no: &str, token: Option<&str>, notify_url: Option<&str>) {
+            let mut p = params(token);
+            if let Some(u) = notify_url {
+                p.insert("notify_url".into(), u.into());
+            }
+            let biz = json!({"out_trade_no": no, "total_amount": "1.00", "subject": "书"});
+            let seller = token.unwrap_or(APP);
+            assert_eq!(v(&sb.ali_create(&p, &biz, seller))["code"], "10000");
+        }
+
+        /// The i-th received form, verified with the sandbox's Alipay public key.
+        fn form(sb: &Sandbox, fake: &Fake, i: usize) -> BTreeMap<String, String> {
+            let r = &fake.received.lock().unwrap()[i];
+            assert_eq!(
+                r.headers["content-type"],
+                "application/x-www-form-urlencoded; charset=utf-8"
+            );
+            let fields = sign::decode(&r.body);
+            assert!(fields.iter().any(|(k, v)| k == "sign_type" && v == "RSA2"));
+            let key = sb.alipay_signer.verifier();
+            let map = sign::verify_notification(&fields, &key).unwrap();
+            // Any field changed: it no longer verifies.
+            let mut tampered = fields.clone();
+            let amount = tampered
+                .iter_mut()
+                .find(|(k, _)| k == "total_amount")
+                .unwrap();
+            amount.1 = "100.00".into();
+            assert!(sign::verify_notification(&tampered, &key).is_err());
+            map
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn pay_and_refunds_are_notified_signed_until_closed() {
+            let fake = Arc::new(Fake::new(&[], (200, "success")));
+            let sb = sandbox(&fake);
+            order(
+                &sb,
+                "a-1",
+                Some("tok_x"),
+                Some("http://127.0.0.1:9/notify/ali"),
+            );
+            assert_eq!(sb.pay("a-1", None).status(), 200);
+            fake.wait_for(1).await;
+            assert_eq!(
+                fake.received.lock().unwrap()[0].uri,
+                "http://127.0.0.1:9/notify/ali"
+            );
+            let f = form(&sb, &fake, 0);
+            let get = |f: &BTreeMap<String, String>, k: &str| f.get(k).cloned().unwrap_or_default();
+            for (k, want) in [
+                ("notify_type", "trade_status_sync"),
+                ("app_id", APP),
+                ("charset", "utf-8"),
+                ("version", "1.0"),
+                ("out_trade_no", "a-1"),
+                ("trade_status", "TRADE_SUCCESS"),
+                ("total_amount", "1.00"),
+                ("receipt_amount", "1.00"),
+                ("buyer_pay_amount", "1.00"),
+                ("subject", "书"),
+            ] {
+                assert_eq!(get(&f, k), want, "{k}");
+            }
+            let auth_app_id = get(&f, "auth_app_id");
+            assert!(
+                auth_app_id.len() == 16 && auth_app_id != APP,
+                "{auth_app_id}"
+            );
+            for k in [
+                "notify_time",
+                "notify_id",
+                "trade_no",
+                "buyer_id",
+                "seller_id",
+                "gmt_create",
+                "gmt_payment",
+            ] {
+                assert!(!get(&f, k).is_empty(), "{k}");
+            }
+            assert!(!f.contains_key("refund_fee"));
+
+            let none = Faults::default();
+            let refund = |req: &str, amount: &str| {
+                let biz =
+                    json!({"out_trade_no": "a-1", "out_request_no": req, "refund_amount": amount});
+                v(&sb.ali_refund(&biz, "tok_x", &none))
+            };
+            assert_eq!(refund("a-1-r1", "0.30")["fund_change"], "Y");
+            fake.wait_for(2).await;
+            let f1 = form(&sb, &fake, 1);
+            assert_eq!(
+                (
+                    get(&f1, "trade_status"),
+                    get(&f1, "out_biz_no"),
+                    get(&f1, "refund_fee")
+                ),
+                ("TRADE_SUCCESS".into(), "a-1-r1".into(), "0.30".into())
+            );
+            assert_eq!(
+                get(&f1, "gmt_refund").len(),
+                "2026-01-01 00:00:00.000".len()
+            );
+            assert_eq!(get(&f1, "auth_app_id"), auth_app_id, "stable");
+            // A repeat moves no money and is not notified; the rest closes the trade.
+            assert_eq!(refund("a-1-r1", "0.30")["fund_change"], "N");
+            assert_eq!(refund("a-1-r2", "0.70")["fund_change"], "Y");
+            fake.wait_for(3).await;
+            tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
+            assert_eq!(fake.count(), 3);
+            let f2 = form(&sb, &fake, 2);
+            assert_eq!(
+                (
+                    get(&f2, "trade_status"),
+                    get(&f2, "out_biz_no"),
+                    get(&f2, "refund_fee")
+                ),
+                ("TRADE_CLOSED".into(), "a-1-r2".into(), "1.00".into())
+            );
+            let log = sb.notifier.attempts();
+            assert!(log.iter().all(|a| a.answered_ok && a.attempt == 1));
+            assert_eq!(json!(log[2])["provider"], "alipay");
+            assert_eq!(log[2].out_refund_no.as_deref(), Some("a-1-r2"));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_pending_refund_is_notified_when_it_settles_and_no_url_no_notification() {
+            let fake = Arc::new(Fake::new(&[], (200, "success")));
+            let sb = sandbox(&fake);
+            order(&sb, "n-1", None, None);
+            sb.pay("n-1", None);
+            order(&sb, "p-1", None, Some("http://127.0.0.1:9/n"));
+            sb.pay("p-1", None);
+            fake.wait_for(1).await;
+            let pending = Faults {
+                alipay_refund_pending: true,
+                ..Faults::default()
+            };
+            let biz =
+                json!({"out_trade_no": "p-1", "out_request_no": "p-1-a", "refund_amount": "0.40"});
+            assert_eq!(v(&sb.ali_refund(&biz, APP, &pending))["fund_change"], "N");
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            assert_eq!(fake.count(), 1, "nothing settled yet");
+            let q = json!({"out_trade_no": "p-1", "out_request_no": "p-1-a"});
+            sb.ali_refund_query(&q, APP);
+            fake.wait_for(2).await;
+            sb.ali_refund_query(&q, APP);
+            tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
+            assert_eq!(fake.count(), 2, "settles once");
+            let f = form(&sb, &fake, 1);
+            assert_eq!(f["refund_fee"], "0.40");
+            assert_eq!(f["trade_status"], "TRADE_SUCCESS");
+            assert_eq!(f["auth_app_id"], APP, "direct: the app itself");
+            let nos: Vec<String> = sb
+                .notifier
+                .attempts()
+                .iter()
+                .map(|a| a.out_trade_no.clone())
+                .collect();
+            assert_eq!(nos, ["p-1", "p-1"], "n-1 had no notify_url");
+        }
     }
 }

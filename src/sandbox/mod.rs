@@ -29,13 +29,48 @@
 //!   (`create`, `query`, `close`, `refund`, `refund_query`), unsigned with `fail_unsigned`,
 //!   with `Retry-After` given `retry_after_secs`; `refund_status` (WeChat Pay refunds created
 //!   `PROCESSING` / `ABNORMAL` / `CLOSED` and kept so); `alipay_refund_pending` (refunds
-//!   accepted with `fund_change: "N"`, settled by the next refund query).
+//!   accepted with `fund_change: "N"`, settled by the next refund query);
+//!   `drop_notifications` (none sent, as if lost), `duplicate_notifications` (each sent once
+//!   more right after its first answered attempt), `notify_delay_ms` (wait before the first
+//!   attempt). The notification knobs apply to notifications made while they are set.
+//! - `GET /sandbox/notifications` lists every notification attempt, oldest first:
+//!   `{"out_trade_no", "out_refund_no" (null for payments), "kind": "payment"|"refund",
+//!   "provider": "wechatpay"|"alipay", "url", "attempt" (from 1), "status" (the HTTP status,
+//!   or the error text), "answered_ok"}`. `attempt` 0 marks one never sent: `status`
+//!   `"dropped"` or `"not sent: …"` (e.g. no APIv3 key).
+//!
+//! # Notifications (`notify`)
+//! Signed with the same TEST-ONLY keys as the answers, to the `notify_url` of the create
+//! request (WeChat Pay refunds: of the refund request; Alipay: optional — none without it):
+//! - WeChat Pay, after `POST /sandbox/pay` and after a refund is created settled (`SUCCESS`,
+//!   or `ABNORMAL` / `CLOSED` by `refund_status`; `PROCESSING` never settles): a JSON body
+//!   `{"id","create_time","resource_type":"encrypt-resource","event_type":
+//!   "TRANSACTION.SUCCESS"|"REFUND.SUCCESS"|"REFUND.ABNORMAL"|"REFUND.CLOSED","summary",
+//!   "resource":{"original_type","algorithm":"AEAD_AES_256_GCM","ciphertext",
+//!   "associated_data","nonce"}}` whose resource is the transaction (as the query answers it)
+//!   or the refund, sealed with the merchant's APIv3 key (the `sp_mchid`'s in partner mode,
+//!   from [`SandboxMerchant::Wechat`]; no key → not sent) and `associated_data` =
+//!   `original_type` (`transaction` / `refund`); headers `Wechatpay-Serial` (public key id,
+//!   or the certificate serial with `sign_with_certificate`), `-Timestamp`, `-Nonce`,
+//!   `-Signature` over `TS\nNONCE\nBODY\n`, `-Signature-Type`, signed anew at each attempt.
+//!   Answered by any 2xx; else retried after 15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/
+//!   3h/6h/6h.
+//! - Alipay, after pay and after a refund settles: an RSA2-signed `trade_status_sync` form
+//!   (`sign` over the sorted fields but `sign` and `sign_type`); a refund adds `out_biz_no`,
+//!   `refund_fee` (all refunded so far), `gmt_refund`, and says `TRADE_CLOSED` once the
+//!   whole amount is refunded. Answered by the body `success`; else retried after 4m, 10m,
+//!   10m, 1h, 2h, 6h, 15h.
+//!
+//! Each notification is one spawned task on tokio time (tests pause it); each send is
+//! bounded by 5 s. Plain HTTP and HTTPS (web roots plus the sandbox's TEST-ONLY CA).
 //!
 //! # Limits
-//! No asynchronous notifications yet. Refund statuses never change by themselves, except a
-//! pending Alipay refund, which settles when queried.
+//! Refund statuses never change by themselves, except a pending Alipay refund, which settles
+//! when queried. No automatic payment after a delay yet: orders are paid by
+//! `POST /sandbox/pay`. Notification tasks live until answered or their schedule ends.
 
 mod alipay;
+pub mod notify;
 mod wechat;
 
 use std::collections::HashMap;
@@ -56,7 +91,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::channel::keys::{Certificate, RsaSigner, RsaVerifier};
+use crate::secret::Secret;
 use crate::server::TlsSettings;
+use notify::{Notification, Notifier, Plan};
 
 /// The id under which channels pin the sandbox's WeChat Pay public key.
 pub const PUBLIC_KEY_ID: &str = "PUB_KEY_ID_SANDBOX_TEST_ONLY";
@@ -83,10 +120,13 @@ pub struct SandboxSettings {
 #[derive(Clone, Debug)]
 pub enum SandboxMerchant {
     /// WeChat Pay: `mchid` + merchant certificate serial → public key.
+    /// `apiv3_key` (the channel's) encrypts the notification resources sent for this
+    /// `mchid`'s orders; without one no WeChat Pay notification is sent.
     Wechat {
         mchid: String,
         serial_no: String,
         key: RsaVerifier,
+        apiv3_key: Option<Secret>,
     },
     /// Alipay: `app_id` → the app's public key.
     Alipay { app_id: String, key: RsaVerifier },
@@ -123,9 +163,24 @@ pub struct Faults {
     /// `alipay.trade.refund` accepts with `fund_change: "N"` and records the refund as
     /// processing; the next `alipay.trade.fastpay.refund.query` finds it settled.
     pub alipay_refund_pending: bool,
+    /// Notifications are not sent at all, as if lost (recorded with attempt 0, `dropped`).
+    pub drop_notifications: bool,
+    /// Each notification is sent once more right after the first answered attempt.
+    pub duplicate_notifications: bool,
+    /// Wait this long before the first attempt of each notification.
+    pub notify_delay_ms: u64,
 }
 
 impl Faults {
+    /// How notifications made now are to be delivered.
+    pub(super) fn plan(&self) -> Plan {
+        Plan {
+            drop: self.drop_notifications,
+            duplicate: self.duplicate_notifications,
+            delay_ms: self.notify_delay_ms,
+        }
+    }
+
     fn check(&self) -> Result<(), String> {
         for op in self.fail_ops.iter().flatten() {
             if Op::from_name(op).is_none() {
@@ -220,6 +275,8 @@ type Orders<O> = DashMap<(String, String), O>;
 pub struct Sandbox {
     /// WeChat Pay: (mchid, certificate serial) → the merchant's public key.
     merchants: ArcSwap<HashMap<(String, String), RsaVerifier>>,
+    /// WeChat Pay: mchid (the signing one: `sp_mchid` in partner mode) → APIv3 key.
+    apiv3_keys: ArcSwap<HashMap<String, Secret>>,
     /// By (mchid, or `mchid/sub_mchid` in partner mode; out_trade_no).
     orders: Orders<wechat::Order>,
     /// Create requests that passed the signature check, by the same key as `orders`.
@@ -234,18 +291,28 @@ pub struct Sandbox {
     signer: RsaSigner,
     cert_serial: String,
     counter: AtomicU64,
+    notifier: Arc<Notifier>,
 }
 
 type Answer = Response<Full<Bytes>>;
 
 impl Sandbox {
     pub fn new(merchants: Vec<SandboxMerchant>) -> Arc<Sandbox> {
+        Sandbox::with_transport(merchants, Arc::new(notify::HttpTransport::default()))
+    }
+
+    /// A sandbox whose notifications go through `transport` (tests substitute their own).
+    pub fn with_transport(
+        merchants: Vec<SandboxMerchant>,
+        transport: Arc<dyn notify::Transport>,
+    ) -> Arc<Sandbox> {
         let signer =
             RsaSigner::from_text(PLATFORM_KEY_PEM).expect("the bundled sandbox key parses");
         let cert = Certificate::from_pem(PLATFORM_CERT_PEM)
             .expect("the bundled sandbox certificate parses");
         let sb = Sandbox {
             merchants: ArcSwap::from_pointee(HashMap::new()),
+            apiv3_keys: ArcSwap::from_pointee(HashMap::new()),
             orders: DashMap::new(),
             wechat_creates: DashMap::new(),
             alipay_apps: ArcSwap::from_pointee(HashMap::new()),
@@ -257,6 +324,7 @@ impl Sandbox {
             signer,
             cert_serial: cert.serial,
             counter: AtomicU64::new(1),
+            notifier: Notifier::new(transport),
         };
         sb.set_merchants(merchants);
         Arc::new(sb)
@@ -265,13 +333,18 @@ impl Sandbox {
     /// Replaces the accepted merchant keys (after a config reload).
     pub fn set_merchants(&self, merchants: Vec<SandboxMerchant>) {
         let (mut wechat, mut alipay) = (HashMap::new(), HashMap::new());
+        let mut apiv3_keys = HashMap::new();
         for m in merchants {
             match m {
                 SandboxMerchant::Wechat {
                     mchid,
                     serial_no,
                     key,
+                    apiv3_key,
                 } => {
+                    if let Some(k) = apiv3_key {
+                        apiv3_keys.entry(mchid.clone()).or_insert(k);
+                    }
                     wechat.insert((mchid, serial_no), key);
                 }
                 SandboxMerchant::Alipay { app_id, key } => {
@@ -280,6 +353,7 @@ impl Sandbox {
             }
         }
         self.merchants.store(Arc::new(wechat));
+        self.apiv3_keys.store(Arc::new(apiv3_keys));
         self.alipay_apps.store(Arc::new(alipay));
     }
 
@@ -321,6 +395,9 @@ impl Sandbox {
         match (&parts.method, seg.as_slice()) {
             (&Method::POST, ["sandbox", "pay", no]) => {
                 self.pay(&crate::server::decode(no), parts.uri.query())
+            }
+            (&Method::GET, ["sandbox", "notifications"]) => {
+                plain(StatusCode::OK, json!(self.notifier.attempts()))
             }
             (&Method::GET, ["sandbox", "orders", no]) => {
                 self.orders_json(&crate::server::decode(no))
@@ -409,6 +486,11 @@ impl Sandbox {
         resp
     }
 
+    /// Starts delivering a notification as the faults planned.
+    pub(super) fn notify(&self, n: Notification, plan: Plan) {
+        self.notifier.dispatch(n, plan);
+    }
+
     fn next_id(&self) -> u64 {
         self.counter.fetch_add(1, Ordering::Relaxed)
     }
@@ -416,23 +498,33 @@ impl Sandbox {
     /// Marks every open order with this out_trade_no paid (or only `?mchid=`'s).
     fn pay(&self, no: &str, query: Option<&str>) -> Answer {
         let only = query.and_then(|q| query_param(&format!("?{q}"), "mchid"));
+        let faults = self.faults().clone();
         let mut paid = Vec::new();
+        let mut notes = Vec::new();
         for mut o in self.orders.iter_mut() {
             if o.key().1 != no || only.as_deref().is_some_and(|m| m != o.mchid()) {
                 continue;
             }
             let n = self.next_id();
-            o.mark_paid(n);
+            if o.mark_paid(n) {
+                notes.push(self.wechat_payment_notification(&o, &faults));
+            }
             paid.push(self.wechat_view(o.key(), &o));
         }
         if only.is_none() {
             for mut o in self.alipay_orders.iter_mut() {
                 if o.key().1 == no {
                     let n = self.next_id();
-                    o.mark_paid(n);
+                    if o.mark_paid(n) {
+                        notes.push(self.alipay_notification(&o, None));
+                    }
                     paid.push(self.alipay_view(o.key(), &o));
                 }
             }
+        }
+        // Sent once no order is locked any more.
+        for n in notes.into_iter().flatten() {
+            self.notify(n, faults.plan());
         }
         if paid.is_empty() {
             return plain(
@@ -570,6 +662,7 @@ mod tests {
             "fail_ops": ["create", "query", "close", "refund", "refund_query"],
             "fail_unsigned": true, "tamper_errors": true, "retry_after_secs": 3,
             "refund_status": "ABNORMAL", "alipay_refund_pending": true,
+            "drop_notifications": true, "duplicate_notifications": true, "notify_delay_ms": 9,
         });
         let f: Faults = serde_json::from_value(all.clone()).unwrap();
         f.check().unwrap();

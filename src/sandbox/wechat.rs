@@ -8,6 +8,7 @@ use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use super::notify::{self, Kind, Notification, Provider, WechatSigning};
 use super::{
     count_create, query_param, Answer, Faults, Op, Outcome, Sandbox, Signing, PUBLIC_KEY_ID,
 };
@@ -38,6 +39,8 @@ struct Refund {
     refund_id: String,
     /// `SUCCESS`, or what `Faults::refund_status` said.
     status: String,
+    /// Where its notification goes: the refund request's `notify_url`.
+    notify_url: String,
 }
 
 impl Refund {
@@ -62,6 +65,48 @@ impl Serialize for Refund {
 impl Order {
     pub(super) fn mchid(&self) -> &str {
         &self.mchid
+    }
+
+    /// The transaction object as WeChat Pay shows it: the query answer, and the plaintext
+    /// of a `TRANSACTION.SUCCESS` notification.
+    fn transaction(&self) -> Value {
+        let req = &self.request;
+        let mut v = json!({
+            "out_trade_no": self.out_trade_no, "trade_type": self.trade_type,
+            "trade_state": self.state, "trade_state_desc": self.state,
+            "amount": { "total": self.amount, "currency": self.currency, "payer_total": self.amount, "payer_currency": self.currency },
+        });
+        match &self.sub_mchid {
+            None => {
+                v["mchid"] = json!(self.mchid);
+                v["appid"] = req["appid"].clone();
+            }
+            Some(sub) => {
+                v["sp_mchid"] = json!(self.mchid);
+                v["sp_appid"] = req["sp_appid"].clone();
+                v["sub_mchid"] = json!(sub);
+                if let Some(a) = req["sub_appid"].as_str() {
+                    v["sub_appid"] = json!(a);
+                }
+            }
+        }
+        if let Some(a) = req["attach"].as_str() {
+            v["attach"] = json!(a);
+        }
+        if let Some(t) = &self.transaction_id {
+            v["transaction_id"] = json!(t);
+            v["bank_type"] = json!("OTHERS");
+            // The payer the request named, else a made-up (TEST-ONLY) one.
+            v["payer"] = match req["payer"].as_object() {
+                Some(p) if !p.is_empty() => Value::Object(p.clone()),
+                _ if self.sub_mchid.is_some() => json!({"sp_openid": "oSandboxPayerTestOnly"}),
+                _ => json!({"openid": "oSandboxPayerTestOnly"}),
+            };
+        }
+        if let Some(t) = &self.success_time {
+            v["success_time"] = json!(t);
+        }
+        v
     }
 
     /// The payer paid: only an open (`NOTPAY`) order can be.
@@ -410,25 +455,7 @@ impl Sandbox {
                 json!({"code":"ORDER_NOT_EXIST","message":"订单不存在"}),
             );
         };
-        let mut v = json!({
-            "out_trade_no": o.out_trade_no, "trade_type": o.trade_type, "trade_state": o.state,
-            "trade_state_desc": o.state,
-            "amount": { "total": o.amount, "currency": o.currency, "payer_total": o.amount, "payer_currency": o.currency },
-        });
-        match &o.sub_mchid {
-            None => v["mchid"] = json!(o.mchid),
-            Some(sub) => {
-                v["sp_mchid"] = json!(o.mchid);
-                v["sub_mchid"] = json!(sub);
-            }
-        }
-        if let Some(t) = &o.transaction_id {
-            v["transaction_id"] = json!(t);
-        }
-        if let Some(t) = &o.success_time {
-            v["success_time"] = json!(t);
-        }
-        (StatusCode::OK, v)
+        (StatusCode::OK, o.transaction())
     }
 
     fn close(&self, auth_mchid: &str, partner: bool, no: &str, body: &[u8]) -> (StatusCode, Value) {
@@ -543,12 +570,23 @@ impl Sandbox {
                 .refund_status
                 .clone()
                 .unwrap_or_else(|| "SUCCESS".into()),
+            notify_url: req["notify_url"].as_str().unwrap_or_default().to_string(),
         };
         if r.holds_money() {
             o.state = "REFUND".into();
         }
         let answer = refund_answer(&o, &r);
+        // A settled refund is notified; one left PROCESSING never settles, so never is.
+        let note = if ["SUCCESS", "ABNORMAL", "CLOSED"].contains(&r.status.as_str()) {
+            self.wechat_refund_notification(&o, &r, &answer, faults)
+        } else {
+            None
+        };
         o.refunds.push(r);
+        drop(o);
+        if let Some(n) = note {
+            self.notify(n, faults.plan());
+        }
         (StatusCode::OK, answer)
     }
 
@@ -570,6 +608,133 @@ impl Sandbox {
                 StatusCode::NOT_FOUND,
                 json!({"code":"RESOURCE_NOT_EXISTS","message":"退款单不存在"}),
             ))
+    }
+
+    /// The `TRANSACTION.SUCCESS` notification of a just-paid order, to the create
+    /// request's `notify_url`.
+    pub(super) fn wechat_payment_notification(
+        &self,
+        o: &Order,
+        faults: &Faults,
+    ) -> Option<Notification> {
+        let url = o.request["notify_url"].as_str().unwrap_or_default();
+        let event = WechatEvent {
+            kind: Kind::Payment,
+            event_type: "TRANSACTION.SUCCESS",
+            summary: "支付成功",
+            original_type: "transaction",
+        };
+        self.wechat_notification(o, None, url, &event, &o.transaction(), faults)
+    }
+
+    /// The `REFUND.SUCCESS` / `REFUND.ABNORMAL` / `REFUND.CLOSED` notification of a
+    /// settled refund, to the refund request's `notify_url`; `answer` is the refund answer.
+    fn wechat_refund_notification(
+        &self,
+        o: &Order,
+        r: &Refund,
+        answer: &Value,
+        faults: &Faults,
+    ) -> Option<Notification> {
+        let (event_type, summary) = match r.status.as_str() {
+            "SUCCESS" => ("REFUND.SUCCESS", "退款成功"),
+            "ABNORMAL" => ("REFUND.ABNORMAL", "退款异常"),
+            _ => ("REFUND.CLOSED", "退款关闭"),
+        };
+        let mut plain = json!({
+            "out_trade_no": o.out_trade_no, "transaction_id": o.transaction_id,
+            "out_refund_no": r.out_refund_no, "refund_id": r.refund_id,
+            "refund_status": r.status, "user_received_account": "支付用户零钱",
+            "amount": { "total": o.amount, "refund": r.amount, "payer_total": o.amount, "payer_refund": r.amount },
+        });
+        match &o.sub_mchid {
+            None => plain["mchid"] = json!(o.mchid),
+            Some(sub) => {
+                plain["sp_mchid"] = json!(o.mchid);
+                plain["sub_mchid"] = json!(sub);
+            }
+        }
+        if let Some(t) = answer.get("success_time") {
+            plain["success_time"] = t.clone();
+        }
+        let event = WechatEvent {
+            kind: Kind::Refund,
+            event_type,
+            summary,
+            original_type: "refund",
+        };
+        self.wechat_notification(
+            o,
+            Some(&r.out_refund_no),
+            &r.notify_url,
+            &event,
+            &plain,
+            faults,
+        )
+    }
+
+    /// The notification body: `resource` is `plaintext` sealed with the merchant's APIv3 key
+    /// (the `sp_mchid`'s in partner mode), `associated_data` = `original_type`; the fields in
+    /// WeChat Pay's order. `None` (recorded as not sent) without a key.
+    fn wechat_notification(
+        &self,
+        o: &Order,
+        out_refund_no: Option<&str>,
+        url: &str,
+        event: &WechatEvent,
+        plaintext: &Value,
+        faults: &Faults,
+    ) -> Option<Notification> {
+        let serial = if faults.sign_with_certificate {
+            self.cert_serial.clone()
+        } else {
+            PUBLIC_KEY_ID.to_string()
+        };
+        let mut n = Notification {
+            provider: Provider::Wechatpay,
+            kind: event.kind,
+            out_trade_no: o.out_trade_no.clone(),
+            out_refund_no: out_refund_no.map(str::to_string),
+            url: url.to_string(),
+            body: Bytes::new(),
+            wechat: Some(WechatSigning {
+                signer: self.signer.clone(),
+                serial,
+            }),
+        };
+        let keys = self.apiv3_keys.load();
+        let Some(key) = keys.get(&o.mchid) else {
+            let why = format!("no apiv3_key configured for mchid {}", o.mchid);
+            self.notifier.not_sent(&n, &why);
+            return None;
+        };
+        let nonce = notify::aead_nonce();
+        let sealed = sign::aead_encrypt(
+            key.expose().as_bytes(),
+            &nonce,
+            event.original_type,
+            plaintext.to_string().as_bytes(),
+        );
+        let ciphertext = match sealed {
+            Ok(c) => c,
+            Err(e) => {
+                self.notifier.not_sent(&n, &e);
+                return None;
+            }
+        };
+        let body = format!(
+            r#"{{"id":{},"create_time":{},"resource_type":"encrypt-resource","event_type":{},"summary":{},"resource":{{"original_type":{},"algorithm":"AEAD_AES_256_GCM","ciphertext":{},"associated_data":{},"nonce":{}}}}}"#,
+            json!(notify::uuid_like()),
+            json!(china_time(OffsetDateTime::now_utc())),
+            json!(event.event_type),
+            json!(event.summary),
+            json!(event.original_type),
+            json!(ciphertext),
+            json!(event.original_type),
+            json!(nonce),
+        );
+        n.body = Bytes::from(body);
+        Some(n)
     }
 
     /// A WeChat Pay style answer: JSON body (none for 204) with the `Wechatpay-*` signature
@@ -613,6 +778,15 @@ impl Sandbox {
         h.insert("Request-ID", val(&format!("sandbox-{}", self.next_id())));
         resp
     }
+}
+
+/// What a WeChat Pay notification announces.
+struct WechatEvent {
+    kind: Kind,
+    event_type: &'static str,
+    summary: &'static str,
+    /// `transaction` or `refund`: also the resource's `associated_data`.
+    original_type: &'static str,
 }
 
 fn refund_answer(o: &Order, r: &Refund) -> Value {
@@ -794,6 +968,217 @@ mod tests {
                 .check_signature(&Method::GET, &headers, "/v3/x", b"")
                 .unwrap_err();
             assert!(err.contains("timestamp"), "{err}");
+        }
+    }
+
+    mod notifications {
+        use std::sync::Arc;
+
+        use super::super::super::notify::testing::Fake;
+        use super::super::super::{SandboxMerchant, PLATFORM_KEY_PEM};
+        use super::*;
+        use crate::channel::keys::RsaSigner;
+        use crate::channel::wechatpay::WechatVerifier;
+        use crate::secret::Secret;
+
+        const KEY: &str = "0123456789abcdefSANDBOXtestONLY!";
+        const SP: &str = "1900000100";
+
+        fn sandbox(fake: &Arc<Fake>, keyed: &[&str]) -> Arc<Sandbox> {
+            let verifier = RsaSigner::from_text(PLATFORM_KEY_PEM).unwrap().verifier();
+            let merchants = keyed
+                .iter()
+                .map(|m| SandboxMerchant::Wechat {
+                    mchid: m.to_string(),
+                    serial_no: "S".into(),
+                    key: verifier.clone(),
+                    apiv3_key: Some(Secret::new(KEY)),
+                })
+                .collect();
+            Sandbox::with_transport(merchants, fake.clone())
+        }
+
+        /// Checks the signature headers and returns (body, decrypted resource).
+        fn open(sb: &Sandbox, fake: &Fake, i: usize, serial: &str) -> (Value, Value) {
+            let r = &fake.received.lock().unwrap()[i];
+            let h = |n: &str| r.headers[n].to_str().unwrap().to_string();
+            assert_eq!(h("content-type"), "application/json");
+            assert_eq!(h("wechatpay-signature-type"), "WECHATPAY2-SHA256-RSA2048");
+            assert_eq!(h("wechatpay-serial"), serial);
+            let verifier = WechatVerifier {
+                public_key: Some((PUBLIC_KEY_ID.into(), sb.signer.verifier())),
+                certificates: [(sb.cert_serial.clone(), sb.signer.verifier())].into(),
+            };
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            verifier
+                .verify(
+                    serial,
+                    &h("wechatpay-timestamp"),
+                    &h("wechatpay-nonce"),
+                    &h("wechatpay-signature"),
+                    &r.body,
+                    now,
+                )
+                .unwrap();
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            let res = &body["resource"];
+            assert_eq!(res["algorithm"], "AEAD_AES_256_GCM");
+            assert_eq!(res["associated_data"], res["original_type"]);
+            let nonce = res["nonce"].as_str().unwrap();
+            assert_eq!(nonce.len(), 12);
+            let plain = sign::aead_decrypt(
+                KEY.as_bytes(),
+                nonce,
+                res["associated_data"].as_str().unwrap(),
+                res["ciphertext"].as_str().unwrap(),
+            )
+            .unwrap();
+            (body, serde_json::from_slice(&plain).unwrap())
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_payment_is_notified_signed_and_encrypted_as_the_query_answers_it() {
+            let fake = Arc::new(Fake::new(&[], (204, "")));
+            let sb = sandbox(&fake, &[MCH]);
+            let mut body: Value = serde_json::from_slice(&order_body("w-1", 100)).unwrap();
+            body["notify_url"] = json!("http://127.0.0.1:9/notify/wx");
+            body["payer"] = json!({"openid": "o-payer"});
+            assert_eq!(
+                sb.create(MCH, false, "jsapi", &body.to_string().into_bytes())
+                    .0,
+                200
+            );
+            assert_eq!(sb.pay("w-1", None).status(), 200);
+            fake.wait_for(1).await;
+            // Paid already: paying again sends nothing more.
+            sb.pay("w-1", None);
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            assert_eq!(fake.count(), 1);
+            assert_eq!(
+                fake.received.lock().unwrap()[0].uri,
+                "http://127.0.0.1:9/notify/wx"
+            );
+            let (body, plain) = open(&sb, &fake, 0, PUBLIC_KEY_ID);
+            assert_eq!(body["event_type"], "TRANSACTION.SUCCESS");
+            assert_eq!(body["resource_type"], "encrypt-resource");
+            assert_eq!(body["summary"], "支付成功");
+            assert_eq!(body["resource"]["original_type"], "transaction");
+            assert_eq!(body["id"].as_str().unwrap().len(), 36);
+            assert!(body["create_time"].as_str().unwrap().ends_with("+08:00"));
+            assert_eq!(plain, sb.query(MCH, None, "w-1").1);
+            assert_eq!(plain["trade_state"], "SUCCESS");
+            assert_eq!(plain["mchid"], MCH);
+            assert_eq!(plain["appid"], "wx_sandbox");
+            assert_eq!(plain["payer"], json!({"openid": "o-payer"}));
+            assert_eq!(plain["amount"]["payer_total"], 100);
+            assert!(plain["transaction_id"].is_string() && plain["success_time"].is_string());
+            let log = sb.notifier.attempts();
+            assert_eq!((log.len(), log[0].answered_ok), (1, true));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn settled_partner_refunds_are_notified_with_the_sp_key() {
+            let fake = Arc::new(Fake::new(&[], (200, "")));
+            let sb = sandbox(&fake, &[SP]);
+            let order = json!({
+                "sp_appid": "wx_sp", "sp_mchid": SP, "sub_mchid": "1900000109",
+                "description": "d", "out_trade_no": "p-1", "notify_url": "http://127.0.0.1:9/pay",
+                "amount": { "total": 100, "currency": "CNY" },
+            });
+            assert_eq!(
+                sb.create(SP, true, "native", order.to_string().as_bytes())
+                    .0,
+                200
+            );
+            sb.pay("p-1", None);
+            fake.wait_for(1).await;
+            let (_, plain) = open(&sb, &fake, 0, PUBLIC_KEY_ID);
+            assert_eq!(
+                (
+                    plain["sp_mchid"].as_str(),
+                    plain["sub_mchid"].as_str(),
+                    plain.get("mchid")
+                ),
+                (Some(SP), Some("1900000109"), None)
+            );
+            assert_eq!(plain["sp_appid"], "wx_sp");
+            assert_eq!(
+                plain["payer"],
+                json!({"sp_openid": "oSandboxPayerTestOnly"})
+            );
+
+            let refund = |no: &str, amount: u64, faults: &Faults| {
+                let mut b: Value =
+                    serde_json::from_slice(&refund_body("p-1", no, amount, 100)).unwrap();
+                b["sub_mchid"] = json!("1900000109");
+                b["notify_url"] = json!("http://127.0.0.1:9/refund");
+                sb.refund(SP, b.to_string().as_bytes(), faults)
+            };
+            // PROCESSING never settles: no notification.
+            let processing = faults(json!({ "refund_status": "PROCESSING" }));
+            assert_eq!(refund("p-1-a", 10, &processing).1["status"], "PROCESSING");
+            let cert = faults(json!({ "sign_with_certificate": true }));
+            let (_, answer) = refund("p-1-b", 30, &cert);
+            fake.wait_for(2).await;
+            let abnormal = faults(json!({ "refund_status": "ABNORMAL" }));
+            refund("p-1-c", 20, &abnormal);
+            fake.wait_for(3).await;
+            // A repeat of a known refund is not notified again.
+            refund("p-1-b", 30, &Faults::default());
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            assert_eq!(fake.count(), 3);
+            assert_eq!(
+                fake.received.lock().unwrap()[1].uri,
+                "http://127.0.0.1:9/refund"
+            );
+
+            let (body, plain) = open(&sb, &fake, 1, &sb.cert_serial);
+            assert_eq!(body["event_type"], "REFUND.SUCCESS");
+            assert_eq!(body["summary"], "退款成功");
+            assert_eq!(body["resource"]["associated_data"], "refund");
+            assert_eq!(plain["sp_mchid"], SP);
+            assert_eq!(plain["sub_mchid"], "1900000109");
+            assert_eq!(plain["out_trade_no"], "p-1");
+            assert_eq!(plain["out_refund_no"], "p-1-b");
+            assert_eq!(plain["refund_id"], answer["refund_id"]);
+            assert_eq!(plain["transaction_id"], answer["transaction_id"]);
+            assert_eq!(plain["refund_status"], "SUCCESS");
+            assert_eq!(plain["success_time"], answer["success_time"]);
+            assert_eq!(plain["user_received_account"], "支付用户零钱");
+            assert_eq!(
+                plain["amount"],
+                json!({"total": 100, "refund": 30, "payer_total": 100, "payer_refund": 30})
+            );
+            let (body, plain) = open(&sb, &fake, 2, PUBLIC_KEY_ID);
+            assert_eq!(body["event_type"], "REFUND.ABNORMAL");
+            assert_eq!(plain["refund_status"], "ABNORMAL");
+            assert!(plain.get("success_time").is_none());
+            let kinds: Vec<Value> = sb
+                .notifier
+                .attempts()
+                .iter()
+                .map(|a| json!(a.kind))
+                .collect();
+            assert_eq!(kinds, [json!("payment"), json!("refund"), json!("refund")]);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn no_apiv3_key_no_notification_and_dropped_ones_are_not_sent() {
+            let fake = Arc::new(Fake::new(&[], (204, "")));
+            let sb = sandbox(&fake, &[]);
+            sb.create(MCH, false, "native", &order_body("k-1", 100));
+            sb.pay("k-1", None);
+            let sb2 = sandbox(&fake, &[MCH]);
+            *sb2.faults() = faults(json!({ "drop_notifications": true }));
+            sb2.create(MCH, false, "native", &order_body("k-2", 100));
+            sb2.pay("k-2", None);
+            tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
+            assert_eq!(fake.count(), 0);
+            let a = &sb.notifier.attempts()[0];
+            assert_eq!(a.attempt, 0);
+            assert!(a.status.as_str().unwrap().contains("no apiv3_key"), "{a:?}");
+            let a = &sb2.notifier.attempts()[0];
+            assert_eq!((a.attempt, &a.status), (0, &json!("dropped")));
         }
     }
 }

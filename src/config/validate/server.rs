@@ -244,6 +244,7 @@ pub fn sandbox_merchants(
                 mchid: w.signing_mchid().to_string(),
                 serial_no: w.serial_no.clone(),
                 key: w.signer.verifier(),
+                apiv3_key: w.apiv3_key.clone(),
             },
             ConnectorSettings::Alipay(a) => SandboxMerchant::Alipay {
                 app_id: a.app_id.clone(),
