@@ -47,7 +47,7 @@ async fn precreate_and_query_in_direct_and_isv_mode() {
     assert_eq!(req["charset"], "utf-8");
     assert_eq!(
         req["notify_url"],
-        "http://127.0.0.1:8080/notify/m2002_alipay"
+        format!("{}/notify/m2002_alipay", h.site.public_base_url)
     );
     assert_eq!(req["biz_content"]["total_amount"], "19.99");
     assert_eq!(req["biz_content"]["subject"], "咖啡 & 茶");
@@ -200,8 +200,11 @@ async fn tampered_alipay_answers_change_nothing() {
         ))
         .await;
     assert_eq!(r.status, 201);
+    // Only the (tampered) query answer may speak here, not the payment's notification.
+    h.faults(json!({ "drop_notifications": true })).await;
     assert_eq!(h.pay("ali-sig-1").await.status, 200);
-    h.faults(json!({ "tamper_signature": true })).await;
+    h.faults(json!({ "tamper_signature": true, "drop_notifications": true }))
+        .await;
     let q = h.get_payment("m_4004", "ali-sig-1", true).await;
     q.expect_error(502, "channel_error");
     assert_eq!(

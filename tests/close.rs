@@ -89,8 +89,9 @@ async fn a_paid_order_is_never_closed() {
                 .status,
             201
         );
-        // Paid at the channel, not yet known to payroute: the close is refused and the
-        // payment becomes succeeded.
+        // Paid at the channel, not yet known to payroute (its notification is lost): the
+        // close is refused and the payment becomes succeeded.
+        h.faults(json!({ "drop_notifications": true })).await;
         assert_eq!(h.pay(no).await.status, 200);
         let c = h.close(merchant, no).await;
         c.expect_error(409, "invalid_state");

@@ -200,9 +200,12 @@ async fn tampered_response_signatures_change_nothing() {
         .create(&payment("m_1001", "sig-1", "wechat_native", 100, json!({})))
         .await;
     assert_eq!(r.status, 201);
+    // Only the (tampered) query answer may speak here, not the payment's notification.
+    h.faults(json!({ "drop_notifications": true })).await;
     assert_eq!(h.pay("sig-1").await.status, 200);
 
-    h.faults(json!({ "tamper_signature": true })).await;
+    h.faults(json!({ "tamper_signature": true, "drop_notifications": true }))
+        .await;
     let q = h.get_payment("m_1001", "sig-1", true).await;
     q.expect_error(502, "channel_error");
     assert!(q.error_message().contains("bad_signature"));
@@ -434,7 +437,8 @@ async fn a_timed_out_order_paid_meanwhile_is_learned_not_failed() {
     let r = h.create(&body).await;
     r.expect_error(504, "channel_timeout");
     assert_eq!(r.body["payment"]["status"], "unknown");
-    h.faults(json!({})).await;
+    // The shop's retry, not the payment's notification, is what this test is about.
+    h.faults(json!({ "drop_notifications": true })).await;
     // The sandbox, like WeChat Pay, acted on the request; only its answer came too late.
     assert_eq!(h.sandbox_orders("paid-late").await.len(), 1);
     // The payer paid; the shop retries the same order: WeChat says ORDERPAID, a verified query

@@ -47,6 +47,7 @@ async fn a_changed_sub_mchid_strands_open_orders_until_it_is_restored() {
         .await
         .expect_created_on("platform_wechat");
     // Paid at the provider; the proxy has not learned it yet (still pending here).
+    h.faults(json!({ "drop_notifications": true })).await;
     assert_eq!(h.pay("st-1").await.status, 200);
 
     let changed = r#"m_4004: { wechat_sub_mchid: "1900000499""#;

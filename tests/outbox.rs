@@ -38,12 +38,15 @@ async fn a_shop_down_for_the_whole_schedule_gets_dead_events_and_a_resend_delive
     assert_eq!(dead["type"], "payment.succeeded");
     assert_eq!(dead["attempts"], 3, "the first try and the two retries");
     assert_eq!(h.receiver.received().len(), 3);
+    wait_until("the dead gauge shows it", || async {
+        support::metric(&h.metrics().await, "payroute_events_dead") == Some(1.0)
+    })
+    .await;
     let m = h.metrics().await;
-    assert_eq!(support::metric(&m, "payroute_events_dead"), Some(1.0));
     assert_eq!(
         support::metric(
             &m,
-            r#"payroute_webhook_deliveries_total{shop="test-shop",result="dead"}"#
+            r#"payroute_webhook_deliveries_total{result="dead",shop="test-shop"}"#
         ),
         Some(1.0)
     );

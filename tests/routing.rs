@@ -186,7 +186,7 @@ async fn direct_and_partner_requests_have_their_own_shape() {
     assert_eq!(req["attach"], "cart-7");
     assert_eq!(
         req["notify_url"],
-        "http://127.0.0.1:8080/notify/m1001_wechat"
+        format!("{}/notify/m1001_wechat", h.site.public_base_url)
     );
     assert!(req["time_expire"].as_str().unwrap().ends_with("+08:00"));
     assert!(req.get("sp_mchid").is_none() && req.get("sub_mchid").is_none());

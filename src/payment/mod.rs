@@ -43,6 +43,8 @@ const DEFAULT_EXPIRY_MS: i64 = 2 * 3600 * 1000;
 const MIN_EXPIRY_MS: i64 = 60 * 1000;
 /// Slack on a claim beyond its calls' deadlines, for the store writes around them.
 const CLAIM_SLACK_MS: i64 = 5_000;
+/// Reads of a record before giving up on claiming it against concurrent writers.
+const CLAIM_TRIES: usize = 3;
 
 pub use refund::{NewRefund, RefundOutcome};
 
@@ -574,12 +576,34 @@ impl PaymentService {
             if event.is_some() {
                 self.events_written.notify_one();
             }
-            Ok(())
-        } else {
-            // Only the holder of `attempt_until` writes during an attempt, so a lost race here
-            // means two writers: refuse rather than overwrite.
-            Err(PaymentError::InProgress)
+            return Ok(());
         }
+        // Only the claim holder writes the call's result, but a verified notification (or a
+        // refund's total) may have moved the record while the call was out: keep the word
+        // that is further along, add ours, and end our claim — once; a second lost race
+        // means two writers, and is refused rather than overwritten.
+        let Some(fresh) = self
+            .store
+            .get_payment(&rec.merchant_id, &rec.out_trade_no)
+            .await?
+        else {
+            return Err(PaymentError::NotFound);
+        };
+        let fresh_before = fresh.status;
+        let mut merged = merge_payment(fresh, rec);
+        let event = payment_event(&merged, fresh_before);
+        if !self
+            .store
+            .update_payment_emitting(&mut merged, event.as_ref())
+            .await?
+        {
+            return Err(PaymentError::InProgress);
+        }
+        if event.is_some() {
+            self.events_written.notify_one();
+        }
+        *rec = merged;
+        Ok(())
     }
 
     /// Gives up our claim without other changes (the record stays as it was).
@@ -630,31 +654,39 @@ impl PaymentService {
         merchant_id: &str,
         out_trade_no: &str,
     ) -> Result<PaymentRecord, PaymentError> {
-        let mut rec = self
-            .store
-            .get_payment(merchant_id, out_trade_no)
-            .await?
-            .ok_or(PaymentError::NotFound)?;
         let refuse = |message: &str, rec: PaymentRecord| PaymentError::InvalidState {
             message: message.to_string(),
             payment: Box::new(rec),
         };
-        match rec.status {
-            PaymentStatus::Closed => return Ok(rec),
-            PaymentStatus::Succeeded => {
-                return Err(refuse("the payment succeeded; refund it instead", rec))
+        // Claim the record; a notification that moved it meanwhile is read again.
+        let mut claimed = None;
+        for _ in 0..CLAIM_TRIES {
+            let mut rec = self
+                .store
+                .get_payment(merchant_id, out_trade_no)
+                .await?
+                .ok_or(PaymentError::NotFound)?;
+            match rec.status {
+                PaymentStatus::Closed => return Ok(rec),
+                PaymentStatus::Succeeded => {
+                    return Err(refuse("the payment succeeded; refund it instead", rec))
+                }
+                _ => {}
             }
-            _ => {}
+            if claim_live(rec.attempt_until) {
+                return Err(PaymentError::InProgress);
+            }
+            let (channel, sub) = self.bound(routes, &rec, "close")?;
+            rec.attempt_until = Some(now_ms() + claim_window_ms(channel));
+            rec.updated_at = now_ms();
+            if self.store.update_payment(&mut rec).await? {
+                claimed = Some((rec, channel, sub));
+                break;
+            }
         }
-        if claim_live(rec.attempt_until) {
+        let Some((mut rec, channel, sub)) = claimed else {
             return Err(PaymentError::InProgress);
-        }
-        let (channel, sub) = self.bound(routes, &rec, "close")?;
-        rec.attempt_until = Some(now_ms() + claim_window_ms(channel));
-        rec.updated_at = now_ms();
-        if !self.store.update_payment(&mut rec).await? {
-            return Err(PaymentError::InProgress);
-        }
+        };
         match channel.close(out_trade_no, &sub).await {
             Ok(()) => {}
             Err(e) if matches!(e.kind, ErrorKind::AlreadyPaid | ErrorKind::NotCloseable) => {
@@ -791,6 +823,28 @@ impl PaymentService {
         }
         Ok(rec)
     }
+}
+
+/// `ours` (a claim holder's result) laid over `fresh` (what the store holds now): the status
+/// that is further along (money is the truth: a paid order stays paid), what either learnt
+/// (the payer's action, the provider's number), and our claim's end.
+fn merge_payment(fresh: PaymentRecord, ours: &PaymentRecord) -> PaymentRecord {
+    let mut m = fresh;
+    if m.status.may_become(ours.status) {
+        m.status = ours.status;
+        m.paid_at = ours.paid_at.or(m.paid_at);
+        m.error_code = ours.error_code;
+        m.error_message = ours.error_message.clone();
+    }
+    m.action = m.action.or_else(|| ours.action.clone());
+    m.provider_trade_no = m
+        .provider_trade_no
+        .or_else(|| ours.provider_trade_no.clone());
+    m.channel = ours.channel.clone();
+    m.account = ours.account.clone();
+    m.attempt_until = ours.attempt_until;
+    m.updated_at = ours.updated_at.max(m.updated_at);
+    m
 }
 
 /// The shop event of a payment that moved from `before` to a final status.

@@ -302,7 +302,9 @@ impl PaymentService {
         }
     }
 
-    /// Saves (compare-and-set) with the shop event of a move from `before`, if any.
+    /// Saves (compare-and-set) with the shop event of a move from `before`, if any. A lost
+    /// race with a notification is merged once, as for payments: a succeeded or failed word
+    /// stays, ours fills the rest, our claim ends.
     async fn save_refund(
         &self,
         rec: &mut RefundRecord,
@@ -318,10 +320,41 @@ impl PaymentService {
                 self.events_written.notify_one();
             }
             self.count_refund(rec, before);
-            Ok(())
-        } else {
-            Err(PaymentError::InProgress)
+            return Ok(());
         }
+        let Some(mut fresh) = self
+            .store
+            .get_refund(&rec.merchant_id, &rec.out_refund_no)
+            .await?
+        else {
+            return Err(PaymentError::NotFound);
+        };
+        let fresh_before = fresh.status;
+        if !matches!(fresh.status, RefundStatus::Succeeded | RefundStatus::Failed) {
+            fresh.status = rec.status;
+            fresh.succeeded_at = rec.succeeded_at.or(fresh.succeeded_at);
+            fresh.error_code = rec.error_code;
+            fresh.error_message = rec.error_message.clone();
+        }
+        fresh.provider_refund_no = fresh
+            .provider_refund_no
+            .or_else(|| rec.provider_refund_no.clone());
+        fresh.attempt_until = rec.attempt_until;
+        fresh.updated_at = rec.updated_at.max(fresh.updated_at);
+        let event = refund_event(&fresh, fresh_before);
+        if !self
+            .store
+            .update_refund_emitting(&mut fresh, event.as_ref())
+            .await?
+        {
+            return Err(PaymentError::InProgress);
+        }
+        if event.is_some() {
+            self.events_written.notify_one();
+        }
+        self.count_refund(&fresh, fresh_before);
+        *rec = fresh;
+        Ok(())
     }
 }
 
