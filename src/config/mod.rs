@@ -11,6 +11,7 @@ mod redact;
 pub mod reload;
 pub mod sandbox_keys;
 mod validate;
+pub mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -18,8 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::channel::{ChannelSettings, SubMerchant};
-use crate::notify::WebhookSettings;
-use crate::reconcile::ReconcileSettings;
 use crate::resilience::LimitSettings;
 use crate::routing::Rules;
 use crate::sandbox::SandboxSettings;
@@ -27,6 +26,7 @@ use crate::secret::Secret;
 use crate::server::ServerSettings;
 use crate::shops::ShopDirectory;
 use crate::store::StoreSettings;
+use workers::{ReconcileSettings, WebhookSettings};
 
 pub use locate::Locator;
 pub use validate::sandbox_merchants;

@@ -1,5 +1,5 @@
 //! Live reload triggers (directory watch, SIGHUP) and reload metrics. The reload itself —
-//! parse, validate, build, swap — is `LiveConfig::reload` (`crate::live`); a bad file changes nothing.
+//! parse, validate, build, swap — is `LiveConfig::reload` in the `live` module; a bad file changes nothing.
 
 use std::path::{Path, PathBuf};
 

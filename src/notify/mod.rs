@@ -7,49 +7,7 @@
 pub mod inbound;
 pub mod outbox;
 
-use std::time::Duration;
-
-/// WeChat Pay's own notification schedule (DESIGN.md §3): the wait after each failed
-/// delivery; after the last, the event is `dead`.
-pub const DEFAULT_WEBHOOK_SCHEDULE: [Duration; 15] = [
-    Duration::from_secs(15),
-    Duration::from_secs(15),
-    Duration::from_secs(30),
-    Duration::from_secs(3 * 60),
-    Duration::from_secs(10 * 60),
-    Duration::from_secs(20 * 60),
-    Duration::from_secs(30 * 60),
-    Duration::from_secs(30 * 60),
-    Duration::from_secs(30 * 60),
-    Duration::from_secs(60 * 60),
-    Duration::from_secs(3 * 3600),
-    Duration::from_secs(3 * 3600),
-    Duration::from_secs(3 * 3600),
-    Duration::from_secs(6 * 3600),
-    Duration::from_secs(6 * 3600),
-];
-/// One delivery attempt's deadline.
-pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deliveries in flight to one shop at a time.
-pub const DEFAULT_PER_SHOP_CONCURRENCY: usize = 4;
-
-/// How shop webhooks are delivered (config `webhooks:`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WebhookSettings {
-    pub schedule: Vec<Duration>,
-    pub timeout: Duration,
-    pub per_shop_concurrency: usize,
-}
-
-impl Default for WebhookSettings {
-    fn default() -> Self {
-        WebhookSettings {
-            schedule: DEFAULT_WEBHOOK_SCHEDULE.to_vec(),
-            timeout: DEFAULT_WEBHOOK_TIMEOUT,
-            per_shop_concurrency: DEFAULT_PER_SHOP_CONCURRENCY,
-        }
-    }
-}
+pub use crate::config::workers::WebhookSettings;
 
 /// `Payroute-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 pub fn signature(secret: &[u8], unix_secs: i64, body: &[u8]) -> String {

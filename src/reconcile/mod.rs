@@ -19,6 +19,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+pub use crate::config::workers::{ReconcileSettings, Tier, DEFAULT_TIERS};
 use crate::domain::{PaymentStatus, RefundStatus};
 use crate::live::{Live, LiveConfig};
 use crate::payment::{now_ms, PaymentError, PaymentService, Routes};
@@ -30,71 +31,6 @@ const POLL: Duration = Duration::from_millis(500);
 const BATCH: u32 = 128;
 /// A record with a call in flight is looked at again this much later.
 const BUSY_RETRY_MS: i64 = 1_000;
-pub const DEFAULT_CONCURRENCY: usize = 8;
-
-/// Until an order is this old, check it this often.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tier {
-    pub until: Duration,
-    pub every: Duration,
-}
-
-/// Every minute at 1–10 minutes, every 10 minutes until an hour, hourly until a day.
-pub const DEFAULT_TIERS: [Tier; 3] = [
-    Tier {
-        until: Duration::from_secs(10 * 60),
-        every: Duration::from_secs(60),
-    },
-    Tier {
-        until: Duration::from_secs(3600),
-        every: Duration::from_secs(10 * 60),
-    },
-    Tier {
-        until: Duration::from_secs(24 * 3600),
-        every: Duration::from_secs(3600),
-    },
-];
-
-/// Config `reconcile:`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReconcileSettings {
-    /// Ascending `until`; never empty.
-    pub tiers: Vec<Tier>,
-    pub concurrency: usize,
-}
-
-impl Default for ReconcileSettings {
-    fn default() -> Self {
-        ReconcileSettings {
-            tiers: DEFAULT_TIERS.to_vec(),
-            concurrency: DEFAULT_CONCURRENCY,
-        }
-    }
-}
-
-impl ReconcileSettings {
-    /// The next check of an order created at `created_at`, after one at `now`: by its tier,
-    /// never later than `expires_at` while that is ahead; `None` after the last tier (and,
-    /// with an expiry, once it has passed).
-    pub fn next_check(&self, created_at: i64, now: i64, expires_at: Option<i64>) -> Option<i64> {
-        let age = Duration::from_millis((now - created_at).max(0) as u64);
-        let by_tier = self
-            .tiers
-            .iter()
-            .find(|t| age < t.until)
-            .map(|t| now + t.every.as_millis() as i64);
-        match expires_at {
-            Some(exp) if exp > now => Some(by_tier.map_or(exp, |t| t.min(exp))),
-            _ => by_tier,
-        }
-    }
-
-    /// The first check of an order: one `every` of the first tier after its creation.
-    fn first_check(&self, created_at: i64) -> i64 {
-        created_at + self.tiers.first().map_or(0, |t| t.every.as_millis() as i64)
-    }
-}
-
 pub struct Reconciler {
     live: Arc<LiveConfig>,
     payments: Arc<PaymentService>,

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use super::Errors;
 use crate::config::file::FileConfig;
-use crate::notify::WebhookSettings;
-use crate::reconcile::{ReconcileSettings, Tier};
+use crate::config::workers::{ReconcileSettings, Tier, WebhookSettings};
 use crate::resilience::parse_duration;
 
 /// Bounds on a worker's concurrency.

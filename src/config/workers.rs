@@ -1,0 +1,111 @@
+//! The background workers' settings (config `reconcile:` and `webhooks:`): kept here, below
+//! the workers, because the workers read the live config that holds them.
+
+use std::time::Duration;
+
+/// WeChat Pay's own notification schedule (DESIGN.md §3): the wait after each failed
+/// delivery; after the last, the event is `dead`.
+pub const DEFAULT_WEBHOOK_SCHEDULE: [Duration; 15] = [
+    Duration::from_secs(15),
+    Duration::from_secs(15),
+    Duration::from_secs(30),
+    Duration::from_secs(3 * 60),
+    Duration::from_secs(10 * 60),
+    Duration::from_secs(20 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(60 * 60),
+    Duration::from_secs(3 * 3600),
+    Duration::from_secs(3 * 3600),
+    Duration::from_secs(3 * 3600),
+    Duration::from_secs(6 * 3600),
+    Duration::from_secs(6 * 3600),
+];
+/// One delivery attempt's deadline.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deliveries in flight to one shop at a time.
+pub const DEFAULT_PER_SHOP_CONCURRENCY: usize = 4;
+
+/// How shop webhooks are delivered (config `webhooks:`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookSettings {
+    pub schedule: Vec<Duration>,
+    pub timeout: Duration,
+    pub per_shop_concurrency: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            schedule: DEFAULT_WEBHOOK_SCHEDULE.to_vec(),
+            timeout: DEFAULT_WEBHOOK_TIMEOUT,
+            per_shop_concurrency: DEFAULT_PER_SHOP_CONCURRENCY,
+        }
+    }
+}
+
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// Until an order is this old, check it this often.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tier {
+    pub until: Duration,
+    pub every: Duration,
+}
+
+/// Every minute at 1–10 minutes, every 10 minutes until an hour, hourly until a day.
+pub const DEFAULT_TIERS: [Tier; 3] = [
+    Tier {
+        until: Duration::from_secs(10 * 60),
+        every: Duration::from_secs(60),
+    },
+    Tier {
+        until: Duration::from_secs(3600),
+        every: Duration::from_secs(10 * 60),
+    },
+    Tier {
+        until: Duration::from_secs(24 * 3600),
+        every: Duration::from_secs(3600),
+    },
+];
+
+/// Config `reconcile:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReconcileSettings {
+    /// Ascending `until`; never empty.
+    pub tiers: Vec<Tier>,
+    pub concurrency: usize,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings {
+            tiers: DEFAULT_TIERS.to_vec(),
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+impl ReconcileSettings {
+    /// The next check of an order created at `created_at`, after one at `now`: by its tier,
+    /// never later than `expires_at` while that is ahead; `None` after the last tier (and,
+    /// with an expiry, once it has passed).
+    pub fn next_check(&self, created_at: i64, now: i64, expires_at: Option<i64>) -> Option<i64> {
+        let age = Duration::from_millis((now - created_at).max(0) as u64);
+        let by_tier = self
+            .tiers
+            .iter()
+            .find(|t| age < t.until)
+            .map(|t| now + t.every.as_millis() as i64);
+        match expires_at {
+            Some(exp) if exp > now => Some(by_tier.map_or(exp, |t| t.min(exp))),
+            _ => by_tier,
+        }
+    }
+
+    /// The first check of an order: one `every` of the first tier after its creation.
+    pub fn first_check(&self, created_at: i64) -> i64 {
+        created_at + self.tiers.first().map_or(0, |t| t.every.as_millis() as i64)
+    }
+}
