@@ -8,7 +8,7 @@ use http::Method;
 use payroute::channel::keys::RsaSigner;
 use payroute::channel::wechatpay::sign;
 use serde_json::{json, Value};
-use support::{apiv3_key, key, payment, Harness, Reply};
+use support::{apiv3_key, key, payment, wait_until, Harness, Reply};
 
 /// A WeChat Pay v3 notification as the sandbox's "WeChat Pay" would sign it: headers and body.
 struct WechatNotification {
@@ -264,5 +264,88 @@ async fn unverifiable_or_mismatched_notifications_change_nothing_and_reach_no_sh
         1,
         "only the genuine notification's event: {events:?}"
     );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn paying_and_refunding_in_the_sandbox_tell_the_shop_once_in_both_providers_and_modes() {
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
+    // Providers resend: every notification arrives twice.
+    h.faults(json!({ "duplicate_notifications": true })).await;
+    let cases = [
+        ("m_1001", "e2e-wx-direct", "wechat_native", "m1001_wechat"),
+        (
+            "m_4004",
+            "e2e-wx-partner",
+            "wechat_jsapi",
+            "platform_wechat",
+        ),
+        (
+            "m_2002",
+            "e2e-ali-direct",
+            "alipay_precreate",
+            "m2002_alipay",
+        ),
+        (
+            "m_4004",
+            "e2e-ali-isv",
+            "alipay_precreate",
+            "platform_alipay",
+        ),
+    ];
+    for (merchant, no, method, channel) in cases {
+        h.create(&payment(merchant, no, method, 1200, json!({})))
+            .await
+            .expect_created_on(channel);
+        assert_eq!(h.pay(no).await.status, 200);
+        // No refresh: the provider's notification alone brings the news.
+        let paid = h.receiver.event("payment.succeeded", no).await;
+        assert_eq!(paid["data"]["status"], "succeeded", "{no}");
+        assert_eq!(paid["data"]["channel"], channel);
+        let r = h
+            .refund(&json!({"merchant_id": merchant, "out_trade_no": no, "out_refund_no": format!("{no}-r"), "amount": 1200}))
+            .await;
+        assert_eq!(r.status, 201, "{no}: {}", r.text);
+        let refunded = h.receiver.event("refund.succeeded", no).await;
+        assert_eq!(refunded["data"]["out_refund_no"], format!("{no}-r"));
+    }
+    // Every notification was sent (and answered) twice...
+    wait_until("every notification answered twice", || async {
+        let sent = h
+            .send(
+                Method::GET,
+                &format!("{}/sandbox/notifications", h.sandbox_url),
+                &[],
+                "",
+            )
+            .await;
+        let list = sent.body.as_array().cloned().unwrap_or_default();
+        list.iter().filter(|n| n["answered_ok"] == true).count() == 2 * 2 * cases.len()
+    })
+    .await;
+    // ...and each state change was written, and told, once.
+    let written = h.admin_get("/admin/events?limit=1000").await.body["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(written.len(), 2 * cases.len(), "{written:?}");
+    let m = h.metrics().await;
+    for (_, _, _, channel) in cases {
+        assert!(
+            notified(&m, channel, "duplicate") >= 1.0,
+            "{channel} saw resends"
+        );
+    }
+    for (_, no, _, _) in cases {
+        let told: Vec<String> = h
+            .receiver
+            .accepted()
+            .iter()
+            .filter(|e| e["data"]["out_trade_no"] == no)
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(told, ["payment.succeeded", "refund.succeeded"], "{no}");
+    }
+    assert!(h.receiver.received().iter().all(|r| r.signature_verifies()));
     h.shutdown().await;
 }
