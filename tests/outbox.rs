@@ -238,3 +238,59 @@ async fn a_kill_9_loses_no_pending_event() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_slow_shop_never_delays_another_shops_events() {
+    let h = Harness::start_with(
+        false,
+        &format!(
+            "{}webhooks: {{ per_shop_concurrency: 1, timeout: 10s }}\n",
+            support::RULES
+        ),
+        "",
+    )
+    .await;
+    h.faults(json!({"drop_notifications": true})).await;
+    // other-shop (merchant m_9009) gets its own receiver; test-shop's answers take 5s.
+    let other = support::Receiver::start().await;
+    let yaml = std::fs::read_to_string(&h.config_path).unwrap();
+    let (head, tail) = yaml.split_once("id: other-shop").unwrap();
+    let tail = tail.replacen(&h.receiver.url, &other.url, 1);
+    support::write_atomically(&h.config_path, &format!("{head}id: other-shop{tail}"));
+    assert_eq!(h.admin_post("/admin/reload", &json!({})).await.status, 200);
+    h.receiver.answer_after(5_000);
+
+    for no in ["slow-1", "slow-2"] {
+        paid(&h, no).await;
+    }
+    // m_9009 belongs to other-shop, which is not configured with a rule of its own: it
+    // goes to the platform channel by default.
+    let auth = "Bearer other-shop-key-0123456789";
+    let r = h
+        .send(
+            http::Method::POST,
+            &format!("{}/v1/payments", h.api),
+            &[("authorization", auth)],
+            &support::payment("m_9009", "fast-1", "wechat_native", 500, json!({})).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(h.pay("fast-1").await.status, 200);
+    let q = h
+        .send(
+            http::Method::GET,
+            &format!("{}/v1/payments/m_9009/fast-1?refresh=true", h.api),
+            &[("authorization", auth)],
+            "",
+        )
+        .await;
+    assert_eq!(q.body["status"], "succeeded", "{}", q.text);
+    // other-shop is told while test-shop's first delivery still hangs, and test-shop's
+    // second event waits for its one slot.
+    other.event("payment.succeeded", "fast-1").await;
+    assert!(
+        h.receiver.accepted().is_empty(),
+        "the slow shop has answered nothing yet"
+    );
+    h.shutdown().await;
+}

@@ -60,6 +60,7 @@ pub struct Receiver {
     pub url: String,
     got: Arc<std::sync::Mutex<Vec<Received>>>,
     answer: Arc<std::sync::atomic::AtomicU16>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Receiver {
@@ -70,6 +71,7 @@ impl Receiver {
             url,
             got: Arc::default(),
             answer: Arc::new(std::sync::atomic::AtomicU16::new(200)),
+            delay_ms: Arc::default(),
         };
         let me = rx.clone();
         let handler = move |req: Request<hyper::body::Incoming>, _peer| {
@@ -83,6 +85,10 @@ impl Receiver {
                     .to_string();
                 let raw = req.into_body().collect().await.unwrap().to_bytes();
                 let raw = String::from_utf8_lossy(&raw).into_owned();
+                let delay = me.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
                 let status = me.answer.load(std::sync::atomic::Ordering::SeqCst);
                 me.got.lock().unwrap().push(Received {
                     body: serde_json::from_str(&raw).unwrap_or(Value::Null),
@@ -109,6 +115,11 @@ impl Receiver {
     pub fn answer_with(&self, status: u16) {
         self.answer
             .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on answer each delivery only after `ms` (a slow shop).
+    pub fn answer_after(&self, ms: u64) {
+        self.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every request so far.
