@@ -347,3 +347,17 @@ fn plain_http_is_refused_off_loopback() {
         );
     }
 }
+
+#[test]
+fn a_shop_whose_merchants_can_be_paid_needs_a_webhook() {
+    let text = config(FULL, OWN_WECHAT_ALL_METHODS).replace(
+        "    webhook: { url: http://127.0.0.1:8000/payroute/events, secret: demo-webhook-secret-TEST-ONLY }\n",
+        "",
+    );
+    let (ok, err) = check(&text);
+    assert!(!ok, "a shop without a webhook is refused");
+    assert!(
+        err.contains("shops[0] \"demo-shop\": webhook is required"),
+        "{err}"
+    );
+}

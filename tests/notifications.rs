@@ -349,3 +349,122 @@ async fn paying_and_refunding_in_the_sandbox_tell_the_shop_once_in_both_provider
     assert!(h.receiver.received().iter().all(|r| r.signature_verifies()));
     h.shutdown().await;
 }
+
+/// An Alipay `trade_status_sync` form signed with `signer` (sign_type added after signing,
+/// as Alipay leaves it out of the signed string).
+fn alipay_form(fields: &[(&str, &str)], signer_key: &str) -> String {
+    use payroute::channel::alipay::sign as ali;
+    let mut params: std::collections::BTreeMap<String, String> = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let signer = RsaSigner::from_text(&std::fs::read_to_string(key(signer_key)).unwrap()).unwrap();
+    ali::sign_params(&mut params, &signer);
+    params.insert("sign_type".into(), "RSA2".into());
+    ali::encode(&params)
+}
+
+#[tokio::test]
+async fn alipay_notifications_forged_tampered_or_for_another_app_change_nothing() {
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
+    h.faults(json!({ "drop_notifications": true })).await;
+    let r = h
+        .create(&payment(
+            "m_2002",
+            "n-ali-1",
+            "alipay_precreate",
+            1999,
+            json!({}),
+        ))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let fields = |app_id: &'static str, amount: &'static str| {
+        vec![
+            ("notify_type", "trade_status_sync"),
+            ("notify_id", "n-1"),
+            ("notify_time", "2026-11-25 12:00:00"),
+            ("app_id", app_id),
+            ("charset", "utf-8"),
+            ("version", "1.0"),
+            ("out_trade_no", "n-ali-1"),
+            ("trade_no", "2026112522001400000000000001"),
+            ("trade_status", "TRADE_SUCCESS"),
+            ("total_amount", amount),
+            ("gmt_payment", "2026-11-25 12:00:00"),
+        ]
+    };
+    let post = |body: String| {
+        let h = &h;
+        async move {
+            h.send(
+                Method::POST,
+                &format!("{}/notify/m2002_alipay", h.api),
+                &[("content-type", "application/x-www-form-urlencoded")],
+                &body,
+            )
+            .await
+        }
+    };
+    let cases = [
+        // Signed with the merchant's own app key, not Alipay's.
+        (
+            alipay_form(
+                &fields("2021000000002002", "19.99"),
+                "m2002_alipay_app_key.pem",
+            ),
+            "fail",
+            "bad_signature",
+        ),
+        // Alipay's signature, then the amount changed.
+        (
+            alipay_form(
+                &fields("2021000000002002", "19.99"),
+                "alipay_sandbox_key.pem",
+            )
+            .replace("total_amount=19.99", "total_amount=0.01"),
+            "fail",
+            "bad_signature",
+        ),
+        // Genuine, but for another app.
+        (
+            alipay_form(
+                &fields("2021000000009999", "19.99"),
+                "alipay_sandbox_key.pem",
+            ),
+            "success",
+            "wrong_app",
+        ),
+        // Genuine, but another amount than the order's.
+        (
+            alipay_form(
+                &fields("2021000000002002", "0.01"),
+                "alipay_sandbox_key.pem",
+            ),
+            "success",
+            "mismatch",
+        ),
+    ];
+    for (body, answer, result) in cases {
+        let r = post(body).await;
+        assert_eq!(r.text.trim(), answer, "{result}");
+        let m = h.metrics().await;
+        assert!(
+            notified(&m, "m2002_alipay", result) >= 1.0,
+            "{result} counted"
+        );
+    }
+    assert_eq!(
+        h.get_payment("m_2002", "n-ali-1", false).await.body["status"],
+        "pending"
+    );
+    // The genuine one is applied, told once, and answered `success` after the commit.
+    let r = post(alipay_form(
+        &fields("2021000000002002", "19.99"),
+        "alipay_sandbox_key.pem",
+    ))
+    .await;
+    assert_eq!(r.text.trim(), "success");
+    h.receiver.event("payment.succeeded", "n-ali-1").await;
+    assert_eq!(h.receiver.accepted().len(), 1);
+    h.shutdown().await;
+}
