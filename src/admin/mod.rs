@@ -151,143 +151,139 @@ fn channels(app: &AdminState) -> Response<Full<Bytes>> {
     )
 }
 
-/// `GET /admin/payments?merchant_id=&status=&since=<RFC 3339>&limit=<1..=1000>`.
-async fn payments(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
-    let mut filter = PaymentFilter {
+/// The parameters every ledger takes: `merchant_id`, `status`, `limit` (1 to 1000, default 100).
+struct Listing<S> {
+    merchant_id: Option<String>,
+    status: Option<S>,
+    limit: u32,
+}
+
+/// Parses a ledger's query: the common parameters, and those `own` accepts (it answers
+/// `None` for a name it does not know). Anything else, or a bad value, is a 400.
+fn listing<S>(
+    query: Option<&str>,
+    parse_status: fn(&str) -> Option<S>,
+    mut own: impl FnMut(&str, &str) -> Option<Result<(), String>>,
+) -> Result<Listing<S>, ApiError> {
+    let mut l = Listing {
+        merchant_id: None,
+        status: None,
         limit: 100,
-        ..PaymentFilter::default()
     };
+    let bad = |m: String| ApiError::new(ErrorCode::InvalidRequest, m);
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
-            "merchant_id" => filter.merchant_id = Some(v.into_owned()),
-            "status" => match PaymentStatus::parse(&v) {
-                Some(s) => filter.status = Some(s),
-                None => return error(ErrorCode::InvalidRequest, format!("unknown status {v:?}")),
-            },
-            "since" => match time::OffsetDateTime::parse(
-                &v,
-                &time::format_description::well_known::Rfc3339,
-            ) {
-                Ok(t) => filter.since = Some((t.unix_timestamp_nanos() / 1_000_000) as i64),
-                Err(_) => {
-                    return error(ErrorCode::InvalidRequest, "since must be an RFC 3339 time")
-                }
+            "merchant_id" => l.merchant_id = Some(v.into_owned()),
+            "status" => match parse_status(&v) {
+                Some(s) => l.status = Some(s),
+                None => return Err(bad(format!("unknown status {v:?}"))),
             },
             "limit" => match v.parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => filter.limit = n,
-                _ => return error(ErrorCode::InvalidRequest, "limit must be 1 to 1000"),
+                Ok(n) if (1..=1000).contains(&n) => l.limit = n,
+                _ => return Err(bad("limit must be 1 to 1000".into())),
             },
-            other => {
-                return error(
-                    ErrorCode::InvalidRequest,
-                    format!("unknown parameter {other:?}"),
-                )
-            }
+            other => match own(other, &v) {
+                Some(Ok(())) => {}
+                Some(Err(m)) => return Err(bad(m)),
+                None => return Err(bad(format!("unknown parameter {other:?}"))),
+            },
         }
     }
-    match app.payments.store().list_payments(&filter).await {
+    Ok(l)
+}
+
+/// A ledger's answer: `{"<key>": [items]}`, or 503 when the store cannot be read.
+fn ledger<T>(
+    key: &str,
+    list: Result<Vec<T>, crate::store::StoreError>,
+    item: impl Fn(&T) -> Value,
+) -> Response<Full<Bytes>> {
+    match list {
         Ok(list) => {
-            let items: Vec<Value> = list
-                .iter()
-                .map(|p| {
-                    let mut v = crate::payment::view::payment_json(p);
-                    v["shop_id"] = json!(p.shop_id);
-                    v["last_error"] = json!(p.error_message);
-                    v
-                })
-                .collect();
-            json_response(StatusCode::OK, &json!({ "payments": items }))
+            let items: Vec<Value> = list.iter().map(item).collect();
+            json_response(StatusCode::OK, &json!({ key: items }))
         }
         Err(e) => {
-            tracing::error!(error = %e, "listing payments");
+            tracing::error!(error = %e, ledger = key, "listing from the store");
             error(ErrorCode::StoreUnavailable, "store unavailable")
         }
     }
+}
+
+/// `GET /admin/payments?merchant_id=&status=&since=<RFC 3339>&limit=<1..=1000>`.
+async fn payments(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
+    let mut since = None;
+    let l = match listing(query, PaymentStatus::parse, |k, v| {
+        (k == "since").then(|| {
+            let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| "since must be an RFC 3339 time".to_string())?;
+            since = Some((t.unix_timestamp_nanos() / 1_000_000) as i64);
+            Ok(())
+        })
+    }) {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    let filter = PaymentFilter {
+        merchant_id: l.merchant_id,
+        status: l.status,
+        since,
+        limit: l.limit,
+    };
+    ledger(
+        "payments",
+        app.payments.store().list_payments(&filter).await,
+        |p| {
+            let mut v = crate::payment::view::payment_json(p);
+            v["shop_id"] = json!(p.shop_id);
+            v["last_error"] = json!(p.error_message);
+            v
+        },
+    )
 }
 
 /// `GET /admin/refunds?merchant_id=&status=pending|succeeded|failed|abnormal&limit=<1..=1000>`:
 /// the refund ledger, newest first — `abnormal` ones (money left the merchant, did not reach
 /// the payer) need ops.
 async fn refunds(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
-    let mut filter = RefundFilter {
-        limit: 100,
-        ..RefundFilter::default()
+    let l = match listing(query, RefundStatus::parse, |_, _| None) {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
     };
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "merchant_id" => filter.merchant_id = Some(v.into_owned()),
-            "status" => match RefundStatus::parse(&v) {
-                Some(s) => filter.status = Some(s),
-                None => return error(ErrorCode::InvalidRequest, format!("unknown status {v:?}")),
-            },
-            "limit" => match v.parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => filter.limit = n,
-                _ => return error(ErrorCode::InvalidRequest, "limit must be 1 to 1000"),
-            },
-            other => {
-                return error(
-                    ErrorCode::InvalidRequest,
-                    format!("unknown parameter {other:?}"),
-                )
-            }
-        }
-    }
-    match app.payments.store().list_refunds(&filter).await {
-        Ok(list) => {
-            let items: Vec<Value> = list
-                .iter()
-                .map(|r| {
-                    let mut v = crate::payment::view::refund_json(r);
-                    v["shop_id"] = json!(r.shop_id);
-                    v["last_error"] = json!(r.error_message);
-                    v
-                })
-                .collect();
-            json_response(StatusCode::OK, &json!({ "refunds": items }))
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "listing refunds");
-            error(ErrorCode::StoreUnavailable, "store unavailable")
-        }
-    }
+    let filter = RefundFilter {
+        merchant_id: l.merchant_id,
+        status: l.status,
+        limit: l.limit,
+    };
+    ledger(
+        "refunds",
+        app.payments.store().list_refunds(&filter).await,
+        |r| {
+            let mut v = crate::payment::view::refund_json(r);
+            v["shop_id"] = json!(r.shop_id);
+            v["last_error"] = json!(r.error_message);
+            v
+        },
+    )
 }
 
 /// `GET /admin/events?status=pending|delivered|dead&merchant_id=&limit=<1..=1000>`: the
 /// outbox of shop events, newest first.
 async fn events(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
-    let mut filter = EventFilter {
-        limit: 100,
-        ..EventFilter::default()
+    let l = match listing(query, EventStatus::parse, |_, _| None) {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
     };
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "merchant_id" => filter.merchant_id = Some(v.into_owned()),
-            "status" => match EventStatus::parse(&v) {
-                Some(s) => filter.status = Some(s),
-                None => return error(ErrorCode::InvalidRequest, format!("unknown status {v:?}")),
-            },
-            "limit" => match v.parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => filter.limit = n,
-                _ => return error(ErrorCode::InvalidRequest, "limit must be 1 to 1000"),
-            },
-            other => {
-                return error(
-                    ErrorCode::InvalidRequest,
-                    format!("unknown parameter {other:?}"),
-                )
-            }
-        }
-    }
-    match app.payments.store().list_events(&filter).await {
-        Ok(list) => {
-            let items: Vec<Value> = list.iter().map(event_json).collect();
-            json_response(StatusCode::OK, &json!({ "events": items }))
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "listing events");
-            error(ErrorCode::StoreUnavailable, "store unavailable")
-        }
-    }
+    let filter = EventFilter {
+        merchant_id: l.merchant_id,
+        status: l.status,
+        limit: l.limit,
+    };
+    ledger(
+        "events",
+        app.payments.store().list_events(&filter).await,
+        event_json,
+    )
 }
 
 /// `POST /admin/events/{id}/resend`: back in the queue, due now, its schedule afresh.

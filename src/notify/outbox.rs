@@ -82,6 +82,9 @@ pub struct Outbox {
     wake: Arc<Notify>,
     /// Payments with a delivery in flight in this process.
     inflight: Mutex<HashSet<String>>,
+    /// Events whose delivery ended since the current round began: the round's read of the
+    /// store may predate that, and must not send them again.
+    ended: Mutex<HashSet<String>>,
     per_shop: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -99,6 +102,7 @@ impl Outbox {
             metrics: OutboxMetrics::new(registry).map_err(|e| format!("metrics: {e}"))?,
             wake,
             inflight: Mutex::new(HashSet::new()),
+            ended: Mutex::new(HashSet::new()),
             per_shop: Mutex::new(HashMap::new()),
         })
     }
@@ -131,6 +135,7 @@ impl Outbox {
             }
             Err(e) => tracing::warn!(error = %e, "outbox: cannot read its statistics"),
         }
+        self.ended.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let due = match self.store.due_events(now, BATCH).await {
             Ok(due) => due,
             Err(e) => {
@@ -140,7 +145,13 @@ impl Outbox {
         };
         let settings = self.live.load().config.webhooks.clone();
         for event in due {
-            if !self.lock_inflight().insert(event.payment_id.clone()) {
+            if self
+                .ended
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&event.event_id)
+                || !self.lock_inflight().insert(event.payment_id.clone())
+            {
                 continue;
             }
             let Ok(permit) = self
@@ -154,9 +165,14 @@ impl Outbox {
             let me = self.clone();
             let settings = settings.clone();
             tokio::spawn(async move {
-                let payment_id = event.payment_id.clone();
+                let (payment_id, event_id) = (event.payment_id.clone(), event.event_id.clone());
                 me.deliver(event, &settings).await;
                 drop(permit);
+                // Recorded in the store by now; `ended` first, so no round sends it again.
+                me.ended
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(event_id);
                 me.lock_inflight().remove(&payment_id);
                 me.wake.notify_one();
             });
