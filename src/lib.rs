@@ -6,14 +6,19 @@
 //! - `shops`: the shop directory — API keys, the merchants each shop may act for, webhooks.
 //! - `live`: the live config — the version serving now, its channels, reload and its hooks.
 //! - `api`: the unified API for shops; the one place errors become HTTP responses (admin's too).
-//! - `payment`: the lifecycle — route, bind, call the channel safely, store the outcome;
-//!   query, close, refunds.
+//! - `payment`: the state machine — route, bind, call the channel, store the outcome and the
+//!   shop event in one transaction; query, close, refunds.
+//! - `notify`: provider notifications in (`/notify/{channel}`), shop webhooks out (the outbox).
+//! - `reconcile`: the worker that asks about open orders on tiers and closes expired ones.
 //! - `routing`: the rules engine; pure, indexed by merchant, with `explain`.
-//! - `channel`: the channel abstraction, outbound HTTP client, keys; `wechatpay`, `alipay`.
-//! - `resilience`: retry backoff, rate specs and durations.
-//! - `store`: the `Store` trait and its SQLite implementation.
+//! - `channel`: one guarded call path per channel (limit, breaker, retries), the outbound HTTP
+//!   client, keys, notification verification; `wechatpay`, `alipay`.
+//! - `resilience`: retry backoff and budget, circuit breaker, GCRA rate limits.
+//! - `store`: the `Store` trait and its SQLite implementation (payments, refunds, the outbox,
+//!   the reconciliation schedule).
 //! - `stranded`: open orders bound to an account no channel holds any more; check and reload warn.
-//! - `admin`: metrics, health, reload, config, channels, ledger, explain on the admin port.
+//! - `admin`: metrics, health, reload, config, channels, ledgers, events, explain on the admin
+//!   port.
 //! - `sandbox`: the built-in simulated WeChat Pay and Alipay (test-only keys).
 //! - `app`: wires the modules, hands each its narrow state, owns the registry and the drain.
 //! - `domain`, `secret`: shared vocabulary (methods, statuses, money); secret handling and
