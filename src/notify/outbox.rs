@@ -33,6 +33,8 @@ use crate::store::{Delivery, EventRecord, Store};
 const POLL: Duration = Duration::from_millis(500);
 /// Events taken from the store per round.
 const BATCH: u32 = 256;
+/// The gauges are refreshed at most this often (rounds run on every event written).
+const STATS_EVERY: Duration = Duration::from_secs(1);
 
 pub struct OutboxMetrics {
     deliveries: IntCounterVec,
@@ -86,6 +88,7 @@ pub struct Outbox {
     /// store may predate that, and must not send them again.
     ended: Mutex<HashSet<String>>,
     per_shop: Mutex<HashMap<String, Arc<Semaphore>>>,
+    stats_at: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Outbox {
@@ -104,6 +107,7 @@ impl Outbox {
             inflight: Mutex::new(HashSet::new()),
             ended: Mutex::new(HashSet::new()),
             per_shop: Mutex::new(HashMap::new()),
+            stats_at: Mutex::new(None),
         })
     }
 
@@ -123,17 +127,8 @@ impl Outbox {
     /// One round: refresh the gauges, start a delivery for every due event that may go now.
     async fn round(self: &Arc<Self>) {
         let now = now_ms();
-        match self.store.outbox_stats().await {
-            Ok(stats) => {
-                self.metrics.pending.set(stats.pending as i64);
-                self.metrics.dead.set(stats.dead as i64);
-                self.metrics.oldest_age.set(
-                    stats
-                        .oldest_pending_created_at
-                        .map_or(0, |t| (now - t).max(0) / 1000),
-                );
-            }
-            Err(e) => tracing::warn!(error = %e, "outbox: cannot read its statistics"),
+        if self.stats_due() {
+            self.refresh_gauges(now).await;
         }
         self.ended.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let due = match self.store.due_events(now, BATCH).await {
@@ -241,6 +236,31 @@ impl Outbox {
         if let Err(e) = self.store.record_delivery(&event.event_id, delivery).await {
             // The event stays pending: it is delivered again (at least once).
             tracing::error!(event_id = %event.event_id, error = %e, "outbox: cannot record a delivery");
+        }
+    }
+
+    fn stats_due(&self) -> bool {
+        let mut at = self.stats_at.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        if at.is_some_and(|t| now < t + STATS_EVERY) {
+            return false;
+        }
+        *at = Some(now);
+        true
+    }
+
+    async fn refresh_gauges(&self, now: i64) {
+        match self.store.outbox_stats().await {
+            Ok(stats) => {
+                self.metrics.pending.set(stats.pending as i64);
+                self.metrics.dead.set(stats.dead as i64);
+                self.metrics.oldest_age.set(
+                    stats
+                        .oldest_pending_created_at
+                        .map_or(0, |t| (now - t).max(0) / 1000),
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "outbox: cannot read its statistics"),
         }
     }
 

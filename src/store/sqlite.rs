@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS events_payment ON events (payment_id, status, seq);
+CREATE INDEX IF NOT EXISTS events_age ON events (status, created_at);
 ";
 
 /// Columns added after the first release, for files created before them.
