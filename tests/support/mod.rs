@@ -237,9 +237,7 @@ impl fmt::Display for ChannelYaml {
         Ok(())
     }
 }
-
 /// A WeChat Pay direct-merchant channel on `up`, verifying with the sandbox's public key.
-/// No fee rate, the default timeout; add them with [`ChannelYaml::with`].
 pub fn wechat_direct(
     up: &Upstream,
     name: &str,
@@ -248,12 +246,51 @@ pub fn wechat_direct(
     serial_no: &str,
     keyfile: &str,
 ) -> ChannelYaml {
+    wechat(
+        up,
+        name,
+        ("direct", "mchid", "appid"),
+        (mchid, appid),
+        serial_no,
+        keyfile,
+    )
+}
+
+/// A WeChat Pay service-provider (partner) channel on `up`, verifying with the sandbox's
+/// public key.
+pub fn wechat_partner(
+    up: &Upstream,
+    name: &str,
+    sp_mchid: &str,
+    sp_appid: &str,
+    serial_no: &str,
+    keyfile: &str,
+) -> ChannelYaml {
+    wechat(
+        up,
+        name,
+        ("partner", "sp_mchid", "sp_appid"),
+        (sp_mchid, sp_appid),
+        serial_no,
+        keyfile,
+    )
+}
+
+/// A WeChat Pay channel in `mode`, whose merchant and app ids go under the given keys.
+fn wechat(
+    up: &Upstream,
+    name: &str,
+    (mode, mchid_key, appid_key): (&str, &str, &str),
+    (mchid, appid): (&str, &str),
+    serial_no: &str,
+    keyfile: &str,
+) -> ChannelYaml {
     ChannelYaml::new(name)
         .with("kind", "wechatpay_v3")
-        .with("mode", "direct")
+        .with("mode", mode)
         .upstream(up, "")
-        .with("mchid", format!("{mchid:?}"))
-        .with("appid", appid)
+        .with(mchid_key, format!("{mchid:?}"))
+        .with(appid_key, appid)
         .with("serial_no", serial_no)
         .with("private_key", format!("file:{}", key(keyfile)))
         .with(
@@ -267,32 +304,6 @@ pub fn wechat_direct(
 /// The TEST-ONLY APIv3 key (32 bytes) of a test merchant: decrypts its notifications.
 pub fn apiv3_key(mchid: &str) -> String {
     format!("{:0<32}", format!("apiv3-{mchid}-TEST-ONLY"))
-}
-
-/// A WeChat Pay service-provider (partner) channel on `up`, verifying with the sandbox's
-/// public key.
-pub fn wechat_partner(
-    up: &Upstream,
-    name: &str,
-    sp_mchid: &str,
-    sp_appid: &str,
-    serial_no: &str,
-    keyfile: &str,
-) -> ChannelYaml {
-    ChannelYaml::new(name)
-        .with("kind", "wechatpay_v3")
-        .with("mode", "partner")
-        .upstream(up, "")
-        .with("sp_mchid", format!("{sp_mchid:?}"))
-        .with("sp_appid", sp_appid)
-        .with("serial_no", serial_no)
-        .with("private_key", format!("file:{}", key(keyfile)))
-        .with(
-            "wechatpay_public_key",
-            format!("file:{}", key("wechatpay_pub_key.pem")),
-        )
-        .with("wechatpay_public_key_id", "PUB_KEY_ID_SANDBOX_TEST_ONLY")
-        .with("apiv3_key", apiv3_key(sp_mchid))
 }
 
 /// An Alipay channel (`mode`: `direct` or `isv`) on `up`'s gateway.
