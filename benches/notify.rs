@@ -295,7 +295,7 @@ async fn receiver(got: Arc<Deliveries>) -> String {
         None,
         handler,
         std::future::pending(),
-        Duration::from_secs(1),
+        Default::default(),
     ));
     url
 }

@@ -203,7 +203,10 @@ pub async fn start(
         }
     };
     let server_tls = config.server.tls.clone();
-    let drain = config.server.drain_timeout;
+    let limits = crate::server::ListenerLimits {
+        drain: config.server.drain_timeout,
+        ..config.server.limits
+    };
     let app = App::new(config).await?;
     let (tx, rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -232,7 +235,7 @@ pub async fn start(
         server_tls,
         api,
         stopped(rx.clone()),
-        drain,
+        limits,
     )));
     let admin_state = app.admin.clone();
     let admin = move |req, _peer| crate::admin::handle(admin_state.clone(), req);
@@ -241,7 +244,7 @@ pub async fn start(
         None,
         admin,
         stopped(rx.clone()),
-        drain,
+        limits,
     )));
 
     if watch_config {

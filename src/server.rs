@@ -12,12 +12,13 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 /// Settings of the API and admin listeners (config `server:`).
@@ -30,6 +31,33 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub drain_timeout: Duration,
     pub tls: Option<TlsSettings>,
+    pub limits: ListenerLimits,
+}
+
+/// A client that has not sent its request head (or finished its TLS handshake) by then is
+/// disconnected: slow clients cannot hold connections open.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once per listener; more wait in the kernel's backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// How long a listener without a configured `drain_timeout` (the sandbox) drains.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+
+/// What one listener tolerates from its clients, and how long it drains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub drain: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            drain: DEFAULT_DRAIN,
+        }
+    }
 }
 
 /// A rustls server config built from PEM text.
@@ -71,23 +99,41 @@ impl TlsSettings {
 pub type Body = Full<Bytes>;
 
 /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish for
-/// up to `drain` before returning.
+/// up to `limits.drain` before returning.
+///
+/// # Limits
+/// At most `limits.max_connections` connections are served at once: the next one is
+/// accepted when one closes (the kernel's backlog holds the rest). A connection must send its
+/// request head (HTTP/1) or finish its TLS handshake within `limits.header_read_timeout`.
 pub async fn serve<H, F, S>(
     listener: TcpListener,
     tls: Option<TlsSettings>,
     handler: H,
     shutdown: S,
-    drain: Duration,
+    limits: ListenerLimits,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
     S: Future<Output = ()>,
 {
-    let builder = Arc::new(Builder::new(TokioExecutor::new()));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let acceptor = tls.map(|t| TlsAcceptor::from(t.config));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -110,6 +156,7 @@ pub async fn serve<H, F, S>(
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let result = match acceptor {
                 None => {
                     let conn = builder
@@ -119,7 +166,7 @@ pub async fn serve<H, F, S>(
                 }
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(
-                        Duration::from_secs(10),
+                        limits.header_read_timeout,
                         acceptor.accept(stream),
                     )
                     .await
@@ -143,6 +190,7 @@ pub async fn serve<H, F, S>(
         });
     }
     drop(listener);
+    let drain = limits.drain;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

@@ -75,6 +75,12 @@ pub struct ServerFile {
     /// How long a draining server waits for in-flight requests on shutdown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
+    /// A client must send its request head (or finish TLS) within this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<String>,
+    /// Connections served at once on each listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -372,7 +372,7 @@ impl Sandbox {
             let sb = self.clone();
             async move { sb.handle(req).await }
         };
-        crate::server::serve(listener, tls, handler, shutdown, Duration::from_secs(5)).await;
+        crate::server::serve(listener, tls, handler, shutdown, Default::default()).await;
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Answer {

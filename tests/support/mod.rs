@@ -106,7 +106,7 @@ impl Receiver {
             None,
             handler,
             std::future::pending(),
-            Duration::from_secs(1),
+            Default::default(),
         ));
         rx
     }

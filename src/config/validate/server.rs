@@ -14,7 +14,9 @@ use crate::config::file::FileConfig;
 use crate::resilience::{parse_duration, LimitKey, LimitSettings, RateSpec};
 use crate::sandbox::{SandboxMerchant, SandboxSettings};
 use crate::secret::Secret;
-use crate::server::ServerSettings;
+use crate::server::{
+    ListenerLimits, ServerSettings, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+};
 use crate::shops::{Shop, Webhook};
 use crate::store::StoreSettings;
 
@@ -42,17 +44,50 @@ pub(super) fn server(f: &FileConfig, errs: &mut Errors) -> Option<ServerSettings
             .map_err(|e| errs.push("server.drain_timeout", format!("server.drain_timeout: {e}")))
             .ok(),
     };
+    let header_read_timeout = match &s.header_read_timeout {
+        None => Some(DEFAULT_HEADER_READ_TIMEOUT),
+        Some(d) => match parse_duration(d) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                errs.push(
+                    "server.header_read_timeout",
+                    "server.header_read_timeout: must be above zero".into(),
+                );
+                None
+            }
+            Err(e) => {
+                errs.push(
+                    "server.header_read_timeout",
+                    format!("server.header_read_timeout: {e}"),
+                );
+                None
+            }
+        },
+    };
+    let max_connections = s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        errs.push(
+            "server.max_connections",
+            "server.max_connections: must be at least 1".into(),
+        );
+    }
     let tls = match &s.tls {
         None => Some(None),
         Some(t) => tls(t, "server.tls", errs).map(Some),
     };
+    let drain_timeout = drain_timeout?;
     Some(ServerSettings {
         listen: listen?,
         admin_listen: admin_listen?,
         public_base_url: base,
         max_body_bytes,
-        drain_timeout: drain_timeout?,
+        drain_timeout,
         tls: tls?,
+        limits: ListenerLimits {
+            header_read_timeout: header_read_timeout?,
+            max_connections,
+            drain: drain_timeout,
+        },
     })
 }
 
