@@ -168,7 +168,7 @@ pub enum Reservation {
     Exceeds { available: u64 },
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
     Backend(String),

@@ -1,10 +1,7 @@
-//! The embedded store: one SQLite file in WAL mode.
-//!
-//! # Durability
-//! `synchronous=FULL`: a write acknowledged to the shop survives `kill -9` and power loss.
-//! Calls run on tokio's blocking pool behind one connection; SQLite serialises writers anyway.
+//! The embedded store: one SQLite file in WAL mode, one writer thread with group commit, a
+//! small pool of read connections on tokio's blocking pool (see [`SqliteStore`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -18,8 +15,128 @@ use crate::domain::{
     Account, ChannelFailure, EventStatus, EventType, Method, PaymentStatus, RefundStatus,
 };
 
+/// The store: one writer thread that commits every pending write in one transaction (group
+/// commit), and a small pool of read connections beside it (WAL lets readers run while the
+/// writer writes).
+///
+/// # Durability
+/// `synchronous=FULL`: a write is answered only after the transaction that holds it has
+/// committed, so an acknowledged write survives `kill -9` and power loss — at the cost of one
+/// fsync per batch instead of one per write. Each write runs in its own savepoint: one that
+/// fails is rolled back alone, the rest of its batch still commits.
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    writer: std::sync::mpsc::Sender<Job>,
+    /// Transactions the writer has committed (each holding one batch of writes).
+    commits: Arc<std::sync::atomic::AtomicU64>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+/// One write waiting for the writer.
+type Job = Box<dyn WriteJob>;
+/// Answers a write's caller once its batch's commit is known (`Some`: it failed).
+type Answer = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
+trait WriteJob: Send {
+    /// Runs on the writer's connection inside the job's savepoint: whether it failed, and
+    /// what answers the caller after the commit.
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Answer);
+    /// The batch could not even begin: answer with its error, nothing ran.
+    fn refuse(self: Box<Self>, error: StoreError);
+}
+
+struct Write<T, F> {
+    f: F,
+    tx: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteJob for Write<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Answer) {
+        let Write { f, tx } = *self;
+        let result = f(conn);
+        let failed = result.is_err();
+        let answer: Answer = Box::new(move |commit_error| {
+            let _ = tx.send(match commit_error {
+                Some(e) => Err(e),
+                None => result,
+            });
+        });
+        (failed, answer)
+    }
+
+    fn refuse(self: Box<Self>, error: StoreError) {
+        let _ = self.tx.send(Err(error));
+    }
+}
+
+/// Writes committed together at most.
+const MAX_BATCH: usize = 512;
+/// Read connections kept open.
+const READERS: usize = 4;
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(backend)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+/// The writer thread: takes every write waiting, runs each in a savepoint of one
+/// transaction, commits once, then answers them all.
+fn writer_loop(
+    conn: Connection,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    commits: Arc<std::sync::atomic::AtomicU64>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE").map_err(backend) {
+            for job in batch {
+                job.refuse(e.clone());
+            }
+            continue;
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        for job in batch {
+            if let Err(e) = conn.execute_batch("SAVEPOINT job").map_err(backend) {
+                job.refuse(e);
+                continue;
+            }
+            let (failed, answer) = job.run(&conn);
+            if failed {
+                let _ = conn.execute_batch("ROLLBACK TO job");
+            }
+            let _ = conn.execute_batch("RELEASE job");
+            answers.push(answer);
+        }
+        let committed = conn.execute_batch("COMMIT").map_err(backend);
+        match committed {
+            Ok(()) => {
+                commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(_) => {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+        }
+        let error = committed.err();
+        for answer in answers {
+            answer(error.clone());
+        }
+    }
 }
 
 const SCHEMA: &str = "
@@ -273,39 +390,74 @@ const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, c
 impl SqliteStore {
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let path = path.to_path_buf();
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let at = path.clone();
+        let (conn, readers) = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = at.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
             }
-            let conn = Connection::open(&path).map_err(backend)?;
-            conn.busy_timeout(std::time::Duration::from_secs(5))
-                .map_err(backend)?;
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(backend)?;
-            conn.pragma_update(None, "synchronous", "FULL")
-                .map_err(backend)?;
+            let conn = open_connection(&at)?;
             conn.execute_batch(SCHEMA).map_err(backend)?;
             migrate(&conn)?;
-            Ok(conn)
+            let readers = (0..READERS)
+                .map(|_| open_connection(&at))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, StoreError>((conn, readers))
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))??;
+        let (writer, jobs) = std::sync::mpsc::channel();
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = commits.clone();
+        std::thread::Builder::new()
+            .name("payroute-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, jobs, counted))
+            .map_err(|e| StoreError::Backend(format!("starting the writer: {e}")))?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            writer,
+            commits,
+            readers: Arc::new(Mutex::new(readers)),
+            path,
         })
     }
 
-    async fn with<T: Send + 'static>(
+    /// Transactions committed so far (one per batch of writes).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the writer's connection, in the next batch; answers after its commit.
+    async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(Write { f, tx });
+        self.writer
+            .send(job)
+            .map_err(|_| StoreError::Backend("the store's writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the store's writer has stopped".into()))?
+    }
+
+    /// Runs `f` on a read connection (never blocking a tokio worker).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (readers, path) = (self.readers.clone(), self.path.clone());
         tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock cannot leave SQLite half-written (transactions
-            // roll back), so a poisoned lock is safe to reuse.
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
+            let pooled = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&path)?,
+            };
+            let result = f(&conn);
+            let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            result
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?
@@ -381,12 +533,11 @@ fn get(
 impl Store for SqliteStore {
     async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError> {
         let p = p.clone();
-        self.with(move |conn| {
-            let tx = conn.transaction().map_err(backend)?;
-            if let Some(existing) = get(&tx, &p.merchant_id, &p.out_trade_no)? {
+        self.write(move |conn| {
+            if let Some(existing) = get(conn, &p.merchant_id, &p.out_trade_no)? {
                 return Ok(Some(existing));
             }
-            tx.execute(
+            conn.execute(
                 // Due for reconciliation at once: the worker sets the real first check.
                 &format!("INSERT INTO payments ({COLUMNS}, next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?19)"),
                 params![
@@ -399,7 +550,6 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(backend)?;
-            tx.commit().map_err(backend)?;
             Ok(None)
         })
         .await
@@ -411,7 +561,7 @@ impl Store for SqliteStore {
         out_trade_no: &str,
     ) -> Result<Option<PaymentRecord>, StoreError> {
         let (m, o) = (merchant_id.to_string(), out_trade_no.to_string());
-        self.with(move |conn| get(conn, &m, &o)).await
+        self.read(move |conn| get(conn, &m, &o)).await
     }
 
     async fn update_payment_emitting(
@@ -422,9 +572,8 @@ impl Store for SqliteStore {
         let rec = p.clone();
         let event = event.cloned();
         let updated = self
-            .with(move |conn| {
-                let tx = conn.transaction().map_err(backend)?;
-                let n = tx
+            .write(move |conn| {
+                let n = conn
                     .execute(
                         "UPDATE payments SET status = ?1, channel = ?2, rule = ?3, action = ?4, provider_trade_no = ?5,
                          refunded_amount = ?6, error_code = ?7, error_message = ?8, attempt_until = ?9, updated_at = ?10,
@@ -440,10 +589,9 @@ impl Store for SqliteStore {
                     .map_err(backend)?;
                 if n == 1 {
                     if let Some(e) = &event {
-                        insert_event(&tx, e)?;
+                        insert_event(conn, e)?;
                     }
                 }
-                tx.commit().map_err(backend)?;
                 Ok(n == 1)
             })
             .await?;
@@ -458,7 +606,7 @@ impl Store for SqliteStore {
         out_trade_no: &str,
     ) -> Result<Vec<PaymentRecord>, StoreError> {
         let no = out_trade_no.to_string();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM payments WHERE out_trade_no = ?1"
@@ -475,7 +623,7 @@ impl Store for SqliteStore {
         filter: &PaymentFilter,
     ) -> Result<Vec<PaymentRecord>, StoreError> {
         let f = filter.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM payments
@@ -496,7 +644,7 @@ impl Store for SqliteStore {
 
     async fn list_refunds(&self, filter: &RefundFilter) -> Result<Vec<RefundRecord>, StoreError> {
         let f = filter.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {REFUND_COLUMNS} FROM refunds
@@ -517,7 +665,7 @@ impl Store for SqliteStore {
     }
 
     async fn open_by_account(&self) -> Result<Vec<OpenAtAccount>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT channel, account, SUM(open_payment), SUM(open_refunds) FROM (
@@ -554,15 +702,13 @@ impl Store for SqliteStore {
 
     async fn reserve_refund(&self, r: &RefundRecord, paid: u64) -> Result<Reservation, StoreError> {
         let r = r.clone();
-        self.with(move |conn| {
-            // IMMEDIATE: take the write lock first, so two refunds cannot both pass the guard.
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            if let Some(existing) = get_refund(&tx, &r.merchant_id, &r.out_refund_no)? {
+        self.write(move |conn| {
+            // The one writer runs writes one after another: two refunds cannot both pass the
+            // guard.
+            if let Some(existing) = get_refund(conn, &r.merchant_id, &r.out_refund_no)? {
                 return Ok(Reservation::Exists(Box::new(existing)));
             }
-            let taken: i64 = tx
+            let taken: i64 = conn
                 .query_row(
                     "SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = ?1 AND status IN ('pending', 'succeeded', 'abnormal')",
                     params![r.payment_id],
@@ -573,7 +719,7 @@ impl Store for SqliteStore {
             if r.amount > available {
                 return Ok(Reservation::Exceeds { available });
             }
-            tx.execute(
+            conn.execute(
                 &format!("INSERT INTO refunds ({REFUND_COLUMNS}, next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?16)"),
                 params![
                     r.refund_id, r.merchant_id, r.shop_id, r.out_trade_no, r.out_refund_no, r.payment_id,
@@ -583,7 +729,6 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(backend)?;
-            tx.commit().map_err(backend)?;
             Ok(Reservation::Reserved)
         })
         .await
@@ -595,7 +740,7 @@ impl Store for SqliteStore {
         out_refund_no: &str,
     ) -> Result<Option<RefundRecord>, StoreError> {
         let (m, o) = (merchant_id.to_string(), out_refund_no.to_string());
-        self.with(move |conn| get_refund(conn, &m, &o)).await
+        self.read(move |conn| get_refund(conn, &m, &o)).await
     }
 
     async fn update_refund_emitting(
@@ -606,9 +751,8 @@ impl Store for SqliteStore {
         let rec = r.clone();
         let event = event.cloned();
         let updated = self
-            .with(move |conn| {
-                let tx = conn.transaction().map_err(backend)?;
-                let n = tx
+            .write(move |conn| {
+                let n = conn
                     .execute(
                         "UPDATE refunds SET status = ?1, provider_refund_no = ?2, error_code = ?3, error_message = ?4,
                          attempt_until = ?5, updated_at = ?6, succeeded_at = ?7, version = version + 1
@@ -620,7 +764,7 @@ impl Store for SqliteStore {
                     )
                     .map_err(backend)?;
                 if n == 1 {
-                    tx.execute(
+                    conn.execute(
                         "UPDATE payments SET refunded_amount = (SELECT COALESCE(SUM(amount), 0) FROM refunds
                          WHERE payment_id = ?1 AND status = 'succeeded'), updated_at = ?2, version = version + 1
                          WHERE payment_id = ?1",
@@ -628,10 +772,9 @@ impl Store for SqliteStore {
                     )
                     .map_err(backend)?;
                     if let Some(e) = &event {
-                        insert_event(&tx, e)?;
+                        insert_event(conn, e)?;
                     }
                 }
-                tx.commit().map_err(backend)?;
                 Ok(n == 1)
             })
             .await?;
@@ -642,7 +785,7 @@ impl Store for SqliteStore {
     }
 
     async fn due_events(&self, now: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {EVENT_COLUMNS} FROM events e
@@ -662,7 +805,7 @@ impl Store for SqliteStore {
 
     async fn record_delivery(&self, event_id: &str, delivery: Delivery) -> Result<(), StoreError> {
         let id = event_id.to_string();
-        self.with(move |conn| {
+        self.write(move |conn| {
             let n = match delivery {
                 Delivery::Delivered { at } => conn.execute(
                     "UPDATE events SET status = 'delivered', attempts = attempts + 1, delivered_at = ?2,
@@ -691,7 +834,7 @@ impl Store for SqliteStore {
 
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
         let f = filter.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {EVENT_COLUMNS} FROM events
@@ -716,7 +859,7 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<Option<EventRecord>, StoreError> {
         let id = event_id.to_string();
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = ?2,
                  delivered_at = NULL WHERE event_id = ?1",
@@ -729,7 +872,7 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             conn.query_row(
                 "SELECT (SELECT COUNT(*) FROM events WHERE status = 'pending'),
                         (SELECT MIN(created_at) FROM events WHERE status = 'pending'),
@@ -749,7 +892,7 @@ impl Store for SqliteStore {
     }
 
     async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError> {
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM payments
@@ -766,7 +909,7 @@ impl Store for SqliteStore {
     }
 
     async fn due_refunds(&self, now: i64, limit: u32) -> Result<Vec<RefundRecord>, StoreError> {
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {REFUND_COLUMNS} FROM refunds
@@ -788,7 +931,7 @@ impl Store for SqliteStore {
         at: Option<i64>,
     ) -> Result<(), StoreError> {
         let id = payment_id.to_string();
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE payments SET next_check_at = ?2 WHERE payment_id = ?1",
                 params![id, at],
@@ -805,7 +948,7 @@ impl Store for SqliteStore {
         at: Option<i64>,
     ) -> Result<(), StoreError> {
         let id = refund_id.to_string();
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE refunds SET next_check_at = ?2 WHERE refund_id = ?1",
                 params![id, at],
@@ -817,7 +960,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
             .await
     }
 }
@@ -892,5 +1035,46 @@ mod tests {
         assert_eq!(now.status, PaymentStatus::Succeeded);
         assert!(store.get_payment("m_1", "nope").await.unwrap().is_none());
         store.ping().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_a_failing_one_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("g.db")).await.unwrap());
+        let writes: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut rec = record(&format!("g{i}"));
+                    if i == 7 {
+                        rec.amount = 0; // violates CHECK (amount > 0)
+                    }
+                    store.insert_payment(&rec).await
+                })
+            })
+            .collect();
+        let mut failed = 0;
+        for w in writes {
+            if w.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 1, "only the invalid write fails");
+        for i in (0..64).filter(|i| *i != 7) {
+            assert!(
+                store
+                    .get_payment("m_1", &format!("g{i}"))
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "g{i} committed beside the failed write"
+            );
+        }
+        assert!(store.get_payment("m_1", "g7").await.unwrap().is_none());
+        assert!(
+            store.commits() < 64,
+            "{} commits for 64 concurrent writes: they were not grouped",
+            store.commits()
+        );
     }
 }
