@@ -199,8 +199,16 @@ async fn seed(db: &Path, n: usize) {
                 .await
                 .unwrap();
         }
-    } // The last connection closes: the WAL is checkpointed into the file and removed.
-    assert!(!path.with_extension("db-wal").exists(), "WAL left behind");
+    } // The last connection closes (the writer thread's, just after the drop): the WAL is
+      // checkpointed into the file and removed.
+    let wal = path.with_extension("db-wal");
+    for _ in 0..500 {
+        if !wal.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!wal.exists(), "WAL left behind");
     std::fs::copy(&path, db).expect("copying the seeded store");
     std::fs::File::open(db).unwrap().sync_all().unwrap();
 }
