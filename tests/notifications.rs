@@ -311,15 +311,7 @@ async fn paying_and_refunding_in_the_sandbox_tell_the_shop_once_in_both_provider
     }
     // Every notification was sent (and answered) twice...
     wait_until("every notification answered twice", || async {
-        let sent = h
-            .send(
-                Method::GET,
-                &format!("{}/sandbox/notifications", h.sandbox_url),
-                &[],
-                "",
-            )
-            .await;
-        let list = sent.body.as_array().cloned().unwrap_or_default();
+        let list = h.sandbox_notifications().await;
         list.iter().filter(|n| n["answered_ok"] == true).count() == 2 * 2 * cases.len()
     })
     .await;

@@ -126,25 +126,12 @@ async fn fail_ops_spares_the_other_operations() {
     h.shutdown().await;
 }
 
-async fn notifications(h: &Harness) -> Vec<Value> {
-    let r = h
-        .send(
-            Method::GET,
-            &format!("{}/sandbox/notifications", h.sandbox_url),
-            &[],
-            "",
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.body.as_array().cloned().expect("a JSON list")
-}
-
 /// Dropped notifications are listed, never sent (a channel without an APIv3 key gets none
 /// either: unit-tested in `sandbox::notify`).
 #[tokio::test]
 async fn dropped_notifications_are_listed_not_sent() {
     let h = Harness::start_alipay(support::MIXED_RULES).await;
-    assert_eq!(notifications(&h).await, Vec::<Value>::new());
+    assert_eq!(h.sandbox_notifications().await, Vec::<Value>::new());
     h.faults(json!({ "drop_notifications": true })).await;
     for (merchant, no, method) in [
         ("m_4004", "sbx-n-ali", "alipay_precreate"),
@@ -156,7 +143,7 @@ async fn dropped_notifications_are_listed_not_sent() {
         assert_eq!(r.status, 201, "{}", r.text);
         assert_eq!(h.pay(no).await.status, 200);
     }
-    let list = notifications(&h).await;
+    let list = h.sandbox_notifications().await;
     assert_eq!(list.len(), 2, "{list:?}");
     let ali = &list[0];
     assert_eq!(

@@ -860,6 +860,20 @@ impl Harness {
         r.body["orders"].as_array().cloned().unwrap_or_default()
     }
 
+    /// `GET /sandbox/notifications`: every notification the sandbox made, oldest first.
+    pub async fn sandbox_notifications(&self) -> Vec<Value> {
+        let r = self
+            .send(
+                Method::GET,
+                &format!("{}/sandbox/notifications", self.sandbox_url_plain()),
+                &[],
+                "",
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body.as_array().cloned().expect("a JSON list")
+    }
+
     /// The test client speaks plain HTTP; a TLS sandbox is driven through its handler instead.
     fn sandbox_url_plain(&self) -> &str {
         assert!(
