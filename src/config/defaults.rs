@@ -19,6 +19,14 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `store` when absent, and `store.path` of `kind: sqlite` when absent.
 pub const DEFAULT_STORE_PATH: &str = "data/payroute.db";
 
+/// `store.pool_size` of `kind: postgres` when absent: connections per instance.
+pub const DEFAULT_PG_POOL_SIZE: u32 = 16;
+/// The largest `store.pool_size` accepted (PostgreSQL's own `max_connections` is 100 by
+/// default, shared by every instance).
+pub const MAX_PG_POOL_SIZE: u32 = 1000;
+/// `store.schema` of `kind: postgres` when absent.
+pub const DEFAULT_PG_SCHEMA: &str = "payroute";
+
 /// The shortest `admin.token` accepted, in characters.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// The shortest `shops[].api_key` accepted, in characters.

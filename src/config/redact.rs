@@ -36,5 +36,12 @@ pub(super) fn redact(mut v: serde_json::Value) -> serde_json::Value {
         }
     }
     walk(&mut v);
+    // `store.url` may carry a password (`postgres://user:pw@…`); other `url`s (webhooks,
+    // base urls) are not secrets and stay readable.
+    if let Some(serde_json::Value::String(url)) = v.pointer_mut("/store/url") {
+        if !secret::is_reference(url) {
+            *url = "<redacted>".into();
+        }
+    }
     v
 }

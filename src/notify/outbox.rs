@@ -11,6 +11,9 @@
 //!   delivers it after them.
 //! - Events are polled from the store (and woken when payment writes one), so a pending event
 //!   survives a crash and is delivered after restart.
+//! - With a store shared by several instances (PostgreSQL), `due_events` claims what it
+//!   hands out: one instance delivers an event at a time; a dead instance's claims run out
+//!   after their lease and another instance delivers them.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -139,14 +142,20 @@ impl Outbox {
             }
         };
         let settings = self.live.load().config.webhooks.clone();
+        // Handed out but not sent in this round: given back, so that a shared store's claim
+        // does not hold them until its lease runs out.
+        let mut skipped = Vec::new();
         for event in due {
             if self
                 .ended
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(&event.event_id)
-                || !self.lock_inflight().insert(event.payment_id.clone())
             {
+                continue;
+            }
+            if !self.lock_inflight().insert(event.payment_id.clone()) {
+                skipped.push(event.event_id);
                 continue;
             }
             let Ok(permit) = self
@@ -155,6 +164,7 @@ impl Outbox {
             else {
                 // This shop is busy: its next round will take the event.
                 self.lock_inflight().remove(&event.payment_id);
+                skipped.push(event.event_id);
                 continue;
             };
             let me = self.clone();
@@ -171,6 +181,12 @@ impl Outbox {
                 me.lock_inflight().remove(&payment_id);
                 me.wake.notify_one();
             });
+        }
+        if !skipped.is_empty() {
+            if let Err(e) = self.store.release_events(&skipped).await {
+                // Their claim runs out on its own: delivered later, not lost.
+                tracing::warn!(error = %e, "outbox: cannot give back events it skipped");
+            }
         }
     }
 

@@ -1,12 +1,19 @@
-//! Durable state behind one [`Store`] trait: payments with their bound channel.
+//! Durable state behind one [`Store`] trait: payments with their bound channel and account,
+//! refunds, the outbox of shop events and the reconciliation schedule.
 //!
-//! The default is SQLite (`sqlite`); Redis for several proxy instances comes later.
+//! Two implementations with the same behaviour (one test suite, `tests/store_suite.rs`, runs
+//! against both): SQLite (`sqlite`, the default, one instance) and PostgreSQL (`postgres`,
+//! shared by several instances: where the trait hands out work — due events, due checks —
+//! it claims it with a lease, so one instance works an item at a time).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+
+use crate::secret::Secret;
 
 use crate::domain::{
     Account, ChannelFailure, EventStatus, EventType, Method, PaymentStatus, RefundStatus,
@@ -15,7 +22,16 @@ use crate::domain::{
 /// Where state lives (config `store:`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreSettings {
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
+    Postgres {
+        /// May hold a password: a [`Secret`], so that it never prints.
+        url: Secret,
+        pool_size: u32,
+        /// Every table lives in this schema (created if missing).
+        schema: String,
+    },
 }
 
 /// One payment as stored: the request, the binding to its channel, and what happened.
@@ -243,7 +259,19 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Pending events due at `now` that head their payment's queue, oldest first.
+    ///
+    /// A store shared by several instances claims them for this caller: until
+    /// [`Store::record_delivery`] (or [`Store::release_events`], or the lease running out)
+    /// no other caller gets them.
     async fn due_events(&self, now: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Gives back events [`Store::due_events`] handed out that the caller will not deliver
+    /// now, so that the next round (of any instance) may take them at once. A store that
+    /// does not claim has nothing to give back.
+    async fn release_events(&self, event_ids: &[String]) -> Result<(), StoreError> {
+        let _ = event_ids;
+        Ok(())
+    }
 
     /// Records one delivery attempt of a pending event.
     async fn record_delivery(&self, event_id: &str, delivery: Delivery) -> Result<(), StoreError>;
@@ -260,6 +288,8 @@ pub trait Store: Send + Sync {
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
 
     /// Open payments (`pending`, `unknown`) whose reconciliation check is due at `now`.
+    /// Claimed like [`Store::due_events`] in a shared store, until
+    /// [`Store::schedule_payment_check`] or the lease running out.
     async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError>;
 
     /// Open refunds (`pending`, `abnormal`) whose reconciliation check is due at `now`.
@@ -288,5 +318,12 @@ pub async fn open(settings: &StoreSettings) -> Result<std::sync::Arc<dyn Store>,
         StoreSettings::Sqlite { path } => {
             Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?))
         }
+        StoreSettings::Postgres {
+            url,
+            pool_size,
+            schema,
+        } => Ok(std::sync::Arc::new(
+            postgres::PostgresStore::open(url, *pool_size, schema).await?,
+        )),
     }
 }

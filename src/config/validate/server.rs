@@ -7,8 +7,9 @@ use std::sync::Arc;
 use super::{addr, secret_value, tls, Errors};
 use crate::channel::{ChannelSettings, ConnectorSettings, SubMerchant};
 use crate::config::defaults::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_STORE_PATH, MAX_MAX_BODY_BYTES,
-    MIN_ADMIN_TOKEN_LEN, MIN_MAX_BODY_BYTES, MIN_SHOP_API_KEY_LEN,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_PG_POOL_SIZE, DEFAULT_PG_SCHEMA,
+    DEFAULT_STORE_PATH, MAX_MAX_BODY_BYTES, MAX_PG_POOL_SIZE, MIN_ADMIN_TOKEN_LEN,
+    MIN_MAX_BODY_BYTES, MIN_SHOP_API_KEY_LEN,
 };
 use crate::config::file::FileConfig;
 use crate::resilience::{parse_duration, LimitKey, LimitSettings, RateSpec};
@@ -113,29 +114,70 @@ pub(super) fn store(f: &FileConfig, errs: &mut Errors) -> Option<StoreSettings> 
             path: PathBuf::from(DEFAULT_STORE_PATH),
         });
     };
+    // Keys of the other kind are errors: a `path` under postgres is a mistake, not a hint.
+    let misplaced = |key: &str, present: bool, kind: &str, errs: &mut Errors| {
+        if present {
+            errs.push(
+                &format!("store.{key}"),
+                format!("store.{key}: is not a key of kind {kind}"),
+            );
+        }
+    };
     match s.kind.as_str() {
         "sqlite" => {
-            if s.url.is_some() {
-                errs.push(
-                    "store.url",
-                    "store.url: is for kind redis; sqlite uses path".into(),
-                );
-            }
+            misplaced("url", s.url.is_some(), "sqlite (it uses path)", errs);
+            misplaced("pool_size", s.pool_size.is_some(), "sqlite", errs);
+            misplaced("schema", s.schema.is_some(), "sqlite", errs);
             Some(StoreSettings::Sqlite {
                 path: PathBuf::from(s.path.as_deref().unwrap_or(DEFAULT_STORE_PATH)),
             })
         }
-        "redis" => {
-            errs.push(
-                "store.kind",
-                "store.kind: redis is not built yet; use sqlite".into(),
-            );
-            None
+        "postgres" => {
+            misplaced("path", s.path.is_some(), "postgres (it uses url)", errs);
+            let url = match &s.url {
+                None => {
+                    errs.push("store", "store.url: is required for kind postgres".into());
+                    None
+                }
+                Some(u) => secret_value(u, "store.url", errs).and_then(|url| {
+                    // Parsed now, so that `payroute check` catches a bad url without connecting.
+                    match crate::store::postgres::ConnectSpec::parse(url.expose()) {
+                        Ok(_) => Some(url),
+                        Err(e) => {
+                            errs.push("store.url", format!("store.url: {e}"));
+                            None
+                        }
+                    }
+                }),
+            };
+            let pool_size = s.pool_size.unwrap_or(DEFAULT_PG_POOL_SIZE);
+            if !(1..=MAX_PG_POOL_SIZE).contains(&pool_size) {
+                errs.push(
+                    "store.pool_size",
+                    format!("store.pool_size: must be between 1 and {MAX_PG_POOL_SIZE}"),
+                );
+            }
+            let schema = s.schema.as_deref().unwrap_or(DEFAULT_PG_SCHEMA);
+            let schema_ok = crate::store::postgres::valid_schema(schema);
+            if !schema_ok {
+                errs.push(
+                    "store.schema",
+                    format!("store.schema: {schema:?} must be 1 to 63 of a-z, 0-9 and _, not starting with a digit"),
+                );
+            }
+            let url = url?;
+            (schema_ok && (1..=MAX_PG_POOL_SIZE).contains(&pool_size)).then(|| {
+                StoreSettings::Postgres {
+                    url,
+                    pool_size,
+                    schema: schema.to_string(),
+                }
+            })
         }
         other => {
             errs.push(
                 "store.kind",
-                format!("store.kind: {other:?} is not sqlite or redis"),
+                format!("store.kind: {other:?} is not sqlite or postgres"),
             );
             None
         }

@@ -1,0 +1,1224 @@
+//! The shared store: PostgreSQL, for several proxy instances on one database (DESIGN.md §9).
+//!
+//! Same behaviour as the SQLite store, method for method; what differs is how concurrency
+//! is held, since the writers are now many connections of many processes:
+//! - A write that SQLite does in one transaction is one transaction here too (an update and
+//!   the shop event that tells of it; a refund reservation and its guard).
+//! - Updates are compare-and-set on `version` (a stalled writer cannot overwrite a newer
+//!   one: fencing); `insert_payment` relies on the `(merchant_id, out_trade_no)` unique key.
+//! - Refund writes lock their payment's row first (`FOR UPDATE`), so the over-refund guard
+//!   and `refunded_amount` see every refund committed before them, whichever instance wrote it.
+//! - Work handed out (`due_events`, `due_payments`, `due_refunds`) is claimed with
+//!   `FOR UPDATE SKIP LOCKED` and a lease column: one instance works an item at a time, and
+//!   a dead instance's claims run out after the lease ([`EVENT_LEASE_MS`],
+//!   [`CHECK_LEASE_MS`]). Only the oldest pending event of a payment is ever due, claimed or
+//!   not, so events of one payment still go out one at a time, in order.
+//! - Schema changes are versioned migrations (`schema_migrations`), each in one transaction
+//!   under an advisory lock, applied at start: instances starting together do not race.
+//!
+//! Money is `BIGINT` minor units; times are unix ms (`BIGINT`), as in SQLite.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    Delivery, EventFilter, EventRecord, OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord,
+    RefundFilter, RefundRecord, Reservation, Store, StoreError,
+};
+use crate::domain::{
+    Account, ChannelFailure, EventStatus, EventType, Method, PaymentStatus, RefundStatus,
+};
+use crate::secret::Secret;
+
+/// How long an instance holds an event it took from `due_events` before another instance
+/// may take it: longer than a webhook delivery takes (its `webhooks.timeout`), short enough
+/// that a dead instance's events are not held up for long.
+pub const EVENT_LEASE_MS: i64 = 120_000;
+/// The same for a reconciliation check taken from `due_payments` / `due_refunds`: longer
+/// than a channel call with its retries (`timeout` is at most 60s).
+pub const CHECK_LEASE_MS: i64 = 120_000;
+
+/// Connecting, and waiting for a pooled connection, give up after this: a request then fails
+/// with a clear store error instead of hanging while PostgreSQL is away.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Versioned schema migrations, applied in order, each in one transaction. Never edit one
+/// that has shipped: add the next.
+const MIGRATIONS: [(i32, &str); 1] = [(1, V1)];
+
+const V1: &str = "
+CREATE TABLE payments (
+    payment_id        TEXT PRIMARY KEY,
+    merchant_id       TEXT NOT NULL,
+    shop_id           TEXT NOT NULL,
+    out_trade_no      TEXT NOT NULL,
+    amount            BIGINT NOT NULL CHECK (amount > 0),
+    currency          TEXT NOT NULL,
+    method            TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    channel           TEXT NOT NULL,
+    rule              TEXT NOT NULL,
+    action            TEXT,
+    provider_trade_no TEXT,
+    refunded_amount   BIGINT NOT NULL DEFAULT 0,
+    request_hash      TEXT NOT NULL,
+    request           TEXT NOT NULL,
+    error_code        TEXT,
+    error_message     TEXT,
+    attempt_until     BIGINT,
+    created_at        BIGINT NOT NULL,
+    updated_at        BIGINT NOT NULL,
+    paid_at           BIGINT,
+    expires_at        BIGINT NOT NULL,
+    version           BIGINT NOT NULL,
+    account           TEXT,
+    next_check_at     BIGINT,
+    check_lease_until BIGINT,
+    UNIQUE (merchant_id, out_trade_no)
+);
+CREATE INDEX payments_trade_no ON payments (out_trade_no);
+CREATE INDEX payments_created ON payments (created_at);
+CREATE INDEX payments_check ON payments (next_check_at) WHERE next_check_at IS NOT NULL;
+CREATE TABLE refunds (
+    refund_id          TEXT PRIMARY KEY,
+    merchant_id        TEXT NOT NULL,
+    shop_id            TEXT NOT NULL,
+    out_trade_no       TEXT NOT NULL,
+    out_refund_no      TEXT NOT NULL,
+    payment_id         TEXT NOT NULL REFERENCES payments (payment_id),
+    channel            TEXT NOT NULL,
+    amount             BIGINT NOT NULL CHECK (amount > 0),
+    reason             TEXT,
+    status             TEXT NOT NULL,
+    provider_refund_no TEXT,
+    request_hash       TEXT NOT NULL,
+    error_code         TEXT,
+    error_message      TEXT,
+    attempt_until      BIGINT,
+    created_at         BIGINT NOT NULL,
+    updated_at         BIGINT NOT NULL,
+    succeeded_at       BIGINT,
+    version            BIGINT NOT NULL,
+    next_check_at      BIGINT,
+    check_lease_until  BIGINT,
+    UNIQUE (merchant_id, out_refund_no)
+);
+CREATE INDEX refunds_payment ON refunds (payment_id, status);
+CREATE INDEX refunds_created ON refunds (created_at);
+CREATE INDEX refunds_check ON refunds (next_check_at) WHERE next_check_at IS NOT NULL;
+CREATE TABLE events (
+    seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id        TEXT NOT NULL UNIQUE,
+    shop_id         TEXT NOT NULL,
+    merchant_id     TEXT NOT NULL,
+    payment_id      TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        BIGINT NOT NULL,
+    next_attempt_at BIGINT NOT NULL,
+    created_at      BIGINT NOT NULL,
+    delivered_at    BIGINT,
+    last_error      TEXT,
+    lease_until     BIGINT
+);
+CREATE INDEX events_due ON events (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX events_payment ON events (payment_id, seq) WHERE status = 'pending';
+CREATE INDEX events_age ON events (status, created_at);
+";
+
+/// A schema name payroute accepts: a plain lower-case identifier, so that it needs no
+/// quoting rules of its own and cannot inject SQL.
+pub fn valid_schema(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+}
+
+/// A parsed `store.url`: the connection settings, and whether (and against which roots) TLS
+/// is required.
+///
+/// `sslmode` and `sslrootcert` are read here rather than by tokio-postgres, which knows
+/// neither `verify-ca`/`verify-full` nor `sslrootcert`:
+/// - `disable`, `allow`, `prefer` (and no `sslmode`): no TLS.
+/// - `require`, `verify-ca`, `verify-full`: TLS through rustls, the server's certificate
+///   verified (chain and host name) against the Mozilla roots, or against `sslrootcert`
+///   when given. That is stricter than libpq's `require`, which does not verify: a payment
+///   system does not send its database password to an unverified peer.
+pub struct ConnectSpec {
+    config: tokio_postgres::Config,
+    /// `Some`: TLS required, with these roots (`None`: the Mozilla roots).
+    tls: Option<Option<PathBuf>>,
+}
+
+impl ConnectSpec {
+    /// Errors never quote the url: it may hold a password.
+    pub fn parse(url: &str) -> Result<ConnectSpec, String> {
+        let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        let mut sslmode: Option<String> = None;
+        let mut rootcert: Option<String> = None;
+        let rest = if is_url {
+            match url.split_once('?') {
+                None => url.to_string(),
+                Some((base, query)) => {
+                    let mut kept = Vec::new();
+                    for pair in query.split('&').filter(|p| !p.is_empty()) {
+                        let decoded = form_urlencoded::parse(pair.as_bytes()).next();
+                        match decoded {
+                            Some((k, v)) if k == "sslmode" => sslmode = Some(v.into_owned()),
+                            Some((k, v)) if k == "sslrootcert" => rootcert = Some(v.into_owned()),
+                            _ => kept.push(pair),
+                        }
+                    }
+                    if kept.is_empty() {
+                        base.to_string()
+                    } else {
+                        format!("{base}?{}", kept.join("&"))
+                    }
+                }
+            }
+        } else {
+            // key=value form: the two keys are taken out where they stand, the rest untouched.
+            let mut rest = url.to_string();
+            for token in url.split_whitespace() {
+                if let Some(v) = token.strip_prefix("sslmode=") {
+                    sslmode = Some(v.trim_matches('\'').to_string());
+                } else if let Some(v) = token.strip_prefix("sslrootcert=") {
+                    rootcert = Some(v.trim_matches('\'').to_string());
+                } else {
+                    continue;
+                }
+                rest = rest.replacen(token, "", 1);
+            }
+            rest
+        };
+        let tls = match sslmode.as_deref() {
+            None | Some("disable" | "allow" | "prefer") => false,
+            Some("require" | "verify-ca" | "verify-full") => true,
+            Some(other) => {
+                return Err(format!(
+                    "sslmode {other:?} is not disable, prefer, require, verify-ca or verify-full"
+                ))
+            }
+        };
+        if rootcert.is_some() && !tls {
+            return Err("sslrootcert needs sslmode=require or verify-full".into());
+        }
+        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
+            if is_url {
+                format!("not a valid PostgreSQL url: {e}")
+            } else {
+                // The key=value form's parser may quote a piece of the password back.
+                "not a valid PostgreSQL connection string (the reason is not shown: it could quote the password)".to_string()
+            }
+        })?;
+        config.ssl_mode(if tls {
+            tokio_postgres::config::SslMode::Require
+        } else {
+            tokio_postgres::config::SslMode::Disable
+        });
+        Ok(ConnectSpec {
+            config,
+            tls: tls.then(|| rootcert.map(PathBuf::from)),
+        })
+    }
+
+    /// Whether connections use TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+fn tls_config(root_cert: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let roots = match root_cert {
+        None => rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+        Some(path) => {
+            // As libpq: the file replaces the default roots.
+            let pem = std::fs::read(path)
+                .map_err(|e| StoreError::Backend(format!("sslrootcert {}: {e}", path.display())))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    StoreError::Backend(format!("sslrootcert {}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    StoreError::Backend(format!("sslrootcert {}: {e}", path.display()))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(StoreError::Backend(format!(
+                    "sslrootcert {}: no certificate found",
+                    path.display()
+                )));
+            }
+            roots
+        }
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Backend(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The store: a pool of connections to one schema of one database.
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl PostgresStore {
+    /// Connects, creates `schema` if missing and applies the migrations it lacks.
+    pub async fn open(
+        url: &Secret,
+        pool_size: u32,
+        schema: &str,
+    ) -> Result<PostgresStore, StoreError> {
+        if !valid_schema(schema) {
+            return Err(StoreError::Backend(format!(
+                "store.schema {schema:?} is not a plain identifier"
+            )));
+        }
+        let spec = ConnectSpec::parse(url.expose())
+            .map_err(|e| StoreError::Backend(format!("store.url: {e}")))?;
+        let mut config = spec.config;
+        // Every connection works in the schema; the tables' names stay unqualified.
+        let path = format!("-c search_path=\"{schema}\"");
+        let options = match config.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} {path}"),
+            _ => path,
+        };
+        config.options(options);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("payroute");
+        }
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &spec.tls {
+            None => Manager::from_config(config, NoTls, manager_config),
+            Some(roots) => Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(roots.as_deref())?),
+                manager_config,
+            ),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1) as usize)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
+        let store = PostgresStore { pool };
+        store.migrate(schema).await?;
+        Ok(store)
+    }
+
+    async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Applies each missing migration in its own transaction, under an advisory lock held
+    /// to the end of that transaction: a second instance starting at the same moment waits,
+    /// then sees the migration applied and skips it.
+    async fn migrate(&self, schema: &str) -> Result<(), StoreError> {
+        let mut client = self.conn().await?;
+        let lock_key = format!("payroute.migrate.{schema}");
+        for (version, sql) in MIGRATIONS {
+            let tx = client.transaction().await.map_err(pg)?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
+                .await
+                .map_err(pg)?;
+            tx.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+                 CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version    INTEGER PRIMARY KEY,
+                     applied_at BIGINT NOT NULL
+                 );"
+            ))
+            .await
+            .map_err(pg)?;
+            let applied = tx
+                .query_opt(
+                    "SELECT 1 FROM schema_migrations WHERE version = $1",
+                    &[&version],
+                )
+                .await
+                .map_err(pg)?
+                .is_some();
+            if !applied {
+                tx.batch_execute(sql).await.map_err(|e| {
+                    StoreError::Backend(format!("migration {version}: {}", describe(&e)))
+                })?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                    &[&version, &crate::payment::now_ms()],
+                )
+                .await
+                .map_err(pg)?;
+                tracing::info!(version, schema, "store: migration applied");
+            }
+            tx.commit().await.map_err(pg)?;
+        }
+        Ok(())
+    }
+}
+
+/// An error as ops read it: PostgreSQL's SQLSTATE and message, never the connection url.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!(
+                "postgres {} {}: {}",
+                db.code().code(),
+                db.severity(),
+                db.message()
+            );
+            if let Some(detail) = db.detail() {
+                s.push_str(&format!(" ({detail})"));
+            }
+            s
+        }
+        None => format!("postgres: {e}"),
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(describe(&e))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg(e),
+        other => StoreError::Backend(format!("postgres pool: {other}")),
+    }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} is out of range")))
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} {v}")))
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    idx: usize,
+) -> Result<T, StoreError> {
+    row.try_get(idx).map_err(pg)
+}
+
+fn failure(code: Option<String>) -> Result<Option<ChannelFailure>, StoreError> {
+    code.map(|c| {
+        ChannelFailure::parse(&c).ok_or_else(|| StoreError::Corrupt(format!("error_code {c}")))
+    })
+    .transpose()
+}
+
+fn account_json(a: &Option<Account>) -> Option<String> {
+    a.as_ref().and_then(|a| serde_json::to_string(a).ok())
+}
+
+fn parse_account(text: Option<String>) -> Result<Option<Account>, StoreError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("account: {e}"))))
+        .transpose()
+}
+
+const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account";
+
+fn read_payment(row: &Row) -> Result<PaymentRecord, StoreError> {
+    let method: String = get(row, 6)?;
+    let status: String = get(row, 7)?;
+    let action: Option<String> = get(row, 10)?;
+    let request: String = get(row, 14)?;
+    Ok(PaymentRecord {
+        payment_id: get(row, 0)?,
+        merchant_id: get(row, 1)?,
+        shop_id: get(row, 2)?,
+        out_trade_no: get(row, 3)?,
+        amount: to_u64(get(row, 4)?, "amount")?,
+        currency: get(row, 5)?,
+        method: Method::parse(&method)
+            .ok_or_else(|| StoreError::Corrupt(format!("method {method}")))?,
+        status: PaymentStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+        channel: get(row, 8)?,
+        rule: get(row, 9)?,
+        action: action
+            .map(|a| serde_json::from_str(&a))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("action: {e}")))?,
+        provider_trade_no: get(row, 11)?,
+        refunded_amount: to_u64(get(row, 12)?, "refunded")?,
+        request_hash: get(row, 13)?,
+        request: serde_json::from_str(&request)
+            .map_err(|e| StoreError::Corrupt(format!("request: {e}")))?,
+        error_code: failure(get(row, 15)?)?,
+        error_message: get(row, 16)?,
+        attempt_until: get(row, 17)?,
+        created_at: get(row, 18)?,
+        updated_at: get(row, 19)?,
+        paid_at: get(row, 20)?,
+        expires_at: get(row, 21)?,
+        version: get(row, 22)?,
+        account: parse_account(get(row, 23)?)?,
+    })
+}
+
+const REFUND_COLUMNS: &str = "refund_id, merchant_id, shop_id, out_trade_no, out_refund_no, payment_id, channel, amount, reason, status, provider_refund_no, request_hash, error_code, error_message, attempt_until, created_at, updated_at, succeeded_at, version";
+
+fn read_refund(row: &Row) -> Result<RefundRecord, StoreError> {
+    let status: String = get(row, 9)?;
+    Ok(RefundRecord {
+        refund_id: get(row, 0)?,
+        merchant_id: get(row, 1)?,
+        shop_id: get(row, 2)?,
+        out_trade_no: get(row, 3)?,
+        out_refund_no: get(row, 4)?,
+        payment_id: get(row, 5)?,
+        channel: get(row, 6)?,
+        amount: to_u64(get(row, 7)?, "refund amount")?,
+        reason: get(row, 8)?,
+        status: RefundStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("refund status {status}")))?,
+        provider_refund_no: get(row, 10)?,
+        request_hash: get(row, 11)?,
+        error_code: failure(get(row, 12)?)?,
+        error_message: get(row, 13)?,
+        attempt_until: get(row, 14)?,
+        created_at: get(row, 15)?,
+        updated_at: get(row, 16)?,
+        succeeded_at: get(row, 17)?,
+        version: get(row, 18)?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "seq, event_id, shop_id, merchant_id, payment_id, event_type, body, status, attempts, next_attempt_at, created_at, delivered_at, last_error";
+
+fn read_event(row: &Row) -> Result<EventRecord, StoreError> {
+    let event_type: String = get(row, 5)?;
+    let status: String = get(row, 7)?;
+    let attempts: i64 = get(row, 8)?;
+    Ok(EventRecord {
+        seq: get(row, 0)?,
+        event_id: get(row, 1)?,
+        shop_id: get(row, 2)?,
+        merchant_id: get(row, 3)?,
+        payment_id: get(row, 4)?,
+        event_type: EventType::parse(&event_type)
+            .ok_or_else(|| StoreError::Corrupt(format!("event_type {event_type}")))?,
+        body: get(row, 6)?,
+        status: EventStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("event status {status}")))?,
+        attempts: u32::try_from(attempts)
+            .map_err(|_| StoreError::Corrupt(format!("attempts {attempts}")))?,
+        next_attempt_at: get(row, 9)?,
+        created_at: get(row, 10)?,
+        delivered_at: get(row, 11)?,
+        last_error: get(row, 12)?,
+    })
+}
+
+fn collect<T>(
+    rows: Vec<Row>,
+    read: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(read).collect()
+}
+
+async fn query<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg)?;
+    c.query(&stmt, params).await.map_err(pg)
+}
+
+async fn execute<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg)?;
+    c.execute(&stmt, params).await.map_err(pg)
+}
+
+async fn get_payment<C: GenericClient>(
+    c: &C,
+    merchant_id: &str,
+    out_trade_no: &str,
+) -> Result<Option<PaymentRecord>, StoreError> {
+    let rows = query(
+        c,
+        &format!("SELECT {COLUMNS} FROM payments WHERE merchant_id = $1 AND out_trade_no = $2"),
+        &[&merchant_id, &out_trade_no],
+    )
+    .await?;
+    rows.first().map(read_payment).transpose()
+}
+
+async fn get_refund<C: GenericClient>(
+    c: &C,
+    merchant_id: &str,
+    out_refund_no: &str,
+) -> Result<Option<RefundRecord>, StoreError> {
+    let rows = query(
+        c,
+        &format!(
+            "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant_id = $1 AND out_refund_no = $2"
+        ),
+        &[&merchant_id, &out_refund_no],
+    )
+    .await?;
+    rows.first().map(read_refund).transpose()
+}
+
+async fn insert_event<C: GenericClient>(c: &C, e: &EventRecord) -> Result<(), StoreError> {
+    let attempts = i64::from(e.attempts);
+    execute(
+        c,
+        "INSERT INTO events (event_id, shop_id, merchant_id, payment_id, event_type, body, status,
+         attempts, next_attempt_at, created_at, delivered_at, last_error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            &e.event_id,
+            &e.shop_id,
+            &e.merchant_id,
+            &e.payment_id,
+            &e.event_type.as_str(),
+            &e.body,
+            &e.status.as_str(),
+            &attempts,
+            &e.next_attempt_at,
+            &e.created_at,
+            &e.delivered_at,
+            &e.last_error,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Takes the row lock on a payment: every refund write of one payment holds it, so each sees
+/// the refunds committed before it (statements after the lock read a fresh snapshot).
+async fn lock_payment<C: GenericClient>(c: &C, payment_id: &str) -> Result<(), StoreError> {
+    query(
+        c,
+        "SELECT 1 FROM payments WHERE payment_id = $1 FOR UPDATE",
+        &[&payment_id],
+    )
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError> {
+        let c = self.conn().await?;
+        let amount = to_i64(p.amount, "amount")?;
+        let refunded = to_i64(p.refunded_amount, "refunded_amount")?;
+        let action = p.action.as_ref().map(|a| a.to_string());
+        let request = p.request.to_string();
+        let error_code = p.error_code.map(|c| c.as_str());
+        let account = account_json(&p.account);
+        // The unique key decides between concurrent creates, on any instance: the loser's
+        // insert waits for the winner's commit, then does nothing and reads the winner.
+        let n = execute(
+            &c,
+            // Due for reconciliation at once: the worker sets the real first check.
+            &format!(
+                "INSERT INTO payments ({COLUMNS}, next_check_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $19)
+                 ON CONFLICT (merchant_id, out_trade_no) DO NOTHING"
+            ),
+            &[
+                &p.payment_id, &p.merchant_id, &p.shop_id, &p.out_trade_no, &amount, &p.currency,
+                &p.method.as_str(), &p.status.as_str(), &p.channel, &p.rule, &action,
+                &p.provider_trade_no, &refunded, &p.request_hash, &request, &error_code,
+                &p.error_message, &p.attempt_until, &p.created_at, &p.updated_at, &p.paid_at,
+                &p.expires_at, &p.version, &account,
+            ],
+        )
+        .await?;
+        if n == 1 {
+            return Ok(None);
+        }
+        match get_payment(&c, &p.merchant_id, &p.out_trade_no).await? {
+            Some(existing) => Ok(Some(existing)),
+            None => Err(StoreError::Backend(
+                "insert_payment: conflicting payment vanished".into(),
+            )),
+        }
+    }
+
+    async fn get_payment(
+        &self,
+        merchant_id: &str,
+        out_trade_no: &str,
+    ) -> Result<Option<PaymentRecord>, StoreError> {
+        let c = self.conn().await?;
+        get_payment(&c, merchant_id, out_trade_no).await
+    }
+
+    async fn update_payment_emitting(
+        &self,
+        p: &mut PaymentRecord,
+        event: Option<&EventRecord>,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let refunded = to_i64(p.refunded_amount, "refunded_amount")?;
+        let action = p.action.as_ref().map(|a| a.to_string());
+        let error_code = p.error_code.map(|c| c.as_str());
+        let account = account_json(&p.account);
+        // Compare-and-set: a concurrent writer of the same version blocks on the row, then
+        // finds the version moved on and updates nothing.
+        let n = execute(
+            &tx,
+            "UPDATE payments SET status = $1, channel = $2, rule = $3, action = $4, provider_trade_no = $5,
+             refunded_amount = $6, error_code = $7, error_message = $8, attempt_until = $9, updated_at = $10,
+             paid_at = $11, account = $14, version = version + 1
+             WHERE payment_id = $12 AND version = $13",
+            &[
+                &p.status.as_str(), &p.channel, &p.rule, &action, &p.provider_trade_no, &refunded,
+                &error_code, &p.error_message, &p.attempt_until, &p.updated_at, &p.paid_at,
+                &p.payment_id, &p.version, &account,
+            ],
+        )
+        .await?;
+        if n == 1 {
+            if let Some(e) = event {
+                insert_event(&tx, e).await?;
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        if n == 1 {
+            p.version += 1;
+        }
+        Ok(n == 1)
+    }
+
+    async fn payments_by_trade_no(
+        &self,
+        out_trade_no: &str,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let c = self.conn().await?;
+        let rows = query(
+            &c,
+            &format!("SELECT {COLUMNS} FROM payments WHERE out_trade_no = $1"),
+            &[&out_trade_no],
+        )
+        .await?;
+        collect(rows, read_payment)
+    }
+
+    async fn list_payments(
+        &self,
+        filter: &PaymentFilter,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let c = self.conn().await?;
+        let status = filter.status.map(|s| s.as_str());
+        let limit = i64::from(filter.limit);
+        let rows = query(
+            &c,
+            &format!(
+                "SELECT {COLUMNS} FROM payments
+                 WHERE ($1::text IS NULL OR merchant_id = $1) AND ($2::text IS NULL OR status = $2)
+                   AND ($3::bigint IS NULL OR created_at >= $3)
+                 ORDER BY created_at DESC LIMIT $4"
+            ),
+            &[&filter.merchant_id, &status, &filter.since, &limit],
+        )
+        .await?;
+        collect(rows, read_payment)
+    }
+
+    async fn list_refunds(&self, filter: &RefundFilter) -> Result<Vec<RefundRecord>, StoreError> {
+        let c = self.conn().await?;
+        let status = filter.status.map(|s| s.as_str());
+        let limit = i64::from(filter.limit);
+        let rows = query(
+            &c,
+            &format!(
+                "SELECT {REFUND_COLUMNS} FROM refunds
+                 WHERE ($1::text IS NULL OR merchant_id = $1) AND ($2::text IS NULL OR status = $2)
+                 ORDER BY created_at DESC LIMIT $3"
+            ),
+            &[&filter.merchant_id, &status, &limit],
+        )
+        .await?;
+        collect(rows, read_refund)
+    }
+
+    async fn open_by_account(&self) -> Result<Vec<OpenAtAccount>, StoreError> {
+        let c = self.conn().await?;
+        let rows = query(
+            &c,
+            "SELECT channel, account, SUM(open_payment)::BIGINT, SUM(open_refunds)::BIGINT FROM (
+               SELECT channel, account,
+                      CASE WHEN status IN ('pending', 'unknown') THEN 1 ELSE 0 END AS open_payment,
+                      (SELECT COUNT(*) FROM refunds r WHERE r.payment_id = p.payment_id
+                         AND r.status IN ('pending', 'abnormal')) AS open_refunds
+               FROM payments p WHERE status IN ('pending', 'unknown', 'succeeded')) t
+             GROUP BY channel, account HAVING SUM(open_payment) + SUM(open_refunds) > 0
+             ORDER BY channel, account NULLS FIRST",
+            &[],
+        )
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let payments: i64 = get(row, 2)?;
+                let refunds: i64 = get(row, 3)?;
+                Ok(OpenAtAccount {
+                    channel: get(row, 0)?,
+                    account: parse_account(get(row, 1)?)?,
+                    payments: payments.max(0) as u64,
+                    refunds: refunds.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn reserve_refund(&self, r: &RefundRecord, paid: u64) -> Result<Reservation, StoreError> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // Two instances reserving refunds of one payment queue here: the second sums after
+        // the first has committed, so together they cannot pass the guard.
+        lock_payment(&tx, &r.payment_id).await?;
+        if let Some(existing) = get_refund(&tx, &r.merchant_id, &r.out_refund_no).await? {
+            return Ok(Reservation::Exists(Box::new(existing)));
+        }
+        let rows = query(
+            &tx,
+            "SELECT COALESCE(SUM(amount), 0)::BIGINT FROM refunds
+             WHERE payment_id = $1 AND status IN ('pending', 'succeeded', 'abnormal')",
+            &[&r.payment_id],
+        )
+        .await?;
+        let taken: i64 = match rows.first() {
+            Some(row) => get(row, 0)?,
+            None => 0,
+        };
+        let available = paid.saturating_sub(taken.max(0) as u64);
+        if r.amount > available {
+            return Ok(Reservation::Exceeds { available });
+        }
+        let amount = to_i64(r.amount, "refund amount")?;
+        let error_code = r.error_code.map(|c| c.as_str());
+        let stmt = tx
+            .prepare_cached(&format!(
+                "INSERT INTO refunds ({REFUND_COLUMNS}, next_check_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $16)"
+            ))
+            .await
+            .map_err(pg)?;
+        let inserted = tx
+            .execute(
+                &stmt,
+                &[
+                    &r.refund_id,
+                    &r.merchant_id,
+                    &r.shop_id,
+                    &r.out_trade_no,
+                    &r.out_refund_no,
+                    &r.payment_id,
+                    &r.channel,
+                    &amount,
+                    &r.reason,
+                    &r.status.as_str(),
+                    &r.provider_refund_no,
+                    &r.request_hash,
+                    &error_code,
+                    &r.error_message,
+                    &r.attempt_until,
+                    &r.created_at,
+                    &r.updated_at,
+                    &r.succeeded_at,
+                    &r.version,
+                ],
+            )
+            .await;
+        match inserted {
+            Ok(_) => {
+                tx.commit().await.map_err(pg)?;
+                Ok(Reservation::Reserved)
+            }
+            // The same out_refund_no, committed meanwhile for another payment of the
+            // merchant (whose row lock this one does not share): that refund is the answer.
+            Err(e) if is_unique_violation(&e) => {
+                drop(tx);
+                match get_refund(&c, &r.merchant_id, &r.out_refund_no).await? {
+                    Some(existing) => Ok(Reservation::Exists(Box::new(existing))),
+                    None => Err(pg(e)),
+                }
+            }
+            Err(e) => Err(pg(e)),
+        }
+    }
+
+    async fn get_refund(
+        &self,
+        merchant_id: &str,
+        out_refund_no: &str,
+    ) -> Result<Option<RefundRecord>, StoreError> {
+        let c = self.conn().await?;
+        get_refund(&c, merchant_id, out_refund_no).await
+    }
+
+    async fn update_refund_emitting(
+        &self,
+        r: &mut RefundRecord,
+        event: Option<&EventRecord>,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // Locked first, so that the sum below counts a refund another instance has just
+        // marked succeeded.
+        lock_payment(&tx, &r.payment_id).await?;
+        let error_code = r.error_code.map(|c| c.as_str());
+        let n = execute(
+            &tx,
+            "UPDATE refunds SET status = $1, provider_refund_no = $2, error_code = $3, error_message = $4,
+             attempt_until = $5, updated_at = $6, succeeded_at = $7, version = version + 1
+             WHERE refund_id = $8 AND version = $9",
+            &[
+                &r.status.as_str(), &r.provider_refund_no, &error_code, &r.error_message,
+                &r.attempt_until, &r.updated_at, &r.succeeded_at, &r.refund_id, &r.version,
+            ],
+        )
+        .await?;
+        if n == 1 {
+            execute(
+                &tx,
+                "UPDATE payments SET refunded_amount = (SELECT COALESCE(SUM(amount), 0) FROM refunds
+                 WHERE payment_id = $1 AND status = 'succeeded'), updated_at = $2, version = version + 1
+                 WHERE payment_id = $1",
+                &[&r.payment_id, &r.updated_at],
+            )
+            .await?;
+            if let Some(e) = event {
+                insert_event(&tx, e).await?;
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        if n == 1 {
+            r.version += 1;
+        }
+        Ok(n == 1)
+    }
+
+    async fn due_events(&self, now: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+        let c = self.conn().await?;
+        let limit = i64::from(limit);
+        let lease = now + EVENT_LEASE_MS;
+        // Claim → lease → ack: rows another instance is claiming right now are skipped, not
+        // waited for; a claimed event stays pending (it still heads its payment's queue, so
+        // the events behind it wait) until its delivery is recorded or its lease runs out.
+        let rows = query(
+            &c,
+            &format!(
+                "WITH due AS (
+                   SELECT e.seq AS id FROM events e
+                   WHERE e.status = 'pending' AND e.next_attempt_at <= $1
+                     AND (e.lease_until IS NULL OR e.lease_until <= $1)
+                     AND NOT EXISTS (SELECT 1 FROM events x WHERE x.payment_id = e.payment_id
+                                       AND x.status = 'pending' AND x.seq < e.seq)
+                   ORDER BY e.next_attempt_at, e.seq LIMIT $2
+                   FOR UPDATE SKIP LOCKED)
+                 UPDATE events SET lease_until = $3 FROM due WHERE events.seq = due.id
+                 RETURNING {EVENT_COLUMNS}"
+            ),
+            &[&now, &limit, &lease],
+        )
+        .await?;
+        let mut events = collect(rows, read_event)?;
+        events.sort_by_key(|e| (e.next_attempt_at, e.seq));
+        Ok(events)
+    }
+
+    async fn release_events(&self, event_ids: &[String]) -> Result<(), StoreError> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        let c = self.conn().await?;
+        execute(
+            &c,
+            "UPDATE events SET lease_until = NULL WHERE event_id = ANY($1) AND status = 'pending'",
+            &[&event_ids],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn record_delivery(&self, event_id: &str, delivery: Delivery) -> Result<(), StoreError> {
+        let c = self.conn().await?;
+        // Every outcome ends the claim.
+        let n = match delivery {
+            Delivery::Delivered { at } => {
+                execute(
+                    &c,
+                    "UPDATE events SET status = 'delivered', attempts = attempts + 1, delivered_at = $2,
+                     last_error = NULL, lease_until = NULL WHERE event_id = $1 AND status = 'pending'",
+                    &[&event_id, &at],
+                )
+                .await?
+            }
+            Delivery::Retry {
+                next_attempt_at,
+                error,
+            } => {
+                execute(
+                    &c,
+                    "UPDATE events SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3,
+                     lease_until = NULL WHERE event_id = $1 AND status = 'pending'",
+                    &[&event_id, &next_attempt_at, &error],
+                )
+                .await?
+            }
+            Delivery::Dead { error } => {
+                execute(
+                    &c,
+                    "UPDATE events SET status = 'dead', attempts = attempts + 1, last_error = $2,
+                     lease_until = NULL WHERE event_id = $1 AND status = 'pending'",
+                    &[&event_id, &error],
+                )
+                .await?
+            }
+        };
+        if n == 0 {
+            tracing::debug!(event_id = %event_id, "delivery recorded for an event no longer pending");
+        }
+        Ok(())
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
+        let c = self.conn().await?;
+        let status = filter.status.map(|s| s.as_str());
+        let limit = i64::from(filter.limit);
+        let rows = query(
+            &c,
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events
+                 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR merchant_id = $2)
+                 ORDER BY seq DESC LIMIT $3"
+            ),
+            &[&status, &filter.merchant_id, &limit],
+        )
+        .await?;
+        collect(rows, read_event)
+    }
+
+    async fn resend_event(
+        &self,
+        event_id: &str,
+        now: i64,
+    ) -> Result<Option<EventRecord>, StoreError> {
+        let c = self.conn().await?;
+        let rows = query(
+            &c,
+            &format!(
+                "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = $2,
+                 delivered_at = NULL, lease_until = NULL WHERE event_id = $1
+                 RETURNING {EVENT_COLUMNS}"
+            ),
+            &[&event_id, &now],
+        )
+        .await?;
+        rows.first().map(read_event).transpose()
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let c = self.conn().await?;
+        let rows = query(
+            &c,
+            "SELECT (SELECT COUNT(*) FROM events WHERE status = 'pending'),
+                    (SELECT MIN(created_at) FROM events WHERE status = 'pending'),
+                    (SELECT COUNT(*) FROM events WHERE status = 'dead')",
+            &[],
+        )
+        .await?;
+        let Some(row) = rows.first() else {
+            return Ok(OutboxStats::default());
+        };
+        let pending: i64 = get(row, 0)?;
+        let dead: i64 = get(row, 2)?;
+        Ok(OutboxStats {
+            pending: pending.max(0) as u64,
+            oldest_pending_created_at: get(row, 1)?,
+            dead: dead.max(0) as u64,
+        })
+    }
+
+    async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError> {
+        let c = self.conn().await?;
+        let limit = i64::from(limit);
+        let lease = now + CHECK_LEASE_MS;
+        // Claimed like events: one instance checks a payment at a time; the claim ends with
+        // its next check being scheduled, or runs out.
+        let rows = query(
+            &c,
+            &format!(
+                "WITH due AS (
+                   SELECT payment_id AS id FROM payments
+                   WHERE next_check_at <= $1 AND status IN ('pending', 'unknown')
+                     AND (check_lease_until IS NULL OR check_lease_until <= $1)
+                   ORDER BY next_check_at LIMIT $2
+                   FOR UPDATE SKIP LOCKED)
+                 UPDATE payments SET check_lease_until = $3 FROM due WHERE payments.payment_id = due.id
+                 RETURNING {COLUMNS}, next_check_at"
+            ),
+            &[&now, &limit, &lease],
+        )
+        .await?;
+        let mut due = rows
+            .iter()
+            .map(|row| Ok((get::<i64>(row, 24)?, read_payment(row)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        due.sort_by_key(|(at, _)| *at);
+        Ok(due.into_iter().map(|(_, p)| p).collect())
+    }
+
+    async fn due_refunds(&self, now: i64, limit: u32) -> Result<Vec<RefundRecord>, StoreError> {
+        let c = self.conn().await?;
+        let limit = i64::from(limit);
+        let lease = now + CHECK_LEASE_MS;
+        let rows = query(
+            &c,
+            &format!(
+                "WITH due AS (
+                   SELECT refund_id AS id FROM refunds
+                   WHERE next_check_at <= $1 AND status IN ('pending', 'abnormal')
+                     AND (check_lease_until IS NULL OR check_lease_until <= $1)
+                   ORDER BY next_check_at LIMIT $2
+                   FOR UPDATE SKIP LOCKED)
+                 UPDATE refunds SET check_lease_until = $3 FROM due WHERE refunds.refund_id = due.id
+                 RETURNING {REFUND_COLUMNS}, next_check_at"
+            ),
+            &[&now, &limit, &lease],
+        )
+        .await?;
+        let mut due = rows
+            .iter()
+            .map(|row| Ok((get::<i64>(row, 19)?, read_refund(row)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        due.sort_by_key(|(at, _)| *at);
+        Ok(due.into_iter().map(|(_, r)| r).collect())
+    }
+
+    async fn schedule_payment_check(
+        &self,
+        payment_id: &str,
+        at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let c = self.conn().await?;
+        execute(
+            &c,
+            "UPDATE payments SET next_check_at = $2, check_lease_until = NULL WHERE payment_id = $1",
+            &[&payment_id, &at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn schedule_refund_check(
+        &self,
+        refund_id: &str,
+        at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let c = self.conn().await?;
+        execute(
+            &c,
+            "UPDATE refunds SET next_check_at = $2, check_lease_until = NULL WHERE refund_id = $1",
+            &[&refund_id, &at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let c = self.conn().await?;
+        // Writable, not only reachable: a standby answers queries but refuses every write.
+        let row = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(pg)?;
+        let standby: bool = get(&row, 0)?;
+        if standby {
+            return Err(StoreError::Backend(
+                "postgres: connected to a read-only standby".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_without_quoting_the_password() {
+        let plain = ConnectSpec::parse("postgres://app:s3cret@db.example:5432/pay").unwrap();
+        assert!(!plain.tls());
+        let tls = ConnectSpec::parse(
+            "postgres://app:s3cret@db.example/pay?sslmode=verify-full&connect_timeout=3",
+        )
+        .unwrap();
+        assert!(tls.tls());
+        assert_eq!(
+            tls.config.get_connect_timeout(),
+            Some(&Duration::from_secs(3))
+        );
+        assert!(ConnectSpec::parse("postgres://db/pay?sslmode=require")
+            .unwrap()
+            .tls());
+        assert!(
+            ConnectSpec::parse("host=db user=app password=s3cret sslmode=verify-full")
+                .unwrap()
+                .tls()
+        );
+        let e = ConnectSpec::parse("postgres://app:s3cret@db/pay?sslmode=bogus")
+            .err()
+            .unwrap();
+        assert!(e.contains("bogus") && !e.contains("s3cret"), "{e}");
+        let e = ConnectSpec::parse("postgres://app:s3cret@db/pay?sslrootcert=/x.pem")
+            .err()
+            .unwrap();
+        assert!(e.contains("sslrootcert") && !e.contains("s3cret"), "{e}");
+        let e = ConnectSpec::parse("host=db password=s3cret bogus_key=1")
+            .err()
+            .unwrap();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(valid_schema("payroute"));
+        assert!(valid_schema("payroute_test_01"));
+        assert!(!valid_schema(""));
+        assert!(!valid_schema("1abc"));
+        assert!(!valid_schema("Pay"));
+        assert!(!valid_schema("a\";drop"));
+        assert!(!valid_schema(&"a".repeat(64)));
+    }
+}
