@@ -395,7 +395,11 @@ fn describe(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => format!("postgres: {e}"),
+        // "error connecting to server" says little without its cause ("Connection refused").
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("postgres: {e}: {cause}"),
+            None => format!("postgres: {e}"),
+        },
     }
 }
 
