@@ -248,3 +248,116 @@ async fn check_warns_when_a_changed_identity_strands_open_orders() {
     assert!(!fresh_db.exists(), "check must not create the store");
     h.shutdown().await;
 }
+
+/// The shipped config with `store:` replaced.
+fn with_store(store: &str) -> String {
+    let shipped = shipped();
+    let line = shipped
+        .lines()
+        .find(|l| l.starts_with("store:"))
+        .expect("the shipped config has a store line")
+        .to_string();
+    shipped.replace(&line, store)
+}
+
+#[test]
+fn check_accepts_a_postgres_store_without_connecting() {
+    // Nothing listens on port 1: check must not try.
+    let text = with_store(
+        "store: { kind: postgres, url: \"postgres://app:hunter2-secret@127.0.0.1:1/pay?sslmode=verify-full\", pool_size: 4, schema: pay_a }",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("payroute.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let out = payroute()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+        "{stdout}{stderr}"
+    );
+    // The defaults (pool_size 16, schema payroute) with the url from the environment.
+    let text = with_store("store: { kind: postgres, url: env:PAYROUTE_TEST_CHECK_PG_URL }");
+    std::fs::write(&path, &text).unwrap();
+    let out = payroute()
+        .env(
+            "PAYROUTE_TEST_CHECK_PG_URL",
+            "postgres://app:pw@127.0.0.1:1/pay",
+        )
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_names_the_key_of_a_bad_postgres_store_and_never_its_password() {
+    let url = "postgres://app:hunter2-secret@db.example/pay";
+    for (store, key, says) in [
+        (
+            format!("store: {{ kind: postgres, url: \"{url}\", pool_size: 0 }}"),
+            "store.pool_size",
+            "between 1 and",
+        ),
+        (
+            format!("store: {{ kind: postgres, url: \"{url}\", schema: Pay-Route }}"),
+            "store.schema",
+            "a-z",
+        ),
+        (
+            "store: { kind: postgres, pool_size: 4 }".to_string(),
+            "store.url",
+            "required",
+        ),
+        (
+            format!("store: {{ kind: postgres, url: \"{url}\", path: data/x.db }}"),
+            "store.path",
+            "not a key of kind postgres",
+        ),
+        (
+            format!("store: {{ kind: postgres, url: \"{url}?sslmode=verify-everything\" }}"),
+            "store.url",
+            "sslmode",
+        ),
+        (
+            format!("store: {{ kind: postgres, url: \"{url}\", poolsize: 4 }}"),
+            "poolsize",
+            "unknown field",
+        ),
+        (
+            "store: { kind: postgres, url: env:PAYROUTE_TEST_UNSET_PG_URL }".to_string(),
+            "store.url",
+            "PAYROUTE_TEST_UNSET_PG_URL",
+        ),
+        (
+            "store: { kind: sqlite, schema: x }".to_string(),
+            "store.schema",
+            "not a key of kind sqlite",
+        ),
+        (
+            format!("store: {{ kind: mysql, url: \"{url}\" }}"),
+            "store.kind",
+            "not sqlite or postgres",
+        ),
+    ] {
+        let (code, err) = check(&with_store(&store));
+        assert_eq!(code, Some(1), "{store}: {err}");
+        assert!(err.contains(key) && err.contains(says), "{store}: {err}");
+        assert!(
+            !err.contains("hunter2"),
+            "{store}: the password leaked: {err}"
+        );
+    }
+}

@@ -45,3 +45,20 @@ pub(super) fn redact(mut v: serde_json::Value) -> serde_json::Value {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_literal_store_url_is_redacted_a_reference_and_other_urls_stay() {
+        let v = redact(serde_json::json!({
+            "store": { "kind": "postgres", "url": "postgres://app:hunter2@db/pay" },
+            "shops": [{ "webhook": { "url": "https://shop.example/hook" } }],
+        }));
+        assert_eq!(v["store"]["url"], "<redacted>");
+        assert_eq!(v["shops"][0]["webhook"]["url"], "https://shop.example/hook");
+        let v = redact(serde_json::json!({ "store": { "url": "env:PAYROUTE_PG_URL" } }));
+        assert_eq!(v["store"]["url"], "env:PAYROUTE_PG_URL");
+    }
+}
