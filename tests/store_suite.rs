@@ -238,6 +238,7 @@ postgres_only!(
     claimed_events_are_given_back_or_expire,
     due_checks_are_claimed_once,
     instances_starting_together_migrate_once,
+    tls_is_rustls_and_verified,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1268,5 +1269,61 @@ async fn reopening_keeps_everything(ctx: Ctx) {
             .unwrap()
             .amount,
         10
+    );
+}
+
+async fn tls_is_rustls_and_verified(ctx: Ctx) {
+    drop(ctx);
+    // The machine's PostgreSQL serves Debian's self-signed "snakeoil" certificate for
+    // `localhost`: trusted through sslrootcert it verifies; against the default roots it
+    // must be refused.
+    let Some(admin) = admin_client().await else {
+        return;
+    };
+    let ssl: String = admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    let snakeoil = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    let url = pg_url();
+    if ssl != "on" || !std::path::Path::new(snakeoil).exists() || !url.contains("@127.0.0.1") {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "*** SKIPPED tls_is_rustls_and_verified: needs ssl=on, {snakeoil} and a 127.0.0.1 url ***"
+        );
+        return;
+    }
+    let local = url.replace("@127.0.0.1", "@localhost");
+    let sep = if local.contains('?') { '&' } else { '?' };
+    let schema = unique("payroute_test_tls_");
+    let verified = PostgresStore::open(
+        &Secret::new(format!(
+            "{local}{sep}sslmode=verify-full&sslrootcert={snakeoil}"
+        )),
+        2,
+        &schema,
+    )
+    .await;
+    let refused = PostgresStore::open(
+        &Secret::new(format!("{local}{sep}sslmode=require")),
+        2,
+        &schema,
+    )
+    .await;
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await
+        .unwrap();
+    let verified = verified.expect("verify-full against the server's own certificate");
+    assert!(
+        verified.tls_in_use().await.unwrap(),
+        "the connection is encrypted"
+    );
+    verified.ping().await.unwrap();
+    let e = refused
+        .err()
+        .expect("a self-signed certificate is not trusted by default");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    assert!(
+        !e.to_string().contains("postgres://"),
+        "the url leaked: {e}"
     );
 }

@@ -330,6 +330,19 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// Whether this instance's connections to PostgreSQL are encrypted (for ops and tests).
+    pub async fn tls_in_use(&self) -> Result<bool, StoreError> {
+        let c = self.conn().await?;
+        let row = c
+            .query_one(
+                "SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        get(&row, 0)
+    }
+
     async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
     }
