@@ -1,5 +1,5 @@
 //! Test harness: the real proxy on listeners it binds itself (127.0.0.1:0) with a real
-//! SQLite file, the sandbox provider on its own socket as the upstream, a small HTTP client,
+//! SQLite file (or a fresh PostgreSQL schema: [`Harness::start_on_postgres`]), the sandbox provider on its own socket as the upstream, a small HTTP client,
 //! builders for channel YAML, and deadlines for every wait.
 #![allow(dead_code)]
 
@@ -429,7 +429,7 @@ pub struct Site {
 
 pub fn config_yaml(
     up: &Upstream,
-    db: &Path,
+    store: &str,
     site: &Site,
     rules: &str,
     extra_channels: &str,
@@ -461,7 +461,7 @@ server:
   max_body_bytes: 65536
   drain_timeout: 5s
 admin: {{ token: {ADMIN_TOKEN} }}
-store: {{ kind: sqlite, path: {db} }}
+store: {store}
 shops:
   - id: test-shop
     api_key: {SHOP_KEY}
@@ -482,7 +482,6 @@ channels:{platform}{m1001}{m2002}{m3003}
 routing:
 {rules}
 "#,
-        db = db.display(),
         public_base_url = site.public_base_url,
         m1001 = direct(
             "m1001_wechat",
@@ -521,6 +520,10 @@ pub struct Harness {
     pub admin: String,
     pub sandbox_url: String,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    /// The config's `store:` value.
+    store: String,
+    /// The PostgreSQL schema the proxy runs on, dropped with the harness.
+    pub pg: Option<PgSchema>,
 }
 
 pub struct Reply {
@@ -576,8 +579,36 @@ impl Harness {
         Harness::start_inner(tls, rules, &|_| extra_channels.to_string()).await
     }
 
+    /// [`Harness::start`] on a fresh PostgreSQL schema; `None` (after saying so loudly) when
+    /// PostgreSQL is not reachable and `PAYROUTE_REQUIRE_PG=1` is not set.
+    pub async fn start_on_postgres() -> Option<Harness> {
+        let pg = PgSchema::create("payroute_e2e_").await?;
+        let store = format!(
+            "{{ kind: postgres, url: \"{}\", pool_size: 8, schema: {} }}",
+            pg.url, pg.name
+        );
+        let mut h = Harness::start_inner_on(false, RULES, &|_| String::new(), Some(store)).await;
+        h.pg = Some(pg);
+        Some(h)
+    }
+
     async fn start_inner(tls: bool, rules: &str, extra: &dyn Fn(&Upstream) -> String) -> Harness {
+        Harness::start_inner_on(tls, rules, extra, None).await
+    }
+
+    async fn start_inner_on(
+        tls: bool,
+        rules: &str,
+        extra: &dyn Fn(&Upstream) -> String,
+        store: Option<String>,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
+        let store = store.unwrap_or_else(|| {
+            format!(
+                "{{ kind: sqlite, path: {} }}",
+                dir.path().join("payroute.db").display()
+            )
+        });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let upstream = if tls {
@@ -602,13 +633,7 @@ impl Harness {
             public_base_url: format!("http://127.0.0.1:{api_port}"),
             webhook_url: receiver.url.clone(),
         };
-        let yaml = config_yaml(
-            &upstream,
-            &dir.path().join("payroute.db"),
-            &site,
-            rules,
-            &extra(&upstream),
-        );
+        let yaml = config_yaml(&upstream, &store, &site, rules, &extra(&upstream));
         std::fs::write(&config_path, yaml).unwrap();
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config: {e}"));
         let sandbox = Sandbox::new(payroute::config::sandbox_merchants(&config.channels));
@@ -637,7 +662,17 @@ impl Harness {
             config_path,
             dir,
             client: Client::builder(TokioExecutor::new()).build_http(),
+            store,
+            pg: None,
         }
+    }
+
+    /// Another proxy instance on the same config (and so the same store and sandbox), as a
+    /// second instance behind a load balancer; its API base url and the running instance.
+    pub async fn another_instance(&self) -> (String, Running) {
+        let config = Config::load(&self.config_path).unwrap_or_else(|e| panic!("test config: {e}"));
+        let running = start_proxy(config).await;
+        (format!("http://{}", running.api_addr), running)
     }
 
     /// Stops the proxy (draining) and starts it again from the config file as it is now, on
@@ -676,7 +711,7 @@ impl Harness {
     pub fn write_config(&self, rules: &str, extra_channels: &str) {
         let yaml = config_yaml(
             &self.upstream,
-            &self.db_path(),
+            &self.store,
             &self.site,
             rules,
             extra_channels,
@@ -948,4 +983,90 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The PostgreSQL database of the tests: `PAYROUTE_TEST_PG_URL`, by default
+/// `postgres://postgres@127.0.0.1:5432/test`.
+pub fn pg_url() -> String {
+    std::env::var("PAYROUTE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh schema name in the test database, dropped when this is dropped (also when the
+/// test panics).
+pub struct PgSchema {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgSchema {
+    /// `None` when PostgreSQL is not reachable (said loudly on stderr); a panic instead
+    /// when `PAYROUTE_REQUIRE_PG=1`.
+    pub async fn create(prefix: &str) -> Option<PgSchema> {
+        use std::io::Write;
+        let url = pg_url();
+        let reached = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_postgres::connect(&url, tokio_postgres::NoTls),
+        )
+        .await;
+        let error = match reached {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            }),
+            Err(_) => Some("no answer within 5s".to_string()),
+        };
+        if let Some(error) = error {
+            if std::env::var("PAYROUTE_REQUIRE_PG").as_deref() == Ok("1") {
+                panic!("PostgreSQL not reachable ({error}) and PAYROUTE_REQUIRE_PG=1");
+            }
+            // Past the harness's capture of `eprintln!`: this must be seen.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED: PostgreSQL not reachable ({error}); run with PAYROUTE_REQUIRE_PG=1 \
+                 (and PAYROUTE_TEST_PG_URL=postgres://…) to run the PostgreSQL end-to-end tests ***\n"
+            );
+            return None;
+        }
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "{prefix}{}_{nanos}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        Some(PgSchema { name, url })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // Drop may run inside a runtime (or while unwinding): a thread of its own, with a
+        // runtime of its own.
+        let (url, name) = (self.url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }

@@ -1,0 +1,177 @@
+//! End to end on either store: the state-touching flows (create, replay, pay, refund, shop
+//! events, restart) run against SQLite and against PostgreSQL; and, on PostgreSQL, two
+//! proxy instances on one database behave as one.
+//!
+//! PostgreSQL unreachable: see `tests/store_suite.rs` (fail with `PAYROUTE_REQUIRE_PG=1`,
+//! else a loud SKIPPED and a pass).
+
+mod support;
+
+use http::Method;
+use serde_json::{json, Value};
+use support::{payment, Harness, SHOP_KEY};
+
+/// Create, replay, a different body, pay, refund (and its replay and guard), the shop's
+/// events, and a restart that keeps it all.
+async fn create_replay_refund(mut h: Harness) {
+    let body = payment("m_1001", "ss-1", "wechat_native", 1000, json!({}));
+    let first = h.create(&body).await;
+    first.expect_created_on("m1001_wechat");
+    let again = h.create(&body).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body["payment_id"], first.body["payment_id"]);
+    h.create(&payment("m_1001", "ss-1", "wechat_native", 1001, json!({})))
+        .await
+        .expect_error(409, "idempotency_mismatch");
+
+    assert_eq!(h.pay("ss-1").await.status, 200);
+    h.receiver.event("payment.succeeded", "ss-1").await;
+    let paid = h.get_payment("m_1001", "ss-1", true).await;
+    assert_eq!(paid.body["status"], "succeeded", "{}", paid.text);
+
+    let refund = json!({"merchant_id": "m_1001", "out_trade_no": "ss-1", "out_refund_no": "ss-1-r", "amount": 400});
+    let r = h.refund(&refund).await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("succeeded")),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["channel"], "m1001_wechat");
+    let replay = h.refund(&refund).await;
+    assert_eq!(replay.status, 200, "{}", replay.text);
+    assert_eq!(replay.body["refund_id"], r.body["refund_id"]);
+    h.refund(&json!({"merchant_id": "m_1001", "out_trade_no": "ss-1", "out_refund_no": "ss-1-r2", "amount": 601}))
+        .await
+        .expect_error(409, "invalid_state");
+    h.receiver.event("refund.succeeded", "ss-1").await;
+    let orders = h.sandbox_orders("ss-1").await;
+    assert_eq!(orders.len(), 1);
+    assert_eq!(
+        orders[0]["create_calls"], 1,
+        "the replay never reached the channel"
+    );
+    assert_eq!(orders[0]["refunds"].as_array().map(Vec::len), Some(1));
+
+    // A restart reads it all back from the store.
+    h.restart().await;
+    let after = h.get_payment("m_1001", "ss-1", false).await;
+    assert_eq!(after.body["status"], "succeeded");
+    assert_eq!(after.body["refunded_amount"], 400);
+    assert_eq!(after.body["payment_id"], first.body["payment_id"]);
+    let ledger = h.admin_get("/admin/payments?merchant_id=m_1001").await;
+    assert_eq!(ledger.status, 200, "{}", ledger.text);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_replay_refund_on_sqlite() {
+    create_replay_refund(Harness::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_replay_refund_on_postgres() {
+    if let Some(h) = Harness::start_on_postgres().await {
+        create_replay_refund(h).await;
+    }
+}
+
+/// `POST /v1/payments` at another instance's API.
+async fn create_at(h: &Harness, api: &str, body: &Value) -> support::Reply {
+    let auth = format!("Bearer {SHOP_KEY}");
+    h.send(
+        Method::POST,
+        &format!("{api}/v1/payments"),
+        &[("authorization", &auth)],
+        &body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_one_database_act_as_one() {
+    let Some(h) = Harness::start_on_postgres().await else {
+        return;
+    };
+    let (b_api, b) = h.another_instance().await;
+    let apis = [h.api.clone(), b_api.clone()];
+
+    // Identical creates spread over both instances: one channel call, one binding.
+    let body = payment("m_1001", "two-1", "wechat_native", 1999, json!({}));
+    let h = std::sync::Arc::new(h);
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let (h, api, body) = (h.clone(), apis[i % 2].clone(), body.clone());
+            tokio::spawn(async move { create_at(&h, &api, &body).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status == 200 || r.status == 201 {
+            ids.insert(
+                r.body["payment_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        } else {
+            r.expect_error(409, "request_in_progress");
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(ids.len(), 1, "every answer names the one payment");
+    let orders = h.sandbox_orders("two-1").await;
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    assert_eq!(
+        orders[0]["create_calls"], 1,
+        "exactly one create reached the channel"
+    );
+
+    // Paid; a refund sent to B goes to the account A bound, once.
+    assert_eq!(h.pay("two-1").await.status, 200);
+    let paid = h.get_payment("m_1001", "two-1", true).await;
+    assert_eq!(paid.body["status"], "succeeded", "{}", paid.text);
+    let auth = format!("Bearer {SHOP_KEY}");
+    let refund = h
+        .send(
+            Method::POST,
+            &format!("{b_api}/v1/refunds"),
+            &[("authorization", &auth)],
+            &json!({"merchant_id": "m_1001", "out_trade_no": "two-1", "out_refund_no": "two-1-r", "amount": 1999}).to_string(),
+        )
+        .await;
+    assert_eq!(refund.status, 201, "{}", refund.text);
+    assert_eq!(refund.body["channel"], "m1001_wechat");
+    // A sees B's refund: nothing is left to refund.
+    h.refund(&json!({"merchant_id": "m_1001", "out_trade_no": "two-1", "out_refund_no": "two-1-r2", "amount": 1}))
+        .await
+        .expect_error(409, "invalid_state");
+    let orders = h.sandbox_orders("two-1").await;
+    assert_eq!(orders[0]["mchid"], "1900000109", "the bound account");
+    assert_eq!(orders[0]["refunds"].as_array().map(Vec::len), Some(1));
+
+    // The shop hears of the payment once, though two outboxes poll one database.
+    h.receiver.event("refund.succeeded", "two-1").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let succeeded = h
+        .receiver
+        .accepted()
+        .into_iter()
+        .filter(|e| e["type"] == "payment.succeeded" && e["data"]["out_trade_no"] == "two-1")
+        .count();
+    assert_eq!(succeeded, 1, "one delivery of the one event");
+
+    b.shutdown().await;
+    match std::sync::Arc::try_unwrap(h) {
+        Ok(h) => h.shutdown().await,
+        Err(_) => panic!("the harness is still shared"),
+    }
+}
