@@ -381,7 +381,7 @@ impl PostgresStore {
                 })?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                    &[&version, &crate::payment::now_ms()],
+                    &[&version, &unix_ms()],
                 )
                 .await
                 .map_err(pg)?;
@@ -429,6 +429,13 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+/// Now, in unix ms (the store keeps no clock of its own otherwise: callers pass times in).
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
