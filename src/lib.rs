@@ -14,8 +14,9 @@
 //! - `channel`: one guarded call path per channel (limit, breaker, retries), the outbound HTTP
 //!   client, keys, notification verification; `wechatpay`, `alipay`.
 //! - `resilience`: retry backoff and budget, circuit breaker, GCRA rate limits.
-//! - `store`: the `Store` trait and its SQLite implementation (payments, refunds, the outbox,
-//!   the reconciliation schedule).
+//! - `store`: the `Store` trait (payments, refunds, the outbox, the reconciliation schedule)
+//!   and its two implementations: `sqlite` (group commit; one instance) and `postgres`
+//!   (pooled, migrated, claims with leases; several instances on one database).
 //! - `stranded`: open orders bound to an account no channel holds any more; check and reload warn.
 //! - `admin`: metrics, health, reload, config, channels, ledgers, events, explain on the admin
 //!   port.
