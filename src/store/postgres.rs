@@ -213,7 +213,11 @@ impl ConnectSpec {
         }
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
             if is_url {
-                format!("not a valid PostgreSQL url: {e}")
+                // The cause names the option (`port`, an unknown key), never its value.
+                match std::error::Error::source(&e) {
+                    Some(cause) => format!("not a valid PostgreSQL url: {e} ({cause})"),
+                    None => format!("not a valid PostgreSQL url: {e}"),
+                }
             } else {
                 // The key=value form's parser may quote a piece of the password back.
                 "not a valid PostgreSQL connection string (the reason is not shown: it could quote the password)".to_string()
@@ -1229,6 +1233,14 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("sslrootcert") && !e.contains("s3cret"), "{e}");
+        let e = ConnectSpec::parse("postgres://app:s3cret@db:s3cret/pay")
+            .err()
+            .unwrap();
+        assert!(e.contains("`port`") && !e.contains("s3cret"), "{e}");
+        let e = ConnectSpec::parse("postgres://app:s3cret@db/pay?bogus=1")
+            .err()
+            .unwrap();
+        assert!(e.contains("`bogus`") && !e.contains("s3cret"), "{e}");
         let e = ConnectSpec::parse("host=db password=s3cret bogus_key=1")
             .err()
             .unwrap();
