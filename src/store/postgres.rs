@@ -393,6 +393,22 @@ impl PostgresStore {
             }
             tx.commit().await.map_err(pg)?;
         }
+        // A newer payroute migrated this schema (a rolling upgrade in progress): this one
+        // still works on the tables it knows, but ops should finish the upgrade.
+        let newest: Option<i32> = client
+            .query_one("SELECT MAX(version) FROM schema_migrations", &[])
+            .await
+            .map_err(pg)
+            .and_then(|row| get(&row, 0))?;
+        let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        if newest.is_some_and(|n| n > known) {
+            tracing::warn!(
+                schema,
+                newest,
+                known,
+                "store: the schema has migrations this payroute does not know; upgrade every instance"
+            );
+        }
         Ok(())
     }
 }
