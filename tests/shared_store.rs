@@ -175,3 +175,44 @@ async fn two_instances_on_one_database_act_as_one() {
         Err(_) => panic!("the harness is still shared"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_reconcilers_on_one_database_resolve_an_order_once() {
+    // Checks every 200ms: both instances' workers look for due orders all the time.
+    let rules = format!(
+        "{}reconcile: {{ tiers: [ {{ until: 10m, every: 200ms }}, {{ until: 24h, every: 1h }} ] }}\n",
+        support::RULES
+    );
+    let Some(h) = Harness::start_on_postgres_with(&rules).await else {
+        return;
+    };
+    let (_b_api, b) = h.another_instance().await;
+    h.faults(json!({"drop_notifications": true})).await;
+    for no in ["rc2-1", "rc2-2", "rc2-3"] {
+        let r = h
+            .create(&payment("m_1001", no, "wechat_native", 300, json!({})))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert_eq!(h.pay(no).await.status, 200);
+    }
+    // No notification: the workers find the payments paid, and the shop is told once each.
+    for no in ["rc2-1", "rc2-2", "rc2-3"] {
+        h.receiver.event("payment.succeeded", no).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    for no in ["rc2-1", "rc2-2", "rc2-3"] {
+        let told = h
+            .receiver
+            .accepted()
+            .into_iter()
+            .filter(|e| e["type"] == "payment.succeeded" && e["data"]["out_trade_no"] == no)
+            .count();
+        assert_eq!(told, 1, "{no}: one event, delivered once");
+        assert_eq!(
+            h.get_payment("m_1001", no, false).await.body["status"],
+            "succeeded"
+        );
+    }
+    b.shutdown().await;
+    h.shutdown().await;
+}

@@ -582,12 +582,17 @@ impl Harness {
     /// [`Harness::start`] on a fresh PostgreSQL schema; `None` (after saying so loudly) when
     /// PostgreSQL is not reachable and `PAYROUTE_REQUIRE_PG=1` is not set.
     pub async fn start_on_postgres() -> Option<Harness> {
+        Harness::start_on_postgres_with(RULES).await
+    }
+
+    /// [`Harness::start_on_postgres`] with other rules (and top-level keys after them).
+    pub async fn start_on_postgres_with(rules: &str) -> Option<Harness> {
         let pg = PgSchema::create("payroute_e2e_").await?;
         let store = format!(
             "{{ kind: postgres, url: \"{}\", pool_size: 8, schema: {} }}",
             pg.url, pg.name
         );
-        let mut h = Harness::start_inner_on(false, RULES, &|_| String::new(), Some(store)).await;
+        let mut h = Harness::start_inner_on(false, rules, &|_| String::new(), Some(store)).await;
         h.pg = Some(pg);
         Some(h)
     }
