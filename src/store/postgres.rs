@@ -47,6 +47,8 @@ pub const CHECK_LEASE_MS: i64 = 120_000;
 /// Connecting, and waiting for a pooled connection, give up after this: a request then fails
 /// with a clear store error instead of hanging while PostgreSQL is away.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may go without a sign of life from the server while it waits.
+const LOST_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Versioned schema migrations, applied in order, each in one transaction. Never edit one
 /// that has shipped: add the next.
@@ -306,6 +308,17 @@ impl PostgresStore {
         config.options(options);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // A database that vanishes without closing the connection (a partition, a dead
+        // host) must fail the call, not hang it: data unacknowledged for 30s, or an idle
+        // connection without keepalive answers for about a minute, ends the connection.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(LOST_PEER_TIMEOUT);
+        }
+        if config.get_keepalives_idle() > LOST_PEER_TIMEOUT {
+            config.keepalives_idle(LOST_PEER_TIMEOUT);
+            config.keepalives_interval(Duration::from_secs(10));
+            config.keepalives_retries(3);
         }
         if config.get_application_name().is_none() {
             config.application_name("payroute");
