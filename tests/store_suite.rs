@@ -239,6 +239,7 @@ postgres_only!(
     due_checks_are_claimed_once,
     instances_starting_together_migrate_once,
     tls_is_rustls_and_verified,
+    connections_killed_by_the_server_are_replaced,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1326,4 +1327,60 @@ async fn tls_is_rustls_and_verified(ctx: Ctx) {
         !e.to_string().contains("postgres://"),
         "the url leaked: {e}"
     );
+}
+
+async fn connections_killed_by_the_server_are_replaced(ctx: Ctx) {
+    let Place::Postgres(schema) = &ctx.place else {
+        return;
+    };
+    let Some(admin) = admin_client().await else {
+        return;
+    };
+    // An instance of its own, named so that only its connections are killed.
+    let app = unique("payroute_kill_");
+    let url = pg_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let store = PostgresStore::open(
+        &Secret::new(format!("{url}{sep}application_name={app}")),
+        4,
+        schema,
+    )
+    .await
+    .expect("open");
+    store.insert_payment(&payment("k1")).await.unwrap();
+    let killed: i64 = admin
+        .query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "the instance had connections");
+    // What a restart of PostgreSQL does to an instance: every pooled connection is dead.
+    // Calls may fail while the pool finds out (a clear error, never a hang), then the pool
+    // connects afresh and nothing written before is lost.
+    let mut failures = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match store.get_payment("m_1", "k1").await {
+            Ok(Some(p)) => {
+                assert_eq!(p.out_trade_no, "k1");
+                break;
+            }
+            Ok(None) => panic!("the payment is gone"),
+            Err(e) => {
+                failures += 1;
+                assert!(!e.to_string().contains("postgres://"), "{e}");
+                assert!(tokio::time::Instant::now() < deadline, "no recovery: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(
+        failures <= 4,
+        "{failures} failed calls: at most one per dead connection"
+    );
+    store.ping().await.unwrap();
+    drop(ctx);
 }
