@@ -161,7 +161,9 @@ fn stranded_warnings(config: &Config) -> Vec<String> {
         Err(e) => return vec![format!("cannot start the runtime to read the store: {e}")],
     };
     rt.block_on(async {
-        let store = payroute::store::open(&config.store).await?;
+        let metrics = payroute::store::StoreMetrics::new(&prometheus::Registry::new())
+            .map_err(|e| payroute::store::StoreError::Backend(format!("metrics: {e}")))?;
+        let store = payroute::store::open(&config.store, metrics).await?;
         payroute::stranded::find(store.as_ref(), config).await
     })
     .map(|groups| groups.iter().map(|g| g.message()).collect())

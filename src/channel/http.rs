@@ -104,7 +104,7 @@ impl HttpClient {
                 body,
             })
         };
-        match tokio::time::timeout(deadline, call).await {
+        match super::wait::waiting(tokio::time::timeout(deadline, call)).await {
             Ok(r) => r,
             Err(_) => Err(ChannelError::new(
                 ErrorKind::Timeout,

@@ -16,6 +16,7 @@ pub mod alipay;
 pub mod http;
 pub mod keys;
 pub mod notification;
+pub mod wait;
 pub mod wechatpay;
 
 pub use notification::{Notification, NotifiedAccount, NotifyError};
@@ -603,7 +604,7 @@ impl Channel {
             }
             retries += 1;
             self.metrics.retried(self.name(), err.label());
-            tokio::time::sleep(wait).await;
+            wait::waiting(tokio::time::sleep(wait)).await;
         };
         self.observe(op, started, result.as_ref().err());
         result

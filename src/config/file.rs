@@ -81,6 +81,12 @@ pub struct ServerFile {
     /// Connections served at once on each listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Requests handled at once on each listener; more are shed with `503`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+    /// A request not answered by then gets `504 request_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

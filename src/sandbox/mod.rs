@@ -372,7 +372,8 @@ impl Sandbox {
             let sb = self.clone();
             async move { sb.handle(req).await }
         };
-        crate::server::serve(listener, tls, handler, shutdown, Default::default()).await;
+        let refuse: crate::server::Refuse = Arc::new(crate::api::error::refusal);
+        crate::server::serve(listener, tls, handler, shutdown, Default::default(), refuse).await;
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Answer {

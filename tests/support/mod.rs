@@ -107,6 +107,7 @@ impl Receiver {
             handler,
             std::future::pending(),
             Default::default(),
+            std::sync::Arc::new(payroute::api::error::refusal),
         ));
         rx
     }
