@@ -206,9 +206,9 @@ fn authorize(live: &Live, req: &Request<Incoming>) -> Result<Arc<Shop>, ApiError
 }
 
 /// The shop may act for `merchant`, and neither is over its rate limits.
-fn admit(app: &ApiState, shop: &Shop, merchant: &str) -> Result<(), ApiError> {
+async fn admit(app: &ApiState, shop: &Shop, merchant: &str) -> Result<(), ApiError> {
     if shop.merchants.contains(merchant) {
-        app.resilience.check_inbound(&shop.id, merchant)?;
+        app.resilience.check_inbound(&shop.id, merchant).await?;
         return Ok(());
     }
     Err(ApiError::field(
@@ -225,7 +225,7 @@ async fn create(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, limit).await?;
     let new = types::parse_create(&body, OffsetDateTime::now_utc())?;
-    admit(app, &shop, &new.merchant_id)?;
+    admit(app, &shop, &new.merchant_id).await?;
     Ok(
         match app.payments.create(&routes(live), &shop.id, new).await? {
             CreateOutcome::Created(rec) => {
@@ -247,7 +247,7 @@ async fn get(
     refresh: bool,
 ) -> Answer {
     let shop = authorize(live, req)?;
-    admit(app, &shop, merchant)?;
+    admit(app, &shop, merchant).await?;
     let rec = app
         .payments
         .get(&routes(live), merchant, out_trade_no, refresh)
@@ -266,7 +266,7 @@ async fn close(
     out_trade_no: &str,
 ) -> Answer {
     let shop = authorize(live, req)?;
-    admit(app, &shop, merchant)?;
+    admit(app, &shop, merchant).await?;
     let rec = app
         .payments
         .close(&routes(live), merchant, out_trade_no)
@@ -283,7 +283,7 @@ async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> A
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, limit).await?;
     let new = types::parse_refund(&body)?;
-    admit(app, &shop, &new.merchant_id)?;
+    admit(app, &shop, &new.merchant_id).await?;
     Ok(
         match app.payments.refund(&routes(live), &shop.id, new).await? {
             RefundOutcome::Created(r) => created(false, &crate::payment::view::refund_json(&r)),
@@ -301,7 +301,7 @@ async fn get_refund(
     refresh: bool,
 ) -> Answer {
     let shop = authorize(live, req)?;
-    admit(app, &shop, merchant)?;
+    admit(app, &shop, merchant).await?;
     let rec = app
         .payments
         .get_refund(&routes(live), merchant, out_refund_no, refresh)

@@ -24,6 +24,9 @@ pub struct FileConfig {
     pub routing: RoutingFile,
     #[serde(default)]
     pub limits: Vec<LimitFile>,
+    /// Where `scope: global` limits are shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,6 +282,18 @@ pub struct LimitFile {
     pub rate: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// `local` (the default) or `global` (shared by every instance through `redis:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://[:password@]host:port[/db]`, or `env:`/`file:`.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -44,6 +44,8 @@ pub struct Config {
     pub channels: BTreeMap<String, Arc<ChannelSettings>>,
     pub rules: Rules,
     pub limits: Vec<LimitSettings>,
+    /// Where `scope: global` limits are shared.
+    pub redis: Option<crate::resilience::RedisSettings>,
     pub sandbox: Option<SandboxSettings>,
     pub reconcile: ReconcileSettings,
     pub webhooks: WebhookSettings,

@@ -13,6 +13,14 @@ const SECRET_KEYS: [&str; 7] = [
     "key",
 ];
 
+/// `redis://:pw@host:6379` → `redis://<redacted>@host:6379`: a URL may carry a password.
+fn without_userinfo(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    Some(format!("{scheme}://<redacted>{}", &rest[at..]))
+}
+
 /// Replaces literal secret values with `<redacted>`; `env:`/`file:` references stay, since
 /// they name where the secret lives, not what it is.
 pub(super) fn redact(mut v: serde_json::Value) -> serde_json::Value {
@@ -20,6 +28,14 @@ pub(super) fn redact(mut v: serde_json::Value) -> serde_json::Value {
         match v {
             serde_json::Value::Object(map) => {
                 for (k, val) in map.iter_mut() {
+                    if k.ends_with("url") {
+                        if let serde_json::Value::String(s) = val {
+                            if let Some(clean) = without_userinfo(s) {
+                                *s = clean;
+                            }
+                            continue;
+                        }
+                    }
                     if SECRET_KEYS.contains(&k.as_str()) {
                         if let serde_json::Value::String(s) = val {
                             if !secret::is_reference(s) {
@@ -37,4 +53,23 @@ pub(super) fn redact(mut v: serde_json::Value) -> serde_json::Value {
     }
     walk(&mut v);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        let v = super::redact(serde_json::json!({
+            "redis": { "url": "redis://:hunter2@10.0.0.5:6379/0" },
+            "store": { "url": "postgres://payroute:s3cret@db/pay?sslmode=require" },
+            "webhook": { "url": "https://shop.example/hook" },
+        }));
+        let text = v.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
+        assert_eq!(v["redis"]["url"], "redis://<redacted>@10.0.0.5:6379/0");
+        assert_eq!(v["webhook"]["url"], "https://shop.example/hook");
+    }
 }

@@ -11,7 +11,10 @@ use crate::config::defaults::{
     MIN_ADMIN_TOKEN_LEN, MIN_MAX_BODY_BYTES, MIN_SHOP_API_KEY_LEN,
 };
 use crate::config::file::FileConfig;
-use crate::resilience::{parse_duration, LimitKey, LimitSettings, RateSpec};
+use crate::resilience::shared::DEFAULT_KEY_PREFIX;
+use crate::resilience::{
+    parse_duration, LimitKey, LimitScope, LimitSettings, RateSpec, RedisSettings,
+};
 use crate::sandbox::{SandboxMerchant, SandboxSettings};
 use crate::secret::Secret;
 use crate::server::{
@@ -268,15 +271,50 @@ pub(super) fn limits(f: &FileConfig, errs: &mut Errors) -> Vec<LimitSettings> {
         let rate = RateSpec::parse(&l.rate, l.burst)
             .map_err(|e| errs.push(&format!("{at}.rate"), format!("{label}: rate {e}")))
             .ok();
-        if let (Some(key), Some(rate)) = (key, rate) {
+        let scope = match l.scope.as_deref() {
+            None | Some("local") => Some(LimitScope::Local),
+            Some("global") if f.redis.is_some() => Some(LimitScope::Global),
+            Some("global") => {
+                errs.push(
+                    &format!("{at}.scope"),
+                    format!("{label}: scope global needs redis: (where the limit is shared)"),
+                );
+                None
+            }
+            Some(other) => {
+                errs.push(
+                    &format!("{at}.scope"),
+                    format!("{label}: scope {other:?} is not local or global"),
+                );
+                None
+            }
+        };
+        if let (Some(key), Some(rate), Some(scope)) = (key, rate, scope) {
             out.push(LimitSettings {
                 name: l.name.clone(),
                 key,
                 rate,
+                scope,
             });
         }
     }
     out
+}
+
+pub(super) fn redis(f: &FileConfig, errs: &mut Errors) -> Option<RedisSettings> {
+    let r = f.redis.as_ref()?;
+    let url = secret_value(&r.url, "redis.url", errs)?;
+    if let Err(e) = crate::resilience::shared::check_url(url.expose()) {
+        errs.push("redis.url", format!("redis.url: {e}"));
+        return None;
+    }
+    Some(RedisSettings {
+        url,
+        key_prefix: r
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string()),
+    })
 }
 
 pub(super) fn sandbox(
