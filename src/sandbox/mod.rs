@@ -372,7 +372,17 @@ impl Sandbox {
             let sb = self.clone();
             async move { sb.handle(req).await }
         };
-        let refuse: crate::server::Refuse = Arc::new(crate::api::error::refusal);
+        // Answered as a provider would: a system error the client may retry.
+        let refuse: crate::server::Refuse = Arc::new(|r| {
+            let status = match r {
+                crate::server::Refusal::TimedOut => http::StatusCode::GATEWAY_TIMEOUT,
+                _ => http::StatusCode::SERVICE_UNAVAILABLE,
+            };
+            crate::server::json_response(
+                status,
+                &serde_json::json!({"code": "SYSTEM_ERROR", "message": format!("sandbox: {r:?}")}),
+            )
+        });
         crate::server::serve(listener, tls, handler, shutdown, Default::default(), refuse).await;
     }
 
