@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use time::OffsetDateTime;
 
-use crate::channel::wait::measured;
+use crate::context;
 use crate::live::{Live, LiveConfig};
 use crate::payment::{CreateOutcome, PaymentService, RefundOutcome, Routes};
 use crate::resilience::Resilience;
@@ -109,8 +109,27 @@ pub async fn handle(app: Arc<ApiState>, req: Request<Incoming>) -> Response<Full
     let started = tokio::time::Instant::now();
     // In-flight requests keep the config they started with, across reloads.
     let live = app.live.load();
-    let ((route, result), waited) = measured(route(&app, &live, req)).await;
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let id = context::request_id_from(
+        req.headers()
+            .get(context::REQUEST_ID)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let ((route, result), waited, mut note) =
+        context::scope(id.clone(), route(&app, &live, req)).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            note.outcome = Some(e.code.as_str());
+            if let Some(p) = &e.payment {
+                note.rule = p["rule"].as_str().map(str::to_string);
+                note.channel = p["channel"].as_str().map(str::to_string);
+            }
+            e.into_response()
+        }
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(context::REQUEST_ID, v);
+    }
     let class = match resp.status().as_u16() {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -124,9 +143,22 @@ pub async fn handle(app: Arc<ApiState>, req: Request<Incoming>) -> Response<Full
     m.duration
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
+    let overhead = elapsed.saturating_sub(waited);
     m.overhead
         .with_label_values(&[route])
-        .observe(elapsed.saturating_sub(waited).as_secs_f64());
+        .observe(overhead.as_secs_f64());
+    tracing::info!(
+        target: "payroute::access",
+        request_id = %id,
+        route,
+        rule = note.rule.as_deref().unwrap_or("-"),
+        channel = note.channel.as_deref().unwrap_or("-"),
+        outcome = note.outcome.unwrap_or("-"),
+        status = resp.status().as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1e3,
+        overhead_ms = overhead.as_secs_f64() * 1e3,
+        "request"
+    );
     resp
 }
 
@@ -228,12 +260,8 @@ async fn create(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
     admit(app, &shop, &new.merchant_id).await?;
     Ok(
         match app.payments.create(&routes(live), &shop.id, new).await? {
-            CreateOutcome::Created(rec) => {
-                created(false, &crate::payment::view::payment_json(&rec))
-            }
-            CreateOutcome::Replayed(rec) => {
-                created(true, &crate::payment::view::payment_json(&rec))
-            }
+            CreateOutcome::Created(rec) => created(false, &payment_view(&rec)),
+            CreateOutcome::Replayed(rec) => created(true, &payment_view(&rec)),
         },
     )
 }
@@ -252,10 +280,7 @@ async fn get(
         .payments
         .get(&routes(live), merchant, out_trade_no, refresh)
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::payment::view::payment_json(&rec),
-    ))
+    Ok(json_response(StatusCode::OK, &payment_view(&rec)))
 }
 
 async fn close(
@@ -271,10 +296,7 @@ async fn close(
         .payments
         .close(&routes(live), merchant, out_trade_no)
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::payment::view::payment_json(&rec),
-    ))
+    Ok(json_response(StatusCode::OK, &payment_view(&rec)))
 }
 
 async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
@@ -286,8 +308,8 @@ async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> A
     admit(app, &shop, &new.merchant_id).await?;
     Ok(
         match app.payments.refund(&routes(live), &shop.id, new).await? {
-            RefundOutcome::Created(r) => created(false, &crate::payment::view::refund_json(&r)),
-            RefundOutcome::Replayed(r) => created(true, &crate::payment::view::refund_json(&r)),
+            RefundOutcome::Created(r) => created(false, &refund_view(&r)),
+            RefundOutcome::Replayed(r) => created(true, &refund_view(&r)),
         },
     )
 }
@@ -306,10 +328,19 @@ async fn get_refund(
         .payments
         .get_refund(&routes(live), merchant, out_refund_no, refresh)
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::payment::view::refund_json(&rec),
-    ))
+    Ok(json_response(StatusCode::OK, &refund_view(&rec)))
+}
+
+/// A payment's answer, noted for the access log.
+fn payment_view(rec: &crate::store::PaymentRecord) -> serde_json::Value {
+    context::note(Some(&rec.rule), &rec.channel, rec.status.as_str());
+    crate::payment::view::payment_json(rec)
+}
+
+/// A refund's answer, noted for the access log.
+fn refund_view(rec: &crate::store::RefundRecord) -> serde_json::Value {
+    context::note(None, &rec.channel, rec.status.as_str());
+    crate::payment::view::refund_json(rec)
 }
 
 /// 201 for a new object; 200 with `Idempotent-Replayed: true` for a replay.

@@ -16,7 +16,6 @@ pub mod alipay;
 pub mod http;
 pub mod keys;
 pub mod notification;
-pub mod wait;
 pub mod wechatpay;
 
 pub use notification::{Notification, NotifiedAccount, NotifyError};
@@ -604,7 +603,7 @@ impl Channel {
             }
             retries += 1;
             self.metrics.retried(self.name(), err.label());
-            wait::waiting(tokio::time::sleep(wait)).await;
+            crate::context::waiting(tokio::time::sleep(wait)).await;
         };
         self.observe(op, started, result.as_ref().err());
         result

@@ -28,6 +28,8 @@ pub struct FileConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconcile: Option<ReconcileFile>,
@@ -285,6 +287,17 @@ pub struct LimitFile {
     /// `local` (the default) or `global` (shared by every instance through `redis:`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// `text` (the default) or `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Filter directives, e.g. `info`; `RUST_LOG` overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -46,6 +46,8 @@ pub struct Config {
     pub limits: Vec<LimitSettings>,
     /// Where `scope: global` limits are shared.
     pub redis: Option<crate::resilience::RedisSettings>,
+    /// How the process logs; read once at start.
+    pub log: crate::logging::LogSettings,
     pub sandbox: Option<SandboxSettings>,
     pub reconcile: ReconcileSettings,
     pub webhooks: WebhookSettings,

@@ -974,6 +974,8 @@ pub struct Binary {
     child: std::process::Child,
     config: PathBuf,
     admin: String,
+    /// Its stderr (the log), across restarts.
+    log: PathBuf,
 }
 
 impl Binary {
@@ -1010,20 +1012,27 @@ impl Binary {
         }
         h.admin = format!("http://127.0.0.1:{admin_port}");
         let admin = format!("127.0.0.1:{admin_port}");
-        let child = Binary::spawn(&config, &admin).await;
+        let log = h.dir.path().join("binary.log");
+        let child = Binary::spawn(&config, &admin, &log).await;
         Binary {
             child,
             config,
             admin,
+            log,
         }
     }
 
-    async fn spawn(config: &Path, admin: &str) -> std::process::Child {
+    async fn spawn(config: &Path, admin: &str, log: &Path) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_payroute"))
             .args(["serve", "--config"])
             .arg(config)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         wait_until("the binary serves", || async {
@@ -1035,7 +1044,12 @@ impl Binary {
 
     /// Starts the binary again after it stopped.
     pub async fn restart(&mut self) {
-        self.child = Binary::spawn(&self.config, &self.admin).await;
+        self.child = Binary::spawn(&self.config, &self.admin, &self.log).await;
+    }
+
+    /// Everything the binary logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sends `signal` (`TERM`, `KILL`) to the binary.

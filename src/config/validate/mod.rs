@@ -55,6 +55,7 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
     let channels = channels::channels(&f, &mut errs);
     let limits = server::limits(&f, &mut errs);
     let redis = server::redis(&f, &mut errs);
+    let log = server::log(&f, &mut errs);
     let rules = routing::routing(&f, &channels, &merchants, &shops, &mut errs);
     let sandbox = server::sandbox(&f, &channels, &mut errs);
     let reconcile = workers::reconcile(&f, &mut errs);
@@ -87,6 +88,7 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
         rules,
         limits,
         redis,
+        log,
         sandbox,
         reconcile,
         webhooks,

@@ -11,6 +11,7 @@ use crate::config::defaults::{
     MIN_ADMIN_TOKEN_LEN, MIN_MAX_BODY_BYTES, MIN_SHOP_API_KEY_LEN,
 };
 use crate::config::file::FileConfig;
+use crate::logging::{check_level, LogFormat, LogSettings, DEFAULT_LEVEL};
 use crate::resilience::shared::DEFAULT_KEY_PREFIX;
 use crate::resilience::{
     parse_duration, LimitKey, LimitScope, LimitSettings, RateSpec, RedisSettings,
@@ -299,6 +300,28 @@ pub(super) fn limits(f: &FileConfig, errs: &mut Errors) -> Vec<LimitSettings> {
         }
     }
     out
+}
+
+pub(super) fn log(f: &FileConfig, errs: &mut Errors) -> LogSettings {
+    let Some(l) = &f.log else {
+        return LogSettings::default();
+    };
+    let format = match l.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            errs.push(
+                "log.format",
+                format!("log.format: {other:?} is not text or json"),
+            );
+            LogFormat::Text
+        }
+    };
+    let level = l.level.clone().unwrap_or_else(|| DEFAULT_LEVEL.to_string());
+    if let Err(e) = check_level(&level) {
+        errs.push("log.level", format!("log.level: {level:?}: {e}"));
+    }
+    LogSettings { format, level }
 }
 
 pub(super) fn redis(f: &FileConfig, errs: &mut Errors) -> Option<RedisSettings> {
