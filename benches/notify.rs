@@ -304,6 +304,7 @@ async fn receiver(got: Arc<Deliveries>) -> String {
         handler,
         std::future::pending(),
         Default::default(),
+        std::sync::Arc::new(payroute::api::error::refusal),
     ));
     url
 }

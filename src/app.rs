@@ -39,7 +39,8 @@ impl App {
     pub async fn new(config: Config) -> Result<Arc<App>, String> {
         let registry = Registry::new();
         let metric_err = |e: prometheus::Error| format!("metrics: {e}");
-        let store = crate::store::open(&config.store)
+        let store_metrics = crate::store::StoreMetrics::new(&registry).map_err(metric_err)?;
+        let store = crate::store::open(&config.store, store_metrics)
             .await
             .map_err(|e| e.to_string())?;
         let resilience = Arc::new(Resilience::new(&registry).map_err(metric_err)?);
@@ -230,12 +231,17 @@ pub async fn start(
     }
     let api_state = app.api.clone();
     let api = move |req, _peer| crate::api::handle(api_state.clone(), req);
+    let refuser = |listener| -> crate::server::Refuse {
+        let api_state = app.api.clone();
+        Arc::new(move |r| api_state.metrics.refuse(listener, r))
+    };
     tasks.push(tokio::spawn(crate::server::serve(
         api_listener,
         server_tls,
         api,
         stopped(rx.clone()),
         limits,
+        refuser("api"),
     )));
     let admin_state = app.admin.clone();
     let admin = move |req, _peer| crate::admin::handle(admin_state.clone(), req);
@@ -245,6 +251,7 @@ pub async fn start(
         admin,
         stopped(rx.clone()),
         limits,
+        refuser("admin"),
     )));
 
     if watch_config {

@@ -4,8 +4,11 @@
 //! - `config`: the YAML file, its validation into the runtime model, live reload.
 //! - `server`: the inbound HTTP/1.1 + HTTP/2 listener with optional TLS and graceful drain.
 //! - `shops`: the shop directory — API keys, the merchants each shop may act for, webhooks.
+//! - `logging`: text or JSON log lines on stderr (`log:`), no colour off a terminal.
 //! - `live`: the live config — the version serving now, its channels, reload and its hooks.
 //! - `api`: the unified API for shops; the one place errors become HTTP responses (admin's too).
+//! - `context`: what one API request carries through its task — its id, its waits on channels,
+//!   its access-log note.
 //! - `payment`: the state machine — route, bind, call the channel, store the outcome and the
 //!   shop event in one transaction; query, close, refunds.
 //! - `notify`: provider notifications in (`/notify/{channel}`), shop webhooks out (the outbox).
@@ -31,8 +34,10 @@ pub mod api;
 pub mod app;
 pub mod channel;
 pub mod config;
+pub mod context;
 pub mod domain;
 pub mod live;
+pub mod logging;
 pub mod notify;
 pub mod payment;
 pub mod reconcile;

@@ -49,7 +49,7 @@ impl LiveConfig {
     ) -> Result<LiveConfig, String> {
         let metric_err = |e: prometheus::Error| format!("metrics: {e}");
         let channel_metrics = Arc::new(ChannelMetrics::new(registry).map_err(metric_err)?);
-        resilience.configure(&config.limits);
+        resilience.configure(&config.limits, config.redis.as_ref())?;
         let channels = ChannelSet::build(&config.channels, &channel_metrics, &resilience)?;
         let reload_metrics = ReloadMetrics::new(registry).map_err(metric_err)?;
         reload_metrics.loaded(&config.version);
@@ -131,7 +131,12 @@ impl LiveConfig {
                 for hook in self.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                     hook(&config);
                 }
-                self.resilience.configure(&config.limits);
+                if let Err(e) = self
+                    .resilience
+                    .configure(&config.limits, config.redis.as_ref())
+                {
+                    tracing::error!(error = %e, "shared limits not reconfigured");
+                }
                 self.live.store(Arc::new(Live {
                     config: Arc::new(config),
                     channels,

@@ -72,13 +72,6 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,hyper=warn,rustls=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     // Config is loaded and validated before any port is bound.
     let config_path = match &cli.command {
@@ -95,6 +88,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    payroute::logging::init(&config.log);
     match cli.command {
         Command::Check { .. } => {
             println!("{}: ok\n{}", config_path.display(), config.summary());
@@ -165,7 +159,9 @@ fn stranded_warnings(config: &Config) -> Vec<String> {
         Err(e) => return vec![format!("cannot start the runtime to read the store: {e}")],
     };
     rt.block_on(async {
-        let store = payroute::store::open(&config.store).await?;
+        let metrics = payroute::store::StoreMetrics::new(&prometheus::Registry::new())
+            .map_err(|e| payroute::store::StoreError::Backend(format!("metrics: {e}")))?;
+        let store = payroute::store::open(&config.store, metrics).await?;
         payroute::stranded::find(store.as_ref(), config).await
     })
     .map(|groups| groups.iter().map(|g| g.message()).collect())

@@ -39,14 +39,31 @@ pub struct ServerSettings {
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once per listener; more wait in the kernel's backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Requests handled at once per listener; one more is refused at once (`503` with
+/// `Retry-After`) rather than queued, so a burst cannot grow latency and memory without bound.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1_024;
+/// A request not answered by then gets `504`; its work goes on (see [`serve`]). Above the
+/// longest channel deadline a create can spend (its own call, a query, a fallback's call).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a listener without a configured `drain_timeout` (the sandbox) drains.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+/// HTTP/2: streams one connection may have open at once.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// HTTP/2: a ping this often on a quiet connection; no answer within the timeout closes it.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2: streams a client may open and reset before we answer (the "rapid reset" attack).
+const H2_MAX_PENDING_RESETS: usize = 32;
+/// Request head size, both protocols: the API's heads are small.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// What one listener tolerates from its clients, and how long it drains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerLimits {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
     pub drain: Duration,
 }
 
@@ -55,10 +72,26 @@ impl Default for ListenerLimits {
         ListenerLimits {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             drain: DEFAULT_DRAIN,
         }
     }
 }
+
+/// Why the listener answered a request itself instead of its handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_in_flight` requests were being handled: shed at once, retry later.
+    Overloaded,
+    /// The handler did not answer within `request_timeout` (it goes on running).
+    TimedOut,
+    /// The handler failed without an answer (a bug); details are in the log.
+    Failed,
+}
+
+/// Turns a [`Refusal`] into the listener's answer (the API's error format, on the API port).
+pub type Refuse = Arc<dyn Fn(Refusal) -> Response<Body> + Send + Sync>;
 
 /// A rustls server config built from PEM text.
 #[derive(Clone)]
@@ -101,16 +134,26 @@ pub type Body = Full<Bytes>;
 /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish for
 /// up to `limits.drain` before returning.
 ///
+/// Each request runs as its own task: a client that hangs up, or a request past its
+/// deadline, does not cancel a payment half-way (the outcome is still stored).
+///
 /// # Limits
-/// At most `limits.max_connections` connections are served at once: the next one is
-/// accepted when one closes (the kernel's backlog holds the rest). A connection must send its
-/// request head (HTTP/1) or finish its TLS handshake within `limits.header_read_timeout`.
+/// - At most `limits.max_connections` connections are served at once: the next one is
+///   accepted when one closes (the kernel's backlog holds the rest).
+/// - A connection must send its request head (HTTP/1) or finish its TLS handshake within
+///   `limits.header_read_timeout`. hyper starts that timer again whenever a keep-alive
+///   connection waits for its next request, so it is also the idle timeout. HTTP/2
+///   connections are pinged instead, and closed when a ping goes unanswered.
+/// - At most `limits.max_in_flight` requests are handled at once; the next is refused at
+///   once with [`Refusal::Overloaded`] and none already accepted is disturbed.
+/// - A request not answered within `limits.request_timeout` gets [`Refusal::TimedOut`].
 pub async fn serve<H, F, S>(
     listener: TcpListener,
     tls: Option<TlsSettings>,
     handler: H,
     shutdown: S,
     limits: ListenerLimits,
+    refuse: Refuse,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -120,8 +163,18 @@ pub async fn serve<H, F, S>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let builder = Arc::new(builder);
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let graceful = GracefulShutdown::new();
     let acceptor = tls.map(|t| TlsAcceptor::from(t.config));
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -148,9 +201,30 @@ pub async fn serve<H, F, S>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let (in_flight, refuse) = (in_flight.clone(), refuse.clone());
         let service = service_fn(move |req| {
             let h = handler.clone();
-            async move { Ok::<_, Infallible>(h(req, peer).await) }
+            let (in_flight, refuse) = (in_flight.clone(), refuse.clone());
+            async move {
+                let Ok(permit) = in_flight.try_acquire_owned() else {
+                    return Ok::<_, Infallible>(refuse(Refusal::Overloaded));
+                };
+                // The permit goes with the task: work that outlives its deadline still counts.
+                let work = tokio::spawn(async move {
+                    let _permit = permit;
+                    h(req, peer).await
+                });
+                Ok(
+                    match tokio::time::timeout(limits.request_timeout, work).await {
+                        Ok(Ok(resp)) => resp,
+                        Ok(Err(e)) => {
+                            tracing::error!(%peer, error = %e, "request handler failed");
+                            refuse(Refusal::Failed)
+                        }
+                        Err(_) => refuse(Refusal::TimedOut),
+                    },
+                )
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -361,3 +361,79 @@ fn check_names_the_key_of_a_bad_postgres_store_and_never_its_password() {
         );
     }
 }
+
+#[tokio::test]
+async fn json_logs_carry_one_line_per_request_with_its_id_and_no_colour() {
+    let mut h = support::Harness::start().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(
+        &h.config_path,
+        format!("{text}log: {{ format: json, level: info }}\n"),
+    )
+    .unwrap();
+    let mut binary = support::Binary::take_over(&mut h).await;
+    let auth = format!("Bearer {}", support::SHOP_KEY);
+    let body = support::payment(
+        "m_1001",
+        "log-1",
+        "wechat_native",
+        100,
+        serde_json::json!({}),
+    );
+    let reply = h
+        .send(
+            http::Method::POST,
+            &format!("{}/v1/payments", h.api),
+            &[("authorization", &auth), ("x-request-id", "shop-req-42")],
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.headers["x-request-id"], "shop-req-42");
+    // The channel saw the same id.
+    let ids = h
+        .send(
+            http::Method::GET,
+            &format!("{}/sandbox/request_ids", h.sandbox_url),
+            &[],
+            "",
+        )
+        .await;
+    assert!(
+        ids.body
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("shop-req-42")),
+        "{}",
+        ids.text
+    );
+    // A request without an id gets one.
+    let other = h.get_payment("m_1001", "log-1", false).await;
+    let generated = other.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated.len(), 16);
+
+    binary.signal("TERM");
+    binary.exited().await;
+    let logs = binary.logs();
+    assert!(!logs.contains('\u{1b}'), "colour codes in a log file");
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let access = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}: {logs}"))
+            .clone()
+    };
+    let create = access("shop-req-42");
+    assert_eq!(create["route"], "create_payment");
+    assert_eq!(create["rule"], "m1001-own-wechat");
+    assert_eq!(create["channel"], "m1001_wechat");
+    assert_eq!(create["outcome"], "pending");
+    assert_eq!(create["status"], 201);
+    assert!(create["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(access(&generated)["route"], "get_payment");
+    assert!(!logs.contains(support::SHOP_KEY), "a secret in the log");
+}

@@ -361,3 +361,33 @@ fn a_shop_whose_merchants_can_be_paid_needs_a_webhook() {
         "{err}"
     );
 }
+
+#[test]
+fn a_global_limit_needs_redis_and_a_redis_url_is_checked() {
+    let base = config(FULL, OWN_WECHAT_ALL_METHODS);
+    let global = "limits:\n  - { name: per-merchant, key: merchant, rate: 50/s, scope: global }\n";
+    let (ok, err) = check(&format!("{base}{global}"));
+    assert!(!ok);
+    assert!(
+        err.contains(r#"limits[0] "per-merchant": scope global needs redis:"#),
+        "{err}"
+    );
+    let (ok, err) = check(&format!(
+        "{base}{global}redis: {{ url: \"http://:hunter2@127.0.0.1:6379\" }}\n"
+    ));
+    assert!(!ok);
+    assert!(err.contains("redis.url: must start with redis://"), "{err}");
+    assert!(!err.contains("hunter2"), "the URL's password leaked: {err}");
+    let (ok, err) = check(&format!(
+        "{base}{global}redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"pr:\" }}\n"
+    ));
+    assert!(ok, "{err}");
+    let (ok, err) = check(&format!(
+        "{base}limits:\n  - {{ name: l, key: merchant, rate: 5/s, scope: cluster }}\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains(r#"scope "cluster" is not local or global"#),
+        "{err}"
+    );
+}

@@ -4,11 +4,10 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{wait_until, within, Harness};
+use support::{wait_until, Binary, Harness};
 
 /// Retries after 100ms and 100ms, then dead.
 const SHORT: &str = "webhooks: { schedule: [100ms, 100ms] }\n";
@@ -146,17 +145,6 @@ async fn a_flapping_shop_gets_every_event_at_least_once_in_order_per_payment() {
     h.shutdown().await;
 }
 
-/// The proxy binary on `config`, its output discarded.
-fn spawn_proxy(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_payroute"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_kill_9_loses_no_pending_event() {
     // The in-process proxy only sets the scene (sandbox, receiver, config); the process
@@ -169,50 +157,7 @@ async fn a_kill_9_loses_no_pending_event() {
     )
     .await;
     h.faults(json!({"drop_notifications": true})).await;
-    let api_port = h
-        .site
-        .public_base_url
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let yaml = std::fs::read_to_string(&h.config_path)
-        .unwrap()
-        .replacen(
-            "listen: 127.0.0.1:0",
-            &format!("listen: 127.0.0.1:{api_port}"),
-            1,
-        )
-        .replacen(
-            "admin_listen: 127.0.0.1:0",
-            &format!("admin_listen: 127.0.0.1:{admin_port}"),
-            1,
-        );
-    let config = h.dir.path().join("binary.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    // Hand the API port and the database to the binary.
-    if let Some(r) = h.running.take() {
-        within("the in-process proxy to stop", r.shutdown()).await;
-    }
-    h.admin = format!("http://127.0.0.1:{admin_port}");
-    let mut child = spawn_proxy(&config);
-    let admin_addr = format!("127.0.0.1:{admin_port}");
-    let up = || {
-        let addr = admin_addr.clone();
-        async move {
-            wait_until("the binary serves", || {
-                let addr = addr.clone();
-                async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
-            })
-            .await
-        }
-    };
-    up().await;
+    let mut binary = Binary::take_over(&mut h).await;
     h.receiver.answer_with(503);
     let orders = ["ob-kill-1", "ob-kill-2", "ob-kill-3"];
     for no in orders {
@@ -222,12 +167,11 @@ async fn a_kill_9_loses_no_pending_event() {
         h.receiver.received().len() >= orders.len()
     })
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    binary.signal("KILL");
+    binary.exited().await;
 
     h.receiver.answer_with(200);
-    let mut child = spawn_proxy(&config);
-    up().await;
+    binary.restart().await;
     for no in orders {
         h.receiver.event("payment.succeeded", no).await;
         assert_eq!(
@@ -235,8 +179,6 @@ async fn a_kill_9_loses_no_pending_event() {
             "succeeded"
         );
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[tokio::test]

@@ -111,6 +111,31 @@ async fn reloads_under_concurrent_requests_fail_nothing() {
     })
     .await;
 
+    // A 10,000-rule file swaps in (and out again) while creates run. Half the rules are
+    // m_1001's own and never match these creates, so each one scans past them.
+    let mut bulk = String::from("\n  rules:\n");
+    for i in 0..10_000 {
+        let when = if i % 2 == 0 {
+            format!(
+                "{{ merchant: [m_1001], amount: {{ min: {} }} }}",
+                1_000_000 + i
+            )
+        } else {
+            format!("{{ merchant: [m_bulk_{i}] }}")
+        };
+        bulk.push_str(&format!(
+            "    - name: bulk-{i}\n      when: {when}\n      to: m2002_wechat\n"
+        ));
+    }
+    bulk.push_str(support::RULES.trim_start_matches("\n  rules:\n"));
+    for rules in [bulk.as_str(), support::RULES] {
+        h.write_config(rules, "");
+        let r = h.admin_post("/admin/reload", &json!({})).await;
+        assert_eq!(r.status, 200, "{}", &r.text[..r.text.len().min(500)]);
+        let before = ok.load(Ordering::Relaxed);
+        wait_for_traffic(before + 20).await;
+    }
+
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         support::within("a load worker to stop", w).await.unwrap();

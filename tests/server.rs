@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
+use std::sync::Arc;
 use support::{payment, Harness, SHOP_KEY};
 
 #[tokio::test]
@@ -69,13 +70,12 @@ async fn shutdown_drains_in_flight_payments() {
     );
 }
 
-/// Restarts `h` with these listener limits written into its config.
-async fn with_limits(h: &mut Harness, header_read_timeout: &str, max_connections: usize) {
+/// Restarts `h` with these `server:` keys written into its config.
+async fn with_limits(h: &mut Harness, keys: &[(&str, &str)]) {
+    let lines: String = keys.iter().map(|(k, v)| format!("  {k}: {v}\n")).collect();
     let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
         "  drain_timeout: 5s\n",
-        &format!(
-            "  drain_timeout: 5s\n  header_read_timeout: {header_read_timeout}\n  max_connections: {max_connections}\n"
-        ),
+        &format!("  drain_timeout: 5s\n{lines}"),
     );
     support::write_atomically(&h.config_path, &text);
     h.restart().await;
@@ -102,7 +102,7 @@ async fn until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
 async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
     use tokio::io::AsyncWriteExt;
     let mut h = Harness::start().await;
-    with_limits(&mut h, "300ms", 100).await;
+    with_limits(&mut h, &[("header_read_timeout", "300ms")]).await;
     let addr = h.api.trim_start_matches("http://").to_string();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     slow.write_all(b"GET /v1/payments/m_1001/x HTTP/1.1\r\nHost: a\r\n")
@@ -122,7 +122,7 @@ async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut h = Harness::start().await;
-    with_limits(&mut h, "10s", 2).await;
+    with_limits(&mut h, &[("max_connections", "2")]).await;
     let addr = h.api.trim_start_matches("http://").to_string();
     let idle_1 = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let _idle_2 = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -148,6 +148,128 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     assert!(
         String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 404"),
         "served once a slot is free"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = Harness::start().await;
+    with_limits(&mut h, &[("header_read_timeout", "300ms")]).await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(
+        format!("GET /v1/payments/m_1001/none HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {SHOP_KEY}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = support::within("the answer", conn.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    // Kept alive, then idle: without an idle timeout this waits until the test's deadline.
+    until_closed(&mut conn).await;
+    h.shutdown().await;
+}
+
+/// Starts a create in the background; it resolves to its reply.
+fn spawn_create(h: &Arc<Harness>, no: &str) -> tokio::task::JoinHandle<support::Reply> {
+    let (h, body) = (
+        h.clone(),
+        payment("m_1001", no, "wechat_native", 100, json!({})),
+    );
+    tokio::spawn(async move { h.create(&body).await })
+}
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_cap_are_shed_at_once() {
+    let mut h = Harness::start().await;
+    with_limits(&mut h, &[("max_in_flight", "2")]).await;
+    h.faults(json!({ "latency_ms": 1000 })).await;
+    let h = Arc::new(h);
+    let first = spawn_create(&h, "cap-1");
+    let second = spawn_create(&h, "cap-2");
+    for no in ["cap-1", "cap-2"] {
+        support::wait_until("both creates to be in flight", || async {
+            h.sandbox_orders(no).await.len() == 1
+        })
+        .await;
+    }
+    let shed = h
+        .create(&payment("m_1001", "cap-3", "wechat_native", 100, json!({})))
+        .await;
+    // Answered while the two accepted ones are still waiting on the channel: not queued.
+    assert!(!first.is_finished() && !second.is_finished());
+    shed.expect_error(503, "overloaded");
+    assert_eq!(shed.body["error"]["retryable"], true);
+    assert_eq!(shed.headers["retry-after"], "1");
+    for accepted in [first, second] {
+        let reply = support::within("an accepted create", accepted)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.text);
+    }
+    assert!(
+        h.sandbox_orders("cap-3").await.is_empty(),
+        "shed before the channel"
+    );
+    let metrics = h.metrics().await;
+    assert_eq!(
+        support::metric(
+            &metrics,
+            r#"payroute_http_refused_total{listener="api",reason="overloaded"}"#
+        ),
+        Some(1.0)
+    );
+    // Shed, not remembered: the same create now goes through.
+    h.create(&payment("m_1001", "cap-3", "wechat_native", 100, json!({})))
+        .await
+        .expect_created_on("m1001_wechat");
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_gets_504_and_its_work_goes_on() {
+    let mut h = Harness::start().await;
+    with_limits(&mut h, &[("request_timeout", "300ms")]).await;
+    h.faults(json!({ "latency_ms": 1000 })).await;
+    let body = payment("m_1001", "late-1", "wechat_native", 100, json!({}));
+    h.create(&body).await.expect_error(504, "request_timeout");
+    // The create was not cancelled with its answer: it finishes and stores its outcome.
+    support::wait_until("the create to finish", || async {
+        h.get_payment("m_1001", "late-1", false).await.body["action"]["type"] == "qr_code"
+    })
+    .await;
+    h.faults(json!({ "latency_ms": 0 })).await;
+    let replay = h.create(&body).await;
+    assert_eq!(replay.status, 200, "{}", replay.text);
+    assert_eq!(h.sandbox_orders("late-1").await.len(), 1, "one create call");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_overhead_metric_leaves_out_the_wait_on_the_channel() {
+    let h = Harness::start().await;
+    h.faults(json!({ "latency_ms": 400 })).await;
+    h.create(&payment("m_1001", "oh-1", "wechat_native", 100, json!({})))
+        .await
+        .expect_created_on("m1001_wechat");
+    let metrics = h.metrics().await;
+    let sum = |name: &str| {
+        support::metric(&metrics, &format!(r#"{name}{{route="create_payment"}}"#)).unwrap()
+    };
+    let total = sum("payroute_http_request_duration_seconds_sum");
+    let own = sum("payroute_overhead_seconds_sum");
+    assert!(total >= 0.4, "the request waited on the channel: {total}");
+    assert!(own < total - 0.35, "own {own} of {total}");
+    assert_eq!(
+        support::metric(
+            &metrics,
+            r#"payroute_overhead_seconds_count{route="create_payment"}"#
+        ),
+        Some(1.0)
     );
     h.shutdown().await;
 }

@@ -1372,6 +1372,10 @@ async fn connections_killed_by_the_server_are_replaced(ctx: Ctx) {
             Err(e) => {
                 failures += 1;
                 assert!(!e.to_string().contains("postgres://"), "{e}");
+                assert!(
+                    e.is_unavailable(),
+                    "a lost connection is store_unavailable: {e}"
+                );
                 assert!(tokio::time::Instant::now() < deadline, "no recovery: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }

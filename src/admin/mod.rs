@@ -50,7 +50,7 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
             Ok(()) => text(StatusCode::OK, "ready\n"),
             Err(e) => {
                 tracing::warn!(error = %e, "not ready");
-                text(StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n")
+                text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
             }
         },
         (_, p) if p.starts_with("/admin/") => {

@@ -8,7 +8,8 @@ use serde_json::json;
 use crate::domain::ChannelFailure;
 use crate::payment::{failure_of, PaymentError};
 use crate::resilience::RateLimited;
-use crate::server::json_response;
+use crate::server::{json_response, Refusal};
+use crate::store::StoreError;
 
 /// The error codes of the unified API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,8 +32,14 @@ pub enum ErrorCode {
     ChannelTimeout,
     /// The admin API is off (no `admin.token` configured).
     Forbidden,
-    /// The store does not answer (admin ledger queries).
+    /// The store cannot take a write or answer a read (disk full, I/O error): nothing was
+    /// sent to any channel for the write that failed first.
     StoreUnavailable,
+    /// The listener is at `server.max_in_flight`: refused at once, retry after `Retry-After`.
+    Overloaded,
+    /// No answer within `server.request_timeout`; the work goes on, so a retry with the same
+    /// `out_trade_no` finds its outcome.
+    RequestTimeout,
     /// Our own failure (the store, a bug); details are in the log, not the answer.
     InternalError,
 }
@@ -59,6 +66,8 @@ impl ErrorCode {
             ChannelTimeout => "channel_timeout",
             Forbidden => "forbidden",
             StoreUnavailable => "store_unavailable",
+            Overloaded => "overloaded",
+            RequestTimeout => "request_timeout",
             InternalError => "internal_error",
         }
     }
@@ -76,9 +85,9 @@ impl ErrorCode {
             NoRoute => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ChannelRejected => StatusCode::PAYMENT_REQUIRED,
-            ChannelUnavailable | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ChannelUnavailable | StoreUnavailable | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ChannelError => StatusCode::BAD_GATEWAY,
-            ChannelTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ChannelTimeout | RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,6 +103,8 @@ impl ErrorCode {
                 | ChannelError
                 | ChannelTimeout
                 | StoreUnavailable
+                | Overloaded
+                | RequestTimeout
                 | InternalError
         )
     }
@@ -165,6 +176,55 @@ impl ApiError {
     }
 }
 
+/// How soon a shed request may come back.
+const OVERLOADED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The listener's own answers (see [`crate::server::serve`]), in the API's error format.
+pub fn refusal(r: Refusal) -> Response<Full<Bytes>> {
+    let api = match r {
+        Refusal::Overloaded => {
+            let mut api = ApiError::new(
+                ErrorCode::Overloaded,
+                "too many requests in flight; retry shortly",
+            );
+            api.retry_after = Some(OVERLOADED_RETRY_AFTER);
+            api
+        }
+        Refusal::TimedOut => ApiError::new(
+            ErrorCode::RequestTimeout,
+            "no answer in time; the request goes on, retry it to learn its outcome",
+        ),
+        Refusal::Failed => ApiError::new(
+            ErrorCode::InternalError,
+            "internal error; see the proxy's log",
+        ),
+    };
+    api.into_response()
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "store unavailable");
+                let mut api = ApiError::new(
+                    ErrorCode::StoreUnavailable,
+                    "the store cannot take writes now; retry shortly",
+                );
+                api.retry_after = Some(OVERLOADED_RETRY_AFTER);
+                api
+            }
+            StoreError::Backend(_) | StoreError::Corrupt(_) => {
+                tracing::error!(error = %e, "store failure");
+                ApiError::new(
+                    ErrorCode::InternalError,
+                    "internal error; see the proxy's log",
+                )
+            }
+        }
+    }
+}
+
 impl From<RateLimited> for ApiError {
     fn from(e: RateLimited) -> ApiError {
         let mut api = ApiError::new(
@@ -207,13 +267,7 @@ impl From<PaymentError> for ApiError {
                 api.payment = Some(crate::payment::view::payment_json(&payment));
                 api
             }
-            PaymentError::Store(e) => {
-                tracing::error!(error = %e, "store failure");
-                ApiError::new(
-                    ErrorCode::InternalError,
-                    "internal error; see the proxy's log",
-                )
-            }
+            PaymentError::Store(e) => ApiError::from(e),
         }
     }
 }

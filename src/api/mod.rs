@@ -13,17 +13,27 @@ use hyper::body::Incoming;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use time::OffsetDateTime;
 
+use crate::context;
 use crate::live::{Live, LiveConfig};
 use crate::payment::{CreateOutcome, PaymentService, RefundOutcome, Routes};
 use crate::resilience::Resilience;
-use crate::server::{decode, json_response};
+use crate::server::{decode, json_response, Refusal};
 use crate::shops::Shop;
 use error::{ApiError, ErrorCode};
+
+/// Buckets of `payroute_overhead_seconds`: payroute's own share of a request is mostly well
+/// under the 1 ms where the latency buckets start.
+pub const OVERHEAD_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
 
 /// HTTP metrics of the API listener.
 pub struct ApiMetrics {
     requests: IntCounterVec,
     duration: HistogramVec,
+    overhead: HistogramVec,
+    refused: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -43,9 +53,44 @@ impl ApiMetrics {
             .buckets(crate::LATENCY_BUCKETS.to_vec()),
             &["route"],
         )?;
+        let overhead = HistogramVec::new(
+            HistogramOpts::new(
+                "payroute_overhead_seconds",
+                "Time spent in payroute itself per API request: the request's latency minus \
+                 its waits on channels (the wire and retry backoff).",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "payroute_http_refused_total",
+                "Requests the listener answered itself: shed at max_in_flight, past \
+                 request_timeout, or a failed handler.",
+            ),
+            &["listener", "reason"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
-        Ok(ApiMetrics { requests, duration })
+        registry.register(Box::new(overhead.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        Ok(ApiMetrics {
+            requests,
+            duration,
+            overhead,
+            refused,
+        })
+    }
+
+    /// The listener's answer to `r`, counted (see [`crate::server::serve`]).
+    pub fn refuse(&self, listener: &'static str, r: Refusal) -> Response<Full<Bytes>> {
+        let reason = match r {
+            Refusal::Overloaded => "overloaded",
+            Refusal::TimedOut => "timed_out",
+            Refusal::Failed => "failed",
+        };
+        self.refused.with_label_values(&[listener, reason]).inc();
+        error::refusal(r)
     }
 }
 
@@ -64,8 +109,27 @@ pub async fn handle(app: Arc<ApiState>, req: Request<Incoming>) -> Response<Full
     let started = tokio::time::Instant::now();
     // In-flight requests keep the config they started with, across reloads.
     let live = app.live.load();
-    let (route, result) = route(&app, &live, req).await;
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let id = context::request_id_from(
+        req.headers()
+            .get(context::REQUEST_ID)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let ((route, result), waited, mut note) =
+        context::scope(id.clone(), route(&app, &live, req)).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            note.outcome = Some(e.code.as_str());
+            if let Some(p) = &e.payment {
+                note.rule = p["rule"].as_str().map(str::to_string);
+                note.channel = p["channel"].as_str().map(str::to_string);
+            }
+            e.into_response()
+        }
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(context::REQUEST_ID, v);
+    }
     let class = match resp.status().as_u16() {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -74,10 +138,27 @@ pub async fn handle(app: Arc<ApiState>, req: Request<Incoming>) -> Response<Full
         _ => "5xx",
     };
     let m = &app.metrics;
+    let elapsed = started.elapsed();
     m.requests.with_label_values(&[route, class]).inc();
     m.duration
         .with_label_values(&[route])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(elapsed.as_secs_f64());
+    let overhead = elapsed.saturating_sub(waited);
+    m.overhead
+        .with_label_values(&[route])
+        .observe(overhead.as_secs_f64());
+    tracing::info!(
+        target: "payroute::access",
+        request_id = %id,
+        route,
+        rule = note.rule.as_deref().unwrap_or("-"),
+        channel = note.channel.as_deref().unwrap_or("-"),
+        outcome = note.outcome.unwrap_or("-"),
+        status = resp.status().as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1e3,
+        overhead_ms = overhead.as_secs_f64() * 1e3,
+        "request"
+    );
     resp
 }
 
@@ -157,9 +238,9 @@ fn authorize(live: &Live, req: &Request<Incoming>) -> Result<Arc<Shop>, ApiError
 }
 
 /// The shop may act for `merchant`, and neither is over its rate limits.
-fn admit(app: &ApiState, shop: &Shop, merchant: &str) -> Result<(), ApiError> {
+async fn admit(app: &ApiState, shop: &Shop, merchant: &str) -> Result<(), ApiError> {
     if shop.merchants.contains(merchant) {
-        app.resilience.check_inbound(&shop.id, merchant)?;
+        app.resilience.check_inbound(&shop.id, merchant).await?;
         return Ok(());
     }
     Err(ApiError::field(
@@ -176,15 +257,11 @@ async fn create(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, limit).await?;
     let new = types::parse_create(&body, OffsetDateTime::now_utc())?;
-    admit(app, &shop, &new.merchant_id)?;
+    admit(app, &shop, &new.merchant_id).await?;
     Ok(
         match app.payments.create(&routes(live), &shop.id, new).await? {
-            CreateOutcome::Created(rec) => {
-                created(false, &crate::payment::view::payment_json(&rec))
-            }
-            CreateOutcome::Replayed(rec) => {
-                created(true, &crate::payment::view::payment_json(&rec))
-            }
+            CreateOutcome::Created(rec) => created(false, &payment_view(&rec)),
+            CreateOutcome::Replayed(rec) => created(true, &payment_view(&rec)),
         },
     )
 }
@@ -198,15 +275,12 @@ async fn get(
     refresh: bool,
 ) -> Answer {
     let shop = authorize(live, req)?;
-    admit(app, &shop, merchant)?;
+    admit(app, &shop, merchant).await?;
     let rec = app
         .payments
         .get(&routes(live), merchant, out_trade_no, refresh)
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::payment::view::payment_json(&rec),
-    ))
+    Ok(json_response(StatusCode::OK, &payment_view(&rec)))
 }
 
 async fn close(
@@ -217,15 +291,12 @@ async fn close(
     out_trade_no: &str,
 ) -> Answer {
     let shop = authorize(live, req)?;
-    admit(app, &shop, merchant)?;
+    admit(app, &shop, merchant).await?;
     let rec = app
         .payments
         .close(&routes(live), merchant, out_trade_no)
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::payment::view::payment_json(&rec),
-    ))
+    Ok(json_response(StatusCode::OK, &payment_view(&rec)))
 }
 
 async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
@@ -234,11 +305,11 @@ async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> A
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, limit).await?;
     let new = types::parse_refund(&body)?;
-    admit(app, &shop, &new.merchant_id)?;
+    admit(app, &shop, &new.merchant_id).await?;
     Ok(
         match app.payments.refund(&routes(live), &shop.id, new).await? {
-            RefundOutcome::Created(r) => created(false, &crate::payment::view::refund_json(&r)),
-            RefundOutcome::Replayed(r) => created(true, &crate::payment::view::refund_json(&r)),
+            RefundOutcome::Created(r) => created(false, &refund_view(&r)),
+            RefundOutcome::Replayed(r) => created(true, &refund_view(&r)),
         },
     )
 }
@@ -252,15 +323,24 @@ async fn get_refund(
     refresh: bool,
 ) -> Answer {
     let shop = authorize(live, req)?;
-    admit(app, &shop, merchant)?;
+    admit(app, &shop, merchant).await?;
     let rec = app
         .payments
         .get_refund(&routes(live), merchant, out_refund_no, refresh)
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::payment::view::refund_json(&rec),
-    ))
+    Ok(json_response(StatusCode::OK, &refund_view(&rec)))
+}
+
+/// A payment's answer, noted for the access log.
+fn payment_view(rec: &crate::store::PaymentRecord) -> serde_json::Value {
+    context::note(Some(&rec.rule), &rec.channel, rec.status.as_str());
+    crate::payment::view::payment_json(rec)
+}
+
+/// A refund's answer, noted for the access log.
+fn refund_view(rec: &crate::store::RefundRecord) -> serde_json::Value {
+    context::note(None, &rec.channel, rec.status.as_str());
+    crate::payment::view::refund_json(rec)
 }
 
 /// 201 for a new object; 200 with `Idempotent-Replayed: true` for a replay.

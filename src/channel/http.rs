@@ -80,9 +80,18 @@ impl HttpClient {
     /// timeout) is `Transport` or `Timeout`: the provider may have acted on it.
     pub async fn send(
         &self,
-        req: Request<Full<Bytes>>,
+        mut req: Request<Full<Bytes>>,
         deadline: Duration,
     ) -> Result<HttpResponse, ChannelError> {
+        // The shop's request id goes on to the provider (outside every signature), so one id
+        // finds a payment in payroute's log and in the provider's support tools.
+        if let Some(id) = crate::context::request_id() {
+            if let Ok(value) = http::HeaderValue::from_str(&id) {
+                req.headers_mut()
+                    .entry(crate::context::REQUEST_ID)
+                    .or_insert(value);
+            }
+        }
         let call = async {
             let resp = self.inner.request(req).await.map_err(|e| {
                 let kind = if e.is_connect() {
@@ -104,7 +113,7 @@ impl HttpClient {
                 body,
             })
         };
-        match tokio::time::timeout(deadline, call).await {
+        match crate::context::waiting(tokio::time::timeout(deadline, call)).await {
             Ok(r) => r,
             Err(_) => Err(ChannelError::new(
                 ErrorKind::Timeout,

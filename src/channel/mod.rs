@@ -603,7 +603,7 @@ impl Channel {
             }
             retries += 1;
             self.metrics.retried(self.name(), err.label());
-            tokio::time::sleep(wait).await;
+            crate::context::waiting(tokio::time::sleep(wait)).await;
         };
         self.observe(op, started, result.as_ref().err());
         result

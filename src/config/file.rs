@@ -24,6 +24,11 @@ pub struct FileConfig {
     pub routing: RoutingFile,
     #[serde(default)]
     pub limits: Vec<LimitFile>,
+    /// Where `scope: global` limits are shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +86,12 @@ pub struct ServerFile {
     /// Connections served at once on each listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Requests handled at once on each listener; more are shed with `503`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+    /// A request not answered by then gets `504 request_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -277,6 +288,29 @@ pub struct LimitFile {
     pub rate: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// `local` (the default) or `global` (shared by every instance through `redis:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// `text` (the default) or `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Filter directives, e.g. `info`; `RUST_LOG` overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://[:password@]host:port[/db]`, or `env:`/`file:`.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

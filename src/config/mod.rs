@@ -44,6 +44,10 @@ pub struct Config {
     pub channels: BTreeMap<String, Arc<ChannelSettings>>,
     pub rules: Rules,
     pub limits: Vec<LimitSettings>,
+    /// Where `scope: global` limits are shared.
+    pub redis: Option<crate::resilience::RedisSettings>,
+    /// How the process logs; read once at start.
+    pub log: crate::logging::LogSettings,
     pub sandbox: Option<SandboxSettings>,
     pub reconcile: ReconcileSettings,
     pub webhooks: WebhookSettings,

@@ -39,6 +39,16 @@ impl Gcra {
         }
     }
 
+    /// Time per cell.
+    pub fn emission(&self) -> Duration {
+        self.emission
+    }
+
+    /// How many cells' worth of time the burst may run ahead.
+    pub fn tolerance(&self) -> Duration {
+        self.tolerance
+    }
+
     /// Takes one cell for `key`, or says how long until one is free.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
         admit_all(&[(self, key)])

@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::breaker::{Breaker, Outcome};
 use super::budget::RetryBudget;
 use super::gcra::{admit_all_indexed, Gcra};
+use super::shared::{RedisSettings, SharedCheck, SharedLimits};
 use super::RateSpec;
 
 /// An inbound limit (config `limits:`).
@@ -22,6 +23,18 @@ pub struct LimitSettings {
     pub name: String,
     pub key: LimitKey,
     pub rate: RateSpec,
+    pub scope: LimitScope,
+}
+
+/// Whose requests a limit counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LimitScope {
+    /// This instance's (the default).
+    #[default]
+    Local,
+    /// Every instance's, through Redis ([`super::shared`]); the local limiter at the same
+    /// rate stays in front as a cheap first filter.
+    Global,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,6 +62,9 @@ pub struct Resilience {
     inbound: Mutex<InboundLimits>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
+    /// Redis for `scope: global` limits, when configured.
+    shared: Mutex<Option<Arc<SharedLimits>>>,
+    shared_up: IntGauge,
     rejected: IntCounterVec,
     circuit_open: IntGaugeVec,
     budget_exhausted: IntCounterVec,
@@ -77,6 +93,13 @@ impl Resilience {
             ),
             &["channel"],
         )?;
+        let shared_up = IntGauge::new(
+            "payroute_shared_limits_up",
+            "1 while Redis answers for the global limits (or none are configured), 0 while \
+             they fail open.",
+        )?;
+        shared_up.set(1);
+        registry.register(Box::new(shared_up.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(circuit_open.clone()))?;
         registry.register(Box::new(budget_exhausted.clone()))?;
@@ -85,6 +108,8 @@ impl Resilience {
             inbound: Mutex::new(Arc::new(Vec::new())),
             breakers: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
+            shared: Mutex::new(None),
+            shared_up,
             rejected,
             circuit_open,
             budget_exhausted,
@@ -104,8 +129,29 @@ impl Resilience {
         }
     }
 
-    /// Installs the inbound limits of a (re)loaded config.
-    pub fn configure(&self, limits: &[LimitSettings]) {
+    /// Installs the inbound limits of a (re)loaded config, and the Redis its global limits
+    /// share (kept, with its connection, while its settings are unchanged).
+    pub fn configure(
+        &self,
+        limits: &[LimitSettings],
+        redis: Option<&RedisSettings>,
+    ) -> Result<(), String> {
+        {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            match redis {
+                None => {
+                    *shared = None;
+                    self.shared_up.set(1);
+                }
+                Some(r) if shared.as_ref().is_some_and(|s| s.settings() == r) => {}
+                Some(r) => {
+                    *shared = Some(Arc::new(SharedLimits::new(
+                        r.clone(),
+                        self.shared_up.clone(),
+                    )?));
+                }
+            }
+        }
         let built: Vec<_> = limits
             .iter()
             .map(|l| {
@@ -116,11 +162,17 @@ impl Resilience {
             })
             .collect();
         *self.inbound.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(built);
+        Ok(())
     }
 
     /// Takes one request from every inbound limit that applies to this shop and merchant —
-    /// from all of them or, when one refuses, from none.
-    pub fn check_inbound(&self, shop: &str, merchant: &str) -> Result<(), RateLimited> {
+    /// from all of them or, when one refuses, from none. Global limits are asked of Redis
+    /// only once every local limiter has let the request through.
+    ///
+    /// # Limits
+    /// A request the local limiters let through and Redis then refuses has spent its local
+    /// cells: the local limit is a filter in front, the global one the rule.
+    pub async fn check_inbound(&self, shop: &str, merchant: &str) -> Result<(), RateLimited> {
         let inbound = self
             .inbound
             .lock()
@@ -136,14 +188,42 @@ impl Resilience {
                 (limiter.as_ref(), key)
             })
             .collect();
-        admit_all_indexed(&checks).map_err(|(i, retry_after)| {
+        let refused = |i: usize, retry_after| {
             let name = inbound[i].0.name.as_str();
             self.rejected.with_label_values(&[name]).inc();
             RateLimited {
                 limit: name.to_string(),
                 retry_after,
             }
-        })
+        };
+        admit_all_indexed(&checks).map_err(|(i, wait)| refused(i, wait))?;
+        let Some(shared) = self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let (global, shared_checks): (Vec<usize>, Vec<SharedCheck>) = inbound
+            .iter()
+            .zip(&checks)
+            .enumerate()
+            .filter(|(_, ((settings, _), _))| settings.scope == LimitScope::Global)
+            .map(|(i, ((settings, limiter), (_, key)))| {
+                let check = SharedCheck {
+                    limit: settings.name.as_str(),
+                    key,
+                    emission: limiter.emission(),
+                    tolerance: limiter.tolerance(),
+                };
+                (i, check)
+            })
+            .unzip();
+        shared
+            .admit_all(&shared_checks)
+            .await
+            .map_err(|(j, wait)| refused(global[j], wait))
     }
 
     /// The guard of a channel: its limit (if any), breaker and retry budget.
@@ -248,35 +328,44 @@ mod tests {
                 per: Duration::from_secs(3600),
                 burst,
             },
+            scope: LimitScope::Local,
         }
     }
 
-    #[test]
-    fn limits_apply_per_key_and_survive_an_unchanged_reload() {
+    #[tokio::test]
+    async fn limits_apply_per_key_and_survive_an_unchanged_reload() {
         let resilience = Resilience::new(&Registry::new()).unwrap();
-        resilience.configure(&[settings("per-merchant", LimitKey::Merchant, 2, 2)]);
-        assert!(resilience.check_inbound("s", "m1").is_ok());
-        assert!(resilience.check_inbound("s", "m1").is_ok());
-        let err = resilience.check_inbound("s", "m1").unwrap_err();
+        resilience
+            .configure(&[settings("per-merchant", LimitKey::Merchant, 2, 2)], None)
+            .unwrap();
+        assert!(resilience.check_inbound("s", "m1").await.is_ok());
+        assert!(resilience.check_inbound("s", "m1").await.is_ok());
+        let err = resilience.check_inbound("s", "m1").await.unwrap_err();
         assert_eq!(err.limit, "per-merchant");
         assert!(err.retry_after > Duration::from_secs(1000), "{err:?}");
         assert!(
-            resilience.check_inbound("s", "m2").is_ok(),
+            resilience.check_inbound("s", "m2").await.is_ok(),
             "another merchant has its own budget"
         );
         // Same limit again: still exhausted. A new rate: a fresh limiter.
-        resilience.configure(&[settings("per-merchant", LimitKey::Merchant, 2, 2)]);
-        assert!(resilience.check_inbound("s", "m1").is_err());
-        resilience.configure(&[settings("per-merchant", LimitKey::Merchant, 3, 3)]);
-        assert!(resilience.check_inbound("s", "m1").is_ok());
+        resilience
+            .configure(&[settings("per-merchant", LimitKey::Merchant, 2, 2)], None)
+            .unwrap();
+        assert!(resilience.check_inbound("s", "m1").await.is_err());
+        resilience
+            .configure(&[settings("per-merchant", LimitKey::Merchant, 3, 3)], None)
+            .unwrap();
+        assert!(resilience.check_inbound("s", "m1").await.is_ok());
     }
 
-    #[test]
-    fn shop_limits_key_by_shop() {
+    #[tokio::test]
+    async fn shop_limits_key_by_shop() {
         let resilience = Resilience::new(&Registry::new()).unwrap();
-        resilience.configure(&[settings("per-shop", LimitKey::Shop, 1, 1)]);
-        assert!(resilience.check_inbound("a", "m1").is_ok());
-        assert!(resilience.check_inbound("a", "m2").is_err());
-        assert!(resilience.check_inbound("b", "m1").is_ok());
+        resilience
+            .configure(&[settings("per-shop", LimitKey::Shop, 1, 1)], None)
+            .unwrap();
+        assert!(resilience.check_inbound("a", "m1").await.is_ok());
+        assert!(resilience.check_inbound("a", "m2").await.is_err());
+        assert!(resilience.check_inbound("b", "m1").await.is_ok());
     }
 }

@@ -4,10 +4,14 @@ pub mod breaker;
 pub mod budget;
 pub mod gcra;
 pub mod guards;
+pub mod shared;
 
 use std::time::Duration;
 
-pub use guards::{ChannelGuard, LimitKey, LimitSettings, RateLimited, Refused, Resilience};
+pub use guards::{
+    ChannelGuard, LimitKey, LimitScope, LimitSettings, RateLimited, Refused, Resilience,
+};
+pub use shared::RedisSettings;
 
 /// `300/s`, `50/m`, `1000/h`: a count per period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -38,6 +38,8 @@
 //!   "provider": "wechatpay"|"alipay", "url", "attempt" (from 1), "status" (the HTTP status,
 //!   or the error text), "answered_ok"}`. `attempt` 0 marks one never sent: `status`
 //!   `"dropped"` or `"not sent: …"` (e.g. no APIv3 key).
+//! - `GET /sandbox/request_ids` lists the `X-Request-Id` of the latest provider calls (up to
+//!   1,000, oldest first): payroute passes the shop's request id on.
 //!
 //! # Notifications (`notify`)
 //! Signed with the same TEST-ONLY keys as the answers, to the `notify_url` of the create
@@ -292,7 +294,12 @@ pub struct Sandbox {
     cert_serial: String,
     counter: AtomicU64,
     notifier: Arc<Notifier>,
+    /// `X-Request-Id`s of the provider calls (not `/sandbox/*`), newest last, bounded.
+    request_ids: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// Provider-call request ids kept for `GET /sandbox/request_ids`.
+const KEPT_REQUEST_IDS: usize = 1_000;
 
 type Answer = Response<Full<Bytes>>;
 
@@ -321,6 +328,7 @@ impl Sandbox {
             alipay_signer: RsaSigner::from_text(ALIPAY_KEY_PEM)
                 .expect("the bundled sandbox Alipay key parses"),
             faults: Mutex::new(Faults::default()),
+            request_ids: Mutex::new(std::collections::VecDeque::new()),
             signer,
             cert_serial: cert.serial,
             counter: AtomicU64::new(1),
@@ -372,7 +380,18 @@ impl Sandbox {
             let sb = self.clone();
             async move { sb.handle(req).await }
         };
-        crate::server::serve(listener, tls, handler, shutdown, Default::default()).await;
+        // Answered as a provider would: a system error the client may retry.
+        let refuse: crate::server::Refuse = Arc::new(|r| {
+            let status = match r {
+                crate::server::Refusal::TimedOut => http::StatusCode::GATEWAY_TIMEOUT,
+                _ => http::StatusCode::SERVICE_UNAVAILABLE,
+            };
+            crate::server::json_response(
+                status,
+                &serde_json::json!({"code": "SYSTEM_ERROR", "message": format!("sandbox: {r:?}")}),
+            )
+        });
+        crate::server::serve(listener, tls, handler, shutdown, Default::default(), refuse).await;
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Answer {
@@ -392,9 +411,26 @@ impl Sandbox {
             .path_and_query()
             .map_or(path.clone(), |p| p.to_string());
         let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if seg.first() != Some(&"sandbox") {
+            if let Some(id) = parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                let mut ids = self.request_ids.lock().unwrap_or_else(|p| p.into_inner());
+                if ids.len() == KEPT_REQUEST_IDS {
+                    ids.pop_front();
+                }
+                ids.push_back(id.to_string());
+            }
+        }
         match (&parts.method, seg.as_slice()) {
             (&Method::POST, ["sandbox", "pay", no]) => {
                 self.pay(&crate::server::decode(no), parts.uri.query())
+            }
+            (&Method::GET, ["sandbox", "request_ids"]) => {
+                let ids = self.request_ids.lock().unwrap_or_else(|p| p.into_inner());
+                plain(StatusCode::OK, json!(*ids))
             }
             (&Method::GET, ["sandbox", "notifications"]) => {
                 plain(StatusCode::OK, json!(self.notifier.attempts()))

@@ -12,6 +12,7 @@ pub mod sqlite;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+use prometheus::{IntCounter, Registry};
 
 use crate::secret::Secret;
 
@@ -186,10 +187,21 @@ pub enum Reservation {
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store cannot serve now (disk full, I/O error, unreachable): retryable, and the
+    /// write it refused did not happen.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("store: {0}")]
     Backend(String),
     #[error("store: corrupt record: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// The store, not the request, is at fault: answer `503 store_unavailable`.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 #[async_trait]
@@ -308,22 +320,50 @@ pub trait Store: Send + Sync {
         at: Option<i64>,
     ) -> Result<(), StoreError>;
 
-    /// Reachable and writable: for `/readyz`.
+    /// Reachable and writable: for `/readyz`. After a write failed on I/O (disk full), this
+    /// must prove that a write succeeds again.
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Opens the configured store.
-pub async fn open(settings: &StoreSettings) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+/// What a store counts: writes asked for and the commits (each one fsync) that made them
+/// durable, so group commit shows in `/metrics`.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub writes: IntCounter,
+    pub commits: IntCounter,
+}
+
+impl StoreMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<StoreMetrics> {
+        let writes = IntCounter::new(
+            "payroute_store_writes_total",
+            "Writes (each a state change with its event) the store was asked to make durable.",
+        )?;
+        let commits = IntCounter::new(
+            "payroute_store_commits_total",
+            "Transactions committed, each one fsync: with group commit, far fewer than writes.",
+        )?;
+        registry.register(Box::new(writes.clone()))?;
+        registry.register(Box::new(commits.clone()))?;
+        Ok(StoreMetrics { writes, commits })
+    }
+}
+
+/// Opens the configured store, counting into `metrics`.
+pub async fn open(
+    settings: &StoreSettings,
+    metrics: StoreMetrics,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     match settings {
-        StoreSettings::Sqlite { path } => {
-            Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?))
-        }
+        StoreSettings::Sqlite { path } => Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::open_counted(path, metrics).await?,
+        )),
         StoreSettings::Postgres {
             url,
             pool_size,
             schema,
         } => Ok(std::sync::Arc::new(
-            postgres::PostgresStore::open(url, *pool_size, schema).await?,
+            postgres::PostgresStore::open_counted(url, *pool_size, schema, metrics).await?,
         )),
     }
 }

@@ -29,7 +29,7 @@ use tokio_postgres::{NoTls, Row};
 
 use super::{
     Delivery, EventFilter, EventRecord, OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord,
-    RefundFilter, RefundRecord, Reservation, Store, StoreError,
+    RefundFilter, RefundRecord, Reservation, Store, StoreError, StoreMetrics,
 };
 use crate::domain::{
     Account, ChannelFailure, EventStatus, EventType, Method, PaymentStatus, RefundStatus,
@@ -282,14 +282,29 @@ fn tls_config(root_cert: Option<&Path>) -> Result<rustls::ClientConfig, StoreErr
 /// The store: a pool of connections to one schema of one database.
 pub struct PostgresStore {
     pool: Pool,
+    metrics: StoreMetrics,
 }
 
 impl PostgresStore {
-    /// Connects, creates `schema` if missing and applies the migrations it lacks.
+    /// Connects, creates `schema` if missing and applies the migrations it lacks; counts
+    /// into metrics registered nowhere.
     pub async fn open(
         url: &Secret,
         pool_size: u32,
         schema: &str,
+    ) -> Result<PostgresStore, StoreError> {
+        let metrics = StoreMetrics::new(&prometheus::Registry::new())
+            .map_err(|e| StoreError::Backend(format!("metrics: {e}")))?;
+        PostgresStore::open_counted(url, pool_size, schema, metrics).await
+    }
+
+    /// [`PostgresStore::open`], counting writes and commits into `metrics` (each write is
+    /// its own transaction here: one commit each).
+    pub async fn open_counted(
+        url: &Secret,
+        pool_size: u32,
+        schema: &str,
+        metrics: StoreMetrics,
     ) -> Result<PostgresStore, StoreError> {
         if !valid_schema(schema) {
             return Err(StoreError::Backend(format!(
@@ -342,7 +357,7 @@ impl PostgresStore {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
-        let store = PostgresStore { pool };
+        let store = PostgresStore { pool, metrics };
         store.migrate(schema).await?;
         Ok(store)
     }
@@ -362,6 +377,12 @@ impl PostgresStore {
 
     async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// One write committed.
+    fn committed(&self) {
+        self.metrics.writes.inc();
+        self.metrics.commits.inc();
     }
 
     /// Applies each missing migration in its own transaction, under an advisory lock held
@@ -449,14 +470,36 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The database cannot serve now, rather than refusing this request: the connection is
+/// gone or was never made (no SQLSTATE), or PostgreSQL says so — class 08 (connection),
+/// 53 (out of resources: disk full, too many connections), 57P01-57P05 (shutting down,
+/// starting up), 25006 (a read-only standby). The API answers those `503 store_unavailable`.
+fn unavailable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "25006"
+        }
+    }
+}
+
 fn pg(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(describe(&e))
+    if unavailable(&e) {
+        StoreError::Unavailable(describe(&e))
+    } else {
+        StoreError::Backend(describe(&e))
+    }
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg(e),
-        other => StoreError::Backend(format!("postgres pool: {other}")),
+        // No connection within the wait: the database is away or overloaded.
+        other => StoreError::Unavailable(format!("postgres pool: {other}")),
     }
 }
 
@@ -719,6 +762,7 @@ impl Store for PostgresStore {
         )
         .await?;
         if n == 1 {
+            self.committed();
             return Ok(None);
         }
         match get_payment(&c, &p.merchant_id, &p.out_trade_no).await? {
@@ -770,6 +814,7 @@ impl Store for PostgresStore {
             }
         }
         tx.commit().await.map_err(pg)?;
+        self.committed();
         if n == 1 {
             p.version += 1;
         }
@@ -918,6 +963,7 @@ impl Store for PostgresStore {
         match inserted {
             Ok(_) => {
                 tx.commit().await.map_err(pg)?;
+                self.committed();
                 Ok(Reservation::Reserved)
             }
             // The same out_refund_no, committed meanwhile for another payment of the
@@ -978,6 +1024,7 @@ impl Store for PostgresStore {
             }
         }
         tx.commit().await.map_err(pg)?;
+        self.committed();
         if n == 1 {
             r.version += 1;
         }
@@ -1062,6 +1109,7 @@ impl Store for PostgresStore {
                 .await?
             }
         };
+        self.committed();
         if n == 0 {
             tracing::debug!(event_id = %event_id, "delivery recorded for an event no longer pending");
         }
@@ -1101,6 +1149,7 @@ impl Store for PostgresStore {
             &[&event_id, &now],
         )
         .await?;
+        self.committed();
         rows.first().map(read_event).transpose()
     }
 
@@ -1194,6 +1243,7 @@ impl Store for PostgresStore {
             &[&payment_id, &at],
         )
         .await?;
+        self.committed();
         Ok(())
     }
 
@@ -1209,6 +1259,7 @@ impl Store for PostgresStore {
             &[&refund_id, &at],
         )
         .await?;
+        self.committed();
         Ok(())
     }
 
@@ -1221,7 +1272,7 @@ impl Store for PostgresStore {
             .map_err(pg)?;
         let standby: bool = get(&row, 0)?;
         if standby {
-            return Err(StoreError::Backend(
+            return Err(StoreError::Unavailable(
                 "postgres: connected to a read-only standby".into(),
             ));
         }

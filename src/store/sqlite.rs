@@ -2,6 +2,7 @@
 //! small pool of read connections on tokio's blocking pool (see [`SqliteStore`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -9,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
     Delivery, EventFilter, EventRecord, OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord,
-    RefundFilter, RefundRecord, Reservation, Store, StoreError,
+    RefundFilter, RefundRecord, Reservation, Store, StoreError, StoreMetrics,
 };
 use crate::domain::{
     Account, ChannelFailure, EventStatus, EventType, Method, PaymentStatus, RefundStatus,
@@ -26,8 +27,11 @@ use crate::domain::{
 /// fails is rolled back alone, the rest of its batch still commits.
 pub struct SqliteStore {
     writer: std::sync::mpsc::Sender<Job>,
-    /// Transactions the writer has committed (each holding one batch of writes).
-    commits: Arc<std::sync::atomic::AtomicU64>,
+    /// Writes asked for, and transactions the writer has committed (each one batch).
+    metrics: StoreMetrics,
+    /// Whether the last batch committed without an I/O failure (disk full, I/O error): what
+    /// `/readyz` reports, so a load balancer stops sending writes that cannot be kept.
+    healthy: Arc<AtomicBool>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
 }
@@ -38,9 +42,9 @@ type Job = Box<dyn WriteJob>;
 type Answer = Box<dyn FnOnce(Option<StoreError>) + Send>;
 
 trait WriteJob: Send {
-    /// Runs on the writer's connection inside the job's savepoint: whether it failed, and
-    /// what answers the caller after the commit.
-    fn run(self: Box<Self>, conn: &Connection) -> (bool, Answer);
+    /// Runs on the writer's connection inside the job's savepoint: how it failed, if it did,
+    /// and what answers the caller after the commit.
+    fn run(self: Box<Self>, conn: &Connection) -> (Option<StoreError>, Answer);
     /// The batch could not even begin: answer with its error, nothing ran.
     fn refuse(self: Box<Self>, error: StoreError);
 }
@@ -55,10 +59,10 @@ where
     T: Send + 'static,
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &Connection) -> (bool, Answer) {
+    fn run(self: Box<Self>, conn: &Connection) -> (Option<StoreError>, Answer) {
         let Write { f, tx } = *self;
         let result = f(conn);
-        let failed = result.is_err();
+        let failed = result.as_ref().err().cloned();
         let answer: Answer = Box::new(move |commit_error| {
             let _ = tx.send(match commit_error {
                 Some(e) => Err(e),
@@ -77,6 +81,9 @@ where
 const MAX_BATCH: usize = 512;
 /// Read connections kept open.
 const READERS: usize = 4;
+/// The readiness probe's write while writes fail: a few pages' worth, so that it needs
+/// space as a payment's write would.
+const PROBE_BYTES: i64 = 64 * 1024;
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(backend)?;
@@ -94,7 +101,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 fn writer_loop(
     conn: Connection,
     jobs: std::sync::mpsc::Receiver<Job>,
-    commits: Arc<std::sync::atomic::AtomicU64>,
+    commits: prometheus::IntCounter,
+    healthy: Arc<AtomicBool>,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -105,33 +113,37 @@ fn writer_loop(
             }
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE").map_err(backend) {
+            healthy.store(!e.is_unavailable(), Ordering::Relaxed);
             for job in batch {
                 job.refuse(e.clone());
             }
             continue;
         }
         let mut answers = Vec::with_capacity(batch.len());
+        let mut io_failed = false;
         for job in batch {
             if let Err(e) = conn.execute_batch("SAVEPOINT job").map_err(backend) {
+                io_failed |= e.is_unavailable();
                 job.refuse(e);
                 continue;
             }
             let (failed, answer) = job.run(&conn);
-            if failed {
+            if let Some(e) = failed {
+                io_failed |= e.is_unavailable();
                 let _ = conn.execute_batch("ROLLBACK TO job");
             }
             let _ = conn.execute_batch("RELEASE job");
             answers.push(answer);
         }
         let committed = conn.execute_batch("COMMIT").map_err(backend);
-        match committed {
-            Ok(()) => {
-                commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(_) => {
+        match &committed {
+            Ok(()) => commits.inc(),
+            Err(e) => {
+                io_failed |= e.is_unavailable();
                 let _ = conn.execute_batch("ROLLBACK");
             }
         }
+        healthy.store(!io_failed, Ordering::Relaxed);
         let error = committed.err();
         for answer in answers {
             answer(error.clone());
@@ -210,6 +222,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS events_payment ON events (payment_id, status, seq);
 CREATE INDEX IF NOT EXISTS events_age ON events (status, created_at);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, pad BLOB);
 ";
 
 /// Columns added after the first release, for files created before them.
@@ -388,7 +401,17 @@ fn get_refund(
 const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account";
 
 impl SqliteStore {
+    /// Opens (or creates) the file, counting into metrics registered nowhere.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let metrics = StoreMetrics::new(&prometheus::Registry::new())
+            .map_err(|e| StoreError::Backend(format!("metrics: {e}")))?;
+        SqliteStore::open_counted(path, metrics).await
+    }
+
+    pub async fn open_counted(
+        path: &Path,
+        metrics: StoreMetrics,
+    ) -> Result<SqliteStore, StoreError> {
         let path = path.to_path_buf();
         let at = path.clone();
         let (conn, readers) = tokio::task::spawn_blocking(move || {
@@ -407,15 +430,16 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))??;
         let (writer, jobs) = std::sync::mpsc::channel();
-        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counted = commits.clone();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (counted, health) = (metrics.commits.clone(), healthy.clone());
         std::thread::Builder::new()
             .name("payroute-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, jobs, counted))
+            .spawn(move || writer_loop(conn, jobs, counted, health))
             .map_err(|e| StoreError::Backend(format!("starting the writer: {e}")))?;
         Ok(SqliteStore {
             writer,
-            commits,
+            metrics,
+            healthy,
             readers: Arc::new(Mutex::new(readers)),
             path,
         })
@@ -423,7 +447,7 @@ impl SqliteStore {
 
     /// Transactions committed so far (one per batch of writes).
     pub fn commits(&self) -> u64 {
-        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+        self.metrics.commits.get()
     }
 
     /// Runs `f` on the writer's connection, in the next batch; answers after its commit.
@@ -433,11 +457,12 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(Write { f, tx });
+        self.metrics.writes.inc();
         self.writer
             .send(job)
-            .map_err(|_| StoreError::Backend("the store's writer has stopped".into()))?;
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
         rx.await
-            .map_err(|_| StoreError::Backend("the store's writer has stopped".into()))?
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
     }
 
     /// Runs `f` on a read connection (never blocking a tokio worker).
@@ -464,8 +489,24 @@ impl SqliteStore {
     }
 }
 
+/// SQLite's error, sorted: what the disk or the OS refused is `Unavailable` (retryable, and
+/// `/readyz` says so); the rest is a bug or bad data.
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(
+            DiskFull
+            | SystemIoFailure
+            | CannotOpen
+            | ReadOnly
+            | DatabaseBusy
+            | DatabaseLocked
+            | OutOfMemory
+            | FileLockingProtocolFailed
+            | PermissionDenied,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Backend(e.to_string()),
+    }
 }
 
 fn read_row(row: &Row) -> rusqlite::Result<Result<PaymentRecord, StoreError>> {
@@ -959,9 +1000,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// While the last write failed on I/O, a write that needs new space proves it is back:
+    /// a probe row of [`PROBE_BYTES`], written and then deleted (each its own commit, so
+    /// the space is really taken). Otherwise a read.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+        if self.healthy.load(Ordering::Relaxed) {
+            return self
+                .read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+                .await;
+        }
+        self.write(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO probe (id, pad) VALUES (1, zeroblob(?1))",
+                [PROBE_BYTES],
+            )
+            .map_err(backend)
+        })
+        .await?;
+        self.write(|conn| conn.execute("DELETE FROM probe", []).map_err(backend))
             .await
+            .map(drop)
     }
 }
 

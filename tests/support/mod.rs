@@ -107,6 +107,7 @@ impl Receiver {
             handler,
             std::future::pending(),
             Default::default(),
+            std::sync::Arc::new(payroute::api::error::refusal),
         ));
         rx
     }
@@ -744,33 +745,50 @@ impl Harness {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Reply {
+        self.try_send(method, url, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("request to {url} reaches the server: {e}"))
+    }
+
+    /// [`Harness::send`], with a connection that fails or closes before the answer as `Err`.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<Reply, String> {
         let mut req = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
         let (parts, bytes) = within(&format!("an answer from {url}"), async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .expect("request reaches the server");
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             let (parts, body) = resp.into_parts();
-            (parts, body.collect().await.unwrap().to_bytes())
+            let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok::<_, String>((parts, bytes))
         })
-        .await;
+        .await?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        Reply {
+        Ok(Reply {
             status: parts.status.as_u16(),
             headers: parts.headers,
             body: serde_json::from_str(&text).unwrap_or(Value::Null),
             text,
-        }
+        })
     }
 
     pub async fn create(&self, body: &Value) -> Reply {
+        self.try_create(body)
+            .await
+            .unwrap_or_else(|e| panic!("a create reaches the server: {e}"))
+    }
+
+    /// A create whose connection may fail (the proxy is stopping or was killed).
+    pub async fn try_create(&self, body: &Value) -> Result<Reply, String> {
         let auth = format!("Bearer {SHOP_KEY}");
-        self.send(
+        self.try_send(
             Method::POST,
             &format!("{}/v1/payments", self.api),
             &[("authorization", &auth)],
@@ -1073,5 +1091,120 @@ impl Drop for PgSchema {
             });
         })
         .join();
+    }
+}
+
+/// The real `payroute` binary in place of the harness's in-process proxy: the same config and
+/// database, the same API port (the providers' notify_url), its own admin port.
+pub struct Binary {
+    child: std::process::Child,
+    config: PathBuf,
+    admin: String,
+    /// Its stderr (the log), across restarts.
+    log: PathBuf,
+}
+
+impl Binary {
+    /// Stops `h`'s in-process proxy and starts the binary; `h.admin` then points at it.
+    pub async fn take_over(h: &mut Harness) -> Binary {
+        let api_port = h
+            .site
+            .public_base_url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string();
+        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let yaml = std::fs::read_to_string(&h.config_path)
+            .unwrap()
+            .replacen(
+                "listen: 127.0.0.1:0",
+                &format!("listen: 127.0.0.1:{api_port}"),
+                1,
+            )
+            .replacen(
+                "admin_listen: 127.0.0.1:0",
+                &format!("admin_listen: 127.0.0.1:{admin_port}"),
+                1,
+            );
+        let config = h.dir.path().join("binary.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        if let Some(r) = h.running.take() {
+            within("the in-process proxy to stop", r.shutdown()).await;
+        }
+        h.admin = format!("http://127.0.0.1:{admin_port}");
+        let admin = format!("127.0.0.1:{admin_port}");
+        let log = h.dir.path().join("binary.log");
+        let child = Binary::spawn(&config, &admin, &log).await;
+        Binary {
+            child,
+            config,
+            admin,
+            log,
+        }
+    }
+
+    async fn spawn(config: &Path, admin: &str, log: &Path) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_payroute"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_until("the binary serves", || async {
+            tokio::net::TcpStream::connect(admin).await.is_ok()
+        })
+        .await;
+        child
+    }
+
+    /// Starts the binary again after it stopped.
+    pub async fn restart(&mut self) {
+        self.child = Binary::spawn(&self.config, &self.admin, &self.log).await;
+    }
+
+    /// Everything the binary logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) to the binary.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Waits for the binary to exit; whether it exited on its own with success.
+    pub async fn exited(&mut self) -> bool {
+        within("the binary to exit", async {
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    break status.success();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -54,6 +54,8 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
     let merchants = server::merchants(&f, &mut errs);
     let channels = channels::channels(&f, &mut errs);
     let limits = server::limits(&f, &mut errs);
+    let redis = server::redis(&f, &mut errs);
+    let log = server::log(&f, &mut errs);
     let rules = routing::routing(&f, &channels, &merchants, &shops, &mut errs);
     let sandbox = server::sandbox(&f, &channels, &mut errs);
     let reconcile = workers::reconcile(&f, &mut errs);
@@ -85,6 +87,8 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
         channels,
         rules,
         limits,
+        redis,
+        log,
         sandbox,
         reconcile,
         webhooks,

@@ -12,11 +12,16 @@ use crate::config::defaults::{
     MIN_MAX_BODY_BYTES, MIN_SHOP_API_KEY_LEN,
 };
 use crate::config::file::FileConfig;
-use crate::resilience::{parse_duration, LimitKey, LimitSettings, RateSpec};
+use crate::logging::{check_level, LogFormat, LogSettings, DEFAULT_LEVEL};
+use crate::resilience::shared::DEFAULT_KEY_PREFIX;
+use crate::resilience::{
+    parse_duration, LimitKey, LimitScope, LimitSettings, RateSpec, RedisSettings,
+};
 use crate::sandbox::{SandboxMerchant, SandboxSettings};
 use crate::secret::Secret;
 use crate::server::{
     ListenerLimits, ServerSettings, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_REQUEST_TIMEOUT,
 };
 use crate::shops::{Shop, Webhook};
 use crate::store::StoreSettings;
@@ -45,33 +50,30 @@ pub(super) fn server(f: &FileConfig, errs: &mut Errors) -> Option<ServerSettings
             .map_err(|e| errs.push("server.drain_timeout", format!("server.drain_timeout: {e}")))
             .ok(),
     };
-    let header_read_timeout = match &s.header_read_timeout {
-        None => Some(DEFAULT_HEADER_READ_TIMEOUT),
-        Some(d) => match parse_duration(d) {
-            Ok(d) if !d.is_zero() => Some(d),
-            Ok(_) => {
-                errs.push(
-                    "server.header_read_timeout",
-                    "server.header_read_timeout: must be above zero".into(),
-                );
-                None
-            }
-            Err(e) => {
-                errs.push(
-                    "server.header_read_timeout",
-                    format!("server.header_read_timeout: {e}"),
-                );
-                None
-            }
-        },
-    };
-    let max_connections = s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-    if max_connections == 0 {
-        errs.push(
-            "server.max_connections",
-            "server.max_connections: must be at least 1".into(),
-        );
-    }
+    let header_read_timeout = positive_duration(
+        s.header_read_timeout.as_deref(),
+        "server.header_read_timeout",
+        DEFAULT_HEADER_READ_TIMEOUT,
+        errs,
+    );
+    let request_timeout = positive_duration(
+        s.request_timeout.as_deref(),
+        "server.request_timeout",
+        DEFAULT_REQUEST_TIMEOUT,
+        errs,
+    );
+    let max_connections = at_least_one(
+        s.max_connections,
+        "server.max_connections",
+        DEFAULT_MAX_CONNECTIONS,
+        errs,
+    );
+    let max_in_flight = at_least_one(
+        s.max_in_flight,
+        "server.max_in_flight",
+        DEFAULT_MAX_IN_FLIGHT,
+        errs,
+    );
     let tls = match &s.tls {
         None => Some(None),
         Some(t) => tls(t, "server.tls", errs).map(Some),
@@ -87,9 +89,41 @@ pub(super) fn server(f: &FileConfig, errs: &mut Errors) -> Option<ServerSettings
         limits: ListenerLimits {
             header_read_timeout: header_read_timeout?,
             max_connections,
+            max_in_flight,
+            request_timeout: request_timeout?,
             drain: drain_timeout,
         },
     })
+}
+
+/// A duration key that must be above zero, or its default when absent.
+fn positive_duration(
+    value: Option<&str>,
+    key: &str,
+    default: std::time::Duration,
+    errs: &mut Errors,
+) -> Option<std::time::Duration> {
+    match value.map(parse_duration) {
+        None => Some(default),
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        Some(Ok(_)) => {
+            errs.push(key, format!("{key}: must be above zero"));
+            None
+        }
+        Some(Err(e)) => {
+            errs.push(key, format!("{key}: {e}"));
+            None
+        }
+    }
+}
+
+/// A count key that must be at least 1, or its default when absent.
+fn at_least_one(value: Option<usize>, key: &str, default: usize, errs: &mut Errors) -> usize {
+    let n = value.unwrap_or(default);
+    if n == 0 {
+        errs.push(key, format!("{key}: must be at least 1"));
+    }
+    n
 }
 
 pub(super) fn admin_token(f: &FileConfig, errs: &mut Errors) -> Option<Secret> {
@@ -280,15 +314,72 @@ pub(super) fn limits(f: &FileConfig, errs: &mut Errors) -> Vec<LimitSettings> {
         let rate = RateSpec::parse(&l.rate, l.burst)
             .map_err(|e| errs.push(&format!("{at}.rate"), format!("{label}: rate {e}")))
             .ok();
-        if let (Some(key), Some(rate)) = (key, rate) {
+        let scope = match l.scope.as_deref() {
+            None | Some("local") => Some(LimitScope::Local),
+            Some("global") if f.redis.is_some() => Some(LimitScope::Global),
+            Some("global") => {
+                errs.push(
+                    &format!("{at}.scope"),
+                    format!("{label}: scope global needs redis: (where the limit is shared)"),
+                );
+                None
+            }
+            Some(other) => {
+                errs.push(
+                    &format!("{at}.scope"),
+                    format!("{label}: scope {other:?} is not local or global"),
+                );
+                None
+            }
+        };
+        if let (Some(key), Some(rate), Some(scope)) = (key, rate, scope) {
             out.push(LimitSettings {
                 name: l.name.clone(),
                 key,
                 rate,
+                scope,
             });
         }
     }
     out
+}
+
+pub(super) fn log(f: &FileConfig, errs: &mut Errors) -> LogSettings {
+    let Some(l) = &f.log else {
+        return LogSettings::default();
+    };
+    let format = match l.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            errs.push(
+                "log.format",
+                format!("log.format: {other:?} is not text or json"),
+            );
+            LogFormat::Text
+        }
+    };
+    let level = l.level.clone().unwrap_or_else(|| DEFAULT_LEVEL.to_string());
+    if let Err(e) = check_level(&level) {
+        errs.push("log.level", format!("log.level: {level:?}: {e}"));
+    }
+    LogSettings { format, level }
+}
+
+pub(super) fn redis(f: &FileConfig, errs: &mut Errors) -> Option<RedisSettings> {
+    let r = f.redis.as_ref()?;
+    let url = secret_value(&r.url, "redis.url", errs)?;
+    if let Err(e) = crate::resilience::shared::check_url(url.expose()) {
+        errs.push("redis.url", format!("redis.url: {e}"));
+        return None;
+    }
+    Some(RedisSettings {
+        url,
+        key_prefix: r
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string()),
+    })
 }
 
 pub(super) fn sandbox(
