@@ -216,3 +216,74 @@ async fn two_reconcilers_on_one_database_resolve_an_order_once() {
     b.shutdown().await;
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_away_answers_503_sends_nothing_and_recovers() {
+    let forwarder = support::PgForwarder::start().await;
+    let url = forwarder.url(&support::pg_url());
+    let Some(h) = Harness::start_on_postgres_at(support::RULES, Some(url)).await else {
+        return;
+    };
+    h.create(&payment(
+        "m_1001",
+        "away-1",
+        "wechat_native",
+        100,
+        json!({}),
+    ))
+    .await
+    .expect_created_on("m1001_wechat");
+
+    // The database goes away (as in a restart): clear 503s, nothing sent to the channel.
+    forwarder.cut();
+    let started = std::time::Instant::now();
+    let r = h
+        .create(&payment(
+            "m_1001",
+            "away-2",
+            "wechat_native",
+            100,
+            json!({}),
+        ))
+        .await;
+    r.expect_error(503, "store_unavailable");
+    assert_eq!(r.body["error"]["retryable"], true, "{}", r.text);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        h.sandbox_orders("away-2").await.is_empty(),
+        "no create reached the channel"
+    );
+    let ready = h
+        .send(Method::GET, &format!("{}/readyz", h.admin), &[], "")
+        .await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+
+    // Back: the same request now goes through, and what was written before is there.
+    forwarder.restore().await;
+    support::wait_until("the store to be ready again", || async {
+        h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "")
+            .await
+            .status
+            == 200
+    })
+    .await;
+    h.create(&payment(
+        "m_1001",
+        "away-2",
+        "wechat_native",
+        100,
+        json!({}),
+    ))
+    .await
+    .expect_created_on("m1001_wechat");
+    assert_eq!(
+        h.get_payment("m_1001", "away-1", false).await.body["status"],
+        "pending"
+    );
+    h.shutdown().await;
+    forwarder.cut();
+}

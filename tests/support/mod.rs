@@ -588,10 +588,17 @@ impl Harness {
 
     /// [`Harness::start_on_postgres`] with other rules (and top-level keys after them).
     pub async fn start_on_postgres_with(rules: &str) -> Option<Harness> {
+        Harness::start_on_postgres_at(rules, None).await
+    }
+
+    /// [`Harness::start_on_postgres_with`], the proxy connecting to `url` (e.g. through a
+    /// [`PgForwarder`]) instead of the test database's url.
+    pub async fn start_on_postgres_at(rules: &str, url: Option<String>) -> Option<Harness> {
         let pg = PgSchema::create("payroute_e2e_").await?;
         let store = format!(
             "{{ kind: postgres, url: \"{}\", pool_size: 8, schema: {} }}",
-            pg.url, pg.name
+            url.as_deref().unwrap_or(&pg.url),
+            pg.name
         );
         let mut h = Harness::start_inner_on(false, rules, &|_| String::new(), Some(store)).await;
         h.pg = Some(pg);
@@ -1206,5 +1213,84 @@ impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A TCP forwarder to the test PostgreSQL that can be cut (every connection dropped, the port
+/// refusing) and restored: what a database restart looks like to the proxy, without
+/// restarting the database other tests share.
+pub struct PgForwarder {
+    pub port: u16,
+    target: String,
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl PgForwarder {
+    pub async fn start() -> Arc<PgForwarder> {
+        let config: tokio_postgres::Config = pg_url().parse().expect("PAYROUTE_TEST_PG_URL");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".to_string(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let f = Arc::new(PgForwarder {
+            port: listener.local_addr().unwrap().port(),
+            target: format!("{host}:{port}"),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        });
+        f.serve(listener);
+        f
+    }
+
+    /// `url` with its host and port replaced by this forwarder's.
+    pub fn url(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("a postgres:// url");
+        let at = rest.find('@').map_or(0, |i| i + 1);
+        let end = rest[at..].find(['/', '?']).map_or(rest.len(), |i| at + i);
+        format!(
+            "{scheme}://{}127.0.0.1:{}{}",
+            &rest[..at],
+            self.port,
+            &rest[end..]
+        )
+    }
+
+    fn serve(self: &Arc<Self>, listener: TcpListener) {
+        let me = self.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = me.target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                me.tasks.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        self.tasks.lock().unwrap().push(accept.abort_handle());
+    }
+
+    /// Drops every connection and stops listening.
+    pub fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(self: &Arc<Self>) {
+        let addr = format!("127.0.0.1:{}", self.port);
+        let listener = within("the forwarder's port to be free", async {
+            loop {
+                match TcpListener::bind(&addr).await {
+                    Ok(l) => break l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await;
+        self.serve(listener);
     }
 }
