@@ -1309,16 +1309,22 @@ async fn tls_is_rustls_and_verified(ctx: Ctx) {
         &schema,
     )
     .await;
+    let checked = async {
+        let verified = verified.expect("verify-full against the server's own certificate");
+        assert!(
+            verified.tls_in_use().await.unwrap(),
+            "the connection is encrypted"
+        );
+        verified.ping().await.unwrap();
+    };
+    let checked = tokio::spawn(checked).await;
     admin
         .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
         .await
         .unwrap();
-    let verified = verified.expect("verify-full against the server's own certificate");
-    assert!(
-        verified.tls_in_use().await.unwrap(),
-        "the connection is encrypted"
-    );
-    verified.ping().await.unwrap();
+    if let Err(e) = checked {
+        std::panic::resume_unwind(e.into_panic());
+    }
     let e = refused
         .err()
         .expect("a self-signed certificate is not trusted by default");

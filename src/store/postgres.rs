@@ -133,6 +133,10 @@ CREATE TABLE events (
 CREATE INDEX events_due ON events (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX events_payment ON events (payment_id, seq) WHERE status = 'pending';
 CREATE INDEX events_age ON events (status, created_at);
+CREATE TABLE store_probe (
+    id INTEGER PRIMARY KEY,
+    at BIGINT NOT NULL
+);
 ";
 
 /// A schema name payroute accepts: a plain lower-case identifier, so that it needs no
@@ -1265,17 +1269,15 @@ impl Store for PostgresStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let c = self.conn().await?;
-        // Writable, not only reachable: a standby answers queries but refuses every write.
-        let row = c
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .map_err(pg)?;
-        let standby: bool = get(&row, 0)?;
-        if standby {
-            return Err(StoreError::Unavailable(
-                "postgres: connected to a read-only standby".into(),
-            ));
-        }
+        // Writable, not only reachable: one small committed write (a standby refuses it, a
+        // full disk fails it), so `/readyz` says whether payments can be stored now.
+        execute(
+            &c,
+            "INSERT INTO store_probe (id, at) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at",
+            &[&unix_ms()],
+        )
+        .await?;
         Ok(())
     }
 }
