@@ -46,6 +46,10 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => metrics(&app),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        // The console's files carry no data: it asks for the token and uses /admin/* with it.
+        (&Method::GET, "/ui" | "/ui/") => ui(UI_HTML, "text/html; charset=utf-8"),
+        (&Method::GET, "/ui/app.js") => ui(UI_JS, "text/javascript; charset=utf-8"),
+        (&Method::GET, "/ui/app.css") => ui(UI_CSS, "text/css; charset=utf-8"),
         (&Method::GET, "/readyz") => match app.ready().await {
             Ok(()) => text(StatusCode::OK, "ready\n"),
             Err(e) => {
@@ -110,6 +114,32 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
         }
         _ => error(ErrorCode::NotFound, format!("no route {path}")),
     }
+}
+
+/// The ops console (`/ui`): static files built into the binary, no build step, no CDN.
+const UI_HTML: &str = include_str!("ui/index.html");
+const UI_JS: &str = include_str!("ui/app.js");
+const UI_CSS: &str = include_str!("ui/app.css");
+
+fn ui(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    // Only its own files and the admin API: no inline script, nothing from elsewhere.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    resp
 }
 
 fn metrics(app: &AdminState) -> Response<Full<Bytes>> {
