@@ -116,6 +116,31 @@ paths = [p["options"]["path"] for p in dbp["providers"]]
 check(any(m.startswith(tuple(paths)) for m in graf_mounts), "provisioning/dashboards",
       "the provider's path is where compose mounts the dashboard")
 
+# --- Alerts: labels, annotations, runbooks that exist --------------------------------------
+AL = "deploy/prometheus/alerts.yml"
+readme = open("README.md").read()
+
+
+def slug(heading):
+    # GitHub's anchor: lower case, punctuation dropped, spaces to hyphens.
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+anchors = {slug(m) for m in re.findall(r"^#+ (.+)$", readme, re.M)}
+alerts = [r for g in yaml.safe_load(open(AL))["groups"] for r in g["rules"] if "alert" in r]
+for r in alerts:
+    a = r["alert"]
+    check(r.get("labels", {}).get("severity") in ("critical", "warning", "info"), AL, f"{a}: severity label")
+    ann = r.get("annotations", {})
+    for k in ["summary", "description", "runbook"]:
+        check(ann.get(k), AL, f"{a}: {k} annotation")
+    rb = ann.get("runbook", "")
+    check(rb.startswith("README.md#") and rb.split("#", 1)[1] in anchors, AL,
+          f"{a}: runbook {rb} is a heading of README.md")
+tested = set(re.findall(r"alertname: (\w+)", open("deploy/prometheus/alerts_test.yml").read()))
+for r in alerts:
+    check(r["alert"] in tested, "deploy/prometheus/alerts_test.yml", f"{r['alert']} is tested")
+
 # --- Kubernetes --------------------------------------------------------------------------
 K = "deploy/k8s"
 if len(sys.argv) > 1:
@@ -191,5 +216,5 @@ for e in smon["spec"]["endpoints"]:
 if errors:
     print("\n".join(errors))
     sys.exit(1)
-print(f"deploy artefacts: Dockerfile, compose ({len(services)} services), "
+print(f"deploy artefacts: {len(alerts)} alerts with runbooks, Dockerfile, compose ({len(services)} services), "
       f"{len(docs)} Kubernetes objects, dashboard ({len(dash['panels'])} panels): ok")
