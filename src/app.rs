@@ -203,7 +203,11 @@ pub async fn start(
             return Err("a sandbox listener was given but sandbox: is not configured".into())
         }
     };
-    let server_tls = config.server.tls.clone();
+    let server_tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::server::TlsSource::new);
     let limits = crate::server::ListenerLimits {
         drain: config.server.drain_timeout,
         ..config.server.limits
@@ -228,6 +232,14 @@ pub async fn start(
             tls,
             stopped(rx.clone()),
         )));
+    }
+    if let Some(source) = server_tls.clone() {
+        // A renewed certificate serves new connections from the next reload on; open ones
+        // keep the one they began with.
+        app.live.on_reload(move |config| match &config.server.tls {
+            Some(tls) => source.rotate(tls),
+            None => tracing::warn!("server.tls removed: takes effect on restart"),
+        });
     }
     let api_state = app.api.clone();
     let api = move |req, _peer| crate::api::handle(api_state.clone(), req);

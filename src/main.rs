@@ -1,4 +1,4 @@
-//! The `payroute` command: serve, check, explain, sandbox.
+//! The `payroute` command: serve, check, explain, payments export, sandbox.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -56,12 +56,37 @@ enum Command {
         #[arg(long)]
         china_time: Option<String>,
     },
+    /// The payment ledger, read from the configured store.
+    Payments {
+        #[command(subcommand)]
+        command: PaymentsCommand,
+    },
     /// Run only the sandbox provider, trusting the merchant keys of a config file.
     Sandbox {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: std::net::SocketAddr,
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PaymentsCommand {
+    /// Write the payments created in [--since, --until) to stdout, newest first, as CSV or
+    /// JSON lines, streaming page by page (the proxy may keep running).
+    Export {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// RFC 3339, e.g. 2026-11-01T00:00:00+08:00.
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        merchant: Option<String>,
+        /// `csv` or `jsonl`.
+        #[arg(long, default_value = "csv")]
+        format: String,
     },
 }
 
@@ -78,7 +103,10 @@ fn main() -> ExitCode {
         Command::Serve { config }
         | Command::Check { config }
         | Command::Explain { config, .. }
-        | Command::Sandbox { config, .. } => config.clone(),
+        | Command::Sandbox { config, .. }
+        | Command::Payments {
+            command: PaymentsCommand::Export { config, .. },
+        } => config.clone(),
     };
     let config = match Config::load(&config_path) {
         Ok(c) => c,
@@ -135,8 +163,91 @@ fn main() -> ExitCode {
             print!("{}", config.rules.explain(&facts).to_text());
             ExitCode::SUCCESS
         }
+        Command::Payments {
+            command:
+                PaymentsCommand::Export {
+                    since,
+                    until,
+                    merchant,
+                    format,
+                    ..
+                },
+        } => export(&config, &since, until.as_deref(), merchant, &format),
         Command::Serve { .. } => run(serve(config)),
         Command::Sandbox { listen, .. } => run(sandbox(listen, config)),
+    }
+}
+
+/// `payroute payments export`: the ledger to stdout.
+fn export(
+    config: &Config,
+    since: &str,
+    until: Option<&str>,
+    merchant: Option<String>,
+    format: &str,
+) -> ExitCode {
+    use payroute::payment::export::{parse_time, Format, Selection};
+    use std::io::Write;
+    let time = |flag: &str, v: &str| {
+        parse_time(v).ok_or_else(|| format!("{flag}: {v:?} is not an RFC 3339 time"))
+    };
+    let selection = (|| {
+        Ok::<_, String>(Selection {
+            since: Some(time("--since", since)?),
+            until: until.map(|u| time("--until", u)).transpose()?,
+            merchant_id: merchant,
+        })
+    })();
+    let (selection, format) = match (selection, Format::parse(format)) {
+        (Ok(s), Some(f)) => (s, f),
+        (Err(e), _) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+        (_, None) => {
+            eprintln!("--format: {format:?} is not csv or jsonl");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let metrics = payroute::store::StoreMetrics::new(&prometheus::Registry::new())
+            .map_err(|e| e.to_string())?;
+        let store = payroute::store::open(&config.store, metrics)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        let mut sink = |chunk: &[u8]| out.write_all(chunk);
+        let n = payroute::payment::export::export(
+            store.as_ref(),
+            &selection,
+            format,
+            u64::MAX,
+            &mut sink,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+        Ok::<_, String>(n)
+    });
+    match result {
+        Ok(n) => {
+            eprintln!("{n} payment(s) exported");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("export failed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -107,6 +107,16 @@ impl std::fmt::Debug for TlsSettings {
 
 impl TlsSettings {
     pub fn new(cert_pem: &str, key_pem: &str) -> Result<TlsSettings, String> {
+        TlsSettings::with_client_ca(cert_pem, key_pem, None)
+    }
+
+    /// With `client_ca_pem`, every client must present a certificate that chains to it
+    /// (mutual TLS for shops); without, none is asked for.
+    pub fn with_client_ca(
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca_pem: Option<&str>,
+    ) -> Result<TlsSettings, String> {
         let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cert: not PEM ({e})"))?;
@@ -116,16 +126,58 @@ impl TlsSettings {
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| format!("key: not a PEM private key ({e})"))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        // rustls speaks TLS 1.2 and 1.3 only: nothing older is possible.
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
+            .map_err(|e| e.to_string())?;
+        let builder = match client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for ca in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    let ca = ca.map_err(|e| format!("client_ca: not PEM ({e})"))?;
+                    roots
+                        .add(ca)
+                        .map_err(|e| format!("client_ca: not a CA certificate ({e})"))?;
+                }
+                if roots.is_empty() {
+                    return Err("client_ca: no certificate found".into());
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| format!("client_ca: {e}"))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| format!("certificate and key do not fit: {e}"))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsSettings {
             config: Arc::new(config),
         })
+    }
+}
+
+/// The TLS config a listener hands each new connection. [`TlsSource::rotate`] swaps it (on
+/// reload), so a renewed certificate serves new connections while open ones keep theirs.
+#[derive(Clone)]
+pub struct TlsSource(Arc<arc_swap::ArcSwap<rustls::ServerConfig>>);
+
+impl TlsSource {
+    pub fn new(tls: &TlsSettings) -> TlsSource {
+        TlsSource(Arc::new(arc_swap::ArcSwap::new(tls.config.clone())))
+    }
+
+    pub fn rotate(&self, tls: &TlsSettings) {
+        self.0.store(tls.config.clone());
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.0.load_full())
     }
 }
 
@@ -149,7 +201,7 @@ pub type Body = Full<Bytes>;
 /// - A request not answered within `limits.request_timeout` gets [`Refusal::TimedOut`].
 pub async fn serve<H, F, S>(
     listener: TcpListener,
-    tls: Option<TlsSettings>,
+    tls: Option<TlsSource>,
     handler: H,
     shutdown: S,
     limits: ListenerLimits,
@@ -176,7 +228,7 @@ pub async fn serve<H, F, S>(
     let builder = Arc::new(builder);
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let graceful = GracefulShutdown::new();
-    let acceptor = tls.map(|t| TlsAcceptor::from(t.config));
+
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
@@ -228,7 +280,7 @@ pub async fn serve<H, F, S>(
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
+        let acceptor = tls.as_ref().map(TlsSource::acceptor);
         tokio::spawn(async move {
             let _slot = slot;
             let result = match acceptor {

@@ -273,3 +273,46 @@ async fn the_overhead_metric_leaves_out_the_wait_on_the_channel() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_api_describes_itself_in_openapi() {
+    let h = Harness::start().await;
+    let r = h
+        .send(
+            http::Method::GET,
+            &format!("{}/openapi.json", h.api),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["openapi"], "3.1.0");
+    let paths: Vec<&str> = r.body["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for p in [
+        "/v1/payments",
+        "/v1/payments/{merchant_id}/{out_trade_no}",
+        "/v1/payments/{merchant_id}/{out_trade_no}/close",
+        "/v1/refunds",
+        "/v1/refunds/{merchant_id}/{out_refund_no}",
+    ] {
+        assert!(paths.contains(&p), "{p} undocumented");
+    }
+    // Every error code the API can answer is in the schema's enum.
+    let codes = r.body["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
+        ["code"]["enum"]
+        .to_string();
+    for code in [
+        "overloaded",
+        "request_timeout",
+        "store_unavailable",
+        "channel_timeout",
+    ] {
+        assert!(codes.contains(code), "{code}");
+    }
+    h.shutdown().await;
+}

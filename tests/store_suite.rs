@@ -549,6 +549,52 @@ async fn finds_and_lists_payments(ctx: Ctx) {
         .await,
         ["pay_m_1_c", "pay_m_1_b"]
     );
+    assert_eq!(
+        list(PaymentFilter {
+            until: Some(12),
+            limit: 10,
+            ..Default::default()
+        })
+        .await,
+        ["pay_m_2_a", "pay_m_1_a"]
+    );
+    // Keyset paging (the ledger export): ties on created_at are ordered by payment_id, and
+    // page after page reads every payment once.
+    for i in 0..5 {
+        let mut p = payment(&format!("t{i}"));
+        p.payment_id = format!("pay_t{i}");
+        p.created_at = 20;
+        store.insert_payment(&p).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_payments(&PaymentFilter {
+                after: after.clone(),
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at, last.payment_id.clone()));
+        seen.extend(page.into_iter().map(|p| p.payment_id));
+    }
+    assert_eq!(
+        seen,
+        [
+            "pay_t4",
+            "pay_t3",
+            "pay_t2",
+            "pay_t1",
+            "pay_t0",
+            "pay_m_1_c",
+            "pay_m_1_b",
+            "pay_m_2_a",
+            "pay_m_1_a"
+        ]
+    );
 }
 
 async fn refund_guard_and_refunded_amount(ctx: Ctx) {

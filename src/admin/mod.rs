@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::api::error::{ApiError, ErrorCode};
 use crate::domain::{EventStatus, Method as PayMethod, PaymentStatus, RefundStatus};
 use crate::live::LiveConfig;
+use crate::payment::export::{parse_time, Format, Selection};
 use crate::payment::PaymentService;
 use crate::routing::PaymentFacts;
 use crate::secret::token_matches;
@@ -46,6 +47,10 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => metrics(&app),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        // The console's files carry no data: it asks for the token and uses /admin/* with it.
+        (&Method::GET, "/ui" | "/ui/") => ui(UI_HTML, "text/html; charset=utf-8"),
+        (&Method::GET, "/ui/app.js") => ui(UI_JS, "text/javascript; charset=utf-8"),
+        (&Method::GET, "/ui/app.css") => ui(UI_CSS, "text/css; charset=utf-8"),
         (&Method::GET, "/readyz") => match app.ready().await {
             Ok(()) => text(StatusCode::OK, "ready\n"),
             Err(e) => {
@@ -88,6 +93,7 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                 ),
                 (&Method::GET, "/admin/channels") => channels(&app),
                 (&Method::GET, "/admin/payments") => payments(&app, req.uri().query()).await,
+                (&Method::GET, "/admin/payments/export") => export(&app, req.uri().query()).await,
                 (&Method::GET, "/admin/refunds") => refunds(&app, req.uri().query()).await,
                 (&Method::GET, "/admin/events") => events(&app, req.uri().query()).await,
                 (&Method::POST, p) if p.starts_with("/admin/events/") && p.ends_with("/resend") => {
@@ -110,6 +116,32 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
         }
         _ => error(ErrorCode::NotFound, format!("no route {path}")),
     }
+}
+
+/// The ops console (`/ui`): static files built into the binary, no build step, no CDN.
+const UI_HTML: &str = include_str!("ui/index.html");
+const UI_JS: &str = include_str!("ui/app.js");
+const UI_CSS: &str = include_str!("ui/app.css");
+
+fn ui(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    // Only its own files and the admin API: no inline script, nothing from elsewhere.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    resp
 }
 
 fn metrics(app: &AdminState) -> Response<Full<Bytes>> {
@@ -215,9 +247,7 @@ async fn payments(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>
     let mut since = None;
     let l = match listing(query, PaymentStatus::parse, |k, v| {
         (k == "since").then(|| {
-            let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| "since must be an RFC 3339 time".to_string())?;
-            since = Some((t.unix_timestamp_nanos() / 1_000_000) as i64);
+            since = Some(parse_time(v).ok_or("since must be an RFC 3339 time")?);
             Ok(())
         })
     }) {
@@ -229,6 +259,7 @@ async fn payments(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>
         status: l.status,
         since,
         limit: l.limit,
+        ..PaymentFilter::default()
     };
     ledger(
         "payments",
@@ -240,6 +271,67 @@ async fn payments(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>
             v
         },
     )
+}
+
+/// Rows one `GET /admin/payments/export` answers at most: the answer is built in memory.
+/// `payroute payments export` streams any number.
+pub const EXPORT_MAX_ROWS: u64 = 100_000;
+
+/// `GET /admin/payments/export?since=&until=&merchant_id=&format=csv|jsonl` (times RFC 3339):
+/// the ledger as a file, newest first, at most [`EXPORT_MAX_ROWS`] rows.
+async fn export(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
+    let mut selection = Selection::default();
+    let mut format = Format::Csv;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let parsed = match k.as_ref() {
+            "since" => parse_time(&v).map(|t| selection.since = Some(t)),
+            "until" => parse_time(&v).map(|t| selection.until = Some(t)),
+            "merchant_id" => {
+                selection.merchant_id = Some(v.to_string());
+                Some(())
+            }
+            "format" => Format::parse(&v).map(|f| format = f),
+            other => {
+                return error(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown parameter {other:?}"),
+                )
+            }
+        };
+        if parsed.is_none() {
+            return error(
+                ErrorCode::InvalidRequest,
+                format!("{k}: {v:?} is not valid (times are RFC 3339, format csv or jsonl)"),
+            );
+        }
+    }
+    let mut body = Vec::new();
+    let mut sink = |chunk: &[u8]| {
+        body.extend_from_slice(chunk);
+        Ok(())
+    };
+    match crate::payment::export::export(
+        app.payments.store().as_ref(),
+        &selection,
+        format,
+        EXPORT_MAX_ROWS,
+        &mut sink,
+    )
+    .await
+    {
+        Ok(_) => {
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(format.content_type()),
+            );
+            resp
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "exporting the ledger");
+            error(ErrorCode::StoreUnavailable, "store unavailable")
+        }
+    }
 }
 
 /// `GET /admin/refunds?merchant_id=&status=pending|succeeded|failed|abnormal&limit=<1..=1000>`:

@@ -169,6 +169,7 @@ async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (&'static
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
         (&Method::POST, ["v1", "payments"]) => ("create_payment", create(app, live, req).await),
+        (&Method::GET, ["openapi.json"]) => ("openapi", Ok(openapi())),
         // Providers, not shops: verified by their signatures, answered in their format.
         (&Method::POST, ["notify", channel]) => {
             let channel = decode(channel);
@@ -329,6 +330,18 @@ async fn get_refund(
         .get_refund(&routes(live), merchant, out_refund_no, refresh)
         .await?;
     Ok(json_response(StatusCode::OK, &refund_view(&rec)))
+}
+
+/// The OpenAPI 3.1 description of this API, as built into the binary.
+const OPENAPI: &str = include_str!("openapi.json");
+
+fn openapi() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// A payment's answer, noted for the access log.

@@ -99,6 +99,9 @@ pub struct ServerFile {
 pub struct TlsFile {
     pub cert: String,
     pub key: String,
+    /// Shops must present a client certificate from this CA (PEM, `file:`/`env:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -19,6 +19,7 @@
 //! - Only a verified answer moves a payment to a final state; a `succeeded` answer must state
 //!   the order's amount and currency, and they must match.
 
+pub mod export;
 mod refund;
 pub mod view;
 

@@ -391,6 +391,7 @@ impl Sandbox {
                 &serde_json::json!({"code": "SYSTEM_ERROR", "message": format!("sandbox: {r:?}")}),
             )
         });
+        let tls = tls.as_ref().map(crate::server::TlsSource::new);
         crate::server::serve(listener, tls, handler, shutdown, Default::default(), refuse).await;
     }
 

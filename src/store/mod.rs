@@ -80,6 +80,11 @@ pub struct PaymentFilter {
     pub status: Option<PaymentStatus>,
     /// Unix ms: created at or after.
     pub since: Option<i64>,
+    /// Unix ms: created before.
+    pub until: Option<i64>,
+    /// Keyset paging: only payments listed after this `(created_at, payment_id)` in the
+    /// newest-first order, so a long ledger reads page by page without gaps or repeats.
+    pub after: Option<(i64, String)>,
     pub limit: u32,
 }
 

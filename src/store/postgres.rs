@@ -85,7 +85,7 @@ CREATE TABLE payments (
     UNIQUE (merchant_id, out_trade_no)
 );
 CREATE INDEX payments_trade_no ON payments (out_trade_no);
-CREATE INDEX payments_created ON payments (created_at);
+CREATE INDEX payments_created ON payments (created_at, payment_id);
 CREATE INDEX payments_check ON payments (next_check_at) WHERE next_check_at IS NOT NULL;
 CREATE TABLE refunds (
     refund_id          TEXT PRIMARY KEY,
@@ -846,15 +846,28 @@ impl Store for PostgresStore {
         let c = self.conn().await?;
         let status = filter.status.map(|s| s.as_str());
         let limit = i64::from(filter.limit);
+        // Keyset paging for exports: strictly after `(created_at, payment_id)` in this order.
+        let (after_at, after_id) = filter.after.clone().unzip();
         let rows = query(
             &c,
             &format!(
                 "SELECT {COLUMNS} FROM payments
                  WHERE ($1::text IS NULL OR merchant_id = $1) AND ($2::text IS NULL OR status = $2)
                    AND ($3::bigint IS NULL OR created_at >= $3)
-                 ORDER BY created_at DESC LIMIT $4"
+                   AND ($4::bigint IS NULL OR created_at < $4)
+                   AND ($5::bigint IS NULL OR created_at < $5
+                        OR (created_at = $5 AND payment_id < $6::text))
+                 ORDER BY created_at DESC, payment_id DESC LIMIT $7"
             ),
-            &[&filter.merchant_id, &status, &filter.since, &limit],
+            &[
+                &filter.merchant_id,
+                &status,
+                &filter.since,
+                &filter.until,
+                &after_at,
+                &after_id,
+                &limit,
+            ],
         )
         .await?;
         collect(rows, read_payment)

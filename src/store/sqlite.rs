@@ -204,6 +204,7 @@ CREATE TABLE IF NOT EXISTS refunds (
 );
 CREATE INDEX IF NOT EXISTS refunds_payment ON refunds (payment_id, status);
 CREATE INDEX IF NOT EXISTS payments_trade_no ON payments (out_trade_no);
+CREATE INDEX IF NOT EXISTS payments_created ON payments (created_at, payment_id);
 CREATE TABLE IF NOT EXISTS events (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id        TEXT NOT NULL UNIQUE,
@@ -669,12 +670,23 @@ impl Store for SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM payments
                      WHERE (?1 IS NULL OR merchant_id = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR created_at >= ?3)
-                     ORDER BY created_at DESC LIMIT ?4"
+                       AND (?4 IS NULL OR created_at < ?4)
+                       AND (?5 IS NULL OR created_at < ?5 OR (created_at = ?5 AND payment_id < ?6))
+                     ORDER BY created_at DESC, payment_id DESC LIMIT ?7"
                 ))
                 .map_err(backend)?;
+            let (after_at, after_id) = f.after.clone().unzip();
             let rows = stmt
                 .query_map(
-                    params![f.merchant_id, f.status.map(|s| s.as_str()), f.since, f.limit],
+                    params![
+                        f.merchant_id,
+                        f.status.map(|s| s.as_str()),
+                        f.since,
+                        f.until,
+                        after_at,
+                        after_id,
+                        f.limit
+                    ],
                     read_row,
                 )
                 .map_err(backend)?;

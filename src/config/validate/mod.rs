@@ -126,7 +126,15 @@ fn addr(value: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
 fn tls(t: &TlsFile, path: &str, errs: &mut Errors) -> Option<TlsSettings> {
     let cert = secret_value(&t.cert, &format!("{path}.cert"), errs)?;
     let key = secret_value(&t.key, &format!("{path}.key"), errs)?;
-    match TlsSettings::new(cert.expose(), key.expose()) {
+    let client_ca = match &t.client_ca {
+        None => None,
+        Some(ca) => Some(secret_value(ca, &format!("{path}.client_ca"), errs)?),
+    };
+    match TlsSettings::with_client_ca(
+        cert.expose(),
+        key.expose(),
+        client_ca.as_ref().map(|c| c.expose()),
+    ) {
         Ok(s) => Some(s),
         Err(e) => {
             errs.push(path, format!("{path}: {e}"));

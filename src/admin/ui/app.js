@@ -1,0 +1,156 @@
+// The ops console: plain DOM over the admin JSON API and /metrics; no build step, no CDN.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let token = sessionStorage.getItem("payroute-admin-token") || "";
+
+async function api(path, options = {}) {
+  const resp = await fetch(path, {
+    ...options,
+    headers: { "Authorization": "Bearer " + token, "Content-Type": "application/json" },
+  });
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    throw new Error((body.error && body.error.message) || resp.status + " " + resp.statusText);
+  }
+  return body;
+}
+
+// Prometheus text → [{name, labels, value}], for the few counters the console shows.
+async function metrics() {
+  const text = await (await fetch("/metrics")).text();
+  const out = [];
+  for (const line of text.split("\n")) {
+    const m = line.match(/^([a-z_]+)(?:\{(.*)\})? ([0-9.eE+-]+)$/);
+    if (!m) continue;
+    const labels = {};
+    for (const pair of (m[2] || "").matchAll(/([a-z_]+)="((?:[^"\\]|\\.)*)"/g)) labels[pair[1]] = pair[2];
+    out.push({ name: m[1], labels, value: Number(m[3]) });
+  }
+  return out;
+}
+
+function cell(row, text, cls) {
+  const td = row.insertCell();
+  td.textContent = text === null || text === undefined ? "" : String(text);
+  if (cls) td.className = cls;
+  return td;
+}
+
+function fill(tableId, items, draw) {
+  const body = $(tableId).tBodies[0];
+  body.replaceChildren();
+  for (const item of items) draw(body.insertRow(), item);
+}
+
+async function loadChannels(samples) {
+  const { channels } = await api("/admin/channels");
+  fill("channels", channels, (row, c) => {
+    const calls = samples.filter((s) => s.name === "payroute_channel_requests_total" && s.labels.channel === c.name);
+    const total = calls.reduce((n, s) => n + s.value, 0);
+    const ok = calls.filter((s) => s.labels.result === "ok").reduce((n, s) => n + s.value, 0);
+    cell(row, c.name);
+    cell(row, c.kind);
+    cell(row, c.mode);
+    cell(row, c.circuit, c.circuit === "closed" ? "ok" : "open");
+    cell(row, total, "num");
+    cell(row, total ? (100 * ok / total).toFixed(1) + "%" : "–", "num");
+  });
+}
+
+async function loadRules(samples) {
+  const { config } = await api("/admin/config");
+  const rules = (config.routing && config.routing.rules) || [];
+  const hits = (rule) => samples
+    .filter((s) => s.name === "payroute_route_decisions_total" && s.labels.rule === rule)
+    .reduce((n, s) => n + s.value, 0);
+  fill("rules", rules, (row, r) => {
+    cell(row, rules.indexOf(r));
+    cell(row, r.name);
+    cell(row, r.to || (r.split || []).map((s) => s.to + " ×" + s.weight).join(", "));
+    cell(row, hits(r.name), "num");
+  });
+}
+
+async function loadPayments() {
+  const q = new URLSearchParams({ limit: "50" });
+  if ($("payments-merchant").value) q.set("merchant_id", $("payments-merchant").value);
+  if ($("payments-status").value) q.set("status", $("payments-status").value);
+  const { payments } = await api("/admin/payments?" + q);
+  fill("payments", payments, (row, p) => {
+    cell(row, p.created_at);
+    cell(row, p.merchant_id);
+    cell(row, p.out_trade_no);
+    cell(row, p.amount, "num");
+    cell(row, p.status, p.status === "succeeded" ? "ok" : p.status === "unknown" ? "bad" : "");
+    cell(row, p.channel);
+    cell(row, p.rule);
+  });
+}
+
+async function loadEvents() {
+  const { events } = await api("/admin/events?status=dead&limit=100");
+  fill("events", events, (row, e) => {
+    row.dataset.event = e.id;
+    cell(row, e.id);
+    cell(row, e.type);
+    cell(row, e.merchant_id);
+    cell(row, e.attempts, "num");
+    cell(row, e.last_error, "bad");
+    const button = document.createElement("button");
+    button.textContent = "Resend";
+    button.className = "resend";
+    button.onclick = async () => {
+      button.disabled = true;
+      try {
+        const again = await api("/admin/events/" + encodeURIComponent(e.id) + "/resend", { method: "POST" });
+        button.textContent = "resent: " + again.status;
+      } catch (err) {
+        button.textContent = err.message;
+      }
+    };
+    row.insertCell().append(button);
+  });
+}
+
+async function refresh() {
+  try {
+    const samples = await metrics();
+    await Promise.all([loadChannels(samples), loadRules(samples), loadPayments(), loadEvents()]);
+    $("status").textContent = "connected";
+    $("status").className = "ok";
+  } catch (err) {
+    $("status").textContent = err.message;
+    $("status").className = "bad";
+  }
+}
+
+$("login").onsubmit = (ev) => {
+  ev.preventDefault();
+  token = $("token").value;
+  sessionStorage.setItem("payroute-admin-token", token);
+  refresh();
+};
+
+$("payments-filter").onsubmit = (ev) => {
+  ev.preventDefault();
+  loadPayments().catch((err) => { $("status").textContent = err.message; });
+};
+
+$("explain").onsubmit = async (ev) => {
+  ev.preventDefault();
+  const body = {
+    merchant_id: $("explain-merchant").value,
+    method: $("explain-method").value,
+    amount: Number($("explain-amount").value),
+  };
+  if ($("explain-shop").value) body.shop_id = $("explain-shop").value;
+  try {
+    const ex = await api("/admin/explain", { method: "POST", body: JSON.stringify(body) });
+    $("explain-result").textContent = ex.text;
+  } catch (err) {
+    $("explain-result").textContent = err.message;
+  }
+};
+
+if (token) refresh();

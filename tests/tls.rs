@@ -1,0 +1,260 @@
+//! TLS on the API listener: a certificate rotated by reload serves new connections while an
+//! open one keeps working, and with `client_ca` a shop without the right client certificate
+//! is refused. Test certificates are made here by `openssl` and live only for the test.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::json;
+use support::{within, Harness, SHOP_KEY};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Makes `{name}.pem` / `{name}.key` in `dir`: a CA when `ca` is `None`, else a certificate
+/// signed by that CA (for `localhost` and 127.0.0.1).
+fn openssl_cert(dir: &Path, name: &str, ca: Option<&str>) {
+    let key = dir.join(format!("{name}.key"));
+    let pem = dir.join(format!("{name}.pem"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (key_s, pem_s) = (key.to_str().unwrap(), pem.to_str().unwrap());
+    let subj = format!("/CN={name}");
+    match ca {
+        None => run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key_s,
+            "-out",
+            pem_s,
+            "-days",
+            "1",
+            "-subj",
+            &subj,
+        ]),
+        Some(ca) => {
+            let csr = format!("{name}.csr");
+            let ext = dir.join(format!("{name}.ext"));
+            std::fs::write(
+                &ext,
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            )
+            .unwrap();
+            run(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                key_s,
+                "-out",
+                &csr,
+                "-subj",
+                &subj,
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-out",
+                pem_s,
+                "-days",
+                "1",
+                "-extfile",
+                ext.to_str().unwrap(),
+            ]);
+        }
+    }
+}
+
+fn pem_cert(path: &Path) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(path).unwrap()
+}
+
+/// A TLS client trusting `ca`, presenting `client` (`name` of a cert made above) if given.
+fn connector(dir: &Path, ca: &str, client: Option<&str>) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pem_cert(&dir.join(format!("{ca}.pem")))).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some(name) => builder
+            .with_client_auth_cert(
+                vec![pem_cert(&dir.join(format!("{name}.pem")))],
+                PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).unwrap(),
+            )
+            .unwrap(),
+    };
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn connect(
+    connector: &TlsConnector,
+    addr: &str,
+) -> std::io::Result<TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// One keep-alive GET on `stream`; the status line's code.
+async fn get_status(stream: &mut TlsStream<tokio::net::TcpStream>) -> std::io::Result<u16> {
+    let req = format!(
+        "GET /v1/payments/m_1001/tls-none HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {SHOP_KEY}\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer is small: its head and its JSON body arrive together or close behind.
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before an answer"));
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Ok(head[9..12].parse().unwrap());
+            }
+        }
+    }
+}
+
+fn served_cert(stream: &TlsStream<tokio::net::TcpStream>) -> CertificateDer<'static> {
+    stream.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+/// Writes `server.tls` into `h`'s config (certificate `cert`, client CA `ca`).
+fn with_tls(h: &Harness, dir: &Path, cert: &str, ca: &str) {
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let base = match text.split_once("  tls: ") {
+        Some((head, tail)) => format!("{head}{}", tail.split_once('\n').unwrap().1),
+        None => text,
+    };
+    let f = |name: &str| dir.join(name).display().to_string();
+    let tls = format!(
+        "  tls: {{ cert: \"file:{}\", key: \"file:{}\", client_ca: \"file:{}\" }}\n",
+        f(&format!("{cert}.pem")),
+        f(&format!("{cert}.key")),
+        f(&format!("{ca}.pem"))
+    );
+    support::write_atomically(
+        &h.config_path,
+        &base.replacen(
+            "  drain_timeout: 5s\n",
+            &format!("  drain_timeout: 5s\n{tls}"),
+            1,
+        ),
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_keeps_open_connections_and_client_certificates_are_checked() {
+    let mut h = Harness::start().await;
+    let dir: PathBuf = h.dir.path().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl_cert(&dir, "ca", None);
+    openssl_cert(&dir, "server-a", Some("ca"));
+    openssl_cert(&dir, "server-b", Some("ca"));
+    openssl_cert(&dir, "shop", Some("ca"));
+    openssl_cert(&dir, "other-ca", None);
+    openssl_cert(&dir, "stranger", Some("other-ca"));
+    with_tls(&h, &dir, "server-a", "ca");
+    h.restart().await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+    let shop = connector(&dir, "ca", Some("shop"));
+
+    let mut open = within("a TLS connection", connect(&shop, &addr))
+        .await
+        .unwrap();
+    assert_eq!(served_cert(&open), pem_cert(&dir.join("server-a.pem")));
+    assert_eq!(
+        within("an answer", get_status(&mut open)).await.unwrap(),
+        404
+    );
+
+    with_tls(&h, &dir, "server-b", "ca");
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // The open connection goes on, on its old certificate; a new one gets the new.
+    assert_eq!(
+        within("an answer on the open connection", get_status(&mut open))
+            .await
+            .unwrap(),
+        404
+    );
+    let mut fresh = within("a TLS connection", connect(&shop, &addr))
+        .await
+        .unwrap();
+    assert_eq!(served_cert(&fresh), pem_cert(&dir.join("server-b.pem")));
+    assert_eq!(
+        within("an answer", get_status(&mut fresh)).await.unwrap(),
+        404
+    );
+
+    // No client certificate, or one from another CA: no answer. (In TLS 1.3 the server's
+    // refusal may arrive only with the first read.)
+    for (who, client) in [
+        ("no certificate", connector(&dir, "ca", None)),
+        (
+            "a stranger's certificate",
+            connector(&dir, "ca", Some("stranger")),
+        ),
+    ] {
+        let answered = within("a refused client", async {
+            match connect(&client, &addr).await {
+                Ok(mut s) => get_status(&mut s).await.ok(),
+                Err(_) => None,
+            }
+        })
+        .await;
+        assert_eq!(answered, None, "{who} was served");
+    }
+    h.shutdown().await;
+}
