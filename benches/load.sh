@@ -94,7 +94,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 say "building (cargo build --release; benches signing and notify)"
 cargo build --release --locked >&2
-cargo bench --locked --no-run --bench signing --bench notify >&2 2>&1 | tail -n 2 >&2
+cargo bench --locked --no-run --bench signing --bench notify 2>&1 | tail -n 2 >&2
 BIN="$ROOT/target/release/payroute"
 [ -x "$BIN" ] || die "$BIN was not built"
 

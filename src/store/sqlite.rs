@@ -29,6 +29,9 @@ pub struct SqliteStore {
     /// Transactions the writer has committed (each holding one batch of writes).
     commits: Arc<std::sync::atomic::AtomicU64>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per read connection: a read waits for a permit before it takes a blocking
+    /// thread, so it always finds an open connection (opening one parses the whole schema).
+    read_permits: Arc<tokio::sync::Semaphore>,
     path: PathBuf,
 }
 
@@ -417,6 +420,7 @@ impl SqliteStore {
             writer,
             commits,
             readers: Arc::new(Mutex::new(readers)),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
             path,
         })
     }
@@ -446,7 +450,14 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (readers, path) = (self.readers.clone(), self.path.clone());
+        let permit = self
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pooled = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let conn = match pooled {
                 Some(c) => c,
