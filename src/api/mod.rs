@@ -14,6 +14,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use time::OffsetDateTime;
 
 use crate::live::{Live, LiveConfig};
+use crate::payment::view::refund_json;
 use crate::payment::{CreateOutcome, PaymentService, RefundOutcome, Routes};
 use crate::resilience::Resilience;
 use crate::server::{decode, json_response};
@@ -179,12 +180,8 @@ async fn create(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
     admit(app, &shop, &new.merchant_id)?;
     Ok(
         match app.payments.create(&routes(live), &shop.id, new).await? {
-            CreateOutcome::Created(rec) => {
-                created(false, &crate::payment::view::payment_json(&rec))
-            }
-            CreateOutcome::Replayed(rec) => {
-                created(true, &crate::payment::view::payment_json(&rec))
-            }
+            CreateOutcome::Created(rec) => created(false, payment_body(&rec)),
+            CreateOutcome::Replayed(rec) => created(true, payment_body(&rec)),
         },
     )
 }
@@ -203,10 +200,7 @@ async fn get(
         .payments
         .get(&routes(live), merchant, out_trade_no, refresh)
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::payment::view::payment_json(&rec),
-    ))
+    Ok(body_response(StatusCode::OK, payment_body(&rec)))
 }
 
 async fn close(
@@ -222,10 +216,7 @@ async fn close(
         .payments
         .close(&routes(live), merchant, out_trade_no)
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::payment::view::payment_json(&rec),
-    ))
+    Ok(body_response(StatusCode::OK, payment_body(&rec)))
 }
 
 async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
@@ -237,8 +228,8 @@ async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> A
     admit(app, &shop, &new.merchant_id)?;
     Ok(
         match app.payments.refund(&routes(live), &shop.id, new).await? {
-            RefundOutcome::Created(r) => created(false, &crate::payment::view::refund_json(&r)),
-            RefundOutcome::Replayed(r) => created(true, &crate::payment::view::refund_json(&r)),
+            RefundOutcome::Created(r) => created(false, json_body(&refund_json(&r))),
+            RefundOutcome::Replayed(r) => created(true, json_body(&refund_json(&r))),
         },
     )
 }
@@ -263,12 +254,32 @@ async fn get_refund(
     ))
 }
 
+/// The payment object, serialised once, straight from the record.
+fn payment_body(rec: &crate::store::PaymentRecord) -> Bytes {
+    Bytes::from(crate::payment::view::payment_bytes(rec))
+}
+
+fn json_body(v: &serde_json::Value) -> Bytes {
+    Bytes::from(v.to_string())
+}
+
+/// A JSON answer whose body is already serialised.
+fn body_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 /// 201 for a new object; 200 with `Idempotent-Replayed: true` for a replay.
-fn created(replayed: bool, body: &serde_json::Value) -> Response<Full<Bytes>> {
+fn created(replayed: bool, body: Bytes) -> Response<Full<Bytes>> {
     if !replayed {
-        return json_response(StatusCode::CREATED, body);
+        return body_response(StatusCode::CREATED, body);
     }
-    let mut resp = json_response(StatusCode::OK, body);
+    let mut resp = body_response(StatusCode::OK, body);
     resp.headers_mut().insert(
         "Idempotent-Replayed",
         http::HeaderValue::from_static("true"),
