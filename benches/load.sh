@@ -151,6 +151,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 KEYS="$ROOT/config/sandbox"
+# The store in a directory of its own, as in the shipped layout (config/ and data/): payroute
+# watches its config file's directory, and every WAL write there would wake that watcher.
+mkdir -p "$TMP/data"
 cat >"$TMP/payroute.yaml" <<EOF
 # Written by benches/load.sh. TEST-ONLY keys (config/sandbox/).
 server:
@@ -160,7 +163,7 @@ server:
   max_body_bytes: 65536
   max_connections: 20000
 admin: { token: $ADMIN_TOKEN }
-store: { kind: sqlite, path: $TMP/payroute.db }
+store: { kind: sqlite, path: $TMP/data/payroute.db }
 shops:
   - id: load-shop
     api_key: $API_KEY
