@@ -85,6 +85,14 @@ pub fn refund_json(r: &RefundRecord) -> Value {
     })
 }
 
+/// Unix ms as RFC 3339 (UTC).
+pub fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,12 +137,4 @@ mod tests {
         // The same bytes as the Value tree would have been serialised to.
         assert_eq!(payment_bytes(&rec), expected.to_string().into_bytes());
     }
-}
-
-/// Unix ms as RFC 3339 (UTC).
-pub fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }
