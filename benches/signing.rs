@@ -3,11 +3,15 @@
 //! limit on this machine); `alipay_sign_params` adds building the sorted string to sign;
 //! `wechat_authorization` builds a whole WeChat Pay Authorization header.
 //!
-//! Run: `cargo bench --bench signing`.
+//! Run: `cargo bench --bench signing`. `SIGNING_CPU=1 cargo bench --bench signing` instead
+//! prints the CPU time (this thread's, from `/proc/thread-self/schedstat`) of one RSA-2048
+//! signature and one verification: the floor `benches/load.sh` compares payroute's CPU per
+//! request with. Criterion's figures are wall-clock, which on a shared machine include the
+//! time the bench waited for a core; CPU time does not.
 
 use std::collections::BTreeMap;
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, Criterion};
 use payroute::channel::alipay::sign::sign_params;
 use payroute::channel::keys::RsaSigner;
 use payroute::channel::wechatpay::sign::authorization;
@@ -70,5 +74,56 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// Nanoseconds this thread has run on a CPU.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("/proc/thread-self/schedstat (Linux)")
+}
+
+/// CPU µs per call of `f`, over about `secs` seconds of calls.
+fn cpu_us_per_call(secs: f64, mut f: impl FnMut()) -> f64 {
+    for _ in 0..20 {
+        f();
+    }
+    let (wall, cpu) = (std::time::Instant::now(), thread_cpu_ns());
+    let mut n = 0u64;
+    while wall.elapsed().as_secs_f64() < secs {
+        for _ in 0..20 {
+            f();
+        }
+        n += 20;
+    }
+    (thread_cpu_ns() - cpu) as f64 / 1e3 / n as f64
+}
+
+fn cpu_figures() {
+    let pem = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/sandbox/platform_alipay_app_key.pem"
+    ))
+    .unwrap();
+    let signer = RsaSigner::from_text(&pem).unwrap();
+    let verifier = signer.verifier();
+    let message = b"GET\n/v3/pay/transactions/out-trade-no/ORD20261125000123?mchid=1900000109\n1795000000\n5K8264ILTKCH16CQ2502SI8ZNMTM67VS\n\n";
+    let sig = signer.sign_b64(message);
+    let sign = cpu_us_per_call(3.0, || {
+        black_box(signer.sign_b64(black_box(message)));
+    });
+    let verify = cpu_us_per_call(2.0, || {
+        black_box(verifier.verify_b64(black_box(message), &sig));
+    });
+    println!("rsa2048_sign_cpu_us {sign:.1}");
+    println!("rsa2048_verify_cpu_us {verify:.1}");
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("SIGNING_CPU").is_some() {
+        return cpu_figures();
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

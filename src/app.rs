@@ -35,6 +35,11 @@ pub struct App {
     pub reconciler: Arc<Reconciler>,
 }
 
+/// Threads for blocking work (store reads, DNS). The store reads through a few pooled
+/// connections, so more threads only wait for one — and each costs memory (its stack, its
+/// malloc arena): under 1,000 connections tokio's default of 512 grew to 41 threads.
+pub const MAX_BLOCKING_THREADS: usize = 16;
+
 impl App {
     pub async fn new(config: Config) -> Result<Arc<App>, String> {
         let registry = Registry::new();

@@ -128,6 +128,18 @@ async fn a_verified_notification_makes_the_payment_final_and_the_shop_hears_once
     assert_eq!(event["data"]["amount"], 1999);
     assert!(event["id"].as_str().unwrap().starts_with("evt_"));
     assert!(h.receiver.received().iter().all(|r| r.signature_verifies()));
+    // The notification's request id travels with the event, in its body and its header.
+    let request_id = event["request_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        answer.headers["x-request-id"].to_str().unwrap(),
+        request_id,
+        "the event names the notification that caused it"
+    );
+    assert!(h
+        .receiver
+        .received()
+        .iter()
+        .all(|r| r.request_id.as_deref() == Some(request_id.as_str())));
 
     // WeChat resends: acknowledged, nothing changes, no second event.
     assert_eq!(n.send(&h, "m1001_wechat").await.status, 204);

@@ -15,9 +15,10 @@ use time::OffsetDateTime;
 
 use crate::context;
 use crate::live::{Live, LiveConfig};
+use crate::payment::view::refund_json;
 use crate::payment::{CreateOutcome, PaymentService, RefundOutcome, Routes};
 use crate::resilience::Resilience;
-use crate::server::{decode, json_response, Refusal};
+use crate::server::{decode, Refusal};
 use crate::shops::Shop;
 use error::{ApiError, ErrorCode};
 
@@ -261,8 +262,8 @@ async fn create(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
     admit(app, &shop, &new.merchant_id).await?;
     Ok(
         match app.payments.create(&routes(live), &shop.id, new).await? {
-            CreateOutcome::Created(rec) => created(false, &payment_view(&rec)),
-            CreateOutcome::Replayed(rec) => created(true, &payment_view(&rec)),
+            CreateOutcome::Created(rec) => created(false, payment_view(&rec)),
+            CreateOutcome::Replayed(rec) => created(true, payment_view(&rec)),
         },
     )
 }
@@ -281,7 +282,7 @@ async fn get(
         .payments
         .get(&routes(live), merchant, out_trade_no, refresh)
         .await?;
-    Ok(json_response(StatusCode::OK, &payment_view(&rec)))
+    Ok(body_response(StatusCode::OK, payment_view(&rec)))
 }
 
 async fn close(
@@ -297,7 +298,7 @@ async fn close(
         .payments
         .close(&routes(live), merchant, out_trade_no)
         .await?;
-    Ok(json_response(StatusCode::OK, &payment_view(&rec)))
+    Ok(body_response(StatusCode::OK, payment_view(&rec)))
 }
 
 async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
@@ -309,8 +310,8 @@ async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> A
     admit(app, &shop, &new.merchant_id).await?;
     Ok(
         match app.payments.refund(&routes(live), &shop.id, new).await? {
-            RefundOutcome::Created(r) => created(false, &refund_view(&r)),
-            RefundOutcome::Replayed(r) => created(true, &refund_view(&r)),
+            RefundOutcome::Created(r) => created(false, refund_view(&r)),
+            RefundOutcome::Replayed(r) => created(true, refund_view(&r)),
         },
     )
 }
@@ -329,7 +330,7 @@ async fn get_refund(
         .payments
         .get_refund(&routes(live), merchant, out_refund_no, refresh)
         .await?;
-    Ok(json_response(StatusCode::OK, &refund_view(&rec)))
+    Ok(body_response(StatusCode::OK, refund_view(&rec)))
 }
 
 /// The OpenAPI 3.1 description of this API, as built into the binary.
@@ -345,23 +346,43 @@ fn openapi() -> Response<Full<Bytes>> {
 }
 
 /// A payment's answer, noted for the access log.
-fn payment_view(rec: &crate::store::PaymentRecord) -> serde_json::Value {
+fn payment_view(rec: &crate::store::PaymentRecord) -> Bytes {
     context::note(Some(&rec.rule), &rec.channel, rec.status.as_str());
-    crate::payment::view::payment_json(rec)
+    payment_body(rec)
 }
 
 /// A refund's answer, noted for the access log.
-fn refund_view(rec: &crate::store::RefundRecord) -> serde_json::Value {
+fn refund_view(rec: &crate::store::RefundRecord) -> Bytes {
     context::note(None, &rec.channel, rec.status.as_str());
-    crate::payment::view::refund_json(rec)
+    json_body(&refund_json(rec))
+}
+
+/// The payment object, serialised once, straight from the record.
+fn payment_body(rec: &crate::store::PaymentRecord) -> Bytes {
+    Bytes::from(crate::payment::view::payment_bytes(rec))
+}
+
+fn json_body(v: &serde_json::Value) -> Bytes {
+    Bytes::from(v.to_string())
+}
+
+/// A JSON answer whose body is already serialised.
+fn body_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// 201 for a new object; 200 with `Idempotent-Replayed: true` for a replay.
-fn created(replayed: bool, body: &serde_json::Value) -> Response<Full<Bytes>> {
+fn created(replayed: bool, body: Bytes) -> Response<Full<Bytes>> {
     if !replayed {
-        return json_response(StatusCode::CREATED, body);
+        return body_response(StatusCode::CREATED, body);
     }
-    let mut resp = json_response(StatusCode::OK, body);
+    let mut resp = body_response(StatusCode::OK, body);
     resp.headers_mut().insert(
         "Idempotent-Replayed",
         http::HeaderValue::from_static("true"),

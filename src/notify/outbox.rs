@@ -211,8 +211,22 @@ impl Outbox {
                     )
                     .header("Payroute-Signature", sig)
                     .body(Full::new(Bytes::from(event.body.clone())));
+                let request_id = serde_json::from_str::<EventIds>(&event.body)
+                    .ok()
+                    .and_then(|ids| ids.request_id);
+                let send = |req| async {
+                    match request_id {
+                        // Sent on as X-Request-Id by the client, as with channel calls.
+                        Some(id) => {
+                            crate::context::scope(id, self.http.send(req, settings.timeout))
+                                .await
+                                .0
+                        }
+                        None => self.http.send(req, settings.timeout).await,
+                    }
+                };
                 match req {
-                    Ok(req) => match self.http.send(req, settings.timeout).await {
+                    Ok(req) => match send(req).await {
                         Ok(resp) if resp.status.is_success() => Ok(()),
                         Ok(resp) => Err(format!("HTTP {}", resp.status.as_u16())),
                         Err(e) => Err(e.to_string()),
@@ -291,4 +305,10 @@ impl Outbox {
             .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1))))
             .clone()
     }
+}
+
+/// The ids an event's body carries beside its payload.
+#[derive(serde::Deserialize)]
+struct EventIds {
+    request_id: Option<String>,
 }

@@ -860,7 +860,9 @@ fn payment_event(rec: &PaymentRecord, before: PaymentStatus) -> Option<EventReco
     ))
 }
 
-/// A pending shop event, due now: `{"id","type","created_at","data"}` (DESIGN.md §3).
+/// A pending shop event, due now: `{"id","type","created_at","data"}` (DESIGN.md §3), and
+/// `request_id`: the id of the API request or provider notification that caused it (`null`
+/// for the reconciliation worker's), which its delivery also carries as `X-Request-Id`.
 fn new_event(
     kind: EventType,
     shop_id: &str,
@@ -874,6 +876,7 @@ fn new_event(
         "id": event_id,
         "type": kind.as_str(),
         "created_at": view::rfc3339(now),
+        "request_id": crate::context::request_id(),
         "data": data,
     });
     EventRecord {

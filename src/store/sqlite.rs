@@ -33,6 +33,9 @@ pub struct SqliteStore {
     /// `/readyz` reports, so a load balancer stops sending writes that cannot be kept.
     healthy: Arc<AtomicBool>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per read connection: a read waits for a permit before it takes a blocking
+    /// thread, so it always finds an open connection (opening one parses the whole schema).
+    read_permits: Arc<tokio::sync::Semaphore>,
     path: PathBuf,
 }
 
@@ -93,7 +96,15 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         .map_err(backend)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(backend)?;
+    // Every statement of the hot paths stays prepared (rusqlite's default keeps 16).
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// One statement without rows, kept prepared: the writer runs the same few per batch and
+/// per job (`execute_batch` would parse each of them every time).
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 /// The writer thread: takes every write waiting, runs each in a savepoint of one
@@ -112,7 +123,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE").map_err(backend) {
+        if let Err(e) = exec(&conn, "BEGIN IMMEDIATE").map_err(backend) {
             healthy.store(!e.is_unavailable(), Ordering::Relaxed);
             for job in batch {
                 job.refuse(e.clone());
@@ -122,7 +133,7 @@ fn writer_loop(
         let mut answers = Vec::with_capacity(batch.len());
         let mut io_failed = false;
         for job in batch {
-            if let Err(e) = conn.execute_batch("SAVEPOINT job").map_err(backend) {
+            if let Err(e) = exec(&conn, "SAVEPOINT job").map_err(backend) {
                 io_failed |= e.is_unavailable();
                 job.refuse(e);
                 continue;
@@ -130,12 +141,12 @@ fn writer_loop(
             let (failed, answer) = job.run(&conn);
             if let Some(e) = failed {
                 io_failed |= e.is_unavailable();
-                let _ = conn.execute_batch("ROLLBACK TO job");
+                let _ = exec(&conn, "ROLLBACK TO job");
             }
-            let _ = conn.execute_batch("RELEASE job");
+            let _ = exec(&conn, "RELEASE job");
             answers.push(answer);
         }
-        let committed = conn.execute_batch("COMMIT").map_err(backend);
+        let committed = exec(&conn, "COMMIT").map_err(backend);
         match &committed {
             Ok(()) => commits.inc(),
             Err(e) => {
@@ -293,25 +304,26 @@ fn read_event(row: &Row) -> rusqlite::Result<Result<EventRecord, StoreError>> {
 }
 
 fn insert_event(conn: &Connection, e: &EventRecord) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO events (event_id, shop_id, merchant_id, payment_id, event_type, body, status,
          attempts, next_attempt_at, created_at, delivered_at, last_error)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        params![
-            e.event_id,
-            e.shop_id,
-            e.merchant_id,
-            e.payment_id,
-            e.event_type.as_str(),
-            e.body,
-            e.status.as_str(),
-            e.attempts,
-            e.next_attempt_at,
-            e.created_at,
-            e.delivered_at,
-            e.last_error,
-        ],
     )
+    .map_err(backend)?
+    .execute(params![
+        e.event_id,
+        e.shop_id,
+        e.merchant_id,
+        e.payment_id,
+        e.event_type.as_str(),
+        e.body,
+        e.status.as_str(),
+        e.attempts,
+        e.next_attempt_at,
+        e.created_at,
+        e.delivered_at,
+        e.last_error,
+    ])
     .map_err(backend)?;
     Ok(())
 }
@@ -399,7 +411,14 @@ fn get_refund(
     .transpose()
 }
 
-const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account";
+/// The payments columns in [`read_row`]'s order (a macro, so that the hot statements are
+/// string literals the statement cache keys on without a `format!`).
+macro_rules! payment_columns {
+    () => {
+        "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account"
+    };
+}
+const COLUMNS: &str = payment_columns!();
 
 impl SqliteStore {
     /// Opens (or creates) the file, counting into metrics registered nowhere.
@@ -442,6 +461,7 @@ impl SqliteStore {
             metrics,
             healthy,
             readers: Arc::new(Mutex::new(readers)),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
             path,
         })
     }
@@ -472,7 +492,14 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (readers, path) = (self.readers.clone(), self.path.clone());
+        let permit = self
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pooled = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let conn = match pooled {
                 Some(c) => c,
@@ -561,11 +588,13 @@ fn get(
     merchant_id: &str,
     out_trade_no: &str,
 ) -> Result<Option<PaymentRecord>, StoreError> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM payments WHERE merchant_id = ?1 AND out_trade_no = ?2"),
-        params![merchant_id, out_trade_no],
-        read_row,
-    )
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        payment_columns!(),
+        " FROM payments WHERE merchant_id = ?1 AND out_trade_no = ?2"
+    ))
+    .map_err(backend)?
+    .query_row(params![merchant_id, out_trade_no], read_row)
     .optional()
     .map_err(backend)?
     .transpose()
@@ -579,10 +608,12 @@ impl Store for SqliteStore {
             if let Some(existing) = get(conn, &p.merchant_id, &p.out_trade_no)? {
                 return Ok(Some(existing));
             }
-            conn.execute(
+            conn.prepare_cached(
                 // Due for reconciliation at once: the worker sets the real first check.
-                &format!("INSERT INTO payments ({COLUMNS}, next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?19)"),
-                params![
+                concat!("INSERT INTO payments (", payment_columns!(), ", next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?19)"),
+            )
+            .map_err(backend)?
+            .execute(params![
                     p.payment_id, p.merchant_id, p.shop_id, p.out_trade_no, p.amount as i64, p.currency,
                     p.method.as_str(), p.status.as_str(), p.channel, p.rule,
                     p.action.as_ref().map(|a| a.to_string()), p.provider_trade_no, p.refunded_amount as i64,
@@ -616,12 +647,14 @@ impl Store for SqliteStore {
         let updated = self
             .write(move |conn| {
                 let n = conn
-                    .execute(
+                    .prepare_cached(
                         "UPDATE payments SET status = ?1, channel = ?2, rule = ?3, action = ?4, provider_trade_no = ?5,
                          refunded_amount = ?6, error_code = ?7, error_message = ?8, attempt_until = ?9, updated_at = ?10,
                          paid_at = ?11, account = ?14, version = version + 1
                          WHERE payment_id = ?12 AND version = ?13",
-                        params![
+                    )
+                    .map_err(backend)?
+                    .execute(params![
                             rec.status.as_str(), rec.channel, rec.rule, rec.action.as_ref().map(|a| a.to_string()),
                             rec.provider_trade_no, rec.refunded_amount as i64, rec.error_code.map(|c| c.as_str()),
                             rec.error_message, rec.attempt_until, rec.updated_at, rec.paid_at, rec.payment_id,
@@ -985,11 +1018,10 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let id = payment_id.to_string();
         self.write(move |conn| {
-            conn.execute(
-                "UPDATE payments SET next_check_at = ?2 WHERE payment_id = ?1",
-                params![id, at],
-            )
-            .map_err(backend)?;
+            conn.prepare_cached("UPDATE payments SET next_check_at = ?2 WHERE payment_id = ?1")
+                .map_err(backend)?
+                .execute(params![id, at])
+                .map_err(backend)?;
             Ok(())
         })
         .await

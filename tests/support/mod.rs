@@ -30,6 +30,8 @@ pub struct Received {
     pub raw: String,
     pub body: Value,
     pub signature: String,
+    /// Its `X-Request-Id` header, if any.
+    pub request_id: Option<String>,
     /// What the receiver answered.
     pub status: u16,
 }
@@ -83,6 +85,11 @@ impl Receiver {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_string();
+                let request_id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 let raw = req.into_body().collect().await.unwrap().to_bytes();
                 let raw = String::from_utf8_lossy(&raw).into_owned();
                 let delay = me.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
@@ -94,6 +101,7 @@ impl Receiver {
                     body: serde_json::from_str(&raw).unwrap_or(Value::Null),
                     raw,
                     signature,
+                    request_id,
                     status,
                 });
                 let mut resp = http::Response::new(Full::new(Bytes::new()));
