@@ -61,12 +61,36 @@ enum Command {
         #[command(subcommand)]
         command: PaymentsCommand,
     },
+    /// The store: apply its schema migrations, or copy a SQLite store into PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Run only the sandbox provider, trusting the merchant keys of a config file.
     Sandbox {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: std::net::SocketAddr,
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Without --from/--to: open the configured store, which applies its pending schema
+    /// migrations, and exit. With them: copy every payment, refund and pending event of a
+    /// SQLite file into a PostgreSQL database (idempotently), then verify the copy.
+    Migrate {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// `sqlite:PATH`.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// `postgres://…` (or `env:NAME`); the schema is `--schema`.
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        #[arg(long, default_value = payroute::config::defaults::DEFAULT_PG_SCHEMA)]
+        schema: String,
     },
 }
 
@@ -106,6 +130,9 @@ fn main() -> ExitCode {
         | Command::Sandbox { config, .. }
         | Command::Payments {
             command: PaymentsCommand::Export { config, .. },
+        }
+        | Command::Store {
+            command: StoreCommand::Migrate { config, .. },
         } => config.clone(),
     };
     let config = match Config::load(&config_path) {
@@ -173,9 +200,61 @@ fn main() -> ExitCode {
                     ..
                 },
         } => export(&config, &since, until.as_deref(), merchant, &format),
+        Command::Store {
+            command: StoreCommand::Migrate {
+                from, to, schema, ..
+            },
+        } => run(migrate(config, from, to, schema)),
         Command::Serve { .. } => run(serve(config)),
         Command::Sandbox { listen, .. } => run(sandbox(listen, config)),
     }
+}
+
+/// `payroute store migrate`.
+async fn migrate(
+    config: Config,
+    from: Option<String>,
+    to: Option<String>,
+    schema: String,
+) -> Result<(), String> {
+    use payroute::store::{StoreMetrics, StoreSettings};
+    let metrics =
+        || StoreMetrics::new(&prometheus::Registry::new()).map_err(|e| format!("metrics: {e}"));
+    let (Some(from), Some(to)) = (from, to) else {
+        payroute::store::open(&config.store, metrics()?)
+            .await
+            .map_err(|e| e.to_string())?;
+        eprintln!("the configured store is open and its schema is current");
+        return Ok(());
+    };
+    let path = from
+        .strip_prefix("sqlite:")
+        .ok_or("--from must be sqlite:PATH")?;
+    if !std::path::Path::new(path).exists() {
+        return Err(format!("--from: {path} does not exist"));
+    }
+    let url = payroute::secret::resolve(&to).map_err(|e| format!("--to: {e}"))?;
+    let source = payroute::store::open(&StoreSettings::Sqlite { path: path.into() }, metrics()?)
+        .await
+        .map_err(|e| format!("--from: {e}"))?;
+    let target = payroute::store::open(
+        &StoreSettings::Postgres {
+            url: payroute::secret::Secret::new(url),
+            pool_size: 4,
+            schema,
+        },
+        metrics()?,
+    )
+    .await
+    .map_err(|e| format!("--to: {e}"))?;
+    let c = payroute::store::migrate::copy(source.as_ref(), target.as_ref())
+        .await
+        .map_err(|e| format!("migrate: {e}"))?;
+    println!(
+        "copied and verified: {} payments ({} new), {} refunds ({} new), {} pending events ({} new)",
+        c.payments, c.payments_new, c.refunds, c.refunds_new, c.pending_events, c.pending_events_new
+    );
+    Ok(())
 }
 
 /// `payroute payments export`: the ledger to stdout.

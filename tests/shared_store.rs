@@ -287,3 +287,94 @@ async fn postgres_away_answers_503_sends_nothing_and_recovers() {
     h.shutdown().await;
     forwarder.cut();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_migrate_moves_a_sqlite_store_and_the_proxy_serves_it_unchanged() {
+    let Some(pg) = support::PgSchema::create("payroute_migrate_").await else {
+        return;
+    };
+    // Retries every 300ms, for long enough that an event stays pending across the move.
+    let rules = format!(
+        "{}webhooks: {{ schedule: [300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms] }}\n",
+        support::RULES
+    );
+    let mut h = Harness::start_with(false, &rules, "").await;
+    let paid = h.paid("m_1001", "mig-1", "wechat_native", 1000).await;
+    let r = h
+        .refund(&json!({"merchant_id": "m_1001", "out_trade_no": "mig-1", "out_refund_no": "mig-1-r", "amount": 300}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    h.create(&payment("m_2002", "mig-2", "wechat_native", 700, json!({})))
+        .await;
+    // The shop is down: the events stay pending in the outbox.
+    h.receiver.answer_with(500);
+    h.pay("mig-2").await;
+    h.get_payment("m_2002", "mig-2", true).await;
+    support::wait_until("a delivery to fail", || async {
+        h.receiver.received().iter().any(|r| r.status == 500)
+    })
+    .await;
+    let before: Vec<Value> = answers_of(&h).await;
+    if let Some(r) = h.running.take() {
+        support::within("the proxy to stop", r.shutdown()).await;
+    }
+
+    let migrate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_payroute"))
+            .args(["store", "migrate", "--config"])
+            .arg(&h.config_path)
+            .arg("--from")
+            .arg(format!("sqlite:{}", h.db_path().display()))
+            .args(["--to", &pg.url, "--schema", &pg.name])
+            .output()
+            .unwrap()
+    };
+    let first = migrate();
+    let out = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(
+        first.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        out.contains("2 payments (2 new), 1 refunds (1 new)"),
+        "{out}"
+    );
+    let again = migrate();
+    let out = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(again.status.success());
+    assert!(
+        out.contains("2 payments (0 new), 1 refunds (0 new)") && out.contains("(0 new)\n"),
+        "run twice, copied once: {out}"
+    );
+
+    // The proxy on PostgreSQL now: the same answers, and the pending events go out.
+    let yaml = std::fs::read_to_string(&h.config_path).unwrap().replace(
+        &format!("store: {{ kind: sqlite, path: {} }}", h.db_path().display()),
+        &format!(
+            "store: {{ kind: postgres, url: \"{}\", schema: {} }}",
+            pg.url, pg.name
+        ),
+    );
+    assert!(yaml.contains("kind: postgres"));
+    support::write_atomically(&h.config_path, &yaml);
+    h.receiver.answer_with(200);
+    h.restart().await;
+    assert_eq!(answers_of(&h).await, before, "served unchanged");
+    assert_eq!(paid["payment_id"], before[0]["payment_id"]);
+    let refund = h.get_refund("m_1001", "mig-1-r", false).await;
+    assert_eq!(refund.body["refund_id"], r.body["refund_id"]);
+    h.receiver.event("payment.succeeded", "mig-2").await;
+    h.shutdown().await;
+}
+
+/// The two payments of the migration test as the API answers them.
+async fn answers_of(h: &Harness) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (m, no) in [("m_1001", "mig-1"), ("m_2002", "mig-2")] {
+        let r = h.get_payment(m, no, false).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        out.push(r.body);
+    }
+    out
+}

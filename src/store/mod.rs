@@ -6,6 +6,7 @@
 //! shared by several instances: where the trait hands out work — due events, due checks —
 //! it claims it with a lease, so one instance works an item at a time).
 
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 
@@ -324,6 +325,10 @@ pub trait Store: Send + Sync {
         refund_id: &str,
         at: Option<i64>,
     ) -> Result<(), StoreError>;
+
+    /// Copies an event as it is (id, body, status, attempts) for `payroute store migrate`;
+    /// one already there is left alone. Whether it was written.
+    async fn import_event(&self, e: &EventRecord) -> Result<bool, StoreError>;
 
     /// Reachable and writable: for `/readyz`. After a write failed on I/O (disk full), this
     /// must prove that a write succeeds again.

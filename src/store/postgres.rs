@@ -1280,6 +1280,21 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn import_event(&self, e: &EventRecord) -> Result<bool, StoreError> {
+        let c = self.conn().await?;
+        let there = c
+            .query_opt("SELECT 1 FROM events WHERE event_id = $1", &[&e.event_id])
+            .await
+            .map_err(pg)?
+            .is_some();
+        if there {
+            return Ok(false);
+        }
+        insert_event(&c, e).await?;
+        self.committed();
+        Ok(true)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let c = self.conn().await?;
         // Writable, not only reachable: one small committed write (a standby refuses it, a

@@ -1044,6 +1044,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn import_event(&self, e: &EventRecord) -> Result<bool, StoreError> {
+        let e = e.clone();
+        self.write(move |conn| {
+            let there = conn
+                .prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")
+                .map_err(backend)?
+                .query_row([&e.event_id], |_| Ok(()))
+                .optional()
+                .map_err(backend)?
+                .is_some();
+            if there {
+                return Ok(false);
+            }
+            insert_event(conn, &e)?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// While the last write failed on I/O, a write that needs new space proves it is back:
     /// a probe row of [`PROBE_BYTES`], written and then deleted (each its own commit, so
     /// the space is really taken). Otherwise a read.
