@@ -100,7 +100,7 @@ async fn two_instances_on_one_database_act_as_one() {
     // Identical creates spread over both instances: one channel call, one binding.
     let body = payment("m_1001", "two-1", "wechat_native", 1999, json!({}));
     let h = std::sync::Arc::new(h);
-    let tasks: Vec<_> = (0..40)
+    let tasks: Vec<_> = (0..200)
         .map(|i| {
             let (h, api, body) = (h.clone(), apis[i % 2].clone(), body.clone());
             tokio::spawn(async move { create_at(&h, &api, &body).await })
