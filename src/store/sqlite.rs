@@ -1163,9 +1163,11 @@ mod tests {
             );
         }
         assert!(store.get_payment("m_1", "g7").await.unwrap().is_none());
+        // The first write commits alone; the rest queue behind its fsync and share commits.
+        eprintln!("64 concurrent writes: {} commits", store.commits());
         assert!(
-            store.commits() < 64,
-            "{} commits for 64 concurrent writes: they were not grouped",
+            store.commits() <= 8,
+            "{} commits (fsyncs) for 64 concurrent writes: they were not grouped",
             store.commits()
         );
     }
