@@ -16,13 +16,14 @@
 //! - `routing`: the rules engine; pure, indexed by merchant, with `explain`.
 //! - `channel`: one guarded call path per channel (limit, breaker, retries), the outbound HTTP
 //!   client, keys, notification verification; `wechatpay`, `alipay`.
-//! - `resilience`: retry backoff and budget, circuit breaker, GCRA rate limits.
+//! - `resilience`: retry backoff and budget, circuit breaker, GCRA rate limits (local, and
+//!   `scope: global` ones shared through Redis).
 //! - `store`: the `Store` trait (payments, refunds, the outbox, the reconciliation schedule)
 //!   and its two implementations: `sqlite` (group commit; one instance) and `postgres`
 //!   (pooled, migrated, claims with leases; several instances on one database).
 //! - `stranded`: open orders bound to an account no channel holds any more; check and reload warn.
-//! - `admin`: metrics, health, reload, config, channels, ledgers, events, explain on the admin
-//!   port.
+//! - `admin`: metrics, health, reload, config, channels, ledgers and their export, events,
+//!   explain, and the ops console (`/ui`) on the admin port.
 //! - `sandbox`: the built-in simulated WeChat Pay and Alipay (test-only keys).
 //! - `app`: wires the modules, hands each its narrow state, owns the registry and the drain.
 //! - `domain`, `secret`: shared vocabulary (methods, statuses, money); secret handling and
