@@ -651,6 +651,70 @@ fn collect<T>(
     rows.iter().map(read).collect()
 }
 
+/// What the reconciliation worker checks in one table: open records whose check is due.
+struct DueChecks {
+    table: &'static str,
+    id: &'static str,
+    /// The open statuses, as an SQL list.
+    open: &'static str,
+    columns: &'static str,
+}
+
+const DUE_PAYMENTS: DueChecks = DueChecks {
+    table: "payments",
+    id: "payment_id",
+    open: "'pending', 'unknown'",
+    columns: COLUMNS,
+};
+
+const DUE_REFUNDS: DueChecks = DueChecks {
+    table: "refunds",
+    id: "refund_id",
+    open: "'pending', 'abnormal'",
+    columns: REFUND_COLUMNS,
+};
+
+/// Claims up to `limit` due checks, oldest due first, like events: one instance checks a
+/// record at a time; the claim ends with its next check being scheduled, or runs out.
+async fn claim_due<C: GenericClient, T>(
+    c: &C,
+    due: &DueChecks,
+    now: i64,
+    limit: u32,
+    read: fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let DueChecks {
+        table,
+        id,
+        open,
+        columns,
+    } = due;
+    let lease = now + CHECK_LEASE_MS;
+    let rows = query(
+        c,
+        &format!(
+            "WITH due AS (
+               SELECT {id} AS id FROM {table}
+               WHERE next_check_at <= $1 AND status IN ({open})
+                 AND (check_lease_until IS NULL OR check_lease_until <= $1)
+               ORDER BY next_check_at LIMIT $2
+               FOR UPDATE SKIP LOCKED)
+             UPDATE {table} SET check_lease_until = $3 FROM due WHERE {table}.{id} = due.id
+             RETURNING {columns}, next_check_at"
+        ),
+        &[&now, &i64::from(limit), &lease],
+    )
+    .await?;
+    // next_check_at is the column after the record's own.
+    let at = columns.split(',').count();
+    let mut claimed = rows
+        .iter()
+        .map(|row| Ok((get::<i64>(row, at)?, read(row)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    claimed.sort_by_key(|(at, _)| *at);
+    Ok(claimed.into_iter().map(|(_, r)| r).collect())
+}
+
 async fn query<C: GenericClient>(
     c: &C,
     sql: &str,
@@ -1194,58 +1258,12 @@ impl Store for PostgresStore {
 
     async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError> {
         let c = self.conn().await?;
-        let limit = i64::from(limit);
-        let lease = now + CHECK_LEASE_MS;
-        // Claimed like events: one instance checks a payment at a time; the claim ends with
-        // its next check being scheduled, or runs out.
-        let rows = query(
-            &c,
-            &format!(
-                "WITH due AS (
-                   SELECT payment_id AS id FROM payments
-                   WHERE next_check_at <= $1 AND status IN ('pending', 'unknown')
-                     AND (check_lease_until IS NULL OR check_lease_until <= $1)
-                   ORDER BY next_check_at LIMIT $2
-                   FOR UPDATE SKIP LOCKED)
-                 UPDATE payments SET check_lease_until = $3 FROM due WHERE payments.payment_id = due.id
-                 RETURNING {COLUMNS}, next_check_at"
-            ),
-            &[&now, &limit, &lease],
-        )
-        .await?;
-        let mut due = rows
-            .iter()
-            .map(|row| Ok((get::<i64>(row, 24)?, read_payment(row)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        due.sort_by_key(|(at, _)| *at);
-        Ok(due.into_iter().map(|(_, p)| p).collect())
+        claim_due(&c, &DUE_PAYMENTS, now, limit, read_payment).await
     }
 
     async fn due_refunds(&self, now: i64, limit: u32) -> Result<Vec<RefundRecord>, StoreError> {
         let c = self.conn().await?;
-        let limit = i64::from(limit);
-        let lease = now + CHECK_LEASE_MS;
-        let rows = query(
-            &c,
-            &format!(
-                "WITH due AS (
-                   SELECT refund_id AS id FROM refunds
-                   WHERE next_check_at <= $1 AND status IN ('pending', 'abnormal')
-                     AND (check_lease_until IS NULL OR check_lease_until <= $1)
-                   ORDER BY next_check_at LIMIT $2
-                   FOR UPDATE SKIP LOCKED)
-                 UPDATE refunds SET check_lease_until = $3 FROM due WHERE refunds.refund_id = due.id
-                 RETURNING {REFUND_COLUMNS}, next_check_at"
-            ),
-            &[&now, &limit, &lease],
-        )
-        .await?;
-        let mut due = rows
-            .iter()
-            .map(|row| Ok((get::<i64>(row, 19)?, read_refund(row)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        due.sort_by_key(|(at, _)| *at);
-        Ok(due.into_iter().map(|(_, r)| r).collect())
+        claim_due(&c, &DUE_REFUNDS, now, limit, read_refund).await
     }
 
     async fn schedule_payment_check(
