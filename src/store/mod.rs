@@ -359,6 +359,26 @@ impl StoreMetrics {
     }
 }
 
+// Column encodings both stores share.
+
+/// A stored `error_code` back to its failure.
+fn failure(code: Option<String>) -> Result<Option<ChannelFailure>, StoreError> {
+    code.map(|c| {
+        ChannelFailure::parse(&c).ok_or_else(|| StoreError::Corrupt(format!("error_code {c}")))
+    })
+    .transpose()
+}
+
+/// The bound account as stored (JSON text).
+fn account_json(a: &Option<Account>) -> Option<String> {
+    a.as_ref().and_then(|a| serde_json::to_string(a).ok())
+}
+
+fn parse_account(text: Option<String>) -> Result<Option<Account>, StoreError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("account: {e}"))))
+        .transpose()
+}
+
 /// Opens the configured store, counting into `metrics`.
 pub async fn open(
     settings: &StoreSettings,

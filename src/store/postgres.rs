@@ -28,12 +28,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Delivery, EventFilter, EventRecord, OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord,
-    RefundFilter, RefundRecord, Reservation, Store, StoreError, StoreMetrics,
+    account_json, failure, parse_account, Delivery, EventFilter, EventRecord, OpenAtAccount,
+    OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord, Reservation, Store,
+    StoreError, StoreMetrics,
 };
-use crate::domain::{
-    Account, ChannelFailure, EventStatus, EventType, Method, PaymentStatus, RefundStatus,
-};
+use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 use crate::secret::Secret;
 
 /// How long an instance holds an event it took from `due_events` before another instance
@@ -531,22 +530,6 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
     idx: usize,
 ) -> Result<T, StoreError> {
     row.try_get(idx).map_err(pg)
-}
-
-fn failure(code: Option<String>) -> Result<Option<ChannelFailure>, StoreError> {
-    code.map(|c| {
-        ChannelFailure::parse(&c).ok_or_else(|| StoreError::Corrupt(format!("error_code {c}")))
-    })
-    .transpose()
-}
-
-fn account_json(a: &Option<Account>) -> Option<String> {
-    a.as_ref().and_then(|a| serde_json::to_string(a).ok())
-}
-
-fn parse_account(text: Option<String>) -> Result<Option<Account>, StoreError> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("account: {e}"))))
-        .transpose()
 }
 
 const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account";

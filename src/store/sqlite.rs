@@ -9,12 +9,11 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    Delivery, EventFilter, EventRecord, OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord,
-    RefundFilter, RefundRecord, Reservation, Store, StoreError, StoreMetrics,
+    account_json, failure, parse_account, Delivery, EventFilter, EventRecord, OpenAtAccount,
+    OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord, Reservation, Store,
+    StoreError, StoreMetrics,
 };
-use crate::domain::{
-    Account, ChannelFailure, EventStatus, EventType, Method, PaymentStatus, RefundStatus,
-};
+use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 
 /// The store: one writer thread that commits every pending write in one transaction (group
 /// commit), and a small pool of read connections beside it (WAL lets readers run while the
@@ -344,22 +343,6 @@ fn collect<T>(
 ) -> Result<Vec<T>, StoreError> {
     rows.map(|r| r.map_err(backend).and_then(|rec| rec))
         .collect()
-}
-
-fn failure(code: Option<String>) -> Result<Option<ChannelFailure>, StoreError> {
-    code.map(|c| {
-        ChannelFailure::parse(&c).ok_or_else(|| StoreError::Corrupt(format!("error_code {c}")))
-    })
-    .transpose()
-}
-
-fn account_json(a: &Option<Account>) -> Option<String> {
-    a.as_ref().and_then(|a| serde_json::to_string(a).ok())
-}
-
-fn parse_account(text: Option<String>) -> Result<Option<Account>, StoreError> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("account: {e}"))))
-        .transpose()
 }
 
 const REFUND_COLUMNS: &str = "refund_id, merchant_id, shop_id, out_trade_no, out_refund_no, payment_id, channel, amount, reason, status, provider_refund_no, request_hash, error_code, error_message, attempt_until, created_at, updated_at, succeeded_at, version";
@@ -1089,6 +1072,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Account;
 
     fn record(no: &str) -> PaymentRecord {
         PaymentRecord {
