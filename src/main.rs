@@ -242,6 +242,7 @@ async fn migrate(
             url: payroute::secret::Secret::new(url),
             pool_size: 4,
             schema,
+            lease: payroute::store::postgres::DEFAULT_LEASE,
         },
         metrics()?,
     )

@@ -332,6 +332,22 @@ fn check_names_the_key_of_a_bad_postgres_store_and_never_its_password() {
             "sslmode",
         ),
         (
+            format!("store: {{ kind: postgres, url: \"{url}\", lease: 500ms }}"),
+            "store.lease",
+            "at least 1s",
+        ),
+        (
+            // The shipped test config's channels time out after 5s.
+            format!("store: {{ kind: postgres, url: \"{url}\", lease: 3s }}"),
+            "store.lease",
+            "must be longer than",
+        ),
+        (
+            "store: { kind: sqlite, path: data/x.db, lease: 3m }".to_string(),
+            "store.lease",
+            "not a key of kind sqlite",
+        ),
+        (
             format!("store: {{ kind: postgres, url: \"{url}\", poolsize: 4 }}"),
             "poolsize",
             "unknown field",

@@ -15,7 +15,7 @@ use payroute::domain::{
     Account, ChannelFailure, EventStatus, EventType, Method, PaymentStatus, RefundStatus,
 };
 use payroute::secret::Secret;
-use payroute::store::postgres::{PostgresStore, CHECK_LEASE_MS, EVENT_LEASE_MS};
+use payroute::store::postgres::PostgresStore;
 use payroute::store::sqlite::SqliteStore;
 use payroute::store::{
     Delivery, EventFilter, EventRecord, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord,
@@ -134,11 +134,17 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// The lease the suite's PostgreSQL stores claim with: not the default (120s), so the expiry
+/// tests also show that `store.lease` is the one applied.
+const LEASE: std::time::Duration = std::time::Duration::from_secs(7);
+const LEASE_MS: i64 = LEASE.as_millis() as i64;
+
 async fn open_pg(schema: &str) -> Arc<dyn Store> {
     Arc::new(
         PostgresStore::open(&Secret::new(pg_url()), 8, schema)
             .await
-            .expect("open postgres store"),
+            .expect("open postgres store")
+            .with_lease(LEASE),
     )
 }
 
@@ -1181,14 +1187,14 @@ async fn claimed_events_are_given_back_or_expire(ctx: Ctx) {
     assert_eq!(ids(&b.due_events(now, 10).await.unwrap()), ["l1"]);
     // B dies holding it: nobody gets it until the lease runs out, then A does.
     assert!(a
-        .due_events(now + EVENT_LEASE_MS - 1, 10)
+        .due_events(now + LEASE_MS - 1, 10)
         .await
         .unwrap()
         .is_empty());
-    let retaken = a.due_events(now + EVENT_LEASE_MS, 10).await.unwrap();
+    let retaken = a.due_events(now + LEASE_MS, 10).await.unwrap();
     assert_eq!(ids(&retaken), ["l1"]);
     // A records a retry: the claim ends with it, and the event is due at its new time.
-    let later = now + EVENT_LEASE_MS + 10;
+    let later = now + LEASE_MS + 10;
     a.record_delivery(
         "l1",
         Delivery::Retry {
@@ -1237,13 +1243,7 @@ async fn due_checks_are_claimed_once(ctx: Ctx) {
         .await
         .unwrap();
     assert_eq!(b.due_payments(now, 100).await.unwrap().len(), 1);
-    assert_eq!(
-        b.due_payments(now + CHECK_LEASE_MS, 100)
-            .await
-            .unwrap()
-            .len(),
-        20
-    );
+    assert_eq!(b.due_payments(now + LEASE_MS, 100).await.unwrap().len(), 20);
     // Refunds alike.
     assert_eq!(a.due_refunds(now, 10).await.unwrap().len(), 1);
     assert!(b.due_refunds(now, 10).await.unwrap().is_empty());

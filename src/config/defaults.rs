@@ -24,6 +24,10 @@ pub const DEFAULT_PG_POOL_SIZE: u32 = 16;
 /// The largest `store.pool_size` accepted (PostgreSQL's own `max_connections` is 100 by
 /// default, shared by every instance).
 pub const MAX_PG_POOL_SIZE: u32 = 1000;
+/// `store.lease` of `kind: postgres` when absent (the store's own default).
+pub const DEFAULT_PG_LEASE: Duration = crate::store::postgres::DEFAULT_LEASE;
+/// The shortest `store.lease` accepted.
+pub const MIN_PG_LEASE: Duration = Duration::from_secs(1);
 /// `store.schema` of `kind: postgres` when absent.
 pub const DEFAULT_PG_SCHEMA: &str = "payroute";
 

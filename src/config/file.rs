@@ -122,6 +122,8 @@ pub struct StoreFile {
     pub pool_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

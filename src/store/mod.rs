@@ -33,6 +33,9 @@ pub enum StoreSettings {
         pool_size: u32,
         /// Every table lives in this schema (created if missing).
         schema: String,
+        /// How long an instance's claim on an event or a reconciliation check holds before
+        /// another instance may take the work over.
+        lease: std::time::Duration,
     },
 }
 
@@ -392,8 +395,11 @@ pub async fn open(
             url,
             pool_size,
             schema,
+            lease,
         } => Ok(std::sync::Arc::new(
-            postgres::PostgresStore::open_counted(url, *pool_size, schema, metrics).await?,
+            postgres::PostgresStore::open_counted(url, *pool_size, schema, metrics)
+                .await?
+                .with_lease(*lease),
         )),
     }
 }

@@ -10,8 +10,8 @@
 //!   and `refunded_amount` see every refund committed before them, whichever instance wrote it.
 //! - Work handed out (`due_events`, `due_payments`, `due_refunds`) is claimed with
 //!   `FOR UPDATE SKIP LOCKED` and a lease column: one instance works an item at a time, and
-//!   a dead instance's claims run out after the lease ([`EVENT_LEASE_MS`],
-//!   [`CHECK_LEASE_MS`]). Only the oldest pending event of a payment is ever due, claimed or
+//!   a dead instance's claims run out after the lease (`store.lease`, [`DEFAULT_LEASE`]).
+//!   Only the oldest pending event of a payment is ever due, claimed or
 //!   not, so events of one payment still go out one at a time, in order.
 //! - Schema changes are versioned migrations (`schema_migrations`), each in one transaction
 //!   under an advisory lock, applied at start: instances starting together do not race.
@@ -35,13 +35,13 @@ use super::{
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 use crate::secret::Secret;
 
-/// How long an instance holds an event it took from `due_events` before another instance
-/// may take it: longer than a webhook delivery takes (its `webhooks.timeout`), short enough
-/// that a dead instance's events are not held up for long.
-pub const EVENT_LEASE_MS: i64 = 120_000;
-/// The same for a reconciliation check taken from `due_payments` / `due_refunds`: longer
-/// than a channel call with its retries (`timeout` is at most 60s).
-pub const CHECK_LEASE_MS: i64 = 120_000;
+/// `store.lease` when absent: how long an instance holds an event it took from `due_events`,
+/// or a check it took from `due_payments` / `due_refunds`, before another instance may take
+/// it. Longer than a webhook delivery (`webhooks.timeout`) or a channel call with its retries
+/// (a channel `timeout`, at most 60s) takes — config validation holds it to that — and short
+/// enough that a dead instance's work is not held up for long: its events wait at most this
+/// long for another instance.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
 
 /// Connecting, and waiting for a pooled connection, give up after this: a request then fails
 /// with a clear store error instead of hanging while PostgreSQL is away.
@@ -286,6 +286,8 @@ fn tls_config(root_cert: Option<&Path>) -> Result<rustls::ClientConfig, StoreErr
 pub struct PostgresStore {
     pool: Pool,
     metrics: StoreMetrics,
+    /// `store.lease` in ms: how long a claim on an event or a check holds.
+    lease_ms: i64,
 }
 
 impl PostgresStore {
@@ -360,9 +362,19 @@ impl PostgresStore {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
-        let store = PostgresStore { pool, metrics };
+        let store = PostgresStore {
+            pool,
+            metrics,
+            lease_ms: duration_ms(DEFAULT_LEASE),
+        };
         store.migrate(schema).await?;
         Ok(store)
+    }
+
+    /// Claims on events and checks hold for `lease` instead of [`DEFAULT_LEASE`].
+    pub fn with_lease(mut self, lease: Duration) -> PostgresStore {
+        self.lease_ms = duration_ms(lease);
+        self
     }
 
     /// Whether this instance's connections to PostgreSQL are encrypted (for ops and tests).
@@ -517,6 +529,11 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A duration as the store's unit of time (ms), saturating.
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} is out of range")))
 }
@@ -664,6 +681,7 @@ async fn claim_due<C: GenericClient, T>(
     due: &DueChecks,
     now: i64,
     limit: u32,
+    lease_ms: i64,
     read: fn(&Row) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
     let DueChecks {
@@ -672,7 +690,7 @@ async fn claim_due<C: GenericClient, T>(
         open,
         columns,
     } = due;
-    let lease = now + CHECK_LEASE_MS;
+    let lease = now + lease_ms;
     let rows = query(
         c,
         &format!(
@@ -1098,7 +1116,7 @@ impl Store for PostgresStore {
     async fn due_events(&self, now: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
         let c = self.conn().await?;
         let limit = i64::from(limit);
-        let lease = now + EVENT_LEASE_MS;
+        let lease = now + self.lease_ms;
         // Claim → lease → ack: rows another instance is claiming right now are skipped, not
         // waited for; a claimed event stays pending (it still heads its payment's queue, so
         // the events behind it wait) until its delivery is recorded or its lease runs out.
@@ -1241,12 +1259,12 @@ impl Store for PostgresStore {
 
     async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError> {
         let c = self.conn().await?;
-        claim_due(&c, &DUE_PAYMENTS, now, limit, read_payment).await
+        claim_due(&c, &DUE_PAYMENTS, now, limit, self.lease_ms, read_payment).await
     }
 
     async fn due_refunds(&self, now: i64, limit: u32) -> Result<Vec<RefundRecord>, StoreError> {
         let c = self.conn().await?;
-        claim_due(&c, &DUE_REFUNDS, now, limit, read_refund).await
+        claim_due(&c, &DUE_REFUNDS, now, limit, self.lease_ms, read_refund).await
     }
 
     async fn schedule_payment_check(

@@ -4,7 +4,8 @@
 //! shops, merchants, limits, sandbox), `channels`, `routing`, `insecure`
 //! (plain HTTP and sandbox keys off loopback), `reach` (which channels
 //! each merchant can reach, so which sub-merchant ids are needed), and `workers`
-//! (reconciliation tiers, webhook delivery, and that every shop can be told). Redaction is `config::redact`.
+//! (reconciliation tiers, webhook delivery, that every shop can be told, and that a shared
+//! store's claims outlast the work they cover). Redaction is `config::redact`.
 
 mod channels;
 mod insecure;
@@ -73,6 +74,7 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
         }
         return Err(errs.list);
     };
+    workers::lease_outlasts_the_work(&store, &webhooks, &channels, &mut errs);
     if !errs.list.is_empty() {
         return Err(errs.list);
     }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use super::{addr, secret_value, tls, Errors};
 use crate::channel::{ChannelSettings, ConnectorSettings, SubMerchant};
 use crate::config::defaults::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_PG_POOL_SIZE, DEFAULT_PG_SCHEMA,
-    DEFAULT_STORE_PATH, MAX_MAX_BODY_BYTES, MAX_PG_POOL_SIZE, MIN_ADMIN_TOKEN_LEN,
-    MIN_MAX_BODY_BYTES, MIN_SHOP_API_KEY_LEN,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_PG_LEASE, DEFAULT_PG_POOL_SIZE,
+    DEFAULT_PG_SCHEMA, DEFAULT_STORE_PATH, MAX_MAX_BODY_BYTES, MAX_PG_POOL_SIZE,
+    MIN_ADMIN_TOKEN_LEN, MIN_MAX_BODY_BYTES, MIN_PG_LEASE, MIN_SHOP_API_KEY_LEN,
 };
 use crate::config::file::FileConfig;
 use crate::logging::{check_level, LogFormat, LogSettings, DEFAULT_LEVEL};
@@ -162,6 +162,12 @@ pub(super) fn store(f: &FileConfig, errs: &mut Errors) -> Option<StoreSettings> 
             misplaced("url", s.url.is_some(), "sqlite (it uses path)", errs);
             misplaced("pool_size", s.pool_size.is_some(), "sqlite", errs);
             misplaced("schema", s.schema.is_some(), "sqlite", errs);
+            misplaced(
+                "lease",
+                s.lease.is_some(),
+                "sqlite (one instance claims nothing)",
+                errs,
+            );
             Some(StoreSettings::Sqlite {
                 path: PathBuf::from(s.path.as_deref().unwrap_or(DEFAULT_STORE_PATH)),
             })
@@ -199,12 +205,30 @@ pub(super) fn store(f: &FileConfig, errs: &mut Errors) -> Option<StoreSettings> 
                     format!("store.schema: {schema:?} must be 1 to 63 of a-z, 0-9 and _, not starting with a digit"),
                 );
             }
-            let url = url?;
+            let lease = match &s.lease {
+                None => Some(DEFAULT_PG_LEASE),
+                Some(l) => match parse_duration(l) {
+                    Ok(d) if d >= MIN_PG_LEASE => Some(d),
+                    Ok(_) => {
+                        errs.push(
+                            "store.lease",
+                            format!("store.lease: must be at least {MIN_PG_LEASE:?}"),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        errs.push("store.lease", format!("store.lease: {e}"));
+                        None
+                    }
+                },
+            };
+            let (url, lease) = (url?, lease?);
             (schema_ok && (1..=MAX_PG_POOL_SIZE).contains(&pool_size)).then(|| {
                 StoreSettings::Postgres {
                     url,
                     pool_size,
                     schema: schema.to_string(),
+                    lease,
                 }
             })
         }

@@ -1,12 +1,17 @@
-//! The background workers' settings: `reconcile:` tiers and `webhooks:` delivery, and the
-//! rule that a shop whose merchants can be paid has a webhook to hear of it.
+//! The background workers' settings: `reconcile:` tiers and `webhooks:` delivery, the rule
+//! that a shop whose merchants can be paid has a webhook to hear of it, and that the shared
+//! store's claims on their work outlast it.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Errors;
+use crate::channel::ChannelSettings;
 use crate::config::file::FileConfig;
 use crate::config::workers::{ReconcileSettings, Tier, WebhookSettings};
 use crate::resilience::parse_duration;
+use crate::store::StoreSettings;
 
 /// Bounds on a worker's concurrency.
 const MAX_CONCURRENCY: usize = 256;
@@ -112,5 +117,36 @@ fn concurrency(value: Option<usize>, path: &str, errs: &mut Errors) -> Option<us
     } else {
         errs.push(path, format!("{path}: must be 1 to {MAX_CONCURRENCY}"));
         None
+    }
+}
+
+/// A claim that runs out while its holder still works lets a second instance do the same work
+/// alongside: a webhook sent twice, a channel queried twice. So `store.lease` must outlast
+/// one delivery and one channel call with its retries.
+pub(super) fn lease_outlasts_the_work(
+    store: &StoreSettings,
+    webhooks: &WebhookSettings,
+    channels: &BTreeMap<String, Arc<ChannelSettings>>,
+    errs: &mut Errors,
+) {
+    let StoreSettings::Postgres { lease, .. } = store else {
+        return;
+    };
+    let longest = std::iter::once(("webhooks.timeout".to_string(), webhooks.timeout))
+        .chain(
+            channels
+                .iter()
+                .map(|(name, c)| (format!("channels.{name}.timeout"), c.timeout)),
+        )
+        .max_by_key(|(_, d)| *d);
+    if let Some((what, took)) = longest {
+        if *lease <= took {
+            errs.push(
+                "store.lease",
+                format!(
+                    "store.lease: {lease:?} must be longer than {what} ({took:?}): work still running when its claim runs out would be done twice"
+                ),
+            );
+        }
     }
 }
