@@ -29,7 +29,9 @@
 # LOAD_BIG_CONNS (1000), LOAD_GET_N (stored payments GET cycles over, 200),
 # LOAD_API_PORT / LOAD_ADMIN_PORT / LOAD_SANDBOX_PORT (18080 / 19901 / 18090),
 # NOTIFY_BENCH_N / NOTIFY_BENCH_C (5000 / 32), LOAD_SKIP_NOTIFY=1, LOAD_SKIP_FLOOR=1,
-# LOAD_KEEP=1 (keep the temp dir and logs).
+# LOAD_KEEP=1 (keep the temp dir and logs),
+# LOAD_STORE=sqlite|postgres (postgres: a fresh schema in LOAD_PG_URL, by default
+# postgres://postgres@127.0.0.1:5432/test, pool_size 16, dropped at the end).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -57,6 +59,10 @@ GET_N=${LOAD_GET_N:-200}
 API_PORT=${LOAD_API_PORT:-18080}
 ADMIN_PORT=${LOAD_ADMIN_PORT:-19901}
 SANDBOX_PORT=${LOAD_SANDBOX_PORT:-18090}
+STORE=${LOAD_STORE:-sqlite}
+PG_URL=${LOAD_PG_URL:-postgres://postgres@127.0.0.1:5432/test}
+PG_SCHEMA=""
+case "$STORE" in sqlite | postgres) ;; *) echo "load.sh: LOAD_STORE=$STORE is not sqlite or postgres" >&2; exit 2 ;; esac
 NOTIFY_N=${NOTIFY_BENCH_N:-5000}
 NOTIFY_C=${NOTIFY_BENCH_C:-32}
 API_KEY=load-shop-key-TEST-ONLY-0123456789
@@ -85,6 +91,7 @@ need() { command -v "$1" >/dev/null 2>&1 || install_pkgs "$2"; }
 need wrk wrk
 need openssl openssl
 need curl curl
+[ "$STORE" = sqlite ] || need psql postgresql-client
 command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust: https://rustup.rs)"
 
 # wrk and payroute each hold one descriptor per connection.
@@ -145,6 +152,7 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   done
+  if [ -n "$PG_SCHEMA" ]; then psql "$PG_URL" -qc "DROP SCHEMA IF EXISTS $PG_SCHEMA CASCADE" >/dev/null 2>&1 || true; fi
   if [ "${LOAD_KEEP:-0}" = 1 ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
@@ -154,6 +162,13 @@ KEYS="$ROOT/config/sandbox"
 # The store in a directory of its own, as in the shipped layout (config/ and data/): payroute
 # watches its config file's directory, and every WAL write there would wake that watcher.
 mkdir -p "$TMP/data"
+if [ "$STORE" = postgres ]; then
+  PG_SCHEMA="payroute_load_$$"
+  psql "$PG_URL" -qc "SELECT 1" >/dev/null 2>&1 || die "PostgreSQL not reachable at $PG_URL (LOAD_PG_URL)"
+  STORE_YAML="{ kind: postgres, url: \"$PG_URL\", pool_size: 16, schema: $PG_SCHEMA }"
+else
+  STORE_YAML="{ kind: sqlite, path: $TMP/data/payroute.db }"
+fi
 cat >"$TMP/payroute.yaml" <<EOF
 # Written by benches/load.sh. TEST-ONLY keys (config/sandbox/).
 server:
@@ -164,7 +179,7 @@ server:
   max_connections: 20000
   max_in_flight: 20000
 admin: { token: $ADMIN_TOKEN }
-store: { kind: sqlite, path: $TMP/data/payroute.db }
+store: $STORE_YAML
 shops:
   - id: load-shop
     api_key: $API_KEY
@@ -415,6 +430,7 @@ table() { # $1 = md for Markdown
 summary() {
   local md=${1:-}
   local b='' ; [ "$md" = md ] && b='- '
+  echo "${b}store: $STORE$([ "$STORE" = postgres ] && echo " (pool_size 16, the local server: synchronous_commit=$(psql "$PG_URL" -Atc 'SHOW synchronous_commit' 2>/dev/null), fsync=$(psql "$PG_URL" -Atc 'SHOW fsync' 2>/dev/null))")"
   echo "${b}wrk: Debian's wrk 4 (no fixed-rate mode). 'max' = as fast as $CONNS connections go; 'paced' = each connection waits ~conns/rate s (jittered) between requests through wrk's Lua delay() hook, so the rate is about half the max; latency is measured from each send."
   echo "${b}crypto floor, one core: openssl speed rsa2048 (CPU time): $OSSL_SIGN sign/s, $OSSL_VERIFY verify/s (sign+verify $OSSL_FLOOR_US µs); aws-lc-rs, payroute's library (SIGNING_CPU=1 cargo bench --bench signing, CPU time): sign $CPU_SIGN_US µs, verify $CPU_VERIFY_US µs, sign+verify $FLOOR_US µs — the floor below; criterion's wall-clock figures for the same: sign $AWS_SIGN_US µs, verify $AWS_VERIFY_US µs"
   echo "${b}payroute CPU per create ÷ aws-lc-rs (1 sign + 1 verify) CPU: ${RATIO_MAX} at max rate, ${RATIO_HALF} at half rate (target ≤ 1.25: $(verdict "$RATIO_MAX" '<=' 1.25) at max, $(verdict "$RATIO_HALF" '<=' 1.25) at half)"

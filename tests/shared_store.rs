@@ -9,7 +9,7 @@ mod support;
 
 use http::Method;
 use serde_json::{json, Value};
-use support::{payment, Harness, SHOP_KEY};
+use support::{payment, Harness, PgOptions, SHOP_KEY};
 
 /// Create, replay, a different body, pay, refund (and its replay and guard), the shop's
 /// events, and a restart that keeps it all.
@@ -79,8 +79,15 @@ async fn create_replay_refund_on_postgres() {
 
 /// `POST /v1/payments` at another instance's API.
 async fn create_at(h: &Harness, api: &str, body: &Value) -> support::Reply {
+    create_at_try(h, api, body)
+        .await
+        .unwrap_or_else(|e| panic!("no answer from {api}: {e}"))
+}
+
+/// [`create_at`], an instance that does not answer (killed) being an `Err`.
+async fn create_at_try(h: &Harness, api: &str, body: &Value) -> Result<support::Reply, String> {
     let auth = format!("Bearer {SHOP_KEY}");
-    h.send(
+    h.try_send(
         Method::POST,
         &format!("{api}/v1/payments"),
         &[("authorization", &auth)],
@@ -169,6 +176,265 @@ async fn two_instances_on_one_database_act_as_one() {
         .count();
     assert_eq!(succeeded, 1, "one delivery of the one event");
 
+    b.shutdown().await;
+    match std::sync::Arc::try_unwrap(h) {
+        Ok(h) => h.shutdown().await,
+        Err(_) => panic!("the harness is still shared"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_notification_for_an_order_created_on_a_that_arrives_at_b_reaches_the_shop_once() {
+    // The providers' notify_url names instance B, as when the load balancer hands the
+    // provider's call to the instance that did not create the order.
+    let b_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b_addr = b_listener.local_addr().unwrap();
+    let Some(h) = Harness::start_on_postgres_opts(PgOptions {
+        public_base_url: Some(format!("http://{b_addr}")),
+        ..PgOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let (_b_api, b) = h.another_instance_on(b_listener).await;
+    // Providers may send a notification more than once: both copies arrive at B.
+    h.faults(json!({"duplicate_notifications": true})).await;
+    let created = h
+        .create(&payment("m_1001", "nb-1", "wechat_native", 1500, json!({})))
+        .await;
+    created.expect_created_on("m1001_wechat");
+    assert_eq!(h.pay("nb-1").await.status, 200);
+
+    let event = h.receiver.event("payment.succeeded", "nb-1").await;
+    assert_eq!(event["data"]["payment_id"], created.body["payment_id"]);
+    support::wait_until("both copies answered by B", || async {
+        h.sandbox_notifications()
+            .await
+            .iter()
+            .filter(|n| n["out_trade_no"] == "nb-1" && n["answered_ok"] == true)
+            .count()
+            == 2
+    })
+    .await;
+    for n in h.sandbox_notifications().await {
+        let url = n["url"].as_str().unwrap_or_default();
+        assert!(url.starts_with(&format!("http://{b_addr}/notify/")), "{n}");
+    }
+    // A, which created the order, sees it paid from the shared store.
+    let on_a = h.get_payment("m_1001", "nb-1", false).await;
+    assert_eq!(on_a.body["status"], "succeeded", "{}", on_a.text);
+    let a_metrics = h.metrics().await;
+    let b_metrics = h
+        .send(
+            Method::GET,
+            &format!("http://{}/metrics", b.admin_addr),
+            &[],
+            "",
+        )
+        .await
+        .text;
+    let verified =
+        "payroute_notifications_received_total{channel=\"m1001_wechat\",result=\"verified\"}";
+    assert!(
+        support::metric(&b_metrics, verified).unwrap_or(0.0) >= 1.0,
+        "{b_metrics}"
+    );
+    assert_eq!(support::metric(&a_metrics, verified), None, "A took none");
+
+    // Two copies, two outboxes polling one database: one event, told once.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let told: Vec<Value> = h
+        .receiver
+        .accepted()
+        .into_iter()
+        .filter(|e| e["data"]["out_trade_no"] == "nb-1")
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    b.shutdown().await;
+    h.shutdown().await;
+}
+
+/// One shop's view of one create in the stream of the SIGKILL test.
+struct Order {
+    no: String,
+    /// Every payment_id answered for it (a 200 or 201), across retries.
+    ids: Vec<String>,
+    /// The first attempt was answered (not cut off by the kill).
+    first_answered: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_one_instance_mid_stream_loses_nothing_and_the_other_delivers_its_events() {
+    // Claims last 12s; a delivery gives up after 10s (the lease must outlast it: config
+    // validation holds it to that); failed deliveries retry after 300ms.
+    let rules = format!(
+        "{}webhooks: {{ timeout: 10s, schedule: [300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms] }}\n",
+        support::RULES
+    );
+    let Some(mut h) = Harness::start_on_postgres_opts(PgOptions {
+        rules: &rules,
+        store_extra: ", lease: 12s",
+        ..PgOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    // Instance A is the real binary, on the providers' notify_url; B comes later.
+    let mut a = support::Binary::take_over(&mut h).await;
+
+    // The shop hangs: A takes the events of four paid orders and holds them, delivering.
+    h.receiver.answer_with(503);
+    h.receiver.answer_after(60_000);
+    let paid = ["kill-paid-1", "kill-paid-2", "kill-paid-3", "kill-paid-4"];
+    for no in paid {
+        h.create(&payment("m_1001", no, "wechat_native", 800, json!({})))
+            .await
+            .expect_created_on("m1001_wechat");
+        assert_eq!(h.pay(no).await.status, 200);
+    }
+    support::wait_until("A to be delivering all four", || async {
+        h.receiver.arrivals() >= paid.len()
+    })
+    .await;
+    let claimed_at = std::time::Instant::now();
+    let (b_api, b) = h.another_instance().await;
+
+    // Four shops stream creates over both instances; each retries at B what A never answered.
+    let h = std::sync::Arc::new(h);
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cut_off = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let shops: Vec<_> = (0..4)
+        .map(|shop| {
+            let (h, b_api) = (h.clone(), b_api.clone());
+            let (acked, cut_off) = (acked.clone(), cut_off.clone());
+            tokio::spawn(async move {
+                let mut orders = Vec::new();
+                for i in 0..15 {
+                    let no = format!("kill-{shop}-{i}");
+                    let body = payment("m_1001", &no, "wechat_native", 100 + i, json!({}));
+                    let mut api = if (shop + i as usize) % 2 == 0 {
+                        h.api.clone()
+                    } else {
+                        b_api.clone()
+                    };
+                    let mut order = Order {
+                        no: no.clone(),
+                        ids: Vec::new(),
+                        first_answered: true,
+                    };
+                    loop {
+                        match create_at_try(&h, &api, &body).await {
+                            Ok(r) if r.status == 200 || r.status == 201 => {
+                                order.ids.push(
+                                    r.body["payment_id"]
+                                        .as_str()
+                                        .unwrap_or_default()
+                                        .to_string(),
+                                );
+                                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                break;
+                            }
+                            // A twin still holds the order (A died holding its claim): later.
+                            Ok(r) if r.status == 409 || r.status == 503 => {
+                                assert_eq!(r.body["error"]["retryable"], true, "{}", r.text);
+                                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                            }
+                            Ok(r) => panic!("{no}: {} {}", r.status, r.text),
+                            // A is gone: the shop retries the same order at B.
+                            Err(_) => {
+                                if order.ids.is_empty() {
+                                    order.first_answered = false;
+                                }
+                                cut_off.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                api = b_api.clone();
+                            }
+                        }
+                    }
+                    orders.push(order);
+                }
+                orders
+            })
+        })
+        .collect();
+
+    // Mid-stream, while A still holds the four events (its deliveries wait up to 10s).
+    support::wait_until("some creates acknowledged", || async {
+        acked.load(std::sync::atomic::Ordering::SeqCst) >= 16
+            || claimed_at.elapsed() > std::time::Duration::from_secs(5)
+    })
+    .await;
+    assert_eq!(
+        h.receiver.arrivals(),
+        paid.len(),
+        "nobody else took A's events yet"
+    );
+    a.signal("KILL");
+    assert!(!a.exited().await, "killed, not exited");
+    h.receiver.answer_after(0);
+    h.receiver.answer_with(200);
+
+    let mut orders = Vec::new();
+    for s in shops {
+        orders.extend(support::within("the shops' streams", s).await.unwrap());
+    }
+    assert!(
+        cut_off.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the kill cut some creates off"
+    );
+    for o in &orders {
+        // Every order ends with one payment, named by every answer and found at B.
+        assert!(!o.ids.is_empty(), "{}: never acknowledged", o.no);
+        assert!(
+            o.ids.iter().all(|id| *id == o.ids[0]),
+            "{}: {:?}",
+            o.no,
+            o.ids
+        );
+        let r = h
+            .send(
+                Method::GET,
+                &format!("{b_api}/v1/payments/m_1001/{}", o.no),
+                &[("authorization", &format!("Bearer {SHOP_KEY}"))],
+                "",
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}: {}", o.no, r.text);
+        assert_eq!(r.body["payment_id"], o.ids[0].as_str(), "{}", o.no);
+        let at_channel = h.sandbox_orders(&o.no).await;
+        assert_eq!(at_channel.len(), 1, "{}: one order at the channel", o.no);
+        if o.first_answered {
+            assert_eq!(at_channel[0]["create_calls"], 1, "{}: created once", o.no);
+        }
+    }
+
+    // A's four events: nobody sends them while A's claims hold (12s from when A took them,
+    // just before `claimed_at`); then B delivers each, once.
+    tokio::time::sleep_until((claimed_at + std::time::Duration::from_millis(11_000)).into()).await;
+    let early: Vec<Value> = h
+        .receiver
+        .accepted()
+        .into_iter()
+        .filter(|e| e["type"] == "payment.succeeded")
+        .collect();
+    assert!(
+        early.is_empty(),
+        "delivered while A's claim held: {early:?}"
+    );
+    for no in paid {
+        h.receiver.event("payment.succeeded", no).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    for no in paid {
+        let told = h
+            .receiver
+            .accepted()
+            .into_iter()
+            .filter(|e| e["type"] == "payment.succeeded" && e["data"]["out_trade_no"] == no)
+            .count();
+        assert_eq!(told, 1, "{no}");
+    }
     b.shutdown().await;
     match std::sync::Arc::try_unwrap(h) {
         Ok(h) => h.shutdown().await,
@@ -385,4 +651,120 @@ async fn answers_of(h: &Harness) -> Vec<Value> {
         out.push(r.body);
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_mid_stream_answers_clear_503s_duplicates_nothing_and_recovers() {
+    // A server of the test's own: stopping the shared one would fail the other tests.
+    let Some(pg) = support::PrivatePg::start() else {
+        return;
+    };
+    let Some(h) = Harness::start_on_postgres_opts(PgOptions {
+        url: Some(pg.url()),
+        ..PgOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let h = std::sync::Arc::new(h);
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Four shops stream creates; a 503 or 409 is retried with the same body, as the API says.
+    let shops: Vec<_> = (0..4)
+        .map(|shop| {
+            let h = h.clone();
+            let (acked, refused) = (acked.clone(), refused.clone());
+            tokio::spawn(async move {
+                let mut orders = Vec::new();
+                for i in 0..20u64 {
+                    let no = format!("pgr-{shop}-{i}");
+                    let body = payment("m_1001", &no, "wechat_native", 100 + i, json!({}));
+                    let mut ids = Vec::new();
+                    loop {
+                        let r = h.create(&body).await;
+                        match r.status {
+                            200 | 201 => {
+                                ids.push(
+                                    r.body["payment_id"]
+                                        .as_str()
+                                        .unwrap_or_default()
+                                        .to_string(),
+                                );
+                                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                break;
+                            }
+                            503 | 409 | 504 => {
+                                assert_eq!(r.body["error"]["retryable"], true, "{}", r.text);
+                                if r.status == 503 {
+                                    let code = r.body["error"]["code"].as_str().unwrap_or_default();
+                                    assert!(
+                                        code == "store_unavailable" || code == "overloaded",
+                                        "{no}: {}",
+                                        r.text
+                                    );
+                                    refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                }
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            }
+                            _ => panic!("{no}: {} {}", r.status, r.text),
+                        }
+                    }
+                    orders.push((no, ids));
+                }
+                orders
+            })
+        })
+        .collect();
+
+    support::wait_until("creates to flow", || async {
+        acked.load(std::sync::atomic::Ordering::SeqCst) >= 10
+    })
+    .await;
+    // The restart, mid-stream: down until creates have been refused and /readyz says so.
+    let stop = std::time::Instant::now();
+    pg.stop_server();
+    support::wait_until("creates to be refused", || async {
+        refused.load(std::sync::atomic::Ordering::SeqCst) >= 4
+    })
+    .await;
+    support::wait_until("/readyz to say the store is away", || async {
+        h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "")
+            .await
+            .status
+            == 503
+    })
+    .await;
+    let acked_while_down = acked.load(std::sync::atomic::Ordering::SeqCst);
+    pg.start_server();
+    eprintln!("PostgreSQL was down for {:?}", stop.elapsed());
+    support::wait_until("the store to be ready again", || async {
+        h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "")
+            .await
+            .status
+            == 200
+    })
+    .await;
+
+    let mut orders = Vec::new();
+    for s in shops {
+        orders.extend(support::within("the shops' streams", s).await.unwrap());
+    }
+    assert!(
+        acked.load(std::sync::atomic::Ordering::SeqCst) > acked_while_down,
+        "creates went through again after the restart"
+    );
+    for (no, ids) in &orders {
+        // One payment per order, every answer naming it, one order at the channel.
+        assert!(ids.iter().all(|id| *id == ids[0]), "{no}: {ids:?}");
+        let r = h.get_payment("m_1001", no, false).await;
+        assert_eq!(r.body["payment_id"], ids[0].as_str(), "{no}: {}", r.text);
+        let at_channel = h.sandbox_orders(no).await;
+        assert_eq!(at_channel.len(), 1, "{no}: {at_channel:?}");
+    }
+    match std::sync::Arc::try_unwrap(h) {
+        Ok(h) => h.shutdown().await,
+        Err(_) => panic!("the harness is still shared"),
+    }
+    drop(pg);
 }

@@ -63,6 +63,8 @@ pub struct Receiver {
     got: Arc<std::sync::Mutex<Vec<Received>>>,
     answer: Arc<std::sync::atomic::AtomicU16>,
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests that arrived, answered or not yet.
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
@@ -74,6 +76,7 @@ impl Receiver {
             got: Arc::default(),
             answer: Arc::new(std::sync::atomic::AtomicU16::new(200)),
             delay_ms: Arc::default(),
+            arrived: Arc::default(),
         };
         let me = rx.clone();
         let handler = move |req: Request<hyper::body::Incoming>, _peer| {
@@ -92,11 +95,14 @@ impl Receiver {
                     .map(str::to_string);
                 let raw = req.into_body().collect().await.unwrap().to_bytes();
                 let raw = String::from_utf8_lossy(&raw).into_owned();
+                me.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // The answer is decided on arrival: a stalled request answered later is not
+                // counted as accepted because the shop came back meanwhile.
+                let status = me.answer.load(std::sync::atomic::Ordering::SeqCst);
                 let delay = me.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
-                let status = me.answer.load(std::sync::atomic::Ordering::SeqCst);
                 me.got.lock().unwrap().push(Received {
                     body: serde_json::from_str(&raw).unwrap_or(Value::Null),
                     raw,
@@ -120,7 +126,7 @@ impl Receiver {
         rx
     }
 
-    /// From now on answer every delivery with `status` (500: the shop is down).
+    /// From now on answer every delivery that arrives with `status` (500: the shop is down).
     pub fn answer_with(&self, status: u16) {
         self.answer
             .store(status, std::sync::atomic::Ordering::SeqCst);
@@ -131,7 +137,12 @@ impl Receiver {
         self.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Every request so far.
+    /// How many requests arrived so far, answered or still held by [`Receiver::answer_after`].
+    pub fn arrivals(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every request answered so far.
     pub fn received(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
@@ -535,6 +546,30 @@ pub struct Harness {
     pub pg: Option<PgSchema>,
 }
 
+/// How [`Harness::start_on_postgres_opts`] starts.
+pub struct PgOptions<'a> {
+    /// Rules (and top-level keys after them).
+    pub rules: &'a str,
+    /// The url the proxy connects to instead of the test database's (e.g. a forwarder).
+    pub url: Option<String>,
+    /// More keys of `store:`, each starting with `, ` (e.g. `", lease: 2s"`).
+    pub store_extra: &'a str,
+    /// `server.public_base_url` instead of the harness proxy's own API address (so providers'
+    /// notifications go to another instance).
+    pub public_base_url: Option<String>,
+}
+
+impl Default for PgOptions<'_> {
+    fn default() -> Self {
+        PgOptions {
+            rules: RULES,
+            url: None,
+            store_extra: "",
+            public_base_url: None,
+        }
+    }
+}
+
 pub struct Reply {
     pub status: u16,
     pub headers: http::HeaderMap,
@@ -602,19 +637,37 @@ impl Harness {
     /// [`Harness::start_on_postgres_with`], the proxy connecting to `url` (e.g. through a
     /// [`PgForwarder`]) instead of the test database's url.
     pub async fn start_on_postgres_at(rules: &str, url: Option<String>) -> Option<Harness> {
+        Harness::start_on_postgres_opts(PgOptions {
+            rules,
+            url,
+            ..PgOptions::default()
+        })
+        .await
+    }
+
+    /// [`Harness::start_on_postgres`] with every option.
+    pub async fn start_on_postgres_opts(o: PgOptions<'_>) -> Option<Harness> {
         let pg = PgSchema::create("payroute_e2e_").await?;
         let store = format!(
-            "{{ kind: postgres, url: \"{}\", pool_size: 8, schema: {} }}",
-            url.as_deref().unwrap_or(&pg.url),
-            pg.name
+            "{{ kind: postgres, url: \"{}\", pool_size: 8, schema: {}{} }}",
+            o.url.as_deref().unwrap_or(&pg.url),
+            pg.name,
+            o.store_extra,
         );
-        let mut h = Harness::start_inner_on(false, rules, &|_| String::new(), Some(store)).await;
+        let mut h = Harness::start_inner_on(
+            false,
+            o.rules,
+            &|_| String::new(),
+            Some(store),
+            o.public_base_url,
+        )
+        .await;
         h.pg = Some(pg);
         Some(h)
     }
 
     async fn start_inner(tls: bool, rules: &str, extra: &dyn Fn(&Upstream) -> String) -> Harness {
-        Harness::start_inner_on(tls, rules, extra, None).await
+        Harness::start_inner_on(tls, rules, extra, None, None).await
     }
 
     async fn start_inner_on(
@@ -622,6 +675,7 @@ impl Harness {
         rules: &str,
         extra: &dyn Fn(&Upstream) -> String,
         store: Option<String>,
+        public_base_url: Option<String>,
     ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = store.unwrap_or_else(|| {
@@ -651,7 +705,8 @@ impl Harness {
         let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api_port = api_listener.local_addr().unwrap().port();
         let site = Site {
-            public_base_url: format!("http://127.0.0.1:{api_port}"),
+            public_base_url: public_base_url
+                .unwrap_or_else(|| format!("http://127.0.0.1:{api_port}")),
             webhook_url: receiver.url.clone(),
         };
         let yaml = config_yaml(&upstream, &store, &site, rules, &extra(&upstream));
@@ -693,6 +748,13 @@ impl Harness {
     pub async fn another_instance(&self) -> (String, Running) {
         let config = Config::load(&self.config_path).unwrap_or_else(|e| panic!("test config: {e}"));
         let running = start_proxy(config).await;
+        (format!("http://{}", running.api_addr), running)
+    }
+
+    /// [`Harness::another_instance`] serving its API on `api`.
+    pub async fn another_instance_on(&self, api: TcpListener) -> (String, Running) {
+        let config = Config::load(&self.config_path).unwrap_or_else(|e| panic!("test config: {e}"));
+        let running = start_proxy_on(config, api).await;
         (format!("http://{}", running.api_addr), running)
     }
 
@@ -1300,5 +1362,154 @@ impl PgForwarder {
         })
         .await;
         self.serve(listener);
+    }
+}
+
+/// A PostgreSQL server of the test's own (initdb in a temp dir, on a free port), so that the
+/// test may stop and start it without touching the database other tests share. Run as the
+/// `postgres` user when the tests run as root (PostgreSQL refuses root).
+pub struct PrivatePg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    /// Run the server's commands through `runuser -u postgres`.
+    as_postgres: bool,
+}
+
+impl PrivatePg {
+    /// `None` (said loudly) when this machine has no PostgreSQL server binaries to run; a
+    /// panic instead when `PAYROUTE_REQUIRE_PG=1`.
+    pub fn start() -> Option<PrivatePg> {
+        use std::io::Write;
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+                .max()
+        });
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let Some(bin) = bin else {
+            if std::env::var("PAYROUTE_REQUIRE_PG").as_deref() == Ok("1") {
+                panic!("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin and PAYROUTE_REQUIRE_PG=1");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED: no PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb) to run a \
+                 private server for the restart test ***\n"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = PrivatePg {
+            dir,
+            bin,
+            port,
+            as_postgres: root,
+        };
+        if root {
+            let ok = std::process::Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(pg.dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown the private PostgreSQL's directory to postgres");
+        }
+        let data = pg.data();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        );
+        pg.start_server();
+        Some(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// One of the server's programs, as the user that may run it.
+    fn command(&self, tool: &str) -> std::process::Command {
+        let tool = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(tool);
+            c
+        } else {
+            std::process::Command::new(tool)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .command(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The url of database `postgres` on this server.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server and waits until it accepts connections (`pg_ctl -w`, 30s at most).
+    pub fn start_server(&self) {
+        let data = self.data();
+        let log = self.dir.path().join("server.log").display().to_string();
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.dir.path().display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "30", "start",
+            ],
+        );
+    }
+
+    /// Stops the server as an operator restarting it would (`-m fast`: sessions are ended,
+    /// open transactions rolled back, the committed ones kept).
+    pub fn stop_server(&self) {
+        let data = self.data();
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-m", "fast", "-w", "-t", "30", "stop"],
+        );
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
     }
 }
