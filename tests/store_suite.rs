@@ -19,7 +19,7 @@ use payroute::store::postgres::PostgresStore;
 use payroute::store::sqlite::SqliteStore;
 use payroute::store::{
     Delivery, EventFilter, EventRecord, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord,
-    Reservation, Store,
+    Reservation, Store, StoreError,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -246,6 +246,7 @@ postgres_only!(
     instances_starting_together_migrate_once,
     tls_is_rustls_and_verified,
     connections_killed_by_the_server_are_replaced,
+    a_row_lock_held_by_a_stalled_peer_is_waited_for_a_bounded_time,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1439,4 +1440,46 @@ async fn connections_killed_by_the_server_are_replaced(ctx: Ctx) {
     );
     store.ping().await.unwrap();
     drop(ctx);
+}
+
+async fn a_row_lock_held_by_a_stalled_peer_is_waited_for_a_bounded_time(ctx: Ctx) {
+    let Place::Postgres(schema) = &ctx.place else {
+        return;
+    };
+    let Some(peer) = admin_client().await else {
+        return;
+    };
+    let store = ctx.store;
+    let p = paid(store.as_ref(), "lk1").await;
+    // Another instance, paused in the middle of a refund: it holds the payment's row lock
+    // and says nothing more.
+    peer.batch_execute(&format!(
+        "BEGIN; SELECT 1 FROM \"{schema}\".payments WHERE payment_id = '{}' FOR UPDATE",
+        p.payment_id
+    ))
+    .await
+    .unwrap();
+    // A refund needs that lock: it waits, but not without end, and says the store is busy
+    // (retryable) rather than that the request is wrong.
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        store.reserve_refund(&refund(&p, "lk1-r", 100), p.amount),
+    )
+    .await
+    .expect("the refund waited for the lock without end");
+    match r {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("55P03"), "{why}"),
+        other => panic!("expected Unavailable (lock timeout), got {other:?}"),
+    }
+    eprintln!("refused after {:?}", started.elapsed());
+    // The peer goes on (or its transaction is ended): the same refund then goes through.
+    peer.batch_execute("ROLLBACK").await.unwrap();
+    assert!(matches!(
+        store
+            .reserve_refund(&refund(&p, "lk1-r", 100), p.amount)
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    ));
 }

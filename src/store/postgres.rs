@@ -48,6 +48,14 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may go without a sign of life from the server while it waits.
 const LOST_PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Server-side bounds on every session, so that a stalled peer cannot make a request wait
+/// without end: a row lock held elsewhere (another instance paused mid-transaction) is waited
+/// for at most `lock_timeout`; one statement runs at most `statement_timeout`; a transaction
+/// left open by a client that stopped talking is ended after
+/// `idle_in_transaction_session_timeout`, releasing its locks. Each refusal is a retryable
+/// `503 store_unavailable`. Payroute's own row locks last milliseconds.
+const SESSION_BOUNDS: &str =
+    "-c lock_timeout=2s -c statement_timeout=10s -c idle_in_transaction_session_timeout=30s";
 
 /// Versioned schema migrations, applied in order, each in one transaction. Never edit one
 /// that has shipped: add the next.
@@ -319,11 +327,12 @@ impl PostgresStore {
         let spec = ConnectSpec::parse(url.expose())
             .map_err(|e| StoreError::Backend(format!("store.url: {e}")))?;
         let mut config = spec.config;
-        // Every connection works in the schema; the tables' names stay unqualified.
+        // The bounds first, so that the url's own `options` may change them; the schema
+        // last, so that nothing does: the tables' names stay unqualified.
         let path = format!("-c search_path=\"{schema}\"");
         let options = match config.get_options() {
-            Some(o) if !o.trim().is_empty() => format!("{o} {path}"),
-            _ => path,
+            Some(o) if !o.trim().is_empty() => format!("{SESSION_BOUNDS} {o} {path}"),
+            _ => format!("{SESSION_BOUNDS} {path}"),
         };
         config.options(options);
         if config.get_connect_timeout().is_none() {
@@ -488,7 +497,10 @@ fn describe(e: &tokio_postgres::Error) -> String {
 /// The database cannot serve now, rather than refusing this request: the connection is
 /// gone or was never made (no SQLSTATE), or PostgreSQL says so — class 08 (connection),
 /// 53 (out of resources: disk full, too many connections), 57P01-57P05 (shutting down,
-/// starting up), 25006 (a read-only standby). The API answers those `503 store_unavailable`.
+/// starting up), 25006 (a read-only standby), 55P03 / 57014 (a lock or a statement that
+/// outwaited [`SESSION_BOUNDS`]), 40001 / 40P01 (serialization failure, deadlock: the
+/// transaction was rolled back, and trying again is how PostgreSQL asks to be used). The
+/// API answers those `503 store_unavailable`.
 fn unavailable(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         None => e.as_db_error().is_none(),
@@ -497,7 +509,7 @@ fn unavailable(e: &tokio_postgres::Error) -> bool {
             code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57P")
-                || code == "25006"
+                || matches!(code, "25006" | "55P03" | "57014" | "40001" | "40P01")
         }
     }
 }
