@@ -247,6 +247,7 @@ postgres_only!(
     tls_is_rustls_and_verified,
     connections_killed_by_the_server_are_replaced,
     a_row_lock_held_by_a_stalled_peer_is_waited_for_a_bounded_time,
+    an_instance_waits_out_a_long_migration_of_another,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1482,4 +1483,43 @@ async fn a_row_lock_held_by_a_stalled_peer_is_waited_for_a_bounded_time(ctx: Ctx
             .unwrap(),
         Reservation::Reserved
     ));
+}
+
+async fn an_instance_waits_out_a_long_migration_of_another(ctx: Ctx) {
+    let Place::Postgres(_) = &ctx.place else {
+        return;
+    };
+    let Some(peer) = admin_client().await else {
+        return;
+    };
+    // Another instance migrating a fresh schema holds the migration lock for 3s, longer than
+    // the sessions' lock_timeout: starting meanwhile waits for it instead of failing.
+    let schema = unique("payroute_slowmig_");
+    let key = format!("payroute.migrate.{schema}");
+    peer.execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        peer.execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key])
+            .await
+            .unwrap();
+        peer
+    });
+    let opened = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        PostgresStore::open(&Secret::new(pg_url()), 2, &schema),
+    )
+    .await
+    .expect("open waited without end");
+    let peer = release.await.unwrap();
+    let served = match &opened {
+        Ok(store) => store.get_payment("m_1", "none").await.map(|p| p.is_none()),
+        Err(_) => Ok(false),
+    };
+    let _ = peer
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await;
+    opened.expect("the instance started once the migration lock was free");
+    assert!(served.unwrap(), "and serves from the migrated schema");
 }

@@ -417,6 +417,11 @@ impl PostgresStore {
         let lock_key = format!("payroute.migrate.{schema}");
         for (version, sql) in MIGRATIONS {
             let tx = client.transaction().await.map_err(pg)?;
+            // A migration may take long, and so may waiting for another instance's: the
+            // session bounds, meant for requests, do not apply here.
+            tx.batch_execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
+                .await
+                .map_err(pg)?;
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
                 .await
                 .map_err(pg)?;
