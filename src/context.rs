@@ -36,22 +36,22 @@ tokio::task_local! {
 ///
 /// # Limits
 /// Only what runs on the task that runs `f` is seen; work handed to other tasks is not.
-pub async fn scope<F: Future>(id: String, f: F) -> (F::Output, Duration, Note) {
+pub fn scope<F: Future>(id: String, f: F) -> impl Future<Output = (F::Output, Duration, Note)> {
     let context = RefCell::new(Context {
         id,
         waited: Duration::ZERO,
         note: Note::default(),
     });
-    CONTEXT
-        .scope(context, async {
-            let out = f.await;
-            let (waited, note) = CONTEXT.with(|c| {
-                let mut c = c.borrow_mut();
-                (c.waited, std::mem::take(&mut c.note))
-            });
-            (out, waited, note)
-        })
-        .await
+    // Not an `async fn`: one would hold `f` as its argument and again inside the scoped
+    // block, and every request's task would carry both copies.
+    CONTEXT.scope(context, async move {
+        let out = f.await;
+        let (waited, note) = CONTEXT.with(|c| {
+            let mut c = c.borrow_mut();
+            (c.waited, std::mem::take(&mut c.note))
+        });
+        (out, waited, note)
+    })
 }
 
 /// Runs `f` as time spent waiting on a channel (outside a [`scope`]: just runs it).

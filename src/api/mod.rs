@@ -165,16 +165,24 @@ pub async fn handle(app: Arc<ApiState>, req: Request<Incoming>) -> Response<Full
 
 type Answer = Result<Response<Full<Bytes>>, ApiError>;
 
+/// The arms that call channels are boxed: a future is as large as its largest arm, and
+/// every request's task would otherwise be sized for a create (tens of KiB each, held by
+/// every connection with a request in flight).
 async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (&'static str, Answer) {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
-        (&Method::POST, ["v1", "payments"]) => ("create_payment", create(app, live, req).await),
+        (&Method::POST, ["v1", "payments"]) => {
+            ("create_payment", Box::pin(create(app, live, req)).await)
+        }
         (&Method::GET, ["openapi.json"]) => ("openapi", Ok(openapi())),
         // Providers, not shops: verified by their signatures, answered in their format.
         (&Method::POST, ["notify", channel]) => {
             let channel = decode(channel);
-            ("notify", Ok(app.notify.handle(&channel, req).await))
+            (
+                "notify",
+                Ok(Box::pin(app.notify.handle(&channel, req)).await),
+            )
         }
         (&Method::GET, ["v1", "payments", merchant, out_trade_no]) => {
             let refresh = query_flag(req.uri().query(), "refresh");
@@ -183,17 +191,21 @@ async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (&'static
         }
         (&Method::POST, ["v1", "payments", merchant, out_trade_no, "close"]) => {
             let (m, o) = (decode(merchant), decode(out_trade_no));
-            ("close_payment", close(app, live, &req, &m, &o).await)
+            (
+                "close_payment",
+                Box::pin(close(app, live, &req, &m, &o)).await,
+            )
         }
-        (&Method::POST, ["v1", "refunds"]) => {
-            ("create_refund", create_refund(app, live, req).await)
-        }
+        (&Method::POST, ["v1", "refunds"]) => (
+            "create_refund",
+            Box::pin(create_refund(app, live, req)).await,
+        ),
         (&Method::GET, ["v1", "refunds", merchant, out_refund_no]) => {
             let refresh = query_flag(req.uri().query(), "refresh");
             let (m, o) = (decode(merchant), decode(out_refund_no));
             (
                 "get_refund",
-                get_refund(app, live, &req, &m, &o, refresh).await,
+                Box::pin(get_refund(app, live, &req, &m, &o, refresh)).await,
             )
         }
         (_, ["v1", "payments" | "refunds"])
