@@ -119,6 +119,18 @@ async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_client_that_sends_nothing_is_cut_off() {
+    let mut h = Harness::start().await;
+    with_limits(&mut h, &[("header_read_timeout", "300ms")]).await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Without a deadline before the first byte this waits forever (and fails at the test's).
+    let answer = until_closed(&mut silent).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut h = Harness::start().await;
