@@ -216,7 +216,12 @@ pub async fn serve<H, F, S>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEADER_BYTES);
+        .max_buf_size(MAX_HEADER_BYTES)
+        // No read while a request is being handled: hyper would read ahead only to notice a
+        // client hanging up, which cancels nothing here (the work is its own task), and that
+        // read needs a second 8 KiB buffer per connection while the request's head still
+        // holds the first. A client that half-closes after its request still gets the answer.
+        .half_close(true);
     builder
         .http2()
         .timer(TokioTimer::new())
