@@ -36,22 +36,22 @@ tokio::task_local! {
 ///
 /// # Limits
 /// Only what runs on the task that runs `f` is seen; work handed to other tasks is not.
-pub async fn scope<F: Future>(id: String, f: F) -> (F::Output, Duration, Note) {
+pub fn scope<F: Future>(id: String, f: F) -> impl Future<Output = (F::Output, Duration, Note)> {
     let context = RefCell::new(Context {
         id,
         waited: Duration::ZERO,
         note: Note::default(),
     });
-    CONTEXT
-        .scope(context, async {
-            let out = f.await;
-            let (waited, note) = CONTEXT.with(|c| {
-                let mut c = c.borrow_mut();
-                (c.waited, std::mem::take(&mut c.note))
-            });
-            (out, waited, note)
-        })
-        .await
+    // Not an `async fn`: one would hold `f` as its argument and again inside the scoped
+    // block, and every request's task would carry both copies.
+    CONTEXT.scope(context, async move {
+        let out = f.await;
+        let (waited, note) = CONTEXT.with(|c| {
+            let mut c = c.borrow_mut();
+            (c.waited, std::mem::take(&mut c.note))
+        });
+        (out, waited, note)
+    })
 }
 
 /// Runs `f` as time spent waiting on a channel (outside a [`scope`]: just runs it).
@@ -94,22 +94,32 @@ pub fn request_id_from(header: Option<&str>) -> String {
     }
 }
 
-/// 16 random hex digits, from the OS's generator through aws-lc.
+/// 16 hex digits, unique within the process: a counter from a random start, scrambled by a
+/// bijection (SplitMix64's finaliser), so two requests never share an id and ids of different
+/// runs do not line up. An id only tells requests apart in logs; it is not a secret, so the
+/// OS's generator is asked once per process rather than once per request.
 fn fresh_id() -> String {
-    use aws_lc_rs::rand::SecureRandom;
-    let mut bytes = [0u8; 8];
-    if aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .is_err()
-    {
-        // No randomness: still unique enough within a process to tell requests apart.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default();
-        bytes = nanos.to_be_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        use aws_lc_rs::rand::SecureRandom;
+        let mut bytes = [0u8; 8];
+        match aws_lc_rs::rand::SystemRandom::new().fill(&mut bytes) {
+            Ok(()) => u64::from_le_bytes(bytes),
+            // No randomness: the clock still keeps runs apart.
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or_default(),
+        }
+    });
+    let mut x = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    format!("{x:016x}")
 }
 
 #[cfg(test)]
@@ -124,5 +134,15 @@ mod tests {
             assert_eq!(id.len(), 16, "{bad:?} → {id}");
         }
         assert_ne!(request_id_from(None), request_id_from(None));
+    }
+
+    #[test]
+    fn fresh_ids_do_not_repeat() {
+        let ids: std::collections::HashSet<String> =
+            (0..100_000).map(|_| request_id_from(None)).collect();
+        assert_eq!(ids.len(), 100_000);
+        assert!(ids
+            .iter()
+            .all(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())));
     }
 }

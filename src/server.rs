@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
@@ -216,7 +216,12 @@ pub async fn serve<H, F, S>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEADER_BYTES);
+        .max_buf_size(MAX_HEADER_BYTES)
+        // No read while a request is being handled: hyper would read ahead only to notice a
+        // client hanging up, which cancels nothing here (the work is its own task), and that
+        // read needs a second 8 KiB buffer per connection while the request's head still
+        // holds the first. A client that half-closes after its request still gets the answer.
+        .half_close(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -225,6 +230,11 @@ pub async fn serve<H, F, S>(
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    // Plain TCP: the protocol is told from a peek at the first bytes (see `speaks_h2`), and
+    // each connection is served by a builder fixed to it. The auto builder reads the first
+    // bytes itself and hands them back as a separate read, which makes hyper grow each
+    // connection's read buffer from 8 to 16 KiB; and it waits for them without a deadline.
+    let plain = Arc::new((builder.clone().http1_only(), builder.clone().http2_only()));
     let builder = Arc::new(builder);
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let graceful = GracefulShutdown::new();
@@ -278,13 +288,22 @@ pub async fn serve<H, F, S>(
                 )
             }
         });
-        let builder = builder.clone();
+        let (builder, plain) = (builder.clone(), plain.clone());
         let watcher = graceful.watcher();
         let acceptor = tls.as_ref().map(TlsSource::acceptor);
         tokio::spawn(async move {
             let _slot = slot;
             let result = match acceptor {
                 None => {
+                    let h2 =
+                        match tokio::time::timeout(limits.header_read_timeout, speaks_h2(&stream))
+                            .await
+                        {
+                            Ok(Ok(h2)) => h2,
+                            // Nothing (or a broken socket) within the header timeout.
+                            Ok(Err(_)) | Err(_) => return,
+                        };
+                    let builder = if h2 { &plain.1 } else { &plain.0 };
                     let conn = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .into_owned();
@@ -322,6 +341,30 @@ pub async fn serve<H, F, S>(
         .is_err()
     {
         tracing::warn!(?drain, "drain timed out; closing remaining connections");
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): what an h2c client sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opens with the HTTP/2 preface, from its first bytes, left unread
+/// (`peek`) for hyper to read itself. Waits while what has arrived is a strict prefix of the
+/// preface; an HTTP/1 request differs from it by its second byte at the latest.
+async fn speaks_h2(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 24];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A part of the preface: peek returns at once while those bytes are unread, so wait
+        // for the rest (rare: clients send the preface in one segment).
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

@@ -119,6 +119,44 @@ async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_client_that_sends_nothing_is_cut_off() {
+    let mut h = Harness::start().await;
+    with_limits(&mut h, &[("header_read_timeout", "300ms")]).await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Without a deadline before the first byte this waits forever (and fails at the test's).
+    let answer = until_closed(&mut silent).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start().await;
+    // The channel answers slowly, so the request is still being handled when the client's
+    // end of the connection closes.
+    h.faults(json!({ "latency_ms": 300 })).await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = payment("m_1001", "half-1", "wechat_native", 100, json!({})).to_string();
+    conn.write_all(
+        format!(
+            "POST /v1/payments HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {SHOP_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    conn.shutdown().await.unwrap();
+    let answer = until_closed(&mut conn).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text:?}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut h = Harness::start().await;

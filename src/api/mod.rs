@@ -10,7 +10,12 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 use time::OffsetDateTime;
 
 use crate::context;
@@ -29,12 +34,54 @@ pub const OVERHEAD_BUCKETS: [f64; 14] = [
     1.0,
 ];
 
+/// The API's routes, as their metrics and access-log lines name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    CreatePayment,
+    OpenApi,
+    Notify,
+    GetPayment,
+    ClosePayment,
+    CreateRefund,
+    GetRefund,
+    Other,
+}
+
+const ROUTES: usize = 8;
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl Route {
+    fn as_str(self) -> &'static str {
+        match self {
+            Route::CreatePayment => "create_payment",
+            Route::OpenApi => "openapi",
+            Route::Notify => "notify",
+            Route::GetPayment => "get_payment",
+            Route::ClosePayment => "close_payment",
+            Route::CreateRefund => "create_refund",
+            Route::GetRefund => "get_refund",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// One route's series, looked up in their vectors on first use only: `with_label_values`
+/// hashes the labels and takes a lock on every call. Resolved lazily so that /metrics lists
+/// only the series that have seen a request, as before.
+#[derive(Default)]
+struct RouteSeries {
+    requests: [OnceLock<IntCounter>; 5],
+    duration: OnceLock<Histogram>,
+    overhead: OnceLock<Histogram>,
+}
+
 /// HTTP metrics of the API listener.
 pub struct ApiMetrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     overhead: HistogramVec,
     refused: IntCounterVec,
+    series: [RouteSeries; ROUTES],
 }
 
 impl ApiMetrics {
@@ -80,7 +127,29 @@ impl ApiMetrics {
             duration,
             overhead,
             refused,
+            series: Default::default(),
         })
+    }
+
+    /// Counts one answered request of `route`.
+    fn observe(&self, route: Route, status: StatusCode, elapsed: Duration, overhead: Duration) {
+        let class = usize::from((status.as_u16() / 100).clamp(1, 5) - 1);
+        let name = route.as_str();
+        let series = &self.series[route as usize];
+        series.requests[class]
+            .get_or_init(|| {
+                self.requests
+                    .with_label_values(&[name, STATUS_CLASSES[class]])
+            })
+            .inc();
+        series
+            .duration
+            .get_or_init(|| self.duration.with_label_values(&[name]))
+            .observe(elapsed.as_secs_f64());
+        series
+            .overhead
+            .get_or_init(|| self.overhead.with_label_values(&[name]))
+            .observe(overhead.as_secs_f64());
     }
 
     /// The listener's answer to `r`, counted (see [`crate::server::serve`]).
@@ -131,27 +200,13 @@ pub async fn handle(app: Arc<ApiState>, req: Request<Incoming>) -> Response<Full
     if let Ok(v) = http::HeaderValue::from_str(&id) {
         resp.headers_mut().insert(context::REQUEST_ID, v);
     }
-    let class = match resp.status().as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    let m = &app.metrics;
     let elapsed = started.elapsed();
-    m.requests.with_label_values(&[route, class]).inc();
-    m.duration
-        .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
     let overhead = elapsed.saturating_sub(waited);
-    m.overhead
-        .with_label_values(&[route])
-        .observe(overhead.as_secs_f64());
+    app.metrics.observe(route, resp.status(), elapsed, overhead);
     tracing::info!(
         target: "payroute::access",
         request_id = %id,
-        route,
+        route = route.as_str(),
         rule = note.rule.as_deref().unwrap_or("-"),
         channel = note.channel.as_deref().unwrap_or("-"),
         outcome = note.outcome.unwrap_or("-"),
@@ -165,48 +220,63 @@ pub async fn handle(app: Arc<ApiState>, req: Request<Incoming>) -> Response<Full
 
 type Answer = Result<Response<Full<Bytes>>, ApiError>;
 
-async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (&'static str, Answer) {
+/// The arms that call channels are boxed: a future is as large as its largest arm, and
+/// every request's task would otherwise be sized for a create (tens of KiB each, held by
+/// every connection with a request in flight).
+async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (Route, Answer) {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
-        (&Method::POST, ["v1", "payments"]) => ("create_payment", create(app, live, req).await),
-        (&Method::GET, ["openapi.json"]) => ("openapi", Ok(openapi())),
+        (&Method::POST, ["v1", "payments"]) => {
+            (Route::CreatePayment, Box::pin(create(app, live, req)).await)
+        }
+        (&Method::GET, ["openapi.json"]) => (Route::OpenApi, Ok(openapi())),
         // Providers, not shops: verified by their signatures, answered in their format.
         (&Method::POST, ["notify", channel]) => {
             let channel = decode(channel);
-            ("notify", Ok(app.notify.handle(&channel, req).await))
+            (
+                Route::Notify,
+                Ok(Box::pin(app.notify.handle(&channel, req)).await),
+            )
         }
         (&Method::GET, ["v1", "payments", merchant, out_trade_no]) => {
             let refresh = query_flag(req.uri().query(), "refresh");
             let (m, o) = (decode(merchant), decode(out_trade_no));
-            ("get_payment", get(app, live, &req, &m, &o, refresh).await)
+            (
+                Route::GetPayment,
+                get(app, live, &req, &m, &o, refresh).await,
+            )
         }
         (&Method::POST, ["v1", "payments", merchant, out_trade_no, "close"]) => {
             let (m, o) = (decode(merchant), decode(out_trade_no));
-            ("close_payment", close(app, live, &req, &m, &o).await)
+            (
+                Route::ClosePayment,
+                Box::pin(close(app, live, &req, &m, &o)).await,
+            )
         }
-        (&Method::POST, ["v1", "refunds"]) => {
-            ("create_refund", create_refund(app, live, req).await)
-        }
+        (&Method::POST, ["v1", "refunds"]) => (
+            Route::CreateRefund,
+            Box::pin(create_refund(app, live, req)).await,
+        ),
         (&Method::GET, ["v1", "refunds", merchant, out_refund_no]) => {
             let refresh = query_flag(req.uri().query(), "refresh");
             let (m, o) = (decode(merchant), decode(out_refund_no));
             (
-                "get_refund",
-                get_refund(app, live, &req, &m, &o, refresh).await,
+                Route::GetRefund,
+                Box::pin(get_refund(app, live, &req, &m, &o, refresh)).await,
             )
         }
         (_, ["v1", "payments" | "refunds"])
         | (_, ["v1", "payments" | "refunds", _, _])
         | (_, ["v1", "payments", _, _, "close"]) => (
-            "other",
+            Route::Other,
             Err(ApiError::new(
                 ErrorCode::MethodNotAllowed,
                 format!("{} is not allowed on {path}", req.method()),
             )),
         ),
         _ => (
-            "other",
+            Route::Other,
             Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("no route for {path}"),

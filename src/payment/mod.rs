@@ -634,6 +634,17 @@ impl PaymentService {
         if !refresh || claim_live(rec.attempt_until) {
             return Ok(rec);
         }
+        // Boxed: a plain read's future stays small (see `api::route`).
+        Box::pin(self.refresh(routes, rec, out_trade_no)).await
+    }
+
+    /// Asks the bound account for the state of `rec`, and applies it.
+    async fn refresh(
+        &self,
+        routes: &Routes<'_>,
+        rec: PaymentRecord,
+        out_trade_no: &str,
+    ) -> Result<PaymentRecord, PaymentError> {
         let (channel, sub) = self.bound(routes, &rec, "query")?;
         match channel.query(out_trade_no, &sub).await {
             Ok(state) => self.apply_state(rec, state, channel, Claim::NotOurs).await,

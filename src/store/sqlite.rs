@@ -1,9 +1,10 @@
 //! The embedded store: one SQLite file in WAL mode, one writer thread with group commit, a
-//! small pool of read connections on tokio's blocking pool (see [`SqliteStore`]).
+//! few reader threads, each with its own connection (see [`SqliteStore`]).
 
-use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -16,8 +17,8 @@ use super::{
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 
 /// The store: one writer thread that commits every pending write in one transaction (group
-/// commit), and a small pool of read connections beside it (WAL lets readers run while the
-/// writer writes).
+/// commit), and a few reader threads beside it, each with its own connection (WAL lets
+/// readers run while the writer writes). No SQLite call runs on a tokio worker.
 ///
 /// # Durability
 /// `synchronous=FULL`: a write is answered only after the transaction that holds it has
@@ -31,11 +32,99 @@ pub struct SqliteStore {
     /// Whether the last batch committed without an I/O failure (disk full, I/O error): what
     /// `/readyz` reports, so a load balancer stops sending writes that cannot be kept.
     healthy: Arc<AtomicBool>,
-    readers: Arc<Mutex<Vec<Connection>>>,
-    /// One permit per read connection: a read waits for a permit before it takes a blocking
-    /// thread, so it always finds an open connection (opening one parses the whole schema).
-    read_permits: Arc<tokio::sync::Semaphore>,
-    path: PathBuf,
+    readers: Readers,
+}
+
+/// One read waiting for a reader thread; it answers its caller itself.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// The reader threads' queue. Threads of their own rather than `spawn_blocking`: a read is
+/// then one boxed closure and a oneshot, not a blocking-pool task, a join handle, a permit
+/// and a connection taken from and put back into a locked pool; and a reader that finishes
+/// a read takes the next one queued without being woken for it.
+struct ReadQueue {
+    state: Mutex<ReadState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct ReadState {
+    jobs: VecDeque<ReadJob>,
+    /// Readers waiting on `ready`.
+    sleeping: usize,
+    /// Readers signalled that have not woken yet: they will take a job, so another wake-up
+    /// for it would be wasted.
+    signalled: usize,
+    closed: bool,
+}
+
+impl ReadQueue {
+    fn lock(&self) -> MutexGuard<'_, ReadState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The handle to the reader threads; dropping it (with the store) lets them finish the
+/// reads queued and exit.
+struct Readers(Arc<ReadQueue>);
+
+impl Readers {
+    fn start(connections: Vec<Connection>) -> Result<Readers, StoreError> {
+        let queue = Arc::new(ReadQueue {
+            state: Mutex::new(ReadState::default()),
+            ready: Condvar::new(),
+        });
+        for (i, conn) in connections.into_iter().enumerate() {
+            let q = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("payroute-sqlite-reader-{i}"))
+                .spawn(move || reader_loop(conn, &q))
+                .map_err(|e| StoreError::Backend(format!("starting a reader: {e}")))?;
+        }
+        Ok(Readers(queue))
+    }
+
+    fn submit(&self, job: ReadJob) {
+        let q = &self.0;
+        let mut st = q.lock();
+        st.jobs.push_back(job);
+        // Readers awake and not yet signalled take queued jobs before they sleep: wake one
+        // only for a job that no one awake-and-idle or already signalled will reach.
+        if st.sleeping > st.signalled && st.jobs.len() > st.signalled {
+            st.signalled += 1;
+            q.ready.notify_one();
+        }
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.ready.notify_all();
+    }
+}
+
+fn reader_loop(conn: Connection, queue: &ReadQueue) {
+    loop {
+        let job = {
+            let mut st = queue.lock();
+            loop {
+                if let Some(job) = st.jobs.pop_front() {
+                    break job;
+                }
+                if st.closed {
+                    return;
+                }
+                st.sleeping += 1;
+                st = queue.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.sleeping -= 1;
+                st.signalled = st.signalled.saturating_sub(1);
+            }
+        };
+        // A read that panics loses its answer (its caller sees the store unavailable), not
+        // the reader.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn)));
+    }
 }
 
 /// One write waiting for the writer.
@@ -415,8 +504,7 @@ impl SqliteStore {
         path: &Path,
         metrics: StoreMetrics,
     ) -> Result<SqliteStore, StoreError> {
-        let path = path.to_path_buf();
-        let at = path.clone();
+        let at = path.to_path_buf();
         let (conn, readers) = tokio::task::spawn_blocking(move || {
             if let Some(dir) = at.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
@@ -443,9 +531,7 @@ impl SqliteStore {
             writer,
             metrics,
             healthy,
-            readers: Arc::new(Mutex::new(readers)),
-            read_permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
-            path,
+            readers: Readers::start(readers)?,
         })
     }
 
@@ -469,34 +555,17 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
     }
 
-    /// Runs `f` on a read connection (never blocking a tokio worker).
+    /// Runs `f` on a reader thread's connection (never blocking a tokio worker).
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (readers, path) = (self.readers.clone(), self.path.clone());
-        let permit = self
-            .read_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let pooled = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let conn = match pooled {
-                Some(c) => c,
-                None => open_connection(&path)?,
-            };
-            let result = f(&conn);
-            let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < READERS {
-                pool.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.readers.submit(Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        }));
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store's reader failed".into()))?
     }
 }
 
