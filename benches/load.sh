@@ -250,7 +250,14 @@ field() { # key, LOADRESULT line
 
 export LOAD_LUA_DIR="$ROOT/benches/load" LOAD_API_KEY="$API_KEY"
 ROWS=()      # phase|conns|rate target|req/s|requests|non2xx|sockerr|p50|p99|cpu µs/req|VmHWM
-declare -A CPU_US RPS
+declare -A CPU_US RPS PG_CPU_US
+# With LOAD_STORE=postgres, the CPU of the PostgreSQL server's processes too (they share the
+# machine): every process named postgres, before and after each phase.
+pg_cpu_ticks() {
+  local p
+  for p in $(pgrep -x postgres); do awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null; done \
+    | awk '{ s += $1 } END { print s + 0 }'
+}
 
 # phase NAME SCRIPT CONNS RATE(0 = max) [env...]
 phase() {
@@ -260,6 +267,8 @@ phase() {
   local before after out line
   kill -0 "$PR_PID" 2>/dev/null || die "payroute exited: $(tail -5 "$TMP/payroute.log")"
   before=$(cpu_ticks)
+  local pg_before=0
+  [ "$STORE" = sqlite ] || pg_before=$(pg_cpu_ticks)
   if [ "$rate" = 0 ]; then
     out=$(env "$@" LOAD_CONNS="$conns" \
       timeout $((DURATION + 60)) wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 10s \
@@ -270,6 +279,8 @@ phase() {
       -s "benches/load/$script" "$API") || die "wrk failed in phase $name: $out"
   fi
   after=$(cpu_ticks)
+  local pg_after=0
+  [ "$STORE" = sqlite ] || pg_after=$(pg_cpu_ticks)
   line=$(printf '%s\n' "$out" | grep '^LOADRESULT' || true)
   [ -n "$line" ] || die "no result from wrk in phase $name: $out"
   local n rps cpu
@@ -277,6 +288,7 @@ phase() {
   rps=$(field rps "$line")
   cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "n/a" }')
   CPU_US[$name]=$cpu
+  PG_CPU_US[$name]=$(awk -v t=$((pg_after - pg_before)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "n/a" }')
   RPS[$name]=$rps
   ROWS+=("$name|$conns|$([ "$rate" = 0 ] && echo max || echo "$rate/s paced")|$rps|$n|$(field non2xx "$line")|$(field sockerr "$line")|$(field p50_ms "$line")|$(field p99_ms "$line")|$cpu|$(hwm_mib)")
   printf '%-22s %s cpu_us_per_req=%s vmhwm_mib=%s\n' "$name" "${line#LOADRESULT }" "$cpu" "$(hwm_mib)" >&2
@@ -437,6 +449,9 @@ summary() {
   echo "${b}GET of a stored payment, payroute CPU: ${CPU_US[get-max]} µs/req at max, ${CPU_US[get-half]} µs/req at half (target < 50 µs: $(verdict "${CPU_US[get-max]}" '<' 50) at max, $(verdict "${CPU_US[get-half]}" '<' 50) at half)"
   echo "${b}p99 of payroute_overhead_seconds{route=\"create_payment\"} at half the max create rate: $OVERHEAD_P99 (target < 2 ms: $(verdict "$OVERHEAD_MS" '<' 2))"
   echo "${b}peak RSS (VmHWM) while $BIG_CONNS connections are served: $PEAK_RSS MiB (RSS before that phase $RSS_BEFORE_BIG MiB, VmHWM reset first: $HWM_RESET) (target < 64 MiB: $(verdict "$PEAK_RSS" '<' 64)); peak over the whole run (creates and refreshes at max rate included): $RUN_PEAK_RSS MiB"
+  if [ "$STORE" = postgres ]; then
+    echo "${b}PostgreSQL server CPU per request (its processes, same phases): create ${PG_CPU_US[create-max]} µs at max, ${PG_CPU_US[create-half]} µs at half; GET ${PG_CPU_US[get-max]} µs at max"
+  fi
   echo "${b}notification ingest (cargo bench --bench notify, disk, N=$NOTIFY_N, C=$NOTIFY_C): $NOTIFY_RATE verified+stored/s, p50 $NOTIFY_P50 ms, p99 $NOTIFY_P99 ms, CPU $NOTIFY_CPU µs/notification (whole bench process: driver included) (target ≥ 1000/s: $(verdict "$NOTIFY_RATE" '>=' 1000))"
 }
 
