@@ -238,6 +238,11 @@ pub async fn serve<H, F, S>(
     let builder = Arc::new(builder);
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let graceful = GracefulShutdown::new();
+    // A connection is watched by `graceful` only once hyper serves it; before that (the TLS
+    // handshake, the first bytes) it waits for this instead, so that a connection opened and
+    // left silent — a load balancer's spare, a client's speculative one — does not hold the
+    // drain up until its header timeout.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
 
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
@@ -291,18 +296,21 @@ pub async fn serve<H, F, S>(
         let (builder, plain) = (builder.clone(), plain.clone());
         let watcher = graceful.watcher();
         let acceptor = tls.as_ref().map(TlsSource::acceptor);
+        let mut stop = stop.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let result = match acceptor {
                 None => {
-                    let h2 =
-                        match tokio::time::timeout(limits.header_read_timeout, speaks_h2(&stream))
-                            .await
-                        {
+                    let first_bytes =
+                        tokio::time::timeout(limits.header_read_timeout, speaks_h2(&stream));
+                    let h2 = tokio::select! {
+                        first = first_bytes => match first {
                             Ok(Ok(h2)) => h2,
                             // Nothing (or a broken socket) within the header timeout.
                             Ok(Err(_)) | Err(_) => return,
-                        };
+                        },
+                        _ = stop.wait_for(|s| *s) => return,
+                    };
                     let builder = if h2 { &plain.1 } else { &plain.0 };
                     let conn = builder
                         .serve_connection(TokioIo::new(stream), service)
@@ -310,18 +318,18 @@ pub async fn serve<H, F, S>(
                     watcher.watch(conn).await
                 }
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(
-                        limits.header_read_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    let tls = tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        },
+                        _ = stop.wait_for(|s| *s) => return,
                     };
                     let conn = builder
                         .serve_connection(TokioIo::new(tls), service)
@@ -335,6 +343,7 @@ pub async fn serve<H, F, S>(
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     let drain = limits.drain;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await

@@ -131,6 +131,38 @@ async fn a_client_that_sends_nothing_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_connection_that_never_speaks_does_not_hold_up_the_drain() {
+    let mut h = Harness::start().await;
+    // Timeouts far past the test's deadline: only the shutdown itself may end that connection.
+    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
+        "  drain_timeout: 5s\n",
+        "  drain_timeout: 120s\n  header_read_timeout: 120s\n",
+    );
+    support::write_atomically(&h.config_path, &text);
+    h.restart().await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+    // A spare connection, as load balancers and HTTP clients open ahead of need.
+    let mut spare = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let paid = h
+        .create(&payment(
+            "m_1001",
+            "spare-1",
+            "wechat_native",
+            100,
+            json!({}),
+        ))
+        .await;
+    assert_eq!(paid.status, 201, "{}", paid.text);
+    let running = h.running.take().unwrap();
+    support::within(
+        "the drain (held up by a silent connection)",
+        running.shutdown(),
+    )
+    .await;
+    assert!(until_closed(&mut spare).await.is_empty());
+}
+
+#[tokio::test]
 async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     use tokio::io::AsyncWriteExt;
     let h = Harness::start().await;
