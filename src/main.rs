@@ -143,7 +143,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    payroute::logging::init(&config.log);
+    let _log = payroute::logging::init(&config.log);
     match cli.command {
         Command::Check { .. } => {
             println!("{}: ok\n{}", config_path.display(), config.summary());

@@ -390,6 +390,9 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<F
 
 /// Percent-decoding of one path segment (`|` arrives as `%7C`).
 pub fn decode(segment: &str) -> String {
+    if !segment.contains('%') {
+        return segment.to_string();
+    }
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

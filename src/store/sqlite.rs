@@ -170,8 +170,10 @@ where
 
 /// Writes committed together at most.
 const MAX_BATCH: usize = 512;
-/// Read connections kept open.
-const READERS: usize = 4;
+/// Reader threads, each with its connection. Reads are CPU work on cached pages: more
+/// readers than this machine's two cores add no throughput, and each costs a malloc arena
+/// and a page cache (RSS); two still let a point read pass a long one (an export).
+const READERS: usize = 2;
 /// The readiness probe's write while writes fail: a few pages' worth, so that it needs
 /// space as a payment's write would.
 const PROBE_BYTES: i64 = 64 * 1024;
