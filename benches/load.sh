@@ -303,16 +303,22 @@ overhead_buckets() {
     /^payroute_overhead_seconds_bucket\{/ && /route="create_payment"/ {
       le = $0; sub(/.*le="/, "", le); sub(/".*/, "", le); print le, $NF }'
 }
-# p99 from two bucket snapshots, linearly interpolated inside the bucket (as histogram_quantile)
+store_wait_buckets() {
+  printf '%s\n' "$1" | awk '
+    /^payroute_store_write_seconds_bucket\{/ {
+      le = $0; sub(/.*le="/, "", le); sub(/".*/, "", le); print le, $NF }'
+}
+# p99 (or the quantile P) from two bucket snapshots, linearly interpolated inside the bucket
+# (as histogram_quantile)
 overhead_p99() {
   local before=$1 after=$2
   join <(printf '%s\n' "$before" | sort) <(printf '%s\n' "$after" | sort) \
     | awk '{ le = ($1 == "+Inf") ? 1e300 : $1 + 0; print le, $3 - $2 }' | sort -g \
-    | awk '
+    | awk -v q="${P:-0.99}" '
       { le[NR] = $1; c[NR] = $2; n = NR }
       END {
         total = c[n]; if (total <= 0) { print "n/a (no observations)"; exit }
-        want = 0.99 * total; prev_le = 0; prev_c = 0
+        want = q * total; prev_le = 0; prev_c = 0
         for (i = 1; i <= n; i++) {
           if (c[i] >= want) {
             if (le[i] >= 1e300) { printf "> %.2f ms (above the last bucket)", prev_le * 1000; exit }
@@ -342,6 +348,13 @@ if printf '%s\n' "$m_after" | grep -q '^payroute_overhead_seconds_bucket'; then
   OVERHEAD_P99=$(overhead_p99 "$(overhead_buckets "$m_before")" "$(overhead_buckets "$m_after")")
 else
   OVERHEAD_P99="n/a (metric absent)"
+fi
+# The store's share of it: each write's wait for its commit (two writes per create).
+if printf '%s\n' "$m_after" | grep -q '^payroute_store_write_seconds_bucket'; then
+  STORE_WAIT_P99=$(overhead_p99 "$(store_wait_buckets "$m_before")" "$(store_wait_buckets "$m_after")")
+  STORE_WAIT_P50=$(P=0.5 overhead_p99 "$(store_wait_buckets "$m_before")" "$(store_wait_buckets "$m_after")")
+else
+  STORE_WAIT_P99="n/a (metric absent)" STORE_WAIT_P50=n/a
 fi
 
 say "pre-creating $GET_N payments for the GET phases"
@@ -448,6 +461,7 @@ summary() {
   echo "${b}payroute CPU per create ÷ aws-lc-rs (1 sign + 1 verify) CPU: ${RATIO_MAX} at max rate, ${RATIO_HALF} at half rate (target ≤ 1.25: $(verdict "$RATIO_MAX" '<=' 1.25) at max, $(verdict "$RATIO_HALF" '<=' 1.25) at half)"
   echo "${b}GET of a stored payment, payroute CPU: ${CPU_US[get-max]} µs/req at max, ${CPU_US[get-half]} µs/req at half (target < 50 µs: $(verdict "${CPU_US[get-max]}" '<' 50) at max, $(verdict "${CPU_US[get-half]}" '<' 50) at half)"
   echo "${b}p99 of payroute_overhead_seconds{route=\"create_payment\"} at half the max create rate: $OVERHEAD_P99 (target < 2 ms: $(verdict "$OVERHEAD_MS" '<' 2))"
+  echo "${b}of which the store, in the same phase: each write's wait for its commit (payroute_store_write_seconds; two writes per create): p50 $STORE_WAIT_P50, p99 $STORE_WAIT_P99"
   echo "${b}peak RSS (VmHWM) while $BIG_CONNS connections are served: $PEAK_RSS MiB (RSS before that phase $RSS_BEFORE_BIG MiB, VmHWM reset first: $HWM_RESET) (target < 64 MiB: $(verdict "$PEAK_RSS" '<' 64)); peak over the whole run (creates and refreshes at max rate included): $RUN_PEAK_RSS MiB"
   if [ "$STORE" = postgres ]; then
     echo "${b}PostgreSQL server CPU per request (its processes, same phases): create ${PG_CPU_US[create-max]} µs at max, ${PG_CPU_US[create-half]} µs at half; GET ${PG_CPU_US[get-max]} µs at max"

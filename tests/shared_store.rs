@@ -17,6 +17,9 @@ async fn create_replay_refund(mut h: Harness) {
     let body = payment("m_1001", "ss-1", "wechat_native", 1000, json!({}));
     let first = h.create(&body).await;
     first.expect_created_on("m1001_wechat");
+    // The binding and the answer: two writes, each timed to its commit.
+    let waited = support::metric(&h.metrics().await, "payroute_store_write_seconds_count");
+    assert!(waited.unwrap_or(0.0) >= 2.0, "{waited:?}");
     let again = h.create(&body).await;
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(again.headers["idempotent-replayed"], "true");

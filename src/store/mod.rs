@@ -13,7 +13,7 @@ pub mod sqlite;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use prometheus::{IntCounter, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 
 use crate::secret::Secret;
 
@@ -339,12 +339,20 @@ pub trait Store: Send + Sync {
 }
 
 /// What a store counts: writes asked for and the commits (each one fsync) that made them
-/// durable, so group commit shows in `/metrics`.
+/// durable, so group commit shows in `/metrics`; and how long each write waited for its
+/// commit, the store's share of a request's own time (`payroute_overhead_seconds`).
 #[derive(Clone)]
 pub struct StoreMetrics {
     pub writes: IntCounter,
     pub commits: IntCounter,
+    pub write_seconds: Histogram,
 }
+
+/// `payroute_store_write_seconds` buckets: a commit is one fsync, from about 100 µs on a
+/// fast disk to tens of ms on a slow or busy one.
+const WRITE_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
 impl StoreMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<StoreMetrics> {
@@ -356,9 +364,21 @@ impl StoreMetrics {
             "payroute_store_commits_total",
             "Transactions committed, each one fsync: with group commit, far fewer than writes.",
         )?;
+        let write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "payroute_store_write_seconds",
+                "From a write being asked for to its commit being durable (waiting for the batch before it included).",
+            )
+            .buckets(WRITE_BUCKETS.to_vec()),
+        )?;
         registry.register(Box::new(writes.clone()))?;
         registry.register(Box::new(commits.clone()))?;
-        Ok(StoreMetrics { writes, commits })
+        registry.register(Box::new(write_seconds.clone()))?;
+        Ok(StoreMetrics {
+            writes,
+            commits,
+            write_seconds,
+        })
     }
 }
 

@@ -403,10 +403,13 @@ impl PostgresStore {
         self.pool.get().await.map_err(pool_error)
     }
 
-    /// One write committed.
-    fn committed(&self) {
+    /// One write committed, asked for at `started`.
+    fn committed(&self, started: tokio::time::Instant) {
         self.metrics.writes.inc();
         self.metrics.commits.inc();
+        self.metrics
+            .write_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Applies each missing migration in its own transaction, under an advisory lock held
@@ -822,6 +825,7 @@ async fn lock_payment<C: GenericClient>(c: &C, payment_id: &str) -> Result<(), S
 #[async_trait]
 impl Store for PostgresStore {
     async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError> {
+        let started = tokio::time::Instant::now();
         let c = self.conn().await?;
         let amount = to_i64(p.amount, "amount")?;
         let refunded = to_i64(p.refunded_amount, "refunded_amount")?;
@@ -848,7 +852,7 @@ impl Store for PostgresStore {
         )
         .await?;
         if n == 1 {
-            self.committed();
+            self.committed(started);
             return Ok(None);
         }
         match get_payment(&c, &p.merchant_id, &p.out_trade_no).await? {
@@ -873,6 +877,7 @@ impl Store for PostgresStore {
         p: &mut PaymentRecord,
         event: Option<&EventRecord>,
     ) -> Result<bool, StoreError> {
+        let started = tokio::time::Instant::now();
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg)?;
         let refunded = to_i64(p.refunded_amount, "refunded_amount")?;
@@ -900,7 +905,7 @@ impl Store for PostgresStore {
             }
         }
         tx.commit().await.map_err(pg)?;
-        self.committed();
+        self.committed(started);
         if n == 1 {
             p.version += 1;
         }
@@ -1002,6 +1007,7 @@ impl Store for PostgresStore {
     }
 
     async fn reserve_refund(&self, r: &RefundRecord, paid: u64) -> Result<Reservation, StoreError> {
+        let started = tokio::time::Instant::now();
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg)?;
         // Two instances reserving refunds of one payment queue here: the second sums after
@@ -1062,7 +1068,7 @@ impl Store for PostgresStore {
         match inserted {
             Ok(_) => {
                 tx.commit().await.map_err(pg)?;
-                self.committed();
+                self.committed(started);
                 Ok(Reservation::Reserved)
             }
             // The same out_refund_no, committed meanwhile for another payment of the
@@ -1092,6 +1098,7 @@ impl Store for PostgresStore {
         r: &mut RefundRecord,
         event: Option<&EventRecord>,
     ) -> Result<bool, StoreError> {
+        let started = tokio::time::Instant::now();
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg)?;
         // Locked first, so that the sum below counts a refund another instance has just
@@ -1123,7 +1130,7 @@ impl Store for PostgresStore {
             }
         }
         tx.commit().await.map_err(pg)?;
-        self.committed();
+        self.committed(started);
         if n == 1 {
             r.version += 1;
         }
@@ -1174,6 +1181,7 @@ impl Store for PostgresStore {
     }
 
     async fn record_delivery(&self, event_id: &str, delivery: Delivery) -> Result<(), StoreError> {
+        let started = tokio::time::Instant::now();
         let c = self.conn().await?;
         // Every outcome ends the claim.
         let n = match delivery {
@@ -1208,7 +1216,7 @@ impl Store for PostgresStore {
                 .await?
             }
         };
-        self.committed();
+        self.committed(started);
         if n == 0 {
             tracing::debug!(event_id = %event_id, "delivery recorded for an event no longer pending");
         }
@@ -1237,6 +1245,7 @@ impl Store for PostgresStore {
         event_id: &str,
         now: i64,
     ) -> Result<Option<EventRecord>, StoreError> {
+        let started = tokio::time::Instant::now();
         let c = self.conn().await?;
         let rows = query(
             &c,
@@ -1248,7 +1257,7 @@ impl Store for PostgresStore {
             &[&event_id, &now],
         )
         .await?;
-        self.committed();
+        self.committed(started);
         rows.first().map(read_event).transpose()
     }
 
@@ -1289,6 +1298,7 @@ impl Store for PostgresStore {
         payment_id: &str,
         at: Option<i64>,
     ) -> Result<(), StoreError> {
+        let started = tokio::time::Instant::now();
         let c = self.conn().await?;
         execute(
             &c,
@@ -1296,7 +1306,7 @@ impl Store for PostgresStore {
             &[&payment_id, &at],
         )
         .await?;
-        self.committed();
+        self.committed(started);
         Ok(())
     }
 
@@ -1305,6 +1315,7 @@ impl Store for PostgresStore {
         refund_id: &str,
         at: Option<i64>,
     ) -> Result<(), StoreError> {
+        let started = tokio::time::Instant::now();
         let c = self.conn().await?;
         execute(
             &c,
@@ -1312,11 +1323,12 @@ impl Store for PostgresStore {
             &[&refund_id, &at],
         )
         .await?;
-        self.committed();
+        self.committed(started);
         Ok(())
     }
 
     async fn import_event(&self, e: &EventRecord) -> Result<bool, StoreError> {
+        let started = tokio::time::Instant::now();
         let c = self.conn().await?;
         let there = c
             .query_opt("SELECT 1 FROM events WHERE event_id = $1", &[&e.event_id])
@@ -1327,7 +1339,7 @@ impl Store for PostgresStore {
             return Ok(false);
         }
         insert_event(&c, e).await?;
-        self.committed();
+        self.committed(started);
         Ok(true)
     }
 

@@ -550,11 +550,17 @@ impl SqliteStore {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(Write { f, tx });
         self.metrics.writes.inc();
+        let started = tokio::time::Instant::now();
         self.writer
             .send(job)
             .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
+        let answer = rx
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        self.metrics
+            .write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        answer
     }
 
     /// Runs `f` on a reader thread's connection (never blocking a tokio worker).
