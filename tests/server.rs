@@ -119,6 +119,61 @@ async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = Harness::start().await;
+    with_limits(&mut h, &[("header_read_timeout", "1s")]).await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+    let slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = slow.into_split();
+    // One byte every 100 ms, without end: a timeout restarted by every read never fires.
+    let trickle = tokio::spawn(async move {
+        let head = b"GET /v1/payments/m_1001/x HTTP/1.1\r\nHost: a\r\nX-Pad: ";
+        let mut sent = 0usize;
+        loop {
+            let byte = head.get(sent).copied().unwrap_or(b'a');
+            if wr.write_all(&[byte]).await.is_err() {
+                return sent;
+            }
+            sent += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    // Meanwhile the others are served.
+    let paid = h
+        .create(&payment(
+            "m_1001",
+            "trickle-1",
+            "wechat_native",
+            100,
+            json!({}),
+        ))
+        .await;
+    assert_eq!(paid.status, 201, "{}", paid.text);
+    // The server ends the trickler's connection (an answer 408, or just closing it).
+    let mut answer = Vec::new();
+    support::within("the trickling client to be cut off", async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    trickle.abort();
+    let again = h.get_payment("m_1001", "trickle-1", false).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_client_that_sends_nothing_is_cut_off() {
     let mut h = Harness::start().await;
     with_limits(&mut h, &[("header_read_timeout", "300ms")]).await;
