@@ -230,12 +230,12 @@ pub async fn serve<H, F, S>(
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-    // Plain TCP: the protocol is told from a peek at the first bytes (see `speaks_h2`), and
-    // each connection is served by a builder fixed to it. The auto builder reads the first
-    // bytes itself and hands them back as a separate read, which makes hyper grow each
-    // connection's read buffer from 8 to 16 KiB; and it waits for them without a deadline.
-    let plain = Arc::new((builder.clone().http1_only(), builder.clone().http2_only()));
-    let builder = Arc::new(builder);
+    // Each connection is served by a builder fixed to its protocol: told from a peek at the
+    // first bytes on plain TCP (see `speaks_h2`), from ALPN on TLS. The auto builder reads
+    // the first bytes itself and hands them back as a separate read, which makes hyper grow
+    // each connection's read buffer from 8 to 16 KiB; and it waits for them without a
+    // deadline.
+    let plain = Arc::new((builder.clone().http1_only(), builder.http2_only()));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let graceful = GracefulShutdown::new();
     // A connection is watched by `graceful` only once hyper serves it; before that (the TLS
@@ -293,7 +293,7 @@ pub async fn serve<H, F, S>(
                 )
             }
         });
-        let (builder, plain) = (builder.clone(), plain.clone());
+        let plain = plain.clone();
         let watcher = graceful.watcher();
         let acceptor = tls.as_ref().map(TlsSource::acceptor);
         let mut stop = stop.clone();
@@ -304,6 +304,8 @@ pub async fn serve<H, F, S>(
                     let first_bytes =
                         tokio::time::timeout(limits.header_read_timeout, speaks_h2(&stream));
                     let h2 = tokio::select! {
+                        // Bytes already there are served, even when shutdown comes with them.
+                        biased;
                         first = first_bytes => match first {
                             Ok(Ok(h2)) => h2,
                             // Nothing (or a broken socket) within the header timeout.
@@ -321,6 +323,7 @@ pub async fn serve<H, F, S>(
                     let handshake =
                         tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
                     let tls = tokio::select! {
+                        biased;
                         done = handshake => match done {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
@@ -331,6 +334,11 @@ pub async fn serve<H, F, S>(
                         },
                         _ = stop.wait_for(|s| *s) => return,
                     };
+                    // The protocol is what ALPN agreed (h2 over TLS needs it, RFC 9113 §3.2):
+                    // a builder fixed to it, so a client silent after the handshake meets
+                    // hyper's header timeout, which the auto builder's version read has not.
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                    let builder = if h2 { &plain.1 } else { &plain.0 };
                     let conn = builder
                         .serve_connection(TokioIo::new(tls), service)
                         .into_owned();

@@ -258,3 +258,53 @@ async fn a_rotated_certificate_keeps_open_connections_and_client_certificates_ar
     }
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_silent_after_the_handshake_is_cut_off_by_the_header_timeout() {
+    let mut h = Harness::start().await;
+    let dir: PathBuf = h.dir.path().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl_cert(&dir, "ca", None);
+    openssl_cert(&dir, "server-a", Some("ca"));
+    openssl_cert(&dir, "shop", Some("ca"));
+    with_tls(&h, &dir, "server-a", "ca");
+    let text = std::fs::read_to_string(&h.config_path).unwrap().replacen(
+        "  drain_timeout: 5s\n",
+        "  drain_timeout: 5s\n  header_read_timeout: 300ms\n",
+        1,
+    );
+    support::write_atomically(&h.config_path, &text);
+    h.restart().await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+    let shop = connector(&dir, "ca", Some("shop"));
+    let mut silent = within("a TLS connection", connect(&shop, &addr))
+        .await
+        .unwrap();
+    // Handshake done, then nothing: without a deadline on the first request the connection
+    // (and its slot under max_connections) is held until the process stops.
+    let got = within("the server to close the silent connection", async {
+        let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => break got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    // A client that speaks is served as before.
+    let mut talking = within("a TLS connection", connect(&shop, &addr))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("an answer", get_status(&mut talking)).await.unwrap(),
+        404
+    );
+    h.shutdown().await;
+}
