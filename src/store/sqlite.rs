@@ -74,14 +74,16 @@ impl Readers {
             state: Mutex::new(ReadState::default()),
             ready: Condvar::new(),
         });
+        // The handle first: if a later reader cannot start, dropping it ends the ones that did.
+        let readers = Readers(queue);
         for (i, conn) in connections.into_iter().enumerate() {
-            let q = queue.clone();
+            let q = readers.0.clone();
             std::thread::Builder::new()
                 .name(format!("payroute-sqlite-reader-{i}"))
                 .spawn(move || reader_loop(conn, &q))
                 .map_err(|e| StoreError::Backend(format!("starting a reader: {e}")))?;
         }
-        Ok(Readers(queue))
+        Ok(readers)
     }
 
     fn submit(&self, job: ReadJob) {
@@ -121,7 +123,7 @@ fn reader_loop(conn: Connection, queue: &ReadQueue) {
                 st.signalled = st.signalled.saturating_sub(1);
             }
         };
-        // A read that panics loses its answer (its caller sees the store unavailable), not
+        // A read that panics loses its answer (its caller gets an internal error), not
         // the reader.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn)));
     }
@@ -170,10 +172,18 @@ where
 
 /// Writes committed together at most.
 const MAX_BATCH: usize = 512;
-/// Reader threads, each with its connection. Reads are CPU work on cached pages: more
-/// readers than this machine's two cores add no throughput, and each costs a malloc arena
-/// and a page cache (RSS); two still let a point read pass a long one (an export).
-const READERS: usize = 2;
+/// Reader threads, each with its connection, one per core between these bounds. Reads are
+/// CPU work on cached pages: more readers than cores add no throughput, and each costs a
+/// malloc arena and a page cache (RSS); two at least, so that a point read passes a long
+/// one (an export page).
+const MIN_READERS: usize = 2;
+const MAX_READERS: usize = 8;
+
+fn readers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(MIN_READERS, |n| n.get())
+        .clamp(MIN_READERS, MAX_READERS)
+}
 /// The readiness probe's write while writes fail: a few pages' worth, so that it needs
 /// space as a payment's write would.
 const PROBE_BYTES: i64 = 64 * 1024;
@@ -515,7 +525,7 @@ impl SqliteStore {
             let conn = open_connection(&at)?;
             conn.execute_batch(SCHEMA).map_err(backend)?;
             migrate(&conn)?;
-            let readers = (0..READERS)
+            let readers = (0..readers())
                 .map(|_| open_connection(&at))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok::<_, StoreError>((conn, readers))
@@ -573,7 +583,9 @@ impl SqliteStore {
             let _ = tx.send(f(conn));
         }));
         rx.await
-            .map_err(|_| StoreError::Unavailable("the store's reader failed".into()))?
+            // Only a read that panicked drops its answer: a bug to report (500), not a store
+            // that is away (a 503 would invite retrying the same read for ever).
+            .map_err(|_| StoreError::Backend("a store read failed (panicked)".into()))?
     }
 }
 
@@ -1150,6 +1162,19 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::domain::Account;
+
+    /// A read that panics is a bug to report, not a store that is away: a 500, not a
+    /// retryable 503; and the reader survives it.
+    #[tokio::test]
+    async fn a_read_that_panics_is_an_internal_error_and_the_reader_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("p.db")).await.unwrap();
+        for _ in 0..MAX_READERS + 1 {
+            let r: Result<(), StoreError> = store.read(|_| panic!("a bug in a read")).await;
+            assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+        }
+        assert!(store.get_payment("m_1", "none").await.unwrap().is_none());
+    }
 
     fn record(no: &str) -> PaymentRecord {
         PaymentRecord {
