@@ -50,6 +50,13 @@ pub fn init(settings: &LogSettings) -> LogGuard {
     });
     let batcher = Batcher::start(Box::new(std::io::stderr()));
     let guard = LogGuard(batcher.clone());
+    // A panic's message goes straight to stderr: the lines that led to it go first.
+    let flush = batcher.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        flush.flush();
+        previous(info);
+    }));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(batcher);
@@ -174,11 +181,19 @@ impl Batcher {
 }
 
 /// What `tracing_subscriber` writes one formatted event into.
-pub struct BatchWriter(Batcher);
+pub struct BatchWriter {
+    batcher: Batcher,
+    /// A warning or an error: written out at once with what waits before it, so that it is
+    /// not the line lost to a crash, nor shown after a panic message it led to.
+    urgent: bool,
+}
 
 impl Write for BatchWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.push(buf);
+        self.batcher.push(buf);
+        if self.urgent {
+            self.batcher.flush();
+        }
         Ok(buf.len())
     }
 
@@ -191,7 +206,17 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Batcher {
     type Writer = BatchWriter;
 
     fn make_writer(&'a self) -> BatchWriter {
-        BatchWriter(self.clone())
+        BatchWriter {
+            batcher: self.clone(),
+            urgent: false,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> BatchWriter {
+        BatchWriter {
+            batcher: self.clone(),
+            urgent: *meta.level() <= tracing::Level::WARN,
+        }
     }
 }
 
@@ -214,6 +239,27 @@ mod tests {
     }
 
     #[test]
+    fn a_warning_is_written_at_once_with_the_lines_before_it() {
+        let sink = Sink::default();
+        let batcher = Batcher::start(Box::new(sink.clone()));
+        let mut info = BatchWriter {
+            batcher: batcher.clone(),
+            urgent: false,
+        };
+        let mut warn = BatchWriter {
+            batcher,
+            urgent: true,
+        };
+        info.write_all(b"info line\n").unwrap();
+        warn.write_all(b"warn line\n").unwrap();
+        // No waiting for the batch: both are out, in order, when the warning's write returns.
+        assert_eq!(
+            String::from_utf8(sink.0.lock().unwrap().clone()).unwrap(),
+            "info line\nwarn line\n"
+        );
+    }
+
+    #[test]
     fn every_line_arrives_whole_and_each_thread_in_order() {
         let sink = Sink::default();
         let batcher = Batcher::start(Box::new(sink.clone()));
@@ -222,7 +268,10 @@ mod tests {
                 let b = batcher.clone();
                 std::thread::spawn(move || {
                     for i in 0..2_000 {
-                        let mut w = BatchWriter(b.clone());
+                        let mut w = BatchWriter {
+                            batcher: b.clone(),
+                            urgent: false,
+                        };
                         w.write_all(format!("t{t} line {i}\n").as_bytes()).unwrap();
                     }
                 })
