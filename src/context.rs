@@ -94,37 +94,60 @@ pub fn request_id_from(header: Option<&str>) -> String {
     }
 }
 
-/// 16 hex digits, unique within the process: a counter from a random start, scrambled by a
-/// bijection (SplitMix64's finaliser), so two requests never share an id and ids of different
-/// runs do not line up. An id only tells requests apart in logs; it is not a secret, so the
-/// OS's generator is asked once per process rather than once per request.
+/// 16 hex digits, unique within the process: a counter put through a keyed permutation of
+/// 64-bit values (a four-round Feistel network whose round function is SipHash under a key
+/// drawn at start), so two requests never share an id, runs do not line up, and the ids a
+/// shop sees do not tell it how many requests others made in between (an unkeyed scramble
+/// can be inverted). An id only tells requests apart in logs; it needs no per-request
+/// randomness.
 fn fresh_id() -> String {
+    use std::hash::BuildHasher;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static START: OnceLock<u64> = OnceLock::new();
+    static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let start = *START.get_or_init(|| {
-        use aws_lc_rs::rand::SecureRandom;
-        let mut bytes = [0u8; 8];
-        match aws_lc_rs::rand::SystemRandom::new().fill(&mut bytes) {
-            Ok(()) => u64::from_le_bytes(bytes),
-            // No randomness: the clock still keeps runs apart.
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or_default(),
-        }
-    });
-    let mut x = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    format!("{x:016x}")
+    let key = KEY.get_or_init(std::collections::hash_map::RandomState::new);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let (mut left, mut right) = ((n >> 32) as u32, n as u32);
+    for round in 0u8..4 {
+        let f = key.hash_one((round, right)) as u32;
+        (left, right) = (right, left ^ f);
+    }
+    format!("{:016x}", (u64::from(left) << 32) | u64::from(right))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SplitMix64's finaliser undone: what the ids were before they were keyed.
+    fn unscramble(mut y: u64) -> u64 {
+        fn inverse(c: u64) -> u64 {
+            let mut inv = c;
+            for _ in 0..6 {
+                inv = inv.wrapping_mul(2u64.wrapping_sub(c.wrapping_mul(inv)));
+            }
+            inv
+        }
+        y ^= (y >> 31) ^ (y >> 62);
+        y = y.wrapping_mul(inverse(0x94d0_49bb_1331_11eb));
+        y ^= (y >> 27) ^ (y >> 54);
+        y = y.wrapping_mul(inverse(0xbf58_476d_1ce4_e5b9));
+        y ^ (y >> 30) ^ (y >> 60)
+    }
+
+    #[test]
+    fn ids_do_not_count_the_requests_between_them() {
+        let parse = |id: String| u64::from_str_radix(&id, 16).unwrap();
+        let (a, b) = (parse(fresh_id()), parse(fresh_id()));
+        // With a public scramble the difference is the number of ids handed out between the
+        // two (1, or a few thousand while other tests take ids too).
+        let gap = unscramble(b).wrapping_sub(unscramble(a));
+        assert!(
+            (1_000_000..u64::MAX - 1_000_000).contains(&gap),
+            "the ids give away a count: {gap}"
+        );
+    }
 
     #[test]
     fn a_plain_client_id_is_kept_and_anything_else_replaced() {
