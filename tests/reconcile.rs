@@ -112,3 +112,45 @@ async fn expired_orders_are_closed_and_paid_ones_never_are() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_claims_only_what_it_checks_at_once() {
+    // One check at a time, slow queries: the orders waiting their turn must stay free for
+    // another instance, not sit claimed while their lease runs.
+    let rules = format!(
+        "{}reconcile: {{ concurrency: 1, tiers: [ {{ until: 10m, every: 200ms }}, {{ until: 24h, every: 1h }} ] }}\n",
+        support::RULES
+    );
+    let Some(h) = Harness::start_on_postgres_with(&rules).await else {
+        return;
+    };
+    h.faults(json!({"drop_notifications": true})).await;
+    for no in ["rq-1", "rq-2", "rq-3"] {
+        let r = h
+            .create(&payment("m_1001", no, "wechat_native", 300, json!({})))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    h.faults(json!({"drop_notifications": true, "latency_ms": 1500}))
+        .await;
+    wait_until("the worker to be checking one", || async {
+        support::metric(
+            &h.metrics().await,
+            r#"payroute_reconcile_actions_total{action="query"}"#,
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    // Another instance looks now: the two not being checked are free to take.
+    let store = h.running.as_ref().unwrap().app.payments.store().clone();
+    let now = payroute::payment::now_ms();
+    let free = store.due_payments(now, 10).await.unwrap();
+    assert_eq!(
+        free.len(),
+        2,
+        "{:?}",
+        free.iter().map(|p| &p.out_trade_no).collect::<Vec<_>>()
+    );
+    h.shutdown().await;
+}
