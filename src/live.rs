@@ -112,6 +112,15 @@ impl LiveConfig {
             if only_if_changed && config.version == current.config.version {
                 return Ok(None);
             }
+            // The running store keeps the lease it started with (a new one takes effect on
+            // restart): the new timeouts must fit in that one.
+            if let Some(problem) = crate::config::workers::lease_shortfall(
+                &current.config.store,
+                &config.webhooks,
+                &config.channels,
+            ) {
+                return Err(format!("the running store.lease {problem}"));
+            }
             let channels =
                 ChannelSet::build(&config.channels, &self.channel_metrics, &self.resilience)?;
             Ok(Some((config, channels)))

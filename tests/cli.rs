@@ -338,9 +338,9 @@ fn check_names_the_key_of_a_bad_postgres_store_and_never_its_password() {
         ),
         (
             // The shipped test config's channels time out after 5s.
-            format!("store: {{ kind: postgres, url: \"{url}\", lease: 3s }}"),
+            format!("store: {{ kind: postgres, url: \"{url}\", lease: 8s }}"),
             "store.lease",
-            "must be longer than",
+            "must be at least 5s longer than",
         ),
         (
             "store: { kind: sqlite, path: data/x.db, lease: 3m }".to_string(),

@@ -269,10 +269,10 @@ struct Order {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_one_instance_mid_stream_loses_nothing_and_the_other_delivers_its_events() {
-    // Claims last 12s; a delivery gives up after 10s (the lease must outlast it: config
-    // validation holds it to that); failed deliveries retry after 300ms.
+    // Claims last 12s; a delivery gives up after 5s (the lease must outlast it and the write
+    // of its outcome: config validation holds it to that); failed deliveries retry after 300ms.
     let rules = format!(
-        "{}webhooks: {{ timeout: 10s, schedule: [300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms] }}\n",
+        "{}webhooks: {{ timeout: 5s, schedule: [300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms] }}\n",
         support::RULES
     );
     let Some(mut h) = Harness::start_on_postgres_opts(PgOptions {
@@ -362,10 +362,10 @@ async fn sigkill_of_one_instance_mid_stream_loses_nothing_and_the_other_delivers
         })
         .collect();
 
-    // Mid-stream, while A still holds the four events (its deliveries wait up to 10s).
+    // Mid-stream, while A still holds the four events (its deliveries wait up to 5s).
     support::wait_until("some creates acknowledged", || async {
         acked.load(std::sync::atomic::Ordering::SeqCst) >= 16
-            || claimed_at.elapsed() > std::time::Duration::from_secs(5)
+            || claimed_at.elapsed() > std::time::Duration::from_secs(3)
     })
     .await;
     assert_eq!(
@@ -770,4 +770,29 @@ async fn postgres_restarted_mid_stream_answers_clear_503s_duplicates_nothing_and
         Err(_) => panic!("the harness is still shared"),
     }
     drop(pg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_whose_timeouts_outgrow_the_running_lease_is_refused() {
+    let Some(h) = Harness::start_on_postgres_opts(PgOptions {
+        store_extra: ", lease: 12s",
+        ..PgOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let before = h.admin_get("/admin/config").await.body["version"].clone();
+    // Valid as a file (a 20s lease for 10s calls), but the running store keeps its 12s lease
+    // until a restart: calls of 10s would outlive their claims.
+    let text = std::fs::read_to_string(&h.config_path)
+        .unwrap()
+        .replace("timeout: 2s", "timeout: 10s")
+        .replace("lease: 12s", "lease: 20s");
+    support::write_atomically(&h.config_path, &text);
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_ne!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("running store.lease"), "{}", r.text);
+    assert_eq!(h.admin_get("/admin/config").await.body["version"], before);
+    h.shutdown().await;
 }

@@ -28,6 +28,9 @@ pub const MAX_PG_POOL_SIZE: u32 = 1000;
 pub const DEFAULT_PG_LEASE: Duration = crate::store::postgres::DEFAULT_LEASE;
 /// The shortest `store.lease` accepted.
 pub const MIN_PG_LEASE: Duration = Duration::from_secs(1);
+/// How much longer than the longest webhook or channel `timeout` `store.lease` must be: the
+/// work's outcome is recorded after it, and that write may wait this long for a connection.
+pub const PG_LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// `store.schema` of `kind: postgres` when absent.
 pub const DEFAULT_PG_SCHEMA: &str = "payroute";
 

@@ -1,7 +1,13 @@
 //! The background workers' settings (config `reconcile:` and `webhooks:`): kept here, below
 //! the workers, because the workers read the live config that holds them.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::channel::ChannelSettings;
+use crate::config::defaults::PG_LEASE_MARGIN;
+use crate::store::StoreSettings;
 
 /// WeChat Pay's own notification schedule (DESIGN.md §3): the wait after each failed
 /// delivery; after the last, the event is `dead`.
@@ -108,4 +114,30 @@ impl ReconcileSettings {
     pub fn first_check(&self, created_at: i64) -> i64 {
         created_at + self.tiers.first().map_or(0, |t| t.every.as_millis() as i64)
     }
+}
+
+/// Why a shared store's `lease` is too short for this work, if it is. A claim that runs out
+/// while its holder still works lets a second instance do the same work alongside: a webhook
+/// sent twice, a channel queried twice. So the lease must outlast one delivery or one channel
+/// call with its retries, and the write of its outcome ([`PG_LEASE_MARGIN`]).
+pub fn lease_shortfall(
+    store: &StoreSettings,
+    webhooks: &WebhookSettings,
+    channels: &BTreeMap<String, Arc<ChannelSettings>>,
+) -> Option<String> {
+    let StoreSettings::Postgres { lease, .. } = store else {
+        return None;
+    };
+    let (what, took) = std::iter::once(("webhooks.timeout".to_string(), webhooks.timeout))
+        .chain(
+            channels
+                .iter()
+                .map(|(name, c)| (format!("channels.{name}.timeout"), c.timeout)),
+        )
+        .max_by_key(|(_, d)| *d)?;
+    (*lease < took + PG_LEASE_MARGIN).then(|| {
+        format!(
+            "{lease:?} must be at least {PG_LEASE_MARGIN:?} longer than {what} ({took:?}): work still running when its claim runs out would be done twice"
+        )
+    })
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::Errors;
 use crate::channel::ChannelSettings;
 use crate::config::file::FileConfig;
-use crate::config::workers::{ReconcileSettings, Tier, WebhookSettings};
+use crate::config::workers::{lease_shortfall, ReconcileSettings, Tier, WebhookSettings};
 use crate::resilience::parse_duration;
 use crate::store::StoreSettings;
 
@@ -120,33 +120,14 @@ fn concurrency(value: Option<usize>, path: &str, errs: &mut Errors) -> Option<us
     }
 }
 
-/// A claim that runs out while its holder still works lets a second instance do the same work
-/// alongside: a webhook sent twice, a channel queried twice. So `store.lease` must outlast
-/// one delivery and one channel call with its retries.
+/// `store.lease` must outlast the work its claims cover (see [`lease_shortfall`]).
 pub(super) fn lease_outlasts_the_work(
     store: &StoreSettings,
     webhooks: &WebhookSettings,
     channels: &BTreeMap<String, Arc<ChannelSettings>>,
     errs: &mut Errors,
 ) {
-    let StoreSettings::Postgres { lease, .. } = store else {
-        return;
-    };
-    let longest = std::iter::once(("webhooks.timeout".to_string(), webhooks.timeout))
-        .chain(
-            channels
-                .iter()
-                .map(|(name, c)| (format!("channels.{name}.timeout"), c.timeout)),
-        )
-        .max_by_key(|(_, d)| *d);
-    if let Some((what, took)) = longest {
-        if *lease <= took {
-            errs.push(
-                "store.lease",
-                format!(
-                    "store.lease: {lease:?} must be longer than {what} ({took:?}): work still running when its claim runs out would be done twice"
-                ),
-            );
-        }
+    if let Some(problem) = lease_shortfall(store, webhooks, channels) {
+        errs.push("store.lease", format!("store.lease: {problem}"));
     }
 }
