@@ -195,7 +195,9 @@ pub type Body = Full<Bytes>;
 /// - A connection must send its request head (HTTP/1) or finish its TLS handshake within
 ///   `limits.header_read_timeout`. hyper starts that timer again whenever a keep-alive
 ///   connection waits for its next request, so it is also the idle timeout. HTTP/2
-///   connections are pinged instead, and closed when a ping goes unanswered.
+///   connections are pinged instead, and closed when a ping goes unanswered. The first
+///   bytes (plain TCP) and the TLS handshake have a deadline of their own before hyper's
+///   starts, so a client slow at both may take up to twice the timeout for its first head.
 /// - At most `limits.max_in_flight` requests are handled at once; the next is refused at
 ///   once with [`Refusal::Overloaded`] and none already accepted is disturbed.
 /// - A request not answered within `limits.request_timeout` gets [`Refusal::TimedOut`].
