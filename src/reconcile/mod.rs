@@ -27,6 +27,8 @@ use crate::store::{PaymentRecord, RefundRecord};
 
 /// How often the worker looks for due checks.
 const POLL: Duration = Duration::from_millis(500);
+/// Due records taken per round.
+const BATCH: u32 = 128;
 /// A record with a call in flight is looked at again this much later.
 const BUSY_RETRY_MS: i64 = 1_000;
 pub struct Reconciler {
@@ -58,61 +60,34 @@ impl Reconciler {
 
     pub async fn run(self: Arc<Self>, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut rounds = 0u64;
         loop {
-            rounds += 1;
-            let full = tokio::select! {
+            tokio::select! {
                 _ = &mut stop => return,
-                full = self.clone().round(rounds % 2 == 0) => full,
-            };
-            // A full round may have left more due: the next starts at once.
-            if !full {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = tokio::time::sleep(POLL) => {}
-                }
+                _ = self.clone().round() => {}
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(POLL) => {}
             }
         }
     }
 
-    /// Checks what is due now, at most `reconcile.concurrency` records, all at once; whether
-    /// it took that many (more may be due).
-    ///
-    /// A round claims no more than it starts at once: a claim's lease (`store.lease`) runs
-    /// from the claim, so a record claimed to wait behind others could see its lease run out
-    /// before its check began, and another instance check it too. Payments and refunds take
-    /// turns at going first, so that neither waits behind the other for ever.
-    pub async fn round(self: Arc<Self>, refunds_first: bool) -> bool {
+    /// Checks everything due now, `reconcile.concurrency` at a time.
+    pub async fn round(self: Arc<Self>) {
         let now = now_ms();
         let live = self.live.load();
         let settings = live.config.reconcile.clone();
         let store = self.payments.store();
-        let limit = u32::try_from(settings.concurrency.max(1)).unwrap_or(u32::MAX);
-        let claimed = async {
-            let (mut payments, mut refunds) = (Vec::new(), Vec::new());
-            let left = |p: &Vec<PaymentRecord>, r: &Vec<RefundRecord>| {
-                limit.saturating_sub((p.len() + r.len()) as u32)
-            };
-            if refunds_first {
-                refunds = store.due_refunds(now, limit).await?;
-            }
-            if left(&payments, &refunds) > 0 {
-                payments = store.due_payments(now, left(&payments, &refunds)).await?;
-            }
-            if !refunds_first && left(&payments, &refunds) > 0 {
-                refunds = store.due_refunds(now, left(&payments, &refunds)).await?;
-            }
-            Ok::<_, crate::store::StoreError>((payments, refunds))
-        }
-        .await;
-        let (payments, refunds) = match claimed {
-            Ok(both) => both,
-            Err(e) => {
+        let (payments, refunds) = match (
+            store.due_payments(now, BATCH).await,
+            store.due_refunds(now, BATCH).await,
+        ) {
+            (Ok(p), Ok(r)) => (p, r),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "reconcile: cannot read due orders");
-                return false;
+                return;
             }
         };
-        let full = payments.len() + refunds.len() >= limit as usize;
         let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         let mut tasks = JoinSet::new();
         for p in payments {
@@ -132,7 +107,6 @@ impl Reconciler {
             });
         }
         while tasks.join_next().await.is_some() {}
-        full
     }
 
     async fn check_payment(&self, live: &Live, settings: &ReconcileSettings, p: PaymentRecord) {
