@@ -216,7 +216,7 @@ async fn a_full_disk_is_503_with_nothing_sent_and_readyz_says_so_until_space_ret
     ))
     .await
     .expect_created_on("m1001_wechat");
-    assert_eq!(ready(&h).await, 200);
+    assert_eq!(h.ready().await, 200);
 
     disk.fill();
     // The first failing write may come after a channel call (the outcome's); from then on
@@ -243,10 +243,10 @@ async fn a_full_disk_is_503_with_nothing_sent_and_readyz_says_so_until_space_ret
             .expect_error(503, "store_unavailable");
         assert!(h.sandbox_orders(&no).await.is_empty(), "{no}: sent");
     }
-    assert_eq!(ready(&h).await, 503, "/readyz while writes fail");
+    assert_eq!(h.ready().await, 503, "/readyz while writes fail");
 
     disk.free();
-    wait_until("/readyz to recover", || async { ready(&h).await == 200 }).await;
+    wait_until("/readyz to recover", || async { h.ready().await == 200 }).await;
     h.create(&payment(
         "m_1001",
         "full-back",
@@ -260,10 +260,4 @@ async fn a_full_disk_is_503_with_nothing_sent_and_readyz_says_so_until_space_ret
     assert_eq!(h.get_payment("m_1001", "full-0", false).await.status, 200);
     h.shutdown().await;
     drop(disk);
-}
-
-/// `GET /readyz`'s status.
-async fn ready(h: &Harness) -> u16 {
-    let url = format!("{}/readyz", h.admin);
-    h.send(http::Method::GET, &url, &[], "").await.status
 }

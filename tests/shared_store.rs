@@ -171,19 +171,11 @@ async fn two_instances_on_one_database_act_as_one() {
     // The shop hears of the payment once, though two outboxes poll one database.
     h.receiver.event("refund.succeeded", "two-1").await;
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
-    let succeeded = h
-        .receiver
-        .accepted()
-        .into_iter()
-        .filter(|e| e["type"] == "payment.succeeded" && e["data"]["out_trade_no"] == "two-1")
-        .count();
+    let succeeded = h.receiver.told("payment.succeeded", "two-1");
     assert_eq!(succeeded, 1, "one delivery of the one event");
 
     b.shutdown().await;
-    match std::sync::Arc::try_unwrap(h) {
-        Ok(h) => h.shutdown().await,
-        Err(_) => panic!("the harness is still shared"),
-    }
+    Harness::shutdown_shared(h).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -430,19 +422,11 @@ async fn sigkill_of_one_instance_mid_stream_loses_nothing_and_the_other_delivers
     }
     tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
     for no in paid {
-        let told = h
-            .receiver
-            .accepted()
-            .into_iter()
-            .filter(|e| e["type"] == "payment.succeeded" && e["data"]["out_trade_no"] == no)
-            .count();
+        let told = h.receiver.told("payment.succeeded", no);
         assert_eq!(told, 1, "{no}");
     }
     b.shutdown().await;
-    match std::sync::Arc::try_unwrap(h) {
-        Ok(h) => h.shutdown().await,
-        Err(_) => panic!("the harness is still shared"),
-    }
+    Harness::shutdown_shared(h).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -470,12 +454,7 @@ async fn two_reconcilers_on_one_database_resolve_an_order_once() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     for no in ["rc2-1", "rc2-2", "rc2-3"] {
-        let told = h
-            .receiver
-            .accepted()
-            .into_iter()
-            .filter(|e| e["type"] == "payment.succeeded" && e["data"]["out_trade_no"] == no)
-            .count();
+        let told = h.receiver.told("payment.succeeded", no);
         assert_eq!(told, 1, "{no}: one event, delivered once");
         assert_eq!(
             h.get_payment("m_1001", no, false).await.body["status"],
@@ -534,10 +513,7 @@ async fn postgres_away_answers_503_sends_nothing_and_recovers() {
     // Back: the same request now goes through, and what was written before is there.
     forwarder.restore().await;
     support::wait_until("the store to be ready again", || async {
-        h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "")
-            .await
-            .status
-            == 200
+        h.ready().await == 200
     })
     .await;
     h.create(&payment(
@@ -732,20 +708,14 @@ async fn postgres_restarted_mid_stream_answers_clear_503s_duplicates_nothing_and
     })
     .await;
     support::wait_until("/readyz to say the store is away", || async {
-        h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "")
-            .await
-            .status
-            == 503
+        h.ready().await == 503
     })
     .await;
     let acked_while_down = acked.load(std::sync::atomic::Ordering::SeqCst);
     pg.start_server();
     eprintln!("PostgreSQL was down for {:?}", stop.elapsed());
     support::wait_until("the store to be ready again", || async {
-        h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "")
-            .await
-            .status
-            == 200
+        h.ready().await == 200
     })
     .await;
 
@@ -765,10 +735,7 @@ async fn postgres_restarted_mid_stream_answers_clear_503s_duplicates_nothing_and
         let at_channel = h.sandbox_orders(no).await;
         assert_eq!(at_channel.len(), 1, "{no}: {at_channel:?}");
     }
-    match std::sync::Arc::try_unwrap(h) {
-        Ok(h) => h.shutdown().await,
-        Err(_) => panic!("the harness is still shared"),
-    }
+    Harness::shutdown_shared(h).await;
     drop(pg);
 }
 

@@ -156,6 +156,14 @@ impl Receiver {
             .collect()
     }
 
+    /// How many events of `kind` for the order `out_trade_no` the shop accepted so far.
+    pub fn told(&self, kind: &str, out_trade_no: &str) -> usize {
+        self.accepted()
+            .into_iter()
+            .filter(|e| e["type"] == kind && e["data"]["out_trade_no"] == out_trade_no)
+            .count()
+    }
+
     /// Waits (with the test deadline) until `accepted()` holds an event of `kind` for the
     /// order `out_trade_no`; returns it.
     pub async fn event(&self, kind: &str, out_trade_no: &str) -> Value {
@@ -1022,6 +1030,20 @@ impl Harness {
         self.send(Method::GET, &format!("{}/metrics", self.admin), &[], "")
             .await
             .text
+    }
+
+    /// `GET /readyz`'s status.
+    pub async fn ready(&self) -> u16 {
+        let url = format!("{}/readyz", self.admin);
+        self.send(Method::GET, &url, &[], "").await.status
+    }
+
+    /// [`Harness::shutdown`] of a harness the test shared with its tasks (all done by now).
+    pub async fn shutdown_shared(h: Arc<Harness>) {
+        match Arc::try_unwrap(h) {
+            Ok(h) => h.shutdown().await,
+            Err(_) => panic!("the harness is still shared"),
+        }
     }
 
     pub async fn shutdown(mut self) {
