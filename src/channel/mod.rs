@@ -153,6 +153,9 @@ pub struct SubMerchant {
     pub wechat_sub_mchid: Option<String>,
     pub wechat_sub_appid: Option<String>,
     pub alipay_app_auth_token: Option<Secret>,
+    /// The merchant's Alipay user id (`2088…`), which a token refresh keeps: the identity
+    /// an ISV order is bound to.
+    pub alipay_seller_id: Option<String>,
 }
 
 /// What the channel is asked to create.

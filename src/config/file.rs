@@ -153,6 +153,10 @@ pub struct MerchantFile {
     pub wechat_sub_appid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alipay_app_auth_token: Option<String>,
+    /// The merchant's Alipay user id (`2088…`): what an ISV order is bound to, since a
+    /// token refresh keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alipay_seller_id: Option<String>,
 }
 
 /// One flat struct for every connector kind; validation rejects keys the kind does not use.
@@ -161,6 +165,9 @@ pub struct MerchantFile {
 pub struct ChannelFile {
     pub kind: String,
     pub mode: String,
+    /// The merchants a direct-mode channel (a merchant's own account) serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchants: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

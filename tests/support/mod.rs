@@ -500,11 +500,11 @@ shops:
     merchants: [m_9009]
     webhook: {{ url: "{webhook_url}", secret: {WEBHOOK_SECRET} }}
 merchants:
-  m_1001: {{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m_1001_TEST_ONLY }}
-  m_2002: {{ wechat_sub_mchid: "1900000209", alipay_app_auth_token: tok_m_2002_TEST_ONLY }}
-  m_3003: {{ wechat_sub_mchid: "1900000309", alipay_app_auth_token: tok_m_3003_TEST_ONLY }}
-  m_4004: {{ wechat_sub_mchid: "1900000409", alipay_app_auth_token: tok_m_4004_TEST_ONLY }}
-  m_9009: {{ wechat_sub_mchid: "1900000909", alipay_app_auth_token: tok_m_9009_TEST_ONLY }}
+  m_1001: {{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m_1001_TEST_ONLY, alipay_seller_id: "2088000000001001" }}
+  m_2002: {{ wechat_sub_mchid: "1900000209", alipay_app_auth_token: tok_m_2002_TEST_ONLY, alipay_seller_id: "2088000000002002" }}
+  m_3003: {{ wechat_sub_mchid: "1900000309", alipay_app_auth_token: tok_m_3003_TEST_ONLY, alipay_seller_id: "2088000000003003" }}
+  m_4004: {{ wechat_sub_mchid: "1900000409", alipay_app_auth_token: tok_m_4004_TEST_ONLY, alipay_seller_id: "2088000000004004" }}
+  m_9009: {{ wechat_sub_mchid: "1900000909", alipay_app_auth_token: tok_m_9009_TEST_ONLY, alipay_seller_id: "2088000000009009" }}
 channels:{platform}{m1001}{m2002}{m3003}
 {extra_channels}
 routing:

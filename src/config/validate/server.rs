@@ -307,6 +307,7 @@ pub(super) fn merchants(f: &FileConfig, errs: &mut Errors) -> HashMap<String, Su
                 wechat_sub_mchid: m.wechat_sub_mchid.clone(),
                 wechat_sub_appid: m.wechat_sub_appid.clone(),
                 alipay_app_auth_token: token,
+                alipay_seller_id: m.alipay_seller_id.clone(),
             },
         );
     }
