@@ -97,6 +97,18 @@ pub type Refuse = Arc<dyn Fn(Refusal) -> Response<Body> + Send + Sync>;
 #[derive(Clone)]
 pub struct TlsSettings {
     pub config: Arc<rustls::ServerConfig>,
+    /// `client_ca` is set: clients are asked for a certificate, and the API refuses a shop
+    /// whose connection presented none (see [`ClientCertificate`]).
+    pub client_ca: bool,
+}
+
+/// Put on each request that came over TLS: whether its connection presented a client
+/// certificate that `client_ca` verified at the handshake. A presented certificate that
+/// does not verify fails the handshake, so "presented" here means "verified". Requests over
+/// plain TCP carry none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientCertificate {
+    pub verified: bool,
 }
 
 impl std::fmt::Debug for TlsSettings {
@@ -110,8 +122,10 @@ impl TlsSettings {
         TlsSettings::with_client_ca(cert_pem, key_pem, None)
     }
 
-    /// With `client_ca_pem`, every client must present a certificate that chains to it
-    /// (mutual TLS for shops); without, none is asked for.
+    /// With `client_ca_pem`, every client is asked for a certificate that chains to it, but
+    /// one without is still let in: providers notifying `/notify/*` on the same listener
+    /// have none, so the API, not the handshake, refuses a shop without one. A certificate
+    /// that is presented and does not chain fails the handshake. Without, none is asked for.
     pub fn with_client_ca(
         cert_pem: &str,
         key_pem: &str,
@@ -147,6 +161,7 @@ impl TlsSettings {
                     Arc::new(roots),
                     provider,
                 )
+                .allow_unauthenticated()
                 .build()
                 .map_err(|e| format!("client_ca: {e}"))?;
                 builder.with_client_cert_verifier(verifier)
@@ -158,6 +173,7 @@ impl TlsSettings {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsSettings {
             config: Arc::new(config),
+            client_ca: client_ca_pem.is_some(),
         })
     }
 }
@@ -271,30 +287,37 @@ pub async fn serve<H, F, S>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let (in_flight, refuse) = (in_flight.clone(), refuse.clone());
-        let service = service_fn(move |req| {
-            let h = handler.clone();
-            let (in_flight, refuse) = (in_flight.clone(), refuse.clone());
-            async move {
-                let Ok(permit) = in_flight.try_acquire_owned() else {
-                    return Ok::<_, Infallible>(refuse(Refusal::Overloaded));
-                };
-                // The permit goes with the task: work that outlives its deadline still counts.
-                let work = tokio::spawn(async move {
-                    let _permit = permit;
-                    h(req, peer).await
-                });
-                Ok(
-                    match tokio::time::timeout(limits.request_timeout, work).await {
-                        Ok(Ok(resp)) => resp,
-                        Ok(Err(e)) => {
-                            tracing::error!(%peer, error = %e, "request handler failed");
-                            refuse(Refusal::Failed)
-                        }
-                        Err(_) => refuse(Refusal::TimedOut),
-                    },
-                )
-            }
-        });
+        // Built once the connection is known: over TLS, each request carries whether the
+        // handshake verified a client certificate.
+        let service = move |client: Option<ClientCertificate>| {
+            service_fn(move |mut req: Request<Incoming>| {
+                if let Some(client) = client {
+                    req.extensions_mut().insert(client);
+                }
+                let h = handler.clone();
+                let (in_flight, refuse) = (in_flight.clone(), refuse.clone());
+                async move {
+                    let Ok(permit) = in_flight.try_acquire_owned() else {
+                        return Ok::<_, Infallible>(refuse(Refusal::Overloaded));
+                    };
+                    // The permit goes with the task: work that outlives its deadline still counts.
+                    let work = tokio::spawn(async move {
+                        let _permit = permit;
+                        h(req, peer).await
+                    });
+                    Ok(
+                        match tokio::time::timeout(limits.request_timeout, work).await {
+                            Ok(Ok(resp)) => resp,
+                            Ok(Err(e)) => {
+                                tracing::error!(%peer, error = %e, "request handler failed");
+                                refuse(Refusal::Failed)
+                            }
+                            Err(_) => refuse(Refusal::TimedOut),
+                        },
+                    )
+                }
+            })
+        };
         let plain = plain.clone();
         let watcher = graceful.watcher();
         let acceptor = tls.as_ref().map(TlsSource::acceptor);
@@ -317,7 +340,7 @@ pub async fn serve<H, F, S>(
                     };
                     let builder = if h2 { &plain.1 } else { &plain.0 };
                     let conn = builder
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection(TokioIo::new(stream), service(None))
                         .into_owned();
                     watcher.watch(conn).await
                 }
@@ -341,8 +364,15 @@ pub async fn serve<H, F, S>(
                     // hyper's header timeout, which the auto builder's version read has not.
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                     let builder = if h2 { &plain.1 } else { &plain.0 };
+                    let client = ClientCertificate {
+                        verified: tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .is_some_and(|c| !c.is_empty()),
+                    };
                     let conn = builder
-                        .serve_connection(TokioIo::new(tls), service)
+                        .serve_connection(TokioIo::new(tls), service(Some(client)))
                         .into_owned();
                     watcher.watch(conn).await
                 }

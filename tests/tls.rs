@@ -133,8 +133,22 @@ async fn connect(
 
 /// One keep-alive GET on `stream`; the status line's code.
 async fn get_status(stream: &mut TlsStream<tokio::net::TcpStream>) -> std::io::Result<u16> {
+    Ok(request(stream, "GET", "/v1/payments/m_1001/tls-none", None)
+        .await?
+        .0)
+}
+
+/// One keep-alive request as the test shop on `stream`: the status and the JSON body.
+async fn request(
+    stream: &mut TlsStream<tokio::net::TcpStream>,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = format!(
-        "GET /v1/payments/m_1001/tls-none HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {SHOP_KEY}\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {SHOP_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     );
     stream.write_all(req.as_bytes()).await?;
     let mut got = Vec::new();
@@ -157,7 +171,8 @@ async fn get_status(stream: &mut TlsStream<tokio::net::TcpStream>) -> std::io::R
                 })
                 .unwrap_or(0);
             if body.len() >= len {
-                return Ok(head[9..12].parse().unwrap());
+                let json = serde_json::from_str(&body[..len]).unwrap_or_default();
+                return Ok((head[9..12].parse().unwrap(), json));
             }
         }
     }
@@ -238,24 +253,35 @@ async fn a_rotated_certificate_keeps_open_connections_and_client_certificates_ar
         404
     );
 
-    // No client certificate, or one from another CA: no answer. (In TLS 1.3 the server's
-    // refusal may arrive only with the first read.)
-    for (who, client) in [
-        ("no certificate", connector(&dir, "ca", None)),
-        (
-            "a stranger's certificate",
-            connector(&dir, "ca", Some("stranger")),
-        ),
-    ] {
-        let answered = within("a refused client", async {
-            match connect(&client, &addr).await {
-                Ok(mut s) => get_status(&mut s).await.ok(),
-                Err(_) => None,
-            }
-        })
-        .await;
-        assert_eq!(answered, None, "{who} was served");
-    }
+    // No client certificate: connected (providers have none), but no shop API.
+    let mut anonymous = within(
+        "a TLS connection",
+        connect(&connector(&dir, "ca", None), &addr),
+    )
+    .await
+    .unwrap();
+    let (status, body) = within(
+        "an answer",
+        request(&mut anonymous, "GET", "/v1/payments/m_1001/tls-none", None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        body["error"]["code"], "client_certificate_required",
+        "{body}"
+    );
+    // One from another CA: no answer. (In TLS 1.3 the server's refusal may arrive only with
+    // the first read.)
+    let stranger = connector(&dir, "ca", Some("stranger"));
+    let answered = within("a refused client", async {
+        match connect(&stranger, &addr).await {
+            Ok(mut s) => get_status(&mut s).await.ok(),
+            Err(_) => None,
+        }
+    })
+    .await;
+    assert_eq!(answered, None, "a stranger's certificate was served");
     h.shutdown().await;
 }
 
@@ -305,6 +331,119 @@ async fn a_client_silent_after_the_handshake_is_cut_off_by_the_header_timeout() 
     assert_eq!(
         within("an answer", get_status(&mut talking)).await.unwrap(),
         404
+    );
+    h.shutdown().await;
+}
+
+/// `client_ca` asks every client for a certificate but requires one only of shops: providers
+/// notify on the same listener without one. The proxy serves the sandbox's TEST-ONLY
+/// `localhost` certificate here, which the sandbox's notifier trusts, so the sandbox's own
+/// notification travels over this TLS listener exactly as a provider's would.
+#[tokio::test]
+async fn with_client_ca_providers_notify_without_a_certificate_and_shops_need_one() {
+    let mut h = Harness::start().await;
+    let dir: PathBuf = h.dir.path().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl_cert(&dir, "ca", None);
+    openssl_cert(&dir, "shop", Some("ca"));
+    std::fs::write(dir.join("sandbox-ca.pem"), payroute::sandbox::TLS_CA_PEM).unwrap();
+    std::fs::write(dir.join("proxy.pem"), payroute::sandbox::TLS_CERT_PEM).unwrap();
+    std::fs::write(dir.join("proxy.key"), payroute::sandbox::TLS_KEY_PEM).unwrap();
+    with_tls(&h, &dir, "proxy", "ca");
+    // Providers are given https://localhost:{port}/notify/{channel}.
+    let plain_base = h.site.public_base_url.clone();
+    let port = plain_base.rsplit(':').next().unwrap().to_string();
+    let text = std::fs::read_to_string(&h.config_path).unwrap().replacen(
+        &format!("public_base_url: {plain_base}"),
+        &format!("public_base_url: https://localhost:{port}"),
+        1,
+    );
+    support::write_atomically(&h.config_path, &text);
+    h.restart().await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+
+    // A shop with a certificate from client_ca is served.
+    let order = support::payment("m_2002", "tls-notify-1", "wechat_native", 1500, json!({}));
+    let shop = connector(&dir, "sandbox-ca", Some("shop"));
+    let mut stream = within("a TLS connection", connect(&shop, &addr))
+        .await
+        .unwrap();
+    let (status, body) = within(
+        "an answer",
+        request(&mut stream, "POST", "/v1/payments", Some(&order)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+
+    // The buyer pays; the sandbox notifies over TLS with no client certificate.
+    assert_eq!(h.pay("tls-notify-1").await.status, 200);
+    let attempts = within("the sandbox's notification attempt", async {
+        loop {
+            let sent: Vec<_> = h
+                .sandbox_notifications()
+                .await
+                .into_iter()
+                .filter(|n| n["out_trade_no"] == "tls-notify-1" && n["attempt"] != 0)
+                .collect();
+            if !sent.is_empty() {
+                break sent;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        attempts[0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("https://localhost:{port}/notify/")),
+        "{attempts:?}"
+    );
+    assert_eq!(attempts[0]["answered_ok"], true, "{attempts:?}");
+    let m = h.metrics().await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("payroute_notifications_received_total{")
+                && l.contains("result=\"verified\"")
+                && l.ends_with(" 1")),
+        "{m}"
+    );
+    let (status, body) = within(
+        "an answer",
+        request(&mut stream, "GET", "/v1/payments/m_2002/tls-notify-1", None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("succeeded")),
+        "{body}"
+    );
+
+    // A shop without a certificate: refused before anything is read or routed.
+    let other = support::payment("m_2002", "tls-notify-2", "wechat_native", 1500, json!({}));
+    let mut anonymous = within(
+        "a TLS connection",
+        connect(&connector(&dir, "sandbox-ca", None), &addr),
+    )
+    .await
+    .unwrap();
+    let (status, body) = within(
+        "an answer",
+        request(&mut anonymous, "POST", "/v1/payments", Some(&other)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        body["error"]["code"], "client_certificate_required",
+        "{body}"
+    );
+    assert_eq!(body["error"]["retryable"], false, "{body}");
+    assert!(
+        h.sandbox_orders("tls-notify-2").await.is_empty(),
+        "a refused create reached the channel"
     );
     h.shutdown().await;
 }

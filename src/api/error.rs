@@ -15,6 +15,9 @@ use crate::store::StoreError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     Unauthorized,
+    /// `server.tls.client_ca` is set and the shop's connection presented no verified
+    /// client certificate (`/notify/*` never needs one).
+    ClientCertificateRequired,
     ForbiddenMerchant,
     InvalidRequest,
     InvalidAmount,
@@ -49,6 +52,7 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             Unauthorized => "unauthorized",
+            ClientCertificateRequired => "client_certificate_required",
             ForbiddenMerchant => "forbidden_merchant",
             InvalidRequest => "invalid_request",
             InvalidAmount => "invalid_amount",
@@ -75,7 +79,7 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            Unauthorized => StatusCode::UNAUTHORIZED,
+            Unauthorized | ClientCertificateRequired => StatusCode::UNAUTHORIZED,
             ForbiddenMerchant | Forbidden => StatusCode::FORBIDDEN,
             InvalidRequest | InvalidAmount => StatusCode::BAD_REQUEST,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

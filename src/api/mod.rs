@@ -23,7 +23,7 @@ use crate::live::{Live, LiveConfig};
 use crate::payment::view::refund_json;
 use crate::payment::{CreateOutcome, PaymentService, RefundOutcome, Routes};
 use crate::resilience::Resilience;
-use crate::server::{decode, Refusal};
+use crate::server::{decode, ClientCertificate, Refusal};
 use crate::shops::Shop;
 use error::{ApiError, ErrorCode};
 
@@ -226,6 +226,15 @@ type Answer = Result<Response<Full<Bytes>>, ApiError>;
 async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (Route, Answer) {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments[0] == "v1" && !client_certificate_ok(live, &req) {
+        return (
+            Route::Other,
+            Err(ApiError::new(
+                ErrorCode::ClientCertificateRequired,
+                "server.tls.client_ca is set: connect with a client certificate it issued",
+            )),
+        );
+    }
     match (req.method(), segments.as_slice()) {
         (&Method::POST, ["v1", "payments"]) => {
             (Route::CreatePayment, Box::pin(create(app, live, req)).await)
@@ -291,6 +300,19 @@ fn routes(live: &Live) -> Routes<'_> {
         channels: &live.channels,
         merchants: &live.config.merchants,
         public_base_url: &live.config.server.public_base_url,
+    }
+}
+
+/// Shops (`/v1/*`) need a verified client certificate when `client_ca` is set; providers
+/// (`/notify/*`) share the listener and have none, so the handshake only asks for one. The
+/// live config decides, so a reload that adds `client_ca` also holds connections opened
+/// before it (they were never asked) to it. A plain connection carries no
+/// [`ClientCertificate`]: TLS added by a reload serves only after a restart.
+fn client_certificate_ok(live: &Live, req: &Request<Incoming>) -> bool {
+    let asked = live.config.server.tls.as_ref().is_some_and(|t| t.client_ca);
+    match req.extensions().get::<ClientCertificate>() {
+        Some(client) => !asked || client.verified,
+        None => true,
     }
 }
 
