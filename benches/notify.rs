@@ -199,8 +199,11 @@ async fn seed(db: &Path, n: usize) {
                 .await
                 .unwrap();
         }
-    } // The last connection closes (the writer thread's, just after the drop): the WAL is
-      // checkpointed into the file and removed.
+    } // The store's threads close their connections just after the drop, the writer's last
+      // once the readers' are closed: alone, it checkpoints the WAL into the file and removes
+      // it. (They used to close all at once, and now and then none was alone: the WAL stayed
+      // and this failed, "WAL left behind", until a rerun.) The copy below must be the whole
+      // store, so it waits for that close, not for a second chance.
     let wal = path.with_extension("db-wal");
     for _ in 0..500 {
         if !wal.exists() {
