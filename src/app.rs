@@ -51,6 +51,9 @@ impl App {
         let resilience = Arc::new(Resilience::new(&registry).map_err(metric_err)?);
         let live = Arc::new(LiveConfig::new(config, &registry, resilience.clone())?);
         let payments = Arc::new(PaymentService::new(store, &registry).map_err(metric_err)?);
+        payments.start_metrics_at_zero(&live.load().config);
+        let service = payments.clone();
+        live.on_reload(move |config| service.start_metrics_at_zero(config));
         // Orders bound to an account the config no longer holds: warned about and counted on
         // load and after every reload.
         let stranded = Arc::new(StrandedWatch::new(&registry).map_err(metric_err)?);
@@ -258,7 +261,7 @@ pub async fn start(
         api,
         stopped(rx.clone()),
         limits,
-        refuser("api"),
+        refuser(crate::api::API_LISTENER),
     )));
     let admin_state = app.admin.clone();
     let admin = move |req, _peer| crate::admin::handle(admin_state.clone(), req);
@@ -268,7 +271,7 @@ pub async fn start(
         admin,
         stopped(rx.clone()),
         limits,
-        refuser("admin"),
+        refuser(crate::api::ADMIN_LISTENER),
     )));
 
     if watch_config {

@@ -90,6 +90,10 @@ pub enum Refusal {
     Failed,
 }
 
+impl Refusal {
+    pub const ALL: [Refusal; 3] = [Refusal::Overloaded, Refusal::TimedOut, Refusal::Failed];
+}
+
 /// Turns a [`Refusal`] into the listener's answer (the API's error format, on the API port).
 pub type Refuse = Arc<dyn Fn(Refusal) -> Response<Body> + Send + Sync>;
 

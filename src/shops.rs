@@ -50,6 +50,11 @@ impl ShopDirectory {
         self.by_key.len()
     }
 
+    /// Every shop's id (metric labels start at 0 for each).
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.by_id.keys().map(String::as_str)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }

@@ -182,10 +182,12 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(h.pay("dash-reconciled").await.status, 200);
+    // Every action's series is there from the start (at 0): wait for one that counted.
     wait_until("the reconciler to act", || async {
         h.metrics()
             .await
-            .contains("payroute_reconcile_actions_total{")
+            .lines()
+            .any(|l| l.starts_with("payroute_reconcile_actions_total{") && !l.ends_with(" 0"))
     })
     .await;
 
@@ -259,4 +261,183 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
          allow-listed but exported now (drop them from the list): {landed:?}",
         wanted.len()
     );
+}
+
+/// Labelled counters start at 0 for every label value known in advance (the config's
+/// channels, limits and shops, and the fixed outcomes), at start and after a reload that adds
+/// some: a panel shows 0 instead of "No data", and a rate() alert sees the first event
+/// (a series born with its first event has no earlier sample to rise from).
+#[tokio::test]
+async fn a_fresh_metrics_page_has_every_known_series_at_zero() {
+    let rules = format!(
+        "{}limits:\n  - {{ name: per-merchant, key: merchant, rate: 100/s, burst: 100 }}\n",
+        support::RULES
+    );
+    let mut h = Harness::start_with(false, &rules, "").await;
+    let fresh = h.metrics().await;
+    let zero = |text: &str, series: String| {
+        assert_eq!(
+            support::metric(text, &series),
+            Some(0.0),
+            "{series} is not at 0 on a fresh /metrics:\n{text}"
+        );
+    };
+    let channels = [
+        "platform_wechat",
+        "m1001_wechat",
+        "m2002_wechat",
+        "m3003_wechat",
+    ];
+    // The five the issue names.
+    zero(
+        &fresh,
+        r#"payroute_rate_limited_total{limit="per-merchant"}"#.into(),
+    );
+    for listener in ["api", "admin"] {
+        for reason in ["overloaded", "timed_out", "failed"] {
+            zero(
+                &fresh,
+                format!(
+                    r#"payroute_http_refused_total{{listener="{listener}",reason="{reason}"}}"#
+                ),
+            );
+        }
+    }
+    for channel in channels {
+        for result in [
+            "verified",
+            "bad_signature",
+            "unknown_order",
+            "wrong_account",
+            "store_error",
+        ] {
+            zero(
+                &fresh,
+                format!(
+                    r#"payroute_notifications_received_total{{channel="{channel}",result="{result}"}}"#
+                ),
+            );
+        }
+        zero(
+            &fresh,
+            format!(r#"payroute_fees_estimated_total{{channel="{channel}"}}"#),
+        );
+    }
+    zero(
+        &fresh,
+        r#"payroute_notifications_received_total{channel="unknown",result="unknown_channel"}"#
+            .into(),
+    );
+    for action in [
+        "query",
+        "close",
+        "resolved",
+        "busy",
+        "breaker_open",
+        "error",
+    ] {
+        zero(
+            &fresh,
+            format!(r#"payroute_reconcile_actions_total{{action="{action}"}}"#),
+        );
+    }
+    // The other labelled counters of DESIGN §10.
+    for channel in channels {
+        zero(
+            &fresh,
+            format!(
+                r#"payroute_channel_requests_total{{channel="{channel}",operation="create",result="ok"}}"#
+            ),
+        );
+        zero(
+            &fresh,
+            format!(
+                r#"payroute_channel_requests_total{{channel="{channel}",operation="query",result="transport"}}"#
+            ),
+        );
+        zero(
+            &fresh,
+            format!(
+                r#"payroute_payments_total{{channel="{channel}",method="wechat_native",outcome="succeeded"}}"#
+            ),
+        );
+        zero(
+            &fresh,
+            format!(r#"payroute_refunds_total{{channel="{channel}",outcome="abnormal"}}"#),
+        );
+        zero(
+            &fresh,
+            format!(r#"payroute_account_refusals_total{{channel="{channel}",operation="refund"}}"#),
+        );
+        zero(
+            &fresh,
+            format!(r#"payroute_retry_budget_exhausted_total{{channel="{channel}"}}"#),
+        );
+        zero(
+            &fresh,
+            format!(r#"payroute_circuit_open{{channel="{channel}"}}"#),
+        );
+    }
+    for shop in ["test-shop", "other-shop"] {
+        for result in ["delivered", "failed", "dead"] {
+            zero(
+                &fresh,
+                format!(r#"payroute_webhook_deliveries_total{{result="{result}",shop="{shop}"}}"#),
+            );
+        }
+    }
+    zero(
+        &fresh,
+        r#"payroute_http_requests_total{route="create_payment",status_class="5xx"}"#.into(),
+    );
+    zero(
+        &fresh,
+        r#"payroute_config_reloads_total{result="error"}"#.into(),
+    );
+    // A wechat channel has no alipay series: the label sets stay what can happen.
+    assert_eq!(
+        support::metric(
+            &fresh,
+            r#"payroute_payments_total{channel="platform_wechat",method="alipay_page",outcome="succeeded"}"#
+        ),
+        None
+    );
+
+    // A reload that adds a channel (with its own limit) and a limit: theirs start at 0 too.
+    let added = support::wechat_direct(
+        &h.upstream,
+        "limited_wechat",
+        "1900000109",
+        "wx2421b1c4370ec43b",
+        "0C0C0C0C",
+        "m1001_apiclient_key.pem",
+    )
+    .with("limit", "{ rate: 5/s, burst: 1 }")
+    .to_string();
+    let rules = format!("{rules}  - {{ name: per-shop, key: shop, rate: 100/s, burst: 100 }}\n");
+    h.reload_with(&rules, &added).await;
+    let reloaded = h.metrics().await;
+    zero(
+        &reloaded,
+        r#"payroute_rate_limited_total{limit="per-shop"}"#.into(),
+    );
+    zero(
+        &reloaded,
+        r#"payroute_rate_limited_total{limit="channel:limited_wechat"}"#.into(),
+    );
+    zero(
+        &reloaded,
+        r#"payroute_notifications_received_total{channel="limited_wechat",result="verified"}"#
+            .into(),
+    );
+    zero(
+        &reloaded,
+        r#"payroute_fees_estimated_total{channel="limited_wechat"}"#.into(),
+    );
+    zero(
+        &reloaded,
+        r#"payroute_channel_requests_total{channel="limited_wechat",operation="create",result="nothing_sent"}"#
+            .into(),
+    );
+    h.shutdown().await;
 }

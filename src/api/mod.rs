@@ -49,8 +49,22 @@ enum Route {
 
 const ROUTES: usize = 8;
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// The listeners whose refusals are counted (`payroute_http_refused_total{listener}`).
+pub const API_LISTENER: &str = "api";
+pub const ADMIN_LISTENER: &str = "admin";
 
 impl Route {
+    const ALL: [Route; ROUTES] = [
+        Route::CreatePayment,
+        Route::OpenApi,
+        Route::Notify,
+        Route::GetPayment,
+        Route::ClosePayment,
+        Route::CreateRefund,
+        Route::GetRefund,
+        Route::Other,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Route::CreatePayment => "create_payment",
@@ -66,8 +80,8 @@ impl Route {
 }
 
 /// One route's series, looked up in their vectors on first use only: `with_label_values`
-/// hashes the labels and takes a lock on every call. Resolved lazily so that /metrics lists
-/// only the series that have seen a request, as before.
+/// hashes the labels and takes a lock on every call. The request counters exist from the
+/// start, at 0 (see [`ApiMetrics::new`]); the histograms appear with a route's first request.
 #[derive(Default)]
 struct RouteSeries {
     requests: [OnceLock<IntCounter>; 5],
@@ -122,6 +136,19 @@ impl ApiMetrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(overhead.clone()))?;
         registry.register(Box::new(refused.clone()))?;
+        // Counters start at 0 for every route and reason, so that a panel shows 0 and a
+        // rate() alert sees the first error rather than a series born with it. The latency
+        // histograms do not: with no request there is no latency to show.
+        for route in Route::ALL {
+            for class in STATUS_CLASSES {
+                requests.with_label_values(&[route.as_str(), class]);
+            }
+        }
+        for listener in [API_LISTENER, ADMIN_LISTENER] {
+            for r in Refusal::ALL {
+                refused.with_label_values(&[listener, refusal_reason(r)]);
+            }
+        }
         Ok(ApiMetrics {
             requests,
             duration,
@@ -154,13 +181,19 @@ impl ApiMetrics {
 
     /// The listener's answer to `r`, counted (see [`crate::server::serve`]).
     pub fn refuse(&self, listener: &'static str, r: Refusal) -> Response<Full<Bytes>> {
-        let reason = match r {
-            Refusal::Overloaded => "overloaded",
-            Refusal::TimedOut => "timed_out",
-            Refusal::Failed => "failed",
-        };
-        self.refused.with_label_values(&[listener, reason]).inc();
+        self.refused
+            .with_label_values(&[listener, refusal_reason(r)])
+            .inc();
         error::refusal(r)
+    }
+}
+
+/// `payroute_http_refused_total{reason}`.
+fn refusal_reason(r: Refusal) -> &'static str {
+    match r {
+        Refusal::Overloaded => "overloaded",
+        Refusal::TimedOut => "timed_out",
+        Refusal::Failed => "failed",
     }
 }
 

@@ -379,6 +379,24 @@ impl ChannelError {
         )
     }
 
+    /// Every [`ChannelError::label`]: a new one must be listed here to start at 0.
+    pub const LABELS: [&'static str; 14] = [
+        "nothing_sent",
+        "channel_limit",
+        "circuit_open",
+        "timeout",
+        "transport",
+        "server_error",
+        "retryable",
+        "already_paid",
+        "not_closeable",
+        "rejected",
+        "not_found",
+        "bad_signature",
+        "protocol",
+        "local",
+    ];
+
     /// Bounded label for metrics.
     pub fn label(&self) -> &'static str {
         match self.kind {
@@ -433,6 +451,11 @@ fn order_answer<'a>(
         .ok_or_else(|| ChannelError::new(ErrorKind::Protocol, format!("answer has no {field}")))
 }
 
+/// `payroute_channel_requests_total{result}` of a call that succeeded.
+const CALL_OK: &str = "ok";
+/// Every operation a channel is called for (`payroute_channel_requests_total{operation}`).
+const OPERATIONS: [&str; 5] = ["create", "query", "close", "refund", "refund_query"];
+
 /// Channel request metrics, shared by every channel across reloads.
 pub struct ChannelMetrics {
     requests: IntCounterVec,
@@ -474,6 +497,18 @@ impl ChannelMetrics {
         })
     }
 
+    /// `channel`'s call counters start at 0 for every operation and result, so that an
+    /// error-ratio alert sees the first failure rather than a series born with it. Run as
+    /// each channel is built: at start and on every reload. (Latency histograms and retry
+    /// reasons appear with their first call.)
+    pub fn start_at_zero(&self, channel: &str) {
+        for op in OPERATIONS {
+            for result in std::iter::once(CALL_OK).chain(ChannelError::LABELS) {
+                self.requests.with_label_values(&[channel, op, result]);
+            }
+        }
+    }
+
     pub fn retried(&self, channel: &str, reason: &str) {
         self.retries.with_label_values(&[channel, reason]).inc();
     }
@@ -503,6 +538,7 @@ impl Channel {
                 Box::new(alipay::Alipay::new(base_url, a.clone(), http))
             }
         };
+        metrics.start_at_zero(&settings.name);
         Ok(Channel {
             guard: resilience.channel(&settings.name, settings.limit),
             settings,
@@ -639,7 +675,7 @@ impl Channel {
 
     fn observe(&self, op: &str, started: tokio::time::Instant, err: Option<&ChannelError>) {
         let name = self.name();
-        let result = err.map_or("ok", ChannelError::label);
+        let result = err.map_or(CALL_OK, ChannelError::label);
         self.metrics
             .requests
             .with_label_values(&[name, op, result])

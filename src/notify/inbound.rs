@@ -28,6 +28,25 @@ use crate::store::PaymentRecord;
 
 /// The label of a channel name that is not configured (labels stay bounded).
 const UNKNOWN_CHANNEL: &str = "unknown";
+/// Its only `result`.
+const UNKNOWN_CHANNEL_RESULT: &str = "unknown_channel";
+/// Every `result` of a configured channel's notification. Each starts at 0 for every
+/// channel: a new result must be listed here, or its series appears only with its first
+/// notification and a rate() alert on it misses that one.
+const RESULTS: [&str; 12] = [
+    "verified",
+    "duplicate",
+    "bad_signature",
+    "stale",
+    "probe",
+    "malformed",
+    "decrypt",
+    "wrong_app",
+    "wrong_account",
+    "unknown_order",
+    "mismatch",
+    "store_error",
+];
 
 pub struct Inbound {
     live: Arc<LiveConfig>,
@@ -69,11 +88,26 @@ impl Inbound {
         let received = IntCounterVec::new(
             Opts::new(
                 "payroute_notifications_received_total",
-                "Provider notifications by channel and result (verified, duplicate, bad_signature, stale, probe, malformed, decrypt, wrong_app, wrong_account, unknown_order, mismatch, store_error).",
+                format!(
+                    "Provider notifications by channel and result ({}).",
+                    RESULTS.join(", ")
+                ),
             ),
             &["channel", "result"],
         )?;
         registry.register(Box::new(received.clone()))?;
+        // Every channel's series start at 0, and a channel added by a reload gets its own.
+        let series = received.clone();
+        let start_at_zero = move |config: &crate::config::Config| {
+            for channel in config.channels.keys() {
+                for result in RESULTS {
+                    series.with_label_values(&[channel.as_str(), result]);
+                }
+            }
+        };
+        received.with_label_values(&[UNKNOWN_CHANNEL, UNKNOWN_CHANNEL_RESULT]);
+        start_at_zero(&live.load().config);
+        live.on_reload(start_at_zero);
         Ok(Inbound {
             live,
             payments,
@@ -88,7 +122,7 @@ impl Inbound {
     ) -> Response<Full<Bytes>> {
         let live = self.live.load();
         let Some(channel) = live.channels.get(channel_name) else {
-            self.count(UNKNOWN_CHANNEL, "unknown_channel");
+            self.count(UNKNOWN_CHANNEL, UNKNOWN_CHANNEL_RESULT);
             tracing::warn!(channel = %channel_name, "notification for a channel that is not configured");
             return crate::server::json_response(
                 StatusCode::NOT_FOUND,

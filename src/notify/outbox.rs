@@ -39,6 +39,10 @@ const BATCH: u32 = 256;
 /// The gauges are refreshed at most this often (rounds run on every event written).
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
+/// Every `result` of `payroute_webhook_deliveries_total`: a new one must be listed here to
+/// start at 0.
+const DELIVERY_RESULTS: [&str; 3] = ["delivered", "failed", "dead"];
+
 pub struct OutboxMetrics {
     deliveries: IntCounterVec,
     pending: IntGauge,
@@ -101,11 +105,23 @@ impl Outbox {
         wake: Arc<Notify>,
         registry: &Registry,
     ) -> Result<Outbox, String> {
+        let metrics = OutboxMetrics::new(registry).map_err(|e| format!("metrics: {e}"))?;
+        // Every shop's delivery counters start at 0, a shop added by a reload's too.
+        let deliveries = metrics.deliveries.clone();
+        let start_at_zero = move |config: &crate::config::Config| {
+            for shop in config.shops.ids() {
+                for result in DELIVERY_RESULTS {
+                    deliveries.with_label_values(&[shop, result]);
+                }
+            }
+        };
+        start_at_zero(&live.load().config);
+        live.on_reload(start_at_zero);
         Ok(Outbox {
             store,
             live,
             http: HttpClient::new(None)?,
-            metrics: OutboxMetrics::new(registry).map_err(|e| format!("metrics: {e}"))?,
+            metrics,
             wake,
             inflight: Mutex::new(HashSet::new()),
             ended: Mutex::new(HashSet::new()),

@@ -150,6 +150,21 @@ enum Claim {
     NotOurs,
 }
 
+/// Every `outcome` of `payroute_payments_total`: a new one must be listed here to start at 0.
+const PAYMENT_OUTCOMES: [&str; 9] = [
+    "created",
+    "replayed",
+    "failed_over",
+    "rejected",
+    "unavailable",
+    "error",
+    "timeout",
+    "closed",
+    "succeeded",
+];
+/// The operations on a bound account (`payroute_account_refusals_total{operation}`).
+const BOUND_OPERATIONS: [&str; 3] = ["query", "close", "refund"];
+
 pub struct PaymentMetrics {
     payments: IntCounterVec,
     decisions: IntCounterVec,
@@ -207,6 +222,37 @@ impl PaymentMetrics {
         })
     }
 
+    /// Every series a config can produce starts at 0 — for each channel its fees, its
+    /// methods' outcomes, its refunds' final states and its account refusals — so that a
+    /// panel shows 0 and a rate() alert sees the first event rather than a series born with
+    /// it. Called at start and with every reloaded config (a new channel gets its own).
+    /// Route decisions are left out: which channels a rule reaches depends on its split and
+    /// fallbacks, and the decision series appear with the first payment as before.
+    fn start_at_zero(&self, config: &crate::config::Config) {
+        for (name, channel) in &config.channels {
+            let name = name.as_str();
+            self.fees.with_label_values(&[name]);
+            for method in Method::ALL
+                .into_iter()
+                .filter(|m| m.family() == channel.family())
+            {
+                for outcome in PAYMENT_OUTCOMES {
+                    self.payments
+                        .with_label_values(&[name, method.as_str(), outcome]);
+                }
+            }
+            for status in crate::domain::RefundStatus::ALL
+                .into_iter()
+                .filter(|s| *s != crate::domain::RefundStatus::Pending)
+            {
+                self.refunds.with_label_values(&[name, status.as_str()]);
+            }
+            for operation in BOUND_OPERATIONS {
+                self.refused.with_label_values(&[name, operation]);
+            }
+        }
+    }
+
     fn outcome(&self, p: &PaymentRecord, outcome: &str) {
         self.payments
             .with_label_values(&[p.channel.as_str(), p.method.as_str(), outcome])
@@ -228,6 +274,11 @@ impl PaymentService {
             metrics: PaymentMetrics::new(registry)?,
             events_written: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// Starts the payment metrics of `config`'s channels at 0 (see `PaymentMetrics`).
+    pub fn start_metrics_at_zero(&self, config: &crate::config::Config) {
+        self.metrics.start_at_zero(config);
     }
 
     /// Notified whenever a shop event has been committed.

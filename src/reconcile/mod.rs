@@ -37,6 +37,16 @@ pub struct Reconciler {
     actions: IntCounterVec,
 }
 
+/// Every `action` the worker counts; a new one must be listed here to start at 0.
+const ACTIONS: [&str; 6] = [
+    "query",
+    "close",
+    "resolved",
+    "busy",
+    "breaker_open",
+    "error",
+];
+
 impl Reconciler {
     pub fn new(
         live: Arc<LiveConfig>,
@@ -51,6 +61,10 @@ impl Reconciler {
             &["action"],
         )?;
         registry.register(Box::new(actions.clone()))?;
+        // Each starts at 0: a panel shows 0 and a rate() alert sees the first one.
+        for action in ACTIONS {
+            actions.with_label_values(&[action]);
+        }
         Ok(Reconciler {
             live,
             payments,

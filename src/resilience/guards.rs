@@ -152,6 +152,11 @@ impl Resilience {
                 }
             }
         }
+        // Each limit's series starts at 0 (and a new one's on reload): an alert on its rate
+        // sees the first refusal instead of a series that appears with it.
+        for l in limits {
+            self.rejected.with_label_values(&[l.name.as_str()]);
+        }
         let built: Vec<_> = limits
             .iter()
             .map(|l| {
@@ -229,6 +234,11 @@ impl Resilience {
     /// The guard of a channel: its limit (if any), breaker and retry budget.
     pub fn channel(self: &Arc<Self>, channel: &str, rate: Option<RateSpec>) -> ChannelGuard {
         let name = format!("channel:{channel}");
+        // Its series start at 0 when the channel is built (at start and on every reload).
+        if rate.is_some() {
+            self.rejected.with_label_values(&[name.as_str()]);
+        }
+        self.budget_exhausted.with_label_values(&[channel]);
         let breaker = {
             let mut b = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
             b.entry(channel.to_string())
