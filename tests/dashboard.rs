@@ -273,7 +273,7 @@ async fn a_fresh_metrics_page_has_every_known_series_at_zero() {
         "{}limits:\n  - {{ name: per-merchant, key: merchant, rate: 100/s, burst: 100 }}\n",
         support::RULES
     );
-    let mut h = Harness::start_with(false, &rules, "").await;
+    let h = Harness::start_with(false, &rules, "").await;
     let fresh = h.metrics().await;
     let zero = |text: &str, series: String| {
         assert_eq!(
