@@ -394,7 +394,27 @@ async fn a_fresh_metrics_page_has_every_known_series_at_zero() {
         &fresh,
         r#"payroute_config_reloads_total{result="error"}"#.into(),
     );
-    // A wechat channel has no alipay series: the label sets stay what can happen.
+    // A route decision is a rule and the channel it chose first (its to, each of a split).
+    for (rule, channel) in [
+        ("m1001-own-wechat", "m1001_wechat"),
+        ("m2002-wechat-canary", "m2002_wechat"),
+        ("m2002-wechat-canary", "platform_wechat"),
+        ("default", "platform_wechat"),
+    ] {
+        zero(
+            &fresh,
+            format!(r#"payroute_route_decisions_total{{channel="{channel}",rule="{rule}"}}"#),
+        );
+    }
+    // A fallback is no decision, and a wechat channel has no alipay series: the label sets
+    // stay what can happen.
+    assert_eq!(
+        support::metric(
+            &fresh,
+            r#"payroute_route_decisions_total{channel="platform_wechat",rule="m1001-own-wechat"}"#
+        ),
+        None
+    );
     assert_eq!(
         support::metric(
             &fresh,

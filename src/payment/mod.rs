@@ -222,13 +222,31 @@ impl PaymentMetrics {
         })
     }
 
-    /// Every series a config can produce starts at 0 — for each channel its fees, its
-    /// methods' outcomes, its refunds' final states and its account refusals — so that a
-    /// panel shows 0 and a rate() alert sees the first event rather than a series born with
-    /// it. Called at start and with every reloaded config (a new channel gets its own).
-    /// Route decisions are left out: which channels a rule reaches depends on its split and
-    /// fallbacks, and the decision series appear with the first payment as before.
+    /// Every series a config can produce starts at 0 — each rule's decisions, and for each
+    /// channel its fees, its methods' outcomes, its refunds' final states and its account
+    /// refusals — so that a panel shows 0 and a rate() alert sees the first event rather
+    /// than a series born with it. Called at start and with every reloaded config (a new
+    /// channel gets its own). A route decision is counted with the channel a rule chose
+    /// first (its `to`, or each of its `split`), never a fallback: those are the pairs.
     fn start_at_zero(&self, config: &crate::config::Config) {
+        for rule in config.rules.rules() {
+            let chosen: Vec<&str> = match &rule.target {
+                crate::routing::Target::To(c) => vec![c.as_str()],
+                crate::routing::Target::Split { choices, .. } => {
+                    choices.iter().map(|(c, _)| c.as_str()).collect()
+                }
+            };
+            for channel in chosen {
+                self.decisions
+                    .with_label_values(&[rule.name.as_str(), channel]);
+            }
+        }
+        for family in crate::domain::Family::ALL {
+            if let Some(channel) = config.rules.default_for(family) {
+                self.decisions
+                    .with_label_values(&[crate::routing::DEFAULT_RULE, channel]);
+            }
+        }
         for (name, channel) in &config.channels {
             let name = name.as_str();
             self.fees.with_label_values(&[name]);

@@ -242,10 +242,13 @@ pub struct Decision<'r> {
     pub fallback: &'r [String],
 }
 
+/// The rule label of a payment no rule matched (its family's default channel took it).
+pub const DEFAULT_RULE: &str = "default";
+
 impl Decision<'_> {
     /// The rule label used in metrics and payment records.
     pub fn rule_label(&self) -> &str {
-        self.rule.unwrap_or("default")
+        self.rule.unwrap_or(DEFAULT_RULE)
     }
 }
 
