@@ -36,7 +36,7 @@ shops:
     webhook: { url: http://127.0.0.1:8000/payroute/events, secret: demo-webhook-secret-TEST-ONLY }
 merchants:
   m_1001: {M1001}
-  m_2002: { wechat_sub_mchid: "1900000209", alipay_app_auth_token: tok_m2002_TEST_ONLY }
+  m_2002: { wechat_sub_mchid: "1900000209", alipay_app_auth_token: tok_m2002_TEST_ONLY, alipay_seller_id: "2088000000002002" }
 channels:
   platform_wechat:
     kind: wechatpay_v3
@@ -51,6 +51,7 @@ channels:
   m1001_wechat:
     kind: wechatpay_v3
     mode: direct
+    merchants: [m_1001]
     base_url: http://127.0.0.1:8090
     mchid: "1900000109"
     appid: wx2421b1c4370ec43b
@@ -70,9 +71,9 @@ routing:
   default: { wechat: platform_wechat, alipay: platform_alipay }
 "#;
 
-const NO_WECHAT_SUB: &str = "{ alipay_app_auth_token: tok_m1001_TEST_ONLY }";
-const FULL: &str =
-    r#"{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m1001_TEST_ONLY }"#;
+const NO_WECHAT_SUB: &str =
+    r#"{ alipay_app_auth_token: tok_m1001_TEST_ONLY, alipay_seller_id: "2088000000001001" }"#;
+const FULL: &str = r#"{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m1001_TEST_ONLY, alipay_seller_id: "2088000000001001" }"#;
 
 fn config(m1001: &str, rules: &str) -> String {
     platform_wechat(
