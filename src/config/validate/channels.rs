@@ -326,7 +326,7 @@ fn owners(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<BTreeSet<Str
             errs.push(
                 &at,
                 format!(
-                    "channels.{name}: merchants is for mode direct (a merchant's own account); a {} mode channel serves every merchant through its merchants: ids",
+                    "channels.{name}: merchants is for mode direct (a merchant's own account); mode {} serves every merchant through its ids under the top-level merchants:",
                     c.mode
                 ),
             );
