@@ -313,3 +313,75 @@ async fn admin_api_needs_the_token_and_redacts_secrets() {
     }
     h.shutdown().await;
 }
+
+/// Issue 15 item 3, the reproduction: ops point the promotions rule (no `merchant`
+/// condition) at m_1001's own account, or give m_4004 m_1001's sub_mchid. Each reload is
+/// refused naming the rule and key or both merchants, and the running config keeps sending
+/// m_4004's promotions to the platform under m_4004's own sub_mchid. Before: both reloads
+/// answered 200, and m_4004's next promotion was created on m_1001's account.
+#[tokio::test]
+async fn a_reload_that_sends_a_merchant_to_anothers_account_is_refused() {
+    let h = Harness::start().await;
+    let promotion = |no: &str| {
+        payment(
+            "m_4004",
+            no,
+            "wechat_native",
+            100,
+            json!({ "metadata": { "campaign": "double11" } }),
+        )
+    };
+    h.create(&promotion("promo-1"))
+        .await
+        .expect_created_on("platform_wechat");
+    let errors_before = reload_errors(&h).await;
+
+    let onto_m1001 = support::RULES.replace(
+        "to: platform_wechat\n  default",
+        "to: m1001_wechat\n  default",
+    );
+    assert_ne!(onto_m1001, support::RULES);
+    h.write_config(&onto_m1001, "");
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(
+        r.text.contains(r#"rules[3] \"promotions-on-platform\": to: channel \"m1001_wechat\" is the own account of merchant(s) m_1001 (mode direct) but it has no when.merchant (nor when.shop), so any merchant's payment can reach it"#),
+        "{}",
+        r.text
+    );
+
+    h.write_config(support::RULES, "");
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let shared = text.replace(
+        r#"m_4004: { wechat_sub_mchid: "1900000409""#,
+        r#"m_4004: { wechat_sub_mchid: "1900000109""#,
+    );
+    assert_ne!(shared, text);
+    support::write_atomically(&h.config_path, &shared);
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(
+        r.text.contains(r#"merchants.m_4004.wechat_sub_mchid: \"1900000109\" is also merchant m_1001's wechat_sub_mchid"#),
+        "{}",
+        r.text
+    );
+    assert!(reload_errors(&h).await >= errors_before + 2.0);
+
+    // Still the config the proxy started with.
+    h.create(&promotion("promo-2"))
+        .await
+        .expect_created_on("platform_wechat");
+    assert_eq!(
+        h.sandbox_orders("promo-2").await[0]["request"]["sub_mchid"],
+        "1900000409"
+    );
+    h.shutdown().await;
+}
+
+async fn reload_errors(h: &Harness) -> f64 {
+    support::metric(
+        &h.metrics().await,
+        r#"payroute_config_reloads_total{result="error"}"#,
+    )
+    .unwrap_or(0.0)
+}
