@@ -62,7 +62,11 @@ fn check_accepts_the_compose_config() {
     std::fs::create_dir(dir.path().join("sandbox")).unwrap();
     for key in std::fs::read_dir(format!("{root}/config/sandbox")).unwrap() {
         let key = key.unwrap().path();
-        std::fs::copy(&key, dir.path().join("sandbox").join(key.file_name().unwrap())).unwrap();
+        std::fs::copy(
+            &key,
+            dir.path().join("sandbox").join(key.file_name().unwrap()),
+        )
+        .unwrap();
     }
     let out = Command::new(env!("CARGO_BIN_EXE_payroute"))
         .current_dir(dir.path())

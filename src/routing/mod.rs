@@ -633,6 +633,73 @@ mod tests {
         assert!((300..=700).contains(&a), "5% split gave {a} of 10000");
     }
 
+    /// The last line of defence behind config validation: a decision that lands on another
+    /// merchant's own account, as the chosen channel, a fallback or the default, is no route.
+    #[test]
+    fn another_merchants_own_account_is_no_route() {
+        let wechat = Family::Wechat.method_bits();
+        let mut with_fallback = rule(
+            "m2-platform",
+            Some(&["m2"]),
+            wechat,
+            Target::To("platform_wechat".into()),
+        );
+        with_fallback.fallback = vec!["m1_own".into()];
+        let mut small = rule("small", None, wechat, Target::To("m1_own".into()));
+        small.when.amount_max = Some(100);
+        let rules = Rules::new(
+            vec![
+                small,
+                with_fallback,
+                rule("m3", Some(&["m3"]), wechat, Target::To("m3_own".into())),
+            ],
+            HashMap::from([(Family::Wechat, "m3_own".to_string())]),
+        )
+        .with_owners(HashMap::from([
+            ("m1_own".to_string(), HashSet::from(["m1".to_string()])),
+            ("m3_own".to_string(), HashSet::from(["m3".to_string()])),
+        ]));
+        let md = BTreeMap::new();
+        let refused = |merchant: &str, amount: u64| {
+            rules
+                .decide(&facts(merchant, Method::WechatNative, amount, &md, "o"))
+                .unwrap_err()
+                .not_owner
+        };
+        // The owner itself is served, by the rule and by the default.
+        let d = rules
+            .decide(&facts("m1", Method::WechatNative, 50, &md, "o"))
+            .unwrap();
+        assert_eq!(d.channel, "m1_own");
+        let d = rules
+            .decide(&facts("m3", Method::WechatNative, 500, &md, "o"))
+            .unwrap();
+        assert_eq!(d.channel, "m3_own");
+        assert_eq!(refused("m9", 50), Some("m1_own".to_string()));
+        assert_eq!(
+            refused("m2", 500),
+            Some("m1_own".to_string()),
+            "a fallback counts"
+        );
+        assert_eq!(
+            refused("m9", 500),
+            Some("m3_own".to_string()),
+            "the default counts"
+        );
+        let e = rules
+            .decide(&facts("m9", Method::WechatNative, 50, &md, "o"))
+            .unwrap_err();
+        // What the shop reads does not name the other merchant's channel.
+        assert!(!e.to_string().contains("m1_own"), "{e}");
+        let text = rules
+            .explain(&facts("m9", Method::WechatNative, 50, &md, "o"))
+            .to_text();
+        assert!(
+            text.contains("→ no_route") && text.contains("refused channel \"m1_own\""),
+            "{text}"
+        );
+    }
+
     #[test]
     fn hours_wrap_midnight() {
         let h = HoursRange::parse("22:00-06:00").unwrap();
