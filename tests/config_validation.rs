@@ -625,3 +625,30 @@ fn an_isv_merchant_needs_a_well_formed_alipay_seller_id() {
         );
     }
 }
+
+/// A `wechat_sub_mchid` that is a direct channel's `mchid` names that merchant account:
+/// given to a merchant the channel does not list, the platform's partner channel would pay
+/// that merchant's orders into another merchant's own account.
+#[test]
+fn a_sub_mchid_that_is_another_merchants_own_mchid_is_refused() {
+    let base = config(FULL, OWN_WECHAT_ALL_METHODS);
+    // m_1001 moves to a sub-merchant id of its own; m_2002 is given m_1001's own mchid.
+    let text = base
+        .replace(
+            r#"wechat_sub_mchid: "1900000109""#,
+            r#"wechat_sub_mchid: "1900000110""#,
+        )
+        .replace(
+            r#"wechat_sub_mchid: "1900000209""#,
+            r#"wechat_sub_mchid: "1900000109""#,
+        );
+    refused(
+        &text,
+        &[
+            r#"merchants.m_2002.wechat_sub_mchid: "1900000109" is the mchid of channel "m1001_wechat", the own account of merchant(s) m_1001; m_2002 is not among its merchants:"#,
+        ],
+    );
+    // The owner itself may be both a sub-merchant of the platform and on its own account.
+    let (ok, err) = check(&base);
+    assert!(ok, "{err}");
+}

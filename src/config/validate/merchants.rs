@@ -7,9 +7,11 @@
 //! A token's value is compared but never written into a message.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use super::Errors;
-use crate::channel::SubMerchant;
+use crate::channel::wechatpay::WechatMode;
+use crate::channel::{ChannelSettings, ConnectorSettings, SubMerchant};
 use crate::config::file::FileConfig;
 
 /// Every Alipay user id (the `seller_id` of a notification) starts with this…
@@ -75,6 +77,39 @@ pub(super) fn check_merchant_ids(
                 errs.push(
                     &at("alipay_seller_id"),
                     format!("{}: {seller:?} is also merchant {first}'s alipay_seller_id; one Alipay account belongs to one merchant ({first} and {id})", at("alipay_seller_id")),
+                );
+            }
+        }
+    }
+}
+
+/// A WeChat Pay sub-merchant is itself a WeChat Pay merchant account: a `wechat_sub_mchid`
+/// that is the `mchid` of a direct channel names that channel's account, so the merchant it is
+/// given to must be one of the channel's owners — or a partner channel would send its
+/// payments into another merchant's own account.
+pub(super) fn check_own_accounts(
+    f: &FileConfig,
+    channels: &BTreeMap<String, Arc<ChannelSettings>>,
+    merchants: &HashMap<String, SubMerchant>,
+    errs: &mut Errors,
+) {
+    for (name, c) in channels {
+        let (ConnectorSettings::WechatPay(w), Some(owners)) = (&c.connector, &c.owners) else {
+            continue;
+        };
+        let WechatMode::Direct { mchid, .. } = &w.mode else {
+            continue;
+        };
+        for id in f.merchants.keys() {
+            let given = merchants.get(id).and_then(|m| m.wechat_sub_mchid.as_ref());
+            if given == Some(mchid) && !owners.contains(id) {
+                let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
+                errs.push(
+                    &format!("merchants.{id}.wechat_sub_mchid"),
+                    format!(
+                        "merchants.{id}.wechat_sub_mchid: {mchid:?} is the mchid of channel {name:?}, the own account of merchant(s) {}; {id} is not among its merchants:",
+                        owners.join(", ")
+                    ),
                 );
             }
         }

@@ -57,6 +57,7 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
     let merchants = server::merchants(&f, &mut errs);
     merchants::check_merchant_ids(&f, &merchants, &mut errs);
     let channels = channels::channels(&f, &mut errs);
+    merchants::check_own_accounts(&f, &channels, &merchants, &mut errs);
     let limits = server::limits(&f, &mut errs);
     let redis = server::redis(&f, &mut errs);
     let log = server::log(&f, &mut errs);
