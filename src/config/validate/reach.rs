@@ -110,7 +110,7 @@ fn walk<'a>(
     }
 }
 
-/// The merchants each shop lists, by merchant.
+/// For each merchant, the shops that list it.
 fn shops_of(shops: &[Shop]) -> BTreeMap<&str, BTreeSet<&str>> {
     let mut shops_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for s in shops {
