@@ -191,6 +191,7 @@ channels:
   m1001_wechat:
     kind: wechatpay_v3
     mode: direct
+    merchants: [m_1001]
     base_url: http://127.0.0.1:$SANDBOX_PORT
     mchid: "1900000109"
     appid: wx2421b1c4370ec43b

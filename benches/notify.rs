@@ -108,6 +108,7 @@ channels:
   {CHANNEL}:
     kind: wechatpay_v3
     mode: direct
+    merchants: [{MERCHANT}]
     base_url: http://127.0.0.1:9
     mchid: "{MCHID}"
     appid: {APPID}

@@ -20,7 +20,7 @@ pub mod wechatpay;
 
 pub use notification::{Notification, NotifiedAccount, NotifyError};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,9 @@ pub struct ChannelSettings {
     /// Extra trusted roots (PEM) besides the webpki roots, e.g. a sandbox's test CA.
     pub ca_pem: Option<String>,
     pub limit: Option<RateSpec>,
+    /// A direct-mode channel is a merchant's own account: only these merchants' payments may
+    /// be sent to it. `None` for partner / ISV channels, which serve every merchant.
+    pub owners: Option<BTreeSet<String>>,
     pub connector: ConnectorSettings,
 }
 
@@ -83,6 +86,11 @@ impl ChannelSettings {
             }
             ConnectorSettings::Alipay(a) => a.mode == alipay::AlipayMode::Isv,
         }
+    }
+
+    /// Whether a payment of `merchant` may be sent to this channel's account.
+    pub fn serves(&self, merchant: &str) -> bool {
+        self.owners.as_ref().is_none_or(|o| o.contains(merchant))
     }
 
     pub fn mode(&self) -> &'static str {
