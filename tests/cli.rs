@@ -48,6 +48,25 @@ fn check_accepts_the_shipped_config() {
     assert!(stdout.contains("5 rule(s)"), "{stdout}");
 }
 
+/// `payroute check | head -1`: a reader that closes the pipe early is not a crash (Rust
+/// ignores SIGPIPE, so a plain `println!` panicked on the broken pipe).
+#[test]
+fn check_into_a_closed_pipe_does_not_panic() {
+    use std::process::Stdio;
+    let mut child = payroute()
+        .args(["check", "--config", "config/payroute.yaml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end goes away before the answer is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
+
 /// deploy/compose's config as its container sees it (the sandbox keys under `sandbox/`):
 /// its direct channels name their merchants and its ISV merchants their Alipay user ids.
 #[test]
