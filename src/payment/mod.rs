@@ -129,6 +129,12 @@ pub enum PaymentError {
     AccountUnavailable(String),
     #[error("this out_trade_no was used with a different request")]
     IdempotencyMismatch,
+    /// The merchant's `out_trade_no` belongs to an order another shop created.
+    #[error("this out_trade_no is taken by another shop's order")]
+    OutTradeNoTaken,
+    /// The merchant's `out_refund_no` belongs to a refund another shop asked for.
+    #[error("this out_refund_no is taken by another shop's refund")]
+    OutRefundNoTaken,
     #[error("a request for this out_trade_no is in progress")]
     InProgress,
     #[error("payment not found")]
@@ -258,7 +264,7 @@ impl PaymentService {
     ) -> Result<CreateOutcome, PaymentError> {
         let now = now_ms();
         let request = req.canonical();
-        let request_hash = sha256_hex(request.to_string().as_bytes());
+        let request_hash = request_hash(shop_id, &request);
         let facts = PaymentFacts {
             merchant: &req.merchant_id,
             shop: shop_id,
@@ -296,7 +302,10 @@ impl PaymentService {
                     .get_payment(&req.merchant_id, &req.out_trade_no)
                     .await?
                 {
-                    Some(existing) => self.replay(routes, existing, &request_hash, &req).await,
+                    Some(existing) => {
+                        self.replay(routes, existing, shop_id, &request_hash, &req)
+                            .await
+                    }
                     None => Err(refusal),
                 };
             }
@@ -340,7 +349,10 @@ impl PaymentService {
                     .await
                     .map(CreateOutcome::Created)
             }
-            Some(existing) => self.replay(routes, existing, &rec.request_hash, &req).await,
+            Some(existing) => {
+                self.replay(routes, existing, shop_id, &rec.request_hash, &req)
+                    .await
+            }
         }
     }
 
@@ -348,12 +360,18 @@ impl PaymentService {
         &self,
         routes: &Routes<'_>,
         mut existing: PaymentRecord,
+        shop_id: &str,
         hash: &str,
         req: &NewPayment,
     ) -> Result<CreateOutcome, PaymentError> {
+        // Another shop's order: refused before anything of it (its state, its action, whether
+        // a request of it is in flight) can show.
+        if existing.shop_id != shop_id {
+            return Err(PaymentError::OutTradeNoTaken);
+        }
         let now = now_ms();
         check_replay(
-            (&existing.request_hash, hash),
+            same_request(&existing.request_hash, hash, &req.canonical()),
             existing.attempt_until,
             existing.status == PaymentStatus::Failed,
             (&existing.error_code, &existing.error_message),
@@ -626,10 +644,37 @@ impl PaymentService {
         out_trade_no: &str,
         refresh: bool,
     ) -> Result<PaymentRecord, PaymentError> {
+        self.get_owned(routes, None, merchant_id, out_trade_no, refresh)
+            .await
+    }
+
+    /// [`PaymentService::get`] asked by a shop: another shop's order is not found (and not
+    /// refreshed).
+    pub async fn get_for_shop(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: &str,
+        merchant_id: &str,
+        out_trade_no: &str,
+        refresh: bool,
+    ) -> Result<PaymentRecord, PaymentError> {
+        self.get_owned(routes, Some(shop_id), merchant_id, out_trade_no, refresh)
+            .await
+    }
+
+    async fn get_owned(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: Option<&str>,
+        merchant_id: &str,
+        out_trade_no: &str,
+        refresh: bool,
+    ) -> Result<PaymentRecord, PaymentError> {
         let rec = self
             .store
             .get_payment(merchant_id, out_trade_no)
             .await?
+            .filter(|rec| shop_id.is_none_or(|shop| rec.shop_id == shop))
             .ok_or(PaymentError::NotFound)?;
         if !refresh || claim_live(rec.attempt_until) {
             return Ok(rec);
@@ -666,6 +711,29 @@ impl PaymentService {
         merchant_id: &str,
         out_trade_no: &str,
     ) -> Result<PaymentRecord, PaymentError> {
+        self.close_owned(routes, None, merchant_id, out_trade_no)
+            .await
+    }
+
+    /// [`PaymentService::close`] asked by a shop: another shop's order is not found.
+    pub async fn close_for_shop(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: &str,
+        merchant_id: &str,
+        out_trade_no: &str,
+    ) -> Result<PaymentRecord, PaymentError> {
+        self.close_owned(routes, Some(shop_id), merchant_id, out_trade_no)
+            .await
+    }
+
+    async fn close_owned(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: Option<&str>,
+        merchant_id: &str,
+        out_trade_no: &str,
+    ) -> Result<PaymentRecord, PaymentError> {
         let refuse = |message: &str, rec: PaymentRecord| PaymentError::InvalidState {
             message: message.to_string(),
             payment: Box::new(rec),
@@ -677,6 +745,7 @@ impl PaymentService {
                 .store
                 .get_payment(merchant_id, out_trade_no)
                 .await?
+                .filter(|rec| shop_id.is_none_or(|shop| rec.shop_id == shop))
                 .ok_or(PaymentError::NotFound)?;
             match rec.status {
                 PaymentStatus::Closed => return Ok(rec),
@@ -938,12 +1007,12 @@ fn claim_live(attempt_until: Option<i64>) -> bool {
 /// What every idempotent replay (payment or refund) checks first: the same request, no
 /// attempt in flight, and — for a failure the provider made final — the same error again.
 fn check_replay(
-    (stored_hash, hash): (&str, &str),
+    same_request: bool,
     attempt_until: Option<i64>,
     failed: bool,
     (code, message): (&Option<ChannelFailure>, &Option<String>),
 ) -> Result<(), PaymentError> {
-    if stored_hash != hash {
+    if !same_request {
         return Err(PaymentError::IdempotencyMismatch);
     }
     if claim_live(attempt_until) {
@@ -1007,6 +1076,19 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}_{hex}")
 }
 
+/// The idempotency hash of `request` as `shop_id` made it: one shop's request never matches
+/// another's, however alike their bodies.
+fn request_hash(shop_id: &str, request: &serde_json::Value) -> String {
+    sha256_hex(json!([shop_id, request]).to_string().as_bytes())
+}
+
+/// Whether a replay is the stored request: its hash, or — for a record stored before the shop
+/// was part of the hash, whose shop the caller has already checked — the hash of the request
+/// alone, so that an order in flight across the upgrade can still be retried.
+fn same_request(stored: &str, hash: &str, request: &serde_json::Value) -> bool {
+    stored == hash || stored == sha256_hex(request.to_string().as_bytes())
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -1043,6 +1125,32 @@ mod tests {
         let mut open = e(ErrorKind::CircuitOpen);
         open.maybe_sent = true;
         assert_eq!(failure_of(&open), ChannelFailure::Timeout);
+    }
+
+    #[test]
+    fn the_idempotency_hash_includes_the_shop() {
+        let request = json!({"merchant_id": "m", "out_trade_no": "o", "amount": 100});
+        let hash = request_hash("shop-a", &request);
+        assert_ne!(hash, request_hash("shop-b", &request));
+        assert!(same_request(
+            &hash,
+            &request_hash("shop-a", &request),
+            &request
+        ));
+        assert!(!same_request(
+            &hash,
+            &request_hash("shop-b", &request),
+            &request
+        ));
+        // A record hashed before the shop was part of it still matches the same request.
+        let legacy = sha256_hex(request.to_string().as_bytes());
+        assert!(same_request(&legacy, &hash, &request));
+        let other = json!({"merchant_id": "m", "out_trade_no": "o", "amount": 101});
+        assert!(!same_request(
+            &legacy,
+            &request_hash("shop-a", &other),
+            &other
+        ));
     }
 
     fn record() -> PaymentRecord {
