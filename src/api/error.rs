@@ -280,6 +280,11 @@ impl From<PaymentError> for ApiError {
                 "a request for this out_trade_no is in progress; retry shortly",
             ),
             PaymentError::NotFound => ApiError::new(ErrorCode::NotFound, "no such payment"),
+            // Answered inside the payment layer from the record; never expected here.
+            PaymentError::Superseded(_) => ApiError::new(
+                ErrorCode::RequestInProgress,
+                "another request took this order over; retry shortly to learn its outcome",
+            ),
             PaymentError::InvalidState { message, payment } => {
                 let mut api = ApiError::new(ErrorCode::InvalidState, message);
                 api.payment = Some(crate::payment::view::payment_json(&payment));

@@ -139,6 +139,10 @@ pub enum PaymentError {
     InProgress,
     #[error("payment not found")]
     NotFound,
+    /// Our claim on the record ran out before our write, and another request claimed it:
+    /// its binding and result stand, ours was dropped. The record as it is now.
+    #[error("another request took this order over")]
+    Superseded(Box<PaymentRecord>),
     /// The operation does not fit the payment's state (close a paid order, say).
     #[error("{message}")]
     InvalidState {
@@ -345,9 +349,7 @@ impl PaymentService {
                     .decisions
                     .with_label_values(&[rec.rule.as_str(), rec.channel.as_str()])
                     .inc();
-                self.attempt(routes, rec, &req, fallback)
-                    .await
-                    .map(CreateOutcome::Created)
+                answer_created(self.attempt(routes, rec, &req, fallback).await)
             }
             Some(existing) => {
                 self.replay(routes, existing, shop_id, &rec.request_hash, &req)
@@ -388,9 +390,7 @@ impl PaymentService {
         if !self.store.update_payment(&mut existing).await? {
             return Err(PaymentError::InProgress);
         }
-        self.attempt(routes, existing, req, Vec::new())
-            .await
-            .map(CreateOutcome::Created)
+        answer_created(self.attempt(routes, existing, req, Vec::new()).await)
     }
 
     /// Sends the create to the bound account; fails over only while nothing was sent.
@@ -404,6 +404,9 @@ impl PaymentService {
     ) -> Result<PaymentRecord, PaymentError> {
         let mut fallback = fallback.into_iter();
         loop {
+            // Ours as written with the binding (or the failover's rebinding): our writes
+            // merge only while the record still holds it.
+            let claim = rec.attempt_until;
             let (channel, sub) = match self.bound(routes, &rec, "create") {
                 Ok(b) => b,
                 Err(refusal) => {
@@ -439,7 +442,7 @@ impl PaymentService {
                     rec.error_code = None;
                     rec.error_message = None;
                     rec.attempt_until = None;
-                    self.save(&mut rec).await?;
+                    self.save(&mut rec, claim).await?;
                     self.metrics.outcome(&rec, "created");
                     return Ok(rec);
                 }
@@ -457,7 +460,7 @@ impl PaymentService {
                     rec.channel = next;
                     // The fallback's call gets a claim of its own length.
                     rec.attempt_until = Some(now_ms() + claim_window_ms(&next_channel));
-                    self.save(&mut rec).await?;
+                    self.save(&mut rec, claim).await?;
                     continue;
                 }
                 return Err(self.fail(rec, error, PaymentStatus::Pending).await);
@@ -559,13 +562,14 @@ impl PaymentService {
         // no action), so the failure alone decides what the order is now.
         let failure = failure_of(&error);
         let before = rec.status;
+        let claim = rec.attempt_until;
         rec.status = status;
         rec.error_code = Some(failure);
         rec.error_message = Some(error.to_string());
         rec.attempt_until = None;
         self.metrics.outcome(&rec, outcome_label(failure));
         tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, error = %error, "channel call failed");
-        if let Err(e) = self.save_emitting(&mut rec, before).await {
+        if let Err(e) = self.save_emitting(&mut rec, before, claim).await {
             return e;
         }
         PaymentError::Channel {
@@ -574,17 +578,19 @@ impl PaymentService {
         }
     }
 
-    async fn save(&self, rec: &mut PaymentRecord) -> Result<(), PaymentError> {
+    async fn save(&self, rec: &mut PaymentRecord, claim: Option<i64>) -> Result<(), PaymentError> {
         let before = rec.status;
-        self.save_emitting(rec, before).await
+        self.save_emitting(rec, before, claim).await
     }
 
     /// Saves (compare-and-set) and, if the status moved from `before` to a final one, writes
-    /// the shop event in the same transaction.
+    /// the shop event in the same transaction. `claim` is the record's `attempt_until` as the
+    /// caller claimed it.
     async fn save_emitting(
         &self,
         rec: &mut PaymentRecord,
         before: PaymentStatus,
+        claim: Option<i64>,
     ) -> Result<(), PaymentError> {
         let event = payment_event(rec, before);
         if self
@@ -608,6 +614,14 @@ impl PaymentService {
         else {
             return Err(PaymentError::NotFound);
         };
+        // Notifications never take or clear a live claim, so a claim that is not ours any
+        // more ran out while we stalled: another request holds or held the record since, and
+        // may have bound it elsewhere and created the order there. Writing our channel,
+        // account or claim over it could send that order to a second account.
+        if claim.is_none() || fresh.attempt_until != claim {
+            tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, bound = %fresh.channel, "our claim on the payment ran out before our write; the record stands as another request left it");
+            return Err(PaymentError::Superseded(Box::new(fresh)));
+        }
         let fresh_before = fresh.status;
         let mut merged = merge_payment(fresh, rec);
         let event = payment_event(&merged, fresh_before);
@@ -627,9 +641,10 @@ impl PaymentService {
 
     /// Gives up our claim without other changes (the record stays as it was).
     async fn release(&self, mut rec: PaymentRecord) -> PaymentRecord {
+        let claim = rec.attempt_until;
         rec.attempt_until = None;
         rec.updated_at = now_ms();
-        if let Err(e) = self.save(&mut rec).await {
+        if let Err(e) = self.save(&mut rec, claim).await {
             tracing::warn!(payment_id = %rec.payment_id, error = %e, "releasing the claim failed; it expires by itself");
         }
         rec
@@ -819,10 +834,19 @@ impl PaymentService {
             }
         }
         let before = rec.status;
+        let claim = rec.attempt_until;
         rec.status = PaymentStatus::Closed;
         rec.attempt_until = None;
         rec.updated_at = now_ms();
-        self.save_emitting(&mut rec, before).await?;
+        match self.save_emitting(&mut rec, before, claim).await {
+            Ok(()) => {}
+            // Another request took the order over meanwhile: the record says what it is.
+            Err(PaymentError::Superseded(fresh)) if fresh.status == PaymentStatus::Closed => {
+                return Ok(*fresh)
+            }
+            Err(PaymentError::Superseded(_)) => return Err(PaymentError::InProgress),
+            Err(e) => return Err(e),
+        }
         self.metrics.outcome(&rec, "closed");
         Ok(rec)
     }
@@ -926,6 +950,29 @@ fn merge_payment(fresh: PaymentRecord, ours: &PaymentRecord) -> PaymentRecord {
     m.attempt_until = ours.attempt_until;
     m.updated_at = ours.updated_at.max(m.updated_at);
     m
+}
+
+/// A create's answer: the record its call left, or — when another request took the order over
+/// while the call was out — that request's record, as a replay would answer it.
+fn answer_created(
+    attempted: Result<PaymentRecord, PaymentError>,
+) -> Result<CreateOutcome, PaymentError> {
+    let fresh = match attempted {
+        Ok(rec) => return Ok(CreateOutcome::Created(rec)),
+        Err(PaymentError::Superseded(fresh)) => fresh,
+        Err(e) => return Err(e),
+    };
+    check_replay(
+        true,
+        fresh.attempt_until,
+        fresh.status == PaymentStatus::Failed,
+        (&fresh.error_code, &fresh.error_message),
+    )?;
+    if fresh.action.is_some() || fresh.status.is_final() {
+        return Ok(CreateOutcome::Replayed(*fresh));
+    }
+    // Neither answered nor in flight: the shop's retry takes it over at its bound account.
+    Err(PaymentError::InProgress)
 }
 
 /// The shop event of a payment that moved from `before` to a final status.
