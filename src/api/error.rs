@@ -291,6 +291,17 @@ impl From<PaymentError> for ApiError {
                 api
             }
             PaymentError::Store(e) => ApiError::from(e),
+            PaymentError::Unrecorded { error, payment } => {
+                let mut api = ApiError::from(error);
+                api.message = format!(
+                    "channel {:?} may have the order, but the store failed to record its answer; \
+                     its status is unknown: retry with the same out_trade_no, which goes to the \
+                     same channel",
+                    payment.channel
+                );
+                api.payment = Some(crate::payment::view::payment_json(&payment));
+                api
+            }
         }
     }
 }

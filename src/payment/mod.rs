@@ -151,6 +151,14 @@ pub enum PaymentError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store failed after a call that may have created the order at the channel: the
+    /// order may exist there, unrecorded. `payment` is the order as the shop must see it
+    /// (`unknown`).
+    #[error("the channel may have the order, but the store failed to record it: {error}")]
+    Unrecorded {
+        error: StoreError,
+        payment: Box<PaymentRecord>,
+    },
 }
 
 /// Whether the caller holds the record's claim (`attempt_until`).
@@ -442,7 +450,9 @@ impl PaymentService {
                     rec.error_code = None;
                     rec.error_message = None;
                     rec.attempt_until = None;
-                    self.save(&mut rec, claim).await?;
+                    if let Err(e) = self.save(&mut rec, claim).await {
+                        return Err(unrecorded(rec, e));
+                    }
                     self.metrics.outcome(&rec, "created");
                     return Ok(rec);
                 }
@@ -487,7 +497,10 @@ impl PaymentService {
     ) -> Result<PaymentRecord, PaymentError> {
         match channel.query(&rec.out_trade_no, sub).await {
             Ok(state) if state.status == PaymentStatus::Succeeded => {
-                self.apply_state(rec, state, channel, Claim::Ours).await
+                let shown = rec.clone();
+                self.apply_state(rec, state, channel, Claim::Ours)
+                    .await
+                    .map_err(|e| unrecorded(shown, e))
             }
             Ok(state) => {
                 tracing::info!(payment_id = %rec.payment_id, channel = %rec.channel, provider_state = %state.provider_state, "after an uncertain create the channel reports the order unpaid");
@@ -570,7 +583,12 @@ impl PaymentService {
         self.metrics.outcome(&rec, outcome_label(failure));
         tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, error = %error, "channel call failed");
         if let Err(e) = self.save_emitting(&mut rec, before, claim).await {
-            return e;
+            // Nothing sent, or a final refusal: nothing exists at the channel, and the
+            // store's own error says it all. Otherwise the order may exist there.
+            return match status {
+                PaymentStatus::Unknown => unrecorded(rec, e),
+                _ => e,
+            };
         }
         PaymentError::Channel {
             error,
@@ -950,6 +968,25 @@ fn merge_payment(fresh: PaymentRecord, ours: &PaymentRecord) -> PaymentRecord {
     m.attempt_until = ours.attempt_until;
     m.updated_at = ours.updated_at.max(m.updated_at);
     m
+}
+
+/// `e` as the shop must hear it after a call that may have created the order: a store error
+/// says that the order may exist at the channel (status `unknown`, retry with the same
+/// `out_trade_no`), not the "nothing was sent" of a write refused before any call.
+fn unrecorded(mut rec: PaymentRecord, e: PaymentError) -> PaymentError {
+    let PaymentError::Store(error) = e else {
+        return e;
+    };
+    tracing::error!(payment_id = %rec.payment_id, channel = %rec.channel, %error, "the store failed after the channel call; the order may exist at the channel, unrecorded");
+    rec.status = PaymentStatus::Unknown;
+    // Not stored, so not shown: the shop's retry gets it again from the channel, for the
+    // same order.
+    rec.action = None;
+    rec.attempt_until = None;
+    PaymentError::Unrecorded {
+        error,
+        payment: Box::new(rec),
+    }
 }
 
 /// A create's answer: the record its call left, or — when another request took the order over
