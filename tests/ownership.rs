@@ -212,3 +212,18 @@ async fn another_shop_of_the_merchant_finds_nothing_of_a_payment() {
     assert_eq!(r.body["action"], open["action"]);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_api_schema_lists_the_ownership_codes() {
+    let h = Harness::start().await;
+    let r = as_peer(&h, Method::GET, "/openapi.json", &Value::Null).await;
+    let codes = &r.body["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
+        ["code"]["enum"];
+    for code in ["out_trade_no_taken", "out_refund_no_taken"] {
+        assert!(
+            codes.as_array().is_some_and(|c| c.contains(&json!(code))),
+            "{code} is not in the schema: {codes}"
+        );
+    }
+    h.shutdown().await;
+}

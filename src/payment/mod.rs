@@ -16,6 +16,11 @@
 //! - A record has one in-flight call at a time (`attempt_until`, compare-and-set on
 //!   `version`): creates and closes claim it; a concurrent twin gets `request_in_progress`,
 //!   and a refresh never clears another request's live claim.
+//! - A claim holder whose write loses the compare-and-set merges it only while the record
+//!   still holds its claim; a holder that stalled past its window finds another request's
+//!   claim (or none) and leaves the record — binding included — as that request left it.
+//! - A payment belongs to the shop that created it: to any other shop it is not found, and
+//!   its `out_trade_no` is taken.
 //! - Only a verified answer moves a payment to a final state; a `succeeded` answer must state
 //!   the order's amount and currency, and they must match.
 
@@ -982,7 +987,6 @@ fn unrecorded(mut rec: PaymentRecord, e: PaymentError) -> PaymentError {
     // Not stored, so not shown: the shop's retry gets it again from the channel, for the
     // same order.
     rec.action = None;
-    rec.attempt_until = None;
     PaymentError::Unrecorded {
         error,
         payment: Box::new(rec),
