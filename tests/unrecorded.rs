@@ -93,3 +93,41 @@ async fn a_write_failing_after_the_channel_call_says_the_order_may_exist() {
     );
     Harness::shutdown_shared(h).await;
 }
+
+/// The same after a create whose call may have reached the channel and ended without an
+/// answer (5xx until the deadline, then a query that does not tell): its `unknown` outcome
+/// cannot be stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncertain_create_whose_outcome_cannot_be_stored_says_the_order_may_exist() {
+    let h = Arc::new(Harness::start().await);
+    h.faults(json!({
+        "latency_ms": 700, "fail_next": 100, "fail_status": 500, "fail_code": "SYSTEM_ERROR",
+        "fail_ops": ["create"],
+    }))
+    .await;
+    let body = payment("m_1001", "unrec-3", "wechat_native", 100, json!({}));
+    let call = {
+        let (h, body) = (h.clone(), body.clone());
+        tokio::spawn(async move { h.create(&body).await })
+    };
+    // The binding is stored before the first attempt, which the sandbox holds back.
+    wait_until("the binding to be stored", || async {
+        h.get_payment("m_1001", "unrec-3", false).await.status == 200
+    })
+    .await;
+    let lock = WriteLock::take(&h);
+    assert!(
+        !call.is_finished(),
+        "the channel's latency did not hold the call"
+    );
+    let r = within("the create's answer", call).await.unwrap();
+    r.expect_error(503, "store_unavailable");
+    assert_eq!(r.body["payment"]["status"], "unknown", "{}", r.text);
+    assert!(
+        r.error_message().contains("may have the order"),
+        "{}",
+        r.text
+    );
+    drop(lock);
+    Harness::shutdown_shared(h).await;
+}
