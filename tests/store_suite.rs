@@ -8,6 +8,8 @@
 //! Tests of claims (two instances taking the same due work) run against PostgreSQL only:
 //! SQLite serves one instance and hands due work to whoever asks.
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -237,6 +239,8 @@ both_stores!(
     open_orders_by_account,
     reachable,
     reopening_keeps_everything,
+    a_stale_claim_holder_never_rebinds_the_order,
+    a_live_claim_holder_merges_what_a_notification_wrote,
 );
 
 postgres_only!(
@@ -1522,4 +1526,266 @@ async fn an_instance_waits_out_a_long_migration_of_another(ctx: Ctx) {
         .await;
     opened.expect("the instance started once the migration lock was free");
     assert!(served.unwrap(), "and serves from the migrated schema");
+}
+
+// ---------------------------------------------------------------------------------------
+// The payment service over the store: what a claim holder writes after its channel call.
+
+/// A [`PaymentService`] over the store under test, with the harness's channels (test config)
+/// on an in-process sandbox: one proxy instance, without its listeners.
+struct Payments {
+    service: payroute::payment::PaymentService,
+    live: Arc<payroute::live::Live>,
+    sandbox_url: String,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    _dir: tempfile::TempDir,
+}
+
+impl Payments {
+    async fn start(store: Arc<dyn Store>) -> Arc<Payments> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sandbox_url = format!("http://{}", listener.local_addr().unwrap());
+        let site = support::Site {
+            public_base_url: "http://127.0.0.1:9".into(),
+            webhook_url: "http://127.0.0.1:9/events".into(),
+        };
+        let yaml = support::config_yaml(
+            &support::Upstream::plain(&sandbox_url),
+            &format!(
+                "{{ kind: sqlite, path: {} }}",
+                dir.path().join("unused.db").display()
+            ),
+            &site,
+            support::RULES,
+            "",
+        );
+        let path = dir.path().join("payroute.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let config = payroute::config::Config::load(&path).expect("test config");
+        let sandbox =
+            payroute::sandbox::Sandbox::new(payroute::config::sandbox_merchants(&config.channels));
+        tokio::spawn(sandbox.serve(listener, None, std::future::pending()));
+        let registry = prometheus::Registry::new();
+        let resilience = Arc::new(payroute::resilience::Resilience::new(&registry).unwrap());
+        let live = payroute::live::LiveConfig::new(config, &registry, resilience)
+            .expect("live config")
+            .load();
+        Arc::new(Payments {
+            service: payroute::payment::PaymentService::new(store, &registry).unwrap(),
+            live,
+            sandbox_url,
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+            _dir: dir,
+        })
+    }
+
+    fn routes(&self) -> payroute::payment::Routes<'_> {
+        payroute::payment::Routes {
+            rules: &self.live.config.rules,
+            channels: &self.live.channels,
+            merchants: &self.live.config.merchants,
+            public_base_url: &self.live.config.server.public_base_url,
+        }
+    }
+
+    /// `test-shop`'s create of `no` for `m_1001` (its rule: `m1001_wechat`).
+    async fn create(
+        &self,
+        no: &str,
+    ) -> Result<payroute::payment::CreateOutcome, payroute::payment::PaymentError> {
+        let req = payroute::payment::NewPayment {
+            merchant_id: "m_1001".into(),
+            out_trade_no: no.into(),
+            amount: 100,
+            currency: "CNY".into(),
+            method: Method::WechatNative,
+            description: "Test mug".into(),
+            openid: None,
+            client_ip: None,
+            expires_at: None,
+            return_url: None,
+            attach: None,
+            metadata: Default::default(),
+        };
+        self.service.create(&self.routes(), "test-shop", req).await
+    }
+
+    async fn sandbox(&self, method: http::Method, path: &str, body: &str) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.sandbox_url))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap();
+        let resp = support::within("the sandbox's answer", self.client.request(req))
+            .await
+            .unwrap();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// Starts test-shop's create of `no` with the sandbox holding its answer, and returns once
+    /// the order is at the channel (the answer still held back).
+    async fn create_held_at_the_channel(
+        self: &Arc<Self>,
+        no: &str,
+    ) -> tokio::task::JoinHandle<
+        Result<payroute::payment::CreateOutcome, payroute::payment::PaymentError>,
+    > {
+        // Under the channel's 2s timeout: the answer comes, late.
+        self.sandbox(
+            http::Method::POST,
+            "/sandbox/faults",
+            r#"{"latency_ms": 1500}"#,
+        )
+        .await;
+        let (me, no_) = (self.clone(), no.to_string());
+        let call = tokio::spawn(async move { me.create(&no_).await });
+        support::wait_until("the order to reach the channel", || async {
+            let at = self
+                .sandbox(http::Method::GET, &format!("/sandbox/orders/{no}"), "")
+                .await;
+            at["orders"].as_array().is_some_and(|o| !o.is_empty())
+        })
+        .await;
+        call
+    }
+}
+
+fn now_ms() -> i64 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()) as i64
+}
+
+/// An instance whose call outlived its claim comes back after another instance took the
+/// order over (claimed the record, rebound it to another account, created it there): it
+/// must not write its channel, account or claim over that binding — the order would then
+/// be sent to two accounts — and answers from the record.
+async fn a_stale_claim_holder_never_rebinds_the_order(ctx: Ctx) {
+    let a = Payments::start(ctx.store.clone()).await;
+    let call = a.create_held_at_the_channel("stale-1").await;
+    // Instance B (the same data through another store instance), once A's window ran out.
+    let mut rec = ctx
+        .other
+        .get_payment("m_1001", "stale-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.channel, "m1001_wechat");
+    let a_claim = rec.attempt_until.expect("A's claim");
+    let routes = a.routes();
+    let platform = routes.channels.get("platform_wechat").unwrap();
+    let platform_account = platform.account(&routes.sub_merchant("m_1001"));
+    rec.attempt_until = Some(now_ms() + 60_000);
+    rec.channel = "platform_wechat".into();
+    rec.account = Some(platform_account.clone());
+    assert!(
+        ctx.other.update_payment(&mut rec).await.unwrap(),
+        "B claims"
+    );
+    let b_action = serde_json::json!({"type": "qr_code", "code_url": "weixin://b-at-the-platform"});
+    rec.attempt_until = None;
+    rec.action = Some(b_action.clone());
+    assert!(
+        ctx.other.update_payment(&mut rec).await.unwrap(),
+        "B's result"
+    );
+    assert!(
+        !call.is_finished(),
+        "A's call ended before B took over: the sandbox's latency did not hold it"
+    );
+    assert_ne!(Some(a_claim), rec.attempt_until);
+
+    let answer = support::within("A's create", call).await.unwrap();
+    let stored = ctx
+        .store
+        .get_payment("m_1001", "stale-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stored.channel.as_str(), stored.account.as_ref()),
+        ("platform_wechat", Some(&platform_account)),
+        "{}: the stale claim holder rebound the order",
+        ctx.kind
+    );
+    assert_eq!(stored.action, Some(b_action.clone()), "{}", ctx.kind);
+    assert_eq!(stored.attempt_until, None, "{}", ctx.kind);
+    // A answers from the record: B's binding and payer action.
+    match answer {
+        Ok(payroute::payment::CreateOutcome::Replayed(p)) => {
+            assert_eq!(
+                (p.channel.as_str(), p.action),
+                ("platform_wechat", Some(b_action))
+            );
+        }
+        other => panic!("{}: A answered {other:?}", ctx.kind),
+    }
+}
+
+/// The other side of the rule: while the claim is still the caller's, what a verified
+/// notification wrote meanwhile (paid, the provider's number) stays and the call's result
+/// (the payer action) is added, on the same binding.
+async fn a_live_claim_holder_merges_what_a_notification_wrote(ctx: Ctx) {
+    let a = Payments::start(ctx.store.clone()).await;
+    let call = a.create_held_at_the_channel("live-1").await;
+    // A notification (it never takes or clears a live claim) marks the order paid.
+    let mut rec = ctx
+        .other
+        .get_payment("m_1001", "live-1")
+        .await
+        .unwrap()
+        .unwrap();
+    let a_claim = rec.attempt_until;
+    rec.status = PaymentStatus::Succeeded;
+    rec.paid_at = Some(now_ms());
+    rec.provider_trade_no = Some("4200000000000000000000000042".into());
+    assert!(ctx.other.update_payment(&mut rec).await.unwrap());
+    assert!(
+        !call.is_finished(),
+        "the sandbox's latency did not hold A's call"
+    );
+    assert_eq!(rec.attempt_until, a_claim);
+
+    let answer = support::within("A's create", call).await.unwrap();
+    let stored = ctx
+        .store
+        .get_payment("m_1001", "live-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, PaymentStatus::Succeeded, "{}", ctx.kind);
+    assert_eq!(stored.channel, "m1001_wechat");
+    assert_eq!(
+        stored.provider_trade_no.as_deref(),
+        Some("4200000000000000000000000042")
+    );
+    let code_url = stored.action.as_ref().map(|a| a["code_url"].clone());
+    assert!(
+        code_url
+            .as_ref()
+            .and_then(|u| u.as_str())
+            .is_some_and(|u| u.starts_with("weixin://wxpay/")),
+        "{}: the call's payer action was dropped: {:?}",
+        ctx.kind,
+        stored.action
+    );
+    assert_eq!(stored.attempt_until, None, "the claim ends");
+    match answer {
+        Ok(payroute::payment::CreateOutcome::Created(p)) => {
+            assert_eq!(p.status, PaymentStatus::Succeeded)
+        }
+        other => panic!("{}: A answered {other:?}", ctx.kind),
+    }
 }

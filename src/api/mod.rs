@@ -350,7 +350,7 @@ async fn get(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .get(&routes(live), merchant, out_trade_no, refresh)
+        .get_for_shop(&routes(live), &shop.id, merchant, out_trade_no, refresh)
         .await?;
     Ok(body_response(StatusCode::OK, payment_view(&rec)))
 }
@@ -366,7 +366,7 @@ async fn close(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .close(&routes(live), merchant, out_trade_no)
+        .close_for_shop(&routes(live), &shop.id, merchant, out_trade_no)
         .await?;
     Ok(body_response(StatusCode::OK, payment_view(&rec)))
 }
@@ -398,7 +398,7 @@ async fn get_refund(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .get_refund(&routes(live), merchant, out_refund_no, refresh)
+        .get_refund_for_shop(&routes(live), &shop.id, merchant, out_refund_no, refresh)
         .await?;
     Ok(body_response(StatusCode::OK, refund_view(&rec)))
 }

@@ -16,6 +16,11 @@
 //! - A record has one in-flight call at a time (`attempt_until`, compare-and-set on
 //!   `version`): creates and closes claim it; a concurrent twin gets `request_in_progress`,
 //!   and a refresh never clears another request's live claim.
+//! - A claim holder whose write loses the compare-and-set merges it only while the record
+//!   still holds its claim; a holder that stalled past its window finds another request's
+//!   claim (or none) and leaves the record — binding included — as that request left it.
+//! - A payment belongs to the shop that created it: to any other shop it is not found, and
+//!   its `out_trade_no` is taken.
 //! - Only a verified answer moves a payment to a final state; a `succeeded` answer must state
 //!   the order's amount and currency, and they must match.
 
@@ -129,10 +134,20 @@ pub enum PaymentError {
     AccountUnavailable(String),
     #[error("this out_trade_no was used with a different request")]
     IdempotencyMismatch,
+    /// The merchant's `out_trade_no` belongs to an order another shop created.
+    #[error("this out_trade_no is taken by another shop's order")]
+    OutTradeNoTaken,
+    /// The merchant's `out_refund_no` belongs to a refund another shop asked for.
+    #[error("this out_refund_no is taken by another shop's refund")]
+    OutRefundNoTaken,
     #[error("a request for this out_trade_no is in progress")]
     InProgress,
     #[error("payment not found")]
     NotFound,
+    /// Our claim on the record ran out before our write, and another request claimed it:
+    /// its binding and result stand, ours was dropped. The record as it is now.
+    #[error("another request took this order over")]
+    Superseded(Box<PaymentRecord>),
     /// The operation does not fit the payment's state (close a paid order, say).
     #[error("{message}")]
     InvalidState {
@@ -141,6 +156,14 @@ pub enum PaymentError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store failed after a call that may have created the order at the channel: the
+    /// order may exist there, unrecorded. `payment` is the order as the shop must see it
+    /// (`unknown`).
+    #[error("the channel may have the order, but the store failed to record it: {error}")]
+    Unrecorded {
+        error: StoreError,
+        payment: Box<PaymentRecord>,
+    },
 }
 
 /// Whether the caller holds the record's claim (`attempt_until`).
@@ -258,7 +281,7 @@ impl PaymentService {
     ) -> Result<CreateOutcome, PaymentError> {
         let now = now_ms();
         let request = req.canonical();
-        let request_hash = sha256_hex(request.to_string().as_bytes());
+        let request_hash = request_hash(shop_id, &request);
         let facts = PaymentFacts {
             merchant: &req.merchant_id,
             shop: shop_id,
@@ -296,7 +319,10 @@ impl PaymentService {
                     .get_payment(&req.merchant_id, &req.out_trade_no)
                     .await?
                 {
-                    Some(existing) => self.replay(routes, existing, &request_hash, &req).await,
+                    Some(existing) => {
+                        self.replay(routes, existing, shop_id, &request_hash, &req)
+                            .await
+                    }
                     None => Err(refusal),
                 };
             }
@@ -336,11 +362,12 @@ impl PaymentService {
                     .decisions
                     .with_label_values(&[rec.rule.as_str(), rec.channel.as_str()])
                     .inc();
-                self.attempt(routes, rec, &req, fallback)
-                    .await
-                    .map(CreateOutcome::Created)
+                answer_created(self.attempt(routes, rec, &req, fallback).await)
             }
-            Some(existing) => self.replay(routes, existing, &rec.request_hash, &req).await,
+            Some(existing) => {
+                self.replay(routes, existing, shop_id, &rec.request_hash, &req)
+                    .await
+            }
         }
     }
 
@@ -348,12 +375,18 @@ impl PaymentService {
         &self,
         routes: &Routes<'_>,
         mut existing: PaymentRecord,
+        shop_id: &str,
         hash: &str,
         req: &NewPayment,
     ) -> Result<CreateOutcome, PaymentError> {
+        // Another shop's order: refused before anything of it (its state, its action, whether
+        // a request of it is in flight) can show.
+        if existing.shop_id != shop_id {
+            return Err(PaymentError::OutTradeNoTaken);
+        }
         let now = now_ms();
         check_replay(
-            (&existing.request_hash, hash),
+            same_request(&existing.request_hash, hash, &req.canonical()),
             existing.attempt_until,
             existing.status == PaymentStatus::Failed,
             (&existing.error_code, &existing.error_message),
@@ -370,9 +403,7 @@ impl PaymentService {
         if !self.store.update_payment(&mut existing).await? {
             return Err(PaymentError::InProgress);
         }
-        self.attempt(routes, existing, req, Vec::new())
-            .await
-            .map(CreateOutcome::Created)
+        answer_created(self.attempt(routes, existing, req, Vec::new()).await)
     }
 
     /// Sends the create to the bound account; fails over only while nothing was sent.
@@ -386,6 +417,9 @@ impl PaymentService {
     ) -> Result<PaymentRecord, PaymentError> {
         let mut fallback = fallback.into_iter();
         loop {
+            // Ours as written with the binding (or the failover's rebinding): our writes
+            // merge only while the record still holds it.
+            let claim = rec.attempt_until;
             let (channel, sub) = match self.bound(routes, &rec, "create") {
                 Ok(b) => b,
                 Err(refusal) => {
@@ -421,7 +455,9 @@ impl PaymentService {
                     rec.error_code = None;
                     rec.error_message = None;
                     rec.attempt_until = None;
-                    self.save(&mut rec).await?;
+                    if let Err(e) = self.save(&mut rec, claim).await {
+                        return Err(unrecorded(rec, e));
+                    }
                     self.metrics.outcome(&rec, "created");
                     return Ok(rec);
                 }
@@ -439,7 +475,7 @@ impl PaymentService {
                     rec.channel = next;
                     // The fallback's call gets a claim of its own length.
                     rec.attempt_until = Some(now_ms() + claim_window_ms(&next_channel));
-                    self.save(&mut rec).await?;
+                    self.save(&mut rec, claim).await?;
                     continue;
                 }
                 return Err(self.fail(rec, error, PaymentStatus::Pending).await);
@@ -466,7 +502,10 @@ impl PaymentService {
     ) -> Result<PaymentRecord, PaymentError> {
         match channel.query(&rec.out_trade_no, sub).await {
             Ok(state) if state.status == PaymentStatus::Succeeded => {
-                self.apply_state(rec, state, channel, Claim::Ours).await
+                let shown = rec.clone();
+                self.apply_state(rec, state, channel, Claim::Ours)
+                    .await
+                    .map_err(|e| unrecorded(shown, e))
             }
             Ok(state) => {
                 tracing::info!(payment_id = %rec.payment_id, channel = %rec.channel, provider_state = %state.provider_state, "after an uncertain create the channel reports the order unpaid");
@@ -541,14 +580,20 @@ impl PaymentService {
         // no action), so the failure alone decides what the order is now.
         let failure = failure_of(&error);
         let before = rec.status;
+        let claim = rec.attempt_until;
         rec.status = status;
         rec.error_code = Some(failure);
         rec.error_message = Some(error.to_string());
         rec.attempt_until = None;
         self.metrics.outcome(&rec, outcome_label(failure));
         tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, error = %error, "channel call failed");
-        if let Err(e) = self.save_emitting(&mut rec, before).await {
-            return e;
+        if let Err(e) = self.save_emitting(&mut rec, before, claim).await {
+            // Nothing sent, or a final refusal: nothing exists at the channel, and the
+            // store's own error says it all. Otherwise the order may exist there.
+            return match status {
+                PaymentStatus::Unknown => unrecorded(rec, e),
+                _ => e,
+            };
         }
         PaymentError::Channel {
             error,
@@ -556,17 +601,19 @@ impl PaymentService {
         }
     }
 
-    async fn save(&self, rec: &mut PaymentRecord) -> Result<(), PaymentError> {
+    async fn save(&self, rec: &mut PaymentRecord, claim: Option<i64>) -> Result<(), PaymentError> {
         let before = rec.status;
-        self.save_emitting(rec, before).await
+        self.save_emitting(rec, before, claim).await
     }
 
     /// Saves (compare-and-set) and, if the status moved from `before` to a final one, writes
-    /// the shop event in the same transaction.
+    /// the shop event in the same transaction. `claim` is the record's `attempt_until` as the
+    /// caller claimed it.
     async fn save_emitting(
         &self,
         rec: &mut PaymentRecord,
         before: PaymentStatus,
+        claim: Option<i64>,
     ) -> Result<(), PaymentError> {
         let event = payment_event(rec, before);
         if self
@@ -590,6 +637,14 @@ impl PaymentService {
         else {
             return Err(PaymentError::NotFound);
         };
+        // Notifications never take or clear a live claim, so a claim that is not ours any
+        // more ran out while we stalled: another request holds or held the record since, and
+        // may have bound it elsewhere and created the order there. Writing our channel,
+        // account or claim over it could send that order to a second account.
+        if claim.is_none() || fresh.attempt_until != claim {
+            tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, bound = %fresh.channel, "our claim on the payment ran out before our write; the record stands as another request left it");
+            return Err(PaymentError::Superseded(Box::new(fresh)));
+        }
         let fresh_before = fresh.status;
         let mut merged = merge_payment(fresh, rec);
         let event = payment_event(&merged, fresh_before);
@@ -609,9 +664,10 @@ impl PaymentService {
 
     /// Gives up our claim without other changes (the record stays as it was).
     async fn release(&self, mut rec: PaymentRecord) -> PaymentRecord {
+        let claim = rec.attempt_until;
         rec.attempt_until = None;
         rec.updated_at = now_ms();
-        if let Err(e) = self.save(&mut rec).await {
+        if let Err(e) = self.save(&mut rec, claim).await {
             tracing::warn!(payment_id = %rec.payment_id, error = %e, "releasing the claim failed; it expires by itself");
         }
         rec
@@ -626,10 +682,37 @@ impl PaymentService {
         out_trade_no: &str,
         refresh: bool,
     ) -> Result<PaymentRecord, PaymentError> {
+        self.get_owned(routes, None, merchant_id, out_trade_no, refresh)
+            .await
+    }
+
+    /// [`PaymentService::get`] asked by a shop: another shop's order is not found (and not
+    /// refreshed).
+    pub async fn get_for_shop(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: &str,
+        merchant_id: &str,
+        out_trade_no: &str,
+        refresh: bool,
+    ) -> Result<PaymentRecord, PaymentError> {
+        self.get_owned(routes, Some(shop_id), merchant_id, out_trade_no, refresh)
+            .await
+    }
+
+    async fn get_owned(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: Option<&str>,
+        merchant_id: &str,
+        out_trade_no: &str,
+        refresh: bool,
+    ) -> Result<PaymentRecord, PaymentError> {
         let rec = self
             .store
             .get_payment(merchant_id, out_trade_no)
             .await?
+            .filter(|rec| shop_id.is_none_or(|shop| rec.shop_id == shop))
             .ok_or(PaymentError::NotFound)?;
         if !refresh || claim_live(rec.attempt_until) {
             return Ok(rec);
@@ -666,6 +749,29 @@ impl PaymentService {
         merchant_id: &str,
         out_trade_no: &str,
     ) -> Result<PaymentRecord, PaymentError> {
+        self.close_owned(routes, None, merchant_id, out_trade_no)
+            .await
+    }
+
+    /// [`PaymentService::close`] asked by a shop: another shop's order is not found.
+    pub async fn close_for_shop(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: &str,
+        merchant_id: &str,
+        out_trade_no: &str,
+    ) -> Result<PaymentRecord, PaymentError> {
+        self.close_owned(routes, Some(shop_id), merchant_id, out_trade_no)
+            .await
+    }
+
+    async fn close_owned(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: Option<&str>,
+        merchant_id: &str,
+        out_trade_no: &str,
+    ) -> Result<PaymentRecord, PaymentError> {
         let refuse = |message: &str, rec: PaymentRecord| PaymentError::InvalidState {
             message: message.to_string(),
             payment: Box::new(rec),
@@ -677,6 +783,7 @@ impl PaymentService {
                 .store
                 .get_payment(merchant_id, out_trade_no)
                 .await?
+                .filter(|rec| shop_id.is_none_or(|shop| rec.shop_id == shop))
                 .ok_or(PaymentError::NotFound)?;
             match rec.status {
                 PaymentStatus::Closed => return Ok(rec),
@@ -750,10 +857,19 @@ impl PaymentService {
             }
         }
         let before = rec.status;
+        let claim = rec.attempt_until;
         rec.status = PaymentStatus::Closed;
         rec.attempt_until = None;
         rec.updated_at = now_ms();
-        self.save_emitting(&mut rec, before).await?;
+        match self.save_emitting(&mut rec, before, claim).await {
+            Ok(()) => {}
+            // Another request took the order over meanwhile: the record says what it is.
+            Err(PaymentError::Superseded(fresh)) if fresh.status == PaymentStatus::Closed => {
+                return Ok(*fresh)
+            }
+            Err(PaymentError::Superseded(_)) => return Err(PaymentError::InProgress),
+            Err(e) => return Err(e),
+        }
         self.metrics.outcome(&rec, "closed");
         Ok(rec)
     }
@@ -859,6 +975,47 @@ fn merge_payment(fresh: PaymentRecord, ours: &PaymentRecord) -> PaymentRecord {
     m
 }
 
+/// `e` as the shop must hear it after a call that may have created the order: a store error
+/// says that the order may exist at the channel (status `unknown`, retry with the same
+/// `out_trade_no`), not the "nothing was sent" of a write refused before any call.
+fn unrecorded(mut rec: PaymentRecord, e: PaymentError) -> PaymentError {
+    let PaymentError::Store(error) = e else {
+        return e;
+    };
+    tracing::error!(payment_id = %rec.payment_id, channel = %rec.channel, %error, "the store failed after the channel call; the order may exist at the channel, unrecorded");
+    rec.status = PaymentStatus::Unknown;
+    // Not stored, so not shown: the shop's retry gets it again from the channel, for the
+    // same order.
+    rec.action = None;
+    PaymentError::Unrecorded {
+        error,
+        payment: Box::new(rec),
+    }
+}
+
+/// A create's answer: the record its call left, or — when another request took the order over
+/// while the call was out — that request's record, as a replay would answer it.
+fn answer_created(
+    attempted: Result<PaymentRecord, PaymentError>,
+) -> Result<CreateOutcome, PaymentError> {
+    let fresh = match attempted {
+        Ok(rec) => return Ok(CreateOutcome::Created(rec)),
+        Err(PaymentError::Superseded(fresh)) => fresh,
+        Err(e) => return Err(e),
+    };
+    check_replay(
+        true,
+        fresh.attempt_until,
+        fresh.status == PaymentStatus::Failed,
+        (&fresh.error_code, &fresh.error_message),
+    )?;
+    if fresh.action.is_some() || fresh.status.is_final() {
+        return Ok(CreateOutcome::Replayed(*fresh));
+    }
+    // Neither answered nor in flight: the shop's retry takes it over at its bound account.
+    Err(PaymentError::InProgress)
+}
+
 /// The shop event of a payment that moved from `before` to a final status.
 fn payment_event(rec: &PaymentRecord, before: PaymentStatus) -> Option<EventRecord> {
     let kind = EventType::for_payment(rec.status).filter(|_| rec.status != before)?;
@@ -938,12 +1095,12 @@ fn claim_live(attempt_until: Option<i64>) -> bool {
 /// What every idempotent replay (payment or refund) checks first: the same request, no
 /// attempt in flight, and — for a failure the provider made final — the same error again.
 fn check_replay(
-    (stored_hash, hash): (&str, &str),
+    same_request: bool,
     attempt_until: Option<i64>,
     failed: bool,
     (code, message): (&Option<ChannelFailure>, &Option<String>),
 ) -> Result<(), PaymentError> {
-    if stored_hash != hash {
+    if !same_request {
         return Err(PaymentError::IdempotencyMismatch);
     }
     if claim_live(attempt_until) {
@@ -1007,6 +1164,19 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}_{hex}")
 }
 
+/// The idempotency hash of `request` as `shop_id` made it: one shop's request never matches
+/// another's, however alike their bodies.
+fn request_hash(shop_id: &str, request: &serde_json::Value) -> String {
+    sha256_hex(json!([shop_id, request]).to_string().as_bytes())
+}
+
+/// Whether a replay is the stored request: its hash, or — for a record stored before the shop
+/// was part of the hash, whose shop the caller has already checked — the hash of the request
+/// alone, so that an order in flight across the upgrade can still be retried.
+fn same_request(stored: &str, hash: &str, request: &serde_json::Value) -> bool {
+    stored == hash || stored == sha256_hex(request.to_string().as_bytes())
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -1043,6 +1213,32 @@ mod tests {
         let mut open = e(ErrorKind::CircuitOpen);
         open.maybe_sent = true;
         assert_eq!(failure_of(&open), ChannelFailure::Timeout);
+    }
+
+    #[test]
+    fn the_idempotency_hash_includes_the_shop() {
+        let request = json!({"merchant_id": "m", "out_trade_no": "o", "amount": 100});
+        let hash = request_hash("shop-a", &request);
+        assert_ne!(hash, request_hash("shop-b", &request));
+        assert!(same_request(
+            &hash,
+            &request_hash("shop-a", &request),
+            &request
+        ));
+        assert!(!same_request(
+            &hash,
+            &request_hash("shop-b", &request),
+            &request
+        ));
+        // A record hashed before the shop was part of it still matches the same request.
+        let legacy = sha256_hex(request.to_string().as_bytes());
+        assert!(same_request(&legacy, &hash, &request));
+        let other = json!({"merchant_id": "m", "out_trade_no": "o", "amount": 101});
+        assert!(!same_request(
+            &legacy,
+            &request_hash("shop-a", &other),
+            &other
+        ));
     }
 
     fn record() -> PaymentRecord {

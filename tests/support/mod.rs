@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 pub const SHOP_KEY: &str = "test-shop-key-0123456789";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";
+/// `peer-shop`'s key: a second shop acting for `m_1001` beside `test-shop`.
+pub const PEER_SHOP_KEY: &str = "peer-shop-key-0123456789";
 
 /// One request the shop's webhook receiver got.
 #[derive(Clone, Debug)]
@@ -529,6 +531,10 @@ shops:
   - id: other-shop
     api_key: other-shop-key-0123456789
     merchants: [m_9009]
+    webhook: {{ url: "{webhook_url}", secret: {WEBHOOK_SECRET} }}
+  - id: peer-shop
+    api_key: {PEER_SHOP_KEY}
+    merchants: [m_1001]
     webhook: {{ url: "{webhook_url}", secret: {WEBHOOK_SECRET} }}
 merchants:
   m_1001: {{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m_1001_TEST_ONLY, alipay_seller_id: "2088000000001001" }}
