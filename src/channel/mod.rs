@@ -127,24 +127,16 @@ impl ChannelSettings {
                 mchid: None,
                 sub_mchid: None,
                 app_id: Some(a.app_id.clone()),
-                // The seller of an ISV order is the merchant whose app_auth_token was used:
-                // stored as a fingerprint, never the token itself.
+                // The seller of an ISV order is the merchant's Alipay user id, which a token
+                // refresh keeps (binding on the token would strand every open order at each
+                // refresh) and which Alipay signs into every notification as `seller_id`.
                 seller: match a.mode {
-                    alipay::AlipayMode::Isv => sub
-                        .alipay_app_auth_token
-                        .as_ref()
-                        .map(|t| token_fingerprint(t.expose())),
+                    alipay::AlipayMode::Isv => sub.alipay_seller_id.clone(),
                     alipay::AlipayMode::Direct => None,
                 },
             },
         }
     }
-}
-
-/// First 16 hex digits of SHA-256: names a token without revealing it.
-fn token_fingerprint(token: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The per-merchant ids a partner / ISV channel acts under (config `merchants:`).
@@ -688,6 +680,13 @@ impl ChannelSet {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Channel>> {
         self.channels.values()
+    }
+
+    /// Every channel, by name (a stable order for trying each in turn).
+    pub fn by_name(&self) -> Vec<&Arc<Channel>> {
+        let mut all: Vec<&Arc<Channel>> = self.channels.values().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
     }
 }
 
