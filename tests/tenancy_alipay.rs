@@ -294,3 +294,117 @@ async fn a_renamed_channel_loses_no_notification() {
     .await;
     h.shutdown().await;
 }
+
+/// Issue 15 item 6: an ISV page/App action carries the merchant's app_auth_token to the
+/// payer (Alipay's protocol), and nothing else does: not the SQLite file (nor its WAL), not
+/// the admin API, not the export, not a webhook (before: the action was stored and
+/// re-broadcast as created, token and all).
+#[tokio::test]
+async fn an_isv_token_reaches_the_payer_and_nothing_else() {
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
+    let page = payment(
+        "m_4004",
+        "isv-token-1",
+        "alipay_page",
+        800,
+        json!({"return_url": "https://shop.example.com/done"}),
+    );
+    let r = h.create(&page).await;
+    r.expect_created_on("platform_alipay");
+    let url = r.body["action"]["url"].as_str().unwrap().to_string();
+    assert!(
+        url.contains(&format!("app_auth_token={TOKEN_4004}")),
+        "{url}"
+    );
+    // The payer opens it: the sandbox checks its signature and knows the grant.
+    let opened = h.send(Method::GET, &url, &[], "").await;
+    assert_eq!(opened.status, 200, "{}", opened.text);
+    assert!(
+        opened.text.contains("waiting for payment"),
+        "{}",
+        opened.text
+    );
+
+    // A replay answers the payer's action again: rebuilt with the token, signed again.
+    let again = h.create(&page).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["action"]["url"], url.as_str());
+
+    // An App order string too.
+    let app = payment("m_4004", "isv-token-2", "alipay_app", 600, json!({}));
+    let r = h.create(&app).await;
+    r.expect_created_on("platform_alipay");
+    let order_string = r.body["action"]["order_string"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(order_string.contains(&format!("app_auth_token={TOKEN_4004}")));
+    let replayed = h.create(&app).await;
+    assert_eq!(
+        replayed.body["action"]["order_string"],
+        order_string.as_str()
+    );
+    let opened = h
+        .send(
+            Method::GET,
+            &format!("{}/gateway.do?{order_string}", h.upstream.base_url),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(opened.status, 200, "{}", opened.text);
+
+    // Paid and partly refunded: events for both reach the shop's webhook.
+    assert_eq!(h.pay("isv-token-1").await.status, 200);
+    h.receiver.event("payment.succeeded", "isv-token-1").await;
+    let r = h
+        .refund(&json!({
+            "merchant_id": "m_4004", "out_trade_no": "isv-token-1",
+            "out_refund_no": "isv-token-1-r1", "amount": 100,
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    h.receiver.event("refund.succeeded", "isv-token-1").await;
+
+    let mut seen = Vec::new();
+    for path in [
+        "/admin/payments",
+        "/admin/payments?merchant_id=m_4004",
+        "/admin/events",
+        "/admin/refunds",
+        "/admin/payments/export",
+        "/admin/payments/export?format=jsonl",
+    ] {
+        let r = h.admin_get(path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+        seen.push((path.to_string(), r.text));
+    }
+    // The stored action is still the order's, only without the token and its signature.
+    assert!(seen[0].1.contains("alipay.trade.page.pay"), "{}", seen[0].1);
+    for r in h.receiver.received() {
+        seen.push(("a webhook".into(), r.raw));
+    }
+    assert!(
+        seen.len() >= 8,
+        "both events were delivered: {}",
+        seen.len()
+    );
+    let db = h.db_path();
+    for file in [db.clone(), db.with_extension("db-wal")] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        seen.push((
+            file.display().to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+    }
+    assert!(
+        seen.iter()
+            .any(|(what, text)| what.ends_with("-wal") && !text.is_empty()),
+        "the WAL is there to be read"
+    );
+    for (what, text) in &seen {
+        assert!(!text.contains(TOKEN_4004), "{what} holds the token");
+        assert!(!text.contains("app_auth_token"), "{what} names the token");
+    }
+    h.shutdown().await;
+}

@@ -264,6 +264,21 @@ pub trait Connector: Send + Sync {
         ok: bool,
         message: &str,
     ) -> ::http::Response<http_body_util::Full<bytes::Bytes>>;
+    /// A created order's payer action as it may be stored and shown to anyone but the
+    /// payer: without what only the payer may carry (an Alipay ISV merchant's
+    /// `app_auth_token`, and the signature that covers it).
+    fn storable_action(&self, action: &serde_json::Value) -> serde_json::Value {
+        action.clone()
+    }
+    /// The payer's action again, from a stored one ([`Connector::storable_action`]) and the
+    /// merchant's live ids: what a replayed create answers.
+    fn payer_action(
+        &self,
+        stored: &serde_json::Value,
+        _sub: &SubMerchant,
+    ) -> Result<serde_json::Value, ChannelError> {
+        Ok(stored.clone())
+    }
 }
 
 /// How a channel call failed, which says what may be done next (DESIGN.md §7). Only a
@@ -530,6 +545,20 @@ impl Channel {
             .await
     }
 
+    /// See [`Connector::storable_action`]: what the record keeps of a payer action.
+    pub fn storable_action(&self, action: &serde_json::Value) -> serde_json::Value {
+        self.connector.storable_action(action)
+    }
+
+    /// See [`Connector::payer_action`]: a stored action made whole for the payer again.
+    pub fn payer_action(
+        &self,
+        stored: &serde_json::Value,
+        sub: &SubMerchant,
+    ) -> Result<serde_json::Value, ChannelError> {
+        self.connector.payer_action(stored, sub)
+    }
+
     pub async fn query(
         &self,
         out_trade_no: &str,
@@ -680,6 +709,24 @@ impl ChannelSet {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Channel>> {
         self.channels.values()
+    }
+
+    /// The channel that serves an order bound through `name` to `account` (None: bound
+    /// before accounts were stored) for a merchant with these ids: the named one while it
+    /// holds the account, else any that does.
+    pub fn serving(
+        &self,
+        name: &str,
+        account: Option<&Account>,
+        sub: &SubMerchant,
+    ) -> Option<&Arc<Channel>> {
+        let named = self.get(name);
+        match account {
+            None => named,
+            Some(a) => named
+                .filter(|ch| ch.account(sub) == *a)
+                .or_else(|| self.holding(a, sub)),
+        }
     }
 
     /// Every channel, by name (a stable order for trying each in turn).
