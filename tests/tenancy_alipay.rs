@@ -408,3 +408,71 @@ async fn an_isv_token_reaches_the_payer_and_nothing_else() {
     }
     h.shutdown().await;
 }
+
+/// Issue 15 item 1, refunds: both merchants paid an order with the same number and asked
+/// for a refund with the same number, still processing at Alipay. A refund notification
+/// naming m_4004's seller settles m_4004's refund only (before: the first record with the
+/// number, m_3003's).
+#[tokio::test]
+async fn an_isv_refund_notification_settles_the_named_merchants_refund() {
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
+    for m in ["m_3003", "m_4004"] {
+        h.create(&payment(
+            m,
+            "isv-ref-1",
+            "alipay_precreate",
+            1000,
+            json!({}),
+        ))
+        .await
+        .expect_created_on("platform_alipay");
+    }
+    assert_eq!(h.pay("isv-ref-1").await.status, 200);
+    // Settled by queries at each bound account (this test is about the refund).
+    for m in ["m_3003", "m_4004"] {
+        let q = h.get_payment(m, "isv-ref-1", true).await;
+        assert_eq!(q.body["status"], "succeeded", "{m}: {}", q.text);
+    }
+
+    h.faults(json!({ "alipay_refund_pending": true, "drop_notifications": true }))
+        .await;
+    for m in ["m_3003", "m_4004"] {
+        let r = h
+            .refund(&json!({
+                "merchant_id": m, "out_trade_no": "isv-ref-1",
+                "out_refund_no": "isv-ref-1-r", "amount": 300,
+            }))
+            .await;
+        assert_eq!(
+            (r.status, r.body["status"].as_str()),
+            (201, Some("pending")),
+            "{}",
+            r.text
+        );
+    }
+    let body = alipay_form(&[
+        ("app_id", "2021000000000001"),
+        ("notify_type", "trade_status_sync"),
+        ("notify_id", "2026120100222100005000000000000002"),
+        ("notify_time", "2026-12-01 12:10:00"),
+        ("charset", "utf-8"),
+        ("version", "1.0"),
+        ("out_trade_no", "isv-ref-1"),
+        ("trade_no", "2026120122001400000000000002"),
+        ("trade_status", "TRADE_SUCCESS"),
+        ("total_amount", "10.00"),
+        ("seller_id", SELLER_4004),
+        ("out_biz_no", "isv-ref-1-r"),
+        ("refund_fee", "3.00"),
+        ("gmt_refund", "2026-12-01 12:10:00.123"),
+    ]);
+    let r = post_notification(&h, "platform_alipay", &body).await;
+    assert_eq!(r.text.trim(), "success");
+    let refund = |m: &'static str| {
+        let h = &h;
+        async move { h.get_refund(m, "isv-ref-1-r", false).await.body["status"].clone() }
+    };
+    assert_eq!(refund("m_4004").await, "succeeded");
+    assert_eq!(refund("m_3003").await, "pending");
+    h.shutdown().await;
+}
