@@ -242,39 +242,32 @@ async fn after_a_token_refresh_the_payment_notification_is_applied() {
     h.shutdown().await;
 }
 
-/// Issue 15 item 7: ops rename the ISV channel (same app, same keys) while an order is
-/// open. Alipay notifies the old `/notify/platform_alipay`: the renamed channel, which holds
-/// the order's account, verifies and applies it (before: 404, and only the reconciler
-/// would settle the order, minutes later).
+/// Issue 15 item 7: ops rename the ISV channel (same app, same keys) while orders are open,
+/// then give the old name to another app. Alipay notifies the old `/notify/platform_alipay`:
+/// the renamed channel, which holds the orders' account, verifies and applies them (before:
+/// 404, and only the reconciler would settle the orders, minutes later).
 #[tokio::test]
 async fn a_renamed_channel_loses_no_notification() {
     let h = Harness::start_alipay(support::MIXED_RULES).await;
-    let r = h
-        .create(&payment(
-            "m_4004",
-            "isv-rename-1",
-            "alipay_precreate",
-            1200,
-            json!({}),
-        ))
-        .await;
-    r.expect_created_on("platform_alipay");
-    reload_edited(&h, |t| {
+    for no in ["isv-rename-1", "isv-rename-2"] {
+        h.create(&payment("m_4004", no, "alipay_precreate", 1200, json!({})))
+            .await
+            .expect_created_on("platform_alipay");
+    }
+    let renamed = |t: String| {
         t.replace("\n  platform_alipay:", "\n  isv_alipay:")
             .replace("alipay: platform_alipay", "alipay: isv_alipay")
-    })
-    .await;
+    };
+    reload_edited(&h, renamed).await;
     assert_eq!(h.pay("isv-rename-1").await.status, 200);
 
     let event = h.receiver.event("payment.succeeded", "isv-rename-1").await;
     assert_eq!(event["data"]["merchant_id"], "m_4004");
     // Through the notification, answered `success` at its first attempt to the old path.
+    let old_url = format!("{}/notify/platform_alipay", h.site.public_base_url);
     let sent = h.sandbox_notifications().await;
     assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(
-        sent[0]["url"],
-        format!("{}/notify/platform_alipay", h.site.public_base_url)
-    );
+    assert_eq!(sent[0]["url"], old_url.as_str());
     assert_eq!(
         (&sent[0]["attempt"], &sent[0]["answered_ok"]),
         (&json!(1), &json!(true)),
@@ -284,6 +277,31 @@ async fn a_renamed_channel_loses_no_notification() {
     let m = h.metrics().await;
     assert_eq!(notified(&m, "isv_alipay", "verified"), 1.0, "{m}");
     assert_eq!(notified(&m, "unknown", "unknown_channel"), 0.0, "{m}");
+
+    // The old name now belongs to another app: it cannot verify the notification, the
+    // channel holding the order's account does.
+    let other_app = support::alipay_channel(
+        &h.upstream,
+        "platform_alipay",
+        "isv",
+        "2021000000005005",
+        "m2002_alipay_app_key.pem",
+    );
+    reload_edited(&h, |t| {
+        t.replacen("\nrouting:", &format!("{other_app}\nrouting:"), 1)
+    })
+    .await;
+    assert_eq!(h.pay("isv-rename-2").await.status, 200);
+    h.receiver.event("payment.succeeded", "isv-rename-2").await;
+    let sent = h.sandbox_notifications().await;
+    assert_eq!(
+        (&sent[1]["url"], &sent[1]["answered_ok"]),
+        (&json!(old_url), &json!(true)),
+        "{sent:?}"
+    );
+    let m = h.metrics().await;
+    assert_eq!(notified(&m, "isv_alipay", "verified"), 2.0, "{m}");
+    assert_eq!(notified(&m, "platform_alipay", "wrong_app"), 0.0, "{m}");
 
     // A name no channel can verify for is still unknown.
     let junk = post_notification(&h, "no_such_channel", "a=b").await;
