@@ -11,6 +11,11 @@
 //! injected failure if one is due (taken atomically), else the work; then the injected latency
 //! (after the work, as a real late answer); then the signature as the faults say.
 //!
+//! Alipay ISV as at Alipay: each merchant's `app_auth_token` is a grant for its seller
+//! ([`SandboxMerchant::AlipayGrant`], from `merchants.<id>.alipay_seller_id`, replaced at each
+//! reload); orders are kept by that seller, so a refreshed token reaches the same orders, and
+//! an unknown token is refused (`aop.invalid-app-auth-token`).
+//!
 //! # Test knobs
 //! - `POST /sandbox/pay/{out_trade_no}` marks open orders paid (`?mchid=` for one merchant's).
 //! - `GET /sandbox/orders/{out_trade_no}` shows every order with that number at any account:
@@ -58,7 +63,8 @@
 //!   Answered by any 2xx; else retried after 15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/
 //!   3h/6h/6h.
 //! - Alipay, after pay and after a refund settles: an RSA2-signed `trade_status_sync` form
-//!   (`sign` over the sorted fields but `sign` and `sign_type`); a refund adds `out_biz_no`,
+//!   (`sign` over the sorted fields but `sign` and `sign_type`) naming the order's seller as
+//!   `seller_id` (ISV: the merchant's; direct: a stable made-up one); a refund adds `out_biz_no`,
 //!   `refund_fee` (all refunded so far), `gmt_refund`, and says `TRADE_CLOSED` once the
 //!   whole amount is refunded. Answered by the body `success`; else retried after 4m, 10m,
 //!   10m, 1h, 2h, 6h, 15h.
