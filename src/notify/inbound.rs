@@ -410,3 +410,100 @@ fn failed(e: PaymentError) -> Outcome {
         other => Outcome::retry("store_error", other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Account, Method, PaymentStatus};
+
+    fn record(account: Option<Account>) -> PaymentRecord {
+        PaymentRecord {
+            payment_id: "pay_1".into(),
+            merchant_id: "m_4004".into(),
+            shop_id: "s".into(),
+            out_trade_no: "o".into(),
+            amount: 100,
+            currency: "CNY".into(),
+            method: Method::AlipayPrecreate,
+            status: PaymentStatus::Pending,
+            channel: "platform_alipay".into(),
+            account,
+            rule: "r".into(),
+            action: None,
+            provider_trade_no: None,
+            refunded_amount: 0,
+            request_hash: String::new(),
+            request: serde_json::json!({}),
+            error_code: None,
+            error_message: None,
+            attempt_until: None,
+            created_at: 0,
+            updated_at: 0,
+            paid_at: None,
+            expires_at: 0,
+            version: 0,
+        }
+    }
+
+    fn alipay(mode: &str, seller: Option<&str>) -> Account {
+        Account {
+            provider: "alipay".into(),
+            mode: mode.into(),
+            mchid: None,
+            sub_mchid: None,
+            app_id: Some("2021000000000001".into()),
+            seller: seller.map(str::to_string),
+        }
+    }
+
+    fn notified(app_id: &str, seller_id: Option<&str>) -> NotifiedAccount {
+        NotifiedAccount {
+            app_id: Some(app_id.into()),
+            seller_id: seller_id.map(str::to_string),
+            auth_app_id: Some("2021000000000777".into()),
+            ..NotifiedAccount::default()
+        }
+    }
+
+    fn judged(named: &NotifiedAccount, p: &PaymentRecord) -> &'static str {
+        judged_by(named, p, "platform_alipay")
+    }
+
+    fn judged_by(named: &NotifiedAccount, p: &PaymentRecord, verified_by: &str) -> &'static str {
+        match names(named, p, verified_by) {
+            Named::Yes => "yes",
+            Named::No => "no",
+            Named::Unresolved => "unresolved",
+        }
+    }
+
+    /// An ISV order is the seller's: the platform's app_id alone names every merchant's.
+    #[test]
+    fn isv_orders_are_matched_on_the_signed_seller() {
+        let isv = record(Some(alipay("isv", Some("2088000000004004"))));
+        let app = "2021000000000001";
+        assert_eq!(
+            judged(&notified(app, Some("2088000000004004")), &isv),
+            "yes"
+        );
+        assert_eq!(judged(&notified(app, Some("2088000000003003")), &isv), "no");
+        assert_eq!(judged(&notified(app, None), &isv), "unresolved");
+        assert_eq!(
+            judged(
+                &notified("2021000000009999", Some("2088000000004004")),
+                &isv
+            ),
+            "no"
+        );
+        // Direct: the app is the merchant's own; its seller is not bound.
+        let direct = record(Some(alipay("direct", None)));
+        assert_eq!(
+            judged(&notified(app, Some("2088000000000001")), &direct),
+            "yes"
+        );
+        // Bound before accounts were stored: by the verifying channel's name only.
+        let legacy = record(None);
+        assert_eq!(judged(&notified(app, None), &legacy), "yes");
+        assert_eq!(judged_by(&notified(app, None), &legacy, "other"), "no");
+    }
+}
