@@ -229,7 +229,10 @@ pub async fn start(
         let sb = sandbox.clone();
         app.live.on_reload(move |config| {
             if config.sandbox.is_some() {
-                sb.set_merchants(crate::config::sandbox_merchants(&config.channels));
+                sb.set_merchants(crate::config::sandbox_merchants(
+                    &config.channels,
+                    &config.merchants,
+                ));
             }
         });
         tasks.push(tokio::spawn(sandbox.serve(

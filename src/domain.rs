@@ -351,7 +351,8 @@ pub struct Account {
     /// WeChat Pay `appid` / `sp_appid`; Alipay `app_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
-    /// Alipay ISV: fingerprint of the merchant's app_auth_token.
+    /// Alipay ISV: the merchant's Alipay user id (`merchants.<id>.alipay_seller_id`, `2088…`),
+    /// which Alipay signs into notifications as `seller_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seller: Option<String>,
 }

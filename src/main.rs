@@ -406,7 +406,10 @@ async fn sandbox(listen: std::net::SocketAddr, config: Config) -> Result<(), Str
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let sb = payroute::sandbox::Sandbox::new(payroute::config::sandbox_merchants(&config.channels));
+    let sb = payroute::sandbox::Sandbox::new(payroute::config::sandbox_merchants(
+        &config.channels,
+        &config.merchants,
+    ));
     tracing::info!(%listen, "sandbox serving (TEST-ONLY keys)");
     sb.serve(listener, None, shutdown_signal()).await;
     Ok(())

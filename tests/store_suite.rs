@@ -226,6 +226,7 @@ macro_rules! postgres_only {
 
 both_stores!(
     binding_is_unique_and_round_trips,
+    payments_by_trade_no_oldest_first,
     concurrent_creates_bind_once,
     stale_writer_is_fenced,
     finds_and_lists_payments,
@@ -484,6 +485,36 @@ async fn stale_writer_is_fenced(ctx: Ctx) {
     let now = store.get_payment("m_1", "f1").await.unwrap().unwrap();
     assert_eq!(now.status, PaymentStatus::Succeeded);
     assert_eq!(now.version, read.version + 2);
+}
+
+/// One out_trade_no at three merchants, written out of order: always the same order back,
+/// oldest first (then by payment id), whatever order the rows lie in.
+async fn payments_by_trade_no_oldest_first(ctx: Ctx) {
+    let store = ctx.store;
+    for (merchant, id, created_at) in [
+        ("m_3", "pay_3", 30),
+        ("m_1", "pay_z", 20),
+        ("m_2", "pay_b", 20),
+    ] {
+        let mut p = payment("same");
+        p.merchant_id = merchant.into();
+        p.payment_id = id.into();
+        p.created_at = created_at;
+        store.insert_payment(&p).await.unwrap();
+    }
+    let mut first = store.get_payment("m_3", "same").await.unwrap().unwrap();
+    first.status = PaymentStatus::Succeeded;
+    assert!(store.update_payment(&mut first).await.unwrap());
+    for _ in 0..2 {
+        let order: Vec<String> = store
+            .payments_by_trade_no("same")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.merchant_id)
+            .collect();
+        assert_eq!(order, ["m_2", "m_1", "m_3"]);
+    }
 }
 
 async fn finds_and_lists_payments(ctx: Ctx) {

@@ -393,6 +393,22 @@ impl PaymentService {
         )?;
         if existing.action.is_some() || existing.status.is_final() {
             self.metrics.outcome(&existing, "replayed");
+            // The stored action lacks what only the payer may see: the serving channel
+            // puts it back (none serving: the order's operations are refused anyway).
+            let sub = routes.sub_merchant(&existing.merchant_id);
+            if let (Some(stored), Some(ch)) = (
+                &existing.action,
+                routes
+                    .channels
+                    .serving(&existing.channel, existing.account.as_ref(), &sub),
+            ) {
+                match ch.payer_action(stored, &sub) {
+                    Ok(action) => existing.action = Some(action),
+                    Err(e) => {
+                        tracing::warn!(payment_id = %existing.payment_id, channel = %ch.name(), error = %e, "cannot rebuild the payer action of a replay")
+                    }
+                }
+            }
             return Ok(CreateOutcome::Replayed(existing));
         }
         // The last attempt ended without an answer (timeout, nothing sent, a crash): take the
@@ -448,7 +464,9 @@ impl PaymentService {
             rec.updated_at = now_ms();
             let error = match result {
                 Ok(created) => {
-                    rec.action = Some(created.action);
+                    // Stored without what only the payer may carry (an ISV token); the
+                    // create answer gets the whole action.
+                    rec.action = Some(channel.storable_action(&created.action));
                     rec.provider_trade_no =
                         created.provider_trade_no.or(rec.provider_trade_no.take());
                     rec.status = PaymentStatus::Pending;
@@ -459,6 +477,7 @@ impl PaymentService {
                         return Err(unrecorded(rec, e));
                     }
                     self.metrics.outcome(&rec, "created");
+                    rec.action = Some(created.action);
                     return Ok(rec);
                 }
                 Err(e) => e,

@@ -240,7 +240,9 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Every payment with this out_trade_no (one per merchant), for notifications, which
-    /// name the order but not our merchant id.
+    /// name the order but not our merchant id; oldest first (`created_at`, then
+    /// `payment_id`), so that the same question always gets the same answer. The caller
+    /// must pick by account: the number alone is unique per merchant only.
     async fn payments_by_trade_no(
         &self,
         out_trade_no: &str,

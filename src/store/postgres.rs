@@ -919,7 +919,9 @@ impl Store for PostgresStore {
         let c = self.conn().await?;
         let rows = query(
             &c,
-            &format!("SELECT {COLUMNS} FROM payments WHERE out_trade_no = $1"),
+            &format!(
+                "SELECT {COLUMNS} FROM payments WHERE out_trade_no = $1 ORDER BY created_at, payment_id"
+            ),
             &[&out_trade_no],
         )
         .await?;

@@ -756,7 +756,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM payments WHERE out_trade_no = ?1"
+                    "SELECT {COLUMNS} FROM payments WHERE out_trade_no = ?1 ORDER BY created_at, payment_id"
                 ))
                 .map_err(backend)?;
             let rows = stmt.query_map(params![no], read_row).map_err(backend)?;

@@ -757,7 +757,10 @@ impl Harness {
         let yaml = config_yaml(&upstream, &store, &site, rules, &extra(&upstream));
         std::fs::write(&config_path, yaml).unwrap();
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config: {e}"));
-        let sandbox = Sandbox::new(payroute::config::sandbox_merchants(&config.channels));
+        let sandbox = Sandbox::new(payroute::config::sandbox_merchants(
+            &config.channels,
+            &config.merchants,
+        ));
         let sandbox_tls = tls.then(|| {
             payroute::server::TlsSettings::new(
                 payroute::sandbox::TLS_CERT_PEM,
@@ -857,7 +860,10 @@ impl Harness {
         assert_eq!(r.status, 200, "{}", r.text);
         let config = Config::load(&self.config_path).unwrap();
         self.sandbox
-            .set_merchants(payroute::config::sandbox_merchants(&config.channels));
+            .set_merchants(payroute::config::sandbox_merchants(
+                &config.channels,
+                &config.merchants,
+            ));
     }
 
     pub async fn send(

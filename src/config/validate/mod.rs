@@ -62,7 +62,7 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
     let redis = server::redis(&f, &mut errs);
     let log = server::log(&f, &mut errs);
     let rules = routing::routing(&f, &channels, &merchants, &shops, &mut errs);
-    let sandbox = server::sandbox(&f, &channels, &mut errs);
+    let sandbox = server::sandbox(&f, &channels, &merchants, &mut errs);
     let reconcile = workers::reconcile(&f, &mut errs);
     let webhooks = workers::webhooks(&f, &mut errs);
     workers::shops_have_webhooks(&f, &mut errs);
