@@ -1597,8 +1597,10 @@ impl Payments {
         let path = dir.path().join("payroute.yaml");
         std::fs::write(&path, yaml).unwrap();
         let config = payroute::config::Config::load(&path).expect("test config");
-        let sandbox =
-            payroute::sandbox::Sandbox::new(payroute::config::sandbox_merchants(&config.channels));
+        let sandbox = payroute::sandbox::Sandbox::new(payroute::config::sandbox_merchants(
+            &config.channels,
+            &config.merchants,
+        ));
         tokio::spawn(sandbox.serve(listener, None, std::future::pending()));
         let registry = prometheus::Registry::new();
         let resilience = Arc::new(payroute::resilience::Resilience::new(&registry).unwrap());
