@@ -278,6 +278,7 @@ fn payment(no: &str) -> PaymentRecord {
         paid_at: None,
         expires_at: 9_000_000,
         version: 0,
+        late: false,
         account: Some(Account {
             provider: "wechatpay_v3".into(),
             mode: "partner".into(),

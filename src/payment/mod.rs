@@ -329,6 +329,7 @@ impl PaymentService {
                 .expires_at
                 .map_or(now + DEFAULT_EXPIRY_MS, |t| t.unix_timestamp() * 1000),
             version: 0,
+            late: false,
         };
         match self.store.insert_payment(&rec).await? {
             None => {
@@ -1071,6 +1072,7 @@ mod tests {
             paid_at: None,
             expires_at: 0,
             version: 0,
+            late: false,
         }
     }
 
