@@ -291,6 +291,7 @@ fn routes(live: &Live) -> Routes<'_> {
         channels: &live.channels,
         merchants: &live.config.merchants,
         public_base_url: &live.config.server.public_base_url,
+        late_payments: &live.config.late_payments,
     }
 }
 

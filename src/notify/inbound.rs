@@ -133,6 +133,7 @@ impl Inbound {
             channels: &live.channels,
             merchants: &live.config.merchants,
             public_base_url: &live.config.server.public_base_url,
+            late_payments: &live.config.late_payments,
         };
         let payment = match self
             .find_payment(
@@ -149,7 +150,7 @@ impl Inbound {
         let before = (payment.status, payment.version);
         match notification {
             Notification::Payment { state, .. } => {
-                match self.payments.apply_notified(payment, state, channel).await {
+                match self.payments.apply_notified(&routes, payment, state, channel).await {
                     Ok(after) if (after.status, after.version) != before => {
                         Outcome::ack("verified", format!("payment {}", after.status.as_str()))
                     }

@@ -109,6 +109,13 @@ impl Order {
         v
     }
 
+    /// `?late=true`: a closed order that was never paid takes a payment after all.
+    pub(super) fn reopen_closed(&mut self) {
+        if self.state == "CLOSED" && self.transaction_id.is_none() {
+            self.state = "NOTPAY".into();
+        }
+    }
+
     /// The payer paid: only an open (`NOTPAY`) order can be.
     pub(super) fn mark_paid(&mut self, n: u64) -> bool {
         if self.state != "NOTPAY" {
