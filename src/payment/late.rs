@@ -29,9 +29,10 @@ use crate::store::{EventRecord, PaymentRecord};
 const LATE_REFUND_PREFIX: &str = "late_";
 /// The reason sent with a late payment's refund (shown to the payer by some providers).
 pub const LATE_REFUND_REASON: &str = "late payment: the order had ended";
-/// When the reconciler looks at a late payment whose refund is being sent, should this
-/// process stop before it is stored: a backstop, the refund normally settles at once.
-pub(super) const LATE_BACKSTOP_MS: i64 = 60_000;
+/// When the reconciler first looks at a late payment whose refund is being sent here: a
+/// backstop for a call that fails or a process that stops (the refund normally settles at
+/// once; a look while it is in flight only reschedules).
+pub(super) const LATE_BACKSTOP_MS: i64 = 5_000;
 
 /// The `out_refund_no` of a late payment's refund: one per payment, so it is sent once.
 pub fn late_refund_no(payment_id: &str) -> String {
