@@ -1180,6 +1180,29 @@ mod tests {
         assert!(store.get_payment("m_1", "none").await.unwrap().is_none());
     }
 
+    /// A file written before the `late` column existed gains it on open: its payments read
+    /// as not late, and the flag is stored from then on.
+    #[tokio::test]
+    async fn a_file_from_before_late_payments_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            assert!(store.insert_payment(&record("old")).await.unwrap().is_none());
+        }
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("ALTER TABLE payments DROP COLUMN late")
+            .unwrap();
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut p = store.get_payment("m_1", "old").await.unwrap().unwrap();
+        assert!(!p.late);
+        p.status = PaymentStatus::Succeeded;
+        p.late = true;
+        assert!(store.update_payment(&mut p).await.unwrap());
+        assert!(store.get_payment("m_1", "old").await.unwrap().unwrap().late);
+    }
+
     fn record(no: &str) -> PaymentRecord {
         PaymentRecord {
             payment_id: format!("pay_{no}"),
