@@ -249,3 +249,32 @@ async fn a_late_refund_that_fails_stays_pending_and_the_reconciler_sends_it_once
     assert_eq!(q.body["refunded_amount"], 1300, "{}", q.text);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn on_postgres_a_late_payment_is_flagged_and_refunded_once() {
+    let Some(h) = Harness::start_on_postgres().await else {
+        return;
+    };
+    h.faults(json!({ "duplicate_notifications": true })).await;
+    let payment_id = closed_order(&h, "m_4004", "late-pg", "wechat_jsapi", 2100).await;
+    pay_late(&h, "late-pg").await;
+    let late = h.receiver.event("payment.late", "late-pg").await;
+    assert_eq!(late["data"]["late"], true, "{late}");
+    assert_eq!(late["data"]["late_action"], "refund", "{late}");
+    let refunded = h.receiver.event("refund.succeeded", "late-pg").await;
+    assert_eq!(
+        refunded["data"]["out_refund_no"],
+        format!("late_{payment_id}").as_str()
+    );
+    let q = h.get_payment("m_4004", "late-pg", true).await;
+    assert_eq!(q.body["late"], true, "{}", q.text);
+    wait_until("both notifications answered twice", || async {
+        let list = h.sandbox_notifications().await;
+        list.iter().filter(|n| n["answered_ok"] == true).count() == 4
+    })
+    .await;
+    assert_eq!(provider_refunds(&h, "late-pg").await.len(), 1);
+    assert_eq!(h.receiver.told("payment.late", "late-pg"), 1);
+    assert_eq!(h.receiver.told("payment.succeeded", "late-pg"), 0);
+    h.shutdown().await;
+}
