@@ -64,7 +64,11 @@ async fn a_payment_of_a_closed_order_is_late_told_and_refunded_once_in_both_prov
     let fresh = h.metrics().await;
     for channel in ["m1001_wechat", "m2002_alipay"] {
         for action in ["refund", "keep"] {
-            assert_eq!(late_count(&fresh, channel, action), Some(0.0), "{channel} {action}");
+            assert_eq!(
+                late_count(&fresh, channel, action),
+                Some(0.0),
+                "{channel} {action}"
+            );
         }
     }
     // Providers resend: every notification arrives twice.
@@ -150,8 +154,12 @@ async fn set_merchant_policy(h: &Harness, merchant: &str, policy: &str) {
 #[tokio::test]
 async fn keep_leaves_the_money_top_level_or_per_merchant() {
     // Top level `keep`; m_4004 overrides it with `refund`.
-    let h = Harness::start_with(false, &format!("{}late_payments: keep\n", support::RULES), "")
-        .await;
+    let h = Harness::start_with(
+        false,
+        &format!("{}late_payments: keep\n", support::RULES),
+        "",
+    )
+    .await;
     set_merchant_policy(&h, "m_4004", "refund").await;
     closed_order(&h, "m_1001", "keep-1", "wechat_native", 800).await;
     closed_order(&h, "m_4004", "keep-2", "wechat_jsapi", 900).await;
@@ -226,16 +234,19 @@ async fn a_late_refund_that_fails_stays_pending_and_the_reconciler_sends_it_once
     pay_late(&h, "late-fail").await;
     h.receiver.event("payment.late", "late-fail").await;
     let out_refund_no = format!("late_{payment_id}");
-    wait_until("the late refund stored, pending, with its failure", || async {
-        let l = h.admin_get("/admin/refunds?merchant_id=m_1001").await;
-        l.body["refunds"].as_array().is_some_and(|l| {
-            l.iter().any(|r| {
-                r["out_refund_no"] == out_refund_no.as_str()
-                    && r["status"] == "pending"
-                    && r["last_error"].is_string()
+    wait_until(
+        "the late refund stored, pending, with its failure",
+        || async {
+            let l = h.admin_get("/admin/refunds?merchant_id=m_1001").await;
+            l.body["refunds"].as_array().is_some_and(|l| {
+                l.iter().any(|r| {
+                    r["out_refund_no"] == out_refund_no.as_str()
+                        && r["status"] == "pending"
+                        && r["last_error"].is_string()
+                })
             })
-        })
-    })
+        },
+    )
     .await;
     assert!(provider_refunds(&h, "late-fail").await.is_empty());
     h.faults(json!({})).await;

@@ -1351,7 +1351,10 @@ async fn late_payments_are_flagged_and_ended_ones_due(ctx: Ctx) {
     let read = store.get_payment("m_1", "late_c").await.unwrap().unwrap();
     assert!(read.late);
     assert_eq!(read, late);
-    assert_eq!(store.payments_by_trade_no("late_c").await.unwrap(), [late.clone()]);
+    assert_eq!(
+        store.payments_by_trade_no("late_c").await.unwrap(),
+        [late.clone()]
+    );
     let listed = store
         .list_payments(&PaymentFilter {
             merchant_id: Some("m_1".into()),
@@ -1382,8 +1385,22 @@ async fn late_payments_are_flagged_and_ended_ones_due(ctx: Ctx) {
     } = ctx;
     drop((s, other, store));
     let again = place.open().await;
-    assert!(again.get_payment("m_1", "late_c").await.unwrap().unwrap().late);
-    assert!(!again.get_payment("m_1", "late_ok").await.unwrap().unwrap().late);
+    assert!(
+        again
+            .get_payment("m_1", "late_c")
+            .await
+            .unwrap()
+            .unwrap()
+            .late
+    );
+    assert!(
+        !again
+            .get_payment("m_1", "late_ok")
+            .await
+            .unwrap()
+            .unwrap()
+            .late
+    );
 }
 
 async fn reopening_keeps_everything(ctx: Ctx) {

@@ -150,7 +150,11 @@ impl Inbound {
         let before = (payment.status, payment.version);
         match notification {
             Notification::Payment { state, .. } => {
-                match self.payments.apply_notified(&routes, payment, state, channel).await {
+                match self
+                    .payments
+                    .apply_notified(&routes, payment, state, channel)
+                    .await
+                {
                     Ok(after) if (after.status, after.version) != before => {
                         Outcome::ack("verified", format!("payment {}", after.status.as_str()))
                     }

@@ -135,8 +135,7 @@ impl PaymentService {
     /// `refund`: reserves it (once: the refund number is the payment's) and sends it to the
     /// bound account, or sends a reserved one that did not reach the provider again.
     pub async fn settle_late(&self, routes: &Routes<'_>, rec: &PaymentRecord) -> LateSettled {
-        if !rec.late || routes.late_payments.for_merchant(&rec.merchant_id) != LatePolicy::Refund
-        {
+        if !rec.late || routes.late_payments.for_merchant(&rec.merchant_id) != LatePolicy::Refund {
             return LateSettled::Nothing;
         }
         let req = NewRefund {
@@ -179,7 +178,10 @@ mod tests {
     fn the_late_refund_number_is_the_payments_and_fits_both_providers() {
         let id = "pay_0123456789abcdef01234567";
         assert_eq!(late_refund_no(id), late_refund_no(id));
-        assert_ne!(late_refund_no(id), late_refund_no("pay_0123456789abcdef01234568"));
+        assert_ne!(
+            late_refund_no(id),
+            late_refund_no("pay_0123456789abcdef01234568")
+        );
         // WeChat Pay's out_refund_no and Alipay's out_request_no: at most 64 characters.
         assert!(late_refund_no(id).len() <= 64);
     }

@@ -34,9 +34,7 @@ use time::OffsetDateTime;
 use crate::channel::{
     Channel, ChannelError, ChannelSet, ErrorKind, OrderRequest, OrderState, SubMerchant,
 };
-use crate::domain::{
-    ChannelFailure, EventStatus, EventType, LatePolicies, Method, PaymentStatus,
-};
+use crate::domain::{ChannelFailure, EventStatus, EventType, LatePolicies, Method, PaymentStatus};
 use crate::routing::{NoRoute, PaymentFacts, Rules};
 use crate::store::{EventRecord, PaymentRecord, Store, StoreError};
 

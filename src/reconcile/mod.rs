@@ -291,11 +291,10 @@ impl Reconciler {
 /// The interval of the tier an order of this age is in; past the last tier, the last one's.
 fn interval_at(settings: &ReconcileSettings, age_ms: i64) -> i64 {
     let age = Duration::from_millis(age_ms.max(0) as u64);
-    settings
-        .tiers
-        .iter()
-        .find(|t| age < t.until)
-        .map_or_else(|| settings_last_every(settings), |t| t.every.as_millis() as i64)
+    settings.tiers.iter().find(|t| age < t.until).map_or_else(
+        || settings_last_every(settings),
+        |t| t.every.as_millis() as i64,
+    )
 }
 
 /// An expired order whose close failed is tried again at the last tier's interval.

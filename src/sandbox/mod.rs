@@ -538,7 +538,10 @@ impl Sandbox {
     /// `?late=true`, closed unpaid ones too.
     fn pay(&self, no: &str, query: Option<&str>) -> Answer {
         let only = query.and_then(|q| query_param(&format!("?{q}"), "mchid"));
-        let late = query.and_then(|q| query_param(&format!("?{q}"), "late")).as_deref() == Some("true");
+        let late = query
+            .and_then(|q| query_param(&format!("?{q}"), "late"))
+            .as_deref()
+            == Some("true");
         let faults = self.faults().clone();
         let mut paid = Vec::new();
         let mut notes = Vec::new();

@@ -1188,7 +1188,11 @@ mod tests {
         let path = dir.path().join("old.db");
         {
             let store = SqliteStore::open(&path).await.unwrap();
-            assert!(store.insert_payment(&record("old")).await.unwrap().is_none());
+            assert!(store
+                .insert_payment(&record("old"))
+                .await
+                .unwrap()
+                .is_none());
         }
         Connection::open(&path)
             .unwrap()

@@ -51,10 +51,8 @@ mod tests {
     fn the_default_is_refund_and_a_merchant_may_keep() {
         let c = Config::from_text(Path::new("t.yaml"), &shipped()).unwrap();
         assert_eq!(c.late_payments.for_merchant("m_1001"), LatePolicy::Refund);
-        let text = format!("{}\nlate_payments: keep\n", shipped()).replace(
-            "  m_2002: { ",
-            "  m_2002: { late_payments: refund, ",
-        );
+        let text = format!("{}\nlate_payments: keep\n", shipped())
+            .replace("  m_2002: { ", "  m_2002: { late_payments: refund, ");
         let c = Config::from_text(Path::new("t.yaml"), &text).unwrap();
         assert_eq!(c.late_payments.for_merchant("m_1001"), LatePolicy::Keep);
         assert_eq!(c.late_payments.for_merchant("m_2002"), LatePolicy::Refund);
@@ -73,7 +71,8 @@ mod tests {
             "{errors}"
         );
         assert!(
-            errors.contains(r#"merchants.m_2002.late_payments: "never" is not one of refund, keep"#),
+            errors
+                .contains(r#"merchants.m_2002.late_payments: "never" is not one of refund, keep"#),
             "{errors}"
         );
     }
