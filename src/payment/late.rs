@@ -155,6 +155,11 @@ impl PaymentService {
                 tracing::warn!(payment_id = %rec.payment_id, %message, "late payment: not refunded by payroute");
                 LateSettled::Nothing
             }
+            // The shop took the number for a refund of its own: never a second refund.
+            Err(PaymentError::IdempotencyMismatch) => {
+                tracing::error!(payment_id = %rec.payment_id, "late payment: its out_refund_no is taken by another refund of this merchant; not refunded by payroute, ops must check");
+                LateSettled::Nothing
+            }
             // The provider's final refusal of this very refund: told as `refund.failed`, left
             // to ops; sending it again would be refused again.
             Err(PaymentError::Stored { message, .. }) => {

@@ -193,6 +193,12 @@ impl Reconciler {
         if now < at {
             return Some(at);
         }
+        // Ended longer ago than the tiers reach (closed before this check existed, say): a
+        // payment now is beyond any provider's race, and asking about every old order at
+        // once would flood the channels.
+        if now - p.updated_at > last_until(settings) {
+            return None;
+        }
         if p.attempt_until.is_some_and(|t| t > now) {
             self.count("busy");
             return Some(now + BUSY_RETRY_MS);
@@ -297,6 +303,15 @@ fn interval_at(settings: &ReconcileSettings, age_ms: i64) -> i64 {
     )
 }
 
+/// How far the tiers reach (a day by default).
+fn last_until(settings: &ReconcileSettings) -> i64 {
+    settings
+        .tiers
+        .last()
+        .map_or(DEFAULT_TIERS[DEFAULT_TIERS.len() - 1].until, |t| t.until)
+        .as_millis() as i64
+}
+
 /// An expired order whose close failed is tried again at the last tier's interval.
 fn settings_last_every(settings: &ReconcileSettings) -> i64 {
     settings
@@ -320,6 +335,16 @@ mod tests {
     use super::*;
 
     const MIN: i64 = 60_000;
+
+    #[test]
+    fn an_ended_order_is_looked_at_one_tier_interval_later() {
+        let s = ReconcileSettings::default();
+        assert_eq!(interval_at(&s, 5 * MIN), MIN);
+        assert_eq!(interval_at(&s, 30 * MIN), 10 * MIN);
+        // Past the last tier: its interval still.
+        assert_eq!(interval_at(&s, 25 * 60 * MIN), 60 * MIN);
+        assert_eq!(last_until(&s), 24 * 60 * MIN);
+    }
 
     #[test]
     fn checks_follow_the_tiers_and_stop_at_expiry() {
