@@ -201,11 +201,29 @@ async fn keep_leaves_the_money_top_level_or_per_merchant() {
 
 #[tokio::test]
 async fn the_reconciler_finds_a_late_payment_whose_notification_was_lost() {
-    let h = Harness::start_with(false, &format!("{}{FAST}", support::RULES), "").await;
+    // Checks every 2s: the late payment below comes well within the interval after the close
+    // (so the one more look, 2s after it, finds it paid).
+    let tiers = "reconcile: { tiers: [ { until: 10m, every: 2s }, { until: 24h, every: 1h } ] }\n";
+    let h = Harness::start_with(false, &format!("{}{tiers}", support::RULES), "").await;
     h.faults(json!({ "drop_notifications": true })).await;
-    let payment_id = closed_order(&h, "m_1001", "late-lost", "wechat_native", 1200).await;
+    let r = h
+        .create(&payment(
+            "m_1001",
+            "late-lost",
+            "wechat_native",
+            1200,
+            json!({}),
+        ))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let payment_id = r.body["payment_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        h.close("m_1001", "late-lost").await.body["status"],
+        "closed"
+    );
     // Paid as it closed; the provider's notification never arrives, nobody refreshes.
     pay_late(&h, "late-lost").await;
+    h.receiver.event("payment.closed", "late-lost").await;
     let late = h.receiver.event("payment.late", "late-lost").await;
     assert_eq!(late["data"]["late"], true, "{late}");
     assert_eq!(late["data"]["late_action"], "refund", "{late}");
