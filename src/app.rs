@@ -51,6 +51,10 @@ impl App {
         let resilience = Arc::new(Resilience::new(&registry).map_err(metric_err)?);
         let live = Arc::new(LiveConfig::new(config, &registry, resilience.clone())?);
         let payments = Arc::new(PaymentService::new(store, &registry).map_err(metric_err)?);
+        // payroute_late_payments_total starts at zero for every channel, reloads included.
+        payments.late_labels(&live.load().config);
+        let service = payments.clone();
+        live.on_reload(move |config| service.late_labels(config));
         // Orders bound to an account the config no longer holds: warned about and counted on
         // load and after every reload.
         let stranded = Arc::new(StrandedWatch::new(&registry).map_err(metric_err)?);

@@ -242,6 +242,7 @@ both_stores!(
     reopening_keeps_everything,
     a_stale_claim_holder_never_rebinds_the_order,
     a_live_claim_holder_merges_what_a_notification_wrote,
+    late_payments_are_flagged_and_ended_ones_due,
 );
 
 postgres_only!(
@@ -283,6 +284,7 @@ fn payment(no: &str) -> PaymentRecord {
         paid_at: None,
         expires_at: 9_000_000,
         version: 0,
+        late: false,
         account: Some(Account {
             provider: "wechatpay_v3".into(),
             mode: "partner".into(),
@@ -1324,7 +1326,116 @@ async fn instances_starting_together_migrate_once(ctx: Ctx) {
         r.expect("every instance starts");
     }
     let versions: Vec<i32> = versions.unwrap().iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1], "each migration recorded once");
+    assert_eq!(versions, [1, 2], "each migration recorded once");
+}
+
+/// Issue 15 item 5: the `late` flag round-trips (and survives a reopen); an ended order
+/// (closed, failed) is handed to the reconciler once more, a late payment until its refund is
+/// under way, a succeeded one that is not late never.
+async fn late_payments_are_flagged_and_ended_ones_due(ctx: Ctx) {
+    let store = ctx.store.clone();
+    for no in ["late_c", "late_f", "late_ok"] {
+        assert!(store.insert_payment(&payment(no)).await.unwrap().is_none());
+        let p = store.get_payment("m_1", no).await.unwrap().unwrap();
+        assert!(!p.late, "{no}");
+        store
+            .schedule_payment_check(&p.payment_id, None)
+            .await
+            .unwrap();
+    }
+    let mut closed = store.get_payment("m_1", "late_c").await.unwrap().unwrap();
+    closed.status = PaymentStatus::Closed;
+    assert!(store.update_payment(&mut closed).await.unwrap());
+    let mut failed = store.get_payment("m_1", "late_f").await.unwrap().unwrap();
+    failed.status = PaymentStatus::Failed;
+    assert!(store.update_payment(&mut failed).await.unwrap());
+    let mut ok = store.get_payment("m_1", "late_ok").await.unwrap().unwrap();
+    ok.status = PaymentStatus::Succeeded;
+    ok.paid_at = Some(2_000);
+    assert!(store.update_payment(&mut ok).await.unwrap());
+    for id in ["pay_late_c", "pay_late_f", "pay_late_ok"] {
+        store.schedule_payment_check(id, Some(5_000)).await.unwrap();
+    }
+    let due = |at: i64| {
+        let store = store.clone();
+        async move {
+            let mut nos: Vec<String> = store
+                .due_payments(at, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| p.out_trade_no)
+                .collect();
+            nos.sort();
+            nos
+        }
+    };
+    assert!(due(4_999).await.is_empty());
+    assert_eq!(due(5_000).await, ["late_c", "late_f"]);
+    // Its one more look done, the failed order is never due again.
+    store
+        .schedule_payment_check("pay_late_f", None)
+        .await
+        .unwrap();
+    // The closed order is paid late.
+    let mut late = store.get_payment("m_1", "late_c").await.unwrap().unwrap();
+    late.status = PaymentStatus::Succeeded;
+    late.paid_at = Some(6_000);
+    late.late = true;
+    assert!(store.update_payment(&mut late).await.unwrap());
+    let read = store.get_payment("m_1", "late_c").await.unwrap().unwrap();
+    assert!(read.late);
+    assert_eq!(read, late);
+    assert_eq!(
+        store.payments_by_trade_no("late_c").await.unwrap(),
+        [late.clone()]
+    );
+    let listed = store
+        .list_payments(&PaymentFilter {
+            merchant_id: Some("m_1".into()),
+            limit: 10,
+            ..PaymentFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().filter(|p| p.late).count(), 1);
+    // (Scheduling it again also ends the claim `due_payments` took in a shared store.)
+    store
+        .schedule_payment_check("pay_late_c", Some(6_000))
+        .await
+        .unwrap();
+    assert_eq!(due(6_000).await, ["late_c"]);
+    store
+        .schedule_payment_check("pay_late_c", None)
+        .await
+        .unwrap();
+    assert!(due(1_000_000_000).await.is_empty(), "no check left");
+    // Kept through a restart (SQLite) or by another instance (PostgreSQL).
+    let Ctx {
+        store: s,
+        other,
+        place,
+        _dir,
+        ..
+    } = ctx;
+    drop((s, other, store));
+    let again = place.open().await;
+    assert!(
+        again
+            .get_payment("m_1", "late_c")
+            .await
+            .unwrap()
+            .unwrap()
+            .late
+    );
+    assert!(
+        !again
+            .get_payment("m_1", "late_ok")
+            .await
+            .unwrap()
+            .unwrap()
+            .late
+    );
 }
 
 async fn reopening_keeps_everything(ctx: Ctx) {
@@ -1620,12 +1731,7 @@ impl Payments {
     }
 
     fn routes(&self) -> payroute::payment::Routes<'_> {
-        payroute::payment::Routes {
-            rules: &self.live.config.rules,
-            channels: &self.live.channels,
-            merchants: &self.live.config.merchants,
-            public_base_url: &self.live.config.server.public_base_url,
-        }
+        self.live.routes()
     }
 
     /// `test-shop`'s create of `no` for `m_1001` (its rule: `m1001_wechat`).

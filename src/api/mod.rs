@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use crate::context;
 use crate::live::{Live, LiveConfig};
 use crate::payment::view::refund_json;
-use crate::payment::{CreateOutcome, PaymentService, RefundOutcome, Routes};
+use crate::payment::{CreateOutcome, PaymentService, RefundOutcome};
 use crate::resilience::Resilience;
 use crate::server::{decode, Refusal};
 use crate::shops::Shop;
@@ -285,15 +285,6 @@ async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (Route, A
     }
 }
 
-fn routes(live: &Live) -> Routes<'_> {
-    Routes {
-        rules: &live.config.rules,
-        channels: &live.channels,
-        merchants: &live.config.merchants,
-        public_base_url: &live.config.server.public_base_url,
-    }
-}
-
 /// The shop behind the request.
 fn authorize(live: &Live, req: &Request<Incoming>) -> Result<Arc<Shop>, ApiError> {
     let header = req
@@ -331,7 +322,7 @@ async fn create(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
     let new = types::parse_create(&body, OffsetDateTime::now_utc())?;
     admit(app, &shop, &new.merchant_id).await?;
     Ok(
-        match app.payments.create(&routes(live), &shop.id, new).await? {
+        match app.payments.create(&live.routes(), &shop.id, new).await? {
             CreateOutcome::Created(rec) => created(false, payment_view(&rec)),
             CreateOutcome::Replayed(rec) => created(true, payment_view(&rec)),
         },
@@ -350,7 +341,7 @@ async fn get(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .get_for_shop(&routes(live), &shop.id, merchant, out_trade_no, refresh)
+        .get_for_shop(&live.routes(), &shop.id, merchant, out_trade_no, refresh)
         .await?;
     Ok(body_response(StatusCode::OK, payment_view(&rec)))
 }
@@ -366,7 +357,7 @@ async fn close(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .close_for_shop(&routes(live), &shop.id, merchant, out_trade_no)
+        .close_for_shop(&live.routes(), &shop.id, merchant, out_trade_no)
         .await?;
     Ok(body_response(StatusCode::OK, payment_view(&rec)))
 }
@@ -379,7 +370,7 @@ async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> A
     let new = types::parse_refund(&body)?;
     admit(app, &shop, &new.merchant_id).await?;
     Ok(
-        match app.payments.refund(&routes(live), &shop.id, new).await? {
+        match app.payments.refund(&live.routes(), &shop.id, new).await? {
             RefundOutcome::Created(r) => created(false, refund_view(&r)),
             RefundOutcome::Replayed(r) => created(true, refund_view(&r)),
         },
@@ -398,7 +389,7 @@ async fn get_refund(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .get_refund_for_shop(&routes(live), &shop.id, merchant, out_refund_no, refresh)
+        .get_refund_for_shop(&live.routes(), &shop.id, merchant, out_refund_no, refresh)
         .await?;
     Ok(body_response(StatusCode::OK, refund_view(&rec)))
 }

@@ -185,12 +185,7 @@ impl Inbound {
         body: &[u8],
         now: i64,
     ) -> (&'c Arc<Channel>, Outcome) {
-        let routes = Routes {
-            rules: &live.config.rules,
-            channels: &live.channels,
-            merchants: &live.config.merchants,
-            public_base_url: &live.config.server.public_base_url,
-        };
+        let routes = live.routes();
         let payment = match self
             .find_payment(
                 verifier.name(),
@@ -217,7 +212,11 @@ impl Inbound {
         let before = (payment.status, payment.version);
         let outcome = match notification {
             Notification::Payment { state, .. } => {
-                match self.payments.apply_notified(payment, state, channel).await {
+                match self
+                    .payments
+                    .apply_notified(&routes, payment, state, channel)
+                    .await
+                {
                     Ok(after) if (after.status, after.version) != before => {
                         Outcome::ack("verified", format!("payment {}", after.status.as_str()))
                     }
@@ -442,6 +441,7 @@ mod tests {
             paid_at: None,
             expires_at: 0,
             version: 0,
+            late: false,
         }
     }
 

@@ -25,6 +25,7 @@
 //!   the order's amount and currency, and they must match.
 
 pub mod export;
+mod late;
 mod refund;
 pub mod view;
 
@@ -38,7 +39,7 @@ use time::OffsetDateTime;
 use crate::channel::{
     Channel, ChannelError, ChannelSet, ErrorKind, OrderRequest, OrderState, SubMerchant,
 };
-use crate::domain::{ChannelFailure, EventStatus, EventType, Method, PaymentStatus};
+use crate::domain::{ChannelFailure, EventStatus, EventType, LatePolicies, Method, PaymentStatus};
 use crate::routing::{NoRoute, PaymentFacts, Rules};
 use crate::store::{EventRecord, PaymentRecord, Store, StoreError};
 
@@ -52,6 +53,7 @@ const CLAIM_SLACK_MS: i64 = 5_000;
 /// Reads of a record before giving up on claiming it against concurrent writers.
 const CLAIM_TRIES: usize = 3;
 
+pub use late::{late_refund_no, LateSettled, LATE_REFUND_REASON};
 pub use refund::{NewRefund, RefundOutcome};
 
 /// A validated create request (the API checked every field).
@@ -92,6 +94,8 @@ pub struct Routes<'a> {
     pub channels: &'a ChannelSet,
     pub merchants: &'a HashMap<String, SubMerchant>,
     pub public_base_url: &'a str,
+    /// What to do with a late payment, per merchant (config `late_payments`).
+    pub late_payments: &'a LatePolicies,
 }
 
 impl Routes<'_> {
@@ -179,6 +183,7 @@ pub struct PaymentMetrics {
     fees: IntCounterVec,
     refunds: IntCounterVec,
     refused: IntCounterVec,
+    late: late::LateMetrics,
 }
 
 impl PaymentMetrics {
@@ -227,6 +232,7 @@ impl PaymentMetrics {
             fees,
             refunds,
             refused,
+            late: late::LateMetrics::new(registry)?,
         })
     }
 
@@ -259,14 +265,17 @@ impl PaymentService {
     }
 
     /// Applies a verified notification's order state (compare-and-set, never clearing a live
-    /// claim), with the shop event if the payment reached a final state.
+    /// claim), with the shop event if the payment reached a final state (and a late
+    /// payment's refund, by policy).
     pub async fn apply_notified(
         &self,
+        routes: &Routes<'_>,
         rec: PaymentRecord,
         state: OrderState,
         channel: &Channel,
     ) -> Result<PaymentRecord, PaymentError> {
-        self.apply_state(rec, state, channel, Claim::NotOurs).await
+        self.apply_state(routes, rec, state, channel, Claim::NotOurs)
+            .await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -355,6 +364,7 @@ impl PaymentService {
                 .expires_at
                 .map_or(now + DEFAULT_EXPIRY_MS, |t| t.unix_timestamp() * 1000),
             version: 0,
+            late: false,
         };
         match self.store.insert_payment(&rec).await? {
             None => {
@@ -505,7 +515,7 @@ impl PaymentService {
                 // Paid already, or the request may have reached the channel: learn what the
                 // channel has by a verified query (DESIGN.md §7) before answering. Never fail
                 // over, never mark such an order failed.
-                _ => self.learn_after(rec, error, channel, &sub).await,
+                _ => self.learn_after(routes, rec, error, channel, &sub).await,
             };
         }
     }
@@ -514,6 +524,7 @@ impl PaymentService {
     /// order becomes `succeeded`; anything else leaves it `unknown` for the shop to retry.
     async fn learn_after(
         &self,
+        routes: &Routes<'_>,
         rec: PaymentRecord,
         error: ChannelError,
         channel: &Channel,
@@ -522,7 +533,7 @@ impl PaymentService {
         match channel.query(&rec.out_trade_no, sub).await {
             Ok(state) if state.status == PaymentStatus::Succeeded => {
                 let shown = rec.clone();
-                self.apply_state(rec, state, channel, Claim::Ours)
+                self.apply_state(routes, rec, state, channel, Claim::Ours)
                     .await
                     .map_err(|e| unrecorded(shown, e))
             }
@@ -749,7 +760,10 @@ impl PaymentService {
     ) -> Result<PaymentRecord, PaymentError> {
         let (channel, sub) = self.bound(routes, &rec, "query")?;
         match channel.query(out_trade_no, &sub).await {
-            Ok(state) => self.apply_state(rec, state, channel, Claim::NotOurs).await,
+            Ok(state) => {
+                self.apply_state(routes, rec, state, channel, Claim::NotOurs)
+                    .await
+            }
             // The channel has no such order (nothing was ever created there).
             Err(e) if e.kind == ErrorKind::NotFound => Ok(rec),
             Err(error) => Err(PaymentError::Channel {
@@ -839,7 +853,9 @@ impl PaymentService {
                         });
                     }
                 };
-                let rec = self.apply_state(rec, state, channel, Claim::Ours).await?;
+                let rec = self
+                    .apply_state(routes, rec, state, channel, Claim::Ours)
+                    .await?;
                 return match rec.status {
                     PaymentStatus::Succeeded => Err(refuse(
                         "the channel says the order was paid; it was not closed",
@@ -895,9 +911,11 @@ impl PaymentService {
 
     /// Applies the bound account's verified word to the record (compare-and-set). An answer
     /// whose amount or currency differ from the order's — or that says "paid" without
-    /// stating them — changes nothing.
+    /// stating them — changes nothing. A payment of an order that had ended is late
+    /// (`late.rs`): told as `payment.late`, and refunded by policy.
     async fn apply_state(
         &self,
+        routes: &Routes<'_>,
         mut rec: PaymentRecord,
         state: OrderState,
         channel: &Channel,
@@ -917,8 +935,10 @@ impl PaymentService {
         }
         let before = rec.status;
         let mut changed = false;
+        let late = before.paid_late(state.status);
         if before.may_become(state.status) {
             rec.status = state.status;
+            rec.late |= late;
             changed = true;
             if state.status == PaymentStatus::Succeeded {
                 rec.paid_at = Some(
@@ -942,7 +962,14 @@ impl PaymentService {
             return Ok(rec);
         }
         rec.updated_at = now_ms();
-        let event = payment_event(&rec, before);
+        let late_action = late.then(|| routes.late_payments.for_merchant(&rec.merchant_id));
+        let event = match late_action {
+            Some(action) => {
+                self.late_backstop(&rec, action).await;
+                Some(self.late_event(&rec, action))
+            }
+            None => payment_event(&rec, before),
+        };
         if !self
             .store
             .update_payment_emitting(&mut rec, event.as_ref())
@@ -967,6 +994,9 @@ impl PaymentService {
                     .with_label_values(&[rec.channel.as_str()])
                     .inc_by(channel.settings.fee.fee(rec.amount));
             }
+        }
+        if let Some(action) = late_action {
+            self.late_committed(routes, &rec, action).await;
         }
         Ok(rec)
     }
@@ -1286,6 +1316,7 @@ mod tests {
             paid_at: None,
             expires_at: 0,
             version: 0,
+            late: false,
         }
     }
 

@@ -65,6 +65,13 @@ impl Serialize for AliRefund {
 }
 
 impl AliOrder {
+    /// `?late=true`: a closed trade that was never paid takes a payment after all.
+    pub(super) fn reopen_closed(&mut self) {
+        if self.state == "TRADE_CLOSED" && self.trade_no.is_none() {
+            self.state = "WAIT_BUYER_PAY".into();
+        }
+    }
+
     pub(super) fn mark_paid(&mut self, n: u64) -> bool {
         if self.state != "WAIT_BUYER_PAY" {
             return false;

@@ -17,7 +17,9 @@
 //! an unknown token is refused (`aop.invalid-app-auth-token`).
 //!
 //! # Test knobs
-//! - `POST /sandbox/pay/{out_trade_no}` marks open orders paid (`?mchid=` for one merchant's).
+//! - `POST /sandbox/pay/{out_trade_no}` marks open orders paid (`?mchid=` for one merchant's);
+//!   with `?late=true` a closed, never-paid order is paid too (the provider-side race of a
+//!   payment taken as the order closed: payroute sees a late payment), and notified as usual.
 //! - `GET /sandbox/orders/{out_trade_no}` shows every order with that number at any account:
 //!   its fields as stored (`mchid`, `sub_mchid`, `state`, `request` — the create request as
 //!   received —, `refunds` as `[no, amount, id, status]` / `[no, amount, status]`, …), plus
@@ -558,9 +560,14 @@ impl Sandbox {
         self.counter.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Marks every open order with this out_trade_no paid (or only `?mchid=`'s).
+    /// Marks every open order with this out_trade_no paid (or only `?mchid=`'s); with
+    /// `?late=true`, closed unpaid ones too.
     fn pay(&self, no: &str, query: Option<&str>) -> Answer {
         let only = query.and_then(|q| query_param(&format!("?{q}"), "mchid"));
+        let late = query
+            .and_then(|q| query_param(&format!("?{q}"), "late"))
+            .as_deref()
+            == Some("true");
         let faults = self.faults().clone();
         let mut paid = Vec::new();
         let mut notes = Vec::new();
@@ -569,6 +576,9 @@ impl Sandbox {
                 continue;
             }
             let n = self.next_id();
+            if late {
+                o.reopen_closed();
+            }
             if o.mark_paid(n) {
                 notes.push(self.wechat_payment_notification(&o, &faults));
             }
@@ -578,6 +588,9 @@ impl Sandbox {
             for mut o in self.alipay_orders.iter_mut() {
                 if o.key().1 == no {
                     let n = self.next_id();
+                    if late {
+                        o.reopen_closed();
+                    }
                     if o.mark_paid(n) {
                         notes.push(self.alipay_notification(&o, None));
                     }

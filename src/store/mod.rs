@@ -75,6 +75,9 @@ pub struct PaymentRecord {
     pub expires_at: i64,
     /// Optimistic concurrency: bumped by every update.
     pub version: i64,
+    /// Paid after payroute had told the shop the order was over (closed or failed): a late
+    /// payment (DESIGN.md §13), refunded or kept by `late_payments`.
+    pub late: bool,
 }
 
 /// Which payments `GET /admin/payments` lists, newest first.
@@ -310,7 +313,9 @@ pub trait Store: Send + Sync {
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
 
-    /// Open payments (`pending`, `unknown`) whose reconciliation check is due at `now`.
+    /// Payments whose reconciliation check is due at `now`: open ones (`pending`,
+    /// `unknown`), ended ones (`closed`, `failed`: looked at once more, for a late payment)
+    /// and late ones (until their refund is under way).
     /// Claimed like [`Store::due_events`] in a shared store, until
     /// [`Store::schedule_payment_check`] or the lease running out.
     async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError>;

@@ -338,11 +338,13 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, pad BLOB);
 ";
 
 /// Columns added after the first release, for files created before them.
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
     ("payments", "account", "TEXT"),
     // The reconciliation schedule (unix ms; NULL: not checked any more).
     ("payments", "next_check_at", "INTEGER"),
     ("refunds", "next_check_at", "INTEGER"),
+    // Paid after the order had ended (issue 15): 1.
+    ("payments", "late", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -499,7 +501,7 @@ fn get_refund(
 /// string literals the statement cache keys on without a `format!`).
 macro_rules! payment_columns {
     () => {
-        "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account"
+        "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account, late"
     };
 }
 const COLUMNS: &str = payment_columns!();
@@ -650,6 +652,7 @@ fn read_row(row: &Row) -> rusqlite::Result<Result<PaymentRecord, StoreError>> {
             expires_at: row.get(21).map_err(backend)?,
             version: row.get(22).map_err(backend)?,
             account: parse_account(row.get(23).map_err(backend)?)?,
+            late: row.get(24).map_err(backend)?,
         })
     };
     Ok(build())
@@ -682,7 +685,7 @@ impl Store for SqliteStore {
             }
             conn.prepare_cached(
                 // Due for reconciliation at once: the worker sets the real first check.
-                concat!("INSERT INTO payments (", payment_columns!(), ", next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?19)"),
+                concat!("INSERT INTO payments (", payment_columns!(), ", next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?19)"),
             )
             .map_err(backend)?
             .execute(params![
@@ -691,7 +694,7 @@ impl Store for SqliteStore {
                     p.action.as_ref().map(|a| a.to_string()), p.provider_trade_no, p.refunded_amount as i64,
                     p.request_hash, p.request.to_string(), p.error_code.map(|c| c.as_str()), p.error_message,
                     p.attempt_until, p.created_at, p.updated_at, p.paid_at, p.expires_at, p.version,
-                    account_json(&p.account),
+                    account_json(&p.account), p.late,
                 ],
             )
             .map_err(backend)?;
@@ -722,7 +725,7 @@ impl Store for SqliteStore {
                     .prepare_cached(
                         "UPDATE payments SET status = ?1, channel = ?2, rule = ?3, action = ?4, provider_trade_no = ?5,
                          refunded_amount = ?6, error_code = ?7, error_message = ?8, attempt_until = ?9, updated_at = ?10,
-                         paid_at = ?11, account = ?14, version = version + 1
+                         paid_at = ?11, account = ?14, late = ?15, version = version + 1
                          WHERE payment_id = ?12 AND version = ?13",
                     )
                     .map_err(backend)?
@@ -730,7 +733,7 @@ impl Store for SqliteStore {
                             rec.status.as_str(), rec.channel, rec.rule, rec.action.as_ref().map(|a| a.to_string()),
                             rec.provider_trade_no, rec.refunded_amount as i64, rec.error_code.map(|c| c.as_str()),
                             rec.error_message, rec.attempt_until, rec.updated_at, rec.paid_at, rec.payment_id,
-                            rec.version, account_json(&rec.account),
+                            rec.version, account_json(&rec.account), rec.late,
                         ],
                     )
                     .map_err(backend)?;
@@ -1054,7 +1057,8 @@ impl Store for SqliteStore {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM payments
-                     WHERE next_check_at <= ?1 AND status IN ('pending', 'unknown')
+                     WHERE next_check_at <= ?1
+                       AND (status IN ('pending', 'unknown', 'closed', 'failed') OR late = 1)
                      ORDER BY next_check_at LIMIT ?2"
                 ))
                 .map_err(backend)?;
@@ -1176,6 +1180,33 @@ mod tests {
         assert!(store.get_payment("m_1", "none").await.unwrap().is_none());
     }
 
+    /// A file written before the `late` column existed gains it on open: its payments read
+    /// as not late, and the flag is stored from then on.
+    #[tokio::test]
+    async fn a_file_from_before_late_payments_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            assert!(store
+                .insert_payment(&record("old"))
+                .await
+                .unwrap()
+                .is_none());
+        }
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("ALTER TABLE payments DROP COLUMN late")
+            .unwrap();
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut p = store.get_payment("m_1", "old").await.unwrap().unwrap();
+        assert!(!p.late);
+        p.status = PaymentStatus::Succeeded;
+        p.late = true;
+        assert!(store.update_payment(&mut p).await.unwrap());
+        assert!(store.get_payment("m_1", "old").await.unwrap().unwrap().late);
+    }
+
     fn record(no: &str) -> PaymentRecord {
         PaymentRecord {
             payment_id: format!("pay_{no}"),
@@ -1201,6 +1232,7 @@ mod tests {
             paid_at: None,
             expires_at: 9,
             version: 0,
+            late: false,
             account: Some(Account {
                 provider: "wechatpay_v3".into(),
                 mode: "partner".into(),

@@ -10,6 +10,7 @@
 
 mod channels;
 mod insecure;
+mod late;
 mod merchants;
 mod reach;
 mod routing;
@@ -66,6 +67,7 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
     let reconcile = workers::reconcile(&f, &mut errs);
     let webhooks = workers::webhooks(&f, &mut errs);
     workers::shops_have_webhooks(&f, &mut errs);
+    let late_payments = late::late_payments(&f, &mut errs);
 
     // Each builder reports why it returns None, so these are Some without errors; if one
     // ever is not, that is an error message, not a panic.
@@ -98,6 +100,7 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
         sandbox,
         reconcile,
         webhooks,
+        late_payments,
         redacted,
     })
 }
