@@ -437,6 +437,18 @@ impl Account {
     }
 }
 
+/// Every Alipay user id (the `seller_id` of a notification) starts with this…
+pub const ALIPAY_USER_ID_PREFIX: &str = "2088";
+/// …and has this many digits in all.
+pub const ALIPAY_USER_ID_DIGITS: usize = 16;
+
+/// Whether `id` looks like an Alipay user id: `2088` and 12 more digits.
+pub fn is_alipay_user_id(id: &str) -> bool {
+    id.len() == ALIPAY_USER_ID_DIGITS
+        && id.starts_with(ALIPAY_USER_ID_PREFIX)
+        && id.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Largest amount accepted, in minor units (fen): 100 million yuan.
 pub const MAX_AMOUNT: u64 = 10_000_000_000;
 

@@ -240,6 +240,7 @@ both_stores!(
     open_orders_by_account,
     reachable,
     reopening_keeps_everything,
+    legacy_isv_sellers_are_rebound_to_the_merchants_user_id,
     a_stale_claim_holder_never_rebinds_the_order,
     a_live_claim_holder_merges_what_a_notification_wrote,
     late_payments_are_flagged_and_ended_ones_due,
@@ -1158,6 +1159,72 @@ async fn open_orders_by_account(ctx: Ctx) {
     assert_eq!(open[1].channel, "ch2");
     assert_eq!(open[1].account, None);
     assert_eq!((open[1].payments, open[1].refunds), (1, 0));
+}
+
+/// Orders bound to an ISV seller by token fingerprint (before sellers were stored) are rebound
+/// to the merchant's Alipay user id — only that merchant's, only ISV ones, once.
+async fn legacy_isv_sellers_are_rebound_to_the_merchants_user_id(ctx: Ctx) {
+    let store = ctx.store;
+    let alipay = |mode: &str, seller: Option<&str>| Account {
+        provider: "alipay".into(),
+        mode: mode.into(),
+        mchid: None,
+        sub_mchid: None,
+        app_id: Some("2021000000000001".into()),
+        seller: seller.map(str::to_string),
+    };
+    let with = |no: &str, merchant: &str, account: Account| {
+        let mut p = payment(no);
+        p.merchant_id = merchant.into();
+        p.account = Some(account);
+        p
+    };
+    let legacy = with("l1", "m_1", alipay("isv", Some("8a25c0ffee123456")));
+    let current = with("l2", "m_1", alipay("isv", Some("2088000000007007")));
+    let direct = with("l3", "m_1", alipay("direct", None));
+    let wechat = payment("l4");
+    let others = with("l5", "m_2", alipay("isv", Some("8a25c0ffee123456")));
+    for p in [&legacy, &current, &direct, &wechat, &others] {
+        assert!(store.insert_payment(p).await.unwrap().is_none());
+    }
+
+    let seller = "2088000000001001";
+    assert_eq!(store.rebind_legacy_sellers("m_1", seller).await.unwrap(), 1);
+    let got = store.get_payment("m_1", "l1").await.unwrap().unwrap();
+    assert_eq!(
+        got.account,
+        Some(alipay("isv", Some(seller))),
+        "{}",
+        ctx.kind
+    );
+    assert_eq!(
+        got.version,
+        legacy.version + 1,
+        "a rebinding is a write like any other"
+    );
+    // A seller that already is a user id is an account of its own: never rewritten.
+    for (merchant, no, before) in [
+        ("m_1", "l2", &current),
+        ("m_1", "l3", &direct),
+        ("m_1", "l4", &wechat),
+        ("m_2", "l5", &others),
+    ] {
+        let got = store.get_payment(merchant, no).await.unwrap().unwrap();
+        assert_eq!(&got, before, "{no} on {}", ctx.kind);
+    }
+    assert_eq!(store.rebind_legacy_sellers("m_1", seller).await.unwrap(), 0);
+    // Rebound rows group with new ones of the same account (the stranded-orders view).
+    store
+        .insert_payment(&with("l6", "m_1", alipay("isv", Some(seller))))
+        .await
+        .unwrap();
+    let open = store.open_by_account().await.unwrap();
+    let at_seller = open
+        .iter()
+        .filter(|o| o.account == Some(alipay("isv", Some(seller))))
+        .collect::<Vec<_>>();
+    assert_eq!(at_seller.len(), 1, "{open:?}");
+    assert_eq!(at_seller[0].payments, 2);
 }
 
 async fn reachable(ctx: Ctx) {

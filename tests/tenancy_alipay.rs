@@ -216,6 +216,56 @@ async fn after_a_token_refresh_a_paid_isv_order_is_refunded() {
     h.shutdown().await;
 }
 
+/// Issue 15 item 2, the upgrade: ISV orders bound before sellers were stored name their seller
+/// by a fingerprint of the merchant's token. After a restart on this version they are bound to
+/// the merchant's `alipay_seller_id` (rebound at start), so a refund of one still reaches its
+/// account, and survives a later token refresh (without the rebinding: `503
+/// channel_unavailable`, no configured channel holds the fingerprint's account).
+#[tokio::test]
+async fn orders_bound_by_token_fingerprint_before_the_upgrade_are_rebound_at_start() {
+    let mut h = Harness::start_alipay(support::MIXED_RULES).await;
+    let paid = h
+        .paid("m_4004", "isv-legacy-1", "alipay_precreate", 900)
+        .await;
+    assert_eq!(paid["channel"], "platform_alipay");
+    // What the previous version stored: the first 16 hex digits of SHA-256 of the token.
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, TOKEN_4004.as_bytes());
+    let fingerprint: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let rows = {
+        let conn = rusqlite::Connection::open(h.db_path()).unwrap();
+        conn.execute(
+            "UPDATE payments SET account = replace(account, ?1, ?2) WHERE out_trade_no = 'isv-legacy-1'",
+            rusqlite::params![format!(r#""seller":"{SELLER_4004}""#), format!(r#""seller":"{fingerprint}""#)],
+        )
+        .unwrap()
+    };
+    assert_eq!(rows, 1);
+    h.restart().await;
+    reload_edited(&h, |t| t.replace(TOKEN_4004, REFRESHED_4004)).await;
+
+    let r = h
+        .refund(&json!({
+            "merchant_id": "m_4004", "out_trade_no": "isv-legacy-1",
+            "out_refund_no": "isv-legacy-1-r1", "amount": 900,
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    let conn = rusqlite::Connection::open(h.db_path()).unwrap();
+    let account: String = conn
+        .query_row(
+            "SELECT account FROM payments WHERE out_trade_no = 'isv-legacy-1'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(account.contains(SELLER_4004), "{account}");
+    h.shutdown().await;
+}
+
 /// Issue 15 item 2: an open ISV order paid after a token refresh is settled by its
 /// notification (before: `wrong_account`, acknowledged, so Alipay never sent it again).
 #[tokio::test]

@@ -343,6 +343,21 @@ pub trait Store: Send + Sync {
     /// Reachable and writable: for `/readyz`. After a write failed on I/O (disk full), this
     /// must prove that a write succeeds again.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Binds `merchant_id`'s Alipay ISV orders that name their seller the old way (a
+    /// fingerprint of the merchant's `app_auth_token`, which a token refresh breaks) to the
+    /// merchant's Alipay user id `seller_id`; how many were rebound. An ISV order's seller is
+    /// by construction its own merchant, so the rebinding moves no order to another account.
+    ///
+    /// # Limits
+    /// Reads every ISV record of the merchant whose seller is not an Alipay user id: after
+    /// the first run that is none, but the merchant's rows are still scanned once (its index
+    /// narrows them to the merchant, a text match to the old ones).
+    async fn rebind_legacy_sellers(
+        &self,
+        merchant_id: &str,
+        seller_id: &str,
+    ) -> Result<u64, StoreError>;
 }
 
 /// What a store counts: writes asked for and the commits (each one fsync) that made them
@@ -402,6 +417,30 @@ fn failure(code: Option<String>) -> Result<Option<ChannelFailure>, StoreError> {
 /// The bound account as stored (JSON text).
 fn account_json(a: &Option<Account>) -> Option<String> {
     a.as_ref().and_then(|a| serde_json::to_string(a).ok())
+}
+
+/// The candidates of [`Store::rebind_legacy_sellers`] (both engines): a merchant's ISV
+/// accounts whose seller is not an Alipay user id, as text; [`rebound_seller`] decides.
+const LEGACY_SELLER_FILTER: &str =
+    r#"account LIKE '%"mode":"isv"%' AND account NOT LIKE '%"seller":"2088%'"#;
+
+/// A bound account (JSON text) that names an Alipay ISV seller the old way, rebound to
+/// `seller_id`; `None` for any other account, which stays as it is.
+fn rebound_seller(text: &str, seller_id: &str) -> Result<Option<String>, StoreError> {
+    let Some(mut account) = parse_account(Some(text.to_string()))? else {
+        return Ok(None);
+    };
+    let legacy = account.provider == "alipay"
+        && account.mode == "isv"
+        && !account
+            .seller
+            .as_deref()
+            .is_some_and(crate::domain::is_alipay_user_id);
+    if !legacy {
+        return Ok(None);
+    }
+    account.seller = Some(seller_id.to_string());
+    Ok(account_json(&Some(account)))
 }
 
 fn parse_account(text: Option<String>) -> Result<Option<Account>, StoreError> {

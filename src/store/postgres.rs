@@ -28,9 +28,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    account_json, failure, parse_account, Delivery, EventFilter, EventRecord, OpenAtAccount,
-    OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord, Reservation, Store,
-    StoreError, StoreMetrics,
+    account_json, failure, parse_account, rebound_seller, Delivery, EventFilter, EventRecord,
+    OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord,
+    Reservation, Store, StoreError, StoreMetrics, LEGACY_SELLER_FILTER,
 };
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 use crate::secret::Secret;
@@ -1351,6 +1351,42 @@ impl Store for PostgresStore {
         insert_event(&c, e).await?;
         self.committed(started);
         Ok(true)
+    }
+
+    async fn rebind_legacy_sellers(
+        &self,
+        merchant_id: &str,
+        seller_id: &str,
+    ) -> Result<u64, StoreError> {
+        let started = tokio::time::Instant::now();
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let rows = query(
+            &tx,
+            &format!(
+                "SELECT payment_id, account FROM payments WHERE merchant_id = $1 AND {LEGACY_SELLER_FILTER}"
+            ),
+            &[&merchant_id],
+        )
+        .await?;
+        let mut rebound = 0;
+        for row in rows {
+            let (id, old): (String, String) = (get(&row, 0)?, get(&row, 1)?);
+            if let Some(new) = rebound_seller(&old, seller_id)? {
+                // Compare-and-set on the text: another instance rebinding at its start
+                // writes the same, and a row changed meanwhile is left to the next start.
+                rebound += execute(
+                    &tx,
+                    "UPDATE payments SET account = $2, version = version + 1
+                     WHERE payment_id = $1 AND account = $3",
+                    &[&id, &new, &old],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        self.committed(started);
+        Ok(rebound)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

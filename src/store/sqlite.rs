@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    account_json, failure, parse_account, Delivery, EventFilter, EventRecord, OpenAtAccount,
-    OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord, Reservation, Store,
-    StoreError, StoreMetrics,
+    account_json, failure, parse_account, rebound_seller, Delivery, EventFilter, EventRecord,
+    OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord,
+    Reservation, Store, StoreError, StoreMetrics, LEGACY_SELLER_FILTER,
 };
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 
@@ -1135,6 +1135,41 @@ impl Store for SqliteStore {
             }
             insert_event(conn, &e)?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn rebind_legacy_sellers(
+        &self,
+        merchant_id: &str,
+        seller_id: &str,
+    ) -> Result<u64, StoreError> {
+        let (merchant, seller) = (merchant_id.to_string(), seller_id.to_string());
+        self.write(move |conn| {
+            let rows = conn
+                .prepare(&format!(
+                    "SELECT payment_id, account FROM payments WHERE merchant_id = ?1 AND {LEGACY_SELLER_FILTER}"
+                ))
+                .map_err(backend)?
+                .query_map(params![merchant], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            let mut rebound = 0;
+            for (id, old) in rows {
+                if let Some(new) = rebound_seller(&old, &seller)? {
+                    rebound += conn
+                        .execute(
+                            "UPDATE payments SET account = ?2, version = version + 1
+                             WHERE payment_id = ?1 AND account = ?3",
+                            params![id, new, old],
+                        )
+                        .map_err(backend)? as u64;
+                }
+            }
+            Ok(rebound)
         })
         .await
     }

@@ -13,18 +13,7 @@ use super::Errors;
 use crate::channel::wechatpay::WechatMode;
 use crate::channel::{ChannelSettings, ConnectorSettings, SubMerchant};
 use crate::config::file::FileConfig;
-
-/// Every Alipay user id (the `seller_id` of a notification) starts with this…
-pub(super) const ALIPAY_USER_ID_PREFIX: &str = "2088";
-/// …and has this many digits in all.
-pub(super) const ALIPAY_USER_ID_DIGITS: usize = 16;
-
-/// Whether `id` looks like an Alipay user id: `2088` and 12 more digits.
-pub(super) fn is_alipay_user_id(id: &str) -> bool {
-    id.len() == ALIPAY_USER_ID_DIGITS
-        && id.starts_with(ALIPAY_USER_ID_PREFIX)
-        && id.bytes().all(|b| b.is_ascii_digit())
-}
+use crate::domain::{is_alipay_user_id, ALIPAY_USER_ID_DIGITS, ALIPAY_USER_ID_PREFIX};
 
 /// Reports a malformed `alipay_seller_id` and every id given to a second merchant, naming
 /// both merchants. `merchants` holds the resolved values (`env:`/`file:` tokens read).
