@@ -179,6 +179,7 @@ fn payment(i: usize, now: i64) -> PaymentRecord {
         paid_at: None,
         expires_at: now + 2 * 3600 * 1000,
         version: 1,
+        late: false,
     }
 }
 

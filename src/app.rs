@@ -40,6 +40,30 @@ pub struct App {
 /// malloc arena): under 1,000 connections tokio's default of 512 grew to 41 threads.
 pub const MAX_BLOCKING_THREADS: usize = 16;
 
+/// Alipay ISV orders bound before sellers were stored name the merchant's token by its
+/// fingerprint: rebound to the merchant's `alipay_seller_id` at start, so that neither a token
+/// refresh nor the upgrade itself strands them. A failure leaves them as they were, and the
+/// stranded-orders warning names them.
+async fn rebind_legacy_sellers(
+    store: &dyn crate::store::Store,
+    merchants: &std::collections::HashMap<String, crate::channel::SubMerchant>,
+) {
+    for (merchant, sub) in merchants {
+        let Some(seller) = &sub.alipay_seller_id else {
+            continue;
+        };
+        match store.rebind_legacy_sellers(merchant, seller).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(%merchant, %seller, orders = n, "Alipay ISV orders bound by token fingerprint rebound to the merchant's seller id")
+            }
+            Err(e) => {
+                tracing::error!(%merchant, error = %e, "rebinding Alipay ISV orders to the merchant's seller id failed; they stay bound by token fingerprint")
+            }
+        }
+    }
+}
+
 impl App {
     pub async fn new(config: Config) -> Result<Arc<App>, String> {
         let registry = Registry::new();
@@ -48,6 +72,7 @@ impl App {
         let store = crate::store::open(&config.store, store_metrics)
             .await
             .map_err(|e| e.to_string())?;
+        rebind_legacy_sellers(store.as_ref(), &config.merchants).await;
         let resilience = Arc::new(Resilience::new(&registry).map_err(metric_err)?);
         let live = Arc::new(LiveConfig::new(config, &registry, resilience.clone())?);
         let payments = Arc::new(PaymentService::new(store, &registry).map_err(metric_err)?);
@@ -232,7 +257,10 @@ pub async fn start(
         let sb = sandbox.clone();
         app.live.on_reload(move |config| {
             if config.sandbox.is_some() {
-                sb.set_merchants(crate::config::sandbox_merchants(&config.channels));
+                sb.set_merchants(crate::config::sandbox_merchants(
+                    &config.channels,
+                    &config.merchants,
+                ));
             }
         });
         tasks.push(tokio::spawn(sandbox.serve(

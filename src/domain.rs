@@ -170,6 +170,57 @@ impl PaymentStatus {
             (PaymentStatus::Closed | PaymentStatus::Failed, _) => false,
         }
     }
+
+    /// Whether a move to `next` is a *late payment*: paid after payroute had told the shop
+    /// the order was over (`payment.closed` / `payment.failed`; an expired order is closed by
+    /// the reconciler). Until then the provider, which enforces the order's expiry itself,
+    /// may still report it paid in time.
+    pub fn paid_late(self, next: PaymentStatus) -> bool {
+        matches!(self, PaymentStatus::Closed | PaymentStatus::Failed)
+            && next == PaymentStatus::Succeeded
+    }
+}
+
+/// What payroute does with a late payment (config `late_payments`, overridable per merchant).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LatePolicy {
+    /// Refund it in full, once, at the bound account (DESIGN.md §13).
+    #[default]
+    Refund,
+    /// Keep the money; the shop is told and decides.
+    Keep,
+}
+
+impl LatePolicy {
+    pub const ALL: [LatePolicy; 2] = [LatePolicy::Refund, LatePolicy::Keep];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LatePolicy::Refund => "refund",
+            LatePolicy::Keep => "keep",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LatePolicy> {
+        LatePolicy::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// The late-payment policy of every merchant: the top-level one, and the merchants that
+/// override it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatePolicies {
+    pub default: LatePolicy,
+    pub merchants: std::collections::HashMap<String, LatePolicy>,
+}
+
+impl LatePolicies {
+    pub fn for_merchant(&self, merchant_id: &str) -> LatePolicy {
+        self.merchants
+            .get(merchant_id)
+            .copied()
+            .unwrap_or(self.default)
+    }
 }
 
 /// The state of one refund.
@@ -217,6 +268,9 @@ impl RefundStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
     PaymentSucceeded,
+    /// Paid after the shop was told the order was over; says what payroute did about it
+    /// (`late_action`). Sent instead of `payment.succeeded`.
+    PaymentLate,
     PaymentClosed,
     PaymentFailed,
     RefundSucceeded,
@@ -226,8 +280,9 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::PaymentSucceeded,
+        EventType::PaymentLate,
         EventType::PaymentClosed,
         EventType::PaymentFailed,
         EventType::RefundSucceeded,
@@ -238,6 +293,7 @@ impl EventType {
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::PaymentSucceeded => "payment.succeeded",
+            EventType::PaymentLate => "payment.late",
             EventType::PaymentClosed => "payment.closed",
             EventType::PaymentFailed => "payment.failed",
             EventType::RefundSucceeded => "refund.succeeded",
@@ -351,7 +407,8 @@ pub struct Account {
     /// WeChat Pay `appid` / `sp_appid`; Alipay `app_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
-    /// Alipay ISV: fingerprint of the merchant's app_auth_token.
+    /// Alipay ISV: the merchant's Alipay user id (`merchants.<id>.alipay_seller_id`, `2088…`),
+    /// which Alipay signs into notifications as `seller_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seller: Option<String>,
 }
@@ -378,6 +435,18 @@ impl Account {
         diffs.extend(field("seller", &self.seller, &other.seller));
         diffs.join(", ")
     }
+}
+
+/// Every Alipay user id (the `seller_id` of a notification) starts with this…
+pub const ALIPAY_USER_ID_PREFIX: &str = "2088";
+/// …and has this many digits in all.
+pub const ALIPAY_USER_ID_DIGITS: usize = 16;
+
+/// Whether `id` looks like an Alipay user id: `2088` and 12 more digits.
+pub fn is_alipay_user_id(id: &str) -> bool {
+    id.len() == ALIPAY_USER_ID_DIGITS
+        && id.starts_with(ALIPAY_USER_ID_PREFIX)
+        && id.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Largest amount accepted, in minor units (fen): 100 million yuan.
@@ -527,6 +596,21 @@ mod tests {
         assert!(!Closed.may_become(Pending));
         assert!(!Unknown.may_become(Unknown));
         assert!(!Pending.may_become(Unknown));
+    }
+
+    #[test]
+    fn only_a_payment_of_an_ended_order_is_late() {
+        use PaymentStatus::*;
+        assert!(Closed.paid_late(Succeeded));
+        assert!(Failed.paid_late(Succeeded));
+        for before in [Pending, Unknown, Succeeded] {
+            assert!(!before.paid_late(Succeeded));
+        }
+        assert!(!Closed.paid_late(Closed));
+        for p in LatePolicy::ALL {
+            assert_eq!(LatePolicy::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(LatePolicy::default(), LatePolicy::Refund);
     }
 
     #[test]

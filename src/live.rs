@@ -12,6 +12,7 @@ use prometheus::Registry;
 use crate::channel::{ChannelMetrics, ChannelSet};
 use crate::config::reload::ReloadMetrics;
 use crate::config::Config;
+use crate::payment::Routes;
 use crate::resilience::Resilience;
 
 /// One config version with everything built from it. Requests hold an `Arc<Live>` for their
@@ -19,6 +20,19 @@ use crate::resilience::Resilience;
 pub struct Live {
     pub config: Arc<Config>,
     pub channels: ChannelSet,
+}
+
+impl Live {
+    /// What a payment operation needs of this version.
+    pub fn routes(&self) -> Routes<'_> {
+        Routes {
+            rules: &self.config.rules,
+            channels: &self.channels,
+            merchants: &self.config.merchants,
+            public_base_url: &self.config.server.public_base_url,
+            late_payments: &self.config.late_payments,
+        }
+    }
 }
 
 /// Called with a new config after it validated and built, just before it is swapped in.

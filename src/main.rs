@@ -146,7 +146,11 @@ fn main() -> ExitCode {
     let _log = payroute::logging::init(&config.log);
     match cli.command {
         Command::Check { .. } => {
-            println!("{}: ok\n{}", config_path.display(), config.summary());
+            say(&format!(
+                "{}: ok\n{}",
+                config_path.display(),
+                config.summary()
+            ));
             // Warnings only: the config is valid, but orders would be stranded by it.
             for line in stranded_warnings(&config) {
                 eprintln!("warning: {line}");
@@ -187,7 +191,7 @@ fn main() -> ExitCode {
                 out_trade_no: &out_trade_no,
                 china_minute,
             };
-            print!("{}", config.rules.explain(&facts).to_text());
+            say(config.rules.explain(&facts).to_text().trim_end());
             ExitCode::SUCCESS
         }
         Command::Payments {
@@ -251,11 +255,18 @@ async fn migrate(
     let c = payroute::store::migrate::copy(source.as_ref(), target.as_ref())
         .await
         .map_err(|e| format!("migrate: {e}"))?;
-    println!(
+    say(&format!(
         "copied and verified: {} payments ({} new), {} refunds ({} new), {} pending events ({} new)",
         c.payments, c.payments_new, c.refunds, c.refunds_new, c.pending_events, c.pending_events_new
-    );
+    ));
     Ok(())
+}
+
+/// One line of a command's answer on stdout. A reader that went away (`check | head -1`)
+/// is not an error of ours: `println!` would panic on the broken pipe.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 /// `payroute payments export`: the ledger to stdout.
@@ -395,7 +406,10 @@ async fn sandbox(listen: std::net::SocketAddr, config: Config) -> Result<(), Str
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let sb = payroute::sandbox::Sandbox::new(payroute::config::sandbox_merchants(&config.channels));
+    let sb = payroute::sandbox::Sandbox::new(payroute::config::sandbox_merchants(
+        &config.channels,
+        &config.merchants,
+    ));
     tracing::info!(%listen, "sandbox serving (TEST-ONLY keys)");
     sb.serve(listener, None, shutdown_signal()).await;
     Ok(())

@@ -58,8 +58,8 @@ impl StrandedGroup {
     }
 }
 
-/// `wechatpay_v3 partner mchid 1900000100 sub_mchid 1900000409 app_id wx…` (the seller of an
-/// Alipay ISV order is already a fingerprint, never the token).
+/// `wechatpay_v3 partner mchid 1900000100 sub_mchid 1900000409 app_id wx…`, or
+/// `alipay isv app_id 2021… seller 2088…` (the merchant's Alipay user id, never its token).
 pub fn describe(a: &Account) -> String {
     let mut s = format!("{} {}", a.provider, a.mode);
     for (name, v) in [
@@ -111,7 +111,8 @@ pub fn stranded(open: &[OpenAtAccount], config: &Config) -> Vec<StrandedGroup> {
 }
 
 /// Why no channel holds `bound`: the named channel is gone, its own identity changed, or no
-/// merchant has the per-merchant id (sub_mchid, app_auth_token) any more.
+/// merchant has the per-merchant id (sub_mchid, alipay_seller_id) any more. A token refresh
+/// strands nothing: an ISV order is bound to the seller id, which the refresh keeps.
 fn why(name: &str, bound: &Account, channel: Option<&Arc<ChannelSettings>>) -> String {
     let Some(ch) = channel else {
         return format!(
@@ -136,7 +137,7 @@ fn why(name: &str, bound: &Account, channel: Option<&Arc<ChannelSettings>>) -> S
     match (&bound.sub_mchid, &bound.seller) {
         (Some(sub), _) => format!("no merchant's wechat_sub_mchid is {sub} any more"),
         (None, Some(seller)) => {
-            format!("no merchant's alipay_app_auth_token has fingerprint {seller} any more")
+            format!("no merchant's alipay_seller_id is {seller} any more")
         }
         (None, None) => "the channel's account changed".to_string(),
     }
@@ -273,7 +274,7 @@ mod tests {
         ];
         let after = shipped(|t| {
             t.replace(r#""1900000409""#, r#""1900000499""#)
-                .replace("202611BB_m4004_TEST_ONLY", "202611BB_m4004_NEW_TEST_ONLY")
+                .replace(r#""2088000000004004""#, r#""2088000000004099""#)
                 .replace(r#"    mchid: "1900000109""#, r#"    mchid: "1900000199""#)
         });
         let found = stranded(&rows, &after);
@@ -282,6 +283,7 @@ mod tests {
             .map(|g| (g.channel.as_str(), g.reason.as_str()))
             .collect();
         let seller = rows[1].account.as_ref().unwrap().seller.clone().unwrap();
+        assert_eq!(seller, "2088000000004004");
         assert_eq!(
             reasons,
             vec![
@@ -291,9 +293,7 @@ mod tests {
                 ),
                 (
                     "platform_alipay",
-                    &*format!(
-                        "no merchant's alipay_app_auth_token has fingerprint {seller} any more"
-                    )
+                    "no merchant's alipay_seller_id is 2088000000004004 any more"
                 ),
                 (
                     "m1001_wechat",
@@ -303,13 +303,27 @@ mod tests {
             ]
         );
         assert_eq!((found[0].payments, found[0].refunds), (2, 1));
-        // The message names the account by fingerprint, never the token.
+        // The message names the account by its seller id, never the token.
         assert!(
             !found[1].message().contains("202611BB"),
             "{}",
             found[1].message()
         );
         assert!(found[1].message().contains(&seller));
+    }
+
+    /// Ops refresh a merchant's app_auth_token: its open ISV orders stay held (they are
+    /// bound to the seller id, which the refresh keeps).
+    #[test]
+    fn a_token_refresh_strands_nothing() {
+        let before = shipped(|t| t);
+        let rows = vec![open_at(&before, "platform_alipay", Some("m_4004"))];
+        let after = shipped(|t| t.replace("202611BB_m4004_TEST_ONLY", "202612CC_m4004_TEST_ONLY"));
+        assert_ne!(
+            before.merchants["m_4004"].alipay_app_auth_token,
+            after.merchants["m_4004"].alipay_app_auth_token
+        );
+        assert_eq!(stranded(&rows, &after), vec![]);
     }
 
     #[test]

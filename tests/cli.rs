@@ -48,6 +48,57 @@ fn check_accepts_the_shipped_config() {
     assert!(stdout.contains("5 rule(s)"), "{stdout}");
 }
 
+/// `payroute check | head -1`: a reader that closes the pipe early is not a crash (Rust
+/// ignores SIGPIPE, so a plain `println!` panicked on the broken pipe).
+#[test]
+fn check_into_a_closed_pipe_does_not_panic() {
+    use std::process::Stdio;
+    let mut child = payroute()
+        .args(["check", "--config", "config/payroute.yaml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end goes away before the answer is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
+
+/// deploy/compose's config as its container sees it (the sandbox keys under `sandbox/`):
+/// its direct channels name their merchants and its ISV merchants their Alipay user ids.
+#[test]
+fn check_accepts_the_compose_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::copy(
+        format!("{root}/deploy/compose/payroute.yaml"),
+        dir.path().join("payroute.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("sandbox")).unwrap();
+    for key in std::fs::read_dir(format!("{root}/config/sandbox")).unwrap() {
+        let key = key.unwrap().path();
+        std::fs::copy(
+            &key,
+            dir.path().join("sandbox").join(key.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_payroute"))
+        .current_dir(dir.path())
+        .args(["check", "--config", "payroute.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn check_reports_every_error_with_rule_key_and_position() {
     let shipped = shipped();
@@ -122,6 +173,60 @@ fn check_rejects_unknown_keys_and_missing_sub_merchants() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(r#"channel "platform_wechat" is partner mode but merchant(s) m_4004 have no wechat_sub_mchid"#), "{err}");
     assert!(err.contains(r#"channel "platform_alipay" is isv mode but merchant(s) m_4004 have no alipay_app_auth_token"#), "{err}");
+}
+
+/// Issue 15 item 3 on the shipped config: the promotions rule (no `merchant` condition)
+/// pointed at m_2002's own account, m_3003 added to m_2002's canary onto it, and two
+/// merchants sharing an Alipay account and a token. Each is named with its rule and key (or
+/// both merchants) at its line; the token itself never appears. Before: `ok`.
+#[test]
+fn check_refuses_routes_to_another_merchants_own_account_and_shared_ids() {
+    let shipped = shipped();
+    let m3003 = r#"  m_3003: { wechat_sub_mchid: "1900000309", alipay_app_auth_token: 202611BB_m3003_TEST_ONLY, alipay_seller_id: "2088000000003003" }"#;
+    let broken = shipped
+        .replace("      to: platform_wechat\n", "      to: m2002_wechat\n")
+        .replace(
+            "when: { merchant: m_2002, family: wechat }",
+            "when: { merchant: [m_2002, m_3003], family: wechat }",
+        )
+        .replace(
+            m3003,
+            &m3003
+                .replace("2088000000003003", "2088000000002002")
+                .replace("202611BB_m3003_TEST_ONLY", "202611BB_m2002_TEST_ONLY"),
+        );
+    let (code, err) = check(&broken);
+    assert_eq!(code, Some(1), "{err}");
+    let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for (expected, line) in [
+        (
+            r#"rules[3] "promotions-on-platform": to: channel "m2002_wechat" is the own account of merchant(s) m_2002 (mode direct) but it has no when.merchant (nor when.shop), so any merchant's payment can reach it; add when.merchant: [m_2002]"#,
+            line_of("      to: m2002_wechat"),
+        ),
+        (
+            r#"rules[1] "m2002-wechat-canary": split[0].to: channel "m2002_wechat" is the own account of merchant(s) m_2002 (mode direct) but it sends payments of merchant(s) m_3003 there"#,
+            line_of("split: [ { to: m2002_wechat"),
+        ),
+        (
+            r#"merchants.m_3003.alipay_seller_id: "2088000000002002" is also merchant m_2002's alipay_seller_id"#,
+            line_of("  m_3003:"),
+        ),
+        (
+            "merchants.m_3003.alipay_app_auth_token: the same token as merchant m_2002's alipay_app_auth_token",
+            line_of("  m_3003:"),
+        ),
+    ] {
+        let found = err
+            .lines()
+            .find(|l| l.contains(expected))
+            .unwrap_or_else(|| panic!("missing {expected:?} in:\n{err}"));
+        assert!(
+            found.contains(&format!(":{line}:")),
+            "{found:?} should point at line {line}"
+        );
+    }
+    assert!(err.contains("4 error(s)"), "{err}");
+    assert!(!err.contains("202611BB"), "a token leaked:\n{err}");
 }
 
 #[test]

@@ -36,7 +36,7 @@ shops:
     webhook: { url: http://127.0.0.1:8000/payroute/events, secret: demo-webhook-secret-TEST-ONLY }
 merchants:
   m_1001: {M1001}
-  m_2002: { wechat_sub_mchid: "1900000209", alipay_app_auth_token: tok_m2002_TEST_ONLY }
+  m_2002: { wechat_sub_mchid: "1900000209", alipay_app_auth_token: tok_m2002_TEST_ONLY, alipay_seller_id: "2088000000002002" }
 channels:
   platform_wechat:
     kind: wechatpay_v3
@@ -51,6 +51,7 @@ channels:
   m1001_wechat:
     kind: wechatpay_v3
     mode: direct
+    merchants: [m_1001]
     base_url: http://127.0.0.1:8090
     mchid: "1900000109"
     appid: wx2421b1c4370ec43b
@@ -70,9 +71,9 @@ routing:
   default: { wechat: platform_wechat, alipay: platform_alipay }
 "#;
 
-const NO_WECHAT_SUB: &str = "{ alipay_app_auth_token: tok_m1001_TEST_ONLY }";
-const FULL: &str =
-    r#"{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m1001_TEST_ONLY }"#;
+const NO_WECHAT_SUB: &str =
+    r#"{ alipay_app_auth_token: tok_m1001_TEST_ONLY, alipay_seller_id: "2088000000001001" }"#;
+const FULL: &str = r#"{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m1001_TEST_ONLY, alipay_seller_id: "2088000000001001" }"#;
 
 fn config(m1001: &str, rules: &str) -> String {
     platform_wechat(
@@ -390,4 +391,264 @@ fn a_global_limit_needs_redis_and_a_redis_url_is_checked() {
         err.contains(r#"scope "cluster" is not local or global"#),
         "{err}"
     );
+}
+
+// Issue 15 item 3: a merchant's own (direct-mode) account serves only that merchant, and
+// each provider id names one merchant. Each config below printed `ok` before.
+
+/// `config(FULL, rules)` with `default:` replaced.
+fn with_default(rules: &str, default: &str) -> String {
+    config(FULL, rules).replace(
+        "  default: { wechat: platform_wechat, alipay: platform_alipay }",
+        &format!("  default: {default}"),
+    )
+}
+
+/// A second shop that lists m_1001 only.
+const M1001_SHOP: &str = "  - id: m1001-shop
+    api_key: m1001-shop-key-TEST-ONLY
+    merchants: [m_1001]
+    webhook: { url: http://127.0.0.1:8000/payroute/events, secret: demo-webhook-secret-TEST-ONLY }
+merchants:";
+
+#[track_caller]
+fn refused(text: &str, expected: &[&str]) -> String {
+    let (ok, err) = check(text);
+    assert!(!ok, "accepted, expected {expected:?}");
+    for e in expected {
+        assert!(err.contains(e), "missing {e:?} in:\n{err}");
+    }
+    err
+}
+
+#[test]
+fn a_direct_channel_names_its_owners_and_a_partner_channel_none() {
+    let text = config(FULL, OWN_WECHAT_ALL_METHODS);
+    refused(
+        &text.replace("    merchants: [m_1001]\n", ""),
+        &["channels.m1001_wechat: merchants is required for mode direct"],
+    );
+    refused(
+        &text.replace("    merchants: [m_1001]\n", "    merchants: []\n"),
+        &["channels.m1001_wechat: merchants is empty"],
+    );
+    refused(
+        &text.replace(
+            "    mode: isv\n",
+            "    mode: isv\n    merchants: [m_1001, m_2002]\n",
+        ),
+        &["channels.platform_alipay: merchants is for mode direct (a merchant's own account); mode isv serves every merchant"],
+    );
+}
+
+/// A rule naming another merchant, in `to`, a split or a fallback, even after the owner's
+/// own rule.
+#[test]
+fn a_rule_that_sends_another_merchant_to_an_own_account_is_refused() {
+    let to = format!(
+        "{OWN_WECHAT_ALL_METHODS}
+    - name: m2002-on-m1001
+      when: {{ merchant: [m_2002], family: wechat }}
+      to: m1001_wechat"
+    );
+    let err = refused(
+        &config(FULL, &to),
+        &[
+            r#"rules[1] "m2002-on-m1001": to: channel "m1001_wechat" is the own account of merchant(s) m_1001 (mode direct) but it sends payments of merchant(s) m_2002 there"#,
+        ],
+    );
+    assert!(err.contains("1 error(s)"), "{err}");
+
+    let split = r#"    - name: both-canary
+      when: { merchant: [m_1001, m_2002], family: wechat }
+      split: [ { to: platform_wechat, weight: 90 }, { to: m1001_wechat, weight: 10 } ]"#;
+    let text = config(FULL, split);
+    let err = refused(
+        &text,
+        &[
+            r#"rules[0] "both-canary": split[1].to: channel "m1001_wechat" is the own account of merchant(s) m_1001 (mode direct) but it sends payments of merchant(s) m_2002 there"#,
+        ],
+    );
+    // Located at the offending split entry, not just the rule.
+    let (line, text_line) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("split: ["))
+        .unwrap();
+    let column = text_line.find("to: m1001_wechat").unwrap();
+    assert!(
+        err.contains(&format!(":{}:{}: rules[0]", line + 1, column + 1)),
+        "{err}"
+    );
+
+    let fallback = r#"    - name: m2002-platform
+      when: { merchant: m_2002, family: wechat }
+      to: platform_wechat
+      fallback: [m1001_wechat]"#;
+    refused(
+        &config(FULL, fallback),
+        &[
+            r#"rules[0] "m2002-platform": fallback[0]: channel "m1001_wechat" is the own account of merchant(s) m_1001 (mode direct) but it sends payments of merchant(s) m_2002 there"#,
+        ],
+    );
+}
+
+/// A rule without `when.merchant` counts as any merchant, whatever else it asks (the
+/// issue's reproduction: a metadata rule sent every merchant's tagged orders to m_1001's
+/// account).
+#[test]
+fn a_rule_without_a_merchant_condition_counts_as_any_merchant() {
+    for when in [
+        "{ metadata: { campaign: double11 }, family: wechat }",
+        "{ amount: { max: 100 }, family: wechat }",
+        "{ method: wechat_native }",
+        "{ family: wechat, currency: CNY }",
+        r#"{ family: wechat, hours: "08:00-20:00" }"#,
+    ] {
+        let rules = format!("    - name: promo\n      when: {when}\n      to: m1001_wechat");
+        refused(
+            &config(FULL, &rules),
+            &[
+                r#"rules[0] "promo": to: channel "m1001_wechat" is the own account of merchant(s) m_1001 (mode direct) but it has no when.merchant (nor when.shop), so any merchant's payment can reach it; add when.merchant: [m_1001]"#,
+            ],
+        );
+    }
+}
+
+/// A `shop` condition reaches that shop's merchants: refused for a shop that lists another
+/// merchant, accepted for a shop of the owner alone.
+#[test]
+fn a_shop_condition_reaches_that_shops_merchants() {
+    let rule = |shop: &str| {
+        format!("    - name: by-shop\n      when: {{ shop: {shop}, family: wechat }}\n      to: m1001_wechat")
+    };
+    let two_shops =
+        |rules: &str| config(FULL, rules).replace("\nmerchants:\n", &format!("\n{M1001_SHOP}\n"));
+    let text = two_shops(&rule("demo-shop"));
+    assert!(text.contains("id: m1001-shop"), "{text}");
+    refused(
+        &text,
+        &[
+            r#"rules[0] "by-shop": to: channel "m1001_wechat" is the own account of merchant(s) m_1001 (mode direct) but it has no when.merchant, and shop(s) demo-shop send payments of merchant(s) m_2002 there"#,
+        ],
+    );
+    let (ok, err) = check(&two_shops(&rule("m1001-shop")));
+    assert!(ok, "{err}");
+}
+
+/// A family default reaches every merchant a shop lists that no rule takes first.
+#[test]
+fn a_default_that_reaches_another_merchant_is_refused() {
+    let own_default = "{ wechat: m1001_wechat, alipay: platform_alipay }";
+    refused(
+        &with_default(OWN_WECHAT_ALL_METHODS, own_default),
+        &[
+            r#"routing.default.wechat: channel "m1001_wechat" is the own account of merchant(s) m_1001 (mode direct) but the wechat default sends payments of merchant(s) m_2002 to it"#,
+        ],
+    );
+    // Once m_2002's WeChat payments all go elsewhere, only m_1001 reaches the default.
+    let m2002_elsewhere = format!(
+        "{OWN_WECHAT_ALL_METHODS}
+    - name: m2002-platform
+      when: {{ merchant: m_2002, family: wechat }}
+      to: platform_wechat"
+    );
+    let (ok, err) = check(&with_default(&m2002_elsewhere, own_default));
+    assert!(ok, "{err}");
+    // A conditional rule leaves the default reachable again.
+    let conditional = m2002_elsewhere.replace(
+        "merchant: m_2002,",
+        "merchant: m_2002, amount: { max: 100 },",
+    );
+    refused(
+        &with_default(&conditional, own_default),
+        &[
+            r#"routing.default.wechat: channel "m1001_wechat""#,
+            "merchant(s) m_2002 to it",
+        ],
+    );
+}
+
+/// One id given to two merchants: refused naming both merchants and the id — but a token
+/// by neither value nor fragment.
+#[test]
+fn a_provider_id_given_to_two_merchants_is_refused() {
+    let base = config(FULL, OWN_WECHAT_ALL_METHODS);
+    let m2002 = r#"  m_2002: { wechat_sub_mchid: "1900000209", alipay_app_auth_token: tok_m2002_TEST_ONLY, alipay_seller_id: "2088000000002002" }"#;
+    assert!(base.contains(m2002));
+    refused(
+        &base.replace(m2002, &m2002.replace("1900000209", "1900000109")),
+        &[
+            r#"merchants.m_2002.wechat_sub_mchid: "1900000109" is also merchant m_1001's wechat_sub_mchid; one WeChat Pay sub-merchant belongs to one merchant (m_1001 and m_2002)"#,
+        ],
+    );
+    let err = refused(
+        &base.replace(m2002, &m2002.replace("tok_m2002_TEST_ONLY", "tok_m1001_TEST_ONLY")),
+        &["merchants.m_2002.alipay_app_auth_token: the same token as merchant m_1001's alipay_app_auth_token; a token authorizes one merchant's Alipay account (m_1001 and m_2002)"],
+    );
+    assert!(!err.contains("tok_m1001"), "the token leaked: {err}");
+    refused(
+        &base.replace(
+            m2002,
+            &m2002.replace("2088000000002002", "2088000000001001"),
+        ),
+        &[
+            r#"merchants.m_2002.alipay_seller_id: "2088000000001001" is also merchant m_1001's alipay_seller_id; one Alipay account belongs to one merchant (m_1001 and m_2002)"#,
+        ],
+    );
+}
+
+/// Issue 15 item 2: every merchant an ISV channel can reach needs its Alipay user id, and it
+/// must look like one.
+#[test]
+fn an_isv_merchant_needs_a_well_formed_alipay_seller_id() {
+    let base = config(FULL, OWN_WECHAT_ALL_METHODS);
+    let seller = r#", alipay_seller_id: "2088000000002002""#;
+    assert!(base.contains(seller));
+    refused(
+        &base.replace(seller, ""),
+        &[
+            r#"routing.default.alipay: channel "platform_alipay" is isv mode but merchant(s) m_2002 have no alipay_seller_id under merchants:"#,
+        ],
+    );
+    for bad in [
+        "208800000000200",
+        "20880000000020021",
+        "1088000000002002",
+        "2088-00000002002",
+    ] {
+        refused(
+            &base.replace("2088000000002002", bad),
+            &[&format!(
+                r#"merchants.m_2002.alipay_seller_id: "{bad}" is not an Alipay user id (2088 and 12 more digits, 16 in all)"#
+            )],
+        );
+    }
+}
+
+/// A `wechat_sub_mchid` that is a direct channel's `mchid` names that merchant account:
+/// given to a merchant the channel does not list, the platform's partner channel would pay
+/// that merchant's orders into another merchant's own account.
+#[test]
+fn a_sub_mchid_that_is_another_merchants_own_mchid_is_refused() {
+    let base = config(FULL, OWN_WECHAT_ALL_METHODS);
+    // m_1001 moves to a sub-merchant id of its own; m_2002 is given m_1001's own mchid.
+    let text = base
+        .replace(
+            r#"wechat_sub_mchid: "1900000109""#,
+            r#"wechat_sub_mchid: "1900000110""#,
+        )
+        .replace(
+            r#"wechat_sub_mchid: "1900000209""#,
+            r#"wechat_sub_mchid: "1900000109""#,
+        );
+    refused(
+        &text,
+        &[
+            r#"merchants.m_2002.wechat_sub_mchid: "1900000109" is the mchid of channel "m1001_wechat", the own account of merchant(s) m_1001; m_2002 is not among its merchants:"#,
+        ],
+    );
+    // The owner itself may be both a sub-merchant of the platform and on its own account.
+    let (ok, err) = check(&base);
+    assert!(ok, "{err}");
 }

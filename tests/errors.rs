@@ -303,7 +303,9 @@ async fn unreachable_channel_fails_over_only_when_nothing_was_sent() {
     let h = Harness::start_with(
         false,
         rules,
-        &dead_channel("dead_wechat", "1900000109", "m1001_apiclient_key.pem"),
+        // Both merchants' rules use the one dead account, so both own it.
+        &dead_channel("dead_wechat", "1900000109", "m1001_apiclient_key.pem")
+            .replace("merchants: [m_1001]", "merchants: [m_1001, m_3003]"),
     )
     .await;
     let r = h

@@ -112,24 +112,38 @@ async fn reloads_under_concurrent_requests_fail_nothing() {
     .await;
 
     // A 10,000-rule file swaps in (and out again) while creates run. Half the rules are
-    // m_1001's own and never match these creates, so each one scans past them.
+    // m_1001's own and never match these creates, so each one scans past them; the other
+    // half send 5,000 other merchants to one account of theirs.
     let mut bulk = String::from("\n  rules:\n");
+    let mut bulk_owners = Vec::new();
     for i in 0..10_000 {
-        let when = if i % 2 == 0 {
-            format!(
+        let (when, to) = if i % 2 == 0 {
+            let when = format!(
                 "{{ merchant: [m_1001], amount: {{ min: {} }} }}",
                 1_000_000 + i
-            )
+            );
+            (when, "m1001_wechat")
         } else {
-            format!("{{ merchant: [m_bulk_{i}] }}")
+            bulk_owners.push(format!("m_bulk_{i}"));
+            (format!("{{ merchant: [m_bulk_{i}] }}"), "bulk_wechat")
         };
         bulk.push_str(&format!(
-            "    - name: bulk-{i}\n      when: {when}\n      to: m2002_wechat\n"
+            "    - name: bulk-{i}\n      when: {when}\n      to: {to}\n"
         ));
     }
     bulk.push_str(support::RULES.trim_start_matches("\n  rules:\n"));
-    for rules in [bulk.as_str(), support::RULES] {
-        h.write_config(rules, "");
+    let bulk_channel = support::wechat_direct(
+        &h.upstream,
+        "bulk_wechat",
+        "1900000999",
+        "wx0000000000000999",
+        "0D0D0D0D",
+        "m2002_apiclient_key.pem",
+    )
+    .with("merchants", format!("[{}]", bulk_owners.join(", ")))
+    .to_string();
+    for (rules, extra) in [(bulk.as_str(), bulk_channel.as_str()), (support::RULES, "")] {
+        h.write_config(rules, extra);
         let r = h.admin_post("/admin/reload", &json!({})).await;
         assert_eq!(r.status, 200, "{}", &r.text[..r.text.len().min(500)]);
         let before = ok.load(Ordering::Relaxed);
@@ -298,4 +312,76 @@ async fn admin_api_needs_the_token_and_redacts_secrets() {
         );
     }
     h.shutdown().await;
+}
+
+/// Issue 15 item 3, the reproduction: ops point the promotions rule (no `merchant`
+/// condition) at m_1001's own account, or give m_4004 m_1001's sub_mchid. Each reload is
+/// refused naming the rule and key or both merchants, and the running config keeps sending
+/// m_4004's promotions to the platform under m_4004's own sub_mchid. Before: both reloads
+/// answered 200, and m_4004's next promotion was created on m_1001's account.
+#[tokio::test]
+async fn a_reload_that_sends_a_merchant_to_anothers_account_is_refused() {
+    let h = Harness::start().await;
+    let promotion = |no: &str| {
+        payment(
+            "m_4004",
+            no,
+            "wechat_native",
+            100,
+            json!({ "metadata": { "campaign": "double11" } }),
+        )
+    };
+    h.create(&promotion("promo-1"))
+        .await
+        .expect_created_on("platform_wechat");
+    let errors_before = reload_errors(&h).await;
+
+    let onto_m1001 = support::RULES.replace(
+        "to: platform_wechat\n  default",
+        "to: m1001_wechat\n  default",
+    );
+    assert_ne!(onto_m1001, support::RULES);
+    h.write_config(&onto_m1001, "");
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(
+        r.text.contains(r#"rules[3] \"promotions-on-platform\": to: channel \"m1001_wechat\" is the own account of merchant(s) m_1001 (mode direct) but it has no when.merchant (nor when.shop), so any merchant's payment can reach it"#),
+        "{}",
+        r.text
+    );
+
+    h.write_config(support::RULES, "");
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let shared = text.replace(
+        r#"m_4004: { wechat_sub_mchid: "1900000409""#,
+        r#"m_4004: { wechat_sub_mchid: "1900000109""#,
+    );
+    assert_ne!(shared, text);
+    support::write_atomically(&h.config_path, &shared);
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(
+        r.text.contains(r#"merchants.m_4004.wechat_sub_mchid: \"1900000109\" is also merchant m_1001's wechat_sub_mchid"#),
+        "{}",
+        r.text
+    );
+    assert!(reload_errors(&h).await >= errors_before + 2.0);
+
+    // Still the config the proxy started with.
+    h.create(&promotion("promo-2"))
+        .await
+        .expect_created_on("platform_wechat");
+    assert_eq!(
+        h.sandbox_orders("promo-2").await[0]["request"]["sub_mchid"],
+        "1900000409"
+    );
+    h.shutdown().await;
+}
+
+async fn reload_errors(h: &Harness) -> f64 {
+    support::metric(
+        &h.metrics().await,
+        r#"payroute_config_reloads_total{result="error"}"#,
+    )
+    .unwrap_or(0.0)
 }

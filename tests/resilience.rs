@@ -130,8 +130,10 @@ async fn a_channel_over_its_limit_fails_over_because_nothing_was_sent() {
 
 #[tokio::test]
 async fn a_dead_channel_opens_its_circuit_and_is_skipped() {
+    // Both merchants' rules use the one dead account, so both own it.
     let dead = limited_channel(&support::Upstream::dead())
         .without("limit")
+        .with("merchants", "[m_1001, m_3003]")
         .to_string();
     let rules = r#"
   rules:

@@ -8,6 +8,8 @@
 //! Tests of claims (two instances taking the same due work) run against PostgreSQL only:
 //! SQLite serves one instance and hands due work to whoever asks.
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -224,6 +226,7 @@ macro_rules! postgres_only {
 
 both_stores!(
     binding_is_unique_and_round_trips,
+    payments_by_trade_no_oldest_first,
     concurrent_creates_bind_once,
     stale_writer_is_fenced,
     finds_and_lists_payments,
@@ -237,6 +240,10 @@ both_stores!(
     open_orders_by_account,
     reachable,
     reopening_keeps_everything,
+    legacy_isv_sellers_are_rebound_to_the_merchants_user_id,
+    a_stale_claim_holder_never_rebinds_the_order,
+    a_live_claim_holder_merges_what_a_notification_wrote,
+    late_payments_are_flagged_and_ended_ones_due,
 );
 
 postgres_only!(
@@ -278,6 +285,7 @@ fn payment(no: &str) -> PaymentRecord {
         paid_at: None,
         expires_at: 9_000_000,
         version: 0,
+        late: false,
         account: Some(Account {
             provider: "wechatpay_v3".into(),
             mode: "partner".into(),
@@ -480,6 +488,36 @@ async fn stale_writer_is_fenced(ctx: Ctx) {
     let now = store.get_payment("m_1", "f1").await.unwrap().unwrap();
     assert_eq!(now.status, PaymentStatus::Succeeded);
     assert_eq!(now.version, read.version + 2);
+}
+
+/// One out_trade_no at three merchants, written out of order: always the same order back,
+/// oldest first (then by payment id), whatever order the rows lie in.
+async fn payments_by_trade_no_oldest_first(ctx: Ctx) {
+    let store = ctx.store;
+    for (merchant, id, created_at) in [
+        ("m_3", "pay_3", 30),
+        ("m_1", "pay_z", 20),
+        ("m_2", "pay_b", 20),
+    ] {
+        let mut p = payment("same");
+        p.merchant_id = merchant.into();
+        p.payment_id = id.into();
+        p.created_at = created_at;
+        store.insert_payment(&p).await.unwrap();
+    }
+    let mut first = store.get_payment("m_3", "same").await.unwrap().unwrap();
+    first.status = PaymentStatus::Succeeded;
+    assert!(store.update_payment(&mut first).await.unwrap());
+    for _ in 0..2 {
+        let order: Vec<String> = store
+            .payments_by_trade_no("same")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.merchant_id)
+            .collect();
+        assert_eq!(order, ["m_2", "m_1", "m_3"]);
+    }
 }
 
 async fn finds_and_lists_payments(ctx: Ctx) {
@@ -1123,6 +1161,72 @@ async fn open_orders_by_account(ctx: Ctx) {
     assert_eq!((open[1].payments, open[1].refunds), (1, 0));
 }
 
+/// Orders bound to an ISV seller by token fingerprint (before sellers were stored) are rebound
+/// to the merchant's Alipay user id — only that merchant's, only ISV ones, once.
+async fn legacy_isv_sellers_are_rebound_to_the_merchants_user_id(ctx: Ctx) {
+    let store = ctx.store;
+    let alipay = |mode: &str, seller: Option<&str>| Account {
+        provider: "alipay".into(),
+        mode: mode.into(),
+        mchid: None,
+        sub_mchid: None,
+        app_id: Some("2021000000000001".into()),
+        seller: seller.map(str::to_string),
+    };
+    let with = |no: &str, merchant: &str, account: Account| {
+        let mut p = payment(no);
+        p.merchant_id = merchant.into();
+        p.account = Some(account);
+        p
+    };
+    let legacy = with("l1", "m_1", alipay("isv", Some("8a25c0ffee123456")));
+    let current = with("l2", "m_1", alipay("isv", Some("2088000000007007")));
+    let direct = with("l3", "m_1", alipay("direct", None));
+    let wechat = payment("l4");
+    let others = with("l5", "m_2", alipay("isv", Some("8a25c0ffee123456")));
+    for p in [&legacy, &current, &direct, &wechat, &others] {
+        assert!(store.insert_payment(p).await.unwrap().is_none());
+    }
+
+    let seller = "2088000000001001";
+    assert_eq!(store.rebind_legacy_sellers("m_1", seller).await.unwrap(), 1);
+    let got = store.get_payment("m_1", "l1").await.unwrap().unwrap();
+    assert_eq!(
+        got.account,
+        Some(alipay("isv", Some(seller))),
+        "{}",
+        ctx.kind
+    );
+    assert_eq!(
+        got.version,
+        legacy.version + 1,
+        "a rebinding is a write like any other"
+    );
+    // A seller that already is a user id is an account of its own: never rewritten.
+    for (merchant, no, before) in [
+        ("m_1", "l2", &current),
+        ("m_1", "l3", &direct),
+        ("m_1", "l4", &wechat),
+        ("m_2", "l5", &others),
+    ] {
+        let got = store.get_payment(merchant, no).await.unwrap().unwrap();
+        assert_eq!(&got, before, "{no} on {}", ctx.kind);
+    }
+    assert_eq!(store.rebind_legacy_sellers("m_1", seller).await.unwrap(), 0);
+    // Rebound rows group with new ones of the same account (the stranded-orders view).
+    store
+        .insert_payment(&with("l6", "m_1", alipay("isv", Some(seller))))
+        .await
+        .unwrap();
+    let open = store.open_by_account().await.unwrap();
+    let at_seller = open
+        .iter()
+        .filter(|o| o.account == Some(alipay("isv", Some(seller))))
+        .collect::<Vec<_>>();
+    assert_eq!(at_seller.len(), 1, "{open:?}");
+    assert_eq!(at_seller[0].payments, 2);
+}
+
 async fn reachable(ctx: Ctx) {
     ctx.store.ping().await.unwrap();
     ctx.other.ping().await.unwrap();
@@ -1289,7 +1393,116 @@ async fn instances_starting_together_migrate_once(ctx: Ctx) {
         r.expect("every instance starts");
     }
     let versions: Vec<i32> = versions.unwrap().iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1], "each migration recorded once");
+    assert_eq!(versions, [1, 2], "each migration recorded once");
+}
+
+/// Issue 15 item 5: the `late` flag round-trips (and survives a reopen); an ended order
+/// (closed, failed) is handed to the reconciler once more, a late payment until its refund is
+/// under way, a succeeded one that is not late never.
+async fn late_payments_are_flagged_and_ended_ones_due(ctx: Ctx) {
+    let store = ctx.store.clone();
+    for no in ["late_c", "late_f", "late_ok"] {
+        assert!(store.insert_payment(&payment(no)).await.unwrap().is_none());
+        let p = store.get_payment("m_1", no).await.unwrap().unwrap();
+        assert!(!p.late, "{no}");
+        store
+            .schedule_payment_check(&p.payment_id, None)
+            .await
+            .unwrap();
+    }
+    let mut closed = store.get_payment("m_1", "late_c").await.unwrap().unwrap();
+    closed.status = PaymentStatus::Closed;
+    assert!(store.update_payment(&mut closed).await.unwrap());
+    let mut failed = store.get_payment("m_1", "late_f").await.unwrap().unwrap();
+    failed.status = PaymentStatus::Failed;
+    assert!(store.update_payment(&mut failed).await.unwrap());
+    let mut ok = store.get_payment("m_1", "late_ok").await.unwrap().unwrap();
+    ok.status = PaymentStatus::Succeeded;
+    ok.paid_at = Some(2_000);
+    assert!(store.update_payment(&mut ok).await.unwrap());
+    for id in ["pay_late_c", "pay_late_f", "pay_late_ok"] {
+        store.schedule_payment_check(id, Some(5_000)).await.unwrap();
+    }
+    let due = |at: i64| {
+        let store = store.clone();
+        async move {
+            let mut nos: Vec<String> = store
+                .due_payments(at, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| p.out_trade_no)
+                .collect();
+            nos.sort();
+            nos
+        }
+    };
+    assert!(due(4_999).await.is_empty());
+    assert_eq!(due(5_000).await, ["late_c", "late_f"]);
+    // Its one more look done, the failed order is never due again.
+    store
+        .schedule_payment_check("pay_late_f", None)
+        .await
+        .unwrap();
+    // The closed order is paid late.
+    let mut late = store.get_payment("m_1", "late_c").await.unwrap().unwrap();
+    late.status = PaymentStatus::Succeeded;
+    late.paid_at = Some(6_000);
+    late.late = true;
+    assert!(store.update_payment(&mut late).await.unwrap());
+    let read = store.get_payment("m_1", "late_c").await.unwrap().unwrap();
+    assert!(read.late);
+    assert_eq!(read, late);
+    assert_eq!(
+        store.payments_by_trade_no("late_c").await.unwrap(),
+        [late.clone()]
+    );
+    let listed = store
+        .list_payments(&PaymentFilter {
+            merchant_id: Some("m_1".into()),
+            limit: 10,
+            ..PaymentFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().filter(|p| p.late).count(), 1);
+    // (Scheduling it again also ends the claim `due_payments` took in a shared store.)
+    store
+        .schedule_payment_check("pay_late_c", Some(6_000))
+        .await
+        .unwrap();
+    assert_eq!(due(6_000).await, ["late_c"]);
+    store
+        .schedule_payment_check("pay_late_c", None)
+        .await
+        .unwrap();
+    assert!(due(1_000_000_000).await.is_empty(), "no check left");
+    // Kept through a restart (SQLite) or by another instance (PostgreSQL).
+    let Ctx {
+        store: s,
+        other,
+        place,
+        _dir,
+        ..
+    } = ctx;
+    drop((s, other, store));
+    let again = place.open().await;
+    assert!(
+        again
+            .get_payment("m_1", "late_c")
+            .await
+            .unwrap()
+            .unwrap()
+            .late
+    );
+    assert!(
+        !again
+            .get_payment("m_1", "late_ok")
+            .await
+            .unwrap()
+            .unwrap()
+            .late
+    );
 }
 
 async fn reopening_keeps_everything(ctx: Ctx) {
@@ -1522,4 +1735,263 @@ async fn an_instance_waits_out_a_long_migration_of_another(ctx: Ctx) {
         .await;
     opened.expect("the instance started once the migration lock was free");
     assert!(served.unwrap(), "and serves from the migrated schema");
+}
+
+// ---------------------------------------------------------------------------------------
+// The payment service over the store: what a claim holder writes after its channel call.
+
+/// A [`PaymentService`] over the store under test, with the harness's channels (test config)
+/// on an in-process sandbox: one proxy instance, without its listeners.
+struct Payments {
+    service: payroute::payment::PaymentService,
+    live: Arc<payroute::live::Live>,
+    sandbox_url: String,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    _dir: tempfile::TempDir,
+}
+
+impl Payments {
+    async fn start(store: Arc<dyn Store>) -> Arc<Payments> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sandbox_url = format!("http://{}", listener.local_addr().unwrap());
+        let site = support::Site {
+            public_base_url: "http://127.0.0.1:9".into(),
+            webhook_url: "http://127.0.0.1:9/events".into(),
+        };
+        let yaml = support::config_yaml(
+            &support::Upstream::plain(&sandbox_url),
+            &format!(
+                "{{ kind: sqlite, path: {} }}",
+                dir.path().join("unused.db").display()
+            ),
+            &site,
+            support::RULES,
+            "",
+        );
+        let path = dir.path().join("payroute.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let config = payroute::config::Config::load(&path).expect("test config");
+        let sandbox = payroute::sandbox::Sandbox::new(payroute::config::sandbox_merchants(
+            &config.channels,
+            &config.merchants,
+        ));
+        tokio::spawn(sandbox.serve(listener, None, std::future::pending()));
+        let registry = prometheus::Registry::new();
+        let resilience = Arc::new(payroute::resilience::Resilience::new(&registry).unwrap());
+        let live = payroute::live::LiveConfig::new(config, &registry, resilience)
+            .expect("live config")
+            .load();
+        Arc::new(Payments {
+            service: payroute::payment::PaymentService::new(store, &registry).unwrap(),
+            live,
+            sandbox_url,
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+            _dir: dir,
+        })
+    }
+
+    fn routes(&self) -> payroute::payment::Routes<'_> {
+        self.live.routes()
+    }
+
+    /// `test-shop`'s create of `no` for `m_1001` (its rule: `m1001_wechat`).
+    async fn create(
+        &self,
+        no: &str,
+    ) -> Result<payroute::payment::CreateOutcome, payroute::payment::PaymentError> {
+        let req = payroute::payment::NewPayment {
+            merchant_id: "m_1001".into(),
+            out_trade_no: no.into(),
+            amount: 100,
+            currency: "CNY".into(),
+            method: Method::WechatNative,
+            description: "Test mug".into(),
+            openid: None,
+            client_ip: None,
+            expires_at: None,
+            return_url: None,
+            attach: None,
+            metadata: Default::default(),
+        };
+        self.service.create(&self.routes(), "test-shop", req).await
+    }
+
+    async fn sandbox(&self, method: http::Method, path: &str, body: &str) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.sandbox_url))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap();
+        let resp = support::within("the sandbox's answer", self.client.request(req))
+            .await
+            .unwrap();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// Starts test-shop's create of `no` with the sandbox holding its answer, and returns once
+    /// the order is at the channel (the answer still held back).
+    async fn create_held_at_the_channel(
+        self: &Arc<Self>,
+        no: &str,
+    ) -> tokio::task::JoinHandle<
+        Result<payroute::payment::CreateOutcome, payroute::payment::PaymentError>,
+    > {
+        // Under the channel's 2s timeout: the answer comes, late.
+        self.sandbox(
+            http::Method::POST,
+            "/sandbox/faults",
+            r#"{"latency_ms": 1500}"#,
+        )
+        .await;
+        let (me, no_) = (self.clone(), no.to_string());
+        let call = tokio::spawn(async move { me.create(&no_).await });
+        support::wait_until("the order to reach the channel", || async {
+            let at = self
+                .sandbox(http::Method::GET, &format!("/sandbox/orders/{no}"), "")
+                .await;
+            at["orders"].as_array().is_some_and(|o| !o.is_empty())
+        })
+        .await;
+        call
+    }
+}
+
+fn now_ms() -> i64 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()) as i64
+}
+
+/// An instance whose call outlived its claim comes back after another instance took the
+/// order over (claimed the record, rebound it to another account, created it there): it
+/// must not write its channel, account or claim over that binding — the order would then
+/// be sent to two accounts — and answers from the record.
+async fn a_stale_claim_holder_never_rebinds_the_order(ctx: Ctx) {
+    let a = Payments::start(ctx.store.clone()).await;
+    let call = a.create_held_at_the_channel("stale-1").await;
+    // Instance B (the same data through another store instance), once A's window ran out.
+    let mut rec = ctx
+        .other
+        .get_payment("m_1001", "stale-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.channel, "m1001_wechat");
+    let a_claim = rec.attempt_until.expect("A's claim");
+    let routes = a.routes();
+    let platform = routes.channels.get("platform_wechat").unwrap();
+    let platform_account = platform.account(&routes.sub_merchant("m_1001"));
+    rec.attempt_until = Some(now_ms() + 60_000);
+    rec.channel = "platform_wechat".into();
+    rec.account = Some(platform_account.clone());
+    assert!(
+        ctx.other.update_payment(&mut rec).await.unwrap(),
+        "B claims"
+    );
+    let b_action = serde_json::json!({"type": "qr_code", "code_url": "weixin://b-at-the-platform"});
+    rec.attempt_until = None;
+    rec.action = Some(b_action.clone());
+    assert!(
+        ctx.other.update_payment(&mut rec).await.unwrap(),
+        "B's result"
+    );
+    assert!(
+        !call.is_finished(),
+        "A's call ended before B took over: the sandbox's latency did not hold it"
+    );
+    assert_ne!(Some(a_claim), rec.attempt_until);
+
+    let answer = support::within("A's create", call).await.unwrap();
+    let stored = ctx
+        .store
+        .get_payment("m_1001", "stale-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stored.channel.as_str(), stored.account.as_ref()),
+        ("platform_wechat", Some(&platform_account)),
+        "{}: the stale claim holder rebound the order",
+        ctx.kind
+    );
+    assert_eq!(stored.action, Some(b_action.clone()), "{}", ctx.kind);
+    assert_eq!(stored.attempt_until, None, "{}", ctx.kind);
+    // A answers from the record: B's binding and payer action.
+    match answer {
+        Ok(payroute::payment::CreateOutcome::Replayed(p)) => {
+            assert_eq!(
+                (p.channel.as_str(), p.action),
+                ("platform_wechat", Some(b_action))
+            );
+        }
+        other => panic!("{}: A answered {other:?}", ctx.kind),
+    }
+}
+
+/// The other side of the rule: while the claim is still the caller's, what a verified
+/// notification wrote meanwhile (paid, the provider's number) stays and the call's result
+/// (the payer action) is added, on the same binding.
+async fn a_live_claim_holder_merges_what_a_notification_wrote(ctx: Ctx) {
+    let a = Payments::start(ctx.store.clone()).await;
+    let call = a.create_held_at_the_channel("live-1").await;
+    // A notification (it never takes or clears a live claim) marks the order paid.
+    let mut rec = ctx
+        .other
+        .get_payment("m_1001", "live-1")
+        .await
+        .unwrap()
+        .unwrap();
+    let a_claim = rec.attempt_until;
+    rec.status = PaymentStatus::Succeeded;
+    rec.paid_at = Some(now_ms());
+    rec.provider_trade_no = Some("4200000000000000000000000042".into());
+    assert!(ctx.other.update_payment(&mut rec).await.unwrap());
+    assert!(
+        !call.is_finished(),
+        "the sandbox's latency did not hold A's call"
+    );
+    assert_eq!(rec.attempt_until, a_claim);
+
+    let answer = support::within("A's create", call).await.unwrap();
+    let stored = ctx
+        .store
+        .get_payment("m_1001", "live-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, PaymentStatus::Succeeded, "{}", ctx.kind);
+    assert_eq!(stored.channel, "m1001_wechat");
+    assert_eq!(
+        stored.provider_trade_no.as_deref(),
+        Some("4200000000000000000000000042")
+    );
+    let code_url = stored.action.as_ref().map(|a| a["code_url"].clone());
+    assert!(
+        code_url
+            .as_ref()
+            .and_then(|u| u.as_str())
+            .is_some_and(|u| u.starts_with("weixin://wxpay/")),
+        "{}: the call's payer action was dropped: {:?}",
+        ctx.kind,
+        stored.action
+    );
+    assert_eq!(stored.attempt_until, None, "the claim ends");
+    match answer {
+        Ok(payroute::payment::CreateOutcome::Created(p)) => {
+            assert_eq!(p.status, PaymentStatus::Succeeded)
+        }
+        other => panic!("{}: A answered {other:?}", ctx.kind),
+    }
 }

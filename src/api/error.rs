@@ -25,6 +25,10 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     IdempotencyMismatch,
+    /// The merchant's `out_trade_no` is held by an order another shop created.
+    OutTradeNoTaken,
+    /// The merchant's `out_refund_no` is held by a refund another shop asked for.
+    OutRefundNoTaken,
     RequestInProgress,
     InvalidState,
     NoRoute,
@@ -60,6 +64,8 @@ impl ErrorCode {
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             IdempotencyMismatch => "idempotency_mismatch",
+            OutTradeNoTaken => "out_trade_no_taken",
+            OutRefundNoTaken => "out_refund_no_taken",
             RequestInProgress => "request_in_progress",
             InvalidState => "invalid_state",
             NoRoute => "no_route",
@@ -85,7 +91,8 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            IdempotencyMismatch | RequestInProgress | InvalidState => StatusCode::CONFLICT,
+            IdempotencyMismatch | OutTradeNoTaken | OutRefundNoTaken | RequestInProgress
+            | InvalidState => StatusCode::CONFLICT,
             NoRoute => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ChannelRejected => StatusCode::PAYMENT_REQUIRED,
@@ -261,17 +268,44 @@ impl From<PaymentError> for ApiError {
                 ErrorCode::IdempotencyMismatch,
                 "this out_trade_no was already used with a different request",
             ),
+            // Only that the number is taken: nothing of the other shop's order or refund.
+            PaymentError::OutTradeNoTaken => ApiError::field(
+                ErrorCode::OutTradeNoTaken,
+                "out_trade_no",
+                "this out_trade_no is taken by another shop's order for this merchant; use another",
+            ),
+            PaymentError::OutRefundNoTaken => ApiError::field(
+                ErrorCode::OutRefundNoTaken,
+                "out_refund_no",
+                "this out_refund_no is taken by another shop's refund for this merchant; use another",
+            ),
             PaymentError::InProgress => ApiError::new(
                 ErrorCode::RequestInProgress,
                 "a request for this out_trade_no is in progress; retry shortly",
             ),
             PaymentError::NotFound => ApiError::new(ErrorCode::NotFound, "no such payment"),
+            // Answered inside the payment layer from the record; never expected here.
+            PaymentError::Superseded(_) => ApiError::new(
+                ErrorCode::RequestInProgress,
+                "another request took this order over; retry shortly to learn its outcome",
+            ),
             PaymentError::InvalidState { message, payment } => {
                 let mut api = ApiError::new(ErrorCode::InvalidState, message);
                 api.payment = Some(crate::payment::view::payment_json(&payment));
                 api
             }
             PaymentError::Store(e) => ApiError::from(e),
+            PaymentError::Unrecorded { error, payment } => {
+                let mut api = ApiError::from(error);
+                api.message = format!(
+                    "channel {:?} may have the order, but the store failed to record its answer; \
+                     its status is unknown: retry with the same out_trade_no, which goes to the \
+                     same channel",
+                    payment.channel
+                );
+                api.payment = Some(crate::payment::view::payment_json(&payment));
+                api
+            }
         }
     }
 }

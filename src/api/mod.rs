@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use crate::context;
 use crate::live::{Live, LiveConfig};
 use crate::payment::view::refund_json;
-use crate::payment::{CreateOutcome, PaymentService, RefundOutcome, Routes};
+use crate::payment::{CreateOutcome, PaymentService, RefundOutcome};
 use crate::resilience::Resilience;
 use crate::server::{decode, ClientCertificate, Refusal};
 use crate::shops::Shop;
@@ -327,15 +327,6 @@ async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (Route, A
     }
 }
 
-fn routes(live: &Live) -> Routes<'_> {
-    Routes {
-        rules: &live.config.rules,
-        channels: &live.channels,
-        merchants: &live.config.merchants,
-        public_base_url: &live.config.server.public_base_url,
-    }
-}
-
 /// Shops (`/v1/*`) need a verified client certificate when `client_ca` is set; providers
 /// (`/notify/*`) share the listener and have none, so the handshake only asks for one. The
 /// live config decides, so a reload that adds `client_ca` also holds connections opened
@@ -386,7 +377,7 @@ async fn create(app: &ApiState, live: &Live, req: Request<Incoming>) -> Answer {
     let new = types::parse_create(&body, OffsetDateTime::now_utc())?;
     admit(app, &shop, &new.merchant_id).await?;
     Ok(
-        match app.payments.create(&routes(live), &shop.id, new).await? {
+        match app.payments.create(&live.routes(), &shop.id, new).await? {
             CreateOutcome::Created(rec) => created(false, payment_view(&rec)),
             CreateOutcome::Replayed(rec) => created(true, payment_view(&rec)),
         },
@@ -405,7 +396,7 @@ async fn get(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .get(&routes(live), merchant, out_trade_no, refresh)
+        .get_for_shop(&live.routes(), &shop.id, merchant, out_trade_no, refresh)
         .await?;
     Ok(body_response(StatusCode::OK, payment_view(&rec)))
 }
@@ -421,7 +412,7 @@ async fn close(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .close(&routes(live), merchant, out_trade_no)
+        .close_for_shop(&live.routes(), &shop.id, merchant, out_trade_no)
         .await?;
     Ok(body_response(StatusCode::OK, payment_view(&rec)))
 }
@@ -434,7 +425,7 @@ async fn create_refund(app: &ApiState, live: &Live, req: Request<Incoming>) -> A
     let new = types::parse_refund(&body)?;
     admit(app, &shop, &new.merchant_id).await?;
     Ok(
-        match app.payments.refund(&routes(live), &shop.id, new).await? {
+        match app.payments.refund(&live.routes(), &shop.id, new).await? {
             RefundOutcome::Created(r) => created(false, refund_view(&r)),
             RefundOutcome::Replayed(r) => created(true, refund_view(&r)),
         },
@@ -453,7 +444,7 @@ async fn get_refund(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .get_refund(&routes(live), merchant, out_refund_no, refresh)
+        .get_refund_for_shop(&live.routes(), &shop.id, merchant, out_refund_no, refresh)
         .await?;
     Ok(body_response(StatusCode::OK, refund_view(&rec)))
 }

@@ -20,7 +20,7 @@ pub mod wechatpay;
 
 pub use notification::{Notification, NotifiedAccount, NotifyError};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,9 @@ pub struct ChannelSettings {
     /// Extra trusted roots (PEM) besides the webpki roots, e.g. a sandbox's test CA.
     pub ca_pem: Option<String>,
     pub limit: Option<RateSpec>,
+    /// A direct-mode channel is a merchant's own account: only these merchants' payments may
+    /// be sent to it. `None` for partner / ISV channels, which serve every merchant.
+    pub owners: Option<BTreeSet<String>>,
     pub connector: ConnectorSettings,
 }
 
@@ -83,6 +86,11 @@ impl ChannelSettings {
             }
             ConnectorSettings::Alipay(a) => a.mode == alipay::AlipayMode::Isv,
         }
+    }
+
+    /// Whether a payment of `merchant` may be sent to this channel's account.
+    pub fn serves(&self, merchant: &str) -> bool {
+        self.owners.as_ref().is_none_or(|o| o.contains(merchant))
     }
 
     pub fn mode(&self) -> &'static str {
@@ -127,24 +135,16 @@ impl ChannelSettings {
                 mchid: None,
                 sub_mchid: None,
                 app_id: Some(a.app_id.clone()),
-                // The seller of an ISV order is the merchant whose app_auth_token was used:
-                // stored as a fingerprint, never the token itself.
+                // The seller of an ISV order is the merchant's Alipay user id, which a token
+                // refresh keeps (binding on the token would strand every open order at each
+                // refresh) and which Alipay signs into every notification as `seller_id`.
                 seller: match a.mode {
-                    alipay::AlipayMode::Isv => sub
-                        .alipay_app_auth_token
-                        .as_ref()
-                        .map(|t| token_fingerprint(t.expose())),
+                    alipay::AlipayMode::Isv => sub.alipay_seller_id.clone(),
                     alipay::AlipayMode::Direct => None,
                 },
             },
         }
     }
-}
-
-/// First 16 hex digits of SHA-256: names a token without revealing it.
-fn token_fingerprint(token: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The per-merchant ids a partner / ISV channel acts under (config `merchants:`).
@@ -272,6 +272,21 @@ pub trait Connector: Send + Sync {
         ok: bool,
         message: &str,
     ) -> ::http::Response<http_body_util::Full<bytes::Bytes>>;
+    /// A created order's payer action as it may be stored and shown to anyone but the
+    /// payer: without what only the payer may carry (an Alipay ISV merchant's
+    /// `app_auth_token`, and the signature that covers it).
+    fn storable_action(&self, action: &serde_json::Value) -> serde_json::Value {
+        action.clone()
+    }
+    /// The payer's action again, from a stored one ([`Connector::storable_action`]) and the
+    /// merchant's live ids: what a replayed create answers.
+    fn payer_action(
+        &self,
+        stored: &serde_json::Value,
+        _sub: &SubMerchant,
+    ) -> Result<serde_json::Value, ChannelError> {
+        Ok(stored.clone())
+    }
 }
 
 /// How a channel call failed, which says what may be done next (DESIGN.md §7). Only a
@@ -574,6 +589,20 @@ impl Channel {
             .await
     }
 
+    /// See [`Connector::storable_action`]: what the record keeps of a payer action.
+    pub fn storable_action(&self, action: &serde_json::Value) -> serde_json::Value {
+        self.connector.storable_action(action)
+    }
+
+    /// See [`Connector::payer_action`]: a stored action made whole for the payer again.
+    pub fn payer_action(
+        &self,
+        stored: &serde_json::Value,
+        sub: &SubMerchant,
+    ) -> Result<serde_json::Value, ChannelError> {
+        self.connector.payer_action(stored, sub)
+    }
+
     pub async fn query(
         &self,
         out_trade_no: &str,
@@ -724,6 +753,31 @@ impl ChannelSet {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Channel>> {
         self.channels.values()
+    }
+
+    /// The channel that serves an order bound through `name` to `account` (None: bound
+    /// before accounts were stored) for a merchant with these ids: the named one while it
+    /// holds the account, else any that does.
+    pub fn serving(
+        &self,
+        name: &str,
+        account: Option<&Account>,
+        sub: &SubMerchant,
+    ) -> Option<&Arc<Channel>> {
+        let named = self.get(name);
+        match account {
+            None => named,
+            Some(a) => named
+                .filter(|ch| ch.account(sub) == *a)
+                .or_else(|| self.holding(a, sub)),
+        }
+    }
+
+    /// Every channel, by name (a stable order for trying each in turn).
+    pub fn by_name(&self) -> Vec<&Arc<Channel>> {
+        let mut all: Vec<&Arc<Channel>> = self.channels.values().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
     }
 }
 

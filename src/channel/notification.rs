@@ -56,12 +56,19 @@ impl Notification {
 /// Who the provider says the order belongs to (what the notification names). Compare with
 /// the stored [`crate::domain::Account`]: WeChat names `mchid` (the `sp_mchid` in partner
 /// mode), `sub_mchid` in partner mode, and the `appid` / `sp_appid` on payments (refund
-/// notifications name no app); Alipay names only its `app_id`.
+/// notifications name no app); Alipay names its `app_id` (the platform's app in ISV mode,
+/// shared by every merchant), the signed `seller_id` (the merchant's Alipay user id: what
+/// an ISV order is bound to) and `auth_app_id` (the merchant's own app).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NotifiedAccount {
     pub mchid: Option<String>,
     pub sub_mchid: Option<String>,
     pub app_id: Option<String>,
+    /// Alipay: the seller's user id (`2088…`); WeChat Pay: None.
+    pub seller_id: Option<String>,
+    /// Alipay: the app the merchant authorised (its own in ISV mode, `app_id` in direct
+    /// mode); for logs, as no merchant's config names one.
+    pub auth_app_id: Option<String>,
 }
 
 /// Why a notification was refused. None of these may change a payment; the provider is

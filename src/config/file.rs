@@ -35,6 +35,10 @@ pub struct FileConfig {
     pub reconcile: Option<ReconcileFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhooks: Option<WebhooksFile>,
+    /// What to do with a payment reported after its order ended: `refund` (the default) or
+    /// `keep`; `merchants.<id>.late_payments` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_payments: Option<String>,
 }
 
 /// `reconcile:` — when open orders are asked about (DESIGN.md §8).
@@ -157,6 +161,9 @@ pub struct MerchantFile {
     /// token refresh keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alipay_seller_id: Option<String>,
+    /// This merchant's `late_payments` (`refund` or `keep`), over the top-level one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_payments: Option<String>,
 }
 
 /// One flat struct for every connector kind; validation rejects keys the kind does not use.

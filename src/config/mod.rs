@@ -51,6 +51,8 @@ pub struct Config {
     pub sandbox: Option<SandboxSettings>,
     pub reconcile: ReconcileSettings,
     pub webhooks: WebhookSettings,
+    /// `late_payments`, top-level and per merchant.
+    pub late_payments: crate::domain::LatePolicies,
     /// The file as parsed, with literal secrets replaced by `<redacted>`.
     pub redacted: serde_json::Value,
 }

@@ -11,7 +11,7 @@ use crate::store::{PaymentFilter, PaymentRecord, Store, StoreError};
 const PAGE: u32 = 1_000;
 
 /// The CSV columns, in order.
-const CSV_HEADER: &str = "payment_id,merchant_id,shop_id,out_trade_no,amount,currency,method,status,channel,rule,provider_trade_no,refunded_amount,created_at,paid_at\n";
+const CSV_HEADER: &str = "payment_id,merchant_id,shop_id,out_trade_no,amount,currency,method,status,channel,rule,provider_trade_no,refunded_amount,created_at,paid_at,late\n";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -120,6 +120,7 @@ fn csv_row(p: &PaymentRecord, buf: &mut Vec<u8>) {
         p.refunded_amount.to_string(),
         rfc3339(p.created_at),
         p.paid_at.map(rfc3339).unwrap_or_default(),
+        p.late.to_string(),
     ];
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {

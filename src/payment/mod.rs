@@ -16,10 +16,16 @@
 //! - A record has one in-flight call at a time (`attempt_until`, compare-and-set on
 //!   `version`): creates and closes claim it; a concurrent twin gets `request_in_progress`,
 //!   and a refresh never clears another request's live claim.
+//! - A claim holder whose write loses the compare-and-set merges it only while the record
+//!   still holds its claim; a holder that stalled past its window finds another request's
+//!   claim (or none) and leaves the record — binding included — as that request left it.
+//! - A payment belongs to the shop that created it: to any other shop it is not found, and
+//!   its `out_trade_no` is taken.
 //! - Only a verified answer moves a payment to a final state; a `succeeded` answer must state
 //!   the order's amount and currency, and they must match.
 
 pub mod export;
+mod late;
 mod refund;
 pub mod view;
 
@@ -33,7 +39,7 @@ use time::OffsetDateTime;
 use crate::channel::{
     Channel, ChannelError, ChannelSet, ErrorKind, OrderRequest, OrderState, SubMerchant,
 };
-use crate::domain::{ChannelFailure, EventStatus, EventType, Method, PaymentStatus};
+use crate::domain::{ChannelFailure, EventStatus, EventType, LatePolicies, Method, PaymentStatus};
 use crate::routing::{NoRoute, PaymentFacts, Rules};
 use crate::store::{EventRecord, PaymentRecord, Store, StoreError};
 
@@ -47,6 +53,7 @@ const CLAIM_SLACK_MS: i64 = 5_000;
 /// Reads of a record before giving up on claiming it against concurrent writers.
 const CLAIM_TRIES: usize = 3;
 
+pub use late::{late_refund_no, LateSettled, LATE_REFUND_REASON};
 pub use refund::{NewRefund, RefundOutcome};
 
 /// A validated create request (the API checked every field).
@@ -87,6 +94,8 @@ pub struct Routes<'a> {
     pub channels: &'a ChannelSet,
     pub merchants: &'a HashMap<String, SubMerchant>,
     pub public_base_url: &'a str,
+    /// What to do with a late payment, per merchant (config `late_payments`).
+    pub late_payments: &'a LatePolicies,
 }
 
 impl Routes<'_> {
@@ -129,10 +138,20 @@ pub enum PaymentError {
     AccountUnavailable(String),
     #[error("this out_trade_no was used with a different request")]
     IdempotencyMismatch,
+    /// The merchant's `out_trade_no` belongs to an order another shop created.
+    #[error("this out_trade_no is taken by another shop's order")]
+    OutTradeNoTaken,
+    /// The merchant's `out_refund_no` belongs to a refund another shop asked for.
+    #[error("this out_refund_no is taken by another shop's refund")]
+    OutRefundNoTaken,
     #[error("a request for this out_trade_no is in progress")]
     InProgress,
     #[error("payment not found")]
     NotFound,
+    /// Our claim on the record ran out before our write, and another request claimed it:
+    /// its binding and result stand, ours was dropped. The record as it is now.
+    #[error("another request took this order over")]
+    Superseded(Box<PaymentRecord>),
     /// The operation does not fit the payment's state (close a paid order, say).
     #[error("{message}")]
     InvalidState {
@@ -141,6 +160,14 @@ pub enum PaymentError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store failed after a call that may have created the order at the channel: the
+    /// order may exist there, unrecorded. `payment` is the order as the shop must see it
+    /// (`unknown`).
+    #[error("the channel may have the order, but the store failed to record it: {error}")]
+    Unrecorded {
+        error: StoreError,
+        payment: Box<PaymentRecord>,
+    },
 }
 
 /// Whether the caller holds the record's claim (`attempt_until`).
@@ -171,6 +198,7 @@ pub struct PaymentMetrics {
     fees: IntCounterVec,
     refunds: IntCounterVec,
     refused: IntCounterVec,
+    late: late::LateMetrics,
 }
 
 impl PaymentMetrics {
@@ -219,6 +247,7 @@ impl PaymentMetrics {
             fees,
             refunds,
             refused,
+            late: late::LateMetrics::new(registry)?,
         })
     }
 
@@ -297,6 +326,7 @@ impl PaymentService {
     /// Starts the payment metrics of `config`'s channels at 0 (see `PaymentMetrics`).
     pub fn start_metrics_at_zero(&self, config: &crate::config::Config) {
         self.metrics.start_at_zero(config);
+        self.late_labels(config);
     }
 
     /// Notified whenever a shop event has been committed.
@@ -305,14 +335,17 @@ impl PaymentService {
     }
 
     /// Applies a verified notification's order state (compare-and-set, never clearing a live
-    /// claim), with the shop event if the payment reached a final state.
+    /// claim), with the shop event if the payment reached a final state (and a late
+    /// payment's refund, by policy).
     pub async fn apply_notified(
         &self,
+        routes: &Routes<'_>,
         rec: PaymentRecord,
         state: OrderState,
         channel: &Channel,
     ) -> Result<PaymentRecord, PaymentError> {
-        self.apply_state(rec, state, channel, Claim::NotOurs).await
+        self.apply_state(routes, rec, state, channel, Claim::NotOurs)
+            .await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -327,7 +360,7 @@ impl PaymentService {
     ) -> Result<CreateOutcome, PaymentError> {
         let now = now_ms();
         let request = req.canonical();
-        let request_hash = sha256_hex(request.to_string().as_bytes());
+        let request_hash = request_hash(shop_id, &request);
         let facts = PaymentFacts {
             merchant: &req.merchant_id,
             shop: shop_id,
@@ -365,7 +398,10 @@ impl PaymentService {
                     .get_payment(&req.merchant_id, &req.out_trade_no)
                     .await?
                 {
-                    Some(existing) => self.replay(routes, existing, &request_hash, &req).await,
+                    Some(existing) => {
+                        self.replay(routes, existing, shop_id, &request_hash, &req)
+                            .await
+                    }
                     None => Err(refusal),
                 };
             }
@@ -398,6 +434,7 @@ impl PaymentService {
                 .expires_at
                 .map_or(now + DEFAULT_EXPIRY_MS, |t| t.unix_timestamp() * 1000),
             version: 0,
+            late: false,
         };
         match self.store.insert_payment(&rec).await? {
             None => {
@@ -405,11 +442,12 @@ impl PaymentService {
                     .decisions
                     .with_label_values(&[rec.rule.as_str(), rec.channel.as_str()])
                     .inc();
-                self.attempt(routes, rec, &req, fallback)
-                    .await
-                    .map(CreateOutcome::Created)
+                answer_created(self.attempt(routes, rec, &req, fallback).await)
             }
-            Some(existing) => self.replay(routes, existing, &rec.request_hash, &req).await,
+            Some(existing) => {
+                self.replay(routes, existing, shop_id, &rec.request_hash, &req)
+                    .await
+            }
         }
     }
 
@@ -417,18 +455,40 @@ impl PaymentService {
         &self,
         routes: &Routes<'_>,
         mut existing: PaymentRecord,
+        shop_id: &str,
         hash: &str,
         req: &NewPayment,
     ) -> Result<CreateOutcome, PaymentError> {
+        // Another shop's order: refused before anything of it (its state, its action, whether
+        // a request of it is in flight) can show.
+        if existing.shop_id != shop_id {
+            return Err(PaymentError::OutTradeNoTaken);
+        }
         let now = now_ms();
         check_replay(
-            (&existing.request_hash, hash),
+            same_request(&existing.request_hash, hash, &req.canonical()),
             existing.attempt_until,
             existing.status == PaymentStatus::Failed,
             (&existing.error_code, &existing.error_message),
         )?;
         if existing.action.is_some() || existing.status.is_final() {
             self.metrics.outcome(&existing, "replayed");
+            // The stored action lacks what only the payer may see: the serving channel
+            // puts it back (none serving: the order's operations are refused anyway).
+            let sub = routes.sub_merchant(&existing.merchant_id);
+            if let (Some(stored), Some(ch)) = (
+                &existing.action,
+                routes
+                    .channels
+                    .serving(&existing.channel, existing.account.as_ref(), &sub),
+            ) {
+                match ch.payer_action(stored, &sub) {
+                    Ok(action) => existing.action = Some(action),
+                    Err(e) => {
+                        tracing::warn!(payment_id = %existing.payment_id, channel = %ch.name(), error = %e, "cannot rebuild the payer action of a replay")
+                    }
+                }
+            }
             return Ok(CreateOutcome::Replayed(existing));
         }
         // The last attempt ended without an answer (timeout, nothing sent, a crash): take the
@@ -439,9 +499,7 @@ impl PaymentService {
         if !self.store.update_payment(&mut existing).await? {
             return Err(PaymentError::InProgress);
         }
-        self.attempt(routes, existing, req, Vec::new())
-            .await
-            .map(CreateOutcome::Created)
+        answer_created(self.attempt(routes, existing, req, Vec::new()).await)
     }
 
     /// Sends the create to the bound account; fails over only while nothing was sent.
@@ -455,6 +513,9 @@ impl PaymentService {
     ) -> Result<PaymentRecord, PaymentError> {
         let mut fallback = fallback.into_iter();
         loop {
+            // Ours as written with the binding (or the failover's rebinding): our writes
+            // merge only while the record still holds it.
+            let claim = rec.attempt_until;
             let (channel, sub) = match self.bound(routes, &rec, "create") {
                 Ok(b) => b,
                 Err(refusal) => {
@@ -483,15 +544,20 @@ impl PaymentService {
             rec.updated_at = now_ms();
             let error = match result {
                 Ok(created) => {
-                    rec.action = Some(created.action);
+                    // Stored without what only the payer may carry (an ISV token); the
+                    // create answer gets the whole action.
+                    rec.action = Some(channel.storable_action(&created.action));
                     rec.provider_trade_no =
                         created.provider_trade_no.or(rec.provider_trade_no.take());
                     rec.status = PaymentStatus::Pending;
                     rec.error_code = None;
                     rec.error_message = None;
                     rec.attempt_until = None;
-                    self.save(&mut rec).await?;
+                    if let Err(e) = self.save(&mut rec, claim).await {
+                        return Err(unrecorded(rec, e));
+                    }
                     self.metrics.outcome(&rec, "created");
+                    rec.action = Some(created.action);
                     return Ok(rec);
                 }
                 Err(e) => e,
@@ -508,7 +574,7 @@ impl PaymentService {
                     rec.channel = next;
                     // The fallback's call gets a claim of its own length.
                     rec.attempt_until = Some(now_ms() + claim_window_ms(&next_channel));
-                    self.save(&mut rec).await?;
+                    self.save(&mut rec, claim).await?;
                     continue;
                 }
                 return Err(self.fail(rec, error, PaymentStatus::Pending).await);
@@ -519,7 +585,7 @@ impl PaymentService {
                 // Paid already, or the request may have reached the channel: learn what the
                 // channel has by a verified query (DESIGN.md §7) before answering. Never fail
                 // over, never mark such an order failed.
-                _ => self.learn_after(rec, error, channel, &sub).await,
+                _ => self.learn_after(routes, rec, error, channel, &sub).await,
             };
         }
     }
@@ -528,6 +594,7 @@ impl PaymentService {
     /// order becomes `succeeded`; anything else leaves it `unknown` for the shop to retry.
     async fn learn_after(
         &self,
+        routes: &Routes<'_>,
         rec: PaymentRecord,
         error: ChannelError,
         channel: &Channel,
@@ -535,7 +602,10 @@ impl PaymentService {
     ) -> Result<PaymentRecord, PaymentError> {
         match channel.query(&rec.out_trade_no, sub).await {
             Ok(state) if state.status == PaymentStatus::Succeeded => {
-                self.apply_state(rec, state, channel, Claim::Ours).await
+                let shown = rec.clone();
+                self.apply_state(routes, rec, state, channel, Claim::Ours)
+                    .await
+                    .map_err(|e| unrecorded(shown, e))
             }
             Ok(state) => {
                 tracing::info!(payment_id = %rec.payment_id, channel = %rec.channel, provider_state = %state.provider_state, "after an uncertain create the channel reports the order unpaid");
@@ -610,14 +680,20 @@ impl PaymentService {
         // no action), so the failure alone decides what the order is now.
         let failure = failure_of(&error);
         let before = rec.status;
+        let claim = rec.attempt_until;
         rec.status = status;
         rec.error_code = Some(failure);
         rec.error_message = Some(error.to_string());
         rec.attempt_until = None;
         self.metrics.outcome(&rec, outcome_label(failure));
         tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, error = %error, "channel call failed");
-        if let Err(e) = self.save_emitting(&mut rec, before).await {
-            return e;
+        if let Err(e) = self.save_emitting(&mut rec, before, claim).await {
+            // Nothing sent, or a final refusal: nothing exists at the channel, and the
+            // store's own error says it all. Otherwise the order may exist there.
+            return match status {
+                PaymentStatus::Unknown => unrecorded(rec, e),
+                _ => e,
+            };
         }
         PaymentError::Channel {
             error,
@@ -625,17 +701,19 @@ impl PaymentService {
         }
     }
 
-    async fn save(&self, rec: &mut PaymentRecord) -> Result<(), PaymentError> {
+    async fn save(&self, rec: &mut PaymentRecord, claim: Option<i64>) -> Result<(), PaymentError> {
         let before = rec.status;
-        self.save_emitting(rec, before).await
+        self.save_emitting(rec, before, claim).await
     }
 
     /// Saves (compare-and-set) and, if the status moved from `before` to a final one, writes
-    /// the shop event in the same transaction.
+    /// the shop event in the same transaction. `claim` is the record's `attempt_until` as the
+    /// caller claimed it.
     async fn save_emitting(
         &self,
         rec: &mut PaymentRecord,
         before: PaymentStatus,
+        claim: Option<i64>,
     ) -> Result<(), PaymentError> {
         let event = payment_event(rec, before);
         if self
@@ -659,6 +737,14 @@ impl PaymentService {
         else {
             return Err(PaymentError::NotFound);
         };
+        // Notifications never take or clear a live claim, so a claim that is not ours any
+        // more ran out while we stalled: another request holds or held the record since, and
+        // may have bound it elsewhere and created the order there. Writing our channel,
+        // account or claim over it could send that order to a second account.
+        if claim.is_none() || fresh.attempt_until != claim {
+            tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, bound = %fresh.channel, "our claim on the payment ran out before our write; the record stands as another request left it");
+            return Err(PaymentError::Superseded(Box::new(fresh)));
+        }
         let fresh_before = fresh.status;
         let mut merged = merge_payment(fresh, rec);
         let event = payment_event(&merged, fresh_before);
@@ -678,9 +764,10 @@ impl PaymentService {
 
     /// Gives up our claim without other changes (the record stays as it was).
     async fn release(&self, mut rec: PaymentRecord) -> PaymentRecord {
+        let claim = rec.attempt_until;
         rec.attempt_until = None;
         rec.updated_at = now_ms();
-        if let Err(e) = self.save(&mut rec).await {
+        if let Err(e) = self.save(&mut rec, claim).await {
             tracing::warn!(payment_id = %rec.payment_id, error = %e, "releasing the claim failed; it expires by itself");
         }
         rec
@@ -695,10 +782,37 @@ impl PaymentService {
         out_trade_no: &str,
         refresh: bool,
     ) -> Result<PaymentRecord, PaymentError> {
+        self.get_owned(routes, None, merchant_id, out_trade_no, refresh)
+            .await
+    }
+
+    /// [`PaymentService::get`] asked by a shop: another shop's order is not found (and not
+    /// refreshed).
+    pub async fn get_for_shop(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: &str,
+        merchant_id: &str,
+        out_trade_no: &str,
+        refresh: bool,
+    ) -> Result<PaymentRecord, PaymentError> {
+        self.get_owned(routes, Some(shop_id), merchant_id, out_trade_no, refresh)
+            .await
+    }
+
+    async fn get_owned(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: Option<&str>,
+        merchant_id: &str,
+        out_trade_no: &str,
+        refresh: bool,
+    ) -> Result<PaymentRecord, PaymentError> {
         let rec = self
             .store
             .get_payment(merchant_id, out_trade_no)
             .await?
+            .filter(|rec| shop_id.is_none_or(|shop| rec.shop_id == shop))
             .ok_or(PaymentError::NotFound)?;
         if !refresh || claim_live(rec.attempt_until) {
             return Ok(rec);
@@ -716,7 +830,10 @@ impl PaymentService {
     ) -> Result<PaymentRecord, PaymentError> {
         let (channel, sub) = self.bound(routes, &rec, "query")?;
         match channel.query(out_trade_no, &sub).await {
-            Ok(state) => self.apply_state(rec, state, channel, Claim::NotOurs).await,
+            Ok(state) => {
+                self.apply_state(routes, rec, state, channel, Claim::NotOurs)
+                    .await
+            }
             // The channel has no such order (nothing was ever created there).
             Err(e) if e.kind == ErrorKind::NotFound => Ok(rec),
             Err(error) => Err(PaymentError::Channel {
@@ -735,6 +852,29 @@ impl PaymentService {
         merchant_id: &str,
         out_trade_no: &str,
     ) -> Result<PaymentRecord, PaymentError> {
+        self.close_owned(routes, None, merchant_id, out_trade_no)
+            .await
+    }
+
+    /// [`PaymentService::close`] asked by a shop: another shop's order is not found.
+    pub async fn close_for_shop(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: &str,
+        merchant_id: &str,
+        out_trade_no: &str,
+    ) -> Result<PaymentRecord, PaymentError> {
+        self.close_owned(routes, Some(shop_id), merchant_id, out_trade_no)
+            .await
+    }
+
+    async fn close_owned(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: Option<&str>,
+        merchant_id: &str,
+        out_trade_no: &str,
+    ) -> Result<PaymentRecord, PaymentError> {
         let refuse = |message: &str, rec: PaymentRecord| PaymentError::InvalidState {
             message: message.to_string(),
             payment: Box::new(rec),
@@ -746,6 +886,7 @@ impl PaymentService {
                 .store
                 .get_payment(merchant_id, out_trade_no)
                 .await?
+                .filter(|rec| shop_id.is_none_or(|shop| rec.shop_id == shop))
                 .ok_or(PaymentError::NotFound)?;
             match rec.status {
                 PaymentStatus::Closed => return Ok(rec),
@@ -782,7 +923,9 @@ impl PaymentService {
                         });
                     }
                 };
-                let rec = self.apply_state(rec, state, channel, Claim::Ours).await?;
+                let rec = self
+                    .apply_state(routes, rec, state, channel, Claim::Ours)
+                    .await?;
                 return match rec.status {
                     PaymentStatus::Succeeded => Err(refuse(
                         "the channel says the order was paid; it was not closed",
@@ -819,19 +962,30 @@ impl PaymentService {
             }
         }
         let before = rec.status;
+        let claim = rec.attempt_until;
         rec.status = PaymentStatus::Closed;
         rec.attempt_until = None;
         rec.updated_at = now_ms();
-        self.save_emitting(&mut rec, before).await?;
+        match self.save_emitting(&mut rec, before, claim).await {
+            Ok(()) => {}
+            // Another request took the order over meanwhile: the record says what it is.
+            Err(PaymentError::Superseded(fresh)) if fresh.status == PaymentStatus::Closed => {
+                return Ok(*fresh)
+            }
+            Err(PaymentError::Superseded(_)) => return Err(PaymentError::InProgress),
+            Err(e) => return Err(e),
+        }
         self.metrics.outcome(&rec, "closed");
         Ok(rec)
     }
 
     /// Applies the bound account's verified word to the record (compare-and-set). An answer
     /// whose amount or currency differ from the order's — or that says "paid" without
-    /// stating them — changes nothing.
+    /// stating them — changes nothing. A payment of an order that had ended is late
+    /// (`late.rs`): told as `payment.late`, and refunded by policy.
     async fn apply_state(
         &self,
+        routes: &Routes<'_>,
         mut rec: PaymentRecord,
         state: OrderState,
         channel: &Channel,
@@ -851,8 +1005,10 @@ impl PaymentService {
         }
         let before = rec.status;
         let mut changed = false;
+        let late = before.paid_late(state.status);
         if before.may_become(state.status) {
             rec.status = state.status;
+            rec.late |= late;
             changed = true;
             if state.status == PaymentStatus::Succeeded {
                 rec.paid_at = Some(
@@ -876,7 +1032,14 @@ impl PaymentService {
             return Ok(rec);
         }
         rec.updated_at = now_ms();
-        let event = payment_event(&rec, before);
+        let late_action = late.then(|| routes.late_payments.for_merchant(&rec.merchant_id));
+        let event = match late_action {
+            Some(action) => {
+                self.late_backstop(&rec, action).await;
+                Some(self.late_event(&rec, action))
+            }
+            None => payment_event(&rec, before),
+        };
         if !self
             .store
             .update_payment_emitting(&mut rec, event.as_ref())
@@ -902,6 +1065,9 @@ impl PaymentService {
                     .inc_by(channel.settings.fee.fee(rec.amount));
             }
         }
+        if let Some(action) = late_action {
+            self.late_committed(routes, &rec, action).await;
+        }
         Ok(rec)
     }
 }
@@ -926,6 +1092,47 @@ fn merge_payment(fresh: PaymentRecord, ours: &PaymentRecord) -> PaymentRecord {
     m.attempt_until = ours.attempt_until;
     m.updated_at = ours.updated_at.max(m.updated_at);
     m
+}
+
+/// `e` as the shop must hear it after a call that may have created the order: a store error
+/// says that the order may exist at the channel (status `unknown`, retry with the same
+/// `out_trade_no`), not the "nothing was sent" of a write refused before any call.
+fn unrecorded(mut rec: PaymentRecord, e: PaymentError) -> PaymentError {
+    let PaymentError::Store(error) = e else {
+        return e;
+    };
+    tracing::error!(payment_id = %rec.payment_id, channel = %rec.channel, %error, "the store failed after the channel call; the order may exist at the channel, unrecorded");
+    rec.status = PaymentStatus::Unknown;
+    // Not stored, so not shown: the shop's retry gets it again from the channel, for the
+    // same order.
+    rec.action = None;
+    PaymentError::Unrecorded {
+        error,
+        payment: Box::new(rec),
+    }
+}
+
+/// A create's answer: the record its call left, or — when another request took the order over
+/// while the call was out — that request's record, as a replay would answer it.
+fn answer_created(
+    attempted: Result<PaymentRecord, PaymentError>,
+) -> Result<CreateOutcome, PaymentError> {
+    let fresh = match attempted {
+        Ok(rec) => return Ok(CreateOutcome::Created(rec)),
+        Err(PaymentError::Superseded(fresh)) => fresh,
+        Err(e) => return Err(e),
+    };
+    check_replay(
+        true,
+        fresh.attempt_until,
+        fresh.status == PaymentStatus::Failed,
+        (&fresh.error_code, &fresh.error_message),
+    )?;
+    if fresh.action.is_some() || fresh.status.is_final() {
+        return Ok(CreateOutcome::Replayed(*fresh));
+    }
+    // Neither answered nor in flight: the shop's retry takes it over at its bound account.
+    Err(PaymentError::InProgress)
 }
 
 /// The shop event of a payment that moved from `before` to a final status.
@@ -1007,12 +1214,12 @@ fn claim_live(attempt_until: Option<i64>) -> bool {
 /// What every idempotent replay (payment or refund) checks first: the same request, no
 /// attempt in flight, and — for a failure the provider made final — the same error again.
 fn check_replay(
-    (stored_hash, hash): (&str, &str),
+    same_request: bool,
     attempt_until: Option<i64>,
     failed: bool,
     (code, message): (&Option<ChannelFailure>, &Option<String>),
 ) -> Result<(), PaymentError> {
-    if stored_hash != hash {
+    if !same_request {
         return Err(PaymentError::IdempotencyMismatch);
     }
     if claim_live(attempt_until) {
@@ -1076,6 +1283,19 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}_{hex}")
 }
 
+/// The idempotency hash of `request` as `shop_id` made it: one shop's request never matches
+/// another's, however alike their bodies.
+fn request_hash(shop_id: &str, request: &serde_json::Value) -> String {
+    sha256_hex(json!([shop_id, request]).to_string().as_bytes())
+}
+
+/// Whether a replay is the stored request: its hash, or — for a record stored before the shop
+/// was part of the hash, whose shop the caller has already checked — the hash of the request
+/// alone, so that an order in flight across the upgrade can still be retried.
+fn same_request(stored: &str, hash: &str, request: &serde_json::Value) -> bool {
+    stored == hash || stored == sha256_hex(request.to_string().as_bytes())
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -1114,6 +1334,32 @@ mod tests {
         assert_eq!(failure_of(&open), ChannelFailure::Timeout);
     }
 
+    #[test]
+    fn the_idempotency_hash_includes_the_shop() {
+        let request = json!({"merchant_id": "m", "out_trade_no": "o", "amount": 100});
+        let hash = request_hash("shop-a", &request);
+        assert_ne!(hash, request_hash("shop-b", &request));
+        assert!(same_request(
+            &hash,
+            &request_hash("shop-a", &request),
+            &request
+        ));
+        assert!(!same_request(
+            &hash,
+            &request_hash("shop-b", &request),
+            &request
+        ));
+        // A record hashed before the shop was part of it still matches the same request.
+        let legacy = sha256_hex(request.to_string().as_bytes());
+        assert!(same_request(&legacy, &hash, &request));
+        let other = json!({"merchant_id": "m", "out_trade_no": "o", "amount": 101});
+        assert!(!same_request(
+            &legacy,
+            &request_hash("shop-a", &other),
+            &other
+        ));
+    }
+
     fn record() -> PaymentRecord {
         PaymentRecord {
             payment_id: "pay_1".into(),
@@ -1140,6 +1386,7 @@ mod tests {
             paid_at: None,
             expires_at: 0,
             version: 0,
+            late: false,
         }
     }
 

@@ -12,8 +12,8 @@
 use serde_json::json;
 
 use super::{
-    check_replay, claim_live, claim_window_ms, failure_of, new_event, new_id, now_ms, sha256_hex,
-    view, PaymentError, PaymentService, Routes,
+    check_replay, claim_live, claim_window_ms, failure_of, new_event, new_id, now_ms, request_hash,
+    same_request, view, PaymentError, PaymentService, Routes,
 };
 use crate::channel::{ChannelError, ErrorKind, RefundRequest, RefundState};
 use crate::domain::{EventType, PaymentStatus, RefundStatus};
@@ -42,29 +42,30 @@ impl PaymentService {
         shop_id: &str,
         req: NewRefund,
     ) -> Result<RefundOutcome, PaymentError> {
+        // Another shop's payment is not found: nothing of it shows, nothing is refunded.
         let payment = self
             .store
             .get_payment(&req.merchant_id, &req.out_trade_no)
             .await?
+            .filter(|p| p.shop_id == shop_id)
             .ok_or(PaymentError::NotFound)?;
-        let hash = sha256_hex(
-            json!([
-                req.merchant_id,
-                req.out_trade_no,
-                req.out_refund_no,
-                req.amount,
-                req.reason
-            ])
-            .to_string()
-            .as_bytes(),
-        );
+        let request = json!([
+            req.merchant_id,
+            req.out_trade_no,
+            req.out_refund_no,
+            req.amount,
+            req.reason
+        ]);
+        let hash = request_hash(shop_id, &request);
         // A replay of an earlier refund answers with that refund, whatever happened since.
         if let Some(existing) = self
             .store
             .get_refund(&req.merchant_id, &req.out_refund_no)
             .await?
         {
-            return self.replay_refund(routes, existing, &hash, &payment).await;
+            return self
+                .replay_refund(routes, existing, shop_id, (&hash, &request), &payment)
+                .await;
         }
         if payment.status != PaymentStatus::Succeeded {
             return Err(PaymentError::InvalidState {
@@ -101,7 +102,7 @@ impl PaymentService {
         };
         match self.store.reserve_refund(&rec, payment.amount).await? {
             Reservation::Reserved => self.attempt_refund(routes, rec, &payment).await.map(RefundOutcome::Created),
-            Reservation::Exists(existing) => self.replay_refund(routes, *existing, &rec.request_hash, &payment).await,
+            Reservation::Exists(existing) => self.replay_refund(routes, *existing, shop_id, (&rec.request_hash, &request), &payment).await,
             Reservation::Exceeds { available } => Err(PaymentError::InvalidState {
                 message: format!(
                     "refund of {} exceeds what is left to refund ({available} of {} paid, counting refunds in flight)",
@@ -116,11 +117,16 @@ impl PaymentService {
         &self,
         routes: &Routes<'_>,
         mut existing: RefundRecord,
-        hash: &str,
+        shop_id: &str,
+        (hash, request): (&str, &serde_json::Value),
         payment: &PaymentRecord,
     ) -> Result<RefundOutcome, PaymentError> {
+        // Another shop's refund (of another payment of the merchant): nothing of it shows.
+        if existing.shop_id != shop_id {
+            return Err(PaymentError::OutRefundNoTaken);
+        }
         check_replay(
-            (&existing.request_hash, hash),
+            same_request(&existing.request_hash, hash, request),
             existing.attempt_until,
             existing.status == RefundStatus::Failed,
             (&existing.error_code, &existing.error_message),
@@ -206,19 +212,54 @@ impl PaymentService {
         out_refund_no: &str,
         refresh: bool,
     ) -> Result<RefundRecord, PaymentError> {
+        self.get_refund_owned(routes, None, merchant_id, out_refund_no, refresh)
+            .await
+    }
+
+    /// [`PaymentService::get_refund`] asked by a shop: another shop's refund, or a refund of
+    /// another shop's payment, is not found.
+    pub async fn get_refund_for_shop(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: &str,
+        merchant_id: &str,
+        out_refund_no: &str,
+        refresh: bool,
+    ) -> Result<RefundRecord, PaymentError> {
+        self.get_refund_owned(routes, Some(shop_id), merchant_id, out_refund_no, refresh)
+            .await
+    }
+
+    async fn get_refund_owned(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: Option<&str>,
+        merchant_id: &str,
+        out_refund_no: &str,
+        refresh: bool,
+    ) -> Result<RefundRecord, PaymentError> {
+        let owned = |shop: &str| shop_id.is_none_or(|s| s == shop);
         let rec = self
             .store
             .get_refund(merchant_id, out_refund_no)
             .await?
+            .filter(|r| owned(&r.shop_id))
             .ok_or(PaymentError::NotFound)?;
-        if !refresh || !rec.status.is_open() || claim_live(rec.attempt_until) {
+        let refreshing = refresh && rec.status.is_open() && !claim_live(rec.attempt_until);
+        if !refreshing && shop_id.is_none() {
             return Ok(rec);
         }
+        // A shop sees only refunds of its own payments (one made of another shop's payment
+        // before payments had owners stays hidden from both).
         let payment = self
             .store
             .get_payment(merchant_id, &rec.out_trade_no)
             .await?
+            .filter(|p| owned(&p.shop_id))
             .ok_or(PaymentError::NotFound)?;
+        if !refreshing {
+            return Ok(rec);
+        }
         let (channel, sub) = self.bound(routes, &payment, "refund_query")?;
         let state = match channel
             .refund_query(&rec.out_trade_no, out_refund_no, &sub)

@@ -20,6 +20,8 @@ pub struct PaymentView<'a> {
     created_at: String,
     currency: &'a str,
     expires_at: String,
+    /// Paid after the shop was told the order was over (DESIGN.md §13).
+    late: bool,
     merchant_id: &'a str,
     method: crate::domain::Method,
     out_trade_no: &'a str,
@@ -41,6 +43,7 @@ impl<'a> PaymentView<'a> {
             created_at: rfc3339(p.created_at),
             currency: &p.currency,
             expires_at: rfc3339(p.expires_at),
+            late: p.late,
             merchant_id: &p.merchant_id,
             method: p.method,
             out_trade_no: &p.out_trade_no,
@@ -124,6 +127,7 @@ mod tests {
             paid_at: Some(1_795_000_002_000),
             expires_at: 1_795_007_200_000,
             version: 3,
+            late: false,
         };
         let expected = json!({
             "payment_id": "pay_1", "merchant_id": "m_1", "out_trade_no": "O-1", "amount": 1999,
@@ -132,6 +136,7 @@ mod tests {
             "provider_trade_no": "42", "refunded_amount": 5,
             "created_at": rfc3339(rec.created_at), "updated_at": rfc3339(rec.updated_at),
             "paid_at": rfc3339(1_795_000_002_000), "expires_at": rfc3339(rec.expires_at),
+            "late": false,
         });
         assert_eq!(payment_json(&rec), expected);
         // The same bytes as the Value tree would have been serialised to.

@@ -10,6 +10,11 @@
 //!   again at its next time), and the channel's own limit applies to these calls too.
 //! - After the last tier, an open payment is checked once more at `expires_at` (and closed);
 //!   an open refund is no longer checked: ops see it in `GET /admin/refunds`.
+//! - A payment that ended (`closed`, `failed`) is asked about once more, one tier interval
+//!   after it ended (the interval of its age then): the provider may have taken a payment as
+//!   the order closed (a *late payment*, `payment::late`), and its notification may be lost.
+//! - A late payment is looked at until its refund (by policy) has reached the provider: a
+//!   refund that could not be sent is sent again, with the same `out_refund_no`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +27,7 @@ use tokio::task::JoinSet;
 pub use crate::config::workers::{ReconcileSettings, Tier, DEFAULT_TIERS};
 use crate::domain::{PaymentStatus, RefundStatus};
 use crate::live::{Live, LiveConfig};
-use crate::payment::{now_ms, PaymentError, PaymentService, Routes};
+use crate::payment::{now_ms, LateSettled, PaymentError, PaymentService};
 use crate::store::{PaymentRecord, RefundRecord};
 
 /// How often the worker looks for due checks.
@@ -38,13 +43,14 @@ pub struct Reconciler {
 }
 
 /// Every `action` the worker counts; a new one must be listed here to start at 0.
-const ACTIONS: [&str; 6] = [
+const ACTIONS: [&str; 7] = [
     "query",
     "close",
     "resolved",
     "busy",
     "breaker_open",
     "error",
+    "late",
 ];
 
 impl Reconciler {
@@ -56,7 +62,7 @@ impl Reconciler {
         let actions = IntCounterVec::new(
             Opts::new(
                 "payroute_reconcile_actions_total",
-                "What the reconciliation worker did: query, close, resolved (a final state learnt), busy, breaker_open, error.",
+                "What the reconciliation worker did: query, close, resolved (a final state learnt), late (an ended order found paid), busy, breaker_open, error.",
             ),
             &["action"],
         )?;
@@ -127,7 +133,12 @@ impl Reconciler {
         let now = now_ms();
         let store = self.payments.store();
         let first = settings.first_check(p.created_at);
-        let next = if now < first {
+        let ended = matches!(p.status, PaymentStatus::Closed | PaymentStatus::Failed);
+        let next = if p.late {
+            self.settle_late(live, settings, &p, now).await
+        } else if ended {
+            self.check_ended(live, settings, &p, now).await
+        } else if now < first {
             // Not yet checked: its first time comes one tier interval after creation.
             Some(first)
         } else if p.attempt_until.is_some_and(|t| t > now) {
@@ -141,7 +152,7 @@ impl Reconciler {
             self.count("breaker_open");
             settings.next_check(p.created_at, now, Some(p.expires_at))
         } else {
-            let routes = routes(live);
+            let routes = live.routes();
             let expired = now >= p.expires_at;
             let result = if expired {
                 self.count("close");
@@ -158,7 +169,9 @@ impl Reconciler {
                 Ok(rec) if rec.status.is_final() => {
                     self.count("resolved");
                     tracing::info!(payment_id = %rec.payment_id, status = rec.status.as_str(), "reconciled");
-                    None
+                    // An ended order gets its one more look (a late payment) later.
+                    (rec.status != PaymentStatus::Succeeded)
+                        .then(|| now + interval_at(settings, now - rec.created_at))
                 }
                 Ok(rec) => settings.next_check(rec.created_at, now, Some(rec.expires_at)),
                 // A paid order refused to close: it is `succeeded` now.
@@ -182,6 +195,75 @@ impl Reconciler {
         }
     }
 
+    /// The one more look at an ended order, one tier interval after it ended (`updated_at`):
+    /// a payment the provider took as it closed makes it late (refunded by policy at once).
+    async fn check_ended(
+        &self,
+        live: &Live,
+        settings: &ReconcileSettings,
+        p: &PaymentRecord,
+        now: i64,
+    ) -> Option<i64> {
+        let at = p.updated_at + interval_at(settings, p.updated_at - p.created_at);
+        if now < at {
+            return Some(at);
+        }
+        // Ended longer ago than the tiers reach (closed before this check existed, say): a
+        // payment now is beyond any provider's race, and asking about every old order at
+        // once would flood the channels.
+        if now - p.updated_at > last_until(settings) {
+            return None;
+        }
+        if p.attempt_until.is_some_and(|t| t > now) {
+            self.count("busy");
+            return Some(now + BUSY_RETRY_MS);
+        }
+        if live
+            .channels
+            .get(&p.channel)
+            .is_some_and(|c| c.breaker_state() == "open")
+        {
+            self.count("breaker_open");
+            return Some(now + interval_at(settings, now - p.created_at));
+        }
+        self.count("query");
+        let routes = live.routes();
+        match self
+            .payments
+            .get(&routes, &p.merchant_id, &p.out_trade_no, true)
+            .await
+        {
+            Ok(rec) if rec.late => {
+                self.count("late");
+                self.settle_late(live, settings, &rec, now).await
+            }
+            // Still ended: that was its last look.
+            Ok(_) => None,
+            Err(e) => {
+                self.count("error");
+                tracing::warn!(payment_id = %p.payment_id, error = %e, "reconcile: check of an ended order failed; trying again later");
+                Some(now + interval_at(settings, now - p.created_at))
+            }
+        }
+    }
+
+    /// A late payment's refund (by policy) is under way, or is sent again later.
+    async fn settle_late(
+        &self,
+        live: &Live,
+        settings: &ReconcileSettings,
+        p: &PaymentRecord,
+        now: i64,
+    ) -> Option<i64> {
+        match self.payments.settle_late(&live.routes(), p).await {
+            LateSettled::Nothing | LateSettled::RefundSent(_) => None,
+            LateSettled::RetryLater(_) => {
+                self.count("error");
+                Some(now + interval_at(settings, now - p.created_at))
+            }
+        }
+    }
+
     async fn check_refund(&self, live: &Live, settings: &ReconcileSettings, r: RefundRecord) {
         let now = now_ms();
         let first = settings.first_check(r.created_at);
@@ -194,7 +276,7 @@ impl Reconciler {
             self.count("query");
             match self
                 .payments
-                .get_refund(&routes(live), &r.merchant_id, &r.out_refund_no, true)
+                .get_refund(&live.routes(), &r.merchant_id, &r.out_refund_no, true)
                 .await
             {
                 Ok(rec) if !rec.status.is_open() => {
@@ -227,6 +309,24 @@ impl Reconciler {
     }
 }
 
+/// The interval of the tier an order of this age is in; past the last tier, the last one's.
+fn interval_at(settings: &ReconcileSettings, age_ms: i64) -> i64 {
+    let age = Duration::from_millis(age_ms.max(0) as u64);
+    settings.tiers.iter().find(|t| age < t.until).map_or_else(
+        || settings_last_every(settings),
+        |t| t.every.as_millis() as i64,
+    )
+}
+
+/// How far the tiers reach (a day by default).
+fn last_until(settings: &ReconcileSettings) -> i64 {
+    settings
+        .tiers
+        .last()
+        .map_or(DEFAULT_TIERS[DEFAULT_TIERS.len() - 1].until, |t| t.until)
+        .as_millis() as i64
+}
+
 /// An expired order whose close failed is tried again at the last tier's interval.
 fn settings_last_every(settings: &ReconcileSettings) -> i64 {
     settings
@@ -235,20 +335,21 @@ fn settings_last_every(settings: &ReconcileSettings) -> i64 {
         .map_or(3_600_000, |t| t.every.as_millis() as i64)
 }
 
-fn routes(live: &Live) -> Routes<'_> {
-    Routes {
-        rules: &live.config.rules,
-        channels: &live.channels,
-        merchants: &live.config.merchants,
-        public_base_url: &live.config.server.public_base_url,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MIN: i64 = 60_000;
+
+    #[test]
+    fn an_ended_order_is_looked_at_one_tier_interval_later() {
+        let s = ReconcileSettings::default();
+        assert_eq!(interval_at(&s, 5 * MIN), MIN);
+        assert_eq!(interval_at(&s, 30 * MIN), 10 * MIN);
+        // Past the last tier: its interval still.
+        assert_eq!(interval_at(&s, 25 * 60 * MIN), 60 * MIN);
+        assert_eq!(last_until(&s), 24 * 60 * MIN);
+    }
 
     #[test]
     fn checks_follow_the_tiers_and_stop_at_expiry() {

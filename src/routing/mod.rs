@@ -10,7 +10,7 @@
 //! rule per merchant, 10,000 rules cost about what 10 do (see `benches/routing.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use crate::domain::{Family, Method};
 
@@ -252,13 +252,37 @@ impl Decision<'_> {
     }
 }
 
-/// No rule matched and the method's family has no channel.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("no channel serves {method}: no rule matched and the {family} family has no default")]
+/// No channel may take the payment: no rule matched and the method's family has no default,
+/// or the route reaches another merchant's own account.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoRoute {
     pub method: Method,
     pub family: Family,
+    /// The channel (the chosen one or one of its fallbacks) that is the own account of
+    /// merchants other than the payment's. Config validation refuses such rules, so this is
+    /// the last line of defence, not the mechanism.
+    pub not_owner: Option<String>,
 }
+
+impl fmt::Display for NoRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.not_owner {
+            // The channel is not named: it is another merchant's, and this goes to a shop.
+            Some(_) => write!(
+                f,
+                "no channel serves {}: the route leads to another merchant's own account",
+                self.method
+            ),
+            None => write!(
+                f,
+                "no channel serves {}: no rule matched and the {} family has no default",
+                self.method, self.family
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NoRoute {}
 
 /// A dry run: the decision and why each rule before it did not match.
 #[derive(Clone, Debug)]
@@ -288,6 +312,9 @@ impl Explanation<'_> {
             }
             Err(e) => {
                 let _ = writeln!(out, "→ no_route: {e}");
+                if let Some(ch) = &e.not_owner {
+                    let _ = writeln!(out, "  refused channel {ch:?}: not this merchant's own account (its merchants: do not list it)");
+                }
             }
         }
         out
@@ -302,6 +329,8 @@ pub struct Rules {
     /// Rules with no `merchant` condition, by position.
     generic: Vec<u32>,
     defaults: HashMap<Family, String>,
+    /// Direct-mode channels and the merchants they serve; a channel not here serves all.
+    owners: HashMap<String, HashSet<String>>,
 }
 
 impl Rules {
@@ -321,7 +350,15 @@ impl Rules {
             by_merchant,
             generic,
             defaults,
+            owners: HashMap::new(),
         }
+    }
+
+    /// The owners of the direct-mode channels (config `channels.<name>.merchants`): a
+    /// decision that would send a payment to another merchant's own account is refused.
+    pub fn with_owners(mut self, owners: HashMap<String, HashSet<String>>) -> Rules {
+        self.owners = owners;
+        self
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -337,10 +374,28 @@ impl Rules {
         for i in self.candidates(f.merchant) {
             let rule = &self.rules[i as usize];
             if rule.matches(f) {
-                return Ok(self.pick(rule, f));
+                return self.owned(self.pick(rule, f), f);
             }
         }
-        self.default_decision(f)
+        self.default_decision(f).and_then(|d| self.owned(d, f))
+    }
+
+    /// The decision, unless it (or a fallback of it) is another merchant's own account.
+    fn owned<'r>(&self, d: Decision<'r>, f: &PaymentFacts) -> Result<Decision<'r>, NoRoute> {
+        if self.owners.is_empty() {
+            return Ok(d);
+        }
+        let foreign = std::iter::once(d.channel)
+            .chain(d.fallback.iter().map(String::as_str))
+            .find(|c| self.owners.get(*c).is_some_and(|o| !o.contains(f.merchant)));
+        match foreign {
+            None => Ok(d),
+            Some(c) => Err(NoRoute {
+                method: f.method,
+                family: f.method.family(),
+                not_owner: Some(c.to_string()),
+            }),
+        }
     }
 
     /// Like [`Rules::decide`], and says why every earlier rule was passed over
@@ -352,14 +407,14 @@ impl Rules {
                 Some(why) => skipped.push((rule.name.as_str(), why)),
                 None => {
                     return Explanation {
-                        decision: Ok(self.pick(rule, f)),
+                        decision: self.owned(self.pick(rule, f), f),
                         skipped,
                     }
                 }
             }
         }
         Explanation {
-            decision: self.default_decision(f),
+            decision: self.default_decision(f).and_then(|d| self.owned(d, f)),
             skipped,
         }
     }
@@ -375,6 +430,7 @@ impl Rules {
             None => Err(NoRoute {
                 method: f.method,
                 family,
+                not_owner: None,
             }),
         }
     }
@@ -578,6 +634,73 @@ mod tests {
             }
         }
         assert!((300..=700).contains(&a), "5% split gave {a} of 10000");
+    }
+
+    /// The last line of defence behind config validation: a decision that lands on another
+    /// merchant's own account, as the chosen channel, a fallback or the default, is no route.
+    #[test]
+    fn another_merchants_own_account_is_no_route() {
+        let wechat = Family::Wechat.method_bits();
+        let mut with_fallback = rule(
+            "m2-platform",
+            Some(&["m2"]),
+            wechat,
+            Target::To("platform_wechat".into()),
+        );
+        with_fallback.fallback = vec!["m1_own".into()];
+        let mut small = rule("small", None, wechat, Target::To("m1_own".into()));
+        small.when.amount_max = Some(100);
+        let rules = Rules::new(
+            vec![
+                small,
+                with_fallback,
+                rule("m3", Some(&["m3"]), wechat, Target::To("m3_own".into())),
+            ],
+            HashMap::from([(Family::Wechat, "m3_own".to_string())]),
+        )
+        .with_owners(HashMap::from([
+            ("m1_own".to_string(), HashSet::from(["m1".to_string()])),
+            ("m3_own".to_string(), HashSet::from(["m3".to_string()])),
+        ]));
+        let md = BTreeMap::new();
+        let refused = |merchant: &str, amount: u64| {
+            rules
+                .decide(&facts(merchant, Method::WechatNative, amount, &md, "o"))
+                .unwrap_err()
+                .not_owner
+        };
+        // The owner itself is served, by the rule and by the default.
+        let d = rules
+            .decide(&facts("m1", Method::WechatNative, 50, &md, "o"))
+            .unwrap();
+        assert_eq!(d.channel, "m1_own");
+        let d = rules
+            .decide(&facts("m3", Method::WechatNative, 500, &md, "o"))
+            .unwrap();
+        assert_eq!(d.channel, "m3_own");
+        assert_eq!(refused("m9", 50), Some("m1_own".to_string()));
+        assert_eq!(
+            refused("m2", 500),
+            Some("m1_own".to_string()),
+            "a fallback counts"
+        );
+        assert_eq!(
+            refused("m9", 500),
+            Some("m3_own".to_string()),
+            "the default counts"
+        );
+        let e = rules
+            .decide(&facts("m9", Method::WechatNative, 50, &md, "o"))
+            .unwrap_err();
+        // What the shop reads does not name the other merchant's channel.
+        assert!(!e.to_string().contains("m1_own"), "{e}");
+        let text = rules
+            .explain(&facts("m9", Method::WechatNative, 50, &md, "o"))
+            .to_text();
+        assert!(
+            text.contains("→ no_route") && text.contains("refused channel \"m1_own\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -21,8 +21,11 @@ use crate::domain::{parse_yuan, yuan};
 #[derive(Clone, Debug, serde::Serialize)]
 pub(super) struct AliOrder {
     app_id: String,
-    /// `app_auth_token` in ISV mode: whose money it is.
+    /// `app_auth_token` in ISV mode, as the create came.
     app_auth_token: Option<String>,
+    /// Whose money it is: the seller the ISV token acts for, or (direct) a stable made-up
+    /// user id of the app's owner. Signed into every notification as `seller_id`.
+    seller_id: String,
     pub(super) out_trade_no: String,
     method: String,
     amount: u64,
@@ -62,6 +65,13 @@ impl Serialize for AliRefund {
 }
 
 impl AliOrder {
+    /// `?late=true`: a closed trade that was never paid takes a payment after all.
+    pub(super) fn reopen_closed(&mut self) {
+        if self.state == "TRADE_CLOSED" && self.trade_no.is_none() {
+            self.state = "WAIT_BUYER_PAY".into();
+        }
+    }
+
     pub(super) fn mark_paid(&mut self, n: u64) -> bool {
         if self.state != "WAIT_BUYER_PAY" {
             return false;
@@ -174,10 +184,23 @@ impl Sandbox {
             .get("biz_content")
             .and_then(|b| serde_json::from_str(b).ok())
             .unwrap_or(Value::Null);
-        let seller = params
-            .get("app_auth_token")
-            .cloned()
-            .unwrap_or_else(|| params.get("app_id").cloned().unwrap_or_default());
+        // ISV: the token stands for a seller (a refreshed token for the same one); an
+        // unknown token is refused, as Alipay refuses a revoked or made-up grant.
+        let seller = match params.get("app_auth_token") {
+            Some(token) => match self.alipay_grants.load().get(token) {
+                Some(seller) => seller.clone(),
+                None => {
+                    let inner = error_body(
+                        "20001",
+                        "Insufficient Token Permissions",
+                        "aop.invalid-app-auth-token",
+                        "无效的应用授权令牌",
+                    );
+                    return Outcome::done(json(response_key(&api), inner), true);
+                }
+            },
+            None => params.get("app_id").cloned().unwrap_or_default(),
+        };
         let inner = match api.as_str() {
             "alipay.trade.precreate" => self.ali_create(params, &biz, &seller),
             "alipay.trade.page.pay" | "alipay.trade.wap.pay" | "alipay.trade.app.pay"
@@ -276,9 +299,14 @@ impl Sandbox {
                     .map(|(k, v)| (k.clone(), json!(v)))
                     .collect();
                 request.insert("biz_content".into(), biz.clone());
+                let app_auth_token = params.get("app_auth_token").cloned();
                 slot.insert(AliOrder {
+                    seller_id: match app_auth_token {
+                        Some(_) => seller.to_string(),
+                        None => format!("2088{:012}", stable_digits(seller)),
+                    },
                     app_id: params.get("app_id").cloned().unwrap_or_default(),
-                    app_auth_token: params.get("app_auth_token").cloned(),
+                    app_auth_token,
                     out_trade_no: no.to_string(),
                     method: api,
                     amount,
@@ -513,7 +541,6 @@ impl Sandbox {
     ) -> Option<Notification> {
         let url = o.request["notify_url"].as_str().filter(|u| !u.is_empty())?;
         let now = OffsetDateTime::now_utc();
-        let seller = o.app_auth_token.as_deref().unwrap_or(&o.app_id);
         let mut p: BTreeMap<String, String> = BTreeMap::new();
         let mut put = |k: &str, v: String| {
             p.insert(k.to_string(), v);
@@ -525,11 +552,12 @@ impl Sandbox {
             crate::channel::wechatpay::sign::nonce().to_lowercase(),
         );
         put("app_id", o.app_id.clone());
-        // ISV: the merchant's own app (a stable made-up one); direct: the app itself.
+        // ISV: the merchant's own app (a stable made-up one, kept by a token refresh);
+        // direct: the app itself.
         put(
             "auth_app_id",
             match &o.app_auth_token {
-                Some(t) => format!("2021{:012}", stable_digits(t)),
+                Some(_) => format!("2021{:012}", stable_digits(&o.seller_id)),
                 None => o.app_id.clone(),
             },
         );
@@ -538,7 +566,7 @@ impl Sandbox {
         put("trade_no", o.trade_no.clone().unwrap_or_default());
         put("out_trade_no", o.out_trade_no.clone());
         put("buyer_id", "2088102177846880".into());
-        put("seller_id", format!("2088{:012}", stable_digits(seller)));
+        put("seller_id", o.seller_id.clone());
         put("subject", o.subject.clone());
         put("total_amount", yuan(o.amount));
         put("receipt_amount", yuan(o.amount));

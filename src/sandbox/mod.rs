@@ -11,8 +11,15 @@
 //! injected failure if one is due (taken atomically), else the work; then the injected latency
 //! (after the work, as a real late answer); then the signature as the faults say.
 //!
+//! Alipay ISV as at Alipay: each merchant's `app_auth_token` is a grant for its seller
+//! ([`SandboxMerchant::AlipayGrant`], from `merchants.<id>.alipay_seller_id`, replaced at each
+//! reload); orders are kept by that seller, so a refreshed token reaches the same orders, and
+//! an unknown token is refused (`aop.invalid-app-auth-token`).
+//!
 //! # Test knobs
-//! - `POST /sandbox/pay/{out_trade_no}` marks open orders paid (`?mchid=` for one merchant's).
+//! - `POST /sandbox/pay/{out_trade_no}` marks open orders paid (`?mchid=` for one merchant's);
+//!   with `?late=true` a closed, never-paid order is paid too (the provider-side race of a
+//!   payment taken as the order closed: payroute sees a late payment), and notified as usual.
 //! - `GET /sandbox/orders/{out_trade_no}` shows every order with that number at any account:
 //!   its fields as stored (`mchid`, `sub_mchid`, `state`, `request` — the create request as
 //!   received —, `refunds` as `[no, amount, id, status]` / `[no, amount, status]`, …), plus
@@ -58,7 +65,8 @@
 //!   Answered by any 2xx; else retried after 15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/
 //!   3h/6h/6h.
 //! - Alipay, after pay and after a refund settles: an RSA2-signed `trade_status_sync` form
-//!   (`sign` over the sorted fields but `sign` and `sign_type`); a refund adds `out_biz_no`,
+//!   (`sign` over the sorted fields but `sign` and `sign_type`) naming the order's seller as
+//!   `seller_id` (ISV: the merchant's; direct: a stable made-up one); a refund adds `out_biz_no`,
 //!   `refund_fee` (all refunded so far), `gmt_refund`, and says `TRADE_CLOSED` once the
 //!   whole amount is refunded. Answered by the body `success`; else retried after 4m, 10m,
 //!   10m, 1h, 2h, 6h, 15h.
@@ -132,6 +140,13 @@ pub enum SandboxMerchant {
     },
     /// Alipay: `app_id` → the app's public key.
     Alipay { app_id: String, key: RsaVerifier },
+    /// Alipay ISV: a merchant's grant to the platform's app — its `app_auth_token` acts for
+    /// the seller `seller_id` (the merchant's Alipay user id). A refreshed token maps to the
+    /// same seller, so orders (kept by seller) survive it, as at Alipay.
+    AlipayGrant {
+        app_auth_token: Secret,
+        seller_id: String,
+    },
 }
 
 /// Knobs for tests and benchmarks (`POST /sandbox/faults`); each POST replaces them all.
@@ -284,7 +299,10 @@ pub struct Sandbox {
     /// Create requests that passed the signature check, by the same key as `orders`.
     wechat_creates: Orders<u32>,
     alipay_apps: ArcSwap<HashMap<String, RsaVerifier>>,
-    /// By (seller: app_auth_token or app_id, out_trade_no).
+    /// ISV: each granted `app_auth_token` (exposed) → the seller id it acts for.
+    alipay_grants: ArcSwap<HashMap<String, String>>,
+    /// By (seller: the seller id an app_auth_token acts for, or the app_id in direct mode;
+    /// out_trade_no).
     alipay_orders: Orders<alipay::AliOrder>,
     /// Create requests that passed the signature check, by the same key as `alipay_orders`.
     alipay_creates: Orders<u32>,
@@ -323,6 +341,7 @@ impl Sandbox {
             orders: DashMap::new(),
             wechat_creates: DashMap::new(),
             alipay_apps: ArcSwap::from_pointee(HashMap::new()),
+            alipay_grants: ArcSwap::from_pointee(HashMap::new()),
             alipay_orders: DashMap::new(),
             alipay_creates: DashMap::new(),
             alipay_signer: RsaSigner::from_text(ALIPAY_KEY_PEM)
@@ -338,9 +357,11 @@ impl Sandbox {
         Arc::new(sb)
     }
 
-    /// Replaces the accepted merchant keys (after a config reload).
+    /// Replaces the accepted merchant keys and Alipay grants (after a config reload: a
+    /// refreshed token replaces the old one).
     pub fn set_merchants(&self, merchants: Vec<SandboxMerchant>) {
         let (mut wechat, mut alipay) = (HashMap::new(), HashMap::new());
+        let mut grants = HashMap::new();
         let mut apiv3_keys = HashMap::new();
         for m in merchants {
             match m {
@@ -358,11 +379,18 @@ impl Sandbox {
                 SandboxMerchant::Alipay { app_id, key } => {
                     alipay.insert(app_id, key);
                 }
+                SandboxMerchant::AlipayGrant {
+                    app_auth_token,
+                    seller_id,
+                } => {
+                    grants.insert(app_auth_token.expose().to_string(), seller_id);
+                }
             }
         }
         self.merchants.store(Arc::new(wechat));
         self.apiv3_keys.store(Arc::new(apiv3_keys));
         self.alipay_apps.store(Arc::new(alipay));
+        self.alipay_grants.store(Arc::new(grants));
     }
 
     /// The platform certificate (PEM), for channels in certificate mode.
@@ -532,9 +560,14 @@ impl Sandbox {
         self.counter.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Marks every open order with this out_trade_no paid (or only `?mchid=`'s).
+    /// Marks every open order with this out_trade_no paid (or only `?mchid=`'s); with
+    /// `?late=true`, closed unpaid ones too.
     fn pay(&self, no: &str, query: Option<&str>) -> Answer {
         let only = query.and_then(|q| query_param(&format!("?{q}"), "mchid"));
+        let late = query
+            .and_then(|q| query_param(&format!("?{q}"), "late"))
+            .as_deref()
+            == Some("true");
         let faults = self.faults().clone();
         let mut paid = Vec::new();
         let mut notes = Vec::new();
@@ -543,6 +576,9 @@ impl Sandbox {
                 continue;
             }
             let n = self.next_id();
+            if late {
+                o.reopen_closed();
+            }
             if o.mark_paid(n) {
                 notes.push(self.wechat_payment_notification(&o, &faults));
             }
@@ -552,6 +588,9 @@ impl Sandbox {
             for mut o in self.alipay_orders.iter_mut() {
                 if o.key().1 == no {
                     let n = self.next_id();
+                    if late {
+                        o.reopen_closed();
+                    }
                     if o.mark_paid(n) {
                         notes.push(self.alipay_notification(&o, None));
                     }

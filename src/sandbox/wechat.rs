@@ -109,6 +109,13 @@ impl Order {
         v
     }
 
+    /// `?late=true`: a closed order that was never paid takes a payment after all.
+    pub(super) fn reopen_closed(&mut self) {
+        if self.state == "CLOSED" && self.transaction_id.is_none() {
+            self.state = "NOTPAY".into();
+        }
+    }
+
     /// The payer paid: only an open (`NOTPAY`) order can be.
     pub(super) fn mark_paid(&mut self, n: u64) -> bool {
         if self.state != "NOTPAY" {
@@ -1074,6 +1081,30 @@ mod tests {
             assert!(plain["transaction_id"].is_string() && plain["success_time"].is_string());
             let log = sb.notifier.attempts();
             assert_eq!((log.len(), log[0].answered_ok), (1, true));
+        }
+
+        /// `?late=true` is the provider-side race: without it a closed order stays closed.
+        #[tokio::test(start_paused = true)]
+        async fn a_closed_order_is_paid_only_late_and_then_notified() {
+            let fake = Arc::new(Fake::new(&[], (204, "")));
+            let sb = sandbox(&fake, &[MCH]);
+            let mut body: Value = serde_json::from_slice(&order_body("w-late", 100)).unwrap();
+            body["notify_url"] = json!("http://127.0.0.1:9/notify/wx");
+            let created = sb.create(MCH, false, "native", &body.to_string().into_bytes());
+            assert_eq!(created.0, 200);
+            let close = json!({ "mchid": MCH }).to_string();
+            assert!(sb
+                .close(MCH, false, "w-late", close.as_bytes())
+                .0
+                .is_success());
+            sb.pay("w-late", None);
+            assert_eq!(sb.query(MCH, None, "w-late").1["trade_state"], "CLOSED");
+            assert_eq!(sb.pay("w-late", Some("late=true")).status(), 200);
+            fake.wait_for(1).await;
+            let paid = sb.query(MCH, None, "w-late").1;
+            assert_eq!(paid["trade_state"], "SUCCESS");
+            assert!(paid["transaction_id"].is_string());
+            assert_eq!(fake.count(), 1);
         }
 
         #[tokio::test(start_paused = true)]

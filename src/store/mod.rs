@@ -75,6 +75,9 @@ pub struct PaymentRecord {
     pub expires_at: i64,
     /// Optimistic concurrency: bumped by every update.
     pub version: i64,
+    /// Paid after payroute had told the shop the order was over (closed or failed): a late
+    /// payment (DESIGN.md §13), refunded or kept by `late_payments`.
+    pub late: bool,
 }
 
 /// Which payments `GET /admin/payments` lists, newest first.
@@ -240,7 +243,9 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Every payment with this out_trade_no (one per merchant), for notifications, which
-    /// name the order but not our merchant id.
+    /// name the order but not our merchant id; oldest first (`created_at`, then
+    /// `payment_id`), so that the same question always gets the same answer. The caller
+    /// must pick by account: the number alone is unique per merchant only.
     async fn payments_by_trade_no(
         &self,
         out_trade_no: &str,
@@ -308,7 +313,9 @@ pub trait Store: Send + Sync {
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
 
-    /// Open payments (`pending`, `unknown`) whose reconciliation check is due at `now`.
+    /// Payments whose reconciliation check is due at `now`: open ones (`pending`,
+    /// `unknown`), ended ones (`closed`, `failed`: looked at once more, for a late payment)
+    /// and late ones (until their refund is under way).
     /// Claimed like [`Store::due_events`] in a shared store, until
     /// [`Store::schedule_payment_check`] or the lease running out.
     async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError>;
@@ -336,6 +343,21 @@ pub trait Store: Send + Sync {
     /// Reachable and writable: for `/readyz`. After a write failed on I/O (disk full), this
     /// must prove that a write succeeds again.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Binds `merchant_id`'s Alipay ISV orders that name their seller the old way (a
+    /// fingerprint of the merchant's `app_auth_token`, which a token refresh breaks) to the
+    /// merchant's Alipay user id `seller_id`; how many were rebound. An ISV order's seller is
+    /// by construction its own merchant, so the rebinding moves no order to another account.
+    ///
+    /// # Limits
+    /// Reads every ISV record of the merchant whose seller is not an Alipay user id: after
+    /// the first run that is none, but the merchant's rows are still scanned once (its index
+    /// narrows them to the merchant, a text match to the old ones).
+    async fn rebind_legacy_sellers(
+        &self,
+        merchant_id: &str,
+        seller_id: &str,
+    ) -> Result<u64, StoreError>;
 }
 
 /// What a store counts: writes asked for and the commits (each one fsync) that made them
@@ -395,6 +417,30 @@ fn failure(code: Option<String>) -> Result<Option<ChannelFailure>, StoreError> {
 /// The bound account as stored (JSON text).
 fn account_json(a: &Option<Account>) -> Option<String> {
     a.as_ref().and_then(|a| serde_json::to_string(a).ok())
+}
+
+/// The candidates of [`Store::rebind_legacy_sellers`] (both engines): a merchant's ISV
+/// accounts whose seller is not an Alipay user id, as text; [`rebound_seller`] decides.
+const LEGACY_SELLER_FILTER: &str =
+    r#"account LIKE '%"mode":"isv"%' AND account NOT LIKE '%"seller":"2088%'"#;
+
+/// A bound account (JSON text) that names an Alipay ISV seller the old way, rebound to
+/// `seller_id`; `None` for any other account, which stays as it is.
+fn rebound_seller(text: &str, seller_id: &str) -> Result<Option<String>, StoreError> {
+    let Some(mut account) = parse_account(Some(text.to_string()))? else {
+        return Ok(None);
+    };
+    let legacy = account.provider == "alipay"
+        && account.mode == "isv"
+        && !account
+            .seller
+            .as_deref()
+            .is_some_and(crate::domain::is_alipay_user_id);
+    if !legacy {
+        return Ok(None);
+    }
+    account.seller = Some(seller_id.to_string());
+    Ok(account_json(&Some(account)))
 }
 
 fn parse_account(text: Option<String>) -> Result<Option<Account>, StoreError> {

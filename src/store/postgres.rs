@@ -28,9 +28,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    account_json, failure, parse_account, Delivery, EventFilter, EventRecord, OpenAtAccount,
-    OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord, Reservation, Store,
-    StoreError, StoreMetrics,
+    account_json, failure, parse_account, rebound_seller, Delivery, EventFilter, EventRecord,
+    OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord,
+    Reservation, Store, StoreError, StoreMetrics, LEGACY_SELLER_FILTER,
 };
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 use crate::secret::Secret;
@@ -59,7 +59,7 @@ const SESSION_BOUNDS: &str =
 
 /// Versioned schema migrations, applied in order, each in one transaction. Never edit one
 /// that has shipped: add the next.
-const MIGRATIONS: [(i32, &str); 1] = [(1, V1)];
+const MIGRATIONS: [(i32, &str); 2] = [(1, V1), (2, V2_LATE)];
 
 const V1: &str = "
 CREATE TABLE payments (
@@ -569,7 +569,13 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
     row.try_get(idx).map_err(pg)
 }
 
-const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account";
+/// Issue 15: a payment reported after the order had ended is flagged `late`; ended orders
+/// (closed, failed) and late ones are checked by the reconciler too.
+const V2_LATE: &str = "
+ALTER TABLE payments ADD COLUMN late BOOLEAN NOT NULL DEFAULT false;
+";
+
+const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account, late";
 
 fn read_payment(row: &Row) -> Result<PaymentRecord, StoreError> {
     let method: String = get(row, 6)?;
@@ -607,6 +613,7 @@ fn read_payment(row: &Row) -> Result<PaymentRecord, StoreError> {
         expires_at: get(row, 21)?,
         version: get(row, 22)?,
         account: parse_account(get(row, 23)?)?,
+        late: get(row, 24)?,
     })
 }
 
@@ -675,7 +682,7 @@ fn collect<T>(
 struct DueChecks {
     table: &'static str,
     id: &'static str,
-    /// The open statuses, as an SQL list.
+    /// Which records are checked, as an SQL condition.
     open: &'static str,
     columns: &'static str,
 }
@@ -683,14 +690,15 @@ struct DueChecks {
 const DUE_PAYMENTS: DueChecks = DueChecks {
     table: "payments",
     id: "payment_id",
-    open: "'pending', 'unknown'",
+    // Ended ones get one more look (a late payment); late ones until their refund is sent.
+    open: "status IN ('pending', 'unknown', 'closed', 'failed') OR late",
     columns: COLUMNS,
 };
 
 const DUE_REFUNDS: DueChecks = DueChecks {
     table: "refunds",
     id: "refund_id",
-    open: "'pending', 'abnormal'",
+    open: "status IN ('pending', 'abnormal')",
     columns: REFUND_COLUMNS,
 };
 
@@ -716,7 +724,7 @@ async fn claim_due<C: GenericClient, T>(
         &format!(
             "WITH due AS (
                SELECT {id} AS id FROM {table}
-               WHERE next_check_at <= $1 AND status IN ({open})
+               WHERE next_check_at <= $1 AND ({open})
                  AND (check_lease_until IS NULL OR check_lease_until <= $1)
                ORDER BY next_check_at LIMIT $2
                FOR UPDATE SKIP LOCKED)
@@ -839,7 +847,7 @@ impl Store for PostgresStore {
             &c,
             // Due for reconciliation at once: the worker sets the real first check.
             &format!(
-                "INSERT INTO payments ({COLUMNS}, next_check_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $19)
+                "INSERT INTO payments ({COLUMNS}, next_check_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $19)
                  ON CONFLICT (merchant_id, out_trade_no) DO NOTHING"
             ),
             &[
@@ -847,7 +855,7 @@ impl Store for PostgresStore {
                 &p.method.as_str(), &p.status.as_str(), &p.channel, &p.rule, &action,
                 &p.provider_trade_no, &refunded, &p.request_hash, &request, &error_code,
                 &p.error_message, &p.attempt_until, &p.created_at, &p.updated_at, &p.paid_at,
-                &p.expires_at, &p.version, &account,
+                &p.expires_at, &p.version, &account, &p.late,
             ],
         )
         .await?;
@@ -890,12 +898,12 @@ impl Store for PostgresStore {
             &tx,
             "UPDATE payments SET status = $1, channel = $2, rule = $3, action = $4, provider_trade_no = $5,
              refunded_amount = $6, error_code = $7, error_message = $8, attempt_until = $9, updated_at = $10,
-             paid_at = $11, account = $14, version = version + 1
+             paid_at = $11, account = $14, late = $15, version = version + 1
              WHERE payment_id = $12 AND version = $13",
             &[
                 &p.status.as_str(), &p.channel, &p.rule, &action, &p.provider_trade_no, &refunded,
                 &error_code, &p.error_message, &p.attempt_until, &p.updated_at, &p.paid_at,
-                &p.payment_id, &p.version, &account,
+                &p.payment_id, &p.version, &account, &p.late,
             ],
         )
         .await?;
@@ -919,7 +927,9 @@ impl Store for PostgresStore {
         let c = self.conn().await?;
         let rows = query(
             &c,
-            &format!("SELECT {COLUMNS} FROM payments WHERE out_trade_no = $1"),
+            &format!(
+                "SELECT {COLUMNS} FROM payments WHERE out_trade_no = $1 ORDER BY created_at, payment_id"
+            ),
             &[&out_trade_no],
         )
         .await?;
@@ -1341,6 +1351,42 @@ impl Store for PostgresStore {
         insert_event(&c, e).await?;
         self.committed(started);
         Ok(true)
+    }
+
+    async fn rebind_legacy_sellers(
+        &self,
+        merchant_id: &str,
+        seller_id: &str,
+    ) -> Result<u64, StoreError> {
+        let started = tokio::time::Instant::now();
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let rows = query(
+            &tx,
+            &format!(
+                "SELECT payment_id, account FROM payments WHERE merchant_id = $1 AND {LEGACY_SELLER_FILTER}"
+            ),
+            &[&merchant_id],
+        )
+        .await?;
+        let mut rebound = 0;
+        for row in rows {
+            let (id, old): (String, String) = (get(&row, 0)?, get(&row, 1)?);
+            if let Some(new) = rebound_seller(&old, seller_id)? {
+                // Compare-and-set on the text: another instance rebinding at its start
+                // writes the same, and a row changed meanwhile is left to the next start.
+                rebound += execute(
+                    &tx,
+                    "UPDATE payments SET account = $2, version = version + 1
+                     WHERE payment_id = $1 AND account = $3",
+                    &[&id, &new, &old],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        self.committed(started);
+        Ok(rebound)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

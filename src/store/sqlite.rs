@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    account_json, failure, parse_account, Delivery, EventFilter, EventRecord, OpenAtAccount,
-    OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord, Reservation, Store,
-    StoreError, StoreMetrics,
+    account_json, failure, parse_account, rebound_seller, Delivery, EventFilter, EventRecord,
+    OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord,
+    Reservation, Store, StoreError, StoreMetrics, LEGACY_SELLER_FILTER,
 };
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 
@@ -379,11 +379,13 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, pad BLOB);
 ";
 
 /// Columns added after the first release, for files created before them.
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
     ("payments", "account", "TEXT"),
     // The reconciliation schedule (unix ms; NULL: not checked any more).
     ("payments", "next_check_at", "INTEGER"),
     ("refunds", "next_check_at", "INTEGER"),
+    // Paid after the order had ended (issue 15): 1.
+    ("payments", "late", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -540,7 +542,7 @@ fn get_refund(
 /// string literals the statement cache keys on without a `format!`).
 macro_rules! payment_columns {
     () => {
-        "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account"
+        "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account, late"
     };
 }
 const COLUMNS: &str = payment_columns!();
@@ -694,6 +696,7 @@ fn read_row(row: &Row) -> rusqlite::Result<Result<PaymentRecord, StoreError>> {
             expires_at: row.get(21).map_err(backend)?,
             version: row.get(22).map_err(backend)?,
             account: parse_account(row.get(23).map_err(backend)?)?,
+            late: row.get(24).map_err(backend)?,
         })
     };
     Ok(build())
@@ -726,7 +729,7 @@ impl Store for SqliteStore {
             }
             conn.prepare_cached(
                 // Due for reconciliation at once: the worker sets the real first check.
-                concat!("INSERT INTO payments (", payment_columns!(), ", next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?19)"),
+                concat!("INSERT INTO payments (", payment_columns!(), ", next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?19)"),
             )
             .map_err(backend)?
             .execute(params![
@@ -735,7 +738,7 @@ impl Store for SqliteStore {
                     p.action.as_ref().map(|a| a.to_string()), p.provider_trade_no, p.refunded_amount as i64,
                     p.request_hash, p.request.to_string(), p.error_code.map(|c| c.as_str()), p.error_message,
                     p.attempt_until, p.created_at, p.updated_at, p.paid_at, p.expires_at, p.version,
-                    account_json(&p.account),
+                    account_json(&p.account), p.late,
                 ],
             )
             .map_err(backend)?;
@@ -766,7 +769,7 @@ impl Store for SqliteStore {
                     .prepare_cached(
                         "UPDATE payments SET status = ?1, channel = ?2, rule = ?3, action = ?4, provider_trade_no = ?5,
                          refunded_amount = ?6, error_code = ?7, error_message = ?8, attempt_until = ?9, updated_at = ?10,
-                         paid_at = ?11, account = ?14, version = version + 1
+                         paid_at = ?11, account = ?14, late = ?15, version = version + 1
                          WHERE payment_id = ?12 AND version = ?13",
                     )
                     .map_err(backend)?
@@ -774,7 +777,7 @@ impl Store for SqliteStore {
                             rec.status.as_str(), rec.channel, rec.rule, rec.action.as_ref().map(|a| a.to_string()),
                             rec.provider_trade_no, rec.refunded_amount as i64, rec.error_code.map(|c| c.as_str()),
                             rec.error_message, rec.attempt_until, rec.updated_at, rec.paid_at, rec.payment_id,
-                            rec.version, account_json(&rec.account),
+                            rec.version, account_json(&rec.account), rec.late,
                         ],
                     )
                     .map_err(backend)?;
@@ -800,7 +803,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM payments WHERE out_trade_no = ?1"
+                    "SELECT {COLUMNS} FROM payments WHERE out_trade_no = ?1 ORDER BY created_at, payment_id"
                 ))
                 .map_err(backend)?;
             let rows = stmt.query_map(params![no], read_row).map_err(backend)?;
@@ -1098,7 +1101,8 @@ impl Store for SqliteStore {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM payments
-                     WHERE next_check_at <= ?1 AND status IN ('pending', 'unknown')
+                     WHERE next_check_at <= ?1
+                       AND (status IN ('pending', 'unknown', 'closed', 'failed') OR late = 1)
                      ORDER BY next_check_at LIMIT ?2"
                 ))
                 .map_err(backend)?;
@@ -1179,6 +1183,41 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn rebind_legacy_sellers(
+        &self,
+        merchant_id: &str,
+        seller_id: &str,
+    ) -> Result<u64, StoreError> {
+        let (merchant, seller) = (merchant_id.to_string(), seller_id.to_string());
+        self.write(move |conn| {
+            let rows = conn
+                .prepare(&format!(
+                    "SELECT payment_id, account FROM payments WHERE merchant_id = ?1 AND {LEGACY_SELLER_FILTER}"
+                ))
+                .map_err(backend)?
+                .query_map(params![merchant], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            let mut rebound = 0;
+            for (id, old) in rows {
+                if let Some(new) = rebound_seller(&old, &seller)? {
+                    rebound += conn
+                        .execute(
+                            "UPDATE payments SET account = ?2, version = version + 1
+                             WHERE payment_id = ?1 AND account = ?3",
+                            params![id, new, old],
+                        )
+                        .map_err(backend)? as u64;
+                }
+            }
+            Ok(rebound)
+        })
+        .await
+    }
+
     /// While the last write failed on I/O, a write that needs new space proves it is back:
     /// a probe row of [`PROBE_BYTES`], written and then deleted (each its own commit, so
     /// the space is really taken). Otherwise a read.
@@ -1220,6 +1259,33 @@ mod tests {
         assert!(store.get_payment("m_1", "none").await.unwrap().is_none());
     }
 
+    /// A file written before the `late` column existed gains it on open: its payments read
+    /// as not late, and the flag is stored from then on.
+    #[tokio::test]
+    async fn a_file_from_before_late_payments_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            assert!(store
+                .insert_payment(&record("old"))
+                .await
+                .unwrap()
+                .is_none());
+        }
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("ALTER TABLE payments DROP COLUMN late")
+            .unwrap();
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut p = store.get_payment("m_1", "old").await.unwrap().unwrap();
+        assert!(!p.late);
+        p.status = PaymentStatus::Succeeded;
+        p.late = true;
+        assert!(store.update_payment(&mut p).await.unwrap());
+        assert!(store.get_payment("m_1", "old").await.unwrap().unwrap().late);
+    }
+
     fn record(no: &str) -> PaymentRecord {
         PaymentRecord {
             payment_id: format!("pay_{no}"),
@@ -1245,6 +1311,7 @@ mod tests {
             paid_at: None,
             expires_at: 9,
             version: 0,
+            late: false,
             account: Some(Account {
                 provider: "wechatpay_v3".into(),
                 mode: "partner".into(),

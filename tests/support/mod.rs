@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 pub const SHOP_KEY: &str = "test-shop-key-0123456789";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";
+/// `peer-shop`'s key: a second shop acting for `m_1001` beside `test-shop`.
+pub const PEER_SHOP_KEY: &str = "peer-shop-key-0123456789";
 
 /// One request the shop's webhook receiver got.
 #[derive(Clone, Debug)]
@@ -265,7 +267,32 @@ impl fmt::Display for ChannelYaml {
         Ok(())
     }
 }
-/// A WeChat Pay direct-merchant channel on `up`, verifying with the sandbox's public key.
+/// The test merchants' own provider accounts: (merchant, WeChat Pay mchid — also its
+/// `wechat_sub_mchid` under the platform —, its own Alipay app_id).
+const OWN_ACCOUNTS: &[(&str, &str, &str)] = &[
+    ("m_1001", "1900000109", "2021000000001001"),
+    ("m_2002", "1900000209", "2021000000002002"),
+    ("m_3003", "1900000309", "2021000000003003"),
+    ("m_4004", "1900000409", "2021000000004004"),
+    ("m_9009", "1900000909", "2021000000009009"),
+];
+
+/// `merchants: [..]` of a direct channel: the test merchant whose own account `id` (a mchid
+/// or an Alipay app_id) is. Without one the channel has no owners and config refuses it,
+/// which says what to add; a test routing other merchants there sets
+/// `.with("merchants", ..)` itself.
+fn owned_by(c: ChannelYaml, id: &str) -> ChannelYaml {
+    match OWN_ACCOUNTS
+        .iter()
+        .find(|(_, mchid, app_id)| *mchid == id || *app_id == id)
+    {
+        Some((merchant, _, _)) => c.with("merchants", format!("[{merchant}]")),
+        None => c,
+    }
+}
+
+/// A WeChat Pay direct-merchant channel on `up`, verifying with the sandbox's public key,
+/// owned by the test merchant whose mchid it is.
 pub fn wechat_direct(
     up: &Upstream,
     name: &str,
@@ -274,14 +301,15 @@ pub fn wechat_direct(
     serial_no: &str,
     keyfile: &str,
 ) -> ChannelYaml {
-    wechat(
+    let c = wechat(
         up,
         name,
         ("direct", "mchid", "appid"),
         (mchid, appid),
         serial_no,
         keyfile,
-    )
+    );
+    owned_by(c, mchid)
 }
 
 /// A WeChat Pay service-provider (partner) channel on `up`, verifying with the sandbox's
@@ -334,7 +362,8 @@ pub fn apiv3_key(mchid: &str) -> String {
     format!("{:0<32}", format!("apiv3-{mchid}-TEST-ONLY"))
 }
 
-/// An Alipay channel (`mode`: `direct` or `isv`) on `up`'s gateway.
+/// An Alipay channel (`mode`: `direct` or `isv`) on `up`'s gateway; a direct one is owned
+/// by the test merchant whose app it is.
 pub fn alipay_channel(
     up: &Upstream,
     name: &str,
@@ -342,7 +371,7 @@ pub fn alipay_channel(
     app_id: &str,
     keyfile: &str,
 ) -> ChannelYaml {
-    ChannelYaml::new(name)
+    let c = ChannelYaml::new(name)
         .with("kind", "alipay")
         .with("mode", mode)
         .upstream(up, "/gateway.do")
@@ -351,7 +380,11 @@ pub fn alipay_channel(
         .with(
             "alipay_public_key",
             format!("file:{}", key("alipay_sandbox_pub_key.pem")),
-        )
+        );
+    match mode {
+        "direct" => owned_by(c, app_id),
+        _ => c,
+    }
 }
 
 /// The standard channels' fee and deadline.
@@ -498,6 +531,10 @@ shops:
   - id: other-shop
     api_key: other-shop-key-0123456789
     merchants: [m_9009]
+    webhook: {{ url: "{webhook_url}", secret: {WEBHOOK_SECRET} }}
+  - id: peer-shop
+    api_key: {PEER_SHOP_KEY}
+    merchants: [m_1001]
     webhook: {{ url: "{webhook_url}", secret: {WEBHOOK_SECRET} }}
 merchants:
   m_1001: {{ wechat_sub_mchid: "1900000109", alipay_app_auth_token: tok_m_1001_TEST_ONLY, alipay_seller_id: "2088000000001001" }}
@@ -720,7 +757,10 @@ impl Harness {
         let yaml = config_yaml(&upstream, &store, &site, rules, &extra(&upstream));
         std::fs::write(&config_path, yaml).unwrap();
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config: {e}"));
-        let sandbox = Sandbox::new(payroute::config::sandbox_merchants(&config.channels));
+        let sandbox = Sandbox::new(payroute::config::sandbox_merchants(
+            &config.channels,
+            &config.merchants,
+        ));
         let sandbox_tls = tls.then(|| {
             payroute::server::TlsSettings::new(
                 payroute::sandbox::TLS_CERT_PEM,
@@ -820,7 +860,10 @@ impl Harness {
         assert_eq!(r.status, 200, "{}", r.text);
         let config = Config::load(&self.config_path).unwrap();
         self.sandbox
-            .set_merchants(payroute::config::sandbox_merchants(&config.channels));
+            .set_merchants(payroute::config::sandbox_merchants(
+                &config.channels,
+                &config.merchants,
+            ));
     }
 
     pub async fn send(

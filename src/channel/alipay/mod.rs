@@ -102,7 +102,7 @@ impl Alipay {
                     "isv channel without the merchant's alipay_app_auth_token",
                 )
             })?;
-            p.insert("app_auth_token".into(), token.expose().to_string());
+            p.insert(TOKEN_PARAM.into(), token.expose().to_string());
         }
         Ok(p)
     }
@@ -356,6 +356,80 @@ impl super::Connector for Alipay {
     fn notification_answer(&self, ok: bool, _message: &str) -> http::Response<Full<Bytes>> {
         notify::answer(ok)
     }
+
+    /// ISV page/WAP/App actions carry the merchant's `app_auth_token` to the payer (the
+    /// protocol wants it there): stored without it and without the `sign` over it.
+    fn storable_action(&self, action: &Value) -> Value {
+        if self.settings().mode != AlipayMode::Isv {
+            return action.clone();
+        }
+        match signed_params(action) {
+            Some((field, prefix, mut params)) => {
+                params.remove(TOKEN_PARAM);
+                params.remove("sign");
+                with_params(action, field, &prefix, &params)
+            }
+            None => action.clone(),
+        }
+    }
+
+    /// The stored ISV action with the merchant's current `app_auth_token` put back and
+    /// signed again (a refreshed token is the one the payer needs now).
+    fn payer_action(&self, stored: &Value, sub: &SubMerchant) -> Result<Value, ChannelError> {
+        if self.settings().mode != AlipayMode::Isv {
+            return Ok(stored.clone());
+        }
+        let Some((field, prefix, mut params)) = signed_params(stored) else {
+            return Ok(stored.clone());
+        };
+        let token = sub.alipay_app_auth_token.as_ref().ok_or_else(|| {
+            ChannelError::new(
+                ErrorKind::Local,
+                "isv channel without the merchant's alipay_app_auth_token",
+            )
+        })?;
+        params.insert(TOKEN_PARAM.into(), token.expose().to_string());
+        params.remove("sign");
+        sign::sign_params(&mut params, &self.settings().signer);
+        Ok(with_params(stored, field, &prefix, &params))
+    }
+}
+
+/// The gateway parameter that names the merchant's grant in ISV mode.
+const TOKEN_PARAM: &str = "app_auth_token";
+
+/// The signed gateway parameters of a page/WAP (`redirect` url) or App (`order_string`)
+/// action: the field holding them, what precedes them (the gateway url and `?`), and the
+/// parameters. None for other actions (a precreate's QR code carries none).
+fn signed_params(action: &Value) -> Option<(&'static str, String, BTreeMap<String, String>)> {
+    let (field, text) = match action["type"].as_str()? {
+        "redirect" => ("url", action["url"].as_str()?),
+        "app" => ("order_string", action["order_string"].as_str()?),
+        _ => return None,
+    };
+    let (prefix, query) = match field {
+        "url" => {
+            let at = text.find('?')? + 1;
+            (text[..at].to_string(), &text[at..])
+        }
+        _ => (String::new(), text),
+    };
+    Some((
+        field,
+        prefix,
+        sign::decode(query.as_bytes()).into_iter().collect(),
+    ))
+}
+
+fn with_params(
+    action: &Value,
+    field: &str,
+    prefix: &str,
+    params: &BTreeMap<String, String>,
+) -> Value {
+    let mut out = action.clone();
+    out[field] = json!(format!("{prefix}{}", sign::encode(params)));
+    out
 }
 
 /// An optional yuan amount field, converted exactly; a malformed one is a protocol error.

@@ -46,9 +46,10 @@ pub(super) fn verify(s: &AlipaySettings, body: &[u8]) -> Result<Notification, No
     }
     let out_trade_no = need("out_trade_no")?.to_string();
     let account = NotifiedAccount {
-        mchid: None,
-        sub_mchid: None,
         app_id: Some(app_id.to_string()),
+        seller_id: f("seller_id").map(str::to_string),
+        auth_app_id: f("auth_app_id").map(str::to_string),
+        ..NotifiedAccount::default()
     };
     let v = as_json(&fields);
     let malformed = |e: crate::channel::ChannelError| NotifyError::Malformed(e.message);
@@ -205,9 +206,10 @@ mod tests {
         assert_eq!(
             account,
             NotifiedAccount {
-                mchid: None,
-                sub_mchid: None,
                 app_id: Some("2019073166072302".into()),
+                seller_id: Some("2088531891668739".into()),
+                auth_app_id: Some("2019073166072302".into()),
+                ..NotifiedAccount::default()
             }
         );
 

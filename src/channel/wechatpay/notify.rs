@@ -134,6 +134,7 @@ fn notified_account(v: &Value) -> NotifiedAccount {
         mchid: s("sp_mchid").or_else(|| s("mchid")),
         sub_mchid: s("sub_mchid"),
         app_id: s("sp_appid").or_else(|| s("appid")),
+        ..NotifiedAccount::default()
     }
 }
 
@@ -342,6 +343,7 @@ mod tests {
                 mchid: Some("1900000109".into()),
                 sub_mchid: None,
                 app_id: Some("wx2421b1c4370ec43b".into()),
+                ..NotifiedAccount::default()
             }
         );
         // Other TRANSACTION.* events map through the same trade_state table.
@@ -364,6 +366,7 @@ mod tests {
                 mchid: Some("1900000100".into()),
                 sub_mchid: Some("1900000109".into()),
                 app_id: Some("wx8888888888888888".into()),
+                ..NotifiedAccount::default()
             }
         );
         let Notification::Payment { state, .. } = n else {

@@ -1,6 +1,6 @@
 //! Channels: one provider account each, keys parsed, keys the kind does not use rejected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::{insecure, secret_value, Errors};
@@ -281,6 +281,7 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
             })
             .ok()
     });
+    let owners = owners(name, c, errs);
     if errs.list.len() > n {
         return None;
     }
@@ -291,8 +292,48 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
         base_url,
         ca_pem,
         limit,
+        owners,
         connector: connector?,
     })
+}
+
+/// `merchants:` of a direct-mode channel: the merchants whose own account it is. Required
+/// there, since without it any rule could send anyone's money to that account; refused on a
+/// partner / ISV channel, which collects for every merchant through its sub-merchant ids.
+fn owners(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<BTreeSet<String>> {
+    let at = format!("channels.{name}.merchants");
+    match (c.mode.as_str(), &c.merchants) {
+        ("direct", None) => {
+            errs.push(
+                &format!("channels.{name}"),
+                format!("channels.{name}: merchants is required for mode direct: the merchant(s) whose own account this is, e.g. merchants: [m_1001]"),
+            );
+            None
+        }
+        ("direct", Some(list)) => {
+            if list.is_empty() {
+                errs.push(
+                    &at,
+                    format!("channels.{name}: merchants is empty; name the merchant(s) whose own account this is"),
+                );
+            }
+            if list.iter().any(String::is_empty) {
+                errs.push(&at, format!("channels.{name}: merchants has an empty id"));
+            }
+            Some(list.iter().cloned().collect())
+        }
+        ("partner" | "isv", Some(_)) => {
+            errs.push(
+                &at,
+                format!(
+                    "channels.{name}: merchants is for mode direct (a merchant's own account); mode {} serves every merchant through its ids under the top-level merchants:",
+                    c.mode
+                ),
+            );
+            None
+        }
+        _ => None, // an unknown mode is reported with the mode
+    }
 }
 
 /// A channel's signing key, from its (possibly `env:`/`file:`) config value.

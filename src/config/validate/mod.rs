@@ -2,13 +2,16 @@
 //!
 //! This module orchestrates; the checks live by concern: `server` (server, admin, store,
 //! shops, merchants, limits, sandbox), `channels`, `routing`, `insecure`
-//! (plain HTTP and sandbox keys off loopback), `reach` (which channels
-//! each merchant can reach, so which sub-merchant ids are needed), and `workers`
+//! (plain HTTP and sandbox keys off loopback), `merchants` (each provider id names one
+//! merchant), `reach` (which channels each merchant can reach, so which sub-merchant ids are
+//! needed and that no merchant reaches another's own account), and `workers`
 //! (reconciliation tiers, webhook delivery, that every shop can be told, and that a shared
 //! store's claims outlast the work they cover). Redaction is `config::redact`.
 
 mod channels;
 mod insecure;
+mod late;
+mod merchants;
 mod reach;
 mod routing;
 mod server;
@@ -53,15 +56,18 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
     let store = server::store(&f, &mut errs);
     let shops = server::shops(&f, &mut errs);
     let merchants = server::merchants(&f, &mut errs);
+    merchants::check_merchant_ids(&f, &merchants, &mut errs);
     let channels = channels::channels(&f, &mut errs);
+    merchants::check_own_accounts(&f, &channels, &merchants, &mut errs);
     let limits = server::limits(&f, &mut errs);
     let redis = server::redis(&f, &mut errs);
     let log = server::log(&f, &mut errs);
     let rules = routing::routing(&f, &channels, &merchants, &shops, &mut errs);
-    let sandbox = server::sandbox(&f, &channels, &mut errs);
+    let sandbox = server::sandbox(&f, &channels, &merchants, &mut errs);
     let reconcile = workers::reconcile(&f, &mut errs);
     let webhooks = workers::webhooks(&f, &mut errs);
     workers::shops_have_webhooks(&f, &mut errs);
+    let late_payments = late::late_payments(&f, &mut errs);
 
     // Each builder reports why it returns None, so these are Some without errors; if one
     // ever is not, that is an error message, not a panic.
@@ -94,6 +100,7 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
         sandbox,
         reconcile,
         webhooks,
+        late_payments,
         redacted,
     })
 }

@@ -1,4 +1,5 @@
-//! Routing: rules, family defaults, and the sub-merchant ids partner / ISV channels need.
+//! Routing: rules, family defaults, the sub-merchant ids partner / ISV channels need, and
+//! that a merchant's own channel serves only that merchant.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -87,8 +88,13 @@ pub(super) fn routing(
             rules.push((i, rule));
         }
     }
-    reach::check_sub_merchants(&rules, &defaults, shops, channels, merchants, errs);
-    Rules::new(rules.into_iter().map(|(_, r)| r).collect(), defaults)
+    reach::check_reach(&rules, &defaults, shops, channels, merchants, errs);
+    reach::check_rule_owners(&rules, shops, channels, errs);
+    let owners = channels
+        .iter()
+        .filter_map(|(name, c)| Some((name.clone(), c.owners.as_ref()?.iter().cloned().collect())))
+        .collect();
+    Rules::new(rules.into_iter().map(|(_, r)| r).collect(), defaults).with_owners(owners)
 }
 
 fn rule(

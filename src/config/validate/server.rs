@@ -410,6 +410,7 @@ pub(super) fn redis(f: &FileConfig, errs: &mut Errors) -> Option<RedisSettings> 
 pub(super) fn sandbox(
     f: &FileConfig,
     channels: &BTreeMap<String, Arc<ChannelSettings>>,
+    merchants: &HashMap<String, SubMerchant>,
     errs: &mut Errors,
 ) -> Option<SandboxSettings> {
     let s = f.sandbox.as_ref()?;
@@ -421,28 +422,35 @@ pub(super) fn sandbox(
     Some(SandboxSettings {
         listen,
         tls,
-        merchants: sandbox_merchants(channels),
+        merchants: sandbox_merchants(channels, merchants),
     })
 }
 
 /// The sandbox knows each configured merchant's (or app's) public key, as WeChat Pay does once
-/// the merchant uploads its certificate and Alipay once the app's key is set in its console.
+/// the merchant uploads its certificate and Alipay once the app's key is set in its console;
+/// and, as Alipay does, whose account each granted `app_auth_token` is (the merchant's
+/// `alipay_seller_id`).
 pub fn sandbox_merchants(
     channels: &BTreeMap<String, Arc<ChannelSettings>>,
+    merchants: &HashMap<String, SubMerchant>,
 ) -> Vec<SandboxMerchant> {
-    channels
-        .values()
-        .map(|c| match &c.connector {
-            ConnectorSettings::WechatPay(w) => SandboxMerchant::Wechat {
-                mchid: w.signing_mchid().to_string(),
-                serial_no: w.serial_no.clone(),
-                key: w.signer.verifier(),
-                apiv3_key: w.apiv3_key.clone(),
-            },
-            ConnectorSettings::Alipay(a) => SandboxMerchant::Alipay {
-                app_id: a.app_id.clone(),
-                key: a.signer.verifier(),
-            },
+    let keys = channels.values().map(|c| match &c.connector {
+        ConnectorSettings::WechatPay(w) => SandboxMerchant::Wechat {
+            mchid: w.signing_mchid().to_string(),
+            serial_no: w.serial_no.clone(),
+            key: w.signer.verifier(),
+            apiv3_key: w.apiv3_key.clone(),
+        },
+        ConnectorSettings::Alipay(a) => SandboxMerchant::Alipay {
+            app_id: a.app_id.clone(),
+            key: a.signer.verifier(),
+        },
+    });
+    let grants = merchants.values().filter_map(|m| {
+        Some(SandboxMerchant::AlipayGrant {
+            app_auth_token: m.alipay_app_auth_token.clone()?,
+            seller_id: m.alipay_seller_id.clone()?,
         })
-        .collect()
+    });
+    keys.chain(grants).collect()
 }
