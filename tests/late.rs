@@ -307,3 +307,25 @@ async fn on_postgres_a_late_payment_is_flagged_and_refunded_once() {
     assert_eq!(h.receiver.told("payment.succeeded", "late-pg"), 0);
     h.shutdown().await;
 }
+
+/// A late payment's refund is numbered `late_<payment id>`: a shop cannot take that number
+/// first (its refund would stand in for payroute's, and the late payment would never be
+/// refunded), so the prefix is refused on the API.
+#[tokio::test]
+async fn the_late_refund_number_is_reserved() {
+    let h = Harness::start().await;
+    let paid = h
+        .paid("m_1001", "late-reserved-1", "wechat_native", 500)
+        .await;
+    let reserved = format!("late_{}", paid["payment_id"].as_str().unwrap());
+    let r = h
+        .refund(&json!({
+            "merchant_id": "m_1001", "out_trade_no": "late-reserved-1",
+            "out_refund_no": reserved, "amount": 500,
+        }))
+        .await;
+    r.expect_error(400, "invalid_request");
+    assert_eq!(r.body["error"]["field"], "out_refund_no", "{}", r.text);
+    assert!(provider_refunds(&h, "late-reserved-1").await.is_empty());
+    h.shutdown().await;
+}

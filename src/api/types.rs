@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::error::{ApiError, ErrorCode};
 use crate::domain::{Method, MAX_AMOUNT};
-use crate::payment::{NewPayment, NewRefund};
+use crate::payment::{NewPayment, NewRefund, LATE_REFUND_PREFIX};
 
 const CREATE_FIELDS: [&str; 11] = [
     "merchant_id",
@@ -287,6 +287,15 @@ pub fn parse_refund(body: &[u8]) -> Result<NewRefund, ApiError> {
     let merchant_id = string(&obj, "merchant_id", 1, 64)?.ok_or_else(|| missing("merchant_id"))?;
     let out_trade_no = order_no(&obj, "out_trade_no", 32)?;
     let out_refund_no = order_no(&obj, "out_refund_no", 64)?;
+    // payroute's own refunds of late payments are numbered from the payment id: a shop's
+    // refund under such a number would take the place of that refund.
+    if out_refund_no.starts_with(LATE_REFUND_PREFIX) {
+        return Err(ApiError::field(
+            ErrorCode::InvalidRequest,
+            "out_refund_no",
+            format!("out_refund_no starting with {LATE_REFUND_PREFIX:?} is reserved for payroute's refunds of late payments"),
+        ));
+    }
     Ok(NewRefund {
         merchant_id,
         out_trade_no,

@@ -26,7 +26,7 @@ use crate::domain::{EventType, LatePolicy, RefundStatus};
 use crate::store::{EventRecord, PaymentRecord};
 
 /// Prefix of the refund number of a late payment's refund: `late_` + the payment id.
-const LATE_REFUND_PREFIX: &str = "late_";
+pub const LATE_REFUND_PREFIX: &str = "late_";
 /// The reason sent with a late payment's refund (shown to the payer by some providers).
 pub const LATE_REFUND_REASON: &str = "late payment: the order had ended";
 /// When the reconciler first looks at a late payment whose refund is being sent here: a

@@ -53,7 +53,7 @@ const CLAIM_SLACK_MS: i64 = 5_000;
 /// Reads of a record before giving up on claiming it against concurrent writers.
 const CLAIM_TRIES: usize = 3;
 
-pub use late::{late_refund_no, LateSettled, LATE_REFUND_REASON};
+pub use late::{late_refund_no, LateSettled, LATE_REFUND_PREFIX, LATE_REFUND_REASON};
 pub use refund::{NewRefund, RefundOutcome};
 
 /// A validated create request (the API checked every field).
