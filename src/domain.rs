@@ -414,6 +414,14 @@ pub struct Account {
 }
 
 impl Account {
+    /// An Alipay ISV account bound by an earlier version, which named the seller by a
+    /// fingerprint of the merchant's `app_auth_token` rather than its Alipay user id.
+    pub fn names_seller_by_token(&self) -> bool {
+        self.provider == "alipay"
+            && self.mode == "isv"
+            && !self.seller.as_deref().is_some_and(is_alipay_user_id)
+    }
+
     /// What differs between the bound account and `other`, for the refusal message.
     pub fn differences(&self, other: &Account) -> String {
         let field = |name: &str, a: &Option<String>, b: &Option<String>| {

@@ -217,6 +217,58 @@ async fn after_a_token_refresh_a_paid_isv_order_is_refunded() {
     h.shutdown().await;
 }
 
+/// Rewrites the order's bound seller as the previous version stored it: the first 16 hex
+/// digits of SHA-256 of m_4004's token (what an instance of that version still writes during
+/// a rolling upgrade). Rows changed.
+fn bind_by_fingerprint(h: &Harness, no: &str) -> usize {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, TOKEN_4004.as_bytes());
+    let fingerprint: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let conn = rusqlite::Connection::open(h.db_path()).unwrap();
+    conn.execute(
+        "UPDATE payments SET account = replace(account, ?1, ?2) WHERE out_trade_no = ?3",
+        rusqlite::params![
+            format!(r#""seller":"{SELLER_4004}""#),
+            format!(r#""seller":"{fingerprint}""#),
+            no
+        ],
+    )
+    .unwrap()
+}
+
+/// Review of issue 15: an order bound by token fingerprint that the rebinding at start did not
+/// see (an instance of the earlier version wrote it during a rolling upgrade, or the rebinding
+/// failed) is still its merchant's: its notification is applied and it is refunded, with no
+/// restart (before: the notification was acknowledged `wrong_account` and never came again —
+/// a paid order lost — and the refund refused).
+#[tokio::test]
+async fn an_order_bound_by_token_fingerprint_after_start_is_still_served() {
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
+    h.create(&payment(
+        "m_4004",
+        "isv-legacy-2",
+        "alipay_precreate",
+        700,
+        json!({}),
+    ))
+    .await
+    .expect_created_on("platform_alipay");
+    assert_eq!(bind_by_fingerprint(&h, "isv-legacy-2"), 1);
+    assert_eq!(h.pay("isv-legacy-2").await.status, 200);
+    h.receiver.event("payment.succeeded", "isv-legacy-2").await;
+    let r = h
+        .refund(&json!({
+            "merchant_id": "m_4004", "out_trade_no": "isv-legacy-2",
+            "out_refund_no": "isv-legacy-2-r1", "amount": 700,
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    h.shutdown().await;
+}
+
 /// Issue 15 item 2, the upgrade: ISV orders bound before sellers were stored name their seller
 /// by a fingerprint of the merchant's token. After a restart on this version they are bound to
 /// the merchant's `alipay_seller_id` (rebound at start), so a refund of one still reaches its
@@ -229,21 +281,7 @@ async fn orders_bound_by_token_fingerprint_before_the_upgrade_are_rebound_at_sta
         .paid("m_4004", "isv-legacy-1", "alipay_precreate", 900)
         .await;
     assert_eq!(paid["channel"], "platform_alipay");
-    // What the previous version stored: the first 16 hex digits of SHA-256 of the token.
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, TOKEN_4004.as_bytes());
-    let fingerprint: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let rows = {
-        let conn = rusqlite::Connection::open(h.db_path()).unwrap();
-        conn.execute(
-            "UPDATE payments SET account = replace(account, ?1, ?2) WHERE out_trade_no = 'isv-legacy-1'",
-            rusqlite::params![format!(r#""seller":"{SELLER_4004}""#), format!(r#""seller":"{fingerprint}""#)],
-        )
-        .unwrap()
-    };
-    assert_eq!(rows, 1);
+    assert_eq!(bind_by_fingerprint(&h, "isv-legacy-1"), 1);
     h.restart().await;
     reload_edited(&h, |t| t.replace(TOKEN_4004, REFRESHED_4004)).await;
 

@@ -34,6 +34,7 @@ use hyper::body::Incoming;
 use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::channel::{Channel, Notification, NotifiedAccount};
+use crate::domain::Account;
 use crate::live::{Live, LiveConfig};
 use crate::payment::{now_ms, PaymentError, PaymentService, Routes};
 use crate::store::PaymentRecord;
@@ -224,6 +225,7 @@ impl Inbound {
         let routes = live.routes();
         let payment = match self
             .find_payment(
+                &routes,
                 verifier.name(),
                 notification.out_trade_no(),
                 notification.account(),
@@ -305,6 +307,7 @@ impl Inbound {
     /// is judged against the signed account; exactly one must match.
     async fn find_payment(
         &self,
+        routes: &Routes<'_>,
         verified_by: &str,
         out_trade_no: &str,
         named: &NotifiedAccount,
@@ -324,7 +327,7 @@ impl Inbound {
         let mut unresolved = 0;
         let mut matching = Vec::new();
         for p in candidates {
-            match names(named, &p, verified_by) {
+            match names(named, &p, routes.bound_account(&p).as_ref(), verified_by) {
                 Named::Yes => matching.push(p),
                 Named::No => {}
                 Named::Unresolved => unresolved += 1,
@@ -360,8 +363,13 @@ enum Named {
     Unresolved,
 }
 
-fn names(named: &NotifiedAccount, p: &PaymentRecord, verified_by: &str) -> Named {
-    let Some(a) = &p.account else {
+fn names(
+    named: &NotifiedAccount,
+    p: &PaymentRecord,
+    bound: Option<&Account>,
+    verified_by: &str,
+) -> Named {
+    let Some(a) = bound else {
         // Bound before accounts were stored: the channel name is all there is.
         return if p.channel == verified_by {
             Named::Yes
@@ -398,7 +406,7 @@ fn holder<'c>(
     body: &[u8],
     now: i64,
 ) -> Result<&'c Arc<Channel>, Outcome> {
-    let Some(bound) = &payment.account else {
+    let Some(bound) = &routes.bound_account(payment) else {
         // Matched on the verifying channel's name (see `names`).
         return Ok(verifier);
     };
@@ -449,7 +457,7 @@ fn failed(e: PaymentError) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Account, Method, PaymentStatus};
+    use crate::domain::{Method, PaymentStatus};
 
     fn record(account: Option<Account>) -> PaymentRecord {
         PaymentRecord {
@@ -506,7 +514,7 @@ mod tests {
     }
 
     fn judged_by(named: &NotifiedAccount, p: &PaymentRecord, verified_by: &str) -> &'static str {
-        match names(named, p, verified_by) {
+        match names(named, p, p.account.as_ref(), verified_by) {
             Named::Yes => "yes",
             Named::No => "no",
             Named::Unresolved => "unresolved",

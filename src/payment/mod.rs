@@ -39,7 +39,9 @@ use time::OffsetDateTime;
 use crate::channel::{
     Channel, ChannelError, ChannelSet, ErrorKind, OrderRequest, OrderState, SubMerchant,
 };
-use crate::domain::{ChannelFailure, EventStatus, EventType, LatePolicies, Method, PaymentStatus};
+use crate::domain::{
+    Account, ChannelFailure, EventStatus, EventType, LatePolicies, Method, PaymentStatus,
+};
 use crate::routing::{NoRoute, PaymentFacts, Rules};
 use crate::store::{EventRecord, PaymentRecord, Store, StoreError};
 
@@ -99,6 +101,25 @@ pub struct Routes<'a> {
 }
 
 impl Routes<'_> {
+    /// The account `rec` is bound to, in this config's terms. An Alipay ISV order bound by
+    /// an earlier version names its seller by a fingerprint of the merchant's token (until
+    /// the rebinding at start rewrites it — or if that failed, or an instance of that version
+    /// still writes such orders): its seller is by construction its own merchant, whose
+    /// `alipay_seller_id` stands in.
+    pub fn bound_account(&self, rec: &PaymentRecord) -> Option<Account> {
+        let mut account = rec.account.clone()?;
+        if account.names_seller_by_token() {
+            if let Some(seller) = self
+                .merchants
+                .get(&rec.merchant_id)
+                .and_then(|m| m.alipay_seller_id.clone())
+            {
+                account.seller = Some(seller);
+            }
+        }
+        Some(account)
+    }
+
     /// A merchant's sub-merchant ids (config `merchants:`), empty when it has none.
     pub fn sub_merchant(&self, merchant_id: &str) -> SubMerchant {
         self.merchants.get(merchant_id).cloned().unwrap_or_default()
@@ -478,9 +499,11 @@ impl PaymentService {
             let sub = routes.sub_merchant(&existing.merchant_id);
             if let (Some(stored), Some(ch)) = (
                 &existing.action,
-                routes
-                    .channels
-                    .serving(&existing.channel, existing.account.as_ref(), &sub),
+                routes.channels.serving(
+                    &existing.channel,
+                    routes.bound_account(&existing).as_ref(),
+                    &sub,
+                ),
             ) {
                 match ch.payer_action(stored, &sub) {
                     Ok(action) => existing.action = Some(action),
@@ -629,7 +652,7 @@ impl PaymentService {
     ) -> Result<(&'r Arc<Channel>, SubMerchant), PaymentError> {
         let sub = routes.sub_merchant(&rec.merchant_id);
         let named = routes.channels.get(&rec.channel);
-        let Some(bound) = &rec.account else {
+        let Some(bound) = &routes.bound_account(rec) else {
             // Written before accounts were stored: the channel name is all there is.
             return named.map(|ch| (ch, sub)).ok_or_else(|| {
                 self.refuse(

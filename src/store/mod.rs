@@ -430,13 +430,7 @@ fn rebound_seller(text: &str, seller_id: &str) -> Result<Option<String>, StoreEr
     let Some(mut account) = parse_account(Some(text.to_string()))? else {
         return Ok(None);
     };
-    let legacy = account.provider == "alipay"
-        && account.mode == "isv"
-        && !account
-            .seller
-            .as_deref()
-            .is_some_and(crate::domain::is_alipay_user_id);
-    if !legacy {
+    if !account.names_seller_by_token() {
         return Ok(None);
     }
     account.seller = Some(seller_id.to_string());
