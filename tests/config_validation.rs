@@ -441,6 +441,18 @@ fn a_direct_channel_names_its_owners_and_a_partner_channel_none() {
     );
 }
 
+/// Review of issue 15: a merchant's own account serves one merchant. The provider keys the
+/// account's orders by out_trade_no alone, so two owners' `X` would be one order there (paid
+/// once, then settled, closed or refunded for either).
+#[test]
+fn a_direct_channel_serves_one_merchant() {
+    let text = config(FULL, OWN_WECHAT_ALL_METHODS);
+    refused(
+        &text.replace("    merchants: [m_1001]\n", "    merchants: [m_1001, m_2002]\n"),
+        &["channels.m1001_wechat: merchants names 2 merchants (m_1001, m_2002); a merchant's own account serves one merchant"],
+    );
+}
+
 /// A rule naming another merchant, in `to`, a split or a fallback, even after the owner's
 /// own rule.
 #[test]

@@ -295,17 +295,15 @@ async fn unreachable_channel_fails_over_only_when_nothing_was_sent() {
       when: { merchant: [m_1001], method: [wechat_native] }
       to: dead_wechat
       fallback: [platform_wechat]
-    - name: m3003-dead
-      when: { merchant: [m_3003] }
+    - name: m1001-dead-app
+      when: { merchant: [m_1001], method: [wechat_app] }
       to: dead_wechat
   default: { wechat: platform_wechat }
 "#;
     let h = Harness::start_with(
         false,
         rules,
-        // Both merchants' rules use the one dead account, so both own it.
-        &dead_channel("dead_wechat", "1900000109", "m1001_apiclient_key.pem")
-            .replace("merchants: [m_1001]", "merchants: [m_1001, m_3003]"),
+        &dead_channel("dead_wechat", "1900000109", "m1001_apiclient_key.pem"),
     )
     .await;
     let r = h
@@ -329,7 +327,7 @@ async fn unreachable_channel_fails_over_only_when_nothing_was_sent() {
 
     // No fallback: 503, retryable, and the order is not lost — the shop may retry.
     let r = h
-        .create(&payment("m_3003", "fo-2", "wechat_native", 100, json!({})))
+        .create(&payment("m_1001", "fo-2", "wechat_app", 100, json!({})))
         .await;
     r.expect_error(503, "channel_unavailable");
     assert_eq!(r.body["error"]["retryable"], true);

@@ -130,10 +130,8 @@ async fn a_channel_over_its_limit_fails_over_because_nothing_was_sent() {
 
 #[tokio::test]
 async fn a_dead_channel_opens_its_circuit_and_is_skipped() {
-    // Both merchants' rules use the one dead account, so both own it.
     let dead = limited_channel(&support::Upstream::dead())
         .without("limit")
-        .with("merchants", "[m_1001, m_3003]")
         .to_string();
     let rules = r#"
   rules:
@@ -141,8 +139,8 @@ async fn a_dead_channel_opens_its_circuit_and_is_skipped() {
       when: { merchant: [m_1001], method: [wechat_native] }
       to: limited_wechat
       fallback: [platform_wechat]
-    - name: m3003-dead
-      when: { merchant: [m_3003], method: [wechat_native] }
+    - name: m1001-dead-app
+      when: { merchant: [m_1001], method: [wechat_app] }
       to: limited_wechat
   default: { wechat: platform_wechat }
 "#;
@@ -182,7 +180,7 @@ async fn a_dead_channel_opens_its_circuit_and_is_skipped() {
     r.expect_created_on("platform_wechat");
     // …and without a fallback the shop hears 503 at once.
     let r = h
-        .create(&payment("m_3003", "cb-3", "wechat_native", 100, json!({})))
+        .create(&payment("m_1001", "cb-3", "wechat_app", 100, json!({})))
         .await;
     r.expect_error(503, "channel_unavailable");
     assert!(

@@ -297,9 +297,10 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
     })
 }
 
-/// `merchants:` of a direct-mode channel: the merchants whose own account it is. Required
-/// there, since without it any rule could send anyone's money to that account; refused on a
-/// partner / ISV channel, which collects for every merchant through its sub-merchant ids.
+/// `merchants:` of a direct-mode channel: the merchant whose own account it is (a list of
+/// one). Required there, since without it any rule could send anyone's money to that
+/// account; refused on a partner / ISV channel, which collects for every merchant through its
+/// sub-merchant ids.
 fn owners(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<BTreeSet<String>> {
     let at = format!("channels.{name}.merchants");
     match (c.mode.as_str(), &c.merchants) {
@@ -319,6 +320,19 @@ fn owners(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<BTreeSet<Str
             }
             if list.iter().any(String::is_empty) {
                 errs.push(&at, format!("channels.{name}: merchants has an empty id"));
+            }
+            // The provider keys an account's orders by out_trade_no alone, which is unique
+            // per merchant only: two merchants' `X` would be one order there, paid once and
+            // settled, closed or refunded for either.
+            if list.len() > 1 {
+                errs.push(
+                    &at,
+                    format!(
+                        "channels.{name}: merchants names {} merchants ({}); a merchant's own account serves one merchant, since the provider keys its orders by out_trade_no, which is unique per merchant only",
+                        list.len(),
+                        list.join(", ")
+                    ),
+                );
             }
             Some(list.iter().cloned().collect())
         }
