@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
-use support::{within, Harness, SHOP_KEY};
+use support::{payment, within, Harness, SHOP_KEY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -444,6 +444,36 @@ async fn with_client_ca_providers_notify_without_a_certificate_and_shops_need_on
     assert!(
         h.sandbox_orders("tls-notify-2").await.is_empty(),
         "a refused create reached the channel"
+    );
+    h.shutdown().await;
+}
+
+/// Review of issue 15: `client_ca` added by a reload to a listener started without TLS (which
+/// serves TLS only after a restart) refuses shops on the plain listener until then, rather
+/// than leaving `/v1/*` open with no certificate asked (before: 201); providers still notify.
+#[tokio::test]
+async fn client_ca_reloaded_onto_a_plain_listener_fails_closed() {
+    let h = Harness::start().await;
+    let dir: PathBuf = h.dir.path().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl_cert(&dir, "ca", None);
+    openssl_cert(&dir, "server", Some("ca"));
+    with_tls(&h, &dir, "server", "ca");
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = h
+        .create(&payment(
+            "m_1001",
+            "tls-late-1",
+            "wechat_native",
+            100,
+            json!({}),
+        ))
+        .await;
+    r.expect_error(401, "client_certificate_required");
+    assert!(
+        h.sandbox_orders("tls-late-1").await.is_empty(),
+        "nothing sent"
     );
     h.shutdown().await;
 }

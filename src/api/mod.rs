@@ -331,12 +331,14 @@ async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (Route, A
 /// (`/notify/*`) share the listener and have none, so the handshake only asks for one. The
 /// live config decides, so a reload that adds `client_ca` also holds connections opened
 /// before it (they were never asked) to it. A plain connection carries no
-/// [`ClientCertificate`]: TLS added by a reload serves only after a restart.
+/// [`ClientCertificate`]: TLS added by a reload to a listener started plain serves only after
+/// a restart, and until then such a connection is refused too (closed, not open, is what ops
+/// asked for with `client_ca`).
 fn client_certificate_ok(live: &Live, req: &Request<Incoming>) -> bool {
     let asked = live.config.server.tls.as_ref().is_some_and(|t| t.client_ca);
     match req.extensions().get::<ClientCertificate>() {
         Some(client) => !asked || client.verified,
-        None => true,
+        None => !asked,
     }
 }
 
