@@ -463,13 +463,37 @@ impl PaymentService {
                     .decisions
                     .with_label_values(&[rec.rule.as_str(), rec.channel.as_str()])
                     .inc();
-                answer_created(self.attempt(routes, rec, &req, fallback).await)
+                answer_created(
+                    |fresh| self.for_the_payer(routes, fresh),
+                    self.attempt(routes, rec, &req, fallback).await,
+                )
             }
             Some(existing) => {
                 self.replay(routes, existing, shop_id, &rec.request_hash, &req)
                     .await
             }
         }
+    }
+
+    /// A stored record as its creator's answer shows it: the stored action lacks what only
+    /// the payer may see (an ISV order's `app_auth_token` and the signature over it), which
+    /// the channel serving the order puts back (none serving: the order's operations are
+    /// refused anyway, and the action is shown as stored).
+    fn for_the_payer(&self, routes: &Routes<'_>, mut rec: PaymentRecord) -> PaymentRecord {
+        let sub = routes.sub_merchant(&rec.merchant_id);
+        let serving =
+            routes
+                .channels
+                .serving(&rec.channel, routes.bound_account(&rec).as_ref(), &sub);
+        if let (Some(stored), Some(ch)) = (&rec.action, serving) {
+            match ch.payer_action(stored, &sub) {
+                Ok(action) => rec.action = Some(action),
+                Err(e) => {
+                    tracing::warn!(payment_id = %rec.payment_id, channel = %ch.name(), error = %e, "cannot rebuild the payer action of a replay")
+                }
+            }
+        }
+        rec
     }
 
     async fn replay(
@@ -494,25 +518,9 @@ impl PaymentService {
         )?;
         if existing.action.is_some() || existing.status.is_final() {
             self.metrics.outcome(&existing, "replayed");
-            // The stored action lacks what only the payer may see: the serving channel
-            // puts it back (none serving: the order's operations are refused anyway).
-            let sub = routes.sub_merchant(&existing.merchant_id);
-            if let (Some(stored), Some(ch)) = (
-                &existing.action,
-                routes.channels.serving(
-                    &existing.channel,
-                    routes.bound_account(&existing).as_ref(),
-                    &sub,
-                ),
-            ) {
-                match ch.payer_action(stored, &sub) {
-                    Ok(action) => existing.action = Some(action),
-                    Err(e) => {
-                        tracing::warn!(payment_id = %existing.payment_id, channel = %ch.name(), error = %e, "cannot rebuild the payer action of a replay")
-                    }
-                }
-            }
-            return Ok(CreateOutcome::Replayed(existing));
+            return Ok(CreateOutcome::Replayed(
+                self.for_the_payer(routes, existing),
+            ));
         }
         // The last attempt ended without an answer (timeout, nothing sent, a crash): take the
         // record over and send the same order to the same account again.
@@ -522,7 +530,10 @@ impl PaymentService {
         if !self.store.update_payment(&mut existing).await? {
             return Err(PaymentError::InProgress);
         }
-        answer_created(self.attempt(routes, existing, req, Vec::new()).await)
+        answer_created(
+            |fresh| self.for_the_payer(routes, fresh),
+            self.attempt(routes, existing, req, Vec::new()).await,
+        )
     }
 
     /// Sends the create to the bound account; fails over only while nothing was sent.
@@ -1138,6 +1149,7 @@ fn unrecorded(mut rec: PaymentRecord, e: PaymentError) -> PaymentError {
 /// A create's answer: the record its call left, or — when another request took the order over
 /// while the call was out — that request's record, as a replay would answer it.
 fn answer_created(
+    answer: impl FnOnce(PaymentRecord) -> PaymentRecord,
     attempted: Result<PaymentRecord, PaymentError>,
 ) -> Result<CreateOutcome, PaymentError> {
     let fresh = match attempted {
@@ -1152,7 +1164,7 @@ fn answer_created(
         (&fresh.error_code, &fresh.error_message),
     )?;
     if fresh.action.is_some() || fresh.status.is_final() {
-        return Ok(CreateOutcome::Replayed(*fresh));
+        return Ok(CreateOutcome::Replayed(answer(*fresh)));
     }
     // Neither answered nor in flight: the shop's retry takes it over at its bound account.
     Err(PaymentError::InProgress)
