@@ -305,6 +305,50 @@ async fn orders_bound_by_token_fingerprint_before_the_upgrade_are_rebound_at_sta
     h.shutdown().await;
 }
 
+/// Review of issue 15: ISV orders are bound to the merchant's seller, but calls carry the
+/// configured token, and nothing in the config ties the two. Ops paste m_4004's grant under
+/// m_3003 (Alipay knows it as m_4004's). A refund of m_3003's paid `X` names the paid trade
+/// (`trade_no`), so Alipay refunds that trade or nothing — never m_4004's `X`, which the token
+/// reaches (before: m_4004's buyer was refunded).
+#[tokio::test]
+async fn a_refund_under_another_merchants_token_refunds_nobody_elses_trade() {
+    let h = Harness::start_alipay(support::MIXED_RULES).await;
+    for merchant in ["m_3003", "m_4004"] {
+        let paid = h
+            .paid(merchant, "isv-swap-1", "alipay_precreate", 500)
+            .await;
+        assert_eq!(paid["channel"], "platform_alipay");
+    }
+    // At "Alipay", m_3003's configured token is now m_4004's grant.
+    let config = Config::load(&h.config_path).unwrap();
+    let grants = payroute::config::sandbox_merchants(&config.channels, &config.merchants)
+        .into_iter()
+        .map(|m| match m {
+            payroute::sandbox::SandboxMerchant::AlipayGrant {
+                app_auth_token,
+                seller_id,
+            } if seller_id == SELLER_3003 => payroute::sandbox::SandboxMerchant::AlipayGrant {
+                app_auth_token,
+                seller_id: SELLER_4004.into(),
+            },
+            other => other,
+        })
+        .collect();
+    h.sandbox.set_merchants(grants);
+
+    let r = h
+        .refund(&json!({
+            "merchant_id": "m_3003", "out_trade_no": "isv-swap-1",
+            "out_refund_no": "isv-swap-1-r1", "amount": 500,
+        }))
+        .await;
+    assert_ne!(r.body["status"], "succeeded", "{}", r.text);
+    for order in h.sandbox_orders("isv-swap-1").await {
+        assert_eq!(order["refunds"], json!([]), "nobody was refunded: {order}");
+    }
+    h.shutdown().await;
+}
+
 /// Issue 15 item 2: an open ISV order paid after a token refresh is settled by its
 /// notification (before: `wrong_account`, acknowledged, so Alipay never sent it again).
 #[tokio::test]

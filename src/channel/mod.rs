@@ -201,6 +201,10 @@ pub struct OrderState {
 #[derive(Clone, Debug)]
 pub struct RefundRequest<'a> {
     pub out_trade_no: &'a str,
+    /// The provider's number of the paid trade, when known: a provider that takes it
+    /// refunds that trade only, not whichever the merchant credentials reach under
+    /// `out_trade_no` (an Alipay ISV token pasted under the wrong merchant).
+    pub provider_trade_no: Option<&'a str>,
     pub out_refund_no: &'a str,
     pub amount: u64,
     /// The paid amount of the order (WeChat Pay wants it with every refund).

@@ -167,6 +167,7 @@ impl PaymentService {
         let notify_url = format!("{}/notify/{}", routes.public_base_url, payment.channel);
         let request = RefundRequest {
             out_trade_no: &rec.out_trade_no,
+            provider_trade_no: payment.provider_trade_no.as_deref(),
             out_refund_no: &rec.out_refund_no,
             amount: rec.amount,
             total: payment.amount,

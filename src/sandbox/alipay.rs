@@ -409,9 +409,12 @@ impl Sandbox {
             Ok(a) => a,
             Err(body) => return body,
         };
+        // With trade_no too, Alipay refunds that trade only: another trade of this seller's
+        // under the same out_trade_no does not exist for this request.
         let Some(mut o) = self
             .alipay_orders
             .get_mut(&(seller.to_string(), no.to_string()))
+            .filter(|o| s("trade_no").is_none_or(|t| o.trade_no.as_deref() == Some(t)))
         else {
             return error_body(
                 "40004",

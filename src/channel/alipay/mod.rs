@@ -293,6 +293,12 @@ impl super::Connector for Alipay {
         if let Some(reason) = r.reason {
             biz["refund_reason"] = json!(reason);
         }
+        // With both, Alipay refunds the trade `trade_no` names: under credentials that reach
+        // another merchant's `out_trade_no` (an ISV token given to the wrong merchant) it is
+        // ACQ.TRADE_NOT_EXIST, not that merchant's buyer refunded.
+        if let Some(trade_no) = r.provider_trade_no {
+            biz["trade_no"] = json!(trade_no);
+        }
         let params = self.params(method, r.sub, &biz)?;
         let v = self.call(method, params, deadline).await?;
         if v["out_trade_no"].as_str() != Some(r.out_trade_no) {
@@ -300,6 +306,14 @@ impl super::Connector for Alipay {
                 ErrorKind::Protocol,
                 "answer is for another out_trade_no",
             ));
+        }
+        if let (Some(sent), Some(answered)) = (r.provider_trade_no, v["trade_no"].as_str()) {
+            if sent != answered {
+                return Err(ChannelError::new(
+                    ErrorKind::Protocol,
+                    "answer is for another trade_no",
+                ));
+            }
         }
         let fund_change = v["fund_change"].as_str().unwrap_or("");
         let refunded_total = yuan_field(&v, "refund_fee")?;
