@@ -453,6 +453,31 @@ fn a_direct_channel_serves_one_merchant() {
     );
 }
 
+/// Review of issue 15: an Alipay app collects for itself (direct) or for merchants (ISV), not
+/// both: its direct orders name no seller, so one would match another merchant's ISV
+/// notification for the same out_trade_no.
+#[test]
+fn an_alipay_app_is_direct_or_isv_not_both() {
+    let text = config(FULL, OWN_WECHAT_ALL_METHODS).replace(
+        "routing:\n",
+        "  platform_self_alipay:
+    kind: alipay
+    mode: direct
+    merchants: [m_1001]
+    base_url: http://127.0.0.1:8090/gateway.do
+    app_id: \"2021000000000001\"
+    private_key: file:config/sandbox/platform_alipay_app_key.pem
+    alipay_public_key: file:config/sandbox/alipay_sandbox_pub_key.pem
+routing:\n",
+    );
+    refused(
+        &text,
+        &[
+            r#"channels.platform_self_alipay.app_id: "2021000000000001" is also the app of ISV channel "platform_alipay""#,
+        ],
+    );
+}
+
 /// A rule naming another merchant, in `to`, a split or a fallback, even after the owner's
 /// own rule.
 #[test]

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::Errors;
+use crate::channel::alipay::AlipayMode;
 use crate::channel::wechatpay::WechatMode;
 use crate::channel::{ChannelSettings, ConnectorSettings, SubMerchant};
 use crate::config::file::FileConfig;
@@ -101,6 +102,37 @@ pub(super) fn check_own_accounts(
                     ),
                 );
             }
+        }
+    }
+}
+
+/// An Alipay app collects either for itself (a direct channel) or for merchants (an ISV
+/// channel), not both: an ISV notification names its seller, a direct order binds none, so a
+/// direct order `X` of that app would match another merchant's ISV notification for its own
+/// `X` — and be marked paid with that merchant's money.
+pub(super) fn check_alipay_apps(
+    channels: &BTreeMap<String, Arc<ChannelSettings>>,
+    errs: &mut Errors,
+) {
+    let mut direct: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut isv: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, c) in channels {
+        if let ConnectorSettings::Alipay(a) = &c.connector {
+            let side = match a.mode {
+                AlipayMode::Direct => &mut direct,
+                AlipayMode::Isv => &mut isv,
+            };
+            side.entry(a.app_id.as_str()).or_insert(name.as_str());
+        }
+    }
+    for (app_id, direct_channel) in &direct {
+        if let Some(isv_channel) = isv.get(app_id) {
+            errs.push(
+                &format!("channels.{direct_channel}.app_id"),
+                format!(
+                    "channels.{direct_channel}.app_id: {app_id:?} is also the app of ISV channel {isv_channel:?}; an Alipay app collects either for itself (direct) or for merchants (isv), since its direct orders name no seller and would match another merchant's notifications"
+                ),
+            );
         }
     }
 }

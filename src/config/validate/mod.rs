@@ -59,6 +59,7 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
     merchants::check_merchant_ids(&f, &merchants, &mut errs);
     let channels = channels::channels(&f, &mut errs);
     merchants::check_own_accounts(&f, &channels, &merchants, &mut errs);
+    merchants::check_alipay_apps(&channels, &mut errs);
     let limits = server::limits(&f, &mut errs);
     let redis = server::redis(&f, &mut errs);
     let log = server::log(&f, &mut errs);
