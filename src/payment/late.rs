@@ -15,7 +15,14 @@
 //!   which the provider deduplicates on (§7).
 //! - Nothing is lost to a crash or a failed call: the payment's reconciliation check is
 //!   scheduled before the late state is committed, and the reconciler settles a late payment
-//!   (sends its refund again, same number) until its refund has reached the provider.
+//!   (sends its refund, and again with the same number) until its refund has reached the
+//!   provider. The notification or refresh that found it does not send the refund itself, so
+//!   the provider's answer never waits for a refund call (only when that check could not be
+//!   scheduled is the refund sent at once).
+//!
+//! # Limits
+//! The refund leaves about [`LATE_BACKSTOP_MS`] after the late payment was found (plus the
+//! reconciler's poll), not at once.
 
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::Value;
@@ -98,27 +105,35 @@ impl PaymentService {
         )
     }
 
-    /// Before a late state is committed: the payment's next reconciliation check, so that a
-    /// refund this process cannot send (or a crash) is sent by the reconciler.
-    pub(super) async fn late_backstop(&self, rec: &PaymentRecord, action: LatePolicy) {
+    /// Before a late state is committed: the payment's next reconciliation check, which sends
+    /// the refund (and sends it again after a failed call or a crash). Whether it is
+    /// scheduled: if not, the refund is sent at once instead.
+    pub(super) async fn late_backstop(&self, rec: &PaymentRecord, action: LatePolicy) -> bool {
         if action != LatePolicy::Refund {
-            return;
+            return false;
         }
-        if let Err(e) = self
+        match self
             .store
             .schedule_payment_check(&rec.payment_id, Some(now_ms() + LATE_BACKSTOP_MS))
             .await
         {
-            tracing::warn!(payment_id = %rec.payment_id, error = %e, "late payment: cannot schedule its check; the refund is sent now");
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(payment_id = %rec.payment_id, error = %e, "late payment: cannot schedule its check; the refund is sent now");
+                false
+            }
         }
     }
 
-    /// After a late state was committed: counted, logged, and refunded by policy.
+    /// After a late state was committed: counted, logged, and refunded by policy — by the
+    /// reconciler when its check is scheduled (`scheduled`), so that neither the provider's
+    /// notification nor a shop's refresh waits for a refund call; here otherwise.
     pub(super) async fn late_committed(
         &self,
         routes: &Routes<'_>,
         rec: &PaymentRecord,
         action: LatePolicy,
+        scheduled: bool,
     ) {
         self.metrics
             .late
@@ -126,7 +141,7 @@ impl PaymentService {
             .with_label_values(&[rec.channel.as_str(), action.as_str()])
             .inc();
         tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, merchant_id = %rec.merchant_id, action = action.as_str(), "late payment: paid after the order had ended");
-        if action == LatePolicy::Refund {
+        if action == LatePolicy::Refund && !scheduled {
             self.settle_late(routes, rec).await;
         }
     }

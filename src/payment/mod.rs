@@ -1067,9 +1067,10 @@ impl PaymentService {
         }
         rec.updated_at = now_ms();
         let late_action = late.then(|| routes.late_payments.for_merchant(&rec.merchant_id));
+        let mut refund_scheduled = false;
         let event = match late_action {
             Some(action) => {
-                self.late_backstop(&rec, action).await;
+                refund_scheduled = self.late_backstop(&rec, action).await;
                 Some(self.late_event(&rec, action))
             }
             None => payment_event(&rec, before),
@@ -1100,7 +1101,8 @@ impl PaymentService {
             }
         }
         if let Some(action) = late_action {
-            self.late_committed(routes, &rec, action).await;
+            self.late_committed(routes, &rec, action, refund_scheduled)
+                .await;
         }
         Ok(rec)
     }
