@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use crate::context;
 use crate::live::{Live, LiveConfig};
 use crate::payment::view::refund_json;
-use crate::payment::{CreateOutcome, PaymentService, RefundOutcome};
+use crate::payment::{Asker, CreateOutcome, PaymentService, RefundOutcome};
 use crate::resilience::Resilience;
 use crate::server::{decode, ClientCertificate, Refusal};
 use crate::shops::Shop;
@@ -398,7 +398,13 @@ async fn get(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .get_for_shop(&live.routes(), &shop.id, merchant, out_trade_no, refresh)
+        .get(
+            &live.routes(),
+            Asker::Shop(&shop.id),
+            merchant,
+            out_trade_no,
+            refresh,
+        )
         .await?;
     Ok(body_response(StatusCode::OK, payment_view(&rec)))
 }
@@ -414,7 +420,12 @@ async fn close(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .close_for_shop(&live.routes(), &shop.id, merchant, out_trade_no)
+        .close(
+            &live.routes(),
+            Asker::Shop(&shop.id),
+            merchant,
+            out_trade_no,
+        )
         .await?;
     Ok(body_response(StatusCode::OK, payment_view(&rec)))
 }
@@ -446,7 +457,13 @@ async fn get_refund(
     admit(app, &shop, merchant).await?;
     let rec = app
         .payments
-        .get_refund_for_shop(&live.routes(), &shop.id, merchant, out_refund_no, refresh)
+        .get_refund(
+            &live.routes(),
+            Asker::Shop(&shop.id),
+            merchant,
+            out_refund_no,
+            refresh,
+        )
         .await?;
     Ok(body_response(StatusCode::OK, refund_view(&rec)))
 }

@@ -126,6 +126,24 @@ impl Routes<'_> {
     }
 }
 
+/// Who asks about an existing order: a shop sees only the orders it created; payroute's own
+/// workers (the reconciler) see every order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asker<'a> {
+    Shop(&'a str),
+    Payroute,
+}
+
+impl Asker<'_> {
+    /// Whether a record created by `shop_id` is visible to this asker.
+    fn owns(self, shop_id: &str) -> bool {
+        match self {
+            Asker::Shop(shop) => shop == shop_id,
+            Asker::Payroute => true,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum CreateOutcome {
     Created(PaymentRecord),
@@ -808,36 +826,12 @@ impl PaymentService {
     }
 
     /// The stored payment; with `refresh`, its bound account is asked first. A payment with
-    /// a call in flight answers from the record: that call's result will be stored.
+    /// a call in flight answers from the record: that call's result will be stored. Another
+    /// shop's order is not found (and not refreshed).
     pub async fn get(
         &self,
         routes: &Routes<'_>,
-        merchant_id: &str,
-        out_trade_no: &str,
-        refresh: bool,
-    ) -> Result<PaymentRecord, PaymentError> {
-        self.get_owned(routes, None, merchant_id, out_trade_no, refresh)
-            .await
-    }
-
-    /// [`PaymentService::get`] asked by a shop: another shop's order is not found (and not
-    /// refreshed).
-    pub async fn get_for_shop(
-        &self,
-        routes: &Routes<'_>,
-        shop_id: &str,
-        merchant_id: &str,
-        out_trade_no: &str,
-        refresh: bool,
-    ) -> Result<PaymentRecord, PaymentError> {
-        self.get_owned(routes, Some(shop_id), merchant_id, out_trade_no, refresh)
-            .await
-    }
-
-    async fn get_owned(
-        &self,
-        routes: &Routes<'_>,
-        shop_id: Option<&str>,
+        asker: Asker<'_>,
         merchant_id: &str,
         out_trade_no: &str,
         refresh: bool,
@@ -846,7 +840,7 @@ impl PaymentService {
             .store
             .get_payment(merchant_id, out_trade_no)
             .await?
-            .filter(|rec| shop_id.is_none_or(|shop| rec.shop_id == shop))
+            .filter(|rec| asker.owns(&rec.shop_id))
             .ok_or(PaymentError::NotFound)?;
         if !refresh || claim_live(rec.attempt_until) {
             return Ok(rec);
@@ -879,33 +873,12 @@ impl PaymentService {
 
     /// Closes an unpaid order at its bound account. Never closes a paid one: when the
     /// channel says it was paid, the payment becomes `succeeded` and the close is refused.
-    /// The close claims the record first, so no create retry runs beside it.
+    /// The close claims the record first, so no create retry runs beside it. Another shop's
+    /// order is not found.
     pub async fn close(
         &self,
         routes: &Routes<'_>,
-        merchant_id: &str,
-        out_trade_no: &str,
-    ) -> Result<PaymentRecord, PaymentError> {
-        self.close_owned(routes, None, merchant_id, out_trade_no)
-            .await
-    }
-
-    /// [`PaymentService::close`] asked by a shop: another shop's order is not found.
-    pub async fn close_for_shop(
-        &self,
-        routes: &Routes<'_>,
-        shop_id: &str,
-        merchant_id: &str,
-        out_trade_no: &str,
-    ) -> Result<PaymentRecord, PaymentError> {
-        self.close_owned(routes, Some(shop_id), merchant_id, out_trade_no)
-            .await
-    }
-
-    async fn close_owned(
-        &self,
-        routes: &Routes<'_>,
-        shop_id: Option<&str>,
+        asker: Asker<'_>,
         merchant_id: &str,
         out_trade_no: &str,
     ) -> Result<PaymentRecord, PaymentError> {
@@ -920,7 +893,7 @@ impl PaymentService {
                 .store
                 .get_payment(merchant_id, out_trade_no)
                 .await?
-                .filter(|rec| shop_id.is_none_or(|shop| rec.shop_id == shop))
+                .filter(|rec| asker.owns(&rec.shop_id))
                 .ok_or(PaymentError::NotFound)?;
             match rec.status {
                 PaymentStatus::Closed => return Ok(rec),

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{
     check_replay, claim_live, claim_window_ms, failure_of, new_event, new_id, now_ms, request_hash,
-    same_request, view, PaymentError, PaymentService, Routes,
+    same_request, view, Asker, PaymentError, PaymentService, Routes,
 };
 use crate::channel::{ChannelError, ErrorKind, RefundRequest, RefundState};
 use crate::domain::{EventType, PaymentStatus, RefundStatus};
@@ -205,49 +205,24 @@ impl PaymentService {
         }
     }
 
-    /// The refund's stored state; with `refresh`, its bound account is asked first.
+    /// The refund's stored state; with `refresh`, its bound account is asked first. A shop
+    /// sees only its own refunds of its own payments.
     pub async fn get_refund(
         &self,
         routes: &Routes<'_>,
+        asker: Asker<'_>,
         merchant_id: &str,
         out_refund_no: &str,
         refresh: bool,
     ) -> Result<RefundRecord, PaymentError> {
-        self.get_refund_owned(routes, None, merchant_id, out_refund_no, refresh)
-            .await
-    }
-
-    /// [`PaymentService::get_refund`] asked by a shop: another shop's refund, or a refund of
-    /// another shop's payment, is not found.
-    pub async fn get_refund_for_shop(
-        &self,
-        routes: &Routes<'_>,
-        shop_id: &str,
-        merchant_id: &str,
-        out_refund_no: &str,
-        refresh: bool,
-    ) -> Result<RefundRecord, PaymentError> {
-        self.get_refund_owned(routes, Some(shop_id), merchant_id, out_refund_no, refresh)
-            .await
-    }
-
-    async fn get_refund_owned(
-        &self,
-        routes: &Routes<'_>,
-        shop_id: Option<&str>,
-        merchant_id: &str,
-        out_refund_no: &str,
-        refresh: bool,
-    ) -> Result<RefundRecord, PaymentError> {
-        let owned = |shop: &str| shop_id.is_none_or(|s| s == shop);
         let rec = self
             .store
             .get_refund(merchant_id, out_refund_no)
             .await?
-            .filter(|r| owned(&r.shop_id))
+            .filter(|r| asker.owns(&r.shop_id))
             .ok_or(PaymentError::NotFound)?;
         let refreshing = refresh && rec.status.is_open() && !claim_live(rec.attempt_until);
-        if !refreshing && shop_id.is_none() {
+        if !refreshing && asker == Asker::Payroute {
             return Ok(rec);
         }
         // A shop sees only refunds of its own payments (one made of another shop's payment
@@ -256,7 +231,7 @@ impl PaymentService {
             .store
             .get_payment(merchant_id, &rec.out_trade_no)
             .await?
-            .filter(|p| owned(&p.shop_id))
+            .filter(|p| asker.owns(&p.shop_id))
             .ok_or(PaymentError::NotFound)?;
         if !refreshing {
             return Ok(rec);

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 pub use crate::config::workers::{ReconcileSettings, Tier, DEFAULT_TIERS};
 use crate::domain::{PaymentStatus, RefundStatus};
 use crate::live::{Live, LiveConfig};
-use crate::payment::{now_ms, LateSettled, PaymentError, PaymentService};
+use crate::payment::{now_ms, Asker, LateSettled, PaymentError, PaymentService};
 use crate::store::{PaymentRecord, RefundRecord};
 
 /// How often the worker looks for due checks.
@@ -157,12 +157,18 @@ impl Reconciler {
             let result = if expired {
                 self.count("close");
                 self.payments
-                    .close(&routes, &p.merchant_id, &p.out_trade_no)
+                    .close(&routes, Asker::Payroute, &p.merchant_id, &p.out_trade_no)
                     .await
             } else {
                 self.count("query");
                 self.payments
-                    .get(&routes, &p.merchant_id, &p.out_trade_no, true)
+                    .get(
+                        &routes,
+                        Asker::Payroute,
+                        &p.merchant_id,
+                        &p.out_trade_no,
+                        true,
+                    )
                     .await
             };
             match result {
@@ -230,7 +236,13 @@ impl Reconciler {
         let routes = live.routes();
         match self
             .payments
-            .get(&routes, &p.merchant_id, &p.out_trade_no, true)
+            .get(
+                &routes,
+                Asker::Payroute,
+                &p.merchant_id,
+                &p.out_trade_no,
+                true,
+            )
             .await
         {
             Ok(rec) if rec.late => {
@@ -276,7 +288,13 @@ impl Reconciler {
             self.count("query");
             match self
                 .payments
-                .get_refund(&live.routes(), &r.merchant_id, &r.out_refund_no, true)
+                .get_refund(
+                    &live.routes(),
+                    Asker::Payroute,
+                    &r.merchant_id,
+                    &r.out_refund_no,
+                    true,
+                )
                 .await
             {
                 Ok(rec) if !rec.status.is_open() => {
