@@ -270,6 +270,15 @@ pub trait Connector: Send + Sync {
         body: &[u8],
         now_unix: i64,
     ) -> Result<Notification, NotifyError>;
+    /// Whether a notification could be this channel's, by what it says of itself before any
+    /// signature is checked (Alipay: its `app_id`). Only narrows which channels try to
+    /// verify a notification posted to a name they do not have: each check costs a
+    /// signature verification, which an unauthenticated POST should not multiply.
+    fn may_be_for_this_account(&self, _headers: &::http::HeaderMap, _body: &[u8]) -> bool {
+        // WeChat Pay names its key (`Wechatpay-Serial`), which the verifier looks up before
+        // any signature check: a channel without it is cheap to try.
+        true
+    }
     /// The answer the provider expects to a notification: `ok` stops its retries.
     fn notification_answer(
         &self,

@@ -133,6 +133,12 @@ impl Channel {
         self.connector.verify_notification(headers, body, now_unix)
     }
 
+    /// Whether a notification could be for this channel's account, before any signature
+    /// check ([`super::Connector::may_be_for_this_account`]).
+    pub fn may_be_for_this_account(&self, headers: &http::HeaderMap, body: &[u8]) -> bool {
+        self.connector.may_be_for_this_account(headers, body)
+    }
+
     /// What the provider must be answered: `ok` → WeChat `204` empty / Alipay `200
     /// text/plain "success"`; not ok → WeChat `500` with JSON
     /// `{"code":"FAIL","message":message}` / Alipay `200 "fail"` — so the provider retries.

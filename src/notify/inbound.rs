@@ -160,7 +160,8 @@ impl Inbound {
             live.channels
                 .by_name()
                 .into_iter()
-                .filter(|ch| ch.name() != channel_name),
+                .filter(|ch| ch.name() != channel_name)
+                .filter(|ch| ch.may_be_for_this_account(&parts.headers, &body)),
         ) {
             match ch.verify_notification(&parts.headers, &body, now) {
                 Ok(n) => {

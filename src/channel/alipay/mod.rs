@@ -358,6 +358,12 @@ impl super::Connector for Alipay {
 
     /// Alipay signs no timestamp that could be checked (it retries a notification for a
     /// day): `now_unix` is not used.
+    fn may_be_for_this_account(&self, _headers: &http::HeaderMap, body: &[u8]) -> bool {
+        sign::decode(body)
+            .iter()
+            .any(|(k, v)| k == "app_id" && *v == self.settings().app_id)
+    }
+
     fn verify_notification(
         &self,
         _headers: &http::HeaderMap,

@@ -368,6 +368,18 @@ mod tests {
             c.verify_notification(&http::HeaderMap::new(), &body, 0),
             Ok(Notification::Payment { .. })
         ));
+        // Only a notification naming this channel's app is worth a signature check when it
+        // was posted to another name.
+        assert!(c.may_be_for_this_account(&http::HeaderMap::new(), &body));
+        let other = signed_body(
+            &trade_fields(&[
+                ("app_id", "2021000000009999"),
+                ("trade_status", "TRADE_SUCCESS"),
+            ]),
+            &key,
+        );
+        assert!(!c.may_be_for_this_account(&http::HeaderMap::new(), &other));
+        assert!(!c.may_be_for_this_account(&http::HeaderMap::new(), b"{}"));
         for (ok, text) in [(true, "success"), (false, "fail")] {
             let r = c.notification_answer(ok, "ignored");
             assert_eq!(r.status(), StatusCode::OK);
