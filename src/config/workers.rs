@@ -94,10 +94,13 @@ impl Default for ReconcileSettings {
 }
 
 impl ReconcileSettings {
-    /// The next check of an order created at `created_at`, after one at `now`: by its tier,
-    /// never later than `expires_at` while that is ahead; `None` after the last tier (and,
-    /// with an expiry, once it has passed).
-    pub fn next_check(&self, created_at: i64, now: i64, expires_at: Option<i64>) -> Option<i64> {
+    /// The next check of an order still open (a payment `pending` / `unknown`, a refund
+    /// `pending` / `abnormal`), created at `created_at`, after one at `now`: by its tier,
+    /// never later than `expires_at` while that is ahead; after the last tier, the expiry
+    /// while it is ahead, else the last tier's interval. Never none: an open order dropped
+    /// from the schedule (an open breaker at its expiry, a refund past a day) would never be
+    /// settled, whatever the provider says later.
+    pub fn next_check(&self, created_at: i64, now: i64, expires_at: Option<i64>) -> i64 {
         let age = Duration::from_millis((now - created_at).max(0) as u64);
         let by_tier = self
             .tiers
@@ -105,9 +108,17 @@ impl ReconcileSettings {
             .find(|t| age < t.until)
             .map(|t| now + t.every.as_millis() as i64);
         match expires_at {
-            Some(exp) if exp > now => Some(by_tier.map_or(exp, |t| t.min(exp))),
-            _ => by_tier,
+            Some(exp) if exp > now => by_tier.map_or(exp, |t| t.min(exp)),
+            _ => by_tier.unwrap_or_else(|| now + self.last_every()),
         }
+    }
+
+    /// The last tier's interval: how often an order past every tier is checked.
+    pub fn last_every(&self) -> i64 {
+        self.tiers
+            .last()
+            .map_or(DEFAULT_TIERS[DEFAULT_TIERS.len() - 1].every, |t| t.every)
+            .as_millis() as i64
     }
 
     /// The first check of an order: one `every` of the first tier after its creation.

@@ -150,7 +150,7 @@ impl Reconciler {
             .is_some_and(|c| c.breaker_state() == "open")
         {
             self.count("breaker_open");
-            settings.next_check(p.created_at, now, Some(p.expires_at))
+            Some(settings.next_check(p.created_at, now, Some(p.expires_at)))
         } else {
             let routes = live.routes();
             let expired = now >= p.expires_at;
@@ -179,7 +179,7 @@ impl Reconciler {
                     (rec.status != PaymentStatus::Succeeded)
                         .then(|| now + interval_at(settings, now - rec.created_at))
                 }
-                Ok(rec) => settings.next_check(rec.created_at, now, Some(rec.expires_at)),
+                Ok(rec) => Some(settings.next_check(rec.created_at, now, Some(rec.expires_at))),
                 // A paid order refused to close: it is `succeeded` now.
                 Err(PaymentError::InvalidState { payment, .. })
                     if payment.status == PaymentStatus::Succeeded =>
@@ -190,9 +190,7 @@ impl Reconciler {
                 Err(e) => {
                     self.count("error");
                     tracing::warn!(payment_id = %p.payment_id, error = %e, "reconcile: check failed; trying again later");
-                    settings
-                        .next_check(p.created_at, now, Some(p.expires_at))
-                        .or_else(|| expired.then_some(now + settings_last_every(settings)))
+                    Some(settings.next_check(p.created_at, now, Some(p.expires_at)))
                 }
             }
         };
@@ -301,16 +299,16 @@ impl Reconciler {
                     self.count("resolved");
                     None
                 }
-                Ok(rec) => settings.next_check(rec.created_at, now, None),
+                Ok(rec) => Some(settings.next_check(rec.created_at, now, None)),
                 Err(e) => {
                     self.count("error");
                     tracing::warn!(refund_id = %r.refund_id, error = %e, "reconcile: refund check failed; trying again later");
-                    settings.next_check(r.created_at, now, None)
+                    Some(settings.next_check(r.created_at, now, None))
                 }
             }
         };
-        if r.status == RefundStatus::Abnormal && next.is_none() {
-            tracing::warn!(refund_id = %r.refund_id, "refund still abnormal after the last reconciliation tier; ops must settle it");
+        if r.status == RefundStatus::Abnormal && now - r.created_at > last_until(settings) {
+            tracing::warn!(refund_id = %r.refund_id, "refund still abnormal after the last reconciliation tier (checked at the last tier's interval); ops must settle it");
         }
         if let Err(e) = self
             .payments
@@ -330,10 +328,11 @@ impl Reconciler {
 /// The interval of the tier an order of this age is in; past the last tier, the last one's.
 fn interval_at(settings: &ReconcileSettings, age_ms: i64) -> i64 {
     let age = Duration::from_millis(age_ms.max(0) as u64);
-    settings.tiers.iter().find(|t| age < t.until).map_or_else(
-        || settings_last_every(settings),
-        |t| t.every.as_millis() as i64,
-    )
+    settings
+        .tiers
+        .iter()
+        .find(|t| age < t.until)
+        .map_or_else(|| settings.last_every(), |t| t.every.as_millis() as i64)
 }
 
 /// How far the tiers reach (a day by default).
@@ -343,14 +342,6 @@ fn last_until(settings: &ReconcileSettings) -> i64 {
         .last()
         .map_or(DEFAULT_TIERS[DEFAULT_TIERS.len() - 1].until, |t| t.until)
         .as_millis() as i64
-}
-
-/// An expired order whose close failed is tried again at the last tier's interval.
-fn settings_last_every(settings: &ReconcileSettings) -> i64 {
-    settings
-        .tiers
-        .last()
-        .map_or(3_600_000, |t| t.every.as_millis() as i64)
 }
 
 #[cfg(test)]
@@ -370,39 +361,41 @@ mod tests {
     }
 
     #[test]
-    fn checks_follow_the_tiers_and_stop_at_expiry() {
+    fn checks_follow_the_tiers_and_never_stop_while_open() {
         let s = ReconcileSettings::default();
         let created = 1_000_000;
         assert_eq!(s.first_check(created), created + MIN);
         // At 5 minutes: every minute; at 30 minutes: every 10; at 5 hours: hourly.
         assert_eq!(
             s.next_check(created, created + 5 * MIN, None),
-            Some(created + 6 * MIN)
+            created + 6 * MIN
         );
         assert_eq!(
             s.next_check(created, created + 30 * MIN, None),
-            Some(created + 40 * MIN)
+            created + 40 * MIN
         );
         assert_eq!(
             s.next_check(created, created + 300 * MIN, None),
-            Some(created + 360 * MIN)
+            created + 360 * MIN
         );
-        // Past a day: no more checks, unless the order has yet to expire.
-        assert_eq!(s.next_check(created, created + 25 * 60 * MIN, None), None);
+        // Past a day: at the expiry while it is ahead, else hourly (the last tier's interval):
+        // an open order is never dropped from the schedule.
+        assert_eq!(
+            s.next_check(created, created + 25 * 60 * MIN, None),
+            created + 26 * 60 * MIN
+        );
         let exp = created + 30 * 60 * MIN;
         assert_eq!(
             s.next_check(created, created + 25 * 60 * MIN, Some(exp)),
-            Some(exp)
+            exp
         );
         // Never later than the expiry while it is ahead.
         let soon = created + 5 * MIN + 10_000;
-        assert_eq!(
-            s.next_check(created, created + 5 * MIN, Some(soon)),
-            Some(soon)
-        );
+        assert_eq!(s.next_check(created, created + 5 * MIN, Some(soon)), soon);
+        // Past a day and past its expiry (its close met an open breaker, say): hourly.
         assert_eq!(
             s.next_check(created, created + 25 * 60 * MIN, Some(created)),
-            None
+            created + 26 * 60 * MIN
         );
     }
 }
