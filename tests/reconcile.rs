@@ -112,3 +112,34 @@ async fn expired_orders_are_closed_and_paid_ones_never_are() {
     );
     h.shutdown().await;
 }
+
+/// Issue 16 item 1: an open order is never dropped from the schedule. A refund left `pending`
+/// (Alipay `fund_change=N`) whose queries fail past the last tier (one tier of a second here)
+/// is asked about again at the last tier's interval, and settles once the provider answers
+/// (before: its next check was none past the last tier, so it stayed `pending` for good).
+#[tokio::test]
+async fn an_open_refund_past_the_last_tier_is_still_checked() {
+    const ONE_TIER: &str = "reconcile: { tiers: [ { until: 1s, every: 200ms } ] }\n";
+    let h = Harness::start_alipay(&format!("{}{ONE_TIER}", support::MIXED_RULES)).await;
+    h.paid("m_4004", "rc-open-refund", "alipay_precreate", 800)
+        .await;
+    // Five checks at least 200 ms apart: the fifth comes at an age of a second or more, past
+    // the only tier, and fails like the four before it.
+    h.faults(json!({
+        "alipay_refund_pending": true,
+        "fail_next": 5,
+        "fail_ops": ["refund_query"],
+        "fail_code": "ACQ.INVALID_PARAMETER",
+    }))
+    .await;
+    let r = h
+        .refund(&json!({
+            "merchant_id": "m_4004", "out_trade_no": "rc-open-refund",
+            "out_refund_no": "rc-open-refund-r1", "amount": 800,
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "pending", "{}", r.text);
+    h.receiver.event("refund.succeeded", "rc-open-refund").await;
+    h.shutdown().await;
+}
