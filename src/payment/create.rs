@@ -1,0 +1,309 @@
+//! Create: route, bind, call the bound channel (failing over only while nothing was sent),
+//! store the outcome; and the idempotent replay of a create.
+
+use super::*;
+
+impl PaymentService {
+    pub async fn create(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: &str,
+        req: NewPayment,
+    ) -> Result<CreateOutcome, PaymentError> {
+        let now = now_ms();
+        let request = req.canonical();
+        let request_hash = request_hash(shop_id, &request);
+        let facts = PaymentFacts {
+            merchant: &req.merchant_id,
+            shop: shop_id,
+            method: req.method,
+            amount: req.amount,
+            currency: &req.currency,
+            metadata: &req.metadata,
+            out_trade_no: &req.out_trade_no,
+            china_minute: china_minute(now),
+        };
+        let decided = match req.expires_at {
+            Some(t) if t.unix_timestamp() * 1000 <= now + MIN_EXPIRY_MS => {
+                Err(PaymentError::Invalid {
+                    field: "expires_at",
+                    message: "a new order's expires_at must be more than a minute ahead".into(),
+                })
+            }
+            _ => routes.rules.decide(&facts).map_err(PaymentError::from),
+        };
+        let (decision, channel) = match decided.and_then(|d| {
+            let ch = routes.channels.get(d.channel).ok_or_else(|| {
+                PaymentError::AccountUnavailable(format!(
+                    "channel {:?} is not configured",
+                    d.channel
+                ))
+            })?;
+            Ok((d, ch))
+        }) {
+            Ok(d) => d,
+            Err(refusal) => {
+                // A replay of an existing order still answers from its record, whatever the
+                // rules or the clock say now.
+                return match self
+                    .store
+                    .get_payment(&req.merchant_id, &req.out_trade_no)
+                    .await?
+                {
+                    Some(existing) => {
+                        self.replay(routes, existing, shop_id, &request_hash, &req)
+                            .await
+                    }
+                    None => Err(refusal),
+                };
+            }
+        };
+        let fallback = decision.fallback.to_vec();
+        let rec = PaymentRecord {
+            payment_id: new_id("pay"),
+            merchant_id: req.merchant_id.clone(),
+            shop_id: shop_id.to_string(),
+            out_trade_no: req.out_trade_no.clone(),
+            amount: req.amount,
+            currency: req.currency.clone(),
+            method: req.method,
+            status: PaymentStatus::Pending,
+            channel: decision.channel.to_string(),
+            account: Some(channel.account(&routes.sub_merchant(&req.merchant_id))),
+            rule: decision.rule_label().to_string(),
+            action: None,
+            provider_trade_no: None,
+            refunded_amount: 0,
+            request_hash,
+            request,
+            error_code: None,
+            error_message: None,
+            attempt_until: Some(now + claim_window_ms(channel)),
+            created_at: now,
+            updated_at: now,
+            paid_at: None,
+            expires_at: req
+                .expires_at
+                .map_or(now + DEFAULT_EXPIRY_MS, |t| t.unix_timestamp() * 1000),
+            version: 0,
+            late: false,
+        };
+        match self.store.insert_payment(&rec).await? {
+            None => {
+                self.metrics
+                    .decisions
+                    .with_label_values(&[rec.rule.as_str(), rec.channel.as_str()])
+                    .inc();
+                answer_created(
+                    |fresh| self.for_the_payer(routes, fresh),
+                    self.attempt(routes, rec, &req, fallback).await,
+                )
+            }
+            Some(existing) => {
+                self.replay(routes, existing, shop_id, &rec.request_hash, &req)
+                    .await
+            }
+        }
+    }
+
+    /// A stored record as its creator's answer shows it: the stored action lacks what only
+    /// the payer may see (an ISV order's `app_auth_token` and the signature over it), which
+    /// the channel serving the order puts back (none serving: the order's operations are
+    /// refused anyway, and the action is shown as stored).
+    fn for_the_payer(&self, routes: &Routes<'_>, mut rec: PaymentRecord) -> PaymentRecord {
+        let sub = routes.sub_merchant(&rec.merchant_id);
+        let serving =
+            routes
+                .channels
+                .serving(&rec.channel, routes.bound_account(&rec).as_ref(), &sub);
+        if let (Some(stored), Some(ch)) = (&rec.action, serving) {
+            match ch.payer_action(stored, &sub) {
+                Ok(action) => rec.action = Some(action),
+                Err(e) => {
+                    tracing::warn!(payment_id = %rec.payment_id, channel = %ch.name(), error = %e, "cannot rebuild the payer action of a replay")
+                }
+            }
+        }
+        rec
+    }
+
+    async fn replay(
+        &self,
+        routes: &Routes<'_>,
+        mut existing: PaymentRecord,
+        shop_id: &str,
+        hash: &str,
+        req: &NewPayment,
+    ) -> Result<CreateOutcome, PaymentError> {
+        // Another shop's order: refused before anything of it (its state, its action, whether
+        // a request of it is in flight) can show.
+        if existing.shop_id != shop_id {
+            return Err(PaymentError::OutTradeNoTaken);
+        }
+        let now = now_ms();
+        check_replay(
+            same_request(&existing.request_hash, hash, &req.canonical()),
+            existing.attempt_until,
+            existing.status == PaymentStatus::Failed,
+            (&existing.error_code, &existing.error_message),
+        )?;
+        if existing.action.is_some() || existing.status.is_final() {
+            self.metrics.outcome(&existing, "replayed");
+            return Ok(CreateOutcome::Replayed(
+                self.for_the_payer(routes, existing),
+            ));
+        }
+        // The last attempt ended without an answer (timeout, nothing sent, a crash): take the
+        // record over and send the same order to the same account again.
+        let (channel, _) = self.bound(routes, &existing, "create")?;
+        existing.attempt_until = Some(now + claim_window_ms(channel));
+        existing.updated_at = now;
+        if !self.store.update_payment(&mut existing).await? {
+            return Err(PaymentError::InProgress);
+        }
+        answer_created(
+            |fresh| self.for_the_payer(routes, fresh),
+            self.attempt(routes, existing, req, Vec::new()).await,
+        )
+    }
+
+    /// Sends the create to the bound account; fails over only while nothing was sent.
+    /// Holds the record's claim throughout.
+    async fn attempt(
+        &self,
+        routes: &Routes<'_>,
+        mut rec: PaymentRecord,
+        req: &NewPayment,
+        fallback: Vec<String>,
+    ) -> Result<PaymentRecord, PaymentError> {
+        let mut fallback = fallback.into_iter();
+        loop {
+            // Ours as written with the binding (or the failover's rebinding): our writes
+            // merge only while the record still holds it.
+            let claim = rec.attempt_until;
+            let (channel, sub) = match self.bound(routes, &rec, "create") {
+                Ok(b) => b,
+                Err(refusal) => {
+                    self.release(rec).await;
+                    return Err(refusal);
+                }
+            };
+            let notify_url = format!("{}/notify/{}", routes.public_base_url, rec.channel);
+            let expires_at = OffsetDateTime::from_unix_timestamp(rec.expires_at / 1000)
+                .map_err(|_| StoreError::Corrupt(format!("expires_at {}", rec.expires_at)))?;
+            let order = OrderRequest {
+                out_trade_no: &req.out_trade_no,
+                amount: req.amount,
+                currency: &req.currency,
+                method: req.method,
+                description: &req.description,
+                expires_at,
+                notify_url: &notify_url,
+                openid: req.openid.as_deref(),
+                client_ip: req.client_ip.as_deref(),
+                attach: req.attach.as_deref(),
+                return_url: req.return_url.as_deref(),
+                sub: &sub,
+            };
+            let result = channel.create(&order).await;
+            rec.updated_at = now_ms();
+            let error = match result {
+                Ok(created) => {
+                    // Stored without what only the payer may carry (an ISV token); the
+                    // create answer gets the whole action.
+                    rec.action = Some(channel.storable_action(&created.action));
+                    rec.provider_trade_no =
+                        created.provider_trade_no.or(rec.provider_trade_no.take());
+                    rec.status = PaymentStatus::Pending;
+                    rec.error_code = None;
+                    rec.error_message = None;
+                    rec.attempt_until = None;
+                    if let Err(e) = self.save(&mut rec, claim).await {
+                        return Err(unrecorded(rec, e));
+                    }
+                    self.metrics.outcome(&rec, "created");
+                    rec.action = Some(created.action);
+                    return Ok(rec);
+                }
+                Err(e) => e,
+            };
+            if error.nothing_sent() {
+                let next = fallback
+                    .by_ref()
+                    .find_map(|name| routes.channels.get(&name).map(|ch| (name, ch.clone())));
+                if let Some((next, next_channel)) = next {
+                    tracing::warn!(channel = %rec.channel, fallback = %next, %error, "nothing reached the channel; failing over");
+                    channel.metrics().retried(&rec.channel, "failover");
+                    self.metrics.outcome(&rec, "failed_over");
+                    rec.account = Some(next_channel.account(&sub));
+                    rec.channel = next;
+                    // The fallback's call gets a claim of its own length.
+                    rec.attempt_until = Some(now_ms() + claim_window_ms(&next_channel));
+                    self.save(&mut rec, claim).await?;
+                    continue;
+                }
+                return Err(self.fail(rec, error, PaymentStatus::Pending).await);
+            }
+            return match error.kind {
+                // The provider's verified, final refusal: nothing was created.
+                ErrorKind::Rejected(_) => Err(self.fail(rec, error, PaymentStatus::Failed).await),
+                // Paid already, or the request may have reached the channel: learn what the
+                // channel has by a verified query (DESIGN.md §7) before answering. Never fail
+                // over, never mark such an order failed.
+                _ => self.learn_after(routes, rec, error, channel, &sub).await,
+            };
+        }
+    }
+
+    /// After a create that may have reached the channel (or was answered "paid"): a paid
+    /// order becomes `succeeded`; anything else leaves it `unknown` for the shop to retry.
+    async fn learn_after(
+        &self,
+        routes: &Routes<'_>,
+        rec: PaymentRecord,
+        error: ChannelError,
+        channel: &Channel,
+        sub: &SubMerchant,
+    ) -> Result<PaymentRecord, PaymentError> {
+        match channel.query(&rec.out_trade_no, sub).await {
+            Ok(state) if state.status == PaymentStatus::Succeeded => {
+                let shown = rec.clone();
+                self.apply_state(routes, rec, state, channel, Claim::Ours)
+                    .await
+                    .map_err(|e| unrecorded(shown, e))
+            }
+            Ok(state) => {
+                tracing::info!(payment_id = %rec.payment_id, channel = %rec.channel, provider_state = %state.provider_state, "after an uncertain create the channel reports the order unpaid");
+                Err(self.fail(rec, error, PaymentStatus::Unknown).await)
+            }
+            Err(q) => {
+                tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, error = %q, "query after an uncertain create failed");
+                Err(self.fail(rec, error, PaymentStatus::Unknown).await)
+            }
+        }
+    }
+}
+
+/// A create's answer: the record its call left, or — when another request took the order over
+/// while the call was out — that request's record, as a replay would answer it.
+fn answer_created(
+    answer: impl FnOnce(PaymentRecord) -> PaymentRecord,
+    attempted: Result<PaymentRecord, PaymentError>,
+) -> Result<CreateOutcome, PaymentError> {
+    let fresh = match attempted {
+        Ok(rec) => return Ok(CreateOutcome::Created(rec)),
+        Err(PaymentError::Superseded(fresh)) => fresh,
+        Err(e) => return Err(e),
+    };
+    check_replay(
+        true,
+        fresh.attempt_until,
+        fresh.status == PaymentStatus::Failed,
+        (&fresh.error_code, &fresh.error_message),
+    )?;
+    if fresh.action.is_some() || fresh.status.is_final() {
+        return Ok(CreateOutcome::Replayed(answer(*fresh)));
+    }
+    // Neither answered nor in flight: the shop's retry takes it over at its bound account.
+    Err(PaymentError::InProgress)
+}
