@@ -30,6 +30,7 @@ use super::{signature, WebhookSettings};
 use crate::channel::http::HttpClient;
 use crate::live::LiveConfig;
 use crate::payment::now_ms;
+use crate::store::pause::Pause;
 use crate::store::{Delivery, EventRecord, Store};
 
 /// How often the store is asked for due events when nothing wakes the worker.
@@ -87,6 +88,8 @@ pub struct Outbox {
     live: Arc<LiveConfig>,
     http: HttpClient,
     metrics: OutboxMetrics,
+    /// Skips rounds while the store cannot record a delivery (no resend storm).
+    pause: Pause,
     /// Woken when an event is written or a delivery ends.
     wake: Arc<Notify>,
     /// Payments with a delivery in flight in this process.
@@ -106,6 +109,8 @@ impl Outbox {
         registry: &Registry,
     ) -> Result<Outbox, String> {
         let metrics = OutboxMetrics::new(registry).map_err(|e| format!("metrics: {e}"))?;
+        let pause =
+            Pause::new(store.clone(), "outbox", registry).map_err(|e| format!("metrics: {e}"))?;
         // Every shop's delivery counters start at 0, a shop added by a reload's too.
         let deliveries = metrics.deliveries.clone();
         let start_at_zero = move |config: &crate::config::Config| {
@@ -122,6 +127,7 @@ impl Outbox {
             live,
             http: HttpClient::new(None)?,
             metrics,
+            pause,
             wake,
             inflight: Mutex::new(HashSet::new()),
             ended: Mutex::new(HashSet::new()),
@@ -145,6 +151,9 @@ impl Outbox {
 
     /// One round: refresh the gauges, start a delivery for every due event that may go now.
     async fn round(self: &Arc<Self>) {
+        if !self.pause.may_run().await {
+            return;
+        }
         let now = now_ms();
         if self.stats_due() {
             self.refresh_gauges(now).await;
@@ -153,6 +162,7 @@ impl Outbox {
         let due = match self.store.due_events(now, BATCH).await {
             Ok(due) => due,
             Err(e) => {
+                self.pause.saw(&e);
                 tracing::warn!(error = %e, "outbox: cannot read due events");
                 return;
             }
@@ -280,6 +290,7 @@ impl Outbox {
             .with_label_values(&[event.shop_id.as_str(), label])
             .inc();
         if let Err(e) = self.store.record_delivery(&event.event_id, delivery).await {
+            self.pause.saw(&e);
             // The event stays pending: it is delivered again (at least once).
             tracing::error!(event_id = %event.event_id, error = %e, "outbox: cannot record a delivery");
         }

@@ -28,6 +28,7 @@ pub use crate::config::workers::{ReconcileSettings, Tier, DEFAULT_TIERS};
 use crate::domain::{PaymentStatus, RefundStatus};
 use crate::live::{Live, LiveConfig};
 use crate::payment::{now_ms, Asker, LateSettled, PaymentError, PaymentService};
+use crate::store::pause::Pause;
 use crate::store::{PaymentRecord, RefundRecord};
 
 /// How often the worker looks for due checks.
@@ -40,6 +41,8 @@ pub struct Reconciler {
     live: Arc<LiveConfig>,
     payments: Arc<PaymentService>,
     actions: IntCounterVec,
+    /// Skips rounds while the store cannot record a check (no query storm).
+    pause: Pause,
 }
 
 /// Every `action` the worker counts; a new one must be listed here to start at 0.
@@ -71,10 +74,12 @@ impl Reconciler {
         for action in ACTIONS {
             actions.with_label_values(&[action]);
         }
+        let pause = Pause::new(payments.store().clone(), "reconcile", registry)?;
         Ok(Reconciler {
             live,
             payments,
             actions,
+            pause,
         })
     }
 
@@ -94,6 +99,9 @@ impl Reconciler {
 
     /// Checks everything due now, `reconcile.concurrency` at a time.
     pub async fn round(self: Arc<Self>) {
+        if !self.pause.may_run().await {
+            return;
+        }
         let now = now_ms();
         let live = self.live.load();
         let settings = live.config.reconcile.clone();
@@ -104,6 +112,7 @@ impl Reconciler {
         ) {
             (Ok(p), Ok(r)) => (p, r),
             (Err(e), _) | (_, Err(e)) => {
+                self.pause.saw(&e);
                 tracing::warn!(error = %e, "reconcile: cannot read due orders");
                 return;
             }
@@ -195,6 +204,7 @@ impl Reconciler {
             }
         };
         if let Err(e) = store.schedule_payment_check(&p.payment_id, next).await {
+            self.pause.saw(&e);
             tracing::warn!(payment_id = %p.payment_id, error = %e, "reconcile: cannot store the next check");
         }
     }
@@ -316,6 +326,7 @@ impl Reconciler {
             .schedule_refund_check(&r.refund_id, next)
             .await
         {
+            self.pause.saw(&e);
             tracing::warn!(refund_id = %r.refund_id, error = %e, "reconcile: cannot store the next check");
         }
     }

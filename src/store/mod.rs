@@ -7,6 +7,7 @@
 //! it claims it with a lease, so one instance works an item at a time).
 
 pub mod migrate;
+pub mod pause;
 pub mod postgres;
 pub mod sqlite;
 
@@ -343,6 +344,13 @@ pub trait Store: Send + Sync {
     /// Reachable and writable: for `/readyz`. After a write failed on I/O (disk full), this
     /// must prove that a write succeeds again.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// No I/O: whether the store's last write went through, as far as it knows (SQLite: the
+    /// writer's last batch met no I/O failure). A worker that sees `false` asks [`Store::ping`]
+    /// before it runs ([`pause::Pause`]).
+    fn writes_ok(&self) -> bool {
+        true
+    }
 
     /// Binds `merchant_id`'s Alipay ISV orders that name their seller the old way (a
     /// fingerprint of the merchant's `app_auth_token`, which a token refresh breaks) to the

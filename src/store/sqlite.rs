@@ -1221,6 +1221,10 @@ impl Store for SqliteStore {
     /// While the last write failed on I/O, a write that needs new space proves it is back:
     /// a probe row of [`PROBE_BYTES`], written and then deleted (each its own commit, so
     /// the space is really taken). Otherwise a read.
+    fn writes_ok(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         if self.healthy.load(Ordering::Relaxed) {
             return self
