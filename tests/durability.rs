@@ -4,11 +4,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::json;
+use support::disk::SmallDisk;
 use support::{payment, wait_until, within, Binary, Harness};
 
 /// What a create in a stream came to.
@@ -148,65 +148,13 @@ async fn every_acknowledged_create_survives_kill_9() {
     h.shutdown().await;
 }
 
-/// A small tmpfs at `dir`, unmounted on drop.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    /// `None` (and a loud note) where this machine cannot mount one: mounting needs root.
-    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs at {} (needs root); the full-disk test did not run",
-                dir.display()
-            );
-            return None;
-        }
-        Some(SmallDisk(dir.to_path_buf()))
-    }
-
-    /// Takes all the space that is left, in a file that [`SmallDisk::free`] removes.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.0.join("filler")).unwrap();
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_is_503_with_nothing_sent_and_readyz_says_so_until_space_returns() {
     let mut h = Harness::start().await;
     let Some(disk) = SmallDisk::mount(&h.dir.path().join("small"), "2m") else {
         return;
     };
-    // Move the store onto the small disk.
-    let db = disk.0.join("payroute.db");
-    let yaml = std::fs::read_to_string(&h.config_path).unwrap().replace(
-        &format!("path: {}", h.db_path().display()),
-        &format!("path: {}", db.display()),
-    );
-    support::write_atomically(&h.config_path, &yaml);
-    h.restart().await;
+    disk.move_store(&mut h).await;
     h.create(&payment(
         "m_1001",
         "full-0",

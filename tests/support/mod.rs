@@ -3,6 +3,8 @@
 //! builders for channel YAML, and deadlines for every wait.
 #![allow(dead_code)]
 
+pub mod disk;
+
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
