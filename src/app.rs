@@ -246,6 +246,10 @@ pub async fn start(
         ..config.server.limits
     };
     let app = App::new(config).await?;
+    app.live.set_bound(crate::live::Bound {
+        api: api_addr,
+        admin: admin_addr,
+    });
     let (tx, rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -271,10 +275,12 @@ pub async fn start(
     }
     if let Some(source) = server_tls.clone() {
         // A renewed certificate serves new connections from the next reload on; open ones
-        // keep the one they began with.
-        app.live.on_reload(move |config| match &config.server.tls {
-            Some(tls) => source.rotate(tls),
-            None => tracing::warn!("server.tls removed: takes effect on restart"),
+        // keep the one they began with. TLS removed by a reload stays on until a restart (the
+        // reload logs it and `/admin/config` shows it pending).
+        app.live.on_reload(move |config| {
+            if let Some(tls) = &config.server.tls {
+                source.rotate(tls);
+            }
         });
     }
     let api_state = app.api.clone();

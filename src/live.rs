@@ -1,10 +1,28 @@
 //! The live config: the version serving now and everything built from it, swapped atomically
 //! on reload. Below the API and the admin port, which both read it; it knows neither.
+//!
+//! # What a reload changes, and what waits for a restart
+//! Routing, channels and their keys, limits, shops, the workers' settings and the API
+//! listener's certificate (and its `client_ca`) change on reload. The listeners (addresses,
+//! TLS on or off, their limits), the store, the log and the sandbox's listener are set up
+//! once, at start ([`Started`]). A reload that changes those is still accepted — the rest of
+//! the file applies, and the same file is what the next start will use — but they are logged,
+//! answered by `POST /admin/reload` and shown by `GET /admin/config` as `pending_restart`,
+//! beside what actually runs. Refusing such a reload instead would hold back every other edit
+//! until a restart, and a Kubernetes ConfigMap rolled out with a restart would page
+//! "reload failing" on every pod in between.
+//!
+//! What must hold for the running process is judged against [`Started`], never the file:
+//! new timeouts must fit in the *running* store's lease (a new lease waits for a restart,
+//! so a reload checked against it would let two instances do one piece of work at once).
+//! `server.tls` with `client_ca` added to a listener started plain fails closed until the
+//! restart: `/v1/*` there answers `401 client_certificate_required` ([`Live::client_certificate_required`]).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use prometheus::Registry;
@@ -14,6 +32,8 @@ use crate::config::reload::ReloadMetrics;
 use crate::config::Config;
 use crate::payment::Routes;
 use crate::resilience::Resilience;
+use crate::server::ListenerLimits;
+use crate::store::StoreSettings;
 
 /// One config version with everything built from it. Requests hold an `Arc<Live>` for their
 /// whole life, so a reload never changes the rules or keys under a request in flight.
@@ -33,6 +53,99 @@ impl Live {
             late_payments: &self.config.late_payments,
         }
     }
+
+    /// Whether shops (`/v1/*`) must present a client certificate that `client_ca` verified.
+    /// The config as it is now decides, whether the listener started with TLS or not: a
+    /// listener started plain carries no certificates, so there it refuses every shop until
+    /// the restart that turns TLS on (closed, not open, is what `client_ca` asks for).
+    pub fn client_certificate_required(&self) -> bool {
+        self.config
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca)
+    }
+}
+
+/// The settings the process started with and keeps until it restarts, whatever a reload
+/// loads: what actually serves.
+#[derive(Clone, Debug)]
+pub struct Started {
+    /// `server.listen` as configured at start (port 0 picks one: see [`LiveConfig::bound`]).
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Whether the API listener terminates TLS.
+    pub tls: bool,
+    pub limits: ListenerLimits,
+    /// The store the process opened: its leases are the ones claims run on.
+    pub store: StoreSettings,
+    pub log: crate::logging::LogSettings,
+    pub sandbox_listen: Option<SocketAddr>,
+    /// The config version the process started with.
+    pub version: String,
+}
+
+impl Started {
+    fn of(config: &Config) -> Started {
+        Started {
+            listen: config.server.listen,
+            admin_listen: config.server.admin_listen,
+            tls: config.server.tls.is_some(),
+            limits: config.server.limits,
+            store: config.store.clone(),
+            log: config.log.clone(),
+            sandbox_listen: config.sandbox.as_ref().map(|s| s.listen),
+            version: config.version.clone(),
+        }
+    }
+
+    /// The keys whose value in `config` differs from what runs: they take effect on
+    /// restart. A certificate or `client_ca` change is not among them (a reload applies it);
+    /// turning TLS on or off is.
+    pub fn pending_restart(&self, config: &Config) -> Vec<&'static str> {
+        let (server, limits) = (&config.server, &config.server.limits);
+        [
+            ("server.listen", server.listen != self.listen),
+            (
+                "server.admin_listen",
+                server.admin_listen != self.admin_listen,
+            ),
+            ("server.tls", server.tls.is_some() != self.tls),
+            (
+                "server.header_read_timeout",
+                limits.header_read_timeout != self.limits.header_read_timeout,
+            ),
+            (
+                "server.max_connections",
+                limits.max_connections != self.limits.max_connections,
+            ),
+            (
+                "server.max_in_flight",
+                limits.max_in_flight != self.limits.max_in_flight,
+            ),
+            (
+                "server.request_timeout",
+                limits.request_timeout != self.limits.request_timeout,
+            ),
+            ("server.drain_timeout", limits.drain != self.limits.drain),
+            ("store", config.store != self.store),
+            ("log", config.log != self.log),
+            (
+                "sandbox.listen",
+                config.sandbox.as_ref().map(|s| s.listen) != self.sandbox_listen,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect()
+    }
+}
+
+/// The addresses the listeners were bound to (`server.listen: 127.0.0.1:0` picks a port).
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
 }
 
 /// Called with a new config after it validated and built, just before it is swapped in.
@@ -46,6 +159,8 @@ pub type ReloadedHook =
 pub struct LiveConfig {
     live: ArcSwap<Live>,
     path: PathBuf,
+    started: Started,
+    bound: OnceLock<Bound>,
     channel_metrics: Arc<ChannelMetrics>,
     resilience: Arc<Resilience>,
     reload_metrics: ReloadMetrics,
@@ -69,6 +184,8 @@ impl LiveConfig {
         reload_metrics.loaded(&config.version);
         Ok(LiveConfig {
             path: config.path.clone(),
+            started: Started::of(&config),
+            bound: OnceLock::new(),
             live: ArcSwap::from_pointee(Live {
                 config: Arc::new(config),
                 channels,
@@ -90,6 +207,26 @@ impl LiveConfig {
     /// The file reloads read.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What the process started with and runs on until a restart.
+    pub fn started(&self) -> &Started {
+        &self.started
+    }
+
+    /// The keys of the config serving now that take effect only on restart.
+    pub fn pending_restart(&self) -> Vec<&'static str> {
+        self.started.pending_restart(&self.load().config)
+    }
+
+    /// Records the addresses the listeners were bound to (once; later calls are ignored).
+    pub fn set_bound(&self, bound: Bound) {
+        let _ = self.bound.set(bound);
+    }
+
+    /// The addresses the listeners were bound to, once they are serving.
+    pub fn bound(&self) -> Option<Bound> {
+        self.bound.get().copied()
     }
 
     /// Runs `hook` on every successful reload, before the new config is swapped in.
@@ -127,13 +264,15 @@ impl LiveConfig {
                 return Ok(None);
             }
             // The running store keeps the lease it started with (a new one takes effect on
-            // restart): the new timeouts must fit in that one.
+            // restart): the new timeouts must fit in that one, not in the last file's.
             if let Some(problem) = crate::config::workers::lease_shortfall(
-                &current.config.store,
+                &self.started.store,
                 &config.webhooks,
                 &config.channels,
             ) {
-                return Err(format!("the running store.lease {problem}"));
+                return Err(format!(
+                    "the running store.lease {problem} (a new store.lease takes effect on restart)"
+                ));
             }
             let channels =
                 ChannelSet::build(&config.channels, &self.channel_metrics, &self.resilience)?;
@@ -143,13 +282,9 @@ impl LiveConfig {
             Ok(None) => Ok(current.config.version.clone()),
             Ok(Some((config, channels))) => {
                 let version = config.version.clone();
-                if config.server.listen != current.config.server.listen
-                    || config.server.admin_listen != current.config.server.admin_listen
-                {
-                    tracing::warn!("server.listen / admin_listen changed: takes effect on restart");
-                }
-                if config.store != current.config.store {
-                    tracing::warn!("store changed: takes effect on restart");
+                let pending = self.started.pending_restart(&config);
+                if !pending.is_empty() {
+                    tracing::warn!(keys = %pending.join(", "), "these settings differ from the running ones and take effect on restart");
                 }
                 for hook in self.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                     hook(&config);

@@ -363,6 +363,63 @@ async fn a_reload_that_sends_a_merchant_to_anothers_account_is_refused() {
     h.shutdown().await;
 }
 
+/// Issue 16 item 4: a reload is judged against the store that runs, not the last file. A
+/// reload to `store.lease: 2m` is accepted but waits for a restart (the running claims keep
+/// 12 s); a later reload whose `webhooks.timeout: 30s` fits the file's 2 m but not the running
+/// 12 s is refused, counted, and changes nothing. `/admin/config` shows the running store and
+/// the lease change pending. Before: the second reload was judged against the loaded 2 m and
+/// answered 200, and two instances sent one event 10 s apart.
+#[tokio::test]
+async fn a_reload_is_judged_against_the_running_lease_not_the_last_file() {
+    let Some(h) = Harness::start_on_postgres_opts(support::PgOptions {
+        store_extra: ", lease: 12s",
+        ..support::PgOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let longer_lease = std::fs::read_to_string(&h.config_path)
+        .unwrap()
+        .replace("lease: 12s", "lease: 2m");
+    support::write_atomically(&h.config_path, &longer_lease);
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["pending_restart"], json!(["store"]), "{}", r.text);
+    let accepted = r.body["version"].clone();
+    let config = h.admin_get("/admin/config").await;
+    assert_eq!(config.body["version"], accepted);
+    assert_eq!(config.body["config"]["store"]["lease"], "2m");
+    assert_eq!(
+        config.body["running"]["store"]["lease"], "12s",
+        "{}",
+        config.text
+    );
+    assert_eq!(config.body["pending_restart"], json!(["store"]));
+
+    let errors_before = reload_errors(&h).await;
+    let slow_webhooks = format!("{longer_lease}\nwebhooks: {{ timeout: 30s }}\n");
+    support::write_atomically(&h.config_path, &slow_webhooks);
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(
+        r.text.contains(
+            "the running store.lease 12s must be at least 5s longer than webhooks.timeout (30s)"
+        ),
+        "{}",
+        r.text
+    );
+    assert_eq!(reload_errors(&h).await, errors_before + 1.0);
+    let config = h.admin_get("/admin/config").await;
+    assert_eq!(config.body["version"], accepted, "still the accepted file");
+    assert!(
+        config.body["config"].get("webhooks").is_none(),
+        "{}",
+        config.text
+    );
+    h.shutdown().await;
+}
+
 async fn reload_errors(h: &Harness) -> f64 {
     support::metric(
         &h.metrics().await,

@@ -22,6 +22,39 @@ use crate::server::json_response;
 use crate::store::{EventFilter, EventRecord, PaymentFilter, RefundFilter};
 use crate::stranded::StrandedWatch;
 
+/// What actually serves, for `/admin/config`: the bound addresses, whether the API listener
+/// speaks TLS and whether shops need a client certificate there, the store the process
+/// opened (never its url: it may hold a password). `config` is the file as loaded; a key in
+/// `pending_restart` differs between the two until a restart.
+fn running(live_config: &LiveConfig, live: &crate::live::Live) -> Value {
+    let started = live_config.started();
+    let (api, admin) = match live_config.bound() {
+        Some(b) => (b.api, b.admin),
+        None => (started.listen, started.admin_listen),
+    };
+    let store = match &started.store {
+        crate::store::StoreSettings::Sqlite { path } => {
+            json!({ "kind": "sqlite", "path": path.display().to_string() })
+        }
+        crate::store::StoreSettings::Postgres {
+            pool_size,
+            schema,
+            lease,
+            ..
+        } => {
+            json!({ "kind": "postgres", "schema": schema, "pool_size": pool_size, "lease": format!("{lease:?}") })
+        }
+    };
+    json!({
+        "started_version": started.version,
+        "listen": api.to_string(),
+        "admin_listen": admin.to_string(),
+        "tls": started.tls,
+        "client_certificate_required": live.client_certificate_required(),
+        "store": store,
+    })
+}
+
 /// What the admin port needs: the live config (and its reload), the ledger, the metrics.
 pub struct AdminState {
     pub live: Arc<LiveConfig>,
@@ -80,7 +113,7 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                 (&Method::POST, "/admin/reload") => match app.live.reload(false).await {
                     Ok(version) => json_response(
                         StatusCode::OK,
-                        &json!({ "result": "success", "version": version, "stranded": stranded(&app) }),
+                        &json!({ "result": "success", "version": version, "pending_restart": app.live.pending_restart(), "stranded": stranded(&app) }),
                     ),
                     Err(e) => json_response(
                         StatusCode::UNPROCESSABLE_ENTITY,
@@ -89,7 +122,13 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                 },
                 (&Method::GET, "/admin/config") => json_response(
                     StatusCode::OK,
-                    &json!({ "version": live.config.version, "config": live.config.redacted, "stranded": stranded(&app) }),
+                    &json!({
+                        "version": live.config.version,
+                        "config": live.config.redacted,
+                        "running": running(&app.live, &live),
+                        "pending_restart": app.live.started().pending_restart(&live.config),
+                        "stranded": stranded(&app),
+                    }),
                 ),
                 (&Method::GET, "/admin/channels") => channels(&app),
                 (&Method::GET, "/admin/payments") => payments(&app, req.uri().query()).await,

@@ -329,13 +329,13 @@ async fn route(app: &ApiState, live: &Live, req: Request<Incoming>) -> (Route, A
 
 /// Shops (`/v1/*`) need a verified client certificate when `client_ca` is set; providers
 /// (`/notify/*`) share the listener and have none, so the handshake only asks for one. The
-/// live config decides, so a reload that adds `client_ca` also holds connections opened
-/// before it (they were never asked) to it. A plain connection carries no
-/// [`ClientCertificate`]: TLS added by a reload to a listener started plain serves only after
-/// a restart, and until then such a connection is refused too (closed, not open, is what ops
-/// asked for with `client_ca`).
+/// live config decides ([`Live::client_certificate_required`]), so a reload that adds
+/// `client_ca` also holds connections opened before it (they were never asked) to it. A
+/// plain connection carries no [`ClientCertificate`]: TLS added by a reload to a listener
+/// started plain serves only after a restart, and until then such a connection is refused
+/// too (closed, not open, is what ops asked for with `client_ca`).
 fn client_certificate_ok(live: &Live, req: &Request<Incoming>) -> bool {
-    let asked = live.config.server.tls.as_ref().is_some_and(|t| t.client_ca);
+    let asked = live.client_certificate_required();
     match req.extensions().get::<ClientCertificate>() {
         Some(client) => !asked || client.verified,
         None => !asked,
