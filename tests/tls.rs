@@ -186,17 +186,24 @@ fn served_cert(stream: &TlsStream<tokio::net::TcpStream>) -> CertificateDer<'sta
 
 /// Writes `server.tls` into `h`'s config (certificate `cert`, client CA `ca`).
 fn with_tls(h: &Harness, dir: &Path, cert: &str, ca: &str) {
+    with_tls_opts(h, dir, cert, Some(ca))
+}
+
+/// Writes `server.tls` into `h`'s config: certificate `cert`, and client CA `ca` if given.
+fn with_tls_opts(h: &Harness, dir: &Path, cert: &str, ca: Option<&str>) {
     let text = std::fs::read_to_string(&h.config_path).unwrap();
     let base = match text.split_once("  tls: ") {
         Some((head, tail)) => format!("{head}{}", tail.split_once('\n').unwrap().1),
         None => text,
     };
     let f = |name: &str| dir.join(name).display().to_string();
+    let client_ca = ca
+        .map(|ca| format!(", client_ca: \"file:{}\"", f(&format!("{ca}.pem"))))
+        .unwrap_or_default();
     let tls = format!(
-        "  tls: {{ cert: \"file:{}\", key: \"file:{}\", client_ca: \"file:{}\" }}\n",
+        "  tls: {{ cert: \"file:{}\", key: \"file:{}\"{client_ca} }}\n",
         f(&format!("{cert}.pem")),
         f(&format!("{cert}.key")),
-        f(&format!("{ca}.pem"))
     );
     support::write_atomically(
         &h.config_path,
@@ -474,6 +481,112 @@ async fn client_ca_reloaded_onto_a_plain_listener_fails_closed() {
     assert!(
         h.sandbox_orders("tls-late-1").await.is_empty(),
         "nothing sent"
+    );
+    h.shutdown().await;
+}
+
+/// Issue 16 item 4: TLS added by a reload to a listener started plain takes effect on restart,
+/// and `/admin/config` says so instead of claiming it: `running` shows the plain listener
+/// (and whether shops need a certificate now), `pending_restart` names `server.tls`. Without
+/// `client_ca` the API goes on serving plain HTTP; with it, `/v1/*` fails closed until the
+/// restart; after the restart TLS serves and nothing is pending. Before: `/admin/config` showed
+/// only the loaded file's `server.tls`, with no sign that the API still served plain HTTP.
+#[tokio::test]
+async fn tls_added_by_a_reload_is_shown_pending_until_the_restart_applies_it() {
+    let mut h = Harness::start().await;
+    let dir: PathBuf = h.dir.path().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl_cert(&dir, "ca", None);
+    openssl_cert(&dir, "server", Some("ca"));
+    openssl_cert(&dir, "shop", Some("ca"));
+    let addr = h.api.trim_start_matches("http://").to_string();
+
+    with_tls_opts(&h, &dir, "server", None);
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let config = h.admin_get("/admin/config").await;
+    assert!(
+        config.body["config"]["server"]["tls"].is_object(),
+        "{}",
+        config.text
+    );
+    assert_eq!(
+        (
+            &config.body["running"]["tls"],
+            &config.body["running"]["listen"],
+            &config.body["running"]["client_certificate_required"],
+            &config.body["pending_restart"],
+        ),
+        (
+            &json!(false),
+            &json!(addr),
+            &json!(false),
+            &json!(["server.tls"])
+        ),
+        "{}",
+        config.text
+    );
+    assert_eq!(
+        r.body["pending_restart"],
+        json!(["server.tls"]),
+        "{}",
+        r.text
+    );
+    // What `running` says is what serves: plain HTTP, no TLS handshake.
+    h.get_payment("m_1001", "tls-pending-none", false)
+        .await
+        .expect_error(404, "not_found");
+    let handshake = within(
+        "a TLS handshake with the plain listener",
+        connect(&connector(&dir, "ca", Some("shop")), &addr),
+    )
+    .await;
+    assert!(
+        handshake.is_err(),
+        "the plain listener completed a TLS handshake"
+    );
+
+    // With client_ca: still plain until the restart, and shops are refused meanwhile.
+    with_tls(&h, &dir, "server", "ca");
+    let r = h.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let config = h.admin_get("/admin/config").await;
+    assert_eq!(
+        (
+            &config.body["running"]["tls"],
+            &config.body["running"]["client_certificate_required"],
+            &config.body["pending_restart"],
+        ),
+        (&json!(false), &json!(true), &json!(["server.tls"])),
+        "{}",
+        config.text
+    );
+    h.get_payment("m_1001", "tls-pending-none", false)
+        .await
+        .expect_error(401, "client_certificate_required");
+
+    // The restart applies it: TLS serves, nothing is pending.
+    h.restart().await;
+    let config = h.admin_get("/admin/config").await;
+    assert_eq!(
+        (
+            &config.body["running"]["tls"],
+            &config.body["running"]["client_certificate_required"],
+            &config.body["pending_restart"],
+        ),
+        (&json!(true), &json!(true), &json!([])),
+        "{}",
+        config.text
+    );
+    let mut shop = within(
+        "a TLS connection",
+        connect(&connector(&dir, "ca", Some("shop")), &addr),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        within("an answer", get_status(&mut shop)).await.unwrap(),
+        404
     );
     h.shutdown().await;
 }
