@@ -181,7 +181,7 @@ async fn unverifiable_or_mismatched_notifications_change_nothing_and_reach_no_sh
                     other.sign_b64(&sign::response_message(&ts, "HdrN0nce", n.body.as_bytes()));
                 n
             },
-            500,
+            401,
             "bad_signature",
         ),
         // Tampered after signing.
@@ -192,14 +192,14 @@ async fn unverifiable_or_mismatched_notifications_change_nothing_and_reach_no_sh
                 n.body = n.body.replace("支付成功", "支付成功 ");
                 n
             },
-            500,
+            401,
             "bad_signature",
         ),
         // Genuine but ten minutes old.
         (
             "stale",
             WechatNotification::paid(&direct_paid("n-bad-1", 500), &own, now() - 600),
-            500,
+            401,
             "stale",
         ),
         // WeChat Pay's signature probe.
@@ -210,8 +210,20 @@ async fn unverifiable_or_mismatched_notifications_change_nothing_and_reach_no_sh
                 n.headers[3].1 = "WECHATPAY/SIGNTEST/abc".into();
                 n
             },
-            500,
+            401,
             "probe",
+        ),
+        // Genuinely signed, but its resource does not decrypt with the channel's APIv3 key
+        // (ours, or theirs, out of step after a rotation).
+        (
+            "undecryptable",
+            WechatNotification::paid(
+                &direct_paid("n-bad-1", 500),
+                "0123456789abcdef0123456789abcdef",
+                now(),
+            ),
+            401,
+            "decrypt",
         ),
         // Verified, but another amount than the order's.
         (
@@ -252,6 +264,10 @@ async fn unverifiable_or_mismatched_notifications_change_nothing_and_reach_no_sh
         };
         let answer = n.send(&h, channel).await;
         assert_eq!(answer.status, *status, "{what}: {}", answer.text);
+        if *status != 204 {
+            // WeChat Pay's failure shape: it resends on any non-2xx.
+            assert_eq!(answer.body["code"], "FAIL", "{what}: {}", answer.text);
+        }
         let m = h.metrics().await;
         assert!(
             notified(&m, channel, result) >= 1.0,
@@ -265,6 +281,16 @@ async fn unverifiable_or_mismatched_notifications_change_nothing_and_reach_no_sh
             "{no} unchanged"
         );
     }
+    // Forgeries are the sender's fault, not payroute's: no 5xx for an API 5xx alert to see.
+    let m = h.metrics().await;
+    let notify = |class: &str| {
+        support::metric(
+            &m,
+            &format!(r#"payroute_http_requests_total{{route="notify",status_class="{class}"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!((notify("4xx"), notify("5xx")), (5.0, 0.0), "{m}");
     // Nothing reached the shop (any event would have been delivered by now: the outbox is
     // woken by every write, and a verified one above is delivered in the same time).
     let ok = WechatNotification::paid(&direct_paid("n-bad-1", 500), &own, now());

@@ -18,7 +18,7 @@ pub mod keys;
 pub mod notification;
 pub mod wechatpay;
 
-pub use notification::{Notification, NotifiedAccount, NotifyError};
+pub use notification::{Notification, NotifiedAccount, NotifyAnswer, NotifyError};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -279,10 +279,11 @@ pub trait Connector: Send + Sync {
         // any signature check: a channel without it is cheap to try.
         true
     }
-    /// The answer the provider expects to a notification: `ok` stops its retries.
+    /// The answer the provider expects to a notification: only
+    /// [`NotifyAnswer::Acknowledged`] stops its retries.
     fn notification_answer(
         &self,
-        ok: bool,
+        answer: NotifyAnswer,
         message: &str,
     ) -> ::http::Response<http_body_util::Full<bytes::Bytes>>;
     /// A created order's payer action as it may be stored and shown to anyone but the

@@ -92,7 +92,42 @@ pub enum NotifyError {
     NotForThisApp(String),
 }
 
+/// How a notification is answered: whether the provider should stop sending it, and, when
+/// not, whose side the trouble is on — so that the 5xx answers (which API 5xx alerts watch)
+/// are payroute's own faults only. Every answer but [`NotifyAnswer::Acknowledged`] makes the
+/// provider resend (WeChat Pay resends on any non-2xx; Alipay's protocol has one failure
+/// word for all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyAnswer {
+    /// Applied, or nothing a resend would change: the provider stops.
+    Acknowledged,
+    /// It does not verify: a signature that is wrong or by a key we do not hold, a stale
+    /// timestamp, WeChat Pay's signature probe, a resource our APIv3 key does not decrypt.
+    /// Forged, or our keys disagree with the provider's after a rotation: a resend helps
+    /// once the keys agree. WeChat Pay: `401`.
+    Unverifiable,
+    /// Not what the protocol promises (a body that cannot be read, missing fields, unknown
+    /// states). WeChat Pay: `400`.
+    Malformed,
+    /// payroute could not take it now (the store, an order's account that no channel holds,
+    /// several orders matching): a resend may help. WeChat Pay: `500`.
+    Failed,
+}
+
 impl NotifyError {
+    /// The answer to a notification refused with this error.
+    pub fn answer(&self) -> NotifyAnswer {
+        match self {
+            NotifyError::BadSignature(_)
+            | NotifyError::Stale(_)
+            | NotifyError::Probe
+            | NotifyError::Decrypt(_) => NotifyAnswer::Unverifiable,
+            NotifyError::Malformed(_) => NotifyAnswer::Malformed,
+            // Signed by the provider for an app that is not this channel's: no resend helps.
+            NotifyError::NotForThisApp(_) => NotifyAnswer::Acknowledged,
+        }
+    }
+
     /// Bounded label for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {
@@ -139,10 +174,15 @@ impl Channel {
         self.connector.may_be_for_this_account(headers, body)
     }
 
-    /// What the provider must be answered: `ok` → WeChat `204` empty / Alipay `200
-    /// text/plain "success"`; not ok → WeChat `500` with JSON
-    /// `{"code":"FAIL","message":message}` / Alipay `200 "fail"` — so the provider retries.
-    pub fn notification_answer(&self, ok: bool, message: &str) -> http::Response<Full<Bytes>> {
-        self.connector.notification_answer(ok, message)
+    /// What the provider must be answered: acknowledged → WeChat `204` empty / Alipay `200
+    /// text/plain "success"`; otherwise WeChat `401`, `400` or `500` (see [`NotifyAnswer`])
+    /// with JSON `{"code":"FAIL","message":message}` / Alipay `200 "fail"` — so the provider
+    /// retries.
+    pub fn notification_answer(
+        &self,
+        answer: NotifyAnswer,
+        message: &str,
+    ) -> http::Response<Full<Bytes>> {
+        self.connector.notification_answer(answer, message)
     }
 }

@@ -24,6 +24,12 @@
 //! A verified one for an order we do not have, for another account, or whose amount does
 //! not match changes nothing and is acknowledged: no retry would change that. Every outcome
 //! is counted in `payroute_notifications_received_total{channel,result}`.
+//!
+//! Which failure it is shows in the answer where the protocol allows ([`NotifyAnswer`]):
+//! WeChat Pay gets `401` for what does not verify (`bad_signature`, `stale`, `probe`,
+//! `decrypt`), `400` for what is `malformed`, and `500` only for payroute's own trouble
+//! (`store_error`, `ambiguous`, `unresolved`), so that API 5xx alerts mean payroute and a
+//! forger cannot raise them. Alipay's protocol answers `200 fail` to all of them.
 
 use std::sync::Arc;
 
@@ -33,7 +39,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::channel::{Channel, Notification, NotifiedAccount};
+use crate::channel::{Channel, Notification, NotifiedAccount, NotifyAnswer, NotifyError};
 use crate::domain::Account;
 use crate::live::{Live, LiveConfig};
 use crate::payment::{now_ms, PaymentError, PaymentService, Routes};
@@ -69,10 +75,10 @@ pub struct Inbound {
     received: IntCounterVec,
 }
 
-/// How one notification ended, and whether the provider is told "success".
+/// How one notification ended, and how the provider is answered.
 struct Outcome {
     result: &'static str,
-    acknowledge: bool,
+    answer: NotifyAnswer,
     message: String,
 }
 
@@ -80,16 +86,26 @@ impl Outcome {
     fn ack(result: &'static str, message: impl Into<String>) -> Outcome {
         Outcome {
             result,
-            acknowledge: true,
+            answer: NotifyAnswer::Acknowledged,
             message: message.into(),
         }
     }
 
+    /// payroute's own trouble: the provider resends, and a resend may help.
     fn retry(result: &'static str, message: impl Into<String>) -> Outcome {
         Outcome {
             result,
-            acknowledge: false,
+            answer: NotifyAnswer::Failed,
             message: message.into(),
+        }
+    }
+
+    /// Refused for what the notification is (see [`NotifyError::answer`]).
+    fn refused(e: &NotifyError) -> Outcome {
+        Outcome {
+            result: e.label(),
+            answer: e.answer(),
+            message: e.to_string(),
         }
     }
 }
@@ -144,7 +160,11 @@ impl Inbound {
         {
             Ok(body) => body.to_bytes(),
             Err(e) => {
-                let outcome = Outcome::retry("malformed", format!("reading the body: {e}"));
+                // Too large, or cut off by the sender: not payroute's fault.
+                let outcome = Outcome {
+                    answer: NotifyAnswer::Malformed,
+                    ..Outcome::retry("malformed", format!("reading the body: {e}"))
+                };
                 return match named {
                     Some(ch) => self.answer(ch, outcome),
                     None => self.unknown_channel(channel_name),
@@ -174,12 +194,9 @@ impl Inbound {
         }
         let Some((verifier, notification)) = verified else {
             return match (named, named_error) {
-                // Signed by the provider for an app that is not this channel's (nor any
-                // other's): no retry helps.
-                (Some(ch), Some(e @ crate::channel::NotifyError::NotForThisApp(_))) => {
-                    self.answer(ch, Outcome::ack(e.label(), e.to_string()))
-                }
-                (Some(ch), Some(e)) => self.answer(ch, Outcome::retry(e.label(), e.to_string())),
+                // One signed for an app that is not this channel's (nor any other's) is
+                // acknowledged: no retry helps. The rest is refused as what it is.
+                (Some(ch), Some(e)) => self.answer(ch, Outcome::refused(&e)),
                 _ => self.unknown_channel(channel_name),
             };
         };
@@ -193,14 +210,14 @@ impl Inbound {
         if outcome.result != "verified" {
             tracing::warn!(channel = %applier.name(), result = outcome.result, message = %outcome.message, "notification changed nothing");
         }
-        applier.notification_answer(outcome.acknowledge, &outcome.message)
+        applier.notification_answer(outcome.answer, &outcome.message)
     }
 
     /// Counts `outcome` under `channel` and answers the provider in its words.
     fn answer(&self, channel: &Channel, outcome: Outcome) -> Response<Full<Bytes>> {
         self.count(channel.name(), outcome.result);
         tracing::warn!(channel = %channel.name(), result = outcome.result, message = %outcome.message, "notification changed nothing");
-        channel.notification_answer(outcome.acknowledge, &outcome.message)
+        channel.notification_answer(outcome.answer, &outcome.message)
     }
 
     fn unknown_channel(&self, channel_name: &str) -> Response<Full<Bytes>> {
@@ -425,6 +442,8 @@ fn holder<'c>(
             ),
         ));
     };
+    // The notification verified already: the holder disagreeing is our channels' config
+    // contradicting itself, not the sender's fault — answered as payroute's.
     match holder.verify_notification(headers, body, now) {
         Ok(again) if again == *notification => Ok(holder),
         Ok(_) => Err(Outcome::retry(

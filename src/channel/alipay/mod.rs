@@ -27,8 +27,8 @@ use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 use super::http::HttpClient;
 use super::keys::{RsaSigner, RsaVerifier};
 use super::{
-    ChannelError, Created, ErrorKind, Notification, NotifyError, OrderRequest, OrderState,
-    RefundRequest, RefundState, SubMerchant,
+    ChannelError, Created, ErrorKind, Notification, NotifyAnswer, NotifyError, OrderRequest,
+    OrderState, RefundRequest, RefundState, SubMerchant,
 };
 use crate::domain::{parse_yuan, yuan, Method, PaymentStatus, RefundStatus};
 
@@ -373,8 +373,13 @@ impl super::Connector for Alipay {
         notify::verify(self.settings(), body)
     }
 
-    fn notification_answer(&self, ok: bool, _message: &str) -> http::Response<Full<Bytes>> {
-        notify::answer(ok)
+    /// Alipay's protocol has one failure word, whoever's fault: `fail`, with 200.
+    fn notification_answer(
+        &self,
+        answer: NotifyAnswer,
+        _message: &str,
+    ) -> http::Response<Full<Bytes>> {
+        notify::answer(answer == NotifyAnswer::Acknowledged)
     }
 
     /// ISV page/WAP/App actions carry the merchant's `app_auth_token` to the payer (the

@@ -119,7 +119,7 @@ mod tests {
     use crate::channel::alipay::sign::tests::{a1_fields, A1_KEY};
     use crate::channel::alipay::{Alipay, AlipayMode};
     use crate::channel::keys::{RsaSigner, RsaVerifier};
-    use crate::channel::Connector;
+    use crate::channel::{Connector, NotifyAnswer};
 
     const APP_ID: &str = "2021000000000001";
 
@@ -380,8 +380,13 @@ mod tests {
         );
         assert!(!c.may_be_for_this_account(&http::HeaderMap::new(), &other));
         assert!(!c.may_be_for_this_account(&http::HeaderMap::new(), b"{}"));
-        for (ok, text) in [(true, "success"), (false, "fail")] {
-            let r = c.notification_answer(ok, "ignored");
+        for (answer, text) in [
+            (NotifyAnswer::Acknowledged, "success"),
+            (NotifyAnswer::Unverifiable, "fail"),
+            (NotifyAnswer::Malformed, "fail"),
+            (NotifyAnswer::Failed, "fail"),
+        ] {
+            let r = c.notification_answer(answer, "ignored");
             assert_eq!(r.status(), StatusCode::OK);
             assert!(r.headers()[header::CONTENT_TYPE]
                 .to_str()

@@ -22,8 +22,8 @@ use time::{OffsetDateTime, UtcOffset};
 use super::http::{HttpClient, HttpResponse};
 use super::keys::RsaSigner;
 use super::{
-    ChannelError, Created, ErrorKind, Notification, NotifyError, OrderRequest, OrderState,
-    RefundRequest, RefundState, SubMerchant,
+    ChannelError, Created, ErrorKind, Notification, NotifyAnswer, NotifyError, OrderRequest,
+    OrderState, RefundRequest, RefundState, SubMerchant,
 };
 use crate::domain::{Method, PaymentStatus, RefundStatus};
 use crate::secret::Secret;
@@ -399,8 +399,12 @@ impl super::Connector for WechatPay {
         notify::verify(self.settings(), headers, body, now_unix)
     }
 
-    fn notification_answer(&self, ok: bool, message: &str) -> http::Response<Full<Bytes>> {
-        notify::answer(ok, message)
+    fn notification_answer(
+        &self,
+        answer: NotifyAnswer,
+        message: &str,
+    ) -> http::Response<Full<Bytes>> {
+        notify::answer(answer, message)
     }
 }
 

@@ -9,7 +9,7 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 
 use super::{order_state, refund_state, sign, WechatPaySettings};
-use crate::channel::notification::{Notification, NotifiedAccount, NotifyError};
+use crate::channel::notification::{Notification, NotifiedAccount, NotifyAnswer, NotifyError};
 
 /// What WeChat Pay's signature probes carry instead of a signature: a merchant that answers
 /// them with success does not verify signatures.
@@ -158,15 +158,22 @@ fn text(v: &Value, name: &str) -> Result<String, NotifyError> {
         .ok_or_else(|| NotifyError::Malformed(format!("resource has no {name}")))
 }
 
-/// `204` with no body, or `500 {"code":"FAIL","message":…}` so that WeChat Pay retries.
-pub(super) fn answer(ok: bool, message: &str) -> Response<Full<Bytes>> {
-    let (status, body) = if ok {
-        (StatusCode::NO_CONTENT, Bytes::new())
+/// `204` with no body, or `{"code":"FAIL","message":…}` so that WeChat Pay retries (it
+/// resends on any non-2xx): `401` for what does not verify, `400` for what is malformed,
+/// `500` only for payroute's own trouble — so that a forger, or keys out of step after a
+/// rotation, do not read as payroute failing.
+pub(super) fn answer(answer: NotifyAnswer, message: &str) -> Response<Full<Bytes>> {
+    let status = match answer {
+        NotifyAnswer::Acknowledged => StatusCode::NO_CONTENT,
+        NotifyAnswer::Unverifiable => StatusCode::UNAUTHORIZED,
+        NotifyAnswer::Malformed => StatusCode::BAD_REQUEST,
+        NotifyAnswer::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let ok = answer == NotifyAnswer::Acknowledged;
+    let body = if ok {
+        Bytes::new()
     } else {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Bytes::from(json!({ "code": "FAIL", "message": message }).to_string()),
-        )
+        Bytes::from(json!({ "code": "FAIL", "message": message }).to_string())
     };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
@@ -597,14 +604,20 @@ mod tests {
             c.verify_notification(&h, &body, NOW),
             Ok(Notification::Payment { .. })
         ));
-        let ok = c.notification_answer(true, "");
+        let ok = c.notification_answer(NotifyAnswer::Acknowledged, "");
         assert_eq!(ok.status(), StatusCode::NO_CONTENT);
-        let fail = c.notification_answer(false, "bad \"signature\"");
-        assert_eq!(fail.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(fail.headers()[header::CONTENT_TYPE], "application/json");
-        let body = futures_body(fail);
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v, json!({ "code": "FAIL", "message": "bad \"signature\"" }));
+        for (answer, status) in [
+            (NotifyAnswer::Unverifiable, StatusCode::UNAUTHORIZED),
+            (NotifyAnswer::Malformed, StatusCode::BAD_REQUEST),
+            (NotifyAnswer::Failed, StatusCode::INTERNAL_SERVER_ERROR),
+        ] {
+            let fail = c.notification_answer(answer, "bad \"signature\"");
+            assert_eq!(fail.status(), status);
+            assert_eq!(fail.headers()[header::CONTENT_TYPE], "application/json");
+            let body = futures_body(fail);
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v, json!({ "code": "FAIL", "message": "bad \"signature\"" }));
+        }
         assert!(futures_body(ok).is_empty());
     }
 
