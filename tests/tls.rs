@@ -243,6 +243,8 @@ async fn a_rotated_certificate_keeps_open_connections_and_client_certificates_ar
     with_tls(&h, &dir, "server-b", "ca");
     let r = h.admin_post("/admin/reload", &json!({})).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    // A new certificate applies on reload: nothing waits for a restart.
+    assert_eq!(r.body["pending_restart"], json!([]), "{}", r.text);
 
     // The open connection goes on, on its old certificate; a new one gets the new.
     assert_eq!(
