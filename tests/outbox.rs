@@ -399,6 +399,8 @@ async fn a_full_disk_never_resends_a_delivered_event_and_its_outcome_is_recorded
         h.receiver.received().len() == 1
     })
     .await;
+    // From now on the shop answers at once: a resend loop would show as thousands.
+    h.receiver.answer_after(0);
     // Many rounds with the event pending in the store, its delivery unrecorded.
     tokio::time::sleep(FULL_FOR).await;
     assert_eq!(
@@ -437,4 +439,36 @@ async fn a_full_disk_never_resends_a_delivered_event_and_its_outcome_is_recorded
     assert_eq!(support::metric(&m, "payroute_outbox_unrecorded"), Some(0.0));
     h.shutdown().await;
     drop(disk);
+}
+
+/// Issue 16 item 6: an event still pending — here in the middle of its delivery — is not
+/// resent (a resend would start a second delivery beside the one under way): `409
+/// event_pending`, and the shop gets it once.
+#[tokio::test]
+async fn resending_an_event_in_the_middle_of_its_delivery_is_refused() {
+    let h = Harness::start_with(false, &format!("{}{SHORT}", support::RULES), "").await;
+    h.faults(json!({"drop_notifications": true})).await;
+    h.receiver.answer_after(1_000);
+    paid(&h, "ob-mid").await;
+    wait_until("the delivery reaches the shop", || async {
+        h.receiver.arrivals() == 1
+    })
+    .await;
+    let pending = events(&h, "?status=pending").await;
+    assert_eq!(pending.len(), 1);
+    let id = pending[0]["id"].as_str().unwrap();
+    h.admin_post(&format!("/admin/events/{id}/resend"), &json!({}))
+        .await
+        .expect_error(409, "event_pending");
+    wait_until("the event is delivered", || async {
+        events(&h, "?status=delivered").await.len() == 1
+    })
+    .await;
+    assert_eq!(h.receiver.arrivals(), 1, "delivered once");
+    // Delivered, it may be resent.
+    let r = h
+        .admin_post(&format!("/admin/events/{id}/resend"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    h.shutdown().await;
 }

@@ -12,7 +12,15 @@
 //!   `FOR UPDATE SKIP LOCKED` and a lease column: one instance works an item at a time, and
 //!   a dead instance's claims run out after the lease (`store.lease`, [`DEFAULT_LEASE`]).
 //!   Only the oldest pending event of a payment is ever due, claimed or
-//!   not, so events of one payment still go out one at a time, in order.
+//!   not, so events of one payment still go out one at a time, in order. Events are claimed
+//!   per shop, each shop at most its free delivery slots (`DueLimits`), so one shop's
+//!   backlog never fills another's places.
+//! - An event's claim is fenced: each carries a random token (`events.claim`, handed out in
+//!   `EventRecord::claim`), and `record_delivery` / `release_events` write only while the row
+//!   still holds it, so a holder that stalled past its lease changes nothing once another
+//!   instance has taken the event over. Event leases are set and compared on the database's
+//!   clock (`now()`), never an instance's own: instances whose clocks disagree still agree
+//!   on when a lease ran out. (`gen_random_uuid()` makes the tokens: PostgreSQL 13 or later.)
 //! - Schema changes are versioned migrations (`schema_migrations`), each in one transaction
 //!   under an advisory lock, applied at start: instances starting together do not race.
 //!
