@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::disk::SmallDisk;
 use support::{wait_until, Binary, Harness};
 
 /// Retries after 100ms and 100ms, then dead.
@@ -234,5 +235,240 @@ async fn a_slow_shop_never_delays_another_shops_events() {
         h.receiver.accepted().is_empty(),
         "the slow shop has answered nothing yet"
     );
+    h.shutdown().await;
+}
+
+/// How long the slow shop holds each delivery in the backlog test: far longer than the test
+/// gives the other shop's event.
+const SLOW_SHOP_HOLDS_MS: u64 = 5_000;
+/// The other shop's event must arrive within this of being written (issue 16's "done when").
+const OTHER_SHOP_WITHIN: Duration = Duration::from_secs(1);
+
+/// Points other-shop (merchant m_9009) at a receiver of its own; returns it.
+async fn other_shop_receiver(h: &Harness) -> support::Receiver {
+    let other = support::Receiver::start().await;
+    let yaml = std::fs::read_to_string(&h.config_path).unwrap();
+    let (head, tail) = yaml.split_once("id: other-shop").unwrap();
+    let tail = tail.replacen(&h.receiver.url, &other.url, 1);
+    support::write_atomically(&h.config_path, &format!("{head}id: other-shop{tail}"));
+    assert_eq!(h.admin_post("/admin/reload", &json!({})).await.status, 200);
+    other
+}
+
+/// Creates and pays other-shop's order `no`: its `payment.succeeded` event is written when
+/// this returns.
+async fn other_shop_paid(h: &Harness, no: &str) {
+    let auth = "Bearer other-shop-key-0123456789";
+    let r = h
+        .send(
+            http::Method::POST,
+            &format!("{}/v1/payments", h.api),
+            &[("authorization", auth)],
+            &support::payment("m_9009", no, "wechat_native", 500, json!({})).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(h.pay(no).await.status, 200);
+    let q = h
+        .send(
+            http::Method::GET,
+            &format!("{}/v1/payments/m_9009/{no}?refresh=true", h.api),
+            &[("authorization", auth)],
+            "",
+        )
+        .await;
+    assert_eq!(q.body["status"], "succeeded", "{}", q.text);
+}
+
+/// Issue 16 item 3: 1,000 due events at a shop whose webhook holds every request for seconds
+/// (four times the 256 a round takes) leave another shop's event delivered within a second.
+#[tokio::test]
+async fn a_backlog_of_1000_at_a_slow_shop_leaves_another_shops_event_on_time() {
+    let h = Harness::start_with(
+        false,
+        &format!(
+            "{}webhooks: {{ per_shop_concurrency: 2, timeout: 10s }}\n",
+            support::RULES
+        ),
+        "",
+    )
+    .await;
+    h.faults(json!({"drop_notifications": true})).await;
+    let other = other_shop_receiver(&h).await;
+    h.receiver.answer_after(SLOW_SHOP_HOLDS_MS);
+    // The backlog, written straight into the store (as 1,000 payments would have left it):
+    // each event heads its own payment's queue, all due, all older than the other shop's.
+    {
+        let mut db = rusqlite::Connection::open(h.db_path()).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        let tx = db.transaction().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for i in 0..1_000 {
+            let id = format!("evt_backlog_{i:04}");
+            let body = json!({"id": id, "type": "payment.succeeded", "data": {"out_trade_no": format!("backlog-{i}")}});
+            tx.execute(
+                "INSERT INTO events (event_id, shop_id, merchant_id, payment_id, event_type, body,
+                 status, attempts, next_attempt_at, created_at)
+                 VALUES (?1, 'test-shop', 'm_1001', ?2, 'payment.succeeded', ?3, 'pending', 0, ?4, ?4)",
+                rusqlite::params![id, format!("pay_backlog_{i}"), body.to_string(), now - 60_000 + i],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    wait_until("the slow shop's two slots are taken", || async {
+        h.receiver.arrivals() >= 2
+    })
+    .await;
+
+    other_shop_paid(&h, "fast-after-backlog").await;
+    let written = tokio::time::Instant::now();
+    other.event("payment.succeeded", "fast-after-backlog").await;
+    let took = written.elapsed();
+    eprintln!(
+        "other shop's event delivered {took:?} after it was written, beside a backlog of 1,000"
+    );
+    assert!(
+        took < OTHER_SHOP_WITHIN,
+        "the other shop's event took {took:?} behind the slow shop's backlog"
+    );
+    assert_eq!(
+        h.receiver.arrivals(),
+        2,
+        "the slow shop never has more than its 2 slots in flight"
+    );
+    h.shutdown().await;
+}
+
+/// How long the shop holds the delivery in flight while the test fills the disk.
+const HOLD_WHILE_FILLING_MS: u64 = 4_000;
+/// How long the disk stays full with the delivery's outcome unrecorded: many poll rounds.
+const FULL_FOR: Duration = Duration::from_secs(3);
+
+/// Issue 16 item 2: a delivery whose outcome cannot be written (the disk filled while it was
+/// in flight) is not sent again — neither while the disk is full nor once space returns — and
+/// its outcome is recorded then.
+#[tokio::test]
+async fn a_full_disk_never_resends_a_delivered_event_and_its_outcome_is_recorded_once_space_returns(
+) {
+    let mut h = Harness::start_with(
+        false,
+        &format!(
+            "{}webhooks: {{ schedule: [1s, 1s, 1s, 1s, 1s, 1s, 1s, 1s], timeout: 10s }}\n",
+            support::RULES
+        ),
+        "",
+    )
+    .await;
+    let Some(disk) = SmallDisk::mount(&h.dir.path().join("small"), "2m") else {
+        return;
+    };
+    disk.move_store(&mut h).await;
+    h.faults(json!({"drop_notifications": true})).await;
+    h.receiver.answer_after(HOLD_WHILE_FILLING_MS);
+    paid(&h, "ob-full").await;
+    wait_until("the delivery reaches the shop", || async {
+        h.receiver.arrivals() == 1
+    })
+    .await;
+
+    // The disk fills while the shop holds the delivery: writes fail from the first that needs
+    // a new page on.
+    disk.fill();
+    let mut i = 0;
+    loop {
+        let r = h
+            .create(&support::payment(
+                "m_1001",
+                &format!("ob-full-{i}"),
+                "wechat_native",
+                100,
+                json!({}),
+            ))
+            .await;
+        if r.status == 503 {
+            break;
+        }
+        i += 1;
+        assert!(i < 50, "the store never reported the full disk");
+    }
+    wait_until("the shop answers the delivery (200)", || async {
+        h.receiver.received().len() == 1
+    })
+    .await;
+    // From now on the shop answers at once: a resend loop would show as thousands.
+    h.receiver.answer_after(0);
+    // Many rounds with the event pending in the store, its delivery unrecorded.
+    tokio::time::sleep(FULL_FOR).await;
+    assert_eq!(
+        h.receiver.arrivals(),
+        1,
+        "sent again while its outcome could not be written"
+    );
+
+    disk.free();
+    wait_until("the delivery is recorded", || async {
+        events(&h, "?status=delivered").await.len() == 1
+    })
+    .await;
+    let delivered = events(&h, "?status=delivered").await.remove(0);
+    assert_eq!(
+        h.receiver.arrivals(),
+        1,
+        "sent again once space returned, before its outcome was recorded"
+    );
+    assert_eq!(delivered["attempts"], 1);
+    assert!(
+        events(&h, "?status=pending").await.is_empty(),
+        "nothing lost or left over"
+    );
+    let m = h.metrics().await;
+    for reason in ["unrecorded", "superseded"] {
+        assert!(
+            support::metric(
+                &m,
+                &format!(r#"payroute_outbox_held_total{{reason="{reason}"}}"#)
+            )
+            .is_some(),
+            "{reason} is listed"
+        );
+    }
+    assert_eq!(support::metric(&m, "payroute_outbox_unrecorded"), Some(0.0));
+    h.shutdown().await;
+    drop(disk);
+}
+
+/// Issue 16 item 6: an event still pending — here in the middle of its delivery — is not
+/// resent (a resend would start a second delivery beside the one under way): `409
+/// event_pending`, and the shop gets it once.
+#[tokio::test]
+async fn resending_an_event_in_the_middle_of_its_delivery_is_refused() {
+    let h = Harness::start_with(false, &format!("{}{SHORT}", support::RULES), "").await;
+    h.faults(json!({"drop_notifications": true})).await;
+    h.receiver.answer_after(1_000);
+    paid(&h, "ob-mid").await;
+    wait_until("the delivery reaches the shop", || async {
+        h.receiver.arrivals() == 1
+    })
+    .await;
+    let pending = events(&h, "?status=pending").await;
+    assert_eq!(pending.len(), 1);
+    let id = pending[0]["id"].as_str().unwrap();
+    h.admin_post(&format!("/admin/events/{id}/resend"), &json!({}))
+        .await
+        .expect_error(409, "event_pending");
+    wait_until("the event is delivered", || async {
+        events(&h, "?status=delivered").await.len() == 1
+    })
+    .await;
+    assert_eq!(h.receiver.arrivals(), 1, "delivered once");
+    // Delivered, it may be resent.
+    let r = h
+        .admin_post(&format!("/admin/events/{id}/resend"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     h.shutdown().await;
 }

@@ -767,3 +767,80 @@ async fn a_reload_whose_timeouts_outgrow_the_running_lease_is_refused() {
     assert_eq!(h.admin_get("/admin/config").await.body["version"], before);
     h.shutdown().await;
 }
+
+/// Issue 16 item 6, two instances on one database: A (the real binary) takes an event and
+/// stalls (SIGSTOP) past its lease mid-delivery; B takes the event over and records its own
+/// attempt (the shop failed it: a retry, far off). When A wakes and writes its outcome under
+/// its stale claim, nothing changes: B's claim, attempt and schedule stand, and A counts the
+/// outcome as superseded. (Before: A's write landed over B's — attempts 2, or `delivered` for
+/// an event whose last attempt failed — and a stale retry would have cleared B's lease.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_stalled_past_its_lease_writes_nothing_over_the_one_that_took_over() {
+    let rules = format!(
+        "{}webhooks: {{ timeout: 5s, schedule: [10m] }}\n",
+        support::RULES
+    );
+    let Some(mut h) = Harness::start_on_postgres_opts(PgOptions {
+        rules: &rules,
+        store_extra: ", lease: 12s",
+        ..PgOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let a = support::Binary::take_over(&mut h).await;
+    // A's delivery is held by the shop, then accepted.
+    h.receiver.answer_after(1_000);
+    let no = "fence-1";
+    h.create(&payment("m_1001", no, "wechat_native", 800, json!({})))
+        .await
+        .expect_created_on("m1001_wechat");
+    assert_eq!(h.pay(no).await.status, 200);
+    support::wait_until("A is delivering", || async { h.receiver.arrivals() == 1 }).await;
+    a.signal("STOP");
+    // B takes the event over once A's lease runs out; the shop fails B's attempt.
+    h.receiver.answer_after(0);
+    h.receiver.answer_with(500);
+    let (_b_api, b) = h.another_instance().await;
+    let b_admin = format!("http://{}", b.admin_addr);
+    let event = || async {
+        let auth = format!("Bearer {}", support::ADMIN_TOKEN);
+        let r = h
+            .send(
+                Method::GET,
+                &format!("{b_admin}/admin/events?limit=10"),
+                &[("authorization", &auth)],
+                "",
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let events = r.body["events"].as_array().cloned().unwrap_or_default();
+        assert_eq!(events.len(), 1, "{}", r.text);
+        events[0].clone()
+    };
+    support::wait_until("B records its failed attempt", || async {
+        event().await["attempts"] == 1
+    })
+    .await;
+    assert_eq!(h.receiver.arrivals(), 2, "A's attempt and B's");
+
+    a.signal("CONT");
+    // A's write lands (before the fix: the event changes) or is superseded (counted by A).
+    support::wait_until("A writes its outcome", || async {
+        support::metric(
+            &h.metrics().await,
+            r#"payroute_outbox_held_total{reason="superseded"}"#,
+        ) == Some(1.0)
+            || event().await["attempts"] != 1
+    })
+    .await;
+    let e = event().await;
+    assert_eq!(e["status"], "pending", "{e}");
+    assert_eq!(e["attempts"], 1, "only B's attempt is recorded: {e}");
+    assert_eq!(e["last_error"], "HTTP 500", "{e}");
+    assert_eq!(h.receiver.arrivals(), 2, "nobody sent it again");
+    b.shutdown().await;
+    drop(a);
+    h.shutdown().await;
+}

@@ -19,7 +19,7 @@ use crate::payment::PaymentService;
 use crate::routing::PaymentFacts;
 use crate::secret::token_matches;
 use crate::server::json_response;
-use crate::store::{EventFilter, EventRecord, PaymentFilter, RefundFilter};
+use crate::store::{EventFilter, EventRecord, PaymentFilter, RefundFilter, Resend};
 use crate::stranded::StrandedWatch;
 
 /// What actually serves, for `/admin/config`: the bound addresses, whether the API listener
@@ -417,7 +417,9 @@ async fn events(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> 
     )
 }
 
-/// `POST /admin/events/{id}/resend`: back in the queue, due now, its schedule afresh.
+/// `POST /admin/events/{id}/resend`: a dead or delivered event back in the queue, due now,
+/// its schedule afresh. A pending one is refused (`409 event_pending`): it is already queued
+/// and may be in flight right now, and a resend would start a second delivery beside it.
 async fn resend(app: &AdminState, id: &str) -> Response<Full<Bytes>> {
     match app
         .payments
@@ -425,11 +427,15 @@ async fn resend(app: &AdminState, id: &str) -> Response<Full<Bytes>> {
         .resend_event(id, crate::payment::now_ms())
         .await
     {
-        Ok(Some(e)) => {
+        Ok(Resend::Resent(e)) => {
             app.payments.events_written().notify_one();
             json_response(StatusCode::OK, &event_json(&e))
         }
-        Ok(None) => error(ErrorCode::NotFound, format!("no event {id:?}")),
+        Ok(Resend::Pending(_)) => error(
+            ErrorCode::EventPending,
+            format!("event {id:?} is pending: it will be delivered on its schedule"),
+        ),
+        Ok(Resend::Unknown) => error(ErrorCode::NotFound, format!("no event {id:?}")),
         Err(e) => {
             tracing::error!(error = %e, "resending an event");
             error(ErrorCode::StoreUnavailable, "store unavailable")

@@ -31,6 +31,8 @@ pub enum ErrorCode {
     OutRefundNoTaken,
     RequestInProgress,
     InvalidState,
+    /// Admin: an event still pending cannot be resent (it is queued, maybe in flight).
+    EventPending,
     NoRoute,
     RateLimited,
     ChannelRejected,
@@ -68,6 +70,7 @@ impl ErrorCode {
             OutRefundNoTaken => "out_refund_no_taken",
             RequestInProgress => "request_in_progress",
             InvalidState => "invalid_state",
+            EventPending => "event_pending",
             NoRoute => "no_route",
             RateLimited => "rate_limited",
             ChannelRejected => "channel_rejected",
@@ -92,7 +95,7 @@ impl ErrorCode {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IdempotencyMismatch | OutTradeNoTaken | OutRefundNoTaken | RequestInProgress
-            | InvalidState => StatusCode::CONFLICT,
+            | InvalidState | EventPending => StatusCode::CONFLICT,
             NoRoute => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ChannelRejected => StatusCode::PAYMENT_REQUIRED,

@@ -651,6 +651,7 @@ fn new_event(
         delivered_at: None,
         last_error: None,
         seq: 0,
+        claim: None,
     }
 }
 

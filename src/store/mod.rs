@@ -161,6 +161,60 @@ pub struct EventRecord {
     pub last_error: Option<String>,
     /// Assigned by the store on insert.
     pub seq: i64,
+    /// The claim token [`Store::due_events`] handed this event out with (a shared store's
+    /// fencing token: random per claim, stored in the event's row); `None` where the store
+    /// does not claim (SQLite, one process) and on events read any other way.
+    /// [`Store::record_delivery`] and [`Store::release_events`] write only while the row
+    /// still holds this token: a holder whose lease ran out and was taken over changes
+    /// nothing.
+    pub claim: Option<String>,
+}
+
+/// How many due events [`Store::due_events`] may hand out: each shop at most its free
+/// delivery slots, so that one shop's backlog never takes the places of another's events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DueLimits {
+    /// A shop's free slots when `busy` does not name it (`webhooks.per_shop_concurrency`).
+    pub per_shop: u32,
+    /// Shops with deliveries in flight in this caller, and their free slots (0: none now).
+    pub busy: Vec<(String, u32)>,
+    /// Events this caller holds already (in flight, or an outcome not yet recorded): never
+    /// handed out again to it, and not counted against their shop's slots. A store that
+    /// claims excludes them by their claim anyway.
+    pub holding: Vec<String>,
+    /// In all, at most this many (oldest due first across shops).
+    pub total: u32,
+}
+
+impl DueLimits {
+    /// Every shop at most `per_shop`, at most `total` in all, nothing held.
+    pub fn per_shop(per_shop: u32, total: u32) -> DueLimits {
+        DueLimits {
+            per_shop,
+            total,
+            ..DueLimits::default()
+        }
+    }
+
+    /// The slots `due_events` may fill for `shop`.
+    pub fn free(&self, shop: &str) -> u32 {
+        self.busy
+            .iter()
+            .find(|(s, _)| s == shop)
+            .map_or(self.per_shop, |(_, free)| *free)
+    }
+}
+
+/// What [`Store::resend_event`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resend {
+    /// Back in the queue, due at the time asked, its schedule afresh.
+    Resent(EventRecord),
+    /// Still pending (waiting for its next attempt, or being delivered right now): left as
+    /// it is, since a resend would start a second delivery beside the one under way.
+    Pending(EventRecord),
+    /// No such event.
+    Unknown,
 }
 
 /// Which events `GET /admin/events` lists, newest first.
@@ -285,32 +339,42 @@ pub trait Store: Send + Sync {
         event: Option<&EventRecord>,
     ) -> Result<bool, StoreError>;
 
-    /// Pending events due at `now` that head their payment's queue, oldest first.
+    /// Pending events due at `now` (the caller's clock, as `next_attempt_at` is written) that
+    /// head their payment's queue, oldest first: per shop at most its free slots in
+    /// `limits`, so a shop's backlog costs only that shop.
     ///
-    /// A store shared by several instances claims them for this caller: until
+    /// A store shared by several instances claims them for this caller, each with a fresh
+    /// [`EventRecord::claim`] token and a lease timed by the database's own clock: until
     /// [`Store::record_delivery`] (or [`Store::release_events`], or the lease running out)
     /// no other caller gets them.
-    async fn due_events(&self, now: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
+    async fn due_events(
+        &self,
+        now: i64,
+        limits: &DueLimits,
+    ) -> Result<Vec<EventRecord>, StoreError>;
 
     /// Gives back events [`Store::due_events`] handed out that the caller will not deliver
-    /// now, so that the next round (of any instance) may take them at once. A store that
-    /// does not claim has nothing to give back.
-    async fn release_events(&self, event_ids: &[String]) -> Result<(), StoreError> {
-        let _ = event_ids;
+    /// now, so that the next round (of any instance) may take them at once; only those whose
+    /// claim the caller still holds. A store that does not claim has nothing to give back.
+    async fn release_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
+        let _ = events;
         Ok(())
     }
 
-    /// Records one delivery attempt of a pending event.
-    async fn record_delivery(&self, event_id: &str, delivery: Delivery) -> Result<(), StoreError>;
+    /// Records one delivery attempt of a pending event handed out by [`Store::due_events`]:
+    /// true if written; false (nothing changed) if the event is no longer pending or another
+    /// caller has claimed it since (its [`EventRecord::claim`] is no longer the row's).
+    async fn record_delivery(
+        &self,
+        event: &EventRecord,
+        delivery: Delivery,
+    ) -> Result<bool, StoreError>;
 
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError>;
 
-    /// Puts an event (dead or delivered) back in the queue, due now; `None` if unknown.
-    async fn resend_event(
-        &self,
-        event_id: &str,
-        now: i64,
-    ) -> Result<Option<EventRecord>, StoreError>;
+    /// Puts an event that is dead or delivered back in the queue, due at `now`; a pending one
+    /// is left alone ([`Resend::Pending`]).
+    async fn resend_event(&self, event_id: &str, now: i64) -> Result<Resend, StoreError>;
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
 

@@ -12,7 +12,15 @@
 //!   `FOR UPDATE SKIP LOCKED` and a lease column: one instance works an item at a time, and
 //!   a dead instance's claims run out after the lease (`store.lease`, [`DEFAULT_LEASE`]).
 //!   Only the oldest pending event of a payment is ever due, claimed or
-//!   not, so events of one payment still go out one at a time, in order.
+//!   not, so events of one payment still go out one at a time, in order. Events are claimed
+//!   per shop, each shop at most its free delivery slots (`DueLimits`), so one shop's
+//!   backlog never fills another's places.
+//! - An event's claim is fenced: each carries a random token (`events.claim`, handed out in
+//!   `EventRecord::claim`), and `record_delivery` / `release_events` write only while the row
+//!   still holds it, so a holder that stalled past its lease changes nothing once another
+//!   instance has taken the event over. Event leases are set and compared on the database's
+//!   clock (`now()`), never an instance's own: instances whose clocks disagree still agree
+//!   on when a lease ran out. (`gen_random_uuid()` makes the tokens: PostgreSQL 13 or later.)
 //! - Schema changes are versioned migrations (`schema_migrations`), each in one transaction
 //!   under an advisory lock, applied at start: instances starting together do not race.
 //!
@@ -28,9 +36,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    account_json, failure, parse_account, rebound_seller, Delivery, EventFilter, EventRecord,
-    OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord,
-    Reservation, Store, StoreError, StoreMetrics, LEGACY_SELLER_FILTER,
+    account_json, failure, parse_account, rebound_seller, Delivery, DueLimits, EventFilter,
+    EventRecord, OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord, RefundFilter,
+    RefundRecord, Resend, Reservation, Store, StoreError, StoreMetrics, LEGACY_SELLER_FILTER,
 };
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 use crate::secret::Secret;
@@ -59,7 +67,7 @@ const SESSION_BOUNDS: &str =
 
 /// Versioned schema migrations, applied in order, each in one transaction. Never edit one
 /// that has shipped: add the next.
-const MIGRATIONS: [(i32, &str); 2] = [(1, V1), (2, V2_LATE)];
+const MIGRATIONS: [(i32, &str); 3] = [(1, V1), (2, V2_LATE), (3, V3_EVENT_CLAIMS)];
 
 const V1: &str = "
 CREATE TABLE payments (
@@ -145,6 +153,19 @@ CREATE TABLE store_probe (
     at BIGINT NOT NULL
 );
 ";
+
+/// Issue 16: an event's claim carries a fencing token (only its holder records the
+/// delivery), and due events are claimed per shop in `(next_attempt_at, seq)` order: the
+/// index serves both the walk over the shops with pending events and each shop's oldest.
+const V3_EVENT_CLAIMS: &str = "
+ALTER TABLE events ADD COLUMN claim TEXT;
+CREATE INDEX events_shop_due ON events (shop_id, next_attempt_at, seq) WHERE status = 'pending';
+";
+
+/// Now in unix ms by the database's clock: every lease is set and compared by this one clock,
+/// so instances whose clocks disagree still agree on whose lease has run out. (`now()` is the
+/// transaction's start: one value throughout a statement.)
+const DB_NOW_MS: &str = "(extract(epoch from now()) * 1000)::bigint";
 
 /// A schema name payroute accepts: a plain lower-case identifier, so that it needs no
 /// quoting rules of its own and cannot inject SQL.
@@ -645,7 +666,7 @@ fn read_refund(row: &Row) -> Result<RefundRecord, StoreError> {
     })
 }
 
-const EVENT_COLUMNS: &str = "seq, event_id, shop_id, merchant_id, payment_id, event_type, body, status, attempts, next_attempt_at, created_at, delivered_at, last_error";
+const EVENT_COLUMNS: &str = "seq, event_id, shop_id, merchant_id, payment_id, event_type, body, status, attempts, next_attempt_at, created_at, delivered_at, last_error, claim";
 
 fn read_event(row: &Row) -> Result<EventRecord, StoreError> {
     let event_type: String = get(row, 5)?;
@@ -668,6 +689,7 @@ fn read_event(row: &Row) -> Result<EventRecord, StoreError> {
         created_at: get(row, 10)?,
         delivered_at: get(row, 11)?,
         last_error: get(row, 12)?,
+        claim: get(row, 13)?,
     })
 }
 
@@ -1147,28 +1169,62 @@ impl Store for PostgresStore {
         Ok(n == 1)
     }
 
-    async fn due_events(&self, now: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+    async fn due_events(
+        &self,
+        now: i64,
+        limits: &DueLimits,
+    ) -> Result<Vec<EventRecord>, StoreError> {
         let c = self.conn().await?;
-        let limit = i64::from(limit);
-        let lease = now + self.lease_ms;
-        // Claim → lease → ack: rows another instance is claiming right now are skipped, not
-        // waited for; a claimed event stays pending (it still heads its payment's queue, so
-        // the events behind it wait) until its delivery is recorded or its lease runs out.
+        let (busy, free): (Vec<&str>, Vec<i64>) = limits
+            .busy
+            .iter()
+            .map(|(shop, free)| (shop.as_str(), i64::from(*free)))
+            .unzip();
+        // Claim → lease → ack, per shop: the shops with pending events are walked one index
+        // probe each (a loose index scan); each gives at most its free slots of its oldest due
+        // heads, so a shop's backlog is read no further than its slots and never takes
+        // another shop's places. Rows another instance is claiming right now are skipped, not
+        // waited for (and the slot goes to the shop's next event); a claimed event stays
+        // pending (it still heads its payment's queue, so the events behind it wait) until
+        // its delivery is recorded or its lease runs out. Each claim gets a fresh token.
         let rows = query(
             &c,
             &format!(
-                "WITH due AS (
-                   SELECT e.seq AS id FROM events e
-                   WHERE e.status = 'pending' AND e.next_attempt_at <= $1
-                     AND (e.lease_until IS NULL OR e.lease_until <= $1)
-                     AND NOT EXISTS (SELECT 1 FROM events x WHERE x.payment_id = e.payment_id
-                                       AND x.status = 'pending' AND x.seq < e.seq)
-                   ORDER BY e.next_attempt_at, e.seq LIMIT $2
-                   FOR UPDATE SKIP LOCKED)
-                 UPDATE events SET lease_until = $3 FROM due WHERE events.seq = due.id
+                "WITH RECURSIVE shops(shop_id) AS (
+                   SELECT (SELECT MIN(shop_id) FROM events WHERE status = 'pending')
+                   UNION ALL
+                   SELECT (SELECT MIN(e.shop_id) FROM events e
+                           WHERE e.status = 'pending' AND e.shop_id > shops.shop_id)
+                   FROM shops WHERE shops.shop_id IS NOT NULL),
+                 slots AS (
+                   SELECT s.shop_id, LEAST(COALESCE(b.free, $2), $5) AS free
+                   FROM shops s LEFT JOIN unnest($3::text[], $4::bigint[]) AS b(shop_id, free)
+                     USING (shop_id)
+                   WHERE s.shop_id IS NOT NULL),
+                 due AS (
+                   SELECT d.seq AS id FROM slots CROSS JOIN LATERAL (
+                     SELECT e.seq, e.next_attempt_at FROM events e
+                     WHERE e.shop_id = slots.shop_id AND e.status = 'pending'
+                       AND e.next_attempt_at <= $1
+                       AND (e.lease_until IS NULL OR e.lease_until <= {DB_NOW_MS})
+                       AND NOT EXISTS (SELECT 1 FROM events x
+                                       WHERE x.payment_id = e.payment_id
+                                         AND x.status = 'pending' AND x.seq < e.seq)
+                     ORDER BY e.next_attempt_at, e.seq LIMIT slots.free
+                     FOR UPDATE SKIP LOCKED) d
+                   ORDER BY d.next_attempt_at, d.seq LIMIT $5)
+                 UPDATE events SET lease_until = {DB_NOW_MS} + $6, claim = gen_random_uuid()::text
+                 FROM due WHERE events.seq = due.id
                  RETURNING {EVENT_COLUMNS}"
             ),
-            &[&now, &limit, &lease],
+            &[
+                &now,
+                &i64::from(limits.per_shop),
+                &busy,
+                &free,
+                &i64::from(limits.total),
+                &self.lease_ms,
+            ],
         )
         .await?;
         let mut events = collect(rows, read_event)?;
@@ -1176,31 +1232,48 @@ impl Store for PostgresStore {
         Ok(events)
     }
 
-    async fn release_events(&self, event_ids: &[String]) -> Result<(), StoreError> {
-        if event_ids.is_empty() {
+    async fn release_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
+        let (ids, claims): (Vec<&str>, Vec<Option<&str>>) = events
+            .iter()
+            .map(|e| (e.event_id.as_str(), e.claim.as_deref()))
+            .unzip();
+        if ids.is_empty() {
             return Ok(());
         }
         let c = self.conn().await?;
+        // Only claims still the caller's: one taken over since belongs to its new holder.
         execute(
             &c,
-            "UPDATE events SET lease_until = NULL WHERE event_id = ANY($1) AND status = 'pending'",
-            &[&event_ids],
+            "UPDATE events SET lease_until = NULL, claim = NULL
+             FROM unnest($1::text[], $2::text[]) AS r(event_id, claim)
+             WHERE events.event_id = r.event_id AND events.claim = r.claim
+               AND events.status = 'pending'",
+            &[&ids, &claims],
         )
         .await?;
         Ok(())
     }
 
-    async fn record_delivery(&self, event_id: &str, delivery: Delivery) -> Result<(), StoreError> {
+    async fn record_delivery(
+        &self,
+        event: &EventRecord,
+        delivery: Delivery,
+    ) -> Result<bool, StoreError> {
         let started = tokio::time::Instant::now();
         let c = self.conn().await?;
-        // Every outcome ends the claim.
+        let (event_id, claim) = (&event.event_id, &event.claim);
+        // Every outcome ends the claim, and only its holder's does: a holder that stalled past
+        // its lease while another instance took the event over changes nothing (the other
+        // one's claim, lease and outcome stand). A lease that ran out but was not taken over
+        // is still its holder's: recording that outcome is right, and saves a resend.
         let n = match delivery {
             Delivery::Delivered { at } => {
                 execute(
                     &c,
                     "UPDATE events SET status = 'delivered', attempts = attempts + 1, delivered_at = $2,
-                     last_error = NULL, lease_until = NULL WHERE event_id = $1 AND status = 'pending'",
-                    &[&event_id, &at],
+                     last_error = NULL, lease_until = NULL, claim = NULL
+                     WHERE event_id = $1 AND status = 'pending' AND claim IS NOT DISTINCT FROM $3",
+                    &[event_id, &at, claim],
                 )
                 .await?
             }
@@ -1211,8 +1284,9 @@ impl Store for PostgresStore {
                 execute(
                     &c,
                     "UPDATE events SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3,
-                     lease_until = NULL WHERE event_id = $1 AND status = 'pending'",
-                    &[&event_id, &next_attempt_at, &error],
+                     lease_until = NULL, claim = NULL
+                     WHERE event_id = $1 AND status = 'pending' AND claim IS NOT DISTINCT FROM $4",
+                    &[event_id, &next_attempt_at, &error, claim],
                 )
                 .await?
             }
@@ -1220,17 +1294,18 @@ impl Store for PostgresStore {
                 execute(
                     &c,
                     "UPDATE events SET status = 'dead', attempts = attempts + 1, last_error = $2,
-                     lease_until = NULL WHERE event_id = $1 AND status = 'pending'",
-                    &[&event_id, &error],
+                     lease_until = NULL, claim = NULL
+                     WHERE event_id = $1 AND status = 'pending' AND claim IS NOT DISTINCT FROM $3",
+                    &[event_id, &error, claim],
                 )
                 .await?
             }
         };
         self.committed(started);
         if n == 0 {
-            tracing::debug!(event_id = %event_id, "delivery recorded for an event no longer pending");
+            tracing::debug!(event_id = %event_id, "delivery not recorded: the event is no longer pending or no longer this caller's claim");
         }
-        Ok(())
+        Ok(n == 1)
     }
 
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
@@ -1250,25 +1325,36 @@ impl Store for PostgresStore {
         collect(rows, read_event)
     }
 
-    async fn resend_event(
-        &self,
-        event_id: &str,
-        now: i64,
-    ) -> Result<Option<EventRecord>, StoreError> {
+    async fn resend_event(&self, event_id: &str, now: i64) -> Result<Resend, StoreError> {
         let started = tokio::time::Instant::now();
         let c = self.conn().await?;
+        // A pending event is left alone: it may be in an instance's hands right now, and
+        // clearing its claim would let a second delivery start beside that one.
         let rows = query(
             &c,
             &format!(
                 "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = $2,
-                 delivered_at = NULL, lease_until = NULL WHERE event_id = $1
+                 delivered_at = NULL, lease_until = NULL, claim = NULL
+                 WHERE event_id = $1 AND status <> 'pending'
                  RETURNING {EVENT_COLUMNS}"
             ),
             &[&event_id, &now],
         )
         .await?;
         self.committed(started);
-        rows.first().map(read_event).transpose()
+        if let Some(row) = rows.first() {
+            return Ok(Resend::Resent(read_event(row)?));
+        }
+        let rows = query(
+            &c,
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"),
+            &[&event_id],
+        )
+        .await?;
+        Ok(match rows.first() {
+            Some(row) => Resend::Pending(read_event(row)?),
+            None => Resend::Unknown,
+        })
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    account_json, failure, parse_account, rebound_seller, Delivery, EventFilter, EventRecord,
-    OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord,
-    Reservation, Store, StoreError, StoreMetrics, LEGACY_SELLER_FILTER,
+    account_json, failure, parse_account, rebound_seller, Delivery, DueLimits, EventFilter,
+    EventRecord, OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord, RefundFilter,
+    RefundRecord, Resend, Reservation, Store, StoreError, StoreMetrics, LEGACY_SELLER_FILTER,
 };
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 
@@ -375,6 +375,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS events_payment ON events (payment_id, status, seq);
 CREATE INDEX IF NOT EXISTS events_age ON events (status, created_at);
+CREATE INDEX IF NOT EXISTS events_shop_due ON events (shop_id, next_attempt_at, seq)
+    WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, pad BLOB);
 ";
 
@@ -442,6 +444,7 @@ fn read_event(row: &Row) -> rusqlite::Result<Result<EventRecord, StoreError>> {
             created_at: row.get(10).map_err(backend)?,
             delivered_at: row.get(11).map_err(backend)?,
             last_error: row.get(12).map_err(backend)?,
+            claim: None,
         })
     })())
 }
@@ -989,27 +992,72 @@ impl Store for SqliteStore {
         Ok(updated)
     }
 
-    async fn due_events(&self, now: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
+    async fn due_events(
+        &self,
+        now: i64,
+        limits: &DueLimits,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let limits = limits.clone();
         self.read(move |conn| {
+            // One process, one outbox: nothing is claimed, what the caller holds is left out.
+            let holding = serde_json::to_string(&limits.holding)
+                .map_err(|e| StoreError::Backend(format!("held events: {e}")))?;
+            // The shops with pending events, one index probe each (a loose index scan), then
+            // each shop's oldest due heads up to its free slots: a shop's backlog is never
+            // read past its slots, and never takes another shop's places.
+            let shops = {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "WITH RECURSIVE shops(shop_id) AS (
+                           SELECT (SELECT MIN(shop_id) FROM events WHERE status = 'pending')
+                           UNION ALL
+                           SELECT (SELECT MIN(e.shop_id) FROM events e
+                                   WHERE e.status = 'pending' AND e.shop_id > shops.shop_id)
+                           FROM shops WHERE shops.shop_id IS NOT NULL)
+                         SELECT shop_id FROM shops WHERE shop_id IS NOT NULL",
+                    )
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([], |row| row.get::<_, String>(0))
+                    .map_err(backend)?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()
+                    .map_err(backend)?
+            };
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {EVENT_COLUMNS} FROM events e
-                     WHERE e.status = 'pending' AND e.next_attempt_at <= ?1
+                     WHERE e.status = 'pending' AND e.shop_id = ?1 AND e.next_attempt_at <= ?2
                        AND e.seq = (SELECT MIN(x.seq) FROM events x
                                     WHERE x.payment_id = e.payment_id AND x.status = 'pending')
-                     ORDER BY e.next_attempt_at, e.seq LIMIT ?2"
+                       AND e.event_id NOT IN (SELECT value FROM json_each(?4))
+                     ORDER BY e.next_attempt_at, e.seq LIMIT ?3"
                 ))
                 .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![now, limit], read_event)
-                .map_err(backend)?;
-            collect(rows)
+            let mut due = Vec::new();
+            for shop in shops {
+                let free = limits.free(&shop).min(limits.total);
+                if free == 0 {
+                    continue;
+                }
+                let rows = stmt
+                    .query_map(params![shop, now, free, holding], read_event)
+                    .map_err(backend)?;
+                due.extend(collect(rows)?);
+            }
+            due.sort_by_key(|e| (e.next_attempt_at, e.seq));
+            due.truncate(limits.total as usize);
+            Ok(due)
         })
         .await
     }
 
-    async fn record_delivery(&self, event_id: &str, delivery: Delivery) -> Result<(), StoreError> {
-        let id = event_id.to_string();
+    async fn record_delivery(
+        &self,
+        event: &EventRecord,
+        delivery: Delivery,
+    ) -> Result<bool, StoreError> {
+        // No claims here (one process): the caller's claim token is trivially its own.
+        let id = event.event_id.clone();
         self.write(move |conn| {
             let n = match delivery {
                 Delivery::Delivered { at } => conn.execute(
@@ -1032,7 +1080,7 @@ impl Store for SqliteStore {
             if n == 0 {
                 tracing::debug!(event_id = %id, "delivery recorded for an event no longer pending");
             }
-            Ok(())
+            Ok(n == 1)
         })
         .await
     }
@@ -1058,20 +1106,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn resend_event(
-        &self,
-        event_id: &str,
-        now: i64,
-    ) -> Result<Option<EventRecord>, StoreError> {
+    async fn resend_event(&self, event_id: &str, now: i64) -> Result<Resend, StoreError> {
         let id = event_id.to_string();
         self.write(move |conn| {
-            conn.execute(
-                "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = ?2,
-                 delivered_at = NULL WHERE event_id = ?1",
-                params![id, now],
-            )
-            .map_err(backend)?;
-            get_event(conn, &id)
+            let n = conn
+                .execute(
+                    "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = ?2,
+                     delivered_at = NULL WHERE event_id = ?1 AND status <> 'pending'",
+                    params![id, now],
+                )
+                .map_err(backend)?;
+            Ok(match get_event(conn, &id)? {
+                Some(e) if n == 1 => Resend::Resent(e),
+                Some(e) => Resend::Pending(e),
+                None => Resend::Unknown,
+            })
         })
         .await
     }
