@@ -307,7 +307,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>, commits: &prometheus::IntCounte
             }
             return io_failed;
         }
-        let mut answers: Vec<Answer> = Vec::new();
+        let mut answers: Vec<Answer> = Vec::with_capacity(jobs.len());
         let mut lost = false;
         for job in jobs.by_ref() {
             if let Err(e) = exec(conn, "SAVEPOINT job").map_err(backend) {
