@@ -844,3 +844,157 @@ async fn an_instance_stalled_past_its_lease_writes_nothing_over_the_one_that_too
     drop(a);
     h.shutdown().await;
 }
+
+/// A login role with only what a running payroute needs on one schema (issue 16 item 7a):
+/// USAGE on the schema, SELECT/INSERT/UPDATE/DELETE on its tables, USAGE/SELECT on its
+/// sequences — no CREATE on the database or the schema. Dropped (its grants revoked first)
+/// when this is dropped, also when the test panics.
+struct RuntimeRole {
+    name: String,
+    /// The test database's url as the owner (the trust-auth superuser).
+    owner_url: String,
+    /// The same database as this role.
+    url: String,
+}
+
+impl RuntimeRole {
+    async fn grant(owner_url: &str, schema: &str) -> RuntimeRole {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("payroute_rt_{}_{nanos}", std::process::id());
+        let (scheme, rest) = owner_url.split_once("://").expect("a postgres:// url");
+        let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+        let role = RuntimeRole {
+            url: format!("{scheme}://{name}@{host}"),
+            owner_url: owner_url.to_string(),
+            name,
+        };
+        let owner = owner(owner_url).await;
+        owner
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN;
+                 GRANT USAGE ON SCHEMA \"{schema}\" TO {role};
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO {role};
+                 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO {role};",
+                role = role.name
+            ))
+            .await
+            .unwrap();
+        // Least privilege for real: the role can create nothing, here or in the database.
+        let row = owner
+            .query_one(
+                "SELECT has_database_privilege($1, current_database(), 'CREATE'),
+                        has_schema_privilege($1, $2, 'CREATE')",
+                &[&role.name, &schema],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, bool>(0), row.get::<_, bool>(1)),
+            (false, false),
+            "the runtime role may create"
+        );
+        role
+    }
+}
+
+/// A session of the owner on the test database.
+async fn owner(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+impl Drop for RuntimeRole {
+    fn drop(&mut self) {
+        // Drop may run inside a runtime (or while unwinding): a thread of its own, with a
+        // runtime of its own.
+        let (url, name) = (self.owner_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let owner = owner(&url).await;
+                let _ = owner
+                    .batch_execute(&format!("DROP OWNED BY {name}; DROP ROLE {name};"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The owner migrates the schema (here: the harness's start, as `payroute store migrate`
+/// would); a runtime role with no CREATE anywhere then starts payroute on it and serves
+/// payments, refunds and shop events (issue 16 item 7a).
+///
+/// Before: the start ran `CREATE SCHEMA IF NOT EXISTS`, which needs CREATE on the database
+/// even when the schema exists, and `CREATE TABLE IF NOT EXISTS schema_migrations`, which
+/// needs CREATE on the schema: the runtime role could not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runtime_role_without_create_starts_on_a_schema_the_owner_migrated() {
+    let Some(mut h) = Harness::start_on_postgres().await else {
+        return;
+    };
+    let (owner_url, schema) = {
+        let pg = h.pg.as_ref().unwrap();
+        (pg.url.clone(), pg.name.clone())
+    };
+    let role = RuntimeRole::grant(&owner_url, &schema).await;
+    payroute::store::postgres::PostgresStore::open(
+        &payroute::secret::Secret::new(role.url.clone()),
+        1,
+        &schema,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the runtime role cannot open the migrated schema: {e}"));
+    let yaml = std::fs::read_to_string(&h.config_path).unwrap();
+    let owned = format!("url: \"{owner_url}\"");
+    assert!(yaml.contains(&owned), "{yaml}");
+    support::write_atomically(
+        &h.config_path,
+        &yaml.replace(&owned, &format!("url: \"{}\"", role.url)),
+    );
+    h.restart().await;
+    assert_eq!(h.ready().await, 200, "/readyz as the runtime role");
+    create_replay_refund(h).await;
+    drop(role);
+}
+
+/// The runtime role meeting a schema that still needs a migration (a payroute newer than the
+/// schema) cannot apply it, and the error tells ops who can: the owner, through
+/// `payroute store migrate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runtime_role_meeting_an_unmigrated_schema_is_told_who_migrates() {
+    let Some(pg) = support::PgSchema::create("payroute_lp_").await else {
+        return;
+    };
+    owner(&pg.url)
+        .await
+        .batch_execute(&format!("CREATE SCHEMA \"{}\"", pg.name))
+        .await
+        .unwrap();
+    let role = RuntimeRole::grant(&pg.url, &pg.name).await;
+    let opened = payroute::store::postgres::PostgresStore::open(
+        &payroute::secret::Secret::new(role.url.clone()),
+        1,
+        &pg.name,
+    )
+    .await;
+    let error = opened
+        .err()
+        .expect("the runtime role migrated a schema")
+        .to_string();
+    assert!(error.contains("permission denied"), "{error}");
+    assert!(error.contains("payroute store migrate"), "{error}");
+    drop(role);
+    drop(pg);
+}

@@ -22,7 +22,10 @@
 //!   clock (`now()`), never an instance's own: instances whose clocks disagree still agree
 //!   on when a lease ran out. (`gen_random_uuid()` makes the tokens: PostgreSQL 13 or later.)
 //! - Schema changes are versioned migrations (`schema_migrations`), each in one transaction
-//!   under an advisory lock, applied at start: instances starting together do not race.
+//!   under an advisory lock, applied at start: instances starting together do not race. A
+//!   schema already current is only read at start, so the runtime role needs no CREATE
+//!   privilege: the owner migrates (`payroute store migrate`), the runtime role only reads
+//!   and writes rows (see `PostgresStore::migrate`).
 //!
 //! Money is `BIGINT` minor units; times are unix ms (`BIGINT`), as in SQLite.
 
@@ -436,10 +439,25 @@ impl PostgresStore {
     /// Applies each missing migration in its own transaction, under an advisory lock held
     /// to the end of that transaction: a second instance starting at the same moment waits,
     /// then sees the migration applied and skips it.
+    ///
+    /// A schema already current is only read: the start then needs no more than the
+    /// runtime role's grants (USAGE on the schema, SELECT on `schema_migrations`) — no
+    /// CREATE on the database (which `CREATE SCHEMA IF NOT EXISTS` checks even when the
+    /// schema exists) nor on the schema (which `CREATE TABLE IF NOT EXISTS` checks likewise).
+    /// A missing schema or ledger is created only when missing, so an owner with CREATE on
+    /// its schema but not on the database can migrate it.
+    ///
+    /// # Limits
+    /// A role without CREATE cannot apply a migration: a payroute newer than the schema fails
+    /// to start until `payroute store migrate` runs as the owner (the error says so).
     async fn migrate(&self, schema: &str) -> Result<(), StoreError> {
         let mut client = self.conn().await?;
+        let current = match applied_migrations(&client, schema).await? {
+            Some(applied) => MIGRATIONS.iter().all(|(v, _)| applied.contains(v)),
+            None => false,
+        };
         let lock_key = format!("payroute.migrate.{schema}");
-        for (version, sql) in MIGRATIONS {
+        for (version, sql) in MIGRATIONS.iter().filter(|_| !current) {
             let tx = client.transaction().await.map_err(pg)?;
             // A migration may take long, and so may waiting for another instance's: the
             // session bounds, meant for requests, do not apply here.
@@ -449,30 +467,37 @@ impl PostgresStore {
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
                 .await
                 .map_err(pg)?;
-            tx.batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-                 CREATE TABLE IF NOT EXISTS schema_migrations (
-                     version    INTEGER PRIMARY KEY,
-                     applied_at BIGINT NOT NULL
-                 );"
-            ))
-            .await
-            .map_err(pg)?;
+            // Under the lock, so that instances starting together do not both create.
+            if !exists(&tx, SCHEMA_EXISTS, schema).await? {
+                tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                    .await
+                    .map_err(|e| migrating("creating the schema", &e))?;
+            }
+            if !exists(&tx, LEDGER_EXISTS, schema).await? {
+                tx.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (
+                         version    INTEGER PRIMARY KEY,
+                         applied_at BIGINT NOT NULL
+                     )",
+                )
+                .await
+                .map_err(|e| migrating("creating schema_migrations", &e))?;
+            }
             let applied = tx
                 .query_opt(
                     "SELECT 1 FROM schema_migrations WHERE version = $1",
-                    &[&version],
+                    &[version],
                 )
                 .await
                 .map_err(pg)?
                 .is_some();
             if !applied {
-                tx.batch_execute(sql).await.map_err(|e| {
-                    StoreError::Backend(format!("migration {version}: {}", describe(&e)))
-                })?;
+                tx.batch_execute(sql)
+                    .await
+                    .map_err(|e| migrating(&format!("migration {version}"), &e))?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                    &[&version, &unix_ms()],
+                    &[version, &unix_ms()],
                 )
                 .await
                 .map_err(pg)?;
@@ -497,6 +522,60 @@ impl PostgresStore {
             );
         }
         Ok(())
+    }
+}
+
+/// Whether `schema` exists (`$1`): `pg_namespace` is readable by every role.
+const SCHEMA_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)";
+/// Whether `schema` (`$1`) holds the migrations' ledger, `schema_migrations`.
+const LEDGER_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_class c
+     JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = $1 AND c.relname = 'schema_migrations')";
+
+/// What `query` (one of [`SCHEMA_EXISTS`], [`LEDGER_EXISTS`]) says of `schema`.
+async fn exists(
+    client: &impl GenericClient,
+    query: &str,
+    schema: &str,
+) -> Result<bool, StoreError> {
+    let row = client.query_one(query, &[&schema]).await.map_err(pg)?;
+    get(&row, 0)
+}
+
+/// The versions applied to `schema`, read without writing or locking anything; `None` when
+/// it has no ledger yet (or does not exist).
+async fn applied_migrations(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<Option<Vec<i32>>, StoreError> {
+    if !exists(client, LEDGER_EXISTS, schema).await? {
+        return Ok(None);
+    }
+    let rows = client
+        .query("SELECT version FROM schema_migrations", &[])
+        .await
+        .map_err(|e| migrating("reading schema_migrations", &e))?;
+    rows.iter()
+        .map(|row| get(row, 0))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// A failed step of [`PostgresStore::migrate`]; a missing privilege says who may do it.
+fn migrating(step: &str, e: &tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+        return StoreError::Backend(format!(
+            "{step}: {}; the schema's owner applies migrations (`payroute store migrate` with \
+             the owner's store.url), the runtime role needs USAGE on the schema and SELECT, \
+             INSERT, UPDATE, DELETE on its tables and USAGE, SELECT on its sequences",
+            describe(e)
+        ));
+    }
+    let described = describe(e);
+    if unavailable(e) {
+        StoreError::Unavailable(format!("{step}: {described}"))
+    } else {
+        StoreError::Backend(format!("{step}: {described}"))
     }
 }
 

@@ -185,7 +185,16 @@ where
 {
     fn run(self: Box<Self>, conn: &Connection) -> (Option<StoreError>, Answer) {
         let Write { f, tx } = *self;
-        let result = f(conn);
+        // A write that panics is a bug in that write: it is answered as one (500), its
+        // savepoint rolled back like any failed write's, and the writer goes on with the
+        // rest of the batch instead of unwinding out of it (which would fail every write
+        // from then on).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Backend(
+                    "a store write failed (panicked)".into(),
+                ))
+            });
         let failed = result.as_ref().err().cloned();
         let answer: Answer = Box::new(move |commit_error| {
             let _ = tx.send(match commit_error {
@@ -241,12 +250,25 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// The writer thread: takes every write waiting, runs each in a savepoint of one
 /// transaction, commits once, then answers them all.
 ///
+/// A failed write is undone alone (`ROLLBACK TO` its savepoint) — except when SQLite has
+/// rolled back the whole transaction itself, as it may on `SQLITE_FULL`, `SQLITE_IOERR` or
+/// `SQLITE_NOMEM` (<https://www.sqlite.org/lang_transaction.html>, "Response To Errors
+/// Within A Transaction"). The writer checks after every write that its transaction is still
+/// open; when it is not, the writes that ran before in it are lost and answered
+/// `Unavailable` (retryable: nothing of them is stored), and the rest of the batch runs in a
+/// new transaction — never in autocommit, where each would be stored and then, at the
+/// batch's failed `COMMIT`, answered as a failure.
+///
 /// When the store is dropped it closes its connection last, once every reader has closed
 /// theirs: SQLite checkpoints the WAL into the file and deletes it only in a connection that
 /// finds itself alone at close, and connections closing at the same moment can each see
 /// another still open, leaving the WAL behind (7 closes in 1,000 on two cores here). The file
 /// alone then lacks the last commits: a copy of it (a cold backup, the notify bench's seed)
 /// would miss them.
+///
+/// If the thread ends any other way (a panic outside a write), [`WriterExit`] marks the store
+/// unable to write: `writes_ok` is false, `/readyz` 503, and every later write `Unavailable`
+/// at once (the queue's receiver is gone).
 fn writer_loop(
     conn: Connection,
     jobs: std::sync::mpsc::Receiver<Job>,
@@ -254,6 +276,7 @@ fn writer_loop(
     healthy: Arc<AtomicBool>,
     readers: Arc<ReadQueue>,
 ) {
+    let _exit = WriterExit(healthy.clone());
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -262,30 +285,80 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = exec(&conn, "BEGIN IMMEDIATE").map_err(backend) {
-            healthy.store(!e.is_unavailable(), Ordering::Relaxed);
-            for job in batch {
+        let io_failed = run_batch(&conn, batch, &commits);
+        healthy.store(!io_failed, Ordering::Relaxed);
+    }
+    readers.wait_for_readers();
+    drop(conn);
+}
+
+/// Runs a batch (see [`writer_loop`]) and answers every job of it; whether the store failed
+/// on the way (I/O, or a transaction SQLite rolled back), so that `/readyz` probes.
+fn run_batch(conn: &Connection, batch: Vec<Job>, commits: &prometheus::IntCounter) -> bool {
+    let mut jobs = batch.into_iter();
+    let mut io_failed = false;
+    // One transaction per pass: a pass ends at the batch's end, or where SQLite dropped its
+    // transaction and the rest of the batch needs a new one.
+    loop {
+        if let Err(e) = exec(conn, "BEGIN IMMEDIATE").map_err(backend) {
+            io_failed |= e.is_unavailable();
+            for job in jobs {
                 job.refuse(e.clone());
+            }
+            return io_failed;
+        }
+        let mut answers: Vec<Answer> = Vec::with_capacity(jobs.len());
+        let mut lost = false;
+        for job in jobs.by_ref() {
+            if let Err(e) = exec(conn, "SAVEPOINT job").map_err(backend) {
+                io_failed |= e.is_unavailable();
+                job.refuse(e);
+                if conn.is_autocommit() {
+                    lose(conn, std::mem::take(&mut answers));
+                    lost = true;
+                    break;
+                }
+                continue;
+            }
+            let (failed, answer) = job.run(conn);
+            io_failed |= failed.as_ref().is_some_and(StoreError::is_unavailable);
+            // Still in the transaction, with this job's savepoint undone (if it failed) and
+            // released; else the transaction is gone, or in a state no one can tell.
+            let kept = !conn.is_autocommit()
+                && match failed {
+                    Some(_) => exec(conn, "ROLLBACK TO job"),
+                    None => Ok(()),
+                }
+                .and_then(|()| exec(conn, "RELEASE job"))
+                .is_ok();
+            if kept {
+                answers.push(answer);
+                continue;
+            }
+            // A failed job is answered with its own error; one that succeeded in the
+            // transaction now gone was lost with it.
+            let own = match failed {
+                Some(_) => Some(answer),
+                None => {
+                    answers.push(answer);
+                    None
+                }
+            };
+            lose(conn, std::mem::take(&mut answers));
+            if let Some(answer) = own {
+                answer(None);
+            }
+            lost = true;
+            break;
+        }
+        if lost {
+            io_failed = true;
+            if jobs.len() == 0 {
+                return io_failed;
             }
             continue;
         }
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut io_failed = false;
-        for job in batch {
-            if let Err(e) = exec(&conn, "SAVEPOINT job").map_err(backend) {
-                io_failed |= e.is_unavailable();
-                job.refuse(e);
-                continue;
-            }
-            let (failed, answer) = job.run(&conn);
-            if let Some(e) = failed {
-                io_failed |= e.is_unavailable();
-                let _ = exec(&conn, "ROLLBACK TO job");
-            }
-            let _ = exec(&conn, "RELEASE job");
-            answers.push(answer);
-        }
-        let committed = exec(&conn, "COMMIT").map_err(backend);
+        let committed = exec(conn, "COMMIT").map_err(backend);
         match &committed {
             Ok(()) => commits.inc(),
             Err(e) => {
@@ -293,14 +366,49 @@ fn writer_loop(
                 let _ = conn.execute_batch("ROLLBACK");
             }
         }
-        healthy.store(!io_failed, Ordering::Relaxed);
         let error = committed.err();
         for answer in answers {
             answer(error.clone());
         }
+        return io_failed;
     }
-    readers.wait_for_readers();
-    drop(conn);
+}
+
+/// The transaction the writes of `answers` ran in is gone (SQLite rolled it back), or in a
+/// state no one can tell (a savepoint that could not be undone or released): it is rolled
+/// back, if still open, and each write answered `Unavailable` — nothing of it is stored, and
+/// the caller may retry.
+fn lose(conn: &Connection, answers: Vec<Answer>) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    if answers.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        writes = answers.len(),
+        "store: SQLite rolled back a batch's transaction after a failed write; its writes are answered as retryable"
+    );
+    let error = StoreError::Unavailable(
+        "the store's transaction was rolled back after another write failed; this write was not stored".into(),
+    );
+    for answer in answers {
+        answer(Some(error.clone()));
+    }
+}
+
+/// Held by the writer thread: when the thread ends — the store dropped, or a panic outside
+/// any write — the store is marked unable to write, so `writes_ok`, `ping` and `/readyz` say
+/// so instead of answering from the readers while every write fails.
+struct WriterExit(Arc<AtomicBool>);
+
+impl Drop for WriterExit {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+        if std::thread::panicking() {
+            tracing::error!("store: the SQLite writer thread stopped (panicked); every write fails from now on, restart payroute");
+        }
+    }
 }
 
 const SCHEMA: &str = "
@@ -1378,6 +1486,229 @@ mod tests {
 
     // The store's behaviour is tested in tests/store_suite.rs, against both stores; what
     // is SQLite's own (group commit) is tested here.
+
+    /// Each write's answer set beside what the file holds: (out_trade_no, stored, answer).
+    type Outcomes = Vec<(String, bool, &'static str)>;
+
+    fn kind<T>(r: &Result<T, StoreError>) -> &'static str {
+        match r {
+            Ok(_) => "ok",
+            Err(StoreError::Unavailable(_)) => "unavailable",
+            Err(StoreError::Backend(_)) => "backend",
+            Err(StoreError::Corrupt(_)) => "corrupt",
+        }
+    }
+
+    /// The store at `path` with no writer thread: its writes queue on the receiver returned,
+    /// for a test to hand to [`writer_loop`] as one batch.
+    fn store_without_writer(path: &Path) -> (SqliteStore, std::sync::mpsc::Receiver<Job>) {
+        let (writer, jobs) = std::sync::mpsc::channel();
+        let store = SqliteStore {
+            writer,
+            metrics: StoreMetrics::new(&prometheus::Registry::new()).unwrap(),
+            healthy: Arc::new(AtomicBool::new(true)),
+            readers: Readers::start(vec![open_connection(path).unwrap()]).unwrap(),
+        };
+        (store, jobs)
+    }
+
+    /// Inserts `nos` in that order, in one batch of [`writer_loop`] over a fresh file with
+    /// room for a few pages more (the ones named `*-large` do not fit): each one's outcome,
+    /// whether the writer ended the batch healthy, and its commits.
+    async fn one_batch_on_a_full_file(nos: &[&'static str]) -> (Outcomes, bool, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lost.db");
+        drop(SqliteStore::open(&path).await.unwrap());
+        let (store, jobs) = store_without_writer(&path);
+        let store = Arc::new(store);
+        // The file may grow by a few pages: the small rows fit, the large one cannot.
+        let conn = open_connection(&path).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "max_page_count", pages + 8)
+            .unwrap();
+        let mut writes = Vec::new();
+        let (batch, queued) = std::sync::mpsc::channel();
+        for no in nos {
+            let mut rec = record(no);
+            if no.ends_with("-large") {
+                rec.request = serde_json::json!({ "pad": "x".repeat(256 * 1024) });
+            }
+            let s = store.clone();
+            writes.push(tokio::spawn(async move { s.insert_payment(&rec).await }));
+            // One at a time, so that the batch holds them in this order.
+            let job = tokio::task::block_in_place(|| {
+                jobs.recv_timeout(std::time::Duration::from_secs(5))
+            })
+            .expect("the write to be queued");
+            batch.send(job).unwrap();
+        }
+        drop(batch);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (commits, health) = (store.metrics.commits.clone(), healthy.clone());
+        let idle = Arc::new(ReadQueue {
+            state: Mutex::new(ReadState::default()),
+            ready: Condvar::new(),
+            exited: Condvar::new(),
+        });
+        tokio::task::spawn_blocking(move || writer_loop(conn, queued, commits, health, idle))
+            .await
+            .unwrap();
+        let check = Connection::open(&path).unwrap();
+        let mut seen: Outcomes = Vec::new();
+        for (no, write) in nos.iter().zip(writes) {
+            let answer = write.await.unwrap();
+            let stored: bool = check
+                .query_row(
+                    "SELECT COUNT(*) > 0 FROM payments WHERE out_trade_no = ?1",
+                    [no],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            seen.push((no.to_string(), stored, kind(&answer)));
+        }
+        let healthy = healthy.load(Ordering::Relaxed);
+        (seen, healthy, store.commits())
+    }
+
+    fn outcomes(expected: &[(&str, bool, &'static str)]) -> Outcomes {
+        expected
+            .iter()
+            .map(|(no, stored, answer)| (no.to_string(), *stored, *answer))
+            .collect()
+    }
+
+    /// A job whose SQLITE_FULL rolls back the whole batch transaction (a statement without a
+    /// statement journal: SQLite undoes the transaction, not just the statement — see
+    /// <https://www.sqlite.org/lang_transaction.html>, "Response To Errors Within A
+    /// Transaction"): the jobs before it in the batch are lost, and each answer says what
+    /// the file holds — committed ⇒ Ok, not committed ⇒ Unavailable (retryable), never a 500.
+    /// The jobs after it run in a transaction of their own, never in autocommit.
+    ///
+    /// Before: the writer ignored the failed `ROLLBACK TO`/`RELEASE`, ran c and d in
+    /// autocommit (each committed by its `RELEASE`), then its `COMMIT` failed ("no
+    /// transaction is active") and all four were answered `Backend` — a 500 for c and d,
+    /// which are in the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_whose_transaction_is_lost_answers_each_write_as_the_file_holds_it() {
+        let (seen, healthy, commits) = one_batch_on_a_full_file(&["a", "b-large", "c", "d"]).await;
+        assert!(
+            !seen[0].1,
+            "a was committed: the failure did not roll back the transaction ({seen:?})"
+        );
+        assert_eq!(
+            seen,
+            outcomes(&[
+                ("a", false, "unavailable"),
+                ("b-large", false, "unavailable"),
+                ("c", true, "ok"),
+                ("d", true, "ok"),
+            ])
+        );
+        assert_eq!(commits, 1, "c and d committed together");
+        assert!(
+            !healthy,
+            "a lost transaction is a store fault: /readyz must probe"
+        );
+    }
+
+    /// Transactions lost twice in one batch, and a batch whose last job loses it: each
+    /// new transaction holds only the jobs after the last loss, and none is left empty.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_lost_transaction_of_a_batch_is_answered_and_the_rest_begins_again() {
+        let (seen, _, commits) =
+            one_batch_on_a_full_file(&["a", "b-large", "c", "e-large", "f"]).await;
+        assert_eq!(
+            seen,
+            outcomes(&[
+                ("a", false, "unavailable"),
+                ("b-large", false, "unavailable"),
+                ("c", false, "unavailable"),
+                ("e-large", false, "unavailable"),
+                ("f", true, "ok"),
+            ])
+        );
+        assert_eq!(commits, 1);
+        let (seen, healthy, commits) = one_batch_on_a_full_file(&["a", "b-large"]).await;
+        assert_eq!(
+            seen,
+            outcomes(&[
+                ("a", false, "unavailable"),
+                ("b-large", false, "unavailable")
+            ])
+        );
+        assert_eq!(commits, 0, "no empty transaction after the last job");
+        assert!(!healthy);
+    }
+
+    /// A write that panics is a bug to report (500), not a store that is away; its savepoint
+    /// is rolled back, the rest of its batch commits, and the writer lives on.
+    ///
+    /// Before: the panic ended the writer thread; the write was answered `Unavailable` and
+    /// so was every later one, while `/readyz` said 200.
+    #[tokio::test]
+    async fn a_write_that_panics_is_an_internal_error_and_the_writer_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("p.db")).await.unwrap();
+        let r: Result<(), StoreError> = store
+            .write(|conn| {
+                conn.execute("DELETE FROM payments", []).map_err(backend)?;
+                panic!("a bug in a write")
+            })
+            .await;
+        assert_eq!(kind(&r), "backend", "{r:?}");
+        assert!(store
+            .insert_payment(&record("after"))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store.get_payment("m_1", "after").await.unwrap().is_some());
+        assert!(store.writes_ok());
+        store.ping().await.unwrap();
+    }
+
+    /// A job that brings the writer thread down (here one that panics outside any write's
+    /// own guard): the store says at once that it cannot write — `writes_ok` false, the
+    /// readiness check (`ping`, what `/readyz` asks) `Unavailable`, and so is every later
+    /// write, promptly.
+    ///
+    /// Before: `writes_ok` stayed true and `ping` answered from a reader (200 on `/readyz`)
+    /// while every write failed.
+    #[tokio::test]
+    async fn a_writer_that_dies_makes_the_store_unready_and_every_write_unavailable() {
+        struct Fatal;
+        impl WriteJob for Fatal {
+            fn run(self: Box<Self>, _: &Connection) -> (Option<StoreError>, Answer) {
+                panic!("the writer thread goes down")
+            }
+            fn refuse(self: Box<Self>, _: StoreError) {}
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("d.db")).await.unwrap();
+        assert!(store
+            .insert_payment(&record("before"))
+            .await
+            .unwrap()
+            .is_none());
+        store.writer.send(Box::new(Fatal)).unwrap();
+        let soon = std::time::Duration::from_secs(5);
+        tokio::time::timeout(soon, async {
+            while store.writes_ok() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("writes_ok to turn false once the writer is gone");
+        let ping = tokio::time::timeout(soon, store.ping()).await.unwrap();
+        assert_eq!(kind(&ping), "unavailable", "{ping:?}");
+        let write = tokio::time::timeout(soon, store.insert_payment(&record("later")))
+            .await
+            .unwrap();
+        assert_eq!(kind(&write), "unavailable", "{write:?}");
+        // Reads still work: what was stored can be looked up.
+        assert!(store.get_payment("m_1", "before").await.unwrap().is_some());
+    }
 
     /// A dropped store leaves the file alone, its WAL checkpointed and deleted, so a copy of
     /// the file holds every commit (benches/notify.rs seeds this way). Its connections used
