@@ -6,18 +6,32 @@
 //!
 //! # Limits
 //! - The schedule lives in the store (`next_check_at`): a restart resumes it.
-//! - Bounded concurrency; a channel whose breaker is open is not asked (the order is checked
-//!   again at its next time), and the channel's own limit applies to these calls too.
-//! - After the last tier, an open payment is checked once more at `expires_at` (and closed);
-//!   an open refund is no longer checked: ops see it in `GET /admin/refunds`.
+//! - Bounded concurrency; a channel whose breaker is open is not asked: the order is checked
+//!   again when the breaker lets a probe through, or at its tier's time if that comes first
+//!   (an order past the last tier waits the breaker's 30 s, not an hour); the channel's own
+//!   limit applies to these calls too. When a breaker reopens, the orders that waited for it
+//!   are due together: one is the probe, the others are refused by the half-open breaker and
+//!   come back at their tier's interval.
+//! - An open payment or refund is never dropped from the schedule: past the last tier it is
+//!   checked at `expires_at` while that is ahead, then at the last tier's interval (hourly by
+//!   default) until it ends; a refund still open then is logged for ops
+//!   (`GET /admin/refunds`).
+//! - A check whose next time the store did not take (the write failed) is held in memory
+//!   until that time, so a store that reads but cannot write never makes the worker ask the
+//!   channel every round (DESIGN.md §8); each due check passed over so is counted
+//!   (`payroute_reconcile_actions_total{action="held"}`, once per round it stays due). The hold is per instance and forgotten on restart,
+//!   when the stored schedule (on PostgreSQL also the claim's lease) governs again; a hold is
+//!   dropped once its time has passed, so at most the checks that failed within one interval
+//!   are held.
 //! - A payment that ended (`closed`, `failed`) is asked about once more, one tier interval
 //!   after it ended (the interval of its age then): the provider may have taken a payment as
 //!   the order closed (a *late payment*, `payment::late`), and its notification may be lost.
 //! - A late payment is looked at until its refund (by policy) has reached the provider: a
 //!   refund that could not be sent is sent again, with the same `out_refund_no`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -29,7 +43,7 @@ use crate::domain::{PaymentStatus, RefundStatus};
 use crate::live::{Live, LiveConfig};
 use crate::payment::{now_ms, Asker, LateSettled, PaymentError, PaymentService};
 use crate::store::pause::Pause;
-use crate::store::{PaymentRecord, RefundRecord};
+use crate::store::{PaymentRecord, RefundRecord, StoreError};
 
 /// How often the worker looks for due checks.
 const POLL: Duration = Duration::from_millis(500);
@@ -43,10 +57,35 @@ pub struct Reconciler {
     actions: IntCounterVec,
     /// Skips rounds while the store cannot record a check (no query storm).
     pause: Pause,
+    /// Checks whose next time the store did not take: not before then (module `# Limits`).
+    held: Mutex<Held>,
+}
+
+/// Checks held in memory, by id: the time before which each is not checked again.
+#[derive(Default)]
+struct Held {
+    payments: HashMap<String, i64>,
+    refunds: HashMap<String, i64>,
+}
+
+/// Which record a check is of.
+#[derive(Clone, Copy)]
+enum Checked {
+    Payment,
+    Refund,
+}
+
+impl Held {
+    fn of(&mut self, checked: Checked) -> &mut HashMap<String, i64> {
+        match checked {
+            Checked::Payment => &mut self.payments,
+            Checked::Refund => &mut self.refunds,
+        }
+    }
 }
 
 /// Every `action` the worker counts; a new one must be listed here to start at 0.
-const ACTIONS: [&str; 7] = [
+const ACTIONS: [&str; 8] = [
     "query",
     "close",
     "resolved",
@@ -54,6 +93,7 @@ const ACTIONS: [&str; 7] = [
     "breaker_open",
     "error",
     "late",
+    "held",
 ];
 
 impl Reconciler {
@@ -65,7 +105,7 @@ impl Reconciler {
         let actions = IntCounterVec::new(
             Opts::new(
                 "payroute_reconcile_actions_total",
-                "What the reconciliation worker did: query, close, resolved (a final state learnt), late (an ended order found paid), busy, breaker_open, error.",
+                "What the reconciliation worker did: query, close, resolved (a final state learnt), late (an ended order found paid), busy, breaker_open, error, held (a due check passed over: its last schedule was not stored).",
             ),
             &["action"],
         )?;
@@ -80,6 +120,7 @@ impl Reconciler {
             payments,
             actions,
             pause,
+            held: Mutex::default(),
         })
     }
 
@@ -106,7 +147,7 @@ impl Reconciler {
         let live = self.live.load();
         let settings = live.config.reconcile.clone();
         let store = self.payments.store();
-        let (payments, refunds) = match (
+        let (mut payments, mut refunds) = match (
             store.due_payments(now, BATCH).await,
             store.due_refunds(now, BATCH).await,
         ) {
@@ -117,6 +158,20 @@ impl Reconciler {
                 return;
             }
         };
+        {
+            let mut held = self.held();
+            held.payments.retain(|_, until| *until > now);
+            held.refunds.retain(|_, until| *until > now);
+            let due = payments.len() + refunds.len();
+            payments.retain(|p| !held.payments.contains_key(&p.payment_id));
+            refunds.retain(|r| !held.refunds.contains_key(&r.refund_id));
+            let passed_over = due - payments.len() - refunds.len();
+            if passed_over > 0 {
+                self.actions
+                    .with_label_values(&["held"])
+                    .inc_by(passed_over as u64);
+            }
+        }
         let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         let mut tasks = JoinSet::new();
         for p in payments {
@@ -153,13 +208,13 @@ impl Reconciler {
         } else if p.attempt_until.is_some_and(|t| t > now) {
             self.count("busy");
             Some(now + BUSY_RETRY_MS)
-        } else if live
-            .channels
-            .get(&p.channel)
-            .is_some_and(|c| c.breaker_state() == "open")
-        {
+        } else if let Some(wait) = reopens_in(live, &p.channel) {
             self.count("breaker_open");
-            Some(settings.next_check(p.created_at, now, Some(p.expires_at)))
+            Some(
+                settings
+                    .next_check(p.created_at, now, Some(p.expires_at))
+                    .min(now + wait),
+            )
         } else {
             let routes = live.routes();
             let expired = now >= p.expires_at;
@@ -203,10 +258,8 @@ impl Reconciler {
                 }
             }
         };
-        if let Err(e) = store.schedule_payment_check(&p.payment_id, next).await {
-            self.pause.saw(&e);
-            tracing::warn!(payment_id = %p.payment_id, error = %e, "reconcile: cannot store the next check");
-        }
+        let stored = store.schedule_payment_check(&p.payment_id, next).await;
+        self.stored(Checked::Payment, &p.payment_id, next, stored, settings, now);
     }
 
     /// The one more look at an ended order, one tier interval after it ended (`updated_at`):
@@ -232,13 +285,9 @@ impl Reconciler {
             self.count("busy");
             return Some(now + BUSY_RETRY_MS);
         }
-        if live
-            .channels
-            .get(&p.channel)
-            .is_some_and(|c| c.breaker_state() == "open")
-        {
+        if let Some(wait) = reopens_in(live, &p.channel) {
             self.count("breaker_open");
-            return Some(now + interval_at(settings, now - p.created_at));
+            return Some((now + interval_at(settings, now - p.created_at)).min(now + wait));
         }
         self.count("query");
         let routes = live.routes();
@@ -292,6 +341,9 @@ impl Reconciler {
         } else if r.attempt_until.is_some_and(|t| t > now) {
             self.count("busy");
             Some(now + BUSY_RETRY_MS)
+        } else if let Some(wait) = reopens_in(live, &r.channel) {
+            self.count("breaker_open");
+            Some(settings.next_check(r.created_at, now, None).min(now + wait))
         } else {
             self.count("query");
             match self
@@ -320,20 +372,56 @@ impl Reconciler {
         if r.status == RefundStatus::Abnormal && now - r.created_at > last_until(settings) {
             tracing::warn!(refund_id = %r.refund_id, "refund still abnormal after the last reconciliation tier (checked at the last tier's interval); ops must settle it");
         }
-        if let Err(e) = self
+        let stored = self
             .payments
             .store()
             .schedule_refund_check(&r.refund_id, next)
-            .await
-        {
-            self.pause.saw(&e);
-            tracing::warn!(refund_id = %r.refund_id, error = %e, "reconcile: cannot store the next check");
+            .await;
+        self.stored(Checked::Refund, &r.refund_id, next, stored, settings, now);
+    }
+
+    /// After a check's next time was written: a failed write holds the check in memory until
+    /// that time (for one that needs no more checks, one last-tier interval: it stays due in
+    /// the store and is looked at once more then); a write that went through lets it go.
+    fn stored(
+        &self,
+        checked: Checked,
+        id: &str,
+        next: Option<i64>,
+        stored: Result<(), StoreError>,
+        settings: &ReconcileSettings,
+        now: i64,
+    ) {
+        match stored {
+            Ok(()) => {
+                self.held().of(checked).remove(id);
+            }
+            Err(e) => {
+                self.pause.saw(&e);
+                let until = next.unwrap_or_else(|| now + settings.last_every());
+                tracing::warn!(id, error = %e, "reconcile: cannot store the next check; not checked again before it is due");
+                self.held().of(checked).insert(id.to_string(), until);
+            }
         }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        // Only plain map operations happen under the lock: a poisoned one is still whole.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn count(&self, action: &str) {
         self.actions.with_label_values(&[action]).inc();
     }
+}
+
+/// In milliseconds, how long until `channel`'s open breaker admits a call; `None` when it may
+/// be asked now (closed, half-open, or a channel no longer configured).
+fn reopens_in(live: &Live, channel: &str) -> Option<i64> {
+    live.channels
+        .get(channel)
+        .and_then(|c| c.breaker_reopens_in())
+        .map(|wait| wait.as_millis() as i64)
 }
 
 /// The interval of the tier an order of this age is in; past the last tier, the last one's.
