@@ -5,7 +5,11 @@
 //! event a notification would, and a "paid" answer to a close makes the payment `succeeded`.
 //!
 //! # Limits
-//! - The schedule lives in the store (`next_check_at`): a restart resumes it.
+//! - The schedule lives in the store (`next_check_at`): a restart resumes it. Each check is
+//!   claimed as it is handed out, and its next time is written under that claim only: on a
+//!   store shared by several instances, one whose claim ran out (a stall past `store.lease`)
+//!   while another instance took the check over writes nothing, and the other's schedule
+//!   stands.
 //! - Bounded concurrency; a channel whose breaker is open is not asked: the order is checked
 //!   again when the breaker lets a probe through, or at its tier's time if that comes first
 //!   (an order past the last tier waits the breaker's 30 s, not an hour); the channel's own
@@ -18,11 +22,12 @@
 //!   (`GET /admin/refunds`).
 //! - A check whose next time the store did not take (the write failed) is held in memory
 //!   until that time, so a store that reads but cannot write never makes the worker ask the
-//!   channel every round (DESIGN.md §8); each due check passed over so is counted
-//!   (`payroute_reconcile_actions_total{action="held"}`, once per round it stays due). The hold is per instance and forgotten on restart,
-//!   when the stored schedule (on PostgreSQL also the claim's lease) governs again; a hold is
-//!   dropped once its time has passed, so at most the checks that failed within one interval
-//!   are held.
+//!   channel every round (DESIGN.md §8): while it stays due it is not checked, only its next
+//!   time written again (one store write per round, no channel call), and counted
+//!   (`payroute_reconcile_actions_total{action="held"}`). The hold is per instance and
+//!   forgotten on restart, when the stored schedule (on PostgreSQL also the claim's lease)
+//!   governs again; a hold is dropped once its time has passed or its write went through, so
+//!   at most the checks that failed within one interval are held.
 //! - A payment that ended (`closed`, `failed`) is asked about once more, one tier interval
 //!   after it ended (the interval of its age then): the provider may have taken a payment as
 //!   the order closed (a *late payment*, `payment::late`), and its notification may be lost.
@@ -43,7 +48,7 @@ use crate::domain::{PaymentStatus, RefundStatus};
 use crate::live::{Live, LiveConfig};
 use crate::payment::{now_ms, Asker, LateSettled, PaymentError, PaymentService};
 use crate::store::pause::Pause;
-use crate::store::{PaymentRecord, RefundRecord, StoreError};
+use crate::store::{CheckClaim, CheckOf, Due, PaymentRecord, RefundRecord, StoreError};
 
 /// How often the worker looks for due checks.
 const POLL: Duration = Duration::from_millis(500);
@@ -61,26 +66,49 @@ pub struct Reconciler {
     held: Mutex<Held>,
 }
 
-/// Checks held in memory, by id: the time before which each is not checked again.
+/// Checks held in memory, by record id.
 #[derive(Default)]
 struct Held {
-    payments: HashMap<String, i64>,
-    refunds: HashMap<String, i64>,
+    payments: HashMap<String, HeldCheck>,
+    refunds: HashMap<String, HeldCheck>,
 }
 
-/// Which record a check is of.
+/// A check whose next time the store did not take.
 #[derive(Clone, Copy)]
-enum Checked {
-    Payment,
-    Refund,
+struct HeldCheck {
+    /// The next time as decided (`None`: no more checks), written again while held.
+    next: Option<i64>,
+    /// Not checked again before this.
+    until: i64,
 }
 
 impl Held {
-    fn of(&mut self, checked: Checked) -> &mut HashMap<String, i64> {
-        match checked {
-            Checked::Payment => &mut self.payments,
-            Checked::Refund => &mut self.refunds,
+    fn of(&mut self, of: CheckOf) -> &mut HashMap<String, HeldCheck> {
+        match of {
+            CheckOf::Payment => &mut self.payments,
+            CheckOf::Refund => &mut self.refunds,
         }
+    }
+
+    /// Drops the holds whose time has passed.
+    fn prune(&mut self, now: i64) {
+        self.payments.retain(|_, h| h.until > now);
+        self.refunds.retain(|_, h| h.until > now);
+    }
+
+    /// Takes the held checks out of `due`: their claims, each with its next time to write
+    /// again.
+    fn take_held<T>(&mut self, due: &mut Vec<Due<T>>) -> Vec<(CheckClaim, HeldCheck)> {
+        let mut again = Vec::new();
+        let mut checked = Vec::with_capacity(due.len());
+        for d in due.drain(..) {
+            match self.of(d.claim.of).get(&d.claim.id) {
+                Some(h) => again.push((d.claim, *h)),
+                None => checked.push(d),
+            }
+        }
+        *due = checked;
+        again
     }
 }
 
@@ -148,8 +176,8 @@ impl Reconciler {
         let settings = live.config.reconcile.clone();
         let store = self.payments.store();
         let (mut payments, mut refunds) = match (
-            store.due_payments(now, BATCH).await,
-            store.due_refunds(now, BATCH).await,
+            store.claim_due_payments(now, BATCH).await,
+            store.claim_due_refunds(now, BATCH).await,
         ) {
             (Ok(p), Ok(r)) => (p, r),
             (Err(e), _) | (_, Err(e)) => {
@@ -158,19 +186,17 @@ impl Reconciler {
                 return;
             }
         };
-        {
+        let again = {
             let mut held = self.held();
-            held.payments.retain(|_, until| *until > now);
-            held.refunds.retain(|_, until| *until > now);
-            let due = payments.len() + refunds.len();
-            payments.retain(|p| !held.payments.contains_key(&p.payment_id));
-            refunds.retain(|r| !held.refunds.contains_key(&r.refund_id));
-            let passed_over = due - payments.len() - refunds.len();
-            if passed_over > 0 {
-                self.actions
-                    .with_label_values(&["held"])
-                    .inc_by(passed_over as u64);
-            }
+            held.prune(now);
+            let mut again = held.take_held(&mut payments);
+            again.extend(held.take_held(&mut refunds));
+            again
+        };
+        for (claim, held) in again {
+            self.count("held");
+            let stored = store.schedule_claimed_check(&claim, held.next).await;
+            self.stored(&claim, held, stored);
         }
         let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         let mut tasks = JoinSet::new();
@@ -193,7 +219,13 @@ impl Reconciler {
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn check_payment(&self, live: &Live, settings: &ReconcileSettings, p: PaymentRecord) {
+    async fn check_payment(
+        &self,
+        live: &Live,
+        settings: &ReconcileSettings,
+        due: Due<PaymentRecord>,
+    ) {
+        let Due { record: p, claim } = due;
         let now = now_ms();
         let store = self.payments.store();
         let first = settings.first_check(p.created_at);
@@ -258,8 +290,8 @@ impl Reconciler {
                 }
             }
         };
-        let stored = store.schedule_payment_check(&p.payment_id, next).await;
-        self.stored(Checked::Payment, &p.payment_id, next, stored, settings, now);
+        let stored = store.schedule_claimed_check(&claim, next).await;
+        self.stored(&claim, hold(settings, next, now), stored);
     }
 
     /// The one more look at an ended order, one tier interval after it ended (`updated_at`):
@@ -333,7 +365,13 @@ impl Reconciler {
         }
     }
 
-    async fn check_refund(&self, live: &Live, settings: &ReconcileSettings, r: RefundRecord) {
+    async fn check_refund(
+        &self,
+        live: &Live,
+        settings: &ReconcileSettings,
+        due: Due<RefundRecord>,
+    ) {
+        let Due { record: r, claim } = due;
         let now = now_ms();
         let first = settings.first_check(r.created_at);
         let next = if now < first {
@@ -375,32 +413,32 @@ impl Reconciler {
         let stored = self
             .payments
             .store()
-            .schedule_refund_check(&r.refund_id, next)
+            .schedule_claimed_check(&claim, next)
             .await;
-        self.stored(Checked::Refund, &r.refund_id, next, stored, settings, now);
+        self.stored(&claim, hold(settings, next, now), stored);
     }
 
-    /// After a check's next time was written: a failed write holds the check in memory until
-    /// that time (for one that needs no more checks, one last-tier interval: it stays due in
-    /// the store and is looked at once more then); a write that went through lets it go.
-    fn stored(
-        &self,
-        checked: Checked,
-        id: &str,
-        next: Option<i64>,
-        stored: Result<(), StoreError>,
-        settings: &ReconcileSettings,
-        now: i64,
-    ) {
+    /// After a check's next time was written under its claim: a failed write holds the
+    /// check in memory (`held`, kept as it was if it is held already); a write that went
+    /// through lets it go, and so does one the claim no longer allowed — another instance
+    /// took the check over (ours ran out) or a payment flow scheduled it, and that schedule
+    /// stands.
+    fn stored(&self, claim: &CheckClaim, held: HeldCheck, stored: Result<bool, StoreError>) {
         match stored {
-            Ok(()) => {
-                self.held().of(checked).remove(id);
+            Ok(true) => {
+                self.held().of(claim.of).remove(&claim.id);
+            }
+            Ok(false) => {
+                tracing::info!(id = %claim.id, "reconcile: the check was taken over (our claim ran out) or rescheduled meanwhile; its schedule stands");
+                self.held().of(claim.of).remove(&claim.id);
             }
             Err(e) => {
                 self.pause.saw(&e);
-                let until = next.unwrap_or_else(|| now + settings.last_every());
-                tracing::warn!(id, error = %e, "reconcile: cannot store the next check; not checked again before it is due");
-                self.held().of(checked).insert(id.to_string(), until);
+                tracing::warn!(id = %claim.id, error = %e, "reconcile: cannot store the next check; not checked again before it is due");
+                self.held()
+                    .of(claim.of)
+                    .entry(claim.id.clone())
+                    .or_insert(held);
             }
         }
     }
@@ -412,6 +450,16 @@ impl Reconciler {
 
     fn count(&self, action: &str) {
         self.actions.with_label_values(&[action]).inc();
+    }
+}
+
+/// The hold of a check whose next time `next` the store may not take: not checked again
+/// before then — for one that needs no more checks, for one last-tier interval (it stays due
+/// in the store meanwhile, and is looked at once more then).
+fn hold(settings: &ReconcileSettings, next: Option<i64>, now: i64) -> HeldCheck {
+    HeldCheck {
+        next,
+        until: next.unwrap_or_else(|| now + settings.last_every()),
     }
 }
 

@@ -411,7 +411,9 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Due<RefundRecord>>, StoreError>;
 
-    /// [`Store::claim_due_payments`] without the claims.
+    /// [`Store::claim_due_payments`] without the claims, for tools and tests: a check taken
+    /// so is rescheduled with the unclaimed [`Store::schedule_payment_check`] (or its claim
+    /// runs out). The reconciler uses the claims.
     async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError> {
         let due = self.claim_due_payments(now, limit).await?;
         Ok(due.into_iter().map(|d| d.record).collect())

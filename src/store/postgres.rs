@@ -8,11 +8,15 @@
 //!   one: fencing); `insert_payment` relies on the `(merchant_id, out_trade_no)` unique key.
 //! - Refund writes lock their payment's row first (`FOR UPDATE`), so the over-refund guard
 //!   and `refunded_amount` see every refund committed before them, whichever instance wrote it.
-//! - Work handed out (`due_events`, `due_payments`, `due_refunds`) is claimed with
+//! - Work handed out (`due_events`, `claim_due_payments`, `claim_due_refunds`) is claimed with
 //!   `FOR UPDATE SKIP LOCKED` and a lease column: one instance works an item at a time, and
 //!   a dead instance's claims run out after the lease (`store.lease`, [`DEFAULT_LEASE`]).
 //!   Only the oldest pending event of a payment is ever due, claimed or
 //!   not, so events of one payment still go out one at a time, in order.
+//! - A reconciliation check's claim carries a token (`check_claim`, fresh per claim), and
+//!   its lease is taken and judged by the database's clock (`clock_timestamp()`), not the
+//!   instances': the next check is written only under the latest claim, so a holder that
+//!   stalled past its lease while another took the check over writes nothing.
 //! - Schema changes are versioned migrations (`schema_migrations`), each in one transaction
 //!   under an advisory lock, applied at start: instances starting together do not race.
 //!
@@ -37,7 +41,7 @@ use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus}
 use crate::secret::Secret;
 
 /// `store.lease` when absent: how long an instance holds an event it took from `due_events`,
-/// or a check it took from `due_payments` / `due_refunds`, before another instance may take
+/// or a check it took from `claim_due_payments` / `claim_due_refunds`, before another instance may take
 /// it. Longer than a webhook delivery (`webhooks.timeout`) or a channel call with its retries
 /// (a channel `timeout`, at most 60s) takes — config validation holds it to that — and short
 /// enough that a dead instance's work is not held up for long: its events wait at most this
