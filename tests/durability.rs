@@ -6,6 +6,7 @@ mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::disk::SmallDisk;
@@ -206,6 +207,109 @@ async fn a_full_disk_is_503_with_nothing_sent_and_readyz_says_so_until_space_ret
     .expect_created_on("m1001_wechat");
     // Nothing acknowledged before the disk filled was lost.
     assert_eq!(h.get_payment("m_1001", "full-0", false).await.status, 200);
+    h.shutdown().await;
+    drop(disk);
+}
+
+/// Issue 16 item 2: a full disk (writes fail, reads work) never makes the reconciler ask a
+/// channel more often than `reconcile.tiers` says. Eleven open orders, checked every 6 s: the
+/// disk fills before their first check, so its next time cannot be stored; the worker pauses
+/// while the store cannot write, and once space returns it asks nobody again before that
+/// next time. Counted at the sandbox: each order asked once before any second check was due
+/// (6 s after its first). Before: the store's schedule stayed stale, so the orders checked
+/// while the disk was full were asked again as soon as it had room (with the pause alone:
+/// twice each here; on main, without the pause, 222 queries in 10 s for 11 orders).
+#[tokio::test]
+async fn a_full_disk_never_makes_the_reconciler_ask_more_than_the_tiers_say() {
+    const EVERY: Duration = Duration::from_secs(6);
+    const ORDERS: usize = 11;
+    let tiers = format!(
+        "reconcile: {{ tiers: [ {{ until: 10m, every: {}s }} ] }}\n",
+        EVERY.as_secs()
+    );
+    let mut h = Harness::start_with(false, &format!("{}{tiers}", support::RULES), "").await;
+    let Some(disk) = SmallDisk::mount(&h.dir.path().join("small"), "2m") else {
+        return;
+    };
+    disk.move_store(&mut h).await;
+    let db = disk.0.join("payroute.db");
+    let start = Instant::now();
+    let nos: Vec<String> = (0..ORDERS).map(|i| format!("rq-{i}")).collect();
+    for no in &nos {
+        h.create(&payment("m_1001", no, "wechat_native", 100, json!({})))
+            .await
+            .expect_created_on("m1001_wechat");
+    }
+    // Each order's first check is stored (due at creation, it is put off to one interval
+    // after it) while the disk still has room.
+    wait_until("every first check scheduled", || async {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let unscheduled: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM payments WHERE next_check_at <= created_at",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        unscheduled == 0
+    })
+    .await;
+    disk.fill();
+    let queries = |no: String| {
+        let h = &h;
+        async move {
+            h.sandbox_orders(&no).await[0]["query_calls"]
+                .as_u64()
+                .unwrap_or(0)
+        }
+    };
+    wait_until("a first check", || async {
+        queries(nos[0].clone()).await > 0
+    })
+    .await;
+    // Its next time could not be stored: the worker pauses while the disk is full (checks
+    // due later in that round or after it wait for space)…
+    wait_until("the reconciler paused", || async {
+        support::metric(
+            &h.metrics().await,
+            r#"payroute_worker_rounds_skipped_total{worker="reconcile"}"#,
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    })
+    .await;
+    // …and runs again once it has room, asking nobody before the next check is due.
+    disk.free();
+    wait_until("/readyz to recover", || async { h.ready().await == 200 }).await;
+    // The second checks are due at least one interval after the first, which came at least
+    // one interval after the creates began; count a second before.
+    let second_due = start + 2 * EVERY;
+    let count_at = second_due - Duration::from_secs(1);
+    assert!(
+        Instant::now() + Duration::from_millis(1_500) < count_at,
+        "too slow to tell: the disk was back only {:?} after the creates began",
+        start.elapsed()
+    );
+    tokio::time::sleep_until(count_at.into()).await;
+    let mut asked = Vec::new();
+    for no in &nos {
+        asked.push(queries(no.clone()).await);
+    }
+    assert_eq!(
+        asked,
+        vec![1; ORDERS],
+        "channel queries per order before any second check was due"
+    );
+    // The checks it held are not lost: each order is asked again when due.
+    wait_until("every order's second check", || async {
+        for no in &nos {
+            if queries(no.clone()).await < 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     h.shutdown().await;
     drop(disk);
 }

@@ -254,6 +254,54 @@ async fn a_refresh_never_clears_another_requests_claim() {
     h.shutdown().await;
 }
 
+/// Issue 16 item 7b: a create whose own word lost the compare-and-set to a notification ends
+/// its claim all the same, so a replay answers the final state at once. Before: the create
+/// answered the record as the notification left it — still holding the create's claim,
+/// which a notification never clears — and every replay met `409 request_in_progress`
+/// until the claim ran out (2 × the 2 s timeout + 5 s).
+#[tokio::test]
+async fn a_create_that_lost_its_write_to_a_notification_still_ends_its_claim() {
+    let h = Harness::start().await;
+    // The create reaches the sandbox, which answers after the 2s deadline: the create then
+    // asks the channel (learning "paid") and writes that word under its claim.
+    h.faults(json!({"latency_ms": 2500})).await;
+    let body = payment("m_1001", "lost-cas", "wechat_native", 100, json!({}));
+    let first = h.create(&body);
+    let meanwhile = async {
+        wait_until("the sandbox has the order", || async {
+            !creates_by_mchid(&h, "lost-cas").await.is_empty()
+        })
+        .await;
+        // Paid while the create waits: the notification is applied first (the claim is
+        // live, so it stays), and the create's own write loses to it.
+        h.faults(json!({})).await;
+        assert_eq!(h.pay("lost-cas").await.status, 200);
+        wait_until("the notification applied", || async {
+            h.get_payment("m_1001", "lost-cas", false).await.body["status"] == "succeeded"
+        })
+        .await;
+    };
+    let (first, ()) = tokio::join!(first, meanwhile);
+    assert_eq!(
+        (first.status, first.body["status"].as_str()),
+        (201, Some("succeeded")),
+        "{}",
+        first.text
+    );
+    let (held, _) = claim(&h, "lost-cas");
+    let replay = h.create(&body).await;
+    assert_eq!(
+        (replay.status, replay.body["status"].as_str()),
+        (200, Some("succeeded")),
+        "a replay right after the create answers its final state (claim left: {held:?}): {}",
+        replay.text
+    );
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(held, None, "the create's claim ended");
+    h.receiver.event("payment.succeeded", "lost-cas").await;
+    h.shutdown().await;
+}
+
 /// Before: close did not claim the record, so a create retry ran beside it.
 #[tokio::test]
 async fn a_close_claims_the_record_before_calling_the_channel() {

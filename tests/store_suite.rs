@@ -20,8 +20,8 @@ use payroute::secret::Secret;
 use payroute::store::postgres::PostgresStore;
 use payroute::store::sqlite::SqliteStore;
 use payroute::store::{
-    Delivery, DueLimits, EventFilter, EventRecord, PaymentFilter, PaymentRecord, RefundFilter,
-    RefundRecord, Resend, Reservation, Store, StoreError,
+    Delivery, Due, DueLimits, EventFilter, EventRecord, PaymentFilter, PaymentRecord, RefundFilter,
+    RefundRecord, Resend, Reservation, Store, StoreError, OPEN_RECHECK,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -142,12 +142,63 @@ const LEASE: std::time::Duration = std::time::Duration::from_secs(7);
 const LEASE_MS: i64 = LEASE.as_millis() as i64;
 
 async fn open_pg(schema: &str) -> Arc<dyn Store> {
+    open_pg_leased(schema, LEASE).await
+}
+
+async fn open_pg_leased(schema: &str, lease: std::time::Duration) -> Arc<dyn Store> {
     Arc::new(
         PostgresStore::open(&Secret::new(pg_url()), 8, schema)
             .await
             .expect("open postgres store")
-            .with_lease(LEASE),
+            .with_lease(lease),
     )
+}
+
+/// A lease that runs out within a test: a claimer that stalled past it. Leases are timed by
+/// the database's clock, so running one out takes real time.
+const SHORT_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `sql` on the data behind the store directly, as an older payroute (or ops) would
+/// have left it.
+async fn raw_sql(place: &Place, sql: &str) {
+    match place {
+        Place::Sqlite(path) => rusqlite::Connection::open(path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap(),
+        Place::Postgres(schema) => {
+            let admin = admin_client().await.expect("postgres is there");
+            admin
+                .batch_execute(&format!("SET search_path TO \"{schema}\"; {sql}"))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// What `claim` hands out at `now`, by `out_trade_no` (payments) or `out_refund_no`.
+async fn due_payment_nos(store: &dyn Store, now: i64) -> Vec<String> {
+    let mut nos: Vec<String> = store
+        .claim_due_payments(now, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.record.out_trade_no)
+        .collect();
+    nos.sort();
+    nos
+}
+
+async fn due_refund_nos(store: &dyn Store, now: i64) -> Vec<String> {
+    let mut nos: Vec<String> = store
+        .claim_due_refunds(now, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.record.out_refund_no)
+        .collect();
+    nos.sort();
+    nos
 }
 
 /// Runs `body` against a fresh schema, then drops the schema (also when the body fails).
@@ -238,6 +289,8 @@ both_stores!(
     dead_and_resent_events,
     a_shops_backlog_never_takes_another_shops_places,
     reconciliation_schedule,
+    an_open_record_always_keeps_a_next_check,
+    a_stale_claim_writes_nothing,
     open_orders_by_account,
     reachable,
     reopening_keeps_everything,
@@ -1251,6 +1304,225 @@ async fn reconciliation_schedule(ctx: Ctx) {
     assert_eq!(store.due_payments(50_000, 3).await.unwrap().len(), 3);
 }
 
+/// Issue 16 item 1: the store never leaves an open record — a payment `pending` / `unknown`,
+/// a refund `pending` / `abnormal` — with no next check. A write of none for one (claimed or
+/// not) keeps it scheduled, [`OPEN_RECHECK`] from now; an ended record's none ends its
+/// checks. Records an older payroute left open with none are due again once the store is
+/// opened (SQLite) or migrated (PostgreSQL, migration 4). Before: `next_check_at` NULL, the
+/// record never handed out again, whatever the provider said later.
+async fn an_open_record_always_keeps_a_next_check(ctx: Ctx) {
+    let store = ctx.store.clone();
+    let recheck = OPEN_RECHECK.as_millis() as i64;
+    let mut unknown = payment("o_unknown");
+    unknown.status = PaymentStatus::Unknown;
+    let mut closed = payment("o_closed");
+    closed.status = PaymentStatus::Closed;
+    for p in [payment("o_pending"), unknown, closed] {
+        assert!(store.insert_payment(&p).await.unwrap().is_none());
+    }
+    let p = paid(store.as_ref(), "o_paid").await;
+    for no in ["o_r_pending", "o_r_abnormal", "o_r_done"] {
+        store
+            .reserve_refund(&refund(&p, no, 10), p.amount)
+            .await
+            .unwrap();
+    }
+    for (no, status) in [
+        ("o_r_abnormal", RefundStatus::Abnormal),
+        ("o_r_done", RefundStatus::Succeeded),
+    ] {
+        let mut r = store.get_refund("m_1", no).await.unwrap().unwrap();
+        r.status = status;
+        assert!(store.update_refund(&mut r).await.unwrap());
+    }
+    let before = now_ms();
+    // A payment flow's none, and a claim holder's none.
+    store
+        .schedule_payment_check("pay_o_pending", None)
+        .await
+        .unwrap();
+    store
+        .schedule_refund_check("ref_o_r_pending", None)
+        .await
+        .unwrap();
+    for d in store.claim_due_payments(1_000, 10).await.unwrap() {
+        assert!(store.schedule_claimed_check(&d.claim, None).await.unwrap());
+    }
+    for d in store.claim_due_refunds(3_000, 10).await.unwrap() {
+        assert!(store.schedule_claimed_check(&d.claim, None).await.unwrap());
+    }
+    let after = now_ms();
+    assert!(due_payment_nos(store.as_ref(), before + recheck - 1_000)
+        .await
+        .is_empty());
+    assert!(due_refund_nos(store.as_ref(), before + recheck - 1_000)
+        .await
+        .is_empty());
+    // Each claim of these ends with a write, so the next one can take them again.
+    let open_payments = ["o_pending", "o_unknown"];
+    let open_refunds = ["o_r_abnormal", "o_r_pending"];
+    let claimed = store.claim_due_payments(after + recheck, 10).await.unwrap();
+    let mut nos: Vec<_> = claimed
+        .iter()
+        .map(|d| d.record.out_trade_no.as_str())
+        .collect();
+    nos.sort();
+    assert_eq!(
+        nos, open_payments,
+        "the open payments keep a check, the closed one none"
+    );
+    let claimed_refunds = store.claim_due_refunds(after + recheck, 10).await.unwrap();
+    let mut nos: Vec<_> = claimed_refunds
+        .iter()
+        .map(|d| d.record.out_refund_no.as_str())
+        .collect();
+    nos.sort();
+    assert_eq!(
+        nos, open_refunds,
+        "the open refunds keep a check, the succeeded one none"
+    );
+    for d in &claimed {
+        store
+            .schedule_claimed_check(&d.claim, Some(5_000))
+            .await
+            .unwrap();
+    }
+    for d in &claimed_refunds {
+        store
+            .schedule_claimed_check(&d.claim, Some(5_000))
+            .await
+            .unwrap();
+    }
+
+    // Left open with none by a payroute before issue 16.
+    let stranded = "UPDATE payments SET next_check_at = NULL;
+                    UPDATE refunds SET next_check_at = NULL;";
+    let Ctx {
+        store: s,
+        other,
+        place,
+        _dir,
+        ..
+    } = ctx;
+    drop((s, other, store));
+    match &place {
+        Place::Sqlite(_) => raw_sql(&place, stranded).await,
+        // A schema as migration 2 left it.
+        Place::Postgres(_) => {
+            raw_sql(
+                &place,
+                &format!(
+                    "{stranded}
+                     ALTER TABLE payments DROP COLUMN check_claim;
+                     ALTER TABLE refunds DROP COLUMN check_claim;
+                     DELETE FROM schema_migrations WHERE version = 4;"
+                ),
+            )
+            .await
+        }
+    }
+    let again = place.open().await;
+    assert_eq!(
+        due_payment_nos(again.as_ref(), now_ms()).await,
+        open_payments
+    );
+    assert_eq!(due_refund_nos(again.as_ref(), now_ms()).await, open_refunds);
+}
+
+/// Issue 16 item 6: a check's next time is written only under the check's latest claim. A
+/// holder that stalled past its lease while another instance claimed the check again
+/// writes nothing (the new holder's schedule stands, and so does its lease); a payment
+/// flow's write, which holds no claim, ends any claim. SQLite serves one instance and has
+/// no lease: a second claim is simply the latest. Before: any write went through, so a
+/// stale holder overwrote the new holder's schedule and ended its lease.
+async fn a_stale_claim_writes_nothing(ctx: Ctx) {
+    let (stale, fresh) = match &ctx.place {
+        Place::Postgres(schema) => (open_pg_leased(schema, SHORT_LEASE).await, ctx.other.clone()),
+        Place::Sqlite(_) => (ctx.store.clone(), ctx.other.clone()),
+    };
+    assert!(stale
+        .insert_payment(&payment("fence"))
+        .await
+        .unwrap()
+        .is_none());
+    let p = paid(stale.as_ref(), "fence_paid").await;
+    stale
+        .reserve_refund(&refund(&p, "fence_r", 10), p.amount)
+        .await
+        .unwrap();
+    let now = 10_000;
+    let old = stale.claim_due_payments(now, 10).await.unwrap();
+    let old_refund = stale.claim_due_refunds(now, 10).await.unwrap();
+    assert_eq!((old.len(), old_refund.len()), (1, 1));
+    // Taken over once the stalled holder's lease ran out (by the database's clock).
+    let (new, new_refund) = support::within("the stale lease to run out", async {
+        let (mut p, mut r) = (Vec::new(), Vec::new());
+        while p.is_empty() || r.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            p.extend(fresh.claim_due_payments(now, 10).await.unwrap());
+            r.extend(fresh.claim_due_refunds(now, 10).await.unwrap());
+        }
+        (p, r)
+    })
+    .await;
+    assert!(
+        !stale
+            .schedule_claimed_check(&old[0].claim, Some(111))
+            .await
+            .unwrap(),
+        "a stale claim writes nothing"
+    );
+    assert!(!stale
+        .schedule_claimed_check(&old_refund[0].claim, Some(111))
+        .await
+        .unwrap());
+    if ctx.kind == "postgres" {
+        assert!(
+            due_payment_nos(stale.as_ref(), now).await.is_empty(),
+            "the new holder's lease stands"
+        );
+    }
+    assert!(fresh
+        .schedule_claimed_check(&new[0].claim, Some(222))
+        .await
+        .unwrap());
+    assert!(fresh
+        .schedule_claimed_check(&new_refund[0].claim, Some(222))
+        .await
+        .unwrap());
+    // Late again, the stale write still changes nothing: due at 222, not at 111.
+    assert!(!stale
+        .schedule_claimed_check(&old[0].claim, Some(111))
+        .await
+        .unwrap());
+    assert!(due_payment_nos(fresh.as_ref(), 221).await.is_empty());
+    assert!(due_refund_nos(fresh.as_ref(), 221).await.is_empty());
+    let held: Vec<Due<PaymentRecord>> = fresh.claim_due_payments(222, 10).await.unwrap();
+    let held_refund = fresh.claim_due_refunds(222, 10).await.unwrap();
+    assert_eq!((held.len(), held_refund.len()), (1, 1));
+    // A payment flow schedules the check meanwhile (a late payment's refund, say): the
+    // holder's write then changes nothing.
+    stale
+        .schedule_payment_check("pay_fence", Some(333))
+        .await
+        .unwrap();
+    stale
+        .schedule_refund_check("ref_fence_r", Some(333))
+        .await
+        .unwrap();
+    assert!(!fresh
+        .schedule_claimed_check(&held[0].claim, Some(444))
+        .await
+        .unwrap());
+    assert!(!fresh
+        .schedule_claimed_check(&held_refund[0].claim, Some(444))
+        .await
+        .unwrap());
+    assert!(due_payment_nos(fresh.as_ref(), 332).await.is_empty());
+    assert_eq!(due_payment_nos(fresh.as_ref(), 333).await, ["fence"]);
+    assert_eq!(due_refund_nos(fresh.as_ref(), 333).await, ["fence_r"]);
+}
+
 async fn open_orders_by_account(ctx: Ctx) {
     let store = ctx.store;
     store.insert_payment(&payment("o1")).await.unwrap();
@@ -1401,10 +1673,6 @@ async fn two_claimers_of_a_due_event_only_one_gets_it(ctx: Ctx) {
         .is_empty());
 }
 
-/// A lease short enough to run out within a test: leases are timed by the database's clock,
-/// so running one out takes real time.
-const SHORT_LEASE: std::time::Duration = std::time::Duration::from_millis(800);
-
 /// Another instance on `ctx`'s PostgreSQL schema whose claims hold for [`SHORT_LEASE`].
 async fn short_lease_instance(ctx: &Ctx) -> Arc<dyn Store> {
     let Place::Postgres(schema) = &ctx.place else {
@@ -1549,13 +1817,38 @@ async fn due_checks_are_claimed_once(ctx: Ctx) {
     );
     assert_eq!(all.len(), 20);
     assert!(a.due_payments(now, 100).await.unwrap().is_empty());
-    // Scheduling the next check ends the claim; an instance that died holding one loses it
-    // when the lease runs out.
+    // Scheduling the next check ends the claim.
     a.schedule_payment_check("pay_dc0", Some(now))
         .await
         .unwrap();
     assert_eq!(b.due_payments(now, 100).await.unwrap().len(), 1);
-    assert_eq!(b.due_payments(now + LEASE_MS, 100).await.unwrap().len(), 20);
+    // Leases are timed by the database's clock: a caller whose own clock runs ahead (by far
+    // more than the lease) takes no live claim over. Before: the caller's `now` ended them.
+    assert_eq!(
+        b.due_payments(now + 1_000 * LEASE_MS, 100)
+            .await
+            .unwrap()
+            .len(),
+        0,
+        "live claims taken over by a caller whose clock runs ahead"
+    );
+    // An instance that died holding claims loses them once its lease runs out by that clock.
+    let Place::Postgres(schema) = &ctx.place else {
+        unreachable!("postgres only")
+    };
+    let short = open_pg_leased(schema, SHORT_LEASE).await;
+    for i in 0..3 {
+        short
+            .insert_payment(&payment(&format!("dcs{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(short.due_payments(now, 100).await.unwrap().len(), 3);
+    assert!(b.due_payments(now, 100).await.unwrap().is_empty());
+    support::wait_until("the dead instance's short lease to run out", || async {
+        b.due_payments(now, 100).await.unwrap().len() == 3
+    })
+    .await;
     // Refunds alike.
     assert_eq!(a.due_refunds(now, 10).await.unwrap().len(), 1);
     assert!(b.due_refunds(now, 10).await.unwrap().is_empty());
@@ -1599,7 +1892,7 @@ async fn instances_starting_together_migrate_once(ctx: Ctx) {
         r.expect("every instance starts");
     }
     let versions: Vec<i32> = versions.unwrap().iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1, 2, 3], "each migration recorded once");
+    assert_eq!(versions, [1, 2, 3, 4], "each migration recorded once");
 }
 
 /// Issue 15 item 5: the `late` flag round-trips (and survives a reopen); an ended order

@@ -593,6 +593,11 @@ impl Channel {
         self.guard.breaker_state()
     }
 
+    /// How long until the open breaker admits a probe; `None` unless it is open.
+    pub fn breaker_reopens_in(&self) -> Option<Duration> {
+        self.guard.breaker_reopens_in()
+    }
+
     /// The account an order for `sub` created through this channel belongs to.
     pub fn account(&self, sub: &SubMerchant) -> Account {
         self.settings.account(sub)

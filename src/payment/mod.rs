@@ -218,6 +218,14 @@ pub enum PaymentError {
     },
 }
 
+/// What one compare-and-set of a channel's word came to.
+enum Applied {
+    /// Written (or nothing to write): the record as it is now.
+    Stored(PaymentRecord),
+    /// Another writer moved the record first: the record as it left it.
+    Lost(PaymentRecord),
+}
+
 /// Whether the caller holds the record's claim (`attempt_until`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Claim {
@@ -475,15 +483,49 @@ impl PaymentService {
     /// whose amount or currency differ from the order's — or that says "paid" without
     /// stating them — changes nothing. A payment of an order that had ended is late
     /// (`late.rs`): told as `payment.late`, and refunded by policy.
+    ///
+    /// A lost compare-and-set answers the record as the winner left it. The winner — a
+    /// notification or a refresh — never clears a live claim it does not hold, so when the
+    /// caller holds the claim ([`Claim::Ours`]) and the record still carries it, the word is
+    /// applied again to that record, which ends the claim: left there, it would answer every
+    /// replay of the create `409 request_in_progress` until it ran out (2 × timeout + 5 s).
     async fn apply_state(
         &self,
         routes: &Routes<'_>,
-        mut rec: PaymentRecord,
+        rec: PaymentRecord,
         state: OrderState,
         channel: &Channel,
         claim: Claim,
     ) -> Result<PaymentRecord, PaymentError> {
-        if let Err(message) = cross_check(&rec, &state) {
+        let held = rec.attempt_until;
+        let mut rec = rec;
+        let mut lost = 0;
+        loop {
+            match self.apply_once(routes, rec, &state, channel, claim).await? {
+                Applied::Stored(rec) => return Ok(rec),
+                Applied::Lost(fresh) => {
+                    lost += 1;
+                    let ours_still =
+                        claim == Claim::Ours && held.is_some() && fresh.attempt_until == held;
+                    if !ours_still || lost >= CLAIM_TRIES {
+                        return Ok(fresh);
+                    }
+                    rec = fresh;
+                }
+            }
+        }
+    }
+
+    /// One compare-and-set of [`PaymentService::apply_state`].
+    async fn apply_once(
+        &self,
+        routes: &Routes<'_>,
+        mut rec: PaymentRecord,
+        state: &OrderState,
+        channel: &Channel,
+        claim: Claim,
+    ) -> Result<Applied, PaymentError> {
+        if let Err(message) = cross_check(&rec, state) {
             let error = ChannelError::new(ErrorKind::Protocol, message);
             tracing::error!(payment_id = %rec.payment_id, channel = %rec.channel, %error, "answer fails the cross-check; payment left unchanged");
             let rec = match claim {
@@ -511,7 +553,7 @@ impl PaymentService {
             }
         }
         if rec.provider_trade_no.is_none() && state.provider_trade_no.is_some() {
-            rec.provider_trade_no = state.provider_trade_no;
+            rec.provider_trade_no = state.provider_trade_no.clone();
             changed = true;
         }
         // Our own claim ends here; another request's live claim is never cleared, a dead one
@@ -521,7 +563,7 @@ impl PaymentService {
             changed = true;
         }
         if !changed {
-            return Ok(rec);
+            return Ok(Applied::Stored(rec));
         }
         rec.updated_at = now_ms();
         let late_action = late.then(|| routes.late_payments.for_merchant(&rec.merchant_id));
@@ -543,6 +585,7 @@ impl PaymentService {
                 .store
                 .get_payment(&rec.merchant_id, &rec.out_trade_no)
                 .await?
+                .map(Applied::Lost)
                 .ok_or(PaymentError::NotFound);
         }
         if event.is_some() {
@@ -562,7 +605,7 @@ impl PaymentService {
             self.late_committed(routes, &rec, action, refund_scheduled)
                 .await;
         }
-        Ok(rec)
+        Ok(Applied::Stored(rec))
     }
 }
 

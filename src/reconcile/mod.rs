@@ -5,19 +5,38 @@
 //! event a notification would, and a "paid" answer to a close makes the payment `succeeded`.
 //!
 //! # Limits
-//! - The schedule lives in the store (`next_check_at`): a restart resumes it.
-//! - Bounded concurrency; a channel whose breaker is open is not asked (the order is checked
-//!   again at its next time), and the channel's own limit applies to these calls too.
-//! - After the last tier, an open payment is checked once more at `expires_at` (and closed);
-//!   an open refund is no longer checked: ops see it in `GET /admin/refunds`.
+//! - The schedule lives in the store (`next_check_at`): a restart resumes it. Each check is
+//!   claimed as it is handed out, and its next time is written under that claim only: on a
+//!   store shared by several instances, one whose claim ran out (a stall past `store.lease`)
+//!   while another instance took the check over writes nothing, and the other's schedule
+//!   stands.
+//! - Bounded concurrency; a channel whose breaker is open is not asked: the order is checked
+//!   again when the breaker lets a probe through, or at its tier's time if that comes first
+//!   (an order past the last tier waits the breaker's 30 s, not an hour); the channel's own
+//!   limit applies to these calls too. When a breaker reopens, the orders that waited for it
+//!   are due together: one is the probe, the others are refused by the half-open breaker and
+//!   come back at their tier's interval.
+//! - An open payment or refund is never dropped from the schedule: past the last tier it is
+//!   checked at `expires_at` while that is ahead, then at the last tier's interval (hourly by
+//!   default) until it ends; a refund still open then is logged for ops
+//!   (`GET /admin/refunds`).
+//! - A check whose next time the store did not take (the write failed) is held in memory
+//!   until that time, so a store that reads but cannot write never makes the worker ask the
+//!   channel every round (DESIGN.md §8): while it stays due it is not checked, only its next
+//!   time written again (one store write per round, no channel call), and counted
+//!   (`payroute_reconcile_actions_total{action="held"}`). The hold is per instance and
+//!   forgotten on restart, when the stored schedule (on PostgreSQL also the claim's lease)
+//!   governs again; a hold is dropped once its time has passed or its write went through, so
+//!   at most the checks that failed within one interval are held.
 //! - A payment that ended (`closed`, `failed`) is asked about once more, one tier interval
 //!   after it ended (the interval of its age then): the provider may have taken a payment as
 //!   the order closed (a *late payment*, `payment::late`), and its notification may be lost.
 //! - A late payment is looked at until its refund (by policy) has reached the provider: a
 //!   refund that could not be sent is sent again, with the same `out_refund_no`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -29,7 +48,7 @@ use crate::domain::{PaymentStatus, RefundStatus};
 use crate::live::{Live, LiveConfig};
 use crate::payment::{now_ms, Asker, LateSettled, PaymentError, PaymentService};
 use crate::store::pause::Pause;
-use crate::store::{PaymentRecord, RefundRecord};
+use crate::store::{CheckClaim, CheckOf, Due, PaymentRecord, RefundRecord, StoreError};
 
 /// How often the worker looks for due checks.
 const POLL: Duration = Duration::from_millis(500);
@@ -43,10 +62,58 @@ pub struct Reconciler {
     actions: IntCounterVec,
     /// Skips rounds while the store cannot record a check (no query storm).
     pause: Pause,
+    /// Checks whose next time the store did not take: not before then (module `# Limits`).
+    held: Mutex<Held>,
+}
+
+/// Checks held in memory, by record id.
+#[derive(Default)]
+struct Held {
+    payments: HashMap<String, HeldCheck>,
+    refunds: HashMap<String, HeldCheck>,
+}
+
+/// A check whose next time the store did not take.
+#[derive(Clone, Copy)]
+struct HeldCheck {
+    /// The next time as decided (`None`: no more checks), written again while held.
+    next: Option<i64>,
+    /// Not checked again before this.
+    until: i64,
+}
+
+impl Held {
+    fn of(&mut self, of: CheckOf) -> &mut HashMap<String, HeldCheck> {
+        match of {
+            CheckOf::Payment => &mut self.payments,
+            CheckOf::Refund => &mut self.refunds,
+        }
+    }
+
+    /// Drops the holds whose time has passed.
+    fn prune(&mut self, now: i64) {
+        self.payments.retain(|_, h| h.until > now);
+        self.refunds.retain(|_, h| h.until > now);
+    }
+
+    /// Takes the held checks out of `due`: their claims, each with its next time to write
+    /// again.
+    fn take_held<T>(&mut self, due: &mut Vec<Due<T>>) -> Vec<(CheckClaim, HeldCheck)> {
+        let mut again = Vec::new();
+        let mut checked = Vec::with_capacity(due.len());
+        for d in due.drain(..) {
+            match self.of(d.claim.of).get(&d.claim.id) {
+                Some(h) => again.push((d.claim, *h)),
+                None => checked.push(d),
+            }
+        }
+        *due = checked;
+        again
+    }
 }
 
 /// Every `action` the worker counts; a new one must be listed here to start at 0.
-const ACTIONS: [&str; 7] = [
+const ACTIONS: [&str; 8] = [
     "query",
     "close",
     "resolved",
@@ -54,6 +121,7 @@ const ACTIONS: [&str; 7] = [
     "breaker_open",
     "error",
     "late",
+    "held",
 ];
 
 impl Reconciler {
@@ -65,7 +133,7 @@ impl Reconciler {
         let actions = IntCounterVec::new(
             Opts::new(
                 "payroute_reconcile_actions_total",
-                "What the reconciliation worker did: query, close, resolved (a final state learnt), late (an ended order found paid), busy, breaker_open, error.",
+                "What the reconciliation worker did: query, close, resolved (a final state learnt), late (an ended order found paid), busy, breaker_open, error, held (a due check passed over: its last schedule was not stored).",
             ),
             &["action"],
         )?;
@@ -80,6 +148,7 @@ impl Reconciler {
             payments,
             actions,
             pause,
+            held: Mutex::default(),
         })
     }
 
@@ -106,9 +175,9 @@ impl Reconciler {
         let live = self.live.load();
         let settings = live.config.reconcile.clone();
         let store = self.payments.store();
-        let (payments, refunds) = match (
-            store.due_payments(now, BATCH).await,
-            store.due_refunds(now, BATCH).await,
+        let (mut payments, mut refunds) = match (
+            store.claim_due_payments(now, BATCH).await,
+            store.claim_due_refunds(now, BATCH).await,
         ) {
             (Ok(p), Ok(r)) => (p, r),
             (Err(e), _) | (_, Err(e)) => {
@@ -117,6 +186,18 @@ impl Reconciler {
                 return;
             }
         };
+        let again = {
+            let mut held = self.held();
+            held.prune(now);
+            let mut again = held.take_held(&mut payments);
+            again.extend(held.take_held(&mut refunds));
+            again
+        };
+        for (claim, held) in again {
+            self.count("held");
+            let stored = store.schedule_claimed_check(&claim, held.next).await;
+            self.stored(&claim, held, stored);
+        }
         let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         let mut tasks = JoinSet::new();
         for p in payments {
@@ -138,7 +219,13 @@ impl Reconciler {
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn check_payment(&self, live: &Live, settings: &ReconcileSettings, p: PaymentRecord) {
+    async fn check_payment(
+        &self,
+        live: &Live,
+        settings: &ReconcileSettings,
+        due: Due<PaymentRecord>,
+    ) {
+        let Due { record: p, claim } = due;
         let now = now_ms();
         let store = self.payments.store();
         let first = settings.first_check(p.created_at);
@@ -153,13 +240,13 @@ impl Reconciler {
         } else if p.attempt_until.is_some_and(|t| t > now) {
             self.count("busy");
             Some(now + BUSY_RETRY_MS)
-        } else if live
-            .channels
-            .get(&p.channel)
-            .is_some_and(|c| c.breaker_state() == "open")
-        {
+        } else if let Some(wait) = reopens_in(live, &p.channel) {
             self.count("breaker_open");
-            Some(settings.next_check(p.created_at, now, Some(p.expires_at)))
+            Some(
+                settings
+                    .next_check(p.created_at, now, Some(p.expires_at))
+                    .min(now + wait),
+            )
         } else {
             let routes = live.routes();
             let expired = now >= p.expires_at;
@@ -203,10 +290,8 @@ impl Reconciler {
                 }
             }
         };
-        if let Err(e) = store.schedule_payment_check(&p.payment_id, next).await {
-            self.pause.saw(&e);
-            tracing::warn!(payment_id = %p.payment_id, error = %e, "reconcile: cannot store the next check");
-        }
+        let stored = store.schedule_claimed_check(&claim, next).await;
+        self.stored(&claim, hold(settings, next, now), stored);
     }
 
     /// The one more look at an ended order, one tier interval after it ended (`updated_at`):
@@ -232,13 +317,9 @@ impl Reconciler {
             self.count("busy");
             return Some(now + BUSY_RETRY_MS);
         }
-        if live
-            .channels
-            .get(&p.channel)
-            .is_some_and(|c| c.breaker_state() == "open")
-        {
+        if let Some(wait) = reopens_in(live, &p.channel) {
             self.count("breaker_open");
-            return Some(now + interval_at(settings, now - p.created_at));
+            return Some((now + interval_at(settings, now - p.created_at)).min(now + wait));
         }
         self.count("query");
         let routes = live.routes();
@@ -284,7 +365,13 @@ impl Reconciler {
         }
     }
 
-    async fn check_refund(&self, live: &Live, settings: &ReconcileSettings, r: RefundRecord) {
+    async fn check_refund(
+        &self,
+        live: &Live,
+        settings: &ReconcileSettings,
+        due: Due<RefundRecord>,
+    ) {
+        let Due { record: r, claim } = due;
         let now = now_ms();
         let first = settings.first_check(r.created_at);
         let next = if now < first {
@@ -292,6 +379,9 @@ impl Reconciler {
         } else if r.attempt_until.is_some_and(|t| t > now) {
             self.count("busy");
             Some(now + BUSY_RETRY_MS)
+        } else if let Some(wait) = reopens_in(live, &r.channel) {
+            self.count("breaker_open");
+            Some(settings.next_check(r.created_at, now, None).min(now + wait))
         } else {
             self.count("query");
             match self
@@ -320,20 +410,66 @@ impl Reconciler {
         if r.status == RefundStatus::Abnormal && now - r.created_at > last_until(settings) {
             tracing::warn!(refund_id = %r.refund_id, "refund still abnormal after the last reconciliation tier (checked at the last tier's interval); ops must settle it");
         }
-        if let Err(e) = self
+        let stored = self
             .payments
             .store()
-            .schedule_refund_check(&r.refund_id, next)
-            .await
-        {
-            self.pause.saw(&e);
-            tracing::warn!(refund_id = %r.refund_id, error = %e, "reconcile: cannot store the next check");
+            .schedule_claimed_check(&claim, next)
+            .await;
+        self.stored(&claim, hold(settings, next, now), stored);
+    }
+
+    /// After a check's next time was written under its claim: a failed write holds the
+    /// check in memory (`held`, kept as it was if it is held already); a write that went
+    /// through lets it go, and so does one the claim no longer allowed — another instance
+    /// took the check over (ours ran out) or a payment flow scheduled it, and that schedule
+    /// stands.
+    fn stored(&self, claim: &CheckClaim, held: HeldCheck, stored: Result<bool, StoreError>) {
+        match stored {
+            Ok(true) => {
+                self.held().of(claim.of).remove(&claim.id);
+            }
+            Ok(false) => {
+                tracing::info!(id = %claim.id, "reconcile: the check was taken over (our claim ran out) or rescheduled meanwhile; its schedule stands");
+                self.held().of(claim.of).remove(&claim.id);
+            }
+            Err(e) => {
+                self.pause.saw(&e);
+                tracing::warn!(id = %claim.id, error = %e, "reconcile: cannot store the next check; not checked again before it is due");
+                self.held()
+                    .of(claim.of)
+                    .entry(claim.id.clone())
+                    .or_insert(held);
+            }
         }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        // Only plain map operations happen under the lock: a poisoned one is still whole.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn count(&self, action: &str) {
         self.actions.with_label_values(&[action]).inc();
     }
+}
+
+/// The hold of a check whose next time `next` the store may not take: not checked again
+/// before then — for one that needs no more checks, for one last-tier interval (it stays due
+/// in the store meanwhile, and is looked at once more then).
+fn hold(settings: &ReconcileSettings, next: Option<i64>, now: i64) -> HeldCheck {
+    HeldCheck {
+        next,
+        until: next.unwrap_or_else(|| now + settings.last_every()),
+    }
+}
+
+/// In milliseconds, how long until `channel`'s open breaker admits a call; `None` when it may
+/// be asked now (closed, half-open, or a channel no longer configured).
+fn reopens_in(live: &Live, channel: &str) -> Option<i64> {
+    live.channels
+        .get(channel)
+        .and_then(|c| c.breaker_reopens_in())
+        .map(|wait| wait.as_millis() as i64)
 }
 
 /// The interval of the tier an order of this age is in; past the last tier, the last one's.

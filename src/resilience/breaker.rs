@@ -92,6 +92,16 @@ impl Breaker {
         }
     }
 
+    /// How long until an open breaker lets a probe through; `None` unless open (closed or
+    /// half-open: a call may be admitted now).
+    pub fn reopens_in(&self) -> Option<Duration> {
+        let now = Instant::now();
+        match self.lock().open_until {
+            Some(until) if now < until => Some(until - now),
+            _ => None,
+        }
+    }
+
     /// `closed`, `open` or `half_open`, for `/admin/channels`.
     pub fn state(&self) -> &'static str {
         let s = self.lock();
@@ -119,9 +129,11 @@ mod tests {
         b.record(Outcome::Down);
         assert_eq!((b.state(), gauge.get()), ("open", 1));
         assert_eq!(b.admit(), Err(Duration::from_secs(30)));
+        assert_eq!(b.reopens_in(), Some(Duration::from_secs(30)));
 
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(b.state(), "half_open");
+        assert_eq!(b.reopens_in(), None);
         b.admit().expect("one probe goes through");
         assert!(b.admit().is_err(), "only one probe at a time");
         b.record(Outcome::Down);

@@ -323,6 +323,11 @@ impl ChannelGuard {
     pub fn breaker_state(&self) -> &'static str {
         self.breaker.state()
     }
+
+    /// How long until the open breaker admits a probe; `None` unless it is open.
+    pub fn breaker_reopens_in(&self) -> Option<Duration> {
+        self.breaker.reopens_in()
+    }
 }
 
 #[cfg(test)]

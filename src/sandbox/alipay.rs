@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::notify::{Kind, Notification, Provider};
-use super::{count_create, Faults, Op, Outcome, Sandbox, Signing};
+use super::{count_call, Faults, Op, Outcome, Sandbox, Signing};
 use crate::channel::alipay::{china_datetime, sign};
 use crate::domain::{parse_yuan, yuan};
 
@@ -245,7 +245,7 @@ impl Sandbox {
         let s = |k: &str| biz[k].as_str().filter(|v| !v.is_empty());
         // Every signed create for (seller, out_trade_no) counts, whatever it is answered.
         if let Some(no) = s("out_trade_no") {
-            count_create(&self.alipay_creates, seller, no);
+            count_call(&self.alipay_creates, seller, no);
         }
         let (Some(no), Some(total), Some(subject)) =
             (s("out_trade_no"), s("total_amount"), s("subject"))
@@ -340,6 +340,7 @@ impl Sandbox {
                 "交易不存在",
             );
         };
+        count_call(&self.alipay_queries, seller, no);
         // Fields in Alipay's order (not sorted), some with non-ASCII text.
         let mut s = format!(
             r#"{{"code":"10000","msg":"Success","buyer_logon_id":"san***@sandbox.example","buyer_pay_amount":"{}","out_trade_no":{},"subject":{},"total_amount":"{}","trade_status":"{}""#,

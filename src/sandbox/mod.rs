@@ -26,7 +26,8 @@
 //!   `create_calls`, how many create requests that passed the signature check arrived for that
 //!   (account, out_trade_no) — duplicates and ones answered `ORDERPAID` /
 //!   `ACQ.TRADE_HAS_SUCCESS` included, fault-failed ones not (the fault answers before the
-//!   work) — and `account`: `{"provider":"wechatpay","mode":"direct"|"partner","mchid",
+//!   work) —, `query_calls`, the same count of order queries (`GET …/out-trade-no/{no}`,
+//!   `alipay.trade.query`) that found the order, and `account`: `{"provider":"wechatpay","mode":"direct"|"partner","mchid",
 //!   "sub_mchid"}` or `{"provider":"alipay","app_id","app_auth_token_present"}` (never a token).
 //! - `POST /sandbox/faults` replaces the [`Faults`] (unknown fields refused; omitted = off):
 //!   `latency_ms`; `tamper_signature` (every answer) and `tamper_errors` (error answers only);
@@ -298,6 +299,8 @@ pub struct Sandbox {
     orders: Orders<wechat::Order>,
     /// Create requests that passed the signature check, by the same key as `orders`.
     wechat_creates: Orders<u32>,
+    /// Queries that found their order, by the same key.
+    wechat_queries: Orders<u32>,
     alipay_apps: ArcSwap<HashMap<String, RsaVerifier>>,
     /// ISV: each granted `app_auth_token` (exposed) → the seller id it acts for.
     alipay_grants: ArcSwap<HashMap<String, String>>,
@@ -306,6 +309,8 @@ pub struct Sandbox {
     alipay_orders: Orders<alipay::AliOrder>,
     /// Create requests that passed the signature check, by the same key as `alipay_orders`.
     alipay_creates: Orders<u32>,
+    /// Queries that found their order, by the same key.
+    alipay_queries: Orders<u32>,
     alipay_signer: RsaSigner,
     faults: Mutex<Faults>,
     signer: RsaSigner,
@@ -340,10 +345,12 @@ impl Sandbox {
             apiv3_keys: ArcSwap::from_pointee(HashMap::new()),
             orders: DashMap::new(),
             wechat_creates: DashMap::new(),
+            wechat_queries: DashMap::new(),
             alipay_apps: ArcSwap::from_pointee(HashMap::new()),
             alipay_grants: ArcSwap::from_pointee(HashMap::new()),
             alipay_orders: DashMap::new(),
             alipay_creates: DashMap::new(),
+            alipay_queries: DashMap::new(),
             alipay_signer: RsaSigner::from_text(ALIPAY_KEY_PEM)
                 .expect("the bundled sandbox Alipay key parses"),
             faults: Mutex::new(Faults::default()),
@@ -631,19 +638,21 @@ impl Sandbox {
     fn wechat_view(&self, key: &(String, String), o: &wechat::Order) -> Value {
         let mut v = o.view();
         v["create_calls"] = json!(self.wechat_creates.get(key).map_or(0, |n| *n));
+        v["query_calls"] = json!(self.wechat_queries.get(key).map_or(0, |n| *n));
         v
     }
 
     fn alipay_view(&self, key: &(String, String), o: &alipay::AliOrder) -> Value {
         let mut v = o.view();
         v["create_calls"] = json!(self.alipay_creates.get(key).map_or(0, |n| *n));
+        v["query_calls"] = json!(self.alipay_queries.get(key).map_or(0, |n| *n));
         v
     }
 }
 
-/// Counts one create request for (account, out_trade_no).
-fn count_create(creates: &Orders<u32>, account: &str, no: &str) {
-    *creates
+/// Counts one call (a create, a query) for (account, out_trade_no).
+fn count_call(calls: &Orders<u32>, account: &str, no: &str) {
+    *calls
         .entry((account.to_string(), no.to_string()))
         .or_insert(0) += 1;
 }

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use super::notify::{self, Kind, Notification, Provider, WechatSigning};
 use super::{
-    count_create, query_param, Answer, Faults, Op, Outcome, Sandbox, Signing, PUBLIC_KEY_ID,
+    count_call, query_param, Answer, Faults, Op, Outcome, Sandbox, Signing, PUBLIC_KEY_ID,
 };
 use crate::channel::wechatpay::{china_time, sign};
 
@@ -329,7 +329,7 @@ impl Sandbox {
             let s = |k: &str| req[k].as_str().filter(|v| !v.is_empty());
             if let Some(no) = s("out_trade_no") {
                 let sub = if partner { s("sub_mchid") } else { None };
-                count_create(&self.wechat_creates, &order_key(auth_mchid, sub), no);
+                count_call(&self.wechat_creates, &order_key(auth_mchid, sub), no);
             }
         }
         if !["jsapi", "native", "h5", "app"].contains(&kind) {
@@ -462,6 +462,7 @@ impl Sandbox {
                 json!({"code":"ORDER_NOT_EXIST","message":"订单不存在"}),
             );
         };
+        count_call(&self.wechat_queries, &order_key(mchid, sub_mchid), no);
         (StatusCode::OK, o.transaction())
     }
 

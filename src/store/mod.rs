@@ -241,6 +241,79 @@ pub struct OutboxStats {
     pub dead: u64,
 }
 
+/// Which record a reconciliation check is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CheckOf {
+    Payment,
+    Refund,
+}
+
+/// The claim on one reconciliation check that [`Store::claim_due_payments`] /
+/// [`Store::claim_due_refunds`] handed out: its record, and a token drawn afresh for each
+/// claim. Only the latest claim on a record writes its next check
+/// ([`Store::schedule_claimed_check`]): a holder that stalled past its lease while another
+/// instance claimed the check again writes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckClaim {
+    pub of: CheckOf,
+    /// The payment's or refund's id.
+    pub id: String,
+    token: String,
+}
+
+impl CheckClaim {
+    fn new(of: CheckOf, id: String, token: String) -> CheckClaim {
+        CheckClaim { of, id, token }
+    }
+}
+
+/// A due check handed out with its claim.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Due<T> {
+    pub record: T,
+    pub claim: CheckClaim,
+}
+
+/// A fresh claim token: 96 random bits in hex, so that no two claims — of any instance —
+/// share one.
+fn claim_token() -> Result<String, StoreError> {
+    let mut b = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut b)
+        .map_err(|_| StoreError::Backend("no system randomness for a claim token".into()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// An open record's next check when a writer names none: an open payment (`pending`,
+/// `unknown`) or refund (`pending`, `abnormal`) always has a next check, or nothing would
+/// ever settle it, whatever the provider says later. The store enforces it on every
+/// schedule write: `None` for an open record becomes this long from now — the default last
+/// reconciliation tier's interval (the store does not know the configured tiers; the
+/// reconciler itself never names none for an open record).
+pub const OPEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// [`OPEN_RECHECK`] from now (unix ms), by this instance's clock.
+fn open_recheck_at() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    now + OPEN_RECHECK.as_millis() as i64
+}
+
+/// Payments and refunds whose checks never end while they are in these states, as SQL
+/// (both engines): [`OPEN_RECHECK`].
+const OPEN_PAYMENT: &str = "status IN ('pending', 'unknown')";
+const OPEN_REFUND: &str = "status IN ('pending', 'abnormal')";
+
+impl CheckOf {
+    /// The table, its id column and its open states, as SQL.
+    fn table(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            CheckOf::Payment => ("payments", "payment_id", OPEN_PAYMENT),
+            CheckOf::Refund => ("refunds", "refund_id", OPEN_REFUND),
+        }
+    }
+}
+
 /// The outcome of [`Store::reserve_refund`].
 #[derive(Debug)]
 pub enum Reservation {
@@ -378,23 +451,68 @@ pub trait Store: Send + Sync {
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
 
-    /// Payments whose reconciliation check is due at `now`: open ones (`pending`,
-    /// `unknown`), ended ones (`closed`, `failed`: looked at once more, for a late payment)
-    /// and late ones (until their refund is under way).
-    /// Claimed like [`Store::due_events`] in a shared store, until
-    /// [`Store::schedule_payment_check`] or the lease running out.
-    async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError>;
+    /// Payments whose reconciliation check is due at `now` (the caller's clock, which wrote
+    /// the schedule): open ones (`pending`, `unknown`), ended ones (`closed`, `failed`: looked
+    /// at once more, for a late payment) and late ones (until their refund is under way);
+    /// oldest due first, each with a fresh claim.
+    ///
+    /// A store shared by several instances claims them for this caller with a lease timed by
+    /// the database's clock (not the caller's): until [`Store::schedule_claimed_check`] or
+    /// the lease running out, no other caller gets them. SQLite serves one instance and
+    /// hands due checks to whoever asks, with a plain read (so a store that cannot write
+    /// still answers it); its claims live in memory.
+    async fn claim_due_payments(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Due<PaymentRecord>>, StoreError>;
 
-    /// Open refunds (`pending`, `abnormal`) whose reconciliation check is due at `now`.
-    async fn due_refunds(&self, now: i64, limit: u32) -> Result<Vec<RefundRecord>, StoreError>;
+    /// Open refunds (`pending`, `abnormal`) whose reconciliation check is due at `now`,
+    /// claimed like [`Store::claim_due_payments`].
+    async fn claim_due_refunds(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Due<RefundRecord>>, StoreError>;
 
-    /// When to check a payment next (`None`: never again).
+    /// [`Store::claim_due_payments`] without the claims, for tools and tests: a check taken
+    /// so is rescheduled with the unclaimed [`Store::schedule_payment_check`] (or its claim
+    /// runs out). The reconciler uses the claims.
+    async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError> {
+        let due = self.claim_due_payments(now, limit).await?;
+        Ok(due.into_iter().map(|d| d.record).collect())
+    }
+
+    /// [`Store::claim_due_refunds`] without the claims.
+    async fn due_refunds(&self, now: i64, limit: u32) -> Result<Vec<RefundRecord>, StoreError> {
+        let due = self.claim_due_refunds(now, limit).await?;
+        Ok(due.into_iter().map(|d| d.record).collect())
+    }
+
+    /// The next check of a claimed record, written only while `claim` is the record's latest
+    /// claim (fencing): whether it was written. `false` — another caller claimed the check
+    /// since, or a payment flow scheduled it ([`Store::schedule_payment_check`]) — changes
+    /// nothing; that writer's schedule stands. The claim ends with the write.
+    ///
+    /// `None` means no more checks — except for an open record, which always keeps one
+    /// ([`OPEN_RECHECK`]).
+    async fn schedule_claimed_check(
+        &self,
+        claim: &CheckClaim,
+        at: Option<i64>,
+    ) -> Result<bool, StoreError>;
+
+    /// When to check a payment next, written by a payment flow that holds no claim (a late
+    /// payment's refund, say): always written, and it ends any claim on the check, so a
+    /// holder's later write changes nothing. `None`: never again — except for an open
+    /// payment, which always keeps a check ([`OPEN_RECHECK`]).
     async fn schedule_payment_check(
         &self,
         payment_id: &str,
         at: Option<i64>,
     ) -> Result<(), StoreError>;
 
+    /// [`Store::schedule_payment_check`] for a refund.
     async fn schedule_refund_check(
         &self,
         refund_id: &str,

@@ -8,7 +8,7 @@
 //!   one: fencing); `insert_payment` relies on the `(merchant_id, out_trade_no)` unique key.
 //! - Refund writes lock their payment's row first (`FOR UPDATE`), so the over-refund guard
 //!   and `refunded_amount` see every refund committed before them, whichever instance wrote it.
-//! - Work handed out (`due_events`, `due_payments`, `due_refunds`) is claimed with
+//! - Work handed out (`due_events`, `claim_due_payments`, `claim_due_refunds`) is claimed with
 //!   `FOR UPDATE SKIP LOCKED` and a lease column: one instance works an item at a time, and
 //!   a dead instance's claims run out after the lease (`store.lease`, [`DEFAULT_LEASE`]).
 //!   Only the oldest pending event of a payment is ever due, claimed or
@@ -21,6 +21,10 @@
 //!   instance has taken the event over. Event leases are set and compared on the database's
 //!   clock (`now()`), never an instance's own: instances whose clocks disagree still agree
 //!   on when a lease ran out. (`gen_random_uuid()` makes the tokens: PostgreSQL 13 or later.)
+//! - A reconciliation check's claim carries a token (`check_claim`, fresh per claim), and
+//!   its lease is taken and judged by the database's clock (`now()`), not the
+//!   instances': the next check is written only under the latest claim, so a holder that
+//!   stalled past its lease while another took the check over writes nothing.
 //! - Schema changes are versioned migrations (`schema_migrations`), each in one transaction
 //!   under an advisory lock, applied at start: instances starting together do not race. A
 //!   schema already current is only read at start, so the runtime role needs no CREATE
@@ -39,15 +43,16 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    account_json, failure, parse_account, rebound_seller, Delivery, DueLimits, EventFilter,
-    EventRecord, OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord, RefundFilter,
-    RefundRecord, Resend, Reservation, Store, StoreError, StoreMetrics, LEGACY_SELLER_FILTER,
+    account_json, claim_token, failure, parse_account, rebound_seller, CheckClaim, CheckOf,
+    Delivery, Due, DueLimits, EventFilter, EventRecord, OpenAtAccount, OutboxStats, PaymentFilter,
+    PaymentRecord, RefundFilter, RefundRecord, Resend, Reservation, Store, StoreError,
+    StoreMetrics, LEGACY_SELLER_FILTER, OPEN_RECHECK, OPEN_REFUND,
 };
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 use crate::secret::Secret;
 
 /// `store.lease` when absent: how long an instance holds an event it took from `due_events`,
-/// or a check it took from `due_payments` / `due_refunds`, before another instance may take
+/// or a check it took from `claim_due_payments` / `claim_due_refunds`, before another instance may take
 /// it. Longer than a webhook delivery (`webhooks.timeout`) or a channel call with its retries
 /// (a channel `timeout`, at most 60s) takes — config validation holds it to that — and short
 /// enough that a dead instance's work is not held up for long: its events wait at most this
@@ -70,7 +75,12 @@ const SESSION_BOUNDS: &str =
 
 /// Versioned schema migrations, applied in order, each in one transaction. Never edit one
 /// that has shipped: add the next.
-const MIGRATIONS: [(i32, &str); 3] = [(1, V1), (2, V2_LATE), (3, V3_EVENT_CLAIMS)];
+const MIGRATIONS: [(i32, &str); 4] = [
+    (1, V1),
+    (2, V2_LATE),
+    (3, V3_EVENT_CLAIMS),
+    (4, V4_CHECK_CLAIMS),
+];
 
 const V1: &str = "
 CREATE TABLE payments (
@@ -675,6 +685,18 @@ const V2_LATE: &str = "
 ALTER TABLE payments ADD COLUMN late BOOLEAN NOT NULL DEFAULT false;
 ";
 
+/// Issue 16: a check's claim is fenced by a token (`check_claim`), and an open record is
+/// never left with no next check — those a payroute before it dropped are checked at once.
+/// (Number 3 is the outbox's migration of the same issue.)
+const V4_CHECK_CLAIMS: &str = "
+ALTER TABLE payments ADD COLUMN IF NOT EXISTS check_claim TEXT;
+ALTER TABLE refunds ADD COLUMN IF NOT EXISTS check_claim TEXT;
+UPDATE payments SET next_check_at = updated_at
+ WHERE next_check_at IS NULL AND status IN ('pending', 'unknown');
+UPDATE refunds SET next_check_at = updated_at
+ WHERE next_check_at IS NULL AND status IN ('pending', 'abnormal');
+";
+
 const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account, late";
 
 fn read_payment(row: &Row) -> Result<PaymentRecord, StoreError> {
@@ -781,6 +803,7 @@ fn collect<T>(
 
 /// What the reconciliation worker checks in one table: open records whose check is due.
 struct DueChecks {
+    of: CheckOf,
     table: &'static str,
     id: &'static str,
     /// Which records are checked, as an SQL condition.
@@ -789,6 +812,7 @@ struct DueChecks {
 }
 
 const DUE_PAYMENTS: DueChecks = DueChecks {
+    of: CheckOf::Payment,
     table: "payments",
     id: "payment_id",
     // Ended ones get one more look (a late payment); late ones until their refund is sent.
@@ -797,14 +821,17 @@ const DUE_PAYMENTS: DueChecks = DueChecks {
 };
 
 const DUE_REFUNDS: DueChecks = DueChecks {
+    of: CheckOf::Refund,
     table: "refunds",
     id: "refund_id",
-    open: "status IN ('pending', 'abnormal')",
+    open: OPEN_REFUND,
     columns: REFUND_COLUMNS,
 };
 
 /// Claims up to `limit` due checks, oldest due first, like events: one instance checks a
-/// record at a time; the claim ends with its next check being scheduled, or runs out.
+/// record at a time. Each claim stores a fresh token (`check_claim`) and a lease timed by the
+/// database's clock; it ends with the next check being written under that token, or the
+/// lease running out.
 async fn claim_due<C: GenericClient, T>(
     c: &C,
     due: &DueChecks,
@@ -812,37 +839,78 @@ async fn claim_due<C: GenericClient, T>(
     limit: u32,
     lease_ms: i64,
     read: fn(&Row) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
+) -> Result<Vec<Due<T>>, StoreError> {
     let DueChecks {
+        of,
         table,
         id,
         open,
         columns,
     } = due;
-    let lease = now + lease_ms;
+    let token = claim_token()?;
     let rows = query(
         c,
         &format!(
             "WITH due AS (
                SELECT {id} AS id FROM {table}
                WHERE next_check_at <= $1 AND ({open})
-                 AND (check_lease_until IS NULL OR check_lease_until <= $1)
+                 AND (check_lease_until IS NULL OR check_lease_until <= {DB_NOW_MS})
                ORDER BY next_check_at LIMIT $2
                FOR UPDATE SKIP LOCKED)
-             UPDATE {table} SET check_lease_until = $3 FROM due WHERE {table}.{id} = due.id
-             RETURNING {columns}, next_check_at"
+             UPDATE {table} SET check_lease_until = {DB_NOW_MS} + $3, check_claim = $4
+             FROM due WHERE {table}.{id} = due.id
+             RETURNING {columns}, next_check_at, {table}.{id}"
         ),
-        &[&now, &i64::from(limit), &lease],
+        &[&now, &i64::from(limit), &lease_ms, &token],
     )
     .await?;
-    // next_check_at is the column after the record's own.
+    // next_check_at and the id follow the record's own columns.
     let at = columns.split(',').count();
     let mut claimed = rows
         .iter()
-        .map(|row| Ok((get::<i64>(row, at)?, read(row)?)))
+        .map(|row| {
+            let claim = CheckClaim::new(*of, get(row, at + 1)?, token.clone());
+            Ok((
+                get::<i64>(row, at)?,
+                Due {
+                    record: read(row)?,
+                    claim,
+                },
+            ))
+        })
         .collect::<Result<Vec<_>, StoreError>>()?;
     claimed.sort_by_key(|(at, _)| *at);
-    Ok(claimed.into_iter().map(|(_, r)| r).collect())
+    Ok(claimed.into_iter().map(|(_, d)| d).collect())
+}
+
+/// Writes a record's next check: under `claim` only while it is the record's latest (how
+/// many rows were written); without one always. Either way the claim ends. `None` for an
+/// open record becomes [`OPEN_RECHECK`] from now (the database's clock).
+async fn write_check<C: GenericClient>(
+    c: &C,
+    of: CheckOf,
+    id: &str,
+    at: Option<i64>,
+    claim: Option<&str>,
+) -> Result<u64, StoreError> {
+    let (table, id_column, open) = of.table();
+    let recheck_ms = duration_ms(OPEN_RECHECK);
+    let fence = if claim.is_some() {
+        "AND check_claim = $4"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE {table}
+         SET next_check_at = CASE WHEN $2::BIGINT IS NULL AND {open} THEN {DB_NOW_MS} + $3
+                                  ELSE $2::BIGINT END,
+             check_lease_until = NULL, check_claim = NULL
+         WHERE {id_column} = $1 {fence}"
+    );
+    match claim {
+        Some(token) => execute(c, &sql, &[&id, &at, &recheck_ms, &token]).await,
+        None => execute(c, &sql, &[&id, &at, &recheck_ms]).await,
+    }
 }
 
 async fn query<C: GenericClient>(
@@ -1458,14 +1526,34 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError> {
+    async fn claim_due_payments(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Due<PaymentRecord>>, StoreError> {
         let c = self.conn().await?;
         claim_due(&c, &DUE_PAYMENTS, now, limit, self.lease_ms, read_payment).await
     }
 
-    async fn due_refunds(&self, now: i64, limit: u32) -> Result<Vec<RefundRecord>, StoreError> {
+    async fn claim_due_refunds(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Due<RefundRecord>>, StoreError> {
         let c = self.conn().await?;
         claim_due(&c, &DUE_REFUNDS, now, limit, self.lease_ms, read_refund).await
+    }
+
+    async fn schedule_claimed_check(
+        &self,
+        claim: &CheckClaim,
+        at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let started = tokio::time::Instant::now();
+        let c = self.conn().await?;
+        let written = write_check(&c, claim.of, &claim.id, at, Some(&claim.token)).await?;
+        self.committed(started);
+        Ok(written > 0)
     }
 
     async fn schedule_payment_check(
@@ -1475,12 +1563,7 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let started = tokio::time::Instant::now();
         let c = self.conn().await?;
-        execute(
-            &c,
-            "UPDATE payments SET next_check_at = $2, check_lease_until = NULL WHERE payment_id = $1",
-            &[&payment_id, &at],
-        )
-        .await?;
+        write_check(&c, CheckOf::Payment, payment_id, at, None).await?;
         self.committed(started);
         Ok(())
     }
@@ -1492,12 +1575,7 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let started = tokio::time::Instant::now();
         let c = self.conn().await?;
-        execute(
-            &c,
-            "UPDATE refunds SET next_check_at = $2, check_lease_until = NULL WHERE refund_id = $1",
-            &[&refund_id, &at],
-        )
-        .await?;
+        write_check(&c, CheckOf::Refund, refund_id, at, None).await?;
         self.committed(started);
         Ok(())
     }

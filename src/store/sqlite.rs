@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode, one writer thread with group commit, a
 //! few reader threads, each with its own connection (see [`SqliteStore`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -10,9 +10,10 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    account_json, failure, parse_account, rebound_seller, Delivery, DueLimits, EventFilter,
-    EventRecord, OpenAtAccount, OutboxStats, PaymentFilter, PaymentRecord, RefundFilter,
-    RefundRecord, Resend, Reservation, Store, StoreError, StoreMetrics, LEGACY_SELLER_FILTER,
+    account_json, claim_token, failure, open_recheck_at, parse_account, rebound_seller, CheckClaim,
+    CheckOf, Delivery, Due, DueLimits, EventFilter, EventRecord, OpenAtAccount, OutboxStats,
+    PaymentFilter, PaymentRecord, RefundFilter, RefundRecord, Resend, Reservation, Store,
+    StoreError, StoreMetrics, LEGACY_SELLER_FILTER, OPEN_PAYMENT, OPEN_REFUND,
 };
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 
@@ -33,6 +34,23 @@ pub struct SqliteStore {
     /// `/readyz` reports, so a load balancer stops sending writes that cannot be kept.
     healthy: Arc<AtomicBool>,
     readers: Readers,
+    /// The latest claim on each due check handed out, by record: in memory, so that handing
+    /// checks out stays a plain read (a store that cannot write still answers it).
+    claims: CheckClaims,
+}
+
+/// The latest claim token on each record's check ([`Store::schedule_claimed_check`]).
+///
+/// # Limits
+/// An entry lives from its check being handed out to its next check being written (by its
+/// holder or by a payment flow); one whose holder never wrote stays until the record is
+/// handed out again. Kept by the writer thread's closures, so a check of a claim and its
+/// write are one step among the writes.
+type CheckClaims = Arc<Mutex<HashMap<(CheckOf, String), String>>>;
+
+/// The claims, past a poisoned lock: only plain map operations run under it.
+fn lock(claims: &CheckClaims) -> MutexGuard<'_, HashMap<(CheckOf, String), String>> {
+    claims.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One read waiting for a reader thread; it answers its caller itself.
@@ -525,6 +543,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
          CREATE INDEX IF NOT EXISTS refunds_check ON refunds (next_check_at);",
     )
     .map_err(backend)?;
+    // An open record left with no next check (by a payroute before issue 16, whose
+    // reconciler dropped an order whose check met an open breaker past its expiry) is
+    // checked at once; none is left so since. Every start: the index finds them.
+    conn.execute_batch(&format!(
+        "UPDATE payments SET next_check_at = updated_at WHERE next_check_at IS NULL AND {OPEN_PAYMENT};
+         UPDATE refunds SET next_check_at = updated_at WHERE next_check_at IS NULL AND {OPEN_REFUND};"
+    ))
+    .map_err(backend)?;
     Ok(())
 }
 
@@ -701,7 +727,60 @@ impl SqliteStore {
             metrics,
             healthy,
             readers,
+            claims: CheckClaims::default(),
         })
+    }
+
+    /// Hands out `due` with a fresh claim each, the latest on its record from now on.
+    fn claim<T>(
+        &self,
+        of: CheckOf,
+        due: Vec<T>,
+        id: impl Fn(&T) -> String,
+    ) -> Result<Vec<Due<T>>, StoreError> {
+        let token = claim_token()?;
+        let mut claims = lock(&self.claims);
+        Ok(due
+            .into_iter()
+            .map(|record| {
+                let claim = CheckClaim::new(of, id(&record), token.clone());
+                claims.insert((of, claim.id.clone()), token.clone());
+                Due { record, claim }
+            })
+            .collect())
+    }
+
+    /// Writes a record's next check: under `claim` only while it is the record's latest
+    /// (whether it was written); without one always, ending any claim. `None` for an open
+    /// record becomes [`super::OPEN_RECHECK`] from now.
+    async fn write_check(
+        &self,
+        of: CheckOf,
+        id: &str,
+        at: Option<i64>,
+        claim: Option<CheckClaim>,
+    ) -> Result<bool, StoreError> {
+        let (table, id_column, open) = of.table();
+        let sql = format!(
+            "UPDATE {table} SET next_check_at = CASE WHEN ?2 IS NULL AND {open} THEN ?3 ELSE ?2 END
+             WHERE {id_column} = ?1"
+        );
+        let (id, claims, backstop) = (id.to_string(), self.claims.clone(), open_recheck_at());
+        self.write(move |conn| {
+            let key = (of, id);
+            if let Some(claim) = &claim {
+                if lock(&claims).get(&key) != Some(&claim.token) {
+                    return Ok(false);
+                }
+            }
+            conn.prepare_cached(&sql)
+                .map_err(backend)?
+                .execute(params![key.1, at, backstop])
+                .map_err(backend)?;
+            lock(&claims).remove(&key);
+            Ok(true)
+        })
+        .await
     }
 
     /// Transactions committed so far (one per batch of writes).
@@ -1253,39 +1332,60 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM payments
-                     WHERE next_check_at <= ?1
-                       AND (status IN ('pending', 'unknown', 'closed', 'failed') OR late = 1)
-                     ORDER BY next_check_at LIMIT ?2"
-                ))
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![now, limit], read_row)
-                .map_err(backend)?;
-            collect(rows)
-        })
-        .await
+    async fn claim_due_payments(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Due<PaymentRecord>>, StoreError> {
+        let due = self
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM payments
+                         WHERE next_check_at <= ?1
+                           AND (status IN ('pending', 'unknown', 'closed', 'failed') OR late = 1)
+                         ORDER BY next_check_at LIMIT ?2"
+                    ))
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![now, limit], read_row)
+                    .map_err(backend)?;
+                collect(rows)
+            })
+            .await?;
+        self.claim(CheckOf::Payment, due, |p| p.payment_id.clone())
     }
 
-    async fn due_refunds(&self, now: i64, limit: u32) -> Result<Vec<RefundRecord>, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {REFUND_COLUMNS} FROM refunds
-                     WHERE next_check_at <= ?1 AND status IN ('pending', 'abnormal')
-                     ORDER BY next_check_at LIMIT ?2"
-                ))
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![now, limit], read_refund)
-                .map_err(backend)?;
-            collect(rows)
-        })
-        .await
+    async fn claim_due_refunds(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Due<RefundRecord>>, StoreError> {
+        let due = self
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {REFUND_COLUMNS} FROM refunds
+                         WHERE next_check_at <= ?1 AND {OPEN_REFUND}
+                         ORDER BY next_check_at LIMIT ?2"
+                    ))
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![now, limit], read_refund)
+                    .map_err(backend)?;
+                collect(rows)
+            })
+            .await?;
+        self.claim(CheckOf::Refund, due, |r| r.refund_id.clone())
+    }
+
+    async fn schedule_claimed_check(
+        &self,
+        claim: &CheckClaim,
+        at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        self.write_check(claim.of, &claim.id, at, Some(claim.clone()))
+            .await
     }
 
     async fn schedule_payment_check(
@@ -1293,15 +1393,9 @@ impl Store for SqliteStore {
         payment_id: &str,
         at: Option<i64>,
     ) -> Result<(), StoreError> {
-        let id = payment_id.to_string();
-        self.write(move |conn| {
-            conn.prepare_cached("UPDATE payments SET next_check_at = ?2 WHERE payment_id = ?1")
-                .map_err(backend)?
-                .execute(params![id, at])
-                .map_err(backend)?;
-            Ok(())
-        })
-        .await
+        self.write_check(CheckOf::Payment, payment_id, at, None)
+            .await
+            .map(|_| ())
     }
 
     async fn schedule_refund_check(
@@ -1309,16 +1403,9 @@ impl Store for SqliteStore {
         refund_id: &str,
         at: Option<i64>,
     ) -> Result<(), StoreError> {
-        let id = refund_id.to_string();
-        self.write(move |conn| {
-            conn.execute(
-                "UPDATE refunds SET next_check_at = ?2 WHERE refund_id = ?1",
-                params![id, at],
-            )
-            .map_err(backend)?;
-            Ok(())
-        })
-        .await
+        self.write_check(CheckOf::Refund, refund_id, at, None)
+            .await
+            .map(|_| ())
     }
 
     async fn import_event(&self, e: &EventRecord) -> Result<bool, StoreError> {
@@ -1508,6 +1595,7 @@ mod tests {
             metrics: StoreMetrics::new(&prometheus::Registry::new()).unwrap(),
             healthy: Arc::new(AtomicBool::new(true)),
             readers: Readers::start(vec![open_connection(path).unwrap()]).unwrap(),
+            claims: CheckClaims::default(),
         };
         (store, jobs)
     }
