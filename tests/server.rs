@@ -81,6 +81,10 @@ async fn with_limits(h: &mut Harness, keys: &[(&str, &str)]) {
     h.restart().await;
 }
 
+/// The configured 300 ms timeouts must show well before the 10 s default
+/// (`payroute::server::DEFAULT_HEADER_READ_TIMEOUT`) would: a generous bound, not a speed target.
+const FAR_BELOW_THE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reads until the server closes the connection (or fails the test at the deadline).
 async fn until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
@@ -104,12 +108,19 @@ async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
     let mut h = Harness::start().await;
     with_limits(&mut h, &[("header_read_timeout", "300ms")]).await;
     let addr = h.api.trim_start_matches("http://").to_string();
+    let since = std::time::Instant::now();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     slow.write_all(b"GET /v1/payments/m_1001/x HTTP/1.1\r\nHost: a\r\n")
         .await
         .unwrap();
     // Without a header-read timeout this waits forever (and the deadline fails the test).
     let answer = until_closed(&mut slow).await;
+    // The configured 300 ms, not the 10 s default.
+    assert!(
+        since.elapsed() < FAR_BELOW_THE_DEFAULT,
+        "{:?}",
+        since.elapsed()
+    );
     let text = String::from_utf8_lossy(&answer);
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
@@ -178,9 +189,16 @@ async fn a_client_that_sends_nothing_is_cut_off() {
     let mut h = Harness::start().await;
     with_limits(&mut h, &[("header_read_timeout", "300ms")]).await;
     let addr = h.api.trim_start_matches("http://").to_string();
+    let since = std::time::Instant::now();
     let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
     // Without a deadline before the first byte this waits forever (and fails at the test's).
     let answer = until_closed(&mut silent).await;
+    // The configured 300 ms, not the 10 s default.
+    assert!(
+        since.elapsed() < FAR_BELOW_THE_DEFAULT,
+        "{:?}",
+        since.elapsed()
+    );
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     h.shutdown().await;
 }
@@ -296,7 +314,14 @@ async fn an_idle_keep_alive_connection_is_closed() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
     // Kept alive, then idle: without an idle timeout this waits until the test's deadline.
+    let since = std::time::Instant::now();
     until_closed(&mut conn).await;
+    // The configured 300 ms, not the 10 s default.
+    assert!(
+        since.elapsed() < FAR_BELOW_THE_DEFAULT,
+        "{:?}",
+        since.elapsed()
+    );
     h.shutdown().await;
 }
 

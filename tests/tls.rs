@@ -312,6 +312,7 @@ async fn a_client_silent_after_the_handshake_is_cut_off_by_the_header_timeout() 
     h.restart().await;
     let addr = h.api.trim_start_matches("http://").to_string();
     let shop = connector(&dir, "ca", Some("shop"));
+    let since = std::time::Instant::now();
     let mut silent = within("a TLS connection", connect(&shop, &addr))
         .await
         .unwrap();
@@ -328,6 +329,12 @@ async fn a_client_silent_after_the_handshake_is_cut_off_by_the_header_timeout() 
         }
     })
     .await;
+    // The configured 300 ms, well before the 10 s default would (a generous bound).
+    assert!(
+        since.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        since.elapsed()
+    );
     let text = String::from_utf8_lossy(&got);
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
