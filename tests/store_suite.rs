@@ -1878,21 +1878,70 @@ async fn instances_starting_together_migrate_once(ctx: Ctx) {
     for o in opens {
         results.push(o.await.unwrap());
     }
+    // One instance alone migrates a reference schema: the four together must leave the same.
+    let reference = unique("payroute_test_mig_ref_");
+    let alone = PostgresStore::open(&Secret::new(pg_url()), 2, &reference)
+        .await
+        .map(|_| ());
     let versions = admin
         .query(
-            &format!("SELECT version FROM \"{schema}\".schema_migrations ORDER BY version"),
+            &format!(
+                "SELECT version, applied_at FROM \"{schema}\".schema_migrations ORDER BY version"
+            ),
             &[],
         )
         .await;
-    admin
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .await
-        .unwrap();
+    let columns = |schema: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query(
+                    "SELECT table_name::text, column_name::text, data_type::text, \
+                            COALESCE(column_default, '') FROM information_schema.columns \
+                     WHERE table_schema = $1 ORDER BY 1, 2",
+                    &[&schema],
+                )
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| {
+                            let c: (String, String, String, String) =
+                                (r.get(0), r.get(1), r.get(2), r.get(3));
+                            c
+                        })
+                        .collect::<Vec<_>>()
+                })
+        }
+    };
+    let (together, single) = (
+        columns(schema.clone()).await,
+        columns(reference.clone()).await,
+    );
+    for s in [&schema, &reference] {
+        admin
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE"))
+            .await
+            .unwrap();
+    }
+    // A migration run twice (two instances past the lock) fails the second's ALTER TABLE …
+    // ADD COLUMN: every instance must start.
     for r in results {
         r.expect("every instance starts");
     }
-    let versions: Vec<i32> = versions.unwrap().iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1, 2, 3, 4], "each migration recorded once");
+    alone.expect("one instance alone starts");
+    let rows = versions.unwrap();
+    let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, [1, 2, 3, 4], "each migration recorded");
+    // Applied one after another, in order (under the lock, not interleaved).
+    let applied_at: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+    assert!(
+        applied_at.windows(2).all(|w| w[0] <= w[1]),
+        "migrations applied out of order: {applied_at:?}"
+    );
+    // Each migration's effects once: the same tables and columns as one instance alone makes.
+    let (together, single) = (together.unwrap(), single.unwrap());
+    assert!(single.len() > 10, "the reference schema: {single:?}");
+    assert_eq!(together, single, "four instances together vs one alone");
 }
 
 /// Issue 15 item 5: the `late` flag round-trips (and survives a reopen); an ended order
@@ -2213,10 +2262,11 @@ async fn an_instance_waits_out_a_long_migration_of_another(ctx: Ctx) {
         .unwrap();
     let release = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let released = std::time::Instant::now();
         peer.execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key])
             .await
             .unwrap();
-        peer
+        (peer, released)
     });
     let opened = tokio::time::timeout(
         std::time::Duration::from_secs(30),
@@ -2224,7 +2274,8 @@ async fn an_instance_waits_out_a_long_migration_of_another(ctx: Ctx) {
     )
     .await
     .expect("open waited without end");
-    let peer = release.await.unwrap();
+    let open_returned = std::time::Instant::now();
+    let (peer, released) = release.await.unwrap();
     let served = match &opened {
         Ok(store) => store.get_payment("m_1", "none").await.map(|p| p.is_none()),
         Err(_) => Ok(false),
@@ -2233,6 +2284,14 @@ async fn an_instance_waits_out_a_long_migration_of_another(ctx: Ctx) {
         .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
         .await;
     opened.expect("the instance started once the migration lock was free");
+    // It waited: its start ended only after the other instance let go of the lock (the
+    // instant is taken before the unlock is sent, so an open that returned earlier did not
+    // wait for it).
+    assert!(
+        open_returned > released,
+        "the instance started {:?} before the migration lock was released",
+        released.saturating_duration_since(open_returned)
+    );
     assert!(served.unwrap(), "and serves from the migrated schema");
 }
 
