@@ -89,7 +89,6 @@ async fn a_create_that_may_have_reached_its_channel_is_never_failed_over() {
         creates_by_mchid(&h, "sticky-1").await.is_empty(),
         "no account received a create for the order"
     );
-    // The shop's retry goes to the same account, never the fallback.
     let again = h
         .create(&payment(
             "m_1001",
@@ -99,7 +98,24 @@ async fn a_create_that_may_have_reached_its_channel_is_never_failed_over() {
             json!({}),
         ))
         .await;
-    assert_ne!(again.body["channel"], "platform_wechat", "{}", again.text);
+    // The shop's retry stays on the same account, never the fallback: that account's breaker
+    // is open, so the retry is refused as unavailable, on m1001_wechat, and nothing was
+    // created anywhere (a failover would answer 201 on platform_wechat).
+    again.expect_error(503, "channel_unavailable");
+    assert_eq!(
+        again.body["payment"]["channel"], "m1001_wechat",
+        "{}",
+        again.text
+    );
+    assert_eq!(
+        again.body["payment"]["out_trade_no"], "sticky-1",
+        "{}",
+        again.text
+    );
+    assert!(
+        creates_by_mchid(&h, "sticky-1").await.is_empty(),
+        "no account received a create for the order"
+    );
     h.shutdown().await;
 }
 
