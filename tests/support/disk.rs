@@ -9,6 +9,8 @@ pub struct SmallDisk(pub PathBuf);
 
 impl SmallDisk {
     /// `None` (and a loud note) where this machine cannot mount one: mounting needs root.
+    /// With `PAYROUTE_REQUIRE_ROOT=1` (as `.ci/run` sets: CI runs as root) it fails the test
+    /// instead, so that a full-disk test never passes in CI without having run.
     pub fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
         std::fs::create_dir_all(dir).unwrap();
         let ok = std::process::Command::new("mount")
@@ -17,8 +19,17 @@ impl SmallDisk {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs at {} (needs root); the full-disk test did not run",
+            assert!(
+                std::env::var("PAYROUTE_REQUIRE_ROOT").as_deref() != Ok("1"),
+                "cannot mount a tmpfs at {} and PAYROUTE_REQUIRE_ROOT=1: the full-disk test must run",
+                dir.display()
+            );
+            // Past the harness's capture of `eprintln!`: a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED: cannot mount a tmpfs at {} (needs root); the full-disk test did \
+                 not run; PAYROUTE_REQUIRE_ROOT=1 makes it fail instead ***\n",
                 dir.display()
             );
             return None;
