@@ -327,9 +327,16 @@ async fn a_close_claims_the_record_before_calling_the_channel() {
     let body = payment("m_1001", "close-claim", "wechat_native", 100, json!({}));
     h.create(&body).await.expect_error(504, "channel_timeout");
     h.faults(json!({"latency_ms": 1500})).await;
+    let before = claim(&h, "close-claim").0;
     let close = h.close("m_1001", "close-claim");
+    // The retry once the close holds the record's claim (a new attempt_until written before
+    // its 1.5 s channel call), not after a guessed delay.
     let retry = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_until("the close to claim the record", || async {
+            let now = claim(&h, "close-claim").0;
+            now.is_some() && now != before
+        })
+        .await;
         h.create(&body).await
     };
     let (closed, retry) = tokio::join!(close, retry);
