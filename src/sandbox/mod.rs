@@ -7,7 +7,7 @@
 //! `-Timestamp`, `-Nonce`, `-Signature` and `-Signature-Type: WECHATPAY2-SHA256-RSA2048`, as the
 //! official SDKs expect. Every key it holds is TEST-ONLY (`config/sandbox/`).
 //!
-//! Both simulators answer through one path (`Sandbox::respond`): signature check, then an
+//! Both simulators answer through one path (`Shared::respond`): signature check, then an
 //! injected failure if one is due (taken atomically), else the work; then the injected latency
 //! (after the work, as a real late answer); then the signature as the faults say.
 //!
@@ -80,6 +80,12 @@
 //! when queried. No automatic payment after a delay yet: orders are paid by
 //! `POST /sandbox/pay`. Notification tasks live until answered or their schedule ends.
 //!
+//! # Layout
+//! `server` (the listener, the `/sandbox/*` knobs, dispatch), `shared` (faults, the answer path,
+//! the `Simulator` trait), `wechat/` and `alipay/` (each simulator: keys, orders, signer, its
+//! API; `order.rs` its records), `notify` (delivery and retries), `settings` (config's view).
+//! A new provider is a new directory implementing `Simulator`, named once in `Sandbox::sims`.
+//!
 //! # Feature
 //! The simulator is behind the default cargo feature `sandbox`, so a production build can
 //! leave it out (`--no-default-features`); without it only the settings types remain, and a
@@ -93,8 +99,12 @@ pub mod notify;
 mod server;
 mod settings;
 #[cfg(feature = "sandbox")]
+mod shared;
+#[cfg(feature = "sandbox")]
 mod wechat;
 
 #[cfg(feature = "sandbox")]
-pub use server::*;
+pub use server::{Sandbox, PUBLIC_KEY_ID, TLS_CA_PEM, TLS_CERT_PEM, TLS_KEY_PEM};
 pub use settings::{SandboxMerchant, SandboxSettings};
+#[cfg(feature = "sandbox")]
+pub use shared::Faults;
