@@ -19,6 +19,7 @@ use crate::notify::outbox::Outbox;
 use crate::payment::PaymentService;
 use crate::reconcile::Reconciler;
 use crate::resilience::Resilience;
+#[cfg(feature = "sandbox")]
 use crate::sandbox::Sandbox;
 use crate::stranded::StrandedWatch;
 
@@ -224,6 +225,12 @@ pub async fn start(
     let (api_addr, admin_addr) = (local(&api_listener)?, local(&admin_listener)?);
     let sandbox_addr = sandbox_listener.as_ref().map(local).transpose()?;
 
+    // Validation already refuses `sandbox:` without the feature; this covers a hand-made config.
+    #[cfg(not(feature = "sandbox"))]
+    if config.sandbox.is_some() || sandbox_listener.is_some() {
+        return Err("this payroute was built without the sandbox (cargo feature `sandbox`)".into());
+    }
+    #[cfg(feature = "sandbox")]
     let sandbox = match (&config.sandbox, sandbox_listener) {
         (Some(s), Some(listener)) => {
             Some((Sandbox::new(s.merchants.clone()), s.tls.clone(), listener))
@@ -256,6 +263,7 @@ pub async fn start(
     };
     let mut tasks = Vec::new();
 
+    #[cfg(feature = "sandbox")]
     if let Some((sandbox, tls, listener)) = sandbox {
         // The sandbox trusts the keys of the channels serving now.
         let sb = sandbox.clone();

@@ -402,6 +402,12 @@ async fn serve(config: Config) -> Result<(), String> {
     app::run(config, listeners, true, shutdown_signal()).await
 }
 
+#[cfg(not(feature = "sandbox"))]
+async fn sandbox(_listen: std::net::SocketAddr, _config: Config) -> Result<(), String> {
+    Err("this payroute was built without the sandbox (cargo feature `sandbox`)".into())
+}
+
+#[cfg(feature = "sandbox")]
 async fn sandbox(listen: std::net::SocketAddr, config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -436,7 +436,7 @@ mod tests {
             url: url.into(),
             body: Bytes::from_static(b"{}"),
             wechat: (provider == Provider::Wechatpay).then(|| WechatSigning {
-                signer: RsaSigner::from_text(super::super::PLATFORM_KEY_PEM).unwrap(),
+                signer: RsaSigner::from_text(super::super::wechat::PLATFORM_KEY_PEM).unwrap(),
                 serial: super::super::PUBLIC_KEY_ID.into(),
             }),
         }

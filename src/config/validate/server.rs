@@ -414,6 +414,15 @@ pub(super) fn sandbox(
     errs: &mut Errors,
 ) -> Option<SandboxSettings> {
     let s = f.sandbox.as_ref()?;
+    if !cfg!(feature = "sandbox") {
+        errs.push(
+            "sandbox",
+            "sandbox: this payroute was built without the sandbox (cargo feature `sandbox`); \
+             remove the section, or build with the default features"
+                .to_string(),
+        );
+        return None;
+    }
     let listen = addr(&s.listen, "sandbox.listen", errs)?;
     let tls = match &s.tls {
         None => None,

@@ -1,0 +1,368 @@
+use super::super::Sandbox;
+use super::*;
+
+const APP: &str = "2021000000009999";
+
+fn params(token: Option<&str>) -> BTreeMap<String, String> {
+    let mut p = BTreeMap::new();
+    p.insert("app_id".to_string(), APP.to_string());
+    p.insert("method".to_string(), "alipay.trade.precreate".to_string());
+    if let Some(t) = token {
+        p.insert("app_auth_token".to_string(), t.to_string());
+    }
+    p
+}
+
+fn v(text: &str) -> Value {
+    serde_json::from_str(text).unwrap()
+}
+
+fn paid_order(sb: &Sandbox, no: &str, total: &str) {
+    let biz = json!({"out_trade_no": no, "total_amount": total, "subject": "s"});
+    assert_eq!(
+        v(&sb.alipay.ali_create(&params(None), &biz, APP))["code"],
+        "10000"
+    );
+    sb.alipay
+        .orders
+        .get_mut(&(APP.into(), no.into()))
+        .unwrap()
+        .mark_paid(7);
+}
+
+fn refund(sb: &Sandbox, no: &str, req: &str, amount: &str, faults: &Faults) -> Value {
+    let biz = json!({"out_trade_no": no, "out_request_no": req, "refund_amount": amount});
+    v(&sb.alipay.ali_refund(&biz, APP, faults))
+}
+
+#[test]
+fn create_needs_no_notify_url_counts_calls_and_shows_the_account_without_a_token() {
+    let sb = Sandbox::new(Vec::new());
+    let biz = json!({"out_trade_no": "a-1", "total_amount": "1.00", "subject": "s"});
+    let seller = "tok_SECRET";
+    assert_eq!(
+        v(&sb.alipay.ali_create(&params(Some(seller)), &biz, seller))["code"],
+        "10000"
+    );
+    assert_eq!(
+        v(&sb.alipay.ali_create(&params(Some(seller)), &biz, seller))["code"],
+        "10000"
+    );
+    let key = (seller.to_string(), "a-1".to_string());
+    sb.alipay.orders.get_mut(&key).unwrap().mark_paid(1);
+    let again = v(&sb.alipay.ali_create(&params(Some(seller)), &biz, seller));
+    assert_eq!(again["sub_code"], "ACQ.TRADE_HAS_SUCCESS");
+    let view = sb.alipay.view(&key, &sb.alipay.orders.get(&key).unwrap());
+    assert_eq!(view["create_calls"], 3);
+    assert_eq!(
+        view["account"],
+        json!({"provider": "alipay", "app_id": APP, "app_auth_token_present": true})
+    );
+    assert_eq!(view["state"], "TRADE_SUCCESS");
+    assert_eq!(view["request"]["biz_content"]["total_amount"], "1.00");
+}
+
+#[test]
+fn close_of_a_closed_or_paid_trade_is_a_status_error() {
+    let sb = Sandbox::new(Vec::new());
+    let biz = json!({"out_trade_no": "c-1", "total_amount": "1.00", "subject": "s"});
+    sb.alipay.ali_create(&params(None), &biz, APP);
+    let close = |no: &str| v(&sb.alipay.ali_close(&json!({ "out_trade_no": no }), APP));
+    assert_eq!(close("c-1")["code"], "10000");
+    assert_eq!(close("c-1")["sub_code"], "ACQ.TRADE_STATUS_ERROR");
+    paid_order(&sb, "c-2", "1.00");
+    assert_eq!(close("c-2")["sub_code"], "ACQ.TRADE_STATUS_ERROR");
+    assert_eq!(close("c-3")["sub_code"], "ACQ.TRADE_NOT_EXIST");
+}
+
+#[test]
+fn refunds_answer_fund_change_and_the_total_refunded() {
+    let sb = Sandbox::new(Vec::new());
+    let none = Faults::default();
+    paid_order(&sb, "r-1", "1.00");
+    let r = refund(&sb, "r-1", "r-1-a", "0.30", &none);
+    assert_eq!(
+        (r["fund_change"].as_str(), r["refund_fee"].as_str()),
+        (Some("Y"), Some("0.30"))
+    );
+    let r = refund(&sb, "r-1", "r-1-b", "0.20", &none);
+    assert_eq!(
+        (r["fund_change"].as_str(), r["refund_fee"].as_str()),
+        (Some("Y"), Some("0.50"))
+    );
+    // A repeat refunds nothing twice.
+    let r = refund(&sb, "r-1", "r-1-a", "0.30", &none);
+    assert_eq!(
+        (r["fund_change"].as_str(), r["refund_fee"].as_str()),
+        (Some("N"), Some("0.50"))
+    );
+    let r = refund(&sb, "r-1", "r-1-c", "0.51", &none);
+    assert_eq!(r["sub_code"], "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL");
+    let q = v(&sb.alipay.ali_refund_query(
+        &json!({"out_trade_no": "r-1", "out_request_no": "r-1-b"}),
+        APP,
+    ));
+    assert_eq!(
+        (
+            q["refund_status"].as_str(),
+            q["refund_amount"].as_str(),
+            q["total_amount"].as_str()
+        ),
+        (Some("REFUND_SUCCESS"), Some("0.20"), Some("1.00"))
+    );
+    let q = v(&sb.alipay.ali_refund_query(
+        &json!({"out_trade_no": "r-1", "out_request_no": "nope"}),
+        APP,
+    ));
+    assert_eq!(
+        (q["code"].as_str(), q.get("refund_status")),
+        (Some("10000"), None)
+    );
+}
+
+#[test]
+fn a_pending_refund_moves_no_money_until_it_settles() {
+    let sb = Sandbox::new(Vec::new());
+    let pending = Faults {
+        alipay_refund_pending: true,
+        ..Faults::default()
+    };
+    paid_order(&sb, "p-1", "1.00");
+    let r = refund(&sb, "p-1", "p-1-a", "0.60", &pending);
+    assert_eq!(
+        (r["code"].as_str(), r["fund_change"].as_str()),
+        (Some("10000"), Some("N"))
+    );
+    assert_eq!(r["refund_fee"], "0.00", "nothing refunded yet");
+    // Processing still holds the amount.
+    let r = refund(&sb, "p-1", "p-1-b", "0.50", &Faults::default());
+    assert_eq!(r["sub_code"], "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL");
+    let key = (APP.to_string(), "p-1".to_string());
+    let view = sb.alipay.view(&key, &sb.alipay.orders.get(&key).unwrap());
+    assert_eq!(
+        view["refunds"][0],
+        json!(["p-1-a", 60, "REFUND_PROCESSING"])
+    );
+    let q = v(&sb.alipay.ali_refund_query(
+        &json!({"out_trade_no": "p-1", "out_request_no": "p-1-a"}),
+        APP,
+    ));
+    assert_eq!(
+        (q["refund_status"].as_str(), q["refund_amount"].as_str()),
+        (Some("REFUND_SUCCESS"), Some("0.60"))
+    );
+    let r = refund(&sb, "p-1", "p-1-a", "0.60", &Faults::default());
+    assert_eq!(
+        (r["fund_change"].as_str(), r["refund_fee"].as_str()),
+        (Some("N"), Some("0.60"))
+    );
+}
+
+#[tokio::test]
+async fn injected_failures_can_go_unsigned_and_errors_tampered() {
+    let sb = Sandbox::new(Vec::new());
+    let key = sb.alipay.signer.verifier();
+    let answer = |out: Outcome<String>| {
+        sb.shared.respond(
+            move |_| out,
+            |inner, signing| sb.alipay.alipay_answer("k_response", &inner, signing),
+        )
+    };
+    let body = |resp: Answer| async move {
+        use http_body_util::BodyExt;
+        let b = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    };
+    let err = error_body("40004", "Business Failed", "ACQ.SYSTEM_ERROR", "x");
+    *sb.shared.faults() =
+        serde_json::from_value(json!({"fail_unsigned": true, "retry_after_secs": 2})).unwrap();
+    let resp = answer(Outcome::injected(err.clone())).await;
+    assert_eq!(resp.headers()["retry-after"], "2");
+    assert_eq!(body(resp).await, format!(r#"{{"k_response":{err}}}"#));
+
+    *sb.shared.faults() = serde_json::from_value(json!({"tamper_errors": true})).unwrap();
+    let split = |text: &str| v(text)["sign"].as_str().unwrap().to_string();
+    let text = body(answer(Outcome::done(err.clone(), true)).await).await;
+    assert!(!key.verify_b64(err.as_bytes(), &split(&text)));
+    let ok = r#"{"code":"10000","msg":"Success"}"#.to_string();
+    let text = body(answer(Outcome::done(ok.clone(), false)).await).await;
+    assert!(key.verify_b64(ok.as_bytes(), &split(&text)));
+}
+
+mod notifications {
+    use std::sync::Arc;
+
+    use super::super::super::notify::testing::Fake;
+    use super::*;
+
+    fn sandbox(fake: &Arc<Fake>) -> Arc<Sandbox> {
+        Sandbox::with_transport(Vec::new(), fake.clone())
+    }
+
+    /// Creates an order (ISV with `token`) whose create named `notify_url`.
+    fn order(sb: &Sandbox, no: &str, token: Option<&str>, notify_url: Option<&str>) {
+        let mut p = params(token);
+        if let Some(u) = notify_url {
+            p.insert("notify_url".into(), u.into());
+        }
+        let biz = json!({"out_trade_no": no, "total_amount": "1.00", "subject": "书"});
+        let seller = token.unwrap_or(APP);
+        assert_eq!(v(&sb.alipay.ali_create(&p, &biz, seller))["code"], "10000");
+    }
+
+    /// The i-th received form, verified with the sandbox's Alipay public key.
+    fn form(sb: &Sandbox, fake: &Fake, i: usize) -> BTreeMap<String, String> {
+        let r = &fake.received.lock().unwrap()[i];
+        assert_eq!(
+            r.headers["content-type"],
+            "application/x-www-form-urlencoded; charset=utf-8"
+        );
+        let fields = sign::decode(&r.body);
+        assert!(fields.iter().any(|(k, v)| k == "sign_type" && v == "RSA2"));
+        let key = sb.alipay.signer.verifier();
+        let map = sign::verify_notification(&fields, &key).unwrap();
+        // Any field changed: it no longer verifies.
+        let mut tampered = fields.clone();
+        let amount = tampered
+            .iter_mut()
+            .find(|(k, _)| k == "total_amount")
+            .unwrap();
+        amount.1 = "100.00".into();
+        assert!(sign::verify_notification(&tampered, &key).is_err());
+        map
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pay_and_refunds_are_notified_signed_until_closed() {
+        let fake = Arc::new(Fake::new(&[], (200, "success")));
+        let sb = sandbox(&fake);
+        order(
+            &sb,
+            "a-1",
+            Some("tok_x"),
+            Some("http://127.0.0.1:9/notify/ali"),
+        );
+        assert_eq!(sb.pay("a-1", None).status(), 200);
+        fake.wait_for(1).await;
+        assert_eq!(
+            fake.received.lock().unwrap()[0].uri,
+            "http://127.0.0.1:9/notify/ali"
+        );
+        let f = form(&sb, &fake, 0);
+        let get = |f: &BTreeMap<String, String>, k: &str| f.get(k).cloned().unwrap_or_default();
+        for (k, want) in [
+            ("notify_type", "trade_status_sync"),
+            ("app_id", APP),
+            ("charset", "utf-8"),
+            ("version", "1.0"),
+            ("out_trade_no", "a-1"),
+            ("trade_status", "TRADE_SUCCESS"),
+            ("total_amount", "1.00"),
+            ("receipt_amount", "1.00"),
+            ("buyer_pay_amount", "1.00"),
+            ("subject", "书"),
+        ] {
+            assert_eq!(get(&f, k), want, "{k}");
+        }
+        let auth_app_id = get(&f, "auth_app_id");
+        assert!(
+            auth_app_id.len() == 16 && auth_app_id != APP,
+            "{auth_app_id}"
+        );
+        for k in [
+            "notify_time",
+            "notify_id",
+            "trade_no",
+            "buyer_id",
+            "seller_id",
+            "gmt_create",
+            "gmt_payment",
+        ] {
+            assert!(!get(&f, k).is_empty(), "{k}");
+        }
+        assert!(!f.contains_key("refund_fee"));
+
+        let none = Faults::default();
+        let refund = |req: &str, amount: &str| {
+            let biz =
+                json!({"out_trade_no": "a-1", "out_request_no": req, "refund_amount": amount});
+            v(&sb.alipay.ali_refund(&biz, "tok_x", &none))
+        };
+        assert_eq!(refund("a-1-r1", "0.30")["fund_change"], "Y");
+        fake.wait_for(2).await;
+        let f1 = form(&sb, &fake, 1);
+        assert_eq!(
+            (
+                get(&f1, "trade_status"),
+                get(&f1, "out_biz_no"),
+                get(&f1, "refund_fee")
+            ),
+            ("TRADE_SUCCESS".into(), "a-1-r1".into(), "0.30".into())
+        );
+        assert_eq!(
+            get(&f1, "gmt_refund").len(),
+            "2026-01-01 00:00:00.000".len()
+        );
+        assert_eq!(get(&f1, "auth_app_id"), auth_app_id, "stable");
+        // A repeat moves no money and is not notified; the rest closes the trade.
+        assert_eq!(refund("a-1-r1", "0.30")["fund_change"], "N");
+        assert_eq!(refund("a-1-r2", "0.70")["fund_change"], "Y");
+        fake.wait_for(3).await;
+        tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
+        assert_eq!(fake.count(), 3);
+        let f2 = form(&sb, &fake, 2);
+        assert_eq!(
+            (
+                get(&f2, "trade_status"),
+                get(&f2, "out_biz_no"),
+                get(&f2, "refund_fee")
+            ),
+            ("TRADE_CLOSED".into(), "a-1-r2".into(), "1.00".into())
+        );
+        let log = sb.shared.notifier.attempts();
+        assert!(log.iter().all(|a| a.answered_ok && a.attempt == 1));
+        assert_eq!(json!(log[2])["provider"], "alipay");
+        assert_eq!(log[2].out_refund_no.as_deref(), Some("a-1-r2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_refund_is_notified_when_it_settles_and_no_url_no_notification() {
+        let fake = Arc::new(Fake::new(&[], (200, "success")));
+        let sb = sandbox(&fake);
+        order(&sb, "n-1", None, None);
+        sb.pay("n-1", None);
+        order(&sb, "p-1", None, Some("http://127.0.0.1:9/n"));
+        sb.pay("p-1", None);
+        fake.wait_for(1).await;
+        let pending = Faults {
+            alipay_refund_pending: true,
+            ..Faults::default()
+        };
+        let biz =
+            json!({"out_trade_no": "p-1", "out_request_no": "p-1-a", "refund_amount": "0.40"});
+        assert_eq!(
+            v(&sb.alipay.ali_refund(&biz, APP, &pending))["fund_change"],
+            "N"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        assert_eq!(fake.count(), 1, "nothing settled yet");
+        let q = json!({"out_trade_no": "p-1", "out_request_no": "p-1-a"});
+        sb.alipay.ali_refund_query(&q, APP);
+        fake.wait_for(2).await;
+        sb.alipay.ali_refund_query(&q, APP);
+        tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)).await;
+        assert_eq!(fake.count(), 2, "settles once");
+        let f = form(&sb, &fake, 1);
+        assert_eq!(f["refund_fee"], "0.40");
+        assert_eq!(f["trade_status"], "TRADE_SUCCESS");
+        assert_eq!(f["auth_app_id"], APP, "direct: the app itself");
+        let nos: Vec<String> = sb
+            .shared
+            .notifier
+            .attempts()
+            .iter()
+            .map(|a| a.out_trade_no.clone())
+            .collect();
+        assert_eq!(nos, ["p-1", "p-1"], "n-1 had no notify_url");
+    }
+}
