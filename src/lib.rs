@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `config`: the YAML file, its validation into the runtime model, live reload.
+//! - `defaults`: every setting's default and bound, named once; a leaf any layer may use.
 //! - `server`: the inbound HTTP/1.1 + HTTP/2 listener with optional TLS and graceful drain.
 //! - `shops`: the shop directory — API keys, the merchants each shop may act for, webhooks.
 //! - `logging`: text or JSON log lines on stderr (`log:`), no colour off a terminal.
@@ -36,6 +37,7 @@ pub mod app;
 pub mod channel;
 pub mod config;
 pub mod context;
+pub mod defaults;
 pub mod domain;
 pub mod live;
 pub mod logging;

@@ -223,7 +223,7 @@ mod tests {
 
     fn shipped(edit: impl Fn(String) -> String) -> Config {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(crate::config::defaults::DEFAULT_CONFIG_PATH);
+            .join(crate::defaults::DEFAULT_CONFIG_PATH);
         let text = edit(std::fs::read_to_string(&path).unwrap());
         Config::from_text(&path, &text).unwrap_or_else(|e| panic!("{e}"))
     }

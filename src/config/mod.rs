@@ -4,7 +4,6 @@
 //! Validation collects every error it can find in one pass, each naming the rule or channel,
 //! the key and the line/column in the file, so `payroute check` shows ops the whole list.
 
-pub mod defaults;
 pub mod file;
 mod locate;
 mod redact;
