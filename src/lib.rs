@@ -29,16 +29,19 @@
 //! - `app`: wires the modules, hands each its narrow state, owns the registry and the drain.
 //! - `domain`, `secret`: shared vocabulary (methods, statuses, money); secret handling and
 //!   constant-time token comparison.
+//! - `clock`, `ids`: Unix milliseconds and China time; record ids and hex digests.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod api;
 pub mod app;
 pub mod channel;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod defaults;
 pub mod domain;
+pub mod ids;
 pub mod live;
 pub mod logging;
 pub mod notify;

@@ -176,7 +176,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             };
             let china_minute = match china_time.as_deref().map(payroute::routing::parse_hhmm) {
-                None => payroute::payment::china_minute(payroute::payment::now_ms()),
+                None => payroute::clock::china_minute(payroute::clock::now_ms()),
                 Some(Some(m)) => m,
                 Some(None) => {
                     eprintln!("--china-time must be HH:MM");

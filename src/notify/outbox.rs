@@ -40,8 +40,8 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::{signature, WebhookSettings};
 use crate::channel::http::HttpClient;
+use crate::clock::now_ms;
 use crate::live::LiveConfig;
-use crate::payment::now_ms;
 use crate::store::pause::Pause;
 use crate::store::{Delivery, DueLimits, EventRecord, Store};
 

@@ -27,7 +27,8 @@
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::Value;
 
-use super::{new_event, now_ms, view, NewRefund, PaymentError, PaymentService, Routes};
+use super::{new_event, view, NewRefund, PaymentError, PaymentService, Routes};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::domain::{EventType, LatePolicy, RefundStatus};
 use crate::store::{EventRecord, PaymentRecord};

@@ -43,10 +43,11 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::clock::now_ms;
 pub use crate::config::workers::{ReconcileSettings, Tier, DEFAULT_TIERS};
 use crate::domain::{PaymentStatus, RefundStatus};
 use crate::live::{Live, LiveConfig};
-use crate::payment::{now_ms, Asker, LateSettled, PaymentError, PaymentService};
+use crate::payment::{Asker, LateSettled, PaymentError, PaymentService};
 use crate::store::pause::Pause;
 use crate::store::{CheckClaim, CheckOf, Due, PaymentRecord, RefundRecord, StoreError};
 

@@ -280,7 +280,7 @@ fn claim_token() -> Result<String, StoreError> {
     let mut b = [0u8; 12];
     aws_lc_rs::rand::fill(&mut b)
         .map_err(|_| StoreError::Backend("no system randomness for a claim token".into()))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(crate::ids::hex(&b))
 }
 
 /// An open record's next check when a writer names none: an open payment (`pending`,
