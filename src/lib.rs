@@ -64,7 +64,7 @@ pub(crate) fn fixture(name: &str) -> String {
         .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
-/// Latency histogram buckets, 1ms to 10s (DESIGN.md §10).
+/// Latency histogram buckets, 1ms to 10s (ARCHITECTURE.md, "Metrics").
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];

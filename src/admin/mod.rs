@@ -1,5 +1,5 @@
-//! The admin listener (DESIGN.md §4): metrics and health for everyone on that port, the
-//! rest under `Authorization: Bearer <admin.token>`.
+//! The admin listener (ARCHITECTURE.md, "The admin listener"): metrics and health for everyone on
+//! that port, the rest under `Authorization: Bearer <admin.token>`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

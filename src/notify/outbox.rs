@@ -1,5 +1,6 @@
-//! Delivers the outbox's shop events to each shop's webhook (DESIGN.md §3): signed, at least
-//! once, in order per payment, on WeChat Pay's retry schedule, then `dead`.
+//! Delivers the outbox's shop events to each shop's webhook (ARCHITECTURE.md, "Shop events and
+//! webhooks"): signed, at least once, in order per payment, on WeChat Pay's retry schedule, then
+//! `dead`.
 //!
 //! # Limits
 //! - One event per payment is in flight at a time (the store hands out only the head of

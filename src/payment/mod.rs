@@ -663,9 +663,10 @@ fn payment_event(rec: &PaymentRecord, before: PaymentStatus) -> Option<EventReco
     ))
 }
 
-/// A pending shop event, due now: `{"id","type","created_at","data"}` (DESIGN.md §3), and
-/// `request_id`: the id of the API request or provider notification that caused it (`null`
-/// for the reconciliation worker's), which its delivery also carries as `X-Request-Id`.
+/// A pending shop event, due now: `{"id","type","created_at","data"}` (ARCHITECTURE.md, "Shop
+/// events and webhooks"), and `request_id`: the id of the API request or provider notification that
+/// caused it (`null` for the reconciliation worker's), which its delivery also carries as
+/// `X-Request-Id`.
 fn new_event(
     kind: EventType,
     shop_id: &str,
@@ -751,7 +752,8 @@ fn check_replay(
     Ok(())
 }
 
-/// The stored and shown failure of a channel call (DESIGN.md §2 and §7).
+/// The stored and shown failure of a channel call (ARCHITECTURE.md, "The unified API and its
+/// errors", "What is safe to retry").
 pub fn failure_of(e: &ChannelError) -> ChannelFailure {
     match e.kind {
         ErrorKind::Rejected(_) | ErrorKind::AlreadyPaid | ErrorKind::NotCloseable => {

@@ -1,4 +1,5 @@
-//! The shared store: PostgreSQL, for several proxy instances on one database (DESIGN.md §9).
+//! The shared store: PostgreSQL, for several proxy instances on one database (ARCHITECTURE.md, "The
+//! store").
 //!
 //! Same behaviour as the SQLite store, method for method; what differs is how concurrency
 //! is held, since the writers are now many connections of many processes:
