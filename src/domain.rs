@@ -184,7 +184,8 @@ impl PaymentStatus {
 /// What payroute does with a late payment (config `late_payments`, overridable per merchant).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LatePolicy {
-    /// Refund it in full, once, at the bound account (DESIGN.md §13).
+    /// Refund it in full, once, at the bound account (ARCHITECTURE.md, "Money rules": late and
+    /// duplicate payments).
     #[default]
     Refund,
     /// Keep the money; the shop is told and decides.
@@ -264,7 +265,7 @@ impl RefundStatus {
     }
 }
 
-/// A shop event (DESIGN.md §3): what the shop's webhook is told.
+/// A shop event (ARCHITECTURE.md, "Shop events and webhooks"): what the shop's webhook is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
     PaymentSucceeded,
@@ -357,7 +358,7 @@ impl EventStatus {
 }
 
 /// Why the last channel call of a payment or refund failed, as stored and as the shop sees
-/// it (the unified API's `channel_*` codes, DESIGN.md §2).
+/// it (the unified API's `channel_*` codes, ARCHITECTURE.md, "The unified API and its errors").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChannelFailure {
     /// The provider's final business refusal (`402 channel_rejected`).
@@ -392,9 +393,9 @@ impl ChannelFailure {
     }
 }
 
-/// The provider account that holds an order's money: what a payment is bound to, beside the
-/// channel name (DESIGN.md §1 step 5). Two channels with equal accounts are interchangeable
-/// for an existing order; a channel whose account differs must never see it.
+/// The provider account that holds an order's money: what a payment is bound to, beside the channel
+/// name (ARCHITECTURE.md, "Money rules": the binding). Two channels with equal accounts are
+/// interchangeable for an existing order; a channel whose account differs must never see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     pub provider: String,

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `config`: the YAML file, its validation into the runtime model, live reload.
+//! - `defaults`: every setting's default and bound, named once; a leaf any layer may use.
 //! - `server`: the inbound HTTP/1.1 + HTTP/2 listener with optional TLS and graceful drain.
 //! - `shops`: the shop directory — API keys, the merchants each shop may act for, webhooks.
 //! - `logging`: text or JSON log lines on stderr (`log:`), no colour off a terminal.
@@ -28,15 +29,19 @@
 //! - `app`: wires the modules, hands each its narrow state, owns the registry and the drain.
 //! - `domain`, `secret`: shared vocabulary (methods, statuses, money); secret handling and
 //!   constant-time token comparison.
+//! - `clock`, `ids`: Unix milliseconds and China time; record ids and hex digests.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod api;
 pub mod app;
 pub mod channel;
+pub mod clock;
 pub mod config;
 pub mod context;
+pub mod defaults;
 pub mod domain;
+pub mod ids;
 pub mod live;
 pub mod logging;
 pub mod notify;
@@ -59,7 +64,7 @@ pub(crate) fn fixture(name: &str) -> String {
         .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
-/// Latency histogram buckets, 1ms to 10s (DESIGN.md §10).
+/// Latency histogram buckets, 1ms to 10s (ARCHITECTURE.md, "Metrics").
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];

@@ -4,9 +4,9 @@ use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Filter directives when neither `RUST_LOG` nor `log.level` says otherwise. The HTTP and TLS
-/// libraries are quiet below `warn`: their `info` is per connection.
-pub const DEFAULT_LEVEL: &str = "info";
+use crate::defaults::DEFAULT_LOG_LEVEL;
+
+/// The HTTP and TLS libraries are quiet below `warn`: their `info` is per connection.
 const QUIET_LIBRARIES: &str = "hyper=warn,h2=warn,rustls=warn";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,7 +28,7 @@ impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
             format: LogFormat::Text,
-            level: DEFAULT_LEVEL.to_string(),
+            level: DEFAULT_LOG_LEVEL.to_string(),
         }
     }
 }

@@ -7,8 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use payroute::app;
-use payroute::config::defaults::DEFAULT_CONFIG_PATH;
 use payroute::config::Config;
+use payroute::defaults::{
+    COPY_PG_POOL_SIZE, DEFAULT_CONFIG_PATH, DEFAULT_PG_LEASE, DEFAULT_PG_SCHEMA,
+    DEFAULT_SANDBOX_LISTEN,
+};
 use payroute::domain::Method;
 use payroute::routing::PaymentFacts;
 
@@ -68,7 +71,7 @@ enum Command {
     },
     /// Run only the sandbox provider, trusting the merchant keys of a config file.
     Sandbox {
-        #[arg(long, default_value = "127.0.0.1:8090")]
+        #[arg(long, default_value = DEFAULT_SANDBOX_LISTEN)]
         listen: std::net::SocketAddr,
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
@@ -89,7 +92,7 @@ enum StoreCommand {
         /// `postgres://…` (or `env:NAME`); the schema is `--schema`.
         #[arg(long, requires = "from")]
         to: Option<String>,
-        #[arg(long, default_value = payroute::config::defaults::DEFAULT_PG_SCHEMA)]
+        #[arg(long, default_value = DEFAULT_PG_SCHEMA)]
         schema: String,
     },
 }
@@ -173,7 +176,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             };
             let china_minute = match china_time.as_deref().map(payroute::routing::parse_hhmm) {
-                None => payroute::payment::china_minute(payroute::payment::now_ms()),
+                None => payroute::clock::china_minute(payroute::clock::now_ms()),
                 Some(Some(m)) => m,
                 Some(None) => {
                     eprintln!("--china-time must be HH:MM");
@@ -244,9 +247,9 @@ async fn migrate(
     let target = payroute::store::open(
         &StoreSettings::Postgres {
             url: payroute::secret::Secret::new(url),
-            pool_size: 4,
+            pool_size: COPY_PG_POOL_SIZE,
             schema,
-            lease: payroute::store::postgres::DEFAULT_LEASE,
+            lease: DEFAULT_PG_LEASE,
         },
         metrics()?,
     )

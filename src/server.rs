@@ -21,6 +21,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::defaults::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_REQUEST_TIMEOUT, UNCONFIGURED_LISTENER_DRAIN,
+};
+
 /// Settings of the API and admin listeners (config `server:`).
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
@@ -34,19 +39,6 @@ pub struct ServerSettings {
     pub limits: ListenerLimits,
 }
 
-/// A client that has not sent its request head (or finished its TLS handshake) by then is
-/// disconnected: slow clients cannot hold connections open.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once per listener; more wait in the kernel's backlog.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Requests handled at once per listener; one more is refused at once (`503` with
-/// `Retry-After`) rather than queued, so a burst cannot grow latency and memory without bound.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 1_024;
-/// A request not answered by then gets `504`; its work goes on (see [`serve`]). Above the
-/// longest channel deadline a create can spend (its own call, a query, a fallback's call).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a listener without a configured `drain_timeout` (the sandbox) drains.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 /// HTTP/2: streams one connection may have open at once.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
 /// HTTP/2: a ping this often on a quiet connection; no answer within the timeout closes it.
@@ -74,7 +66,7 @@ impl Default for ListenerLimits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            drain: DEFAULT_DRAIN,
+            drain: UNCONFIGURED_LISTENER_DRAIN,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Stranded orders: open payments and refunds bound to a provider account that no configured
-//! channel holds any more (DESIGN.md §1 step 5). Every operation on them is refused
-//! (`channel_unavailable`) until the identity is restored, so `payroute check` and every
+//! channel holds any more (ARCHITECTURE.md, "Money rules": the binding). Every operation on them is
+//! refused (`channel_unavailable`) until the identity is restored, so `payroute check` and every
 //! reload warn about them, with counts from the store, and the gauge
 //! `payroute_stranded_orders{channel}` shows them.
 //!
@@ -223,7 +223,7 @@ mod tests {
 
     fn shipped(edit: impl Fn(String) -> String) -> Config {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(crate::config::defaults::DEFAULT_CONFIG_PATH);
+            .join(crate::defaults::DEFAULT_CONFIG_PATH);
         let text = edit(std::fs::read_to_string(&path).unwrap());
         Config::from_text(&path, &text).unwrap_or_else(|e| panic!("{e}"))
     }

@@ -1,5 +1,5 @@
-//! The admin listener (DESIGN.md §4): metrics and health for everyone on that port, the
-//! rest under `Authorization: Bearer <admin.token>`.
+//! The admin listener (ARCHITECTURE.md, "The admin listener"): metrics and health for everyone on
+//! that port, the rest under `Authorization: Bearer <admin.token>`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -424,7 +424,7 @@ async fn resend(app: &AdminState, id: &str) -> Response<Full<Bytes>> {
     match app
         .payments
         .store()
-        .resend_event(id, crate::payment::now_ms())
+        .resend_event(id, crate::clock::now_ms())
         .await
     {
         Ok(Resend::Resent(e)) => {
@@ -491,7 +491,7 @@ fn explain(app: &AdminState, body: &[u8]) -> Response<Full<Bytes>> {
         })
         .unwrap_or_default();
     let china_minute = match v["china_time"].as_str() {
-        None => crate::payment::china_minute(crate::payment::now_ms()),
+        None => crate::clock::china_minute(crate::clock::now_ms()),
         Some(t) => match crate::routing::parse_hhmm(t) {
             Some(m) => m,
             None => return error(ErrorCode::InvalidRequest, "china_time must be HH:MM"),

@@ -1,4 +1,5 @@
-//! The one place where errors become HTTP responses (DESIGN.md §2).
+//! The one place where errors become HTTP responses (ARCHITECTURE.md, "The unified API and its
+//! errors").
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};

@@ -1,5 +1,5 @@
-//! The unified API (DESIGN.md §2): authenticate the shop, check the merchant, validate the
-//! body, hand over to `payment`, answer in one JSON shape.
+//! The unified API (ARCHITECTURE.md, "The unified API and its errors"): authenticate the shop,
+//! check the merchant, validate the body, hand over to `payment`, answer in one JSON shape.
 
 pub mod error;
 pub mod types;

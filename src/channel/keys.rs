@@ -101,8 +101,7 @@ impl RsaVerifier {
     /// key pair, whichever form (private key, public key, certificate) it came in.
     pub fn spki_sha256(&self) -> Option<String> {
         let der = self.key.as_der().ok()?;
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
-        Some(d.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+        Some(crate::ids::sha256_hex(der.as_ref()))
     }
 
     /// Verifies a base64 signature; any decoding problem is a failed verification.

@@ -34,7 +34,8 @@ use crate::resilience::breaker::Outcome;
 use crate::resilience::{backoff, ChannelGuard, RateSpec, Refused, Resilience};
 use crate::secret::Secret;
 
-/// Retries after the first attempt, within the call's deadline (DESIGN.md §7).
+/// Retries after the first attempt, within the call's deadline (ARCHITECTURE.md, "What is safe to
+/// retry").
 const MAX_RETRIES: u32 = 2;
 /// A retry is not started when less than this is left of the deadline.
 const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(10);
@@ -303,9 +304,9 @@ pub trait Connector: Send + Sync {
     }
 }
 
-/// How a channel call failed, which says what may be done next (DESIGN.md §7). Only a
-/// verified answer from the provider produces `AlreadyPaid`, `NotCloseable`, `NotFound` or
-/// `Rejected`: those are the kinds that may make a payment final.
+/// How a channel call failed, which says what may be done next (ARCHITECTURE.md, "What is safe to
+/// retry"). Only a verified answer from the provider produces `AlreadyPaid`, `NotCloseable`,
+/// `NotFound` or `Rejected`: those are the kinds that may make a payment final.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Connect refused, DNS, TLS handshake: the provider never saw the request.

@@ -1,5 +1,5 @@
 //! Provider notifications — what a provider POSTs to `{public_base_url}/notify/{channel}` —
-//! verified and parsed into payroute's vocabulary (DESIGN.md §1, §6).
+//! verified and parsed into payroute's vocabulary (ARCHITECTURE.md, "The request path").
 //!
 //! The connector of the channel does the provider work (signature, freshness, decryption,
 //! field names, state words); [`Channel`] delegates to it. Nothing of the provider's wire

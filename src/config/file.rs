@@ -41,7 +41,8 @@ pub struct FileConfig {
     pub late_payments: Option<String>,
 }
 
-/// `reconcile:` — when open orders are asked about (DESIGN.md §8).
+/// `reconcile:` — when open orders are asked about (ARCHITECTURE.md, "Money rules": the
+/// reconciler's promise).
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconcileFile {
@@ -58,7 +59,7 @@ pub struct TierFile {
     pub every: String,
 }
 
-/// `webhooks:` — how shop events are delivered (DESIGN.md §3).
+/// `webhooks:` — how shop events are delivered (ARCHITECTURE.md, "Shop events and webhooks").
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhooksFile {

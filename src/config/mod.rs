@@ -4,7 +4,6 @@
 //! Validation collects every error it can find in one pass, each naming the rule or channel,
 //! the key and the line/column in the file, so `payroute check` shows ops the whole list.
 
-pub mod defaults;
 pub mod file;
 mod locate;
 mod redact;
@@ -167,6 +166,7 @@ fn strip_location(msg: &str) -> String {
 }
 
 pub fn version_of(bytes: &[u8]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    let mut v = crate::ids::sha256_hex(bytes);
+    v.truncate(16);
+    v
 }

@@ -90,7 +90,7 @@ pub fn watch(path: &Path) -> notify::Result<(notify::RecommendedWatcher, mpsc::R
     tokio::spawn(async move {
         while raw_rx.recv().await.is_some() {
             // A save is often several events (truncate, write, rename): wait for quiet.
-            tokio::time::sleep(super::defaults::RELOAD_DEBOUNCE).await;
+            tokio::time::sleep(crate::defaults::RELOAD_DEBOUNCE).await;
             while raw_rx.try_recv().is_ok() {}
             if tx.send(()).await.is_err() {
                 break;

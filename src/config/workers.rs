@@ -6,32 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::channel::ChannelSettings;
-use crate::config::defaults::PG_LEASE_MARGIN;
+use crate::defaults::{
+    DEFAULT_PER_SHOP_CONCURRENCY, DEFAULT_RECONCILE_CONCURRENCY, DEFAULT_RECONCILE_TIERS,
+    DEFAULT_WEBHOOK_SCHEDULE, DEFAULT_WEBHOOK_TIMEOUT, PG_LEASE_MARGIN,
+};
 use crate::store::StoreSettings;
-
-/// WeChat Pay's own notification schedule (DESIGN.md §3): the wait after each failed
-/// delivery; after the last, the event is `dead`.
-pub const DEFAULT_WEBHOOK_SCHEDULE: [Duration; 15] = [
-    Duration::from_secs(15),
-    Duration::from_secs(15),
-    Duration::from_secs(30),
-    Duration::from_secs(3 * 60),
-    Duration::from_secs(10 * 60),
-    Duration::from_secs(20 * 60),
-    Duration::from_secs(30 * 60),
-    Duration::from_secs(30 * 60),
-    Duration::from_secs(30 * 60),
-    Duration::from_secs(60 * 60),
-    Duration::from_secs(3 * 3600),
-    Duration::from_secs(3 * 3600),
-    Duration::from_secs(3 * 3600),
-    Duration::from_secs(6 * 3600),
-    Duration::from_secs(6 * 3600),
-];
-/// One delivery attempt's deadline.
-pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deliveries in flight to one shop at a time.
-pub const DEFAULT_PER_SHOP_CONCURRENCY: usize = 4;
 
 /// How shop webhooks are delivered (config `webhooks:`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +30,6 @@ impl Default for WebhookSettings {
     }
 }
 
-pub const DEFAULT_CONCURRENCY: usize = 8;
-
 /// Until an order is this old, check it this often.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tier {
@@ -60,21 +37,16 @@ pub struct Tier {
     pub every: Duration,
 }
 
-/// Every minute at 1–10 minutes, every 10 minutes until an hour, hourly until a day.
+/// [`DEFAULT_RECONCILE_TIERS`] as tiers.
 pub const DEFAULT_TIERS: [Tier; 3] = [
-    Tier {
-        until: Duration::from_secs(10 * 60),
-        every: Duration::from_secs(60),
-    },
-    Tier {
-        until: Duration::from_secs(3600),
-        every: Duration::from_secs(10 * 60),
-    },
-    Tier {
-        until: Duration::from_secs(24 * 3600),
-        every: Duration::from_secs(3600),
-    },
+    tier(DEFAULT_RECONCILE_TIERS[0]),
+    tier(DEFAULT_RECONCILE_TIERS[1]),
+    tier(DEFAULT_RECONCILE_TIERS[2]),
 ];
+
+const fn tier((until, every): (Duration, Duration)) -> Tier {
+    Tier { until, every }
+}
 
 /// Config `reconcile:`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,7 +60,7 @@ impl Default for ReconcileSettings {
     fn default() -> Self {
         ReconcileSettings {
             tiers: DEFAULT_TIERS.to_vec(),
-            concurrency: DEFAULT_CONCURRENCY,
+            concurrency: DEFAULT_RECONCILE_CONCURRENCY,
         }
     }
 }

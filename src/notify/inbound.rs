@@ -40,9 +40,10 @@ use hyper::body::Incoming;
 use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::channel::{Channel, Notification, NotifiedAccount, NotifyAnswer, NotifyError};
+use crate::clock::now_ms;
 use crate::domain::Account;
 use crate::live::{Live, LiveConfig};
-use crate::payment::{now_ms, PaymentError, PaymentService, Routes};
+use crate::payment::{PaymentError, PaymentService, Routes};
 use crate::store::PaymentRecord;
 
 /// The label of a channel name that is not configured (labels stay bounded).

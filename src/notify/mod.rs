@@ -17,8 +17,7 @@ pub fn signature(secret: &[u8], unix_secs: i64, body: &[u8]) -> String {
     ctx.update(b".");
     ctx.update(body);
     let tag = ctx.sign();
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={unix_secs},v1={hex}")
+    format!("t={unix_secs},v1={}", crate::ids::hex(tag.as_ref()))
 }
 
 #[cfg(test)]

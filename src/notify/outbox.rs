@@ -1,5 +1,6 @@
-//! Delivers the outbox's shop events to each shop's webhook (DESIGN.md §3): signed, at least
-//! once, in order per payment, on WeChat Pay's retry schedule, then `dead`.
+//! Delivers the outbox's shop events to each shop's webhook (ARCHITECTURE.md, "Shop events and
+//! webhooks"): signed, at least once, in order per payment, on WeChat Pay's retry schedule, then
+//! `dead`.
 //!
 //! # Limits
 //! - One event per payment is in flight at a time (the store hands out only the head of
@@ -40,8 +41,8 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::{signature, WebhookSettings};
 use crate::channel::http::HttpClient;
+use crate::clock::now_ms;
 use crate::live::LiveConfig;
-use crate::payment::now_ms;
 use crate::store::pause::Pause;
 use crate::store::{Delivery, DueLimits, EventRecord, Store};
 

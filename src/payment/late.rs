@@ -1,6 +1,6 @@
-//! Late payments (DESIGN.md §13): a payment the provider reports for an order payroute had
-//! already ended (`closed`, `failed` — an expired order is closed by the reconciler), after
-//! the shop was told it was over.
+//! Late payments (ARCHITECTURE.md, "Money rules": late and duplicate payments): a payment the
+//! provider reports for an order payroute had already ended (`closed`, `failed` — an expired order
+//! is closed by the reconciler), after the shop was told it was over.
 //!
 //! The payment becomes `succeeded` with `late: true`, and the shop gets `payment.late`
 //! instead of `payment.succeeded` (a shop that ships on `payment.succeeded` must not ship an
@@ -27,7 +27,8 @@
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::Value;
 
-use super::{new_event, now_ms, view, NewRefund, PaymentError, PaymentService, Routes};
+use super::{new_event, view, NewRefund, PaymentError, PaymentService, Routes};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::domain::{EventType, LatePolicy, RefundStatus};
 use crate::store::{EventRecord, PaymentRecord};

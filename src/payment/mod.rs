@@ -48,9 +48,11 @@ use time::OffsetDateTime;
 use crate::channel::{
     Channel, ChannelError, ChannelSet, ErrorKind, OrderRequest, OrderState, SubMerchant,
 };
+use crate::clock::{china_minute, now_ms};
 use crate::domain::{
     Account, ChannelFailure, EventStatus, EventType, LatePolicies, Method, PaymentStatus,
 };
+use crate::ids::{new_id, sha256_hex};
 use crate::routing::{NoRoute, PaymentFacts, Rules};
 use crate::store::{EventRecord, PaymentRecord, Store, StoreError};
 
@@ -661,9 +663,10 @@ fn payment_event(rec: &PaymentRecord, before: PaymentStatus) -> Option<EventReco
     ))
 }
 
-/// A pending shop event, due now: `{"id","type","created_at","data"}` (DESIGN.md §3), and
-/// `request_id`: the id of the API request or provider notification that caused it (`null`
-/// for the reconciliation worker's), which its delivery also carries as `X-Request-Id`.
+/// A pending shop event, due now: `{"id","type","created_at","data"}` (ARCHITECTURE.md, "Shop
+/// events and webhooks"), and `request_id`: the id of the API request or provider notification that
+/// caused it (`null` for the reconciliation worker's), which its delivery also carries as
+/// `X-Request-Id`.
 fn new_event(
     kind: EventType,
     shop_id: &str,
@@ -749,7 +752,8 @@ fn check_replay(
     Ok(())
 }
 
-/// The stored and shown failure of a channel call (DESIGN.md §2 and §7).
+/// The stored and shown failure of a channel call (ARCHITECTURE.md, "The unified API and its
+/// errors", "What is safe to retry").
 pub fn failure_of(e: &ChannelError) -> ChannelFailure {
     match e.kind {
         ErrorKind::Rejected(_) | ErrorKind::AlreadyPaid | ErrorKind::NotCloseable => {
@@ -781,23 +785,6 @@ fn claim_window_ms(channel: &Channel) -> i64 {
     2 * channel.settings.timeout.as_millis() as i64 + CLAIM_SLACK_MS
 }
 
-pub fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-/// Minutes since midnight in China time (UTC+8, no daylight saving).
-pub fn china_minute(unix_ms: i64) -> u16 {
-    ((unix_ms / 1000 + 8 * 3600).rem_euclid(86_400) / 60) as u16
-}
-
-/// `pay_…` / `ref_…`: 96 random bits in hex.
-fn new_id(prefix: &str) -> String {
-    let mut b = [0u8; 12];
-    aws_lc_rs::rand::fill(&mut b).expect("system randomness");
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{prefix}_{hex}")
-}
-
 /// The idempotency hash of `request` as `shop_id` made it: one shop's request never matches
 /// another's, however alike their bodies.
 fn request_hash(shop_id: &str, request: &serde_json::Value) -> String {
@@ -811,21 +798,9 @@ fn same_request(stored: &str, hash: &str, request: &serde_json::Value) -> bool {
     stored == hash || stored == sha256_hex(request.to_string().as_bytes())
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn china_minute_is_utc_plus_8() {
-        // 2023-11-14T22:13:20Z is 06:13 in China.
-        assert_eq!(china_minute(1_700_000_000_000), 6 * 60 + 13);
-        assert_eq!(china_minute(0), 8 * 60);
-    }
 
     #[test]
     fn every_channel_failure_has_an_api_code() {

@@ -12,11 +12,13 @@
 use serde_json::json;
 
 use super::{
-    check_replay, claim_live, claim_window_ms, failure_of, new_event, new_id, now_ms, request_hash,
-    same_request, view, Asker, PaymentError, PaymentService, Routes,
+    check_replay, claim_live, claim_window_ms, failure_of, new_event, request_hash, same_request,
+    view, Asker, PaymentError, PaymentService, Routes,
 };
 use crate::channel::{ChannelError, ErrorKind, RefundRequest, RefundState};
+use crate::clock::now_ms;
 use crate::domain::{EventType, PaymentStatus, RefundStatus};
+use crate::ids::new_id;
 use crate::store::{EventRecord, PaymentRecord, RefundRecord, Reservation};
 
 /// A validated refund request.

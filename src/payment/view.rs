@@ -1,5 +1,5 @@
 //! The payment and refund objects as the shop sees them: in every API answer and in every
-//! webhook event (DESIGN.md §2, §3).
+//! webhook event (ARCHITECTURE.md, "The unified API and its errors", "Shop events and webhooks").
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -20,7 +20,8 @@ pub struct PaymentView<'a> {
     created_at: String,
     currency: &'a str,
     expires_at: String,
-    /// Paid after the shop was told the order was over (DESIGN.md §13).
+    /// Paid after the shop was told the order was over (ARCHITECTURE.md, "Money rules": late and
+    /// duplicate payments).
     late: bool,
     merchant_id: &'a str,
     method: crate::domain::Method,

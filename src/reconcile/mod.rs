@@ -1,8 +1,9 @@
-//! The reconciliation worker (DESIGN.md §8): no lost orders. It asks the bound account about
-//! every payment still `pending` or `unknown` and every refund still `pending` or `abnormal`,
-//! on a schedule by age (`reconcile.tiers`), and closes payments whose `expires_at` has
-//! passed. It changes state only through `payment`, so every change emits the same shop
-//! event a notification would, and a "paid" answer to a close makes the payment `succeeded`.
+//! The reconciliation worker (ARCHITECTURE.md, "Money rules": the reconciler's promise): no lost
+//! orders. It asks the bound account about every payment still `pending` or `unknown` and every
+//! refund still `pending` or `abnormal`, on a schedule by age (`reconcile.tiers`), and closes
+//! payments whose `expires_at` has passed. It changes state only through `payment`, so every change
+//! emits the same shop event a notification would, and a "paid" answer to a close makes the payment
+//! `succeeded`.
 //!
 //! # Limits
 //! - The schedule lives in the store (`next_check_at`): a restart resumes it. Each check is
@@ -20,14 +21,14 @@
 //!   checked at `expires_at` while that is ahead, then at the last tier's interval (hourly by
 //!   default) until it ends; a refund still open then is logged for ops
 //!   (`GET /admin/refunds`).
-//! - A check whose next time the store did not take (the write failed) is held in memory
-//!   until that time, so a store that reads but cannot write never makes the worker ask the
-//!   channel every round (DESIGN.md §8): while it stays due it is not checked, only its next
-//!   time written again (one store write per round, no channel call), and counted
-//!   (`payroute_reconcile_actions_total{action="held"}`). The hold is per instance and
-//!   forgotten on restart, when the stored schedule (on PostgreSQL also the claim's lease)
-//!   governs again; a hold is dropped once its time has passed or its write went through, so
-//!   at most the checks that failed within one interval are held.
+//! - A check whose next time the store did not take (the write failed) is held in memory until that
+//!   time, so a store that reads but cannot write never makes the worker ask the channel every
+//!   round (ARCHITECTURE.md, "Background work under trouble"): while it stays due it is not
+//!   checked, only its next time written again (one store write per round, no channel call), and
+//!   counted (`payroute_reconcile_actions_total{action="held"}`). The hold is per instance and
+//!   forgotten on restart, when the stored schedule (on PostgreSQL also the claim's lease) governs
+//!   again; a hold is dropped once its time has passed or its write went through, so at most the
+//!   checks that failed within one interval are held.
 //! - A payment that ended (`closed`, `failed`) is asked about once more, one tier interval
 //!   after it ended (the interval of its age then): the provider may have taken a payment as
 //!   the order closed (a *late payment*, `payment::late`), and its notification may be lost.
@@ -43,10 +44,11 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::clock::now_ms;
 pub use crate::config::workers::{ReconcileSettings, Tier, DEFAULT_TIERS};
 use crate::domain::{PaymentStatus, RefundStatus};
 use crate::live::{Live, LiveConfig};
-use crate::payment::{now_ms, Asker, LateSettled, PaymentError, PaymentService};
+use crate::payment::{Asker, LateSettled, PaymentError, PaymentService};
 use crate::store::pause::Pause;
 use crate::store::{CheckClaim, CheckOf, Due, PaymentRecord, RefundRecord, StoreError};
 

@@ -1,7 +1,7 @@
-//! The circuit breaker of one channel (DESIGN.md §7): 5 consecutive failures that say the
-//! channel is down (nothing sent, timeout, reset, 5xx, "system error") open it for 30s × n
-//! (at most 300s); then one half-open probe decides. Business answers — even refusals — show
-//! the channel is up and close it.
+//! The circuit breaker of one channel (ARCHITECTURE.md, "What is safe to retry"): 5 consecutive
+//! failures that say the channel is down (nothing sent, timeout, reset, 5xx, "system error") open
+//! it for 30s × n (at most 300s); then one half-open probe decides. Business answers — even
+//! refusals — show the channel is up and close it.
 //!
 //! Uses `tokio::time::Instant`, so tests drive it with paused time.
 

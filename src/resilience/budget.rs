@@ -1,6 +1,6 @@
-//! The retry budget of one channel (DESIGN.md §7): retries may be at most 20% of the calls
-//! of the last 10 seconds, with a floor of 3 per second, so a failing channel does not get a
-//! storm of retries on top of its load.
+//! The retry budget of one channel (ARCHITECTURE.md, "What is safe to retry"): retries may be at
+//! most 20% of the calls of the last 10 seconds, with a floor of 3 per second, so a failing channel
+//! does not get a storm of retries on top of its load.
 //!
 //! # Limits
 //! Calls counted include retries (each attempt is a call), which makes the budget slightly

@@ -69,8 +69,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Full-jitter backoff (DESIGN.md §7): uniform in `[0, (2^n − 1) × 25ms)`, capped at 250ms.
-/// `attempt` counts retries from 1; `random` is any uniform `u64`.
+/// Full-jitter backoff (ARCHITECTURE.md, "What is safe to retry"): uniform in `[0, (2^n − 1) ×
+/// 25ms)`, capped at 250ms. `attempt` counts retries from 1; `random` is any uniform `u64`.
 pub fn backoff(attempt: u32, random: u64) -> Duration {
     let ceiling_ms = ((1u64 << attempt.min(10)) - 1) * 25;
     let ceiling_ms = ceiling_ms.clamp(1, 250);

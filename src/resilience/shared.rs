@@ -23,8 +23,6 @@ use crate::secret::Secret;
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
 /// At most one "shared limits down" warning this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
-/// Default for `redis.key_prefix`.
-pub const DEFAULT_KEY_PREFIX: &str = "payroute:";
 
 /// Where the shared limits live (config `redis:`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -76,8 +76,9 @@ pub struct PaymentRecord {
     pub expires_at: i64,
     /// Optimistic concurrency: bumped by every update.
     pub version: i64,
-    /// Paid after payroute had told the shop the order was over (closed or failed): a late
-    /// payment (DESIGN.md §13), refunded or kept by `late_payments`.
+    /// Paid after payroute had told the shop the order was over (closed or failed): a late payment
+    /// (ARCHITECTURE.md, "Money rules": late and duplicate payments), refunded or kept by
+    /// `late_payments`.
     pub late: bool,
 }
 
@@ -140,8 +141,8 @@ pub struct OpenAtAccount {
     pub refunds: u64,
 }
 
-/// A shop event in the outbox (DESIGN.md §3): written in the same transaction as the state
-/// change it tells of, delivered at least once, in order per payment.
+/// A shop event in the outbox (ARCHITECTURE.md, "Shop events and webhooks"): written in the same
+/// transaction as the state change it tells of, delivered at least once, in order per payment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EventRecord {
     pub event_id: String,
@@ -280,7 +281,7 @@ fn claim_token() -> Result<String, StoreError> {
     let mut b = [0u8; 12];
     aws_lc_rs::rand::fill(&mut b)
         .map_err(|_| StoreError::Backend("no system randomness for a claim token".into()))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(crate::ids::hex(&b))
 }
 
 /// An open record's next check when a writer names none: an open payment (`pending`,

@@ -1,7 +1,8 @@
-//! A background worker's pause while the store cannot write (DESIGN.md §8): the outbox and
-//! the reconciler read due work and must record what they did; with reads working and writes
-//! failing (disk full, read-only file, I/O error, a standby), every round would find the same
-//! work due again and redo it — a resend storm at the shops, a query storm at the channels.
+//! A background worker's pause while the store cannot write (ARCHITECTURE.md, "Background work
+//! under trouble"): the outbox and the reconciler read due work and must record what they did; with
+//! reads working and writes failing (disk full, read-only file, I/O error, a standby), every round
+//! would find the same work due again and redo it — a resend storm at the shops, a query storm at
+//! the channels.
 //!
 //! A worker asks [`Pause::may_run`] before each round and tells [`Pause::saw`] every store
 //! error it meets. Once the store is seen unhealthy (the worker's own write failed as

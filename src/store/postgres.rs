@@ -1,4 +1,5 @@
-//! The shared store: PostgreSQL, for several proxy instances on one database (DESIGN.md §9).
+//! The shared store: PostgreSQL, for several proxy instances on one database (ARCHITECTURE.md, "The
+//! store").
 //!
 //! Same behaviour as the SQLite store, method for method; what differs is how concurrency
 //! is held, since the writers are now many connections of many processes:
@@ -51,13 +52,7 @@ use super::{
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 use crate::secret::Secret;
 
-/// `store.lease` when absent: how long an instance holds an event it took from `due_events`,
-/// or a check it took from `claim_due_payments` / `claim_due_refunds`, before another instance may take
-/// it. Longer than a webhook delivery (`webhooks.timeout`) or a channel call with its retries
-/// (a channel `timeout`, at most 60s) takes — config validation holds it to that — and short
-/// enough that a dead instance's work is not held up for long: its events wait at most this
-/// long for another instance.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
+use crate::defaults::DEFAULT_PG_LEASE as DEFAULT_LEASE;
 
 /// Connecting, and waiting for a pooled connection, give up after this: a request then fails
 /// with a clear store error instead of hanging while PostgreSQL is away.

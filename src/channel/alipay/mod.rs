@@ -48,7 +48,8 @@ pub struct AlipaySettings {
     pub alipay_key: RsaVerifier,
 }
 
-/// `sub_code`s (and gateway codes) Alipay documents as "try again" (DESIGN.md §7).
+/// `sub_code`s (and gateway codes) Alipay documents as "try again" (ARCHITECTURE.md, "What is safe
+/// to retry").
 const RETRYABLE: [&str; 3] = ["ACQ.SYSTEM_ERROR", "20000", "isp.unknow-error"];
 
 pub struct Alipay {
@@ -490,7 +491,7 @@ fn parse_trade(v: &Value, out_trade_no: &str) -> Result<OrderState, ChannelError
     })
 }
 
-/// `code`/`sub_code` to the retry classes of DESIGN.md §7.
+/// `code`/`sub_code` to the retry classes of ARCHITECTURE.md, "What is safe to retry".
 fn map_error(v: &Value) -> ChannelError {
     let code = v["code"].as_str().unwrap_or("");
     let sub_code = v["sub_code"].as_str().unwrap_or("");

@@ -56,7 +56,7 @@ impl WechatPaySettings {
     }
 }
 
-/// Codes WeChat Pay documents as "try again" (DESIGN.md §7).
+/// Codes WeChat Pay documents as "try again" (ARCHITECTURE.md, "What is safe to retry").
 const RETRYABLE_CODES: [&str; 3] = ["SYSTEM_ERROR", "FREQUENCY_LIMITED", "BANKERROR"];
 
 pub struct WechatPay {
@@ -477,9 +477,9 @@ fn order_state(v: &Value, state: &str) -> Result<OrderState, ChannelError> {
     })
 }
 
-/// Maps a non-2xx answer (`{"code","message"}`) to the retry classes of DESIGN.md §7.
-/// `verified`: the answer carried a signature that verified. Only then may it say something
-/// final (paid, not found, refused); an unverified answer is at most "try again".
+/// Maps a non-2xx answer (`{"code","message"}`) to the retry classes of ARCHITECTURE.md, "What is
+/// safe to retry". `verified`: the answer carried a signature that verified. Only then may it say
+/// something final (paid, not found, refused); an unverified answer is at most "try again".
 fn map_error(resp: &HttpResponse, verified: bool) -> ChannelError {
     let v: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
     let code = v["code"].as_str().unwrap_or("").to_string();

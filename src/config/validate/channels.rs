@@ -8,11 +8,11 @@ use crate::channel::alipay::{AlipayMode, AlipaySettings};
 use crate::channel::keys::{Certificate, RsaSigner, RsaVerifier};
 use crate::channel::wechatpay::{WechatMode, WechatPaySettings, WechatVerifier};
 use crate::channel::{ChannelSettings, ConnectorSettings};
-use crate::config::defaults::{
+use crate::config::file::{ChannelFile, FileConfig};
+use crate::defaults::{
     DEFAULT_ALIPAY_BASE_URL, DEFAULT_CHANNEL_TIMEOUT, DEFAULT_WECHATPAY_BASE_URL,
     MAX_CHANNEL_TIMEOUT, MIN_CHANNEL_TIMEOUT, WECHAT_APIV3_KEY_LEN,
 };
-use crate::config::file::{ChannelFile, FileConfig};
 use crate::domain::FeeRate;
 use crate::resilience::{parse_duration, RateSpec};
 

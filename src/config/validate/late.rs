@@ -1,5 +1,5 @@
 //! `late_payments` (top level) and `merchants.<id>.late_payments`: what happens to a payment
-//! reported after its order ended (DESIGN.md §13).
+//! reported after its order ended (ARCHITECTURE.md, "Money rules": late and duplicate payments).
 
 use std::collections::HashMap;
 

@@ -1,4 +1,5 @@
-//! The merchants' provider identities (DESIGN.md §13): each one names exactly one merchant.
+//! The merchants' provider identities (ARCHITECTURE.md, "Money rules": tenancy scoping): each one
+//! names exactly one merchant.
 //!
 //! A `wechat_sub_mchid`, an `alipay_app_auth_token` or an `alipay_seller_id` given to two
 //! merchants would send one merchant's payments into the other's account and let either's

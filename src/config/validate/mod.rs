@@ -1,4 +1,5 @@
-//! `FileConfig` → [`Config`]: every check of DESIGN.md §5, errors collected, never a panic.
+//! `FileConfig` → [`Config`]: every check of ARCHITECTURE.md, "Configuration and reload", errors
+//! collected, never a panic.
 //!
 //! This module orchestrates; the checks live by concern: `server` (server, admin, store,
 //! shops, merchants, limits, sandbox), `channels`, `routing`, `insecure`

@@ -1,6 +1,7 @@
 //! Which channels each (merchant, method) can reach, decided from the rules themselves: the
-//! sub-merchant ids the partner / ISV ones among them need (DESIGN.md §5), and that no
-//! merchant's payment reaches another merchant's own (direct-mode) account (§13).
+//! sub-merchant ids the partner / ISV ones among them need (ARCHITECTURE.md, "Configuration and
+//! reload"), and that no merchant's payment reaches another merchant's own (direct-mode) account
+//! (§13).
 //!
 //! For every merchant and method, the rules that apply are walked in file order, as
 //! `Rules::decide` walks them: every channel of an applying rule (its `to`, every `split`

@@ -6,23 +6,21 @@ use std::sync::Arc;
 
 use super::{addr, secret_value, tls, Errors};
 use crate::channel::{ChannelSettings, ConnectorSettings, SubMerchant};
-use crate::config::defaults::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_PG_LEASE, DEFAULT_PG_POOL_SIZE,
-    DEFAULT_PG_SCHEMA, DEFAULT_STORE_PATH, MAX_MAX_BODY_BYTES, MAX_PG_POOL_SIZE,
-    MIN_ADMIN_TOKEN_LEN, MIN_MAX_BODY_BYTES, MIN_PG_LEASE, MIN_SHOP_API_KEY_LEN,
-};
 use crate::config::file::FileConfig;
-use crate::logging::{check_level, LogFormat, LogSettings, DEFAULT_LEVEL};
-use crate::resilience::shared::DEFAULT_KEY_PREFIX;
+use crate::defaults::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_LOG_LEVEL, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PG_LEASE, DEFAULT_PG_POOL_SIZE,
+    DEFAULT_PG_SCHEMA, DEFAULT_REDIS_KEY_PREFIX, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STORE_PATH,
+    MAX_MAX_BODY_BYTES, MAX_PG_POOL_SIZE, MIN_ADMIN_TOKEN_LEN, MIN_MAX_BODY_BYTES, MIN_PG_LEASE,
+    MIN_SHOP_API_KEY_LEN,
+};
+use crate::logging::{check_level, LogFormat, LogSettings};
 use crate::resilience::{
     parse_duration, LimitKey, LimitScope, LimitSettings, RateSpec, RedisSettings,
 };
 use crate::sandbox::{SandboxMerchant, SandboxSettings};
 use crate::secret::Secret;
-use crate::server::{
-    ListenerLimits, ServerSettings, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_REQUEST_TIMEOUT,
-};
+use crate::server::{ListenerLimits, ServerSettings};
 use crate::shops::{Shop, Webhook};
 use crate::store::StoreSettings;
 
@@ -384,7 +382,10 @@ pub(super) fn log(f: &FileConfig, errs: &mut Errors) -> LogSettings {
             LogFormat::Text
         }
     };
-    let level = l.level.clone().unwrap_or_else(|| DEFAULT_LEVEL.to_string());
+    let level = l
+        .level
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string());
     if let Err(e) = check_level(&level) {
         errs.push("log.level", format!("log.level: {level:?}: {e}"));
     }
@@ -403,7 +404,7 @@ pub(super) fn redis(f: &FileConfig, errs: &mut Errors) -> Option<RedisSettings> 
         key_prefix: r
             .key_prefix
             .clone()
-            .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string()),
+            .unwrap_or_else(|| DEFAULT_REDIS_KEY_PREFIX.to_string()),
     })
 }
 
