@@ -315,7 +315,7 @@ async fn a_fresh_metrics_page_has_every_known_series_at_zero() {
             format!(r#"payroute_reconcile_actions_total{{action="{action}"}}"#),
         );
     }
-    // The other labelled counters of DESIGN §10.
+    // The other labelled counters (ARCHITECTURE.md, "Metrics").
     for channel in channels {
         zero(
             &fresh,

@@ -1,4 +1,4 @@
-//! Every DESIGN.md error code this version can produce, through real sockets, plus the
+//! Every error code (ARCHITECTURE.md, "The unified API and its errors") this version can produce, through real sockets, plus the
 //! channel failures: tampered signatures, unreachable channels, timeouts, TLS.
 
 mod support;

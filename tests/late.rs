@@ -1,4 +1,4 @@
-//! Late payments (issue 15 item 5, DESIGN.md §13) through real sockets: an order payroute
+//! Late payments (issue 15 item 5; ARCHITECTURE.md, "Money rules") through real sockets: an order payroute
 //! had closed is paid anyway at the provider (the sandbox's `?late=true`, the provider-side
 //! race). The payment becomes `succeeded` with `late: true`, the shop hears `payment.late`
 //! (never `payment.succeeded`) with the action taken, and by `late_payments` (default

@@ -1,4 +1,4 @@
-//! A payment belongs to the shop that created it (DESIGN.md §13): another shop acting for the
+//! A payment belongs to the shop that created it (ARCHITECTURE.md, "Money rules"): another shop acting for the
 //! same merchant finds nothing of it — not on read, refresh, close or refund, not by a create
 //! with the same `out_trade_no`, not through a refund's `out_refund_no`.
 

@@ -319,7 +319,7 @@ impl Notifier {
 pub(super) fn uuid_like() -> String {
     let mut b = [0u8; 16];
     aws_lc_rs::rand::fill(&mut b).expect("system randomness");
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = crate::ids::hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
