@@ -104,7 +104,9 @@ mod shared;
 mod wechat;
 
 #[cfg(feature = "sandbox")]
-pub use server::{Sandbox, PUBLIC_KEY_ID, TLS_CA_PEM, TLS_CERT_PEM, TLS_KEY_PEM};
+pub use server::{Sandbox, TLS_CA_PEM, TLS_CERT_PEM, TLS_KEY_PEM};
 pub use settings::{SandboxMerchant, SandboxSettings};
 #[cfg(feature = "sandbox")]
 pub use shared::Faults;
+#[cfg(feature = "sandbox")]
+pub use wechat::PUBLIC_KEY_ID;

@@ -11,13 +11,11 @@ use tokio::net::TcpListener;
 
 use super::alipay::AlipaySim;
 use super::notify::{self, Notifier};
+use super::settings::SandboxMerchant;
 use super::shared::{plain, query_param, Answer, Faults, Shared, Simulator};
 use super::wechat::{self, WechatSim};
-use super::SandboxMerchant;
 use crate::server::TlsSettings;
 
-/// The id under which channels pin the sandbox's WeChat Pay public key.
-pub const PUBLIC_KEY_ID: &str = "PUB_KEY_ID_SANDBOX_TEST_ONLY";
 /// TEST-ONLY: the sandbox's HTTPS certificate (localhost, 127.0.0.1) and key.
 pub const TLS_CERT_PEM: &str = include_str!("../../config/sandbox/tls_server_cert.pem");
 pub const TLS_KEY_PEM: &str = include_str!("../../config/sandbox/tls_server_key.pem");

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::notify::{Notification, Notifier, Plan};
-use super::SandboxMerchant;
+use super::settings::SandboxMerchant;
 use crate::channel::keys::RsaSigner;
 
 /// Knobs for tests and benchmarks (`POST /sandbox/faults`); each POST replaces them all.

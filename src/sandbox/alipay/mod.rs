@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::notify::{Kind, Notification, Provider};
+use super::settings::SandboxMerchant;
 use super::shared::{count_call, Answer, Faults, Op, Orders, Outcome, Shared, Signing, Simulator};
-use super::SandboxMerchant;
 use crate::channel::alipay::{china_datetime, sign};
 use crate::channel::keys::{RsaSigner, RsaVerifier};
 use crate::domain::{parse_yuan, yuan};

@@ -17,15 +17,18 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::notify::{self, Kind, Notification, Provider, WechatSigning};
+use super::settings::SandboxMerchant;
 use super::shared::{
     count_call, query_param, Answer, Faults, Op, Orders, Outcome, Shared, Signing, Simulator,
 };
-use super::{SandboxMerchant, PUBLIC_KEY_ID};
 use crate::channel::keys::{Certificate, RsaSigner, RsaVerifier};
 use crate::channel::wechatpay::{china_time, sign};
 use crate::secret::Secret;
 pub(super) use order::Order;
 use order::Refund;
+
+/// The id under which channels pin the sandbox's WeChat Pay public key.
+pub const PUBLIC_KEY_ID: &str = "PUB_KEY_ID_SANDBOX_TEST_ONLY";
 
 /// TEST-ONLY: the sandbox's "WeChat Pay" signing key, public in this repository.
 pub(super) const PLATFORM_KEY_PEM: &str =
