@@ -948,24 +948,11 @@ async fn owner(url: &str) -> tokio_postgres::Client {
 
 impl Drop for RuntimeRole {
     fn drop(&mut self) {
-        // Drop may run inside a runtime (or while unwinding): a thread of its own, with a
-        // runtime of its own.
-        let (url, name) = (self.owner_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let owner = owner(&url).await;
-                let _ = owner
-                    .batch_execute(&format!("DROP OWNED BY {name}; DROP ROLE {name};"))
-                    .await;
-            });
-        })
-        .join();
+        let name = &self.name;
+        support::execute_detached(
+            &self.owner_url,
+            &format!("DROP OWNED BY {name}; DROP ROLE {name};"),
+        );
     }
 }
 

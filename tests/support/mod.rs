@@ -1213,29 +1213,33 @@ impl PgSchema {
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        // Drop may run inside a runtime (or while unwinding): a thread of its own, with a
-        // runtime of its own.
-        let (url, name) = (self.url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        execute_detached(
+            &self.url,
+            &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name),
+        );
     }
+}
+
+/// Runs `sql` on the PostgreSQL at `url` and waits for it, from a `Drop` (clean-up of a schema
+/// or a role): Drop may run inside a runtime or while unwinding, so the statement gets a thread
+/// and a runtime of its own. Errors are ignored — clean-up is best effort.
+pub fn execute_detached(url: &str, sql: &str) {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                let _ = client.batch_execute(&sql).await;
+            }
+        });
+    })
+    .join();
 }
 
 /// The real `payroute` binary in place of the harness's in-process proxy: the same config and
