@@ -29,7 +29,8 @@
 # LOAD_BIG_CONNS (1000), LOAD_GET_N (stored payments GET cycles over, 200),
 # LOAD_API_PORT / LOAD_ADMIN_PORT / LOAD_SANDBOX_PORT (18080 / 19901 / 18090),
 # NOTIFY_BENCH_N / NOTIFY_BENCH_C (5000 / 32), LOAD_SKIP_NOTIFY=1, LOAD_SKIP_FLOOR=1,
-# LOAD_KEEP=1 (keep the temp dir and logs),
+# LOAD_KEEP=1 (keep the temp dir and logs), LOAD_BIN=PATH (time that payroute binary instead of
+# building this checkout's: before/after pairs),
 # LOAD_STORE=sqlite|postgres (postgres: a fresh schema in LOAD_PG_URL, by default
 # postgres://postgres@127.0.0.1:5432/test, pool_size 16, dropped at the end).
 set -euo pipefail
@@ -99,10 +100,20 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -gt $((BIG_CONNS + 200)) ] \
   || die "open-file limit $(ulimit -n) is below $((BIG_CONNS + 200)); raise it (ulimit -n)"
 
-say "building (cargo build --release; benches signing and notify)"
-cargo build --release --locked >&2
-cargo bench --locked --no-run --bench signing --bench notify 2>&1 | tail -n 2 >&2
-BIN="$ROOT/target/release/payroute"
+if [ -n "${LOAD_BIN:-}" ]; then
+  # Another build of payroute (e.g. the commit before a change, for a before/after pair):
+  # the bench config and scripts are this checkout's, the binary under test is that one.
+  BIN=$(cd "$(dirname "$LOAD_BIN")" && pwd)/$(basename "$LOAD_BIN")
+  say "binary under test: $BIN (LOAD_BIN; not rebuilt)"
+else
+  say "building (cargo build --release)"
+  cargo build --release --locked >&2
+  BIN="$ROOT/target/release/payroute"
+fi
+if [ "${LOAD_SKIP_FLOOR:-0}" != 1 ] || [ "${LOAD_SKIP_NOTIFY:-0}" != 1 ]; then
+  say "building the signing and notify benches"
+  cargo bench --locked --no-run --bench signing --bench notify 2>&1 | tail -n 2 >&2
+fi
 [ -x "$BIN" ] || die "$BIN was not built"
 
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
