@@ -125,16 +125,55 @@ pub fn parse_create(body: &[u8], now: OffsetDateTime) -> Result<NewPayment, ApiE
             format!("currency {currency:?} is not supported (CNY)"),
         ));
     }
-    let method_s = string(&obj, "method", 1, 32)?.ok_or_else(|| missing("method"))?;
-    let method = Method::parse(&method_s).ok_or_else(|| {
+    let method = method(&obj)?;
+    let description = string(&obj, "description", 1, 127)?.ok_or_else(|| missing("description"))?;
+    let (openid, client_ip) = payer(&obj, method)?;
+    let expires_at = expires_at(&obj, now)?;
+    let return_url = string(&obj, "return_url", 1, 512)?;
+    if let Some(u) = &return_url {
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            return Err(ApiError::field(
+                ErrorCode::InvalidRequest,
+                "return_url",
+                "return_url must be http(s)",
+            ));
+        }
+    }
+    let attach = string(&obj, "attach", 0, 128)?;
+    let metadata = metadata(&obj)?;
+    Ok(NewPayment {
+        merchant_id,
+        out_trade_no,
+        amount,
+        currency,
+        method,
+        description,
+        openid,
+        client_ip,
+        expires_at,
+        return_url,
+        attach,
+        metadata,
+    })
+}
+
+fn method(obj: &Map<String, Value>) -> Result<Method, ApiError> {
+    let method = string(obj, "method", 1, 32)?.ok_or_else(|| missing("method"))?;
+    Method::parse(&method).ok_or_else(|| {
         let all: Vec<&str> = Method::ALL.iter().map(|m| m.as_str()).collect();
         ApiError::field(
             ErrorCode::InvalidRequest,
             "method",
-            format!("unknown method {method_s:?}; one of {}", all.join(", ")),
+            format!("unknown method {method:?}; one of {}", all.join(", ")),
         )
-    })?;
-    let description = string(&obj, "description", 1, 127)?.ok_or_else(|| missing("description"))?;
+    })
+}
+
+/// `payer.openid` and `payer.client_ip`, with the one each WeChat method needs.
+fn payer(
+    obj: &Map<String, Value>,
+    method: Method,
+) -> Result<(Option<String>, Option<String>), ApiError> {
     let (openid, client_ip) = match obj.get("payer") {
         None | Some(Value::Null) => (None, None),
         Some(Value::Object(p)) => {
@@ -183,66 +222,39 @@ pub fn parse_create(body: &[u8], now: OffsetDateTime) -> Result<NewPayment, ApiE
             "wechat_h5 needs payer.client_ip",
         ));
     }
-    let expires_at = match string(&obj, "expires_at", 1, 64)? {
-        None => None,
-        Some(s) => {
-            let t = OffsetDateTime::parse(&s, &Rfc3339).map_err(|_| {
-                ApiError::field(
-                    ErrorCode::InvalidRequest,
-                    "expires_at",
-                    format!("{s:?} is not an RFC 3339 time"),
-                )
-            })?;
-            // "At least a minute ahead" is the payment layer's check: it holds for a new
-            // order, not for the replay of one created before.
-            if t > now + time::Duration::days(30) {
-                return Err(ApiError::field(
-                    ErrorCode::InvalidRequest,
-                    "expires_at",
-                    "expires_at must be within 30 days",
-                ));
-            }
-            Some(t)
-        }
+    Ok((openid, client_ip))
+}
+
+fn expires_at(
+    obj: &Map<String, Value>,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, ApiError> {
+    let Some(s) = string(obj, "expires_at", 1, 64)? else {
+        return Ok(None);
     };
-    let return_url = string(&obj, "return_url", 1, 512)?;
-    if let Some(u) = &return_url {
-        if !(u.starts_with("https://") || u.starts_with("http://")) {
-            return Err(ApiError::field(
-                ErrorCode::InvalidRequest,
-                "return_url",
-                "return_url must be http(s)",
-            ));
-        }
+    let t = OffsetDateTime::parse(&s, &Rfc3339).map_err(|_| {
+        ApiError::field(
+            ErrorCode::InvalidRequest,
+            "expires_at",
+            format!("{s:?} is not an RFC 3339 time"),
+        )
+    })?;
+    // "At least a minute ahead" is the payment layer's check: it holds for a new
+    // order, not for the replay of one created before.
+    if t > now + time::Duration::days(30) {
+        return Err(ApiError::field(
+            ErrorCode::InvalidRequest,
+            "expires_at",
+            "expires_at must be within 30 days",
+        ));
     }
-    let attach = string(&obj, "attach", 0, 128)?;
-    let metadata = match obj.get("metadata") {
-        None | Some(Value::Null) => BTreeMap::new(),
-        Some(Value::Object(m)) => {
-            if m.len() > 32 {
-                return Err(ApiError::field(
-                    ErrorCode::InvalidRequest,
-                    "metadata",
-                    "metadata holds at most 32 keys",
-                ));
-            }
-            let mut out = BTreeMap::new();
-            for (k, v) in m {
-                match v {
-                    Value::String(s) if s.chars().count() <= 256 && k.len() <= 64 => {
-                        out.insert(k.clone(), s.clone());
-                    }
-                    _ => {
-                        return Err(ApiError::field(
-                            ErrorCode::InvalidRequest,
-                            &format!("metadata.{k}"),
-                            "metadata values are strings of at most 256 characters",
-                        ))
-                    }
-                }
-            }
-            out
-        }
+    Ok(Some(t))
+}
+
+fn metadata(obj: &Map<String, Value>) -> Result<BTreeMap<String, String>, ApiError> {
+    let m = match obj.get("metadata") {
+        None | Some(Value::Null) => return Ok(BTreeMap::new()),
+        Some(Value::Object(m)) => m,
         Some(_) => {
             return Err(ApiError::field(
                 ErrorCode::InvalidRequest,
@@ -251,20 +263,29 @@ pub fn parse_create(body: &[u8], now: OffsetDateTime) -> Result<NewPayment, ApiE
             ))
         }
     };
-    Ok(NewPayment {
-        merchant_id,
-        out_trade_no,
-        amount,
-        currency,
-        method,
-        description,
-        openid,
-        client_ip,
-        expires_at,
-        return_url,
-        attach,
-        metadata,
-    })
+    if m.len() > 32 {
+        return Err(ApiError::field(
+            ErrorCode::InvalidRequest,
+            "metadata",
+            "metadata holds at most 32 keys",
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in m {
+        match v {
+            Value::String(s) if s.chars().count() <= 256 && k.len() <= 64 => {
+                out.insert(k.clone(), s.clone());
+            }
+            _ => {
+                return Err(ApiError::field(
+                    ErrorCode::InvalidRequest,
+                    &format!("metadata.{k}"),
+                    "metadata values are strings of at most 256 characters",
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Parses and validates a refund body.

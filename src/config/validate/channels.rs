@@ -30,257 +30,49 @@ pub(super) fn channels(
 }
 
 fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSettings> {
-    let at = format!("channels.{name}");
+    let k = Keys::new(name, c);
     let n = errs.list.len();
-    let need = |key: &str, v: &Option<String>, errs: &mut Errors| -> Option<String> {
-        match v {
-            Some(v) if !v.is_empty() => Some(v.clone()),
-            _ => {
-                errs.push(
-                    &at,
-                    format!(
-                        "channels.{name}: {key} is required for kind {} mode {}",
-                        c.kind, c.mode
-                    ),
-                );
-                None
-            }
-        }
-    };
-    let forbid = |key: &str, present: bool, why: &str, errs: &mut Errors| {
-        if present {
-            errs.push(
-                &format!("{at}.{key}"),
-                format!("channels.{name}: {key} {why}"),
-            );
-        }
-    };
     let connector = match c.kind.as_str() {
-        "wechatpay_v3" => {
-            let mode = match c.mode.as_str() {
-                "direct" => {
-                    forbid(
-                        "sp_mchid",
-                        c.sp_mchid.is_some(),
-                        "is for mode partner; direct uses mchid",
-                        errs,
-                    );
-                    forbid(
-                        "sp_appid",
-                        c.sp_appid.is_some(),
-                        "is for mode partner; direct uses appid",
-                        errs,
-                    );
-                    let mchid = need("mchid", &c.mchid, errs);
-                    let appid = need("appid", &c.appid, errs);
-                    mchid
-                        .zip(appid)
-                        .map(|(mchid, appid)| WechatMode::Direct { mchid, appid })
-                }
-                "partner" => {
-                    forbid("mchid", c.mchid.is_some(), "is for mode direct; partner uses sp_mchid (sub_mchid comes from merchants:)", errs);
-                    forbid(
-                        "appid",
-                        c.appid.is_some(),
-                        "is for mode direct; partner uses sp_appid",
-                        errs,
-                    );
-                    let sp_mchid = need("sp_mchid", &c.sp_mchid, errs);
-                    let sp_appid = need("sp_appid", &c.sp_appid, errs);
-                    sp_mchid
-                        .zip(sp_appid)
-                        .map(|(sp_mchid, sp_appid)| WechatMode::Partner { sp_mchid, sp_appid })
-                }
-                other => {
-                    errs.push(
-                        &format!("{at}.mode"),
-                        format!("channels.{name}: mode {other:?} is not direct or partner"),
-                    );
-                    None
-                }
-            };
-            forbid(
-                "app_id",
-                c.app_id.is_some(),
-                "is an alipay key; wechatpay_v3 uses appid",
-                errs,
-            );
-            forbid(
-                "alipay_public_key",
-                c.alipay_public_key.is_some(),
-                "is an alipay key",
-                errs,
-            );
-            let serial_no = need("serial_no", &c.serial_no, errs);
-            let signer =
-                need("private_key", &c.private_key, errs).and_then(|k| private_key(name, &k, errs));
-            let apiv3_key = c.apiv3_key.as_ref().and_then(|k| {
-                let v = secret_value(k, &format!("{at}.apiv3_key"), errs)?;
-                if v.expose().len() != WECHAT_APIV3_KEY_LEN {
-                    errs.push(
-                        &format!("{at}.apiv3_key"),
-                        format!(
-                            "channels.{name}: apiv3_key must be {WECHAT_APIV3_KEY_LEN} bytes, not {}",
-                            v.expose().len()
-                        ),
-                    );
-                    return None;
-                }
-                Some(v)
-            });
-            let verifier = wechat_verifier(name, c, errs);
-            match (mode, serial_no, signer, verifier) {
-                (Some(mode), Some(serial_no), Some(signer), Some(verifier)) => {
-                    Some(ConnectorSettings::WechatPay(Arc::new(WechatPaySettings {
-                        mode,
-                        serial_no,
-                        signer,
-                        apiv3_key,
-                        verifier,
-                    })))
-                }
-                _ => None,
-            }
-        }
-        "alipay" => {
-            let mode = match c.mode.as_str() {
-                "direct" => Some(AlipayMode::Direct),
-                "isv" => Some(AlipayMode::Isv),
-                other => {
-                    errs.push(
-                        &format!("{at}.mode"),
-                        format!("channels.{name}: mode {other:?} is not direct or isv"),
-                    );
-                    None
-                }
-            };
-            for (key, present) in [
-                ("mchid", c.mchid.is_some()),
-                ("appid", c.appid.is_some()),
-                ("sp_mchid", c.sp_mchid.is_some()),
-                ("sp_appid", c.sp_appid.is_some()),
-                ("serial_no", c.serial_no.is_some()),
-                ("apiv3_key", c.apiv3_key.is_some()),
-                ("wechatpay_public_key", c.wechatpay_public_key.is_some()),
-                (
-                    "wechatpay_public_key_id",
-                    c.wechatpay_public_key_id.is_some(),
-                ),
-                ("platform_certificates", !c.platform_certificates.is_empty()),
-            ] {
-                forbid(
-                    key,
-                    present,
-                    "is a wechatpay_v3 key; alipay uses app_id, private_key, alipay_public_key",
-                    errs,
-                );
-            }
-            let app_id = need("app_id", &c.app_id, errs);
-            let signer =
-                need("private_key", &c.private_key, errs).and_then(|k| private_key(name, &k, errs));
-            let alipay_key = need("alipay_public_key", &c.alipay_public_key, errs).and_then(|k| {
-                let text = secret_value(&k, &format!("{at}.alipay_public_key"), errs)?;
-                RsaVerifier::from_text(text.expose())
-                    .map_err(|e| {
-                        errs.push(
-                            &format!("{at}.alipay_public_key"),
-                            format!("channels.{name}: alipay_public_key: {e}"),
-                        )
-                    })
-                    .ok()
-            });
-            if let Some(base) = &c.base_url {
-                if !base.trim_end_matches('/').ends_with("/gateway.do") {
-                    errs.push(&format!("{at}.base_url"), format!("channels.{name}: base_url {base:?} must end in /gateway.do (the classic gateway)"));
-                }
-            }
-            match (mode, app_id, signer, alipay_key) {
-                (Some(mode), Some(app_id), Some(signer), Some(alipay_key)) => {
-                    Some(ConnectorSettings::Alipay(Arc::new(AlipaySettings {
-                        mode,
-                        app_id,
-                        signer,
-                        alipay_key,
-                    })))
-                }
-                _ => None,
-            }
-        }
+        "wechatpay_v3" => wechatpay(&k, errs),
+        "alipay" => alipay(&k, errs),
         other => {
-            errs.push(
-                &format!("{at}.kind"),
+            k.push(
+                "kind",
                 format!("channels.{name}: kind {other:?} is not wechatpay_v3 or alipay"),
+                errs,
             );
             None
         }
     };
-    let default_base = match c.kind.as_str() {
-        "alipay" => DEFAULT_ALIPAY_BASE_URL,
-        _ => DEFAULT_WECHATPAY_BASE_URL,
-    };
-    let base_url = c
-        .base_url
-        .clone()
-        .unwrap_or_else(|| default_base.into())
-        .trim_end_matches('/')
-        .to_string();
-    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        errs.push(
-            &format!("{at}.base_url"),
-            format!("channels.{name}: base_url {base_url:?} must start with http:// or https://"),
-        );
-    }
+    let base_url = base_url(&k, errs);
     insecure::check_channel(name, c, &base_url, errs);
-    let fee = match &c.fee_rate {
-        None => FeeRate::default(),
-        Some(r) => FeeRate::parse(r)
-            .map_err(|e| {
-                errs.push(
-                    &format!("{at}.fee_rate"),
-                    format!("channels.{name}: fee_rate {e}"),
-                )
-            })
-            .unwrap_or_default(),
-    };
+    let fee = c
+        .fee_rate
+        .as_ref()
+        .and_then(|r| k.parsed("fee_rate", " ", FeeRate::parse(r), errs))
+        .unwrap_or_default();
     let timeout = match &c.timeout {
         None => DEFAULT_CHANNEL_TIMEOUT,
-        Some(t) => parse_duration(t)
-            .map_err(|e| {
-                errs.push(
-                    &format!("{at}.timeout"),
-                    format!("channels.{name}: timeout {e}"),
-                )
-            })
+        Some(t) => k
+            .parsed("timeout", " ", parse_duration(t), errs)
             .unwrap_or_default(),
     };
     if c.timeout.is_some() && (timeout < MIN_CHANNEL_TIMEOUT || timeout > MAX_CHANNEL_TIMEOUT) {
-        errs.push(
-            &format!("{at}.timeout"),
+        k.push(
+            "timeout",
             format!("channels.{name}: timeout must be between {MIN_CHANNEL_TIMEOUT:?} and {MAX_CHANNEL_TIMEOUT:?}"),
+            errs,
         );
     }
     let ca_pem = c.ca_file.as_ref().and_then(|p| {
-        match std::fs::read_to_string(p.strip_prefix("file:").unwrap_or(p)) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                errs.push(
-                    &format!("{at}.ca_file"),
-                    format!("channels.{name}: ca_file: cannot read {p}: {e}"),
-                );
-                None
-            }
-        }
+        let read = std::fs::read_to_string(p.strip_prefix("file:").unwrap_or(p))
+            .map_err(|e| format!("cannot read {p}: {e}"));
+        k.parsed("ca_file", ": ", read, errs)
     });
-    let limit = c.limit.as_ref().and_then(|l| {
-        RateSpec::parse(&l.rate, l.burst)
-            .map_err(|e| {
-                errs.push(
-                    &format!("{at}.limit"),
-                    format!("channels.{name}: limit: {e}"),
-                )
-            })
-            .ok()
-    });
+    let limit = c
+        .limit
+        .as_ref()
+        .and_then(|l| k.parsed("limit", ": ", RateSpec::parse(&l.rate, l.burst), errs));
     let owners = owners(name, c, errs);
     if errs.list.len() > n {
         return None;
@@ -295,6 +87,270 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
         owners,
         connector: connector?,
     })
+}
+
+/// One channel's keys as the checks read them: every message names the channel and the key.
+struct Keys<'a> {
+    name: &'a str,
+    c: &'a ChannelFile,
+    at: String,
+}
+
+impl<'a> Keys<'a> {
+    fn new(name: &'a str, c: &'a ChannelFile) -> Keys<'a> {
+        Keys {
+            name,
+            c,
+            at: format!("channels.{name}"),
+        }
+    }
+
+    /// An error at `channels.<name>.<key>` (or at the channel itself for an empty key).
+    fn push(&self, key: &str, message: String, errs: &mut Errors) {
+        if key.is_empty() {
+            errs.push(&self.at, message);
+        } else {
+            errs.push(&format!("{}.{key}", self.at), message);
+        }
+    }
+
+    /// A key the kind and mode need, present and not empty.
+    fn need(&self, key: &str, v: &Option<String>, errs: &mut Errors) -> Option<String> {
+        match v {
+            Some(v) if !v.is_empty() => Some(v.clone()),
+            _ => {
+                let (name, c) = (self.name, self.c);
+                self.push(
+                    "",
+                    format!(
+                        "channels.{name}: {key} is required for kind {} mode {}",
+                        c.kind, c.mode
+                    ),
+                    errs,
+                );
+                None
+            }
+        }
+    }
+
+    /// A key the kind or mode does not use, refused rather than ignored.
+    fn forbid(&self, key: &str, present: bool, why: &str, errs: &mut Errors) {
+        if present {
+            self.push(key, format!("channels.{}: {key} {why}", self.name), errs);
+        }
+    }
+
+    /// A parsed value, or its parser's message under the key (`sep` joins them as each key's
+    /// message always has).
+    fn parsed<T, E: std::fmt::Display>(
+        &self,
+        key: &str,
+        sep: &str,
+        parsed: Result<T, E>,
+        errs: &mut Errors,
+    ) -> Option<T> {
+        parsed
+            .map_err(|e| self.push(key, format!("channels.{}: {key}{sep}{e}", self.name), errs))
+            .ok()
+    }
+}
+
+fn wechatpay(k: &Keys, errs: &mut Errors) -> Option<ConnectorSettings> {
+    let (name, c) = (k.name, k.c);
+    let mode = wechat_mode(k, errs);
+    k.forbid(
+        "app_id",
+        c.app_id.is_some(),
+        "is an alipay key; wechatpay_v3 uses appid",
+        errs,
+    );
+    k.forbid(
+        "alipay_public_key",
+        c.alipay_public_key.is_some(),
+        "is an alipay key",
+        errs,
+    );
+    let serial_no = k.need("serial_no", &c.serial_no, errs);
+    let signer = k
+        .need("private_key", &c.private_key, errs)
+        .and_then(|key| private_key(name, &key, errs));
+    let apiv3_key = c.apiv3_key.as_ref().and_then(|key| {
+        let v = secret_value(key, &format!("{}.apiv3_key", k.at), errs)?;
+        if v.expose().len() != WECHAT_APIV3_KEY_LEN {
+            k.push(
+                "apiv3_key",
+                format!(
+                    "channels.{name}: apiv3_key must be {WECHAT_APIV3_KEY_LEN} bytes, not {}",
+                    v.expose().len()
+                ),
+                errs,
+            );
+            return None;
+        }
+        Some(v)
+    });
+    let verifier = wechat_verifier(name, c, errs);
+    let (mode, serial_no, signer, verifier) = (mode?, serial_no?, signer?, verifier?);
+    Some(ConnectorSettings::WechatPay(Arc::new(WechatPaySettings {
+        mode,
+        serial_no,
+        signer,
+        apiv3_key,
+        verifier,
+    })))
+}
+
+/// Direct (the merchant's own account: `mchid` + `appid`) or partner (a service provider's:
+/// `sp_mchid` + `sp_appid`, the sub-merchant per merchant).
+fn wechat_mode(k: &Keys, errs: &mut Errors) -> Option<WechatMode> {
+    let c = k.c;
+    match c.mode.as_str() {
+        "direct" => {
+            k.forbid(
+                "sp_mchid",
+                c.sp_mchid.is_some(),
+                "is for mode partner; direct uses mchid",
+                errs,
+            );
+            k.forbid(
+                "sp_appid",
+                c.sp_appid.is_some(),
+                "is for mode partner; direct uses appid",
+                errs,
+            );
+            let mchid = k.need("mchid", &c.mchid, errs);
+            let appid = k.need("appid", &c.appid, errs);
+            Some(WechatMode::Direct {
+                mchid: mchid?,
+                appid: appid?,
+            })
+        }
+        "partner" => {
+            k.forbid(
+                "mchid",
+                c.mchid.is_some(),
+                "is for mode direct; partner uses sp_mchid (sub_mchid comes from merchants:)",
+                errs,
+            );
+            k.forbid(
+                "appid",
+                c.appid.is_some(),
+                "is for mode direct; partner uses sp_appid",
+                errs,
+            );
+            let sp_mchid = k.need("sp_mchid", &c.sp_mchid, errs);
+            let sp_appid = k.need("sp_appid", &c.sp_appid, errs);
+            Some(WechatMode::Partner {
+                sp_mchid: sp_mchid?,
+                sp_appid: sp_appid?,
+            })
+        }
+        other => {
+            k.push(
+                "mode",
+                format!(
+                    "channels.{}: mode {other:?} is not direct or partner",
+                    k.name
+                ),
+                errs,
+            );
+            None
+        }
+    }
+}
+
+fn alipay(k: &Keys, errs: &mut Errors) -> Option<ConnectorSettings> {
+    let (name, c) = (k.name, k.c);
+    let mode = match c.mode.as_str() {
+        "direct" => Some(AlipayMode::Direct),
+        "isv" => Some(AlipayMode::Isv),
+        other => {
+            k.push(
+                "mode",
+                format!("channels.{name}: mode {other:?} is not direct or isv"),
+                errs,
+            );
+            None
+        }
+    };
+    for (key, present) in [
+        ("mchid", c.mchid.is_some()),
+        ("appid", c.appid.is_some()),
+        ("sp_mchid", c.sp_mchid.is_some()),
+        ("sp_appid", c.sp_appid.is_some()),
+        ("serial_no", c.serial_no.is_some()),
+        ("apiv3_key", c.apiv3_key.is_some()),
+        ("wechatpay_public_key", c.wechatpay_public_key.is_some()),
+        (
+            "wechatpay_public_key_id",
+            c.wechatpay_public_key_id.is_some(),
+        ),
+        ("platform_certificates", !c.platform_certificates.is_empty()),
+    ] {
+        k.forbid(
+            key,
+            present,
+            "is a wechatpay_v3 key; alipay uses app_id, private_key, alipay_public_key",
+            errs,
+        );
+    }
+    let app_id = k.need("app_id", &c.app_id, errs);
+    let signer = k
+        .need("private_key", &c.private_key, errs)
+        .and_then(|key| private_key(name, &key, errs));
+    let alipay_key = k
+        .need("alipay_public_key", &c.alipay_public_key, errs)
+        .and_then(|key| {
+            let text = secret_value(&key, &format!("{}.alipay_public_key", k.at), errs)?;
+            k.parsed(
+                "alipay_public_key",
+                ": ",
+                RsaVerifier::from_text(text.expose()),
+                errs,
+            )
+        });
+    if let Some(base) = &c.base_url {
+        if !base.trim_end_matches('/').ends_with("/gateway.do") {
+            k.push(
+                "base_url",
+                format!("channels.{name}: base_url {base:?} must end in /gateway.do (the classic gateway)"),
+                errs,
+            );
+        }
+    }
+    let (mode, app_id, signer, alipay_key) = (mode?, app_id?, signer?, alipay_key?);
+    Some(ConnectorSettings::Alipay(Arc::new(AlipaySettings {
+        mode,
+        app_id,
+        signer,
+        alipay_key,
+    })))
+}
+
+/// The provider's gateway (its public one unless the channel names another, e.g. the
+/// sandbox), without a trailing slash.
+fn base_url(k: &Keys, errs: &mut Errors) -> String {
+    let default_base = match k.c.kind.as_str() {
+        "alipay" => DEFAULT_ALIPAY_BASE_URL,
+        _ => DEFAULT_WECHATPAY_BASE_URL,
+    };
+    let base_url =
+        k.c.base_url
+            .clone()
+            .unwrap_or_else(|| default_base.into())
+            .trim_end_matches('/')
+            .to_string();
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        k.push(
+            "base_url",
+            format!(
+                "channels.{}: base_url {base_url:?} must start with http:// or https://",
+                k.name
+            ),
+            errs,
+        );
+    }
+    base_url
 }
 
 /// `merchants:` of a direct-mode channel: the merchant whose own account it is (a list of

@@ -146,40 +146,13 @@ pub(super) fn check_reach(
     errs: &mut Errors,
 ) {
     let shops_of = shops_of(shops);
-    // The ids a channel needs for `merchant` that `merchants:` lacks.
-    let lacks = |channel: &str, merchant: &str| -> Vec<&'static str> {
-        let Some(c) = channels.get(channel) else {
-            return Vec::new(); // unknown or invalid: reported elsewhere
-        };
-        if !c.needs_sub_merchant() {
-            return Vec::new();
-        }
-        let m = merchants.get(merchant);
-        let mut missing = Vec::new();
-        match c.family() {
-            Family::Wechat => {
-                if m.is_none_or(|m| m.wechat_sub_mchid.is_none()) {
-                    missing.push("wechat_sub_mchid");
-                }
-            }
-            Family::Alipay => {
-                if m.is_none_or(|m| m.alipay_app_auth_token.is_none()) {
-                    missing.push("alipay_app_auth_token");
-                }
-                // What an ISV order is bound to (a token refresh keeps it).
-                if m.is_none_or(|m| m.alipay_seller_id.is_none()) {
-                    missing.push("alipay_seller_id");
-                }
-            }
-        }
-        missing
-    };
     // (site, channel, key) → merchants missing the key; (family, channel) → merchants a
     // default sends to a direct channel they do not own.
     let mut missing: BTreeMap<(Site, &str, &str), BTreeSet<&str>> = BTreeMap::new();
     let mut strangers: BTreeMap<(Family, &str), BTreeSet<&str>> = BTreeMap::new();
     walk(rules, defaults, &shops_of, |site, ch, m| {
-        for key in lacks(ch, m) {
+        let needs = channels.get(ch).filter(|c| c.needs_sub_merchant());
+        for key in needs.map_or(Vec::new(), |c| missing_ids(c, merchants.get(m))) {
             missing.entry((site, ch, key)).or_default().insert(m);
         }
         if let Site::Default(family) = site {
@@ -229,6 +202,29 @@ pub(super) fn check_reach(
             ),
         );
     }
+}
+
+/// The ids a partner / ISV channel needs for a merchant that its entry under `merchants:`
+/// (if any) lacks.
+fn missing_ids(c: &ChannelSettings, m: Option<&SubMerchant>) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    match c.family() {
+        Family::Wechat => {
+            if m.is_none_or(|m| m.wechat_sub_mchid.is_none()) {
+                missing.push("wechat_sub_mchid");
+            }
+        }
+        Family::Alipay => {
+            if m.is_none_or(|m| m.alipay_app_auth_token.is_none()) {
+                missing.push("alipay_app_auth_token");
+            }
+            // What an ISV order is bound to (a token refresh keeps it).
+            if m.is_none_or(|m| m.alipay_seller_id.is_none()) {
+                missing.push("alipay_seller_id");
+            }
+        }
+    }
+    missing
 }
 
 /// Reports every rule that can send another merchant's payment to a direct channel, naming

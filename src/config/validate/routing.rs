@@ -105,121 +105,14 @@ fn rule(
     errs: &mut Errors,
 ) -> Option<Rule> {
     let n = errs.list.len();
-    let mut targets: Vec<(String, &str)> = Vec::new(); // (yaml path, channel)
-    let target = match (&r.to, &r.split) {
-        (Some(to), None) => {
-            targets.push((format!("{at}.to"), to));
-            Some(Target::To(to.clone()))
-        }
-        (None, Some(split)) => {
-            if split.is_empty() {
-                errs.push(&format!("{at}.split"), format!("{label}: split is empty"));
-            }
-            let total: u64 = split.iter().map(|s| s.weight as u64).sum();
-            if total == 0 && !split.is_empty() {
-                errs.push(
-                    &format!("{at}.split"),
-                    format!("{label}: split weights sum to 0"),
-                );
-            }
-            for (j, s) in split.iter().enumerate() {
-                targets.push((format!("{at}.split[{j}].to"), &s.to));
-            }
-            Some(Target::Split {
-                choices: split.iter().map(|s| (s.to.clone(), s.weight)).collect(),
-                total,
-            })
-        }
-        (Some(_), Some(_)) => {
-            errs.push(at, format!("{label}: has both to and split; use one"));
-            None
-        }
-        (None, None) => {
-            errs.push(at, format!("{label}: needs to or split"));
-            None
-        }
-    };
+    let here = RuleAt { at, label };
+    let (target, mut targets) = target(r, &here, errs);
     for (j, fb) in r.fallback.iter().enumerate() {
         targets.push((format!("{at}.fallback[{j}]"), fb));
     }
-    // `to`, `split[1].to`, `fallback[0]`: the key within the rule.
-    let key_of = |path: &str| {
-        path.strip_prefix(at)
-            .unwrap_or(path)
-            .trim_start_matches('.')
-            .to_string()
-    };
-    let mut families = BTreeSet::new();
-    let mut known: Vec<(String, &str, Family)> = Vec::new();
-    for (path, ch) in &targets {
-        match family_of(ch) {
-            None => errs.push(
-                path,
-                format!("{label}: {}: unknown channel {ch:?}", key_of(path)),
-            ),
-            Some(Some(fam)) => {
-                families.insert(fam);
-                known.push((path.clone(), ch, fam));
-            }
-            Some(None) => {} // its own kind error is reported under channels
-        }
-    }
-
+    let known = known_channels(&targets, &here, family_of, errs);
+    let methods = methods(r, &here, &known, errs);
     let w = &r.when;
-    let mut explicit: Option<u16> = None;
-    if let Some(methods) = &w.method {
-        let mut bits = 0;
-        for m in methods.values() {
-            match Method::parse(&m) {
-                Some(m) => bits |= m.bit(),
-                None => errs.push(
-                    &format!("{at}.when.method"),
-                    format!("{label}: when.method: unknown method {m:?}"),
-                ),
-            }
-        }
-        explicit = Some(bits);
-    }
-    if let Some(fams) = &w.family {
-        let mut bits = 0;
-        for fam in fams.values() {
-            match Family::parse(&fam) {
-                Some(f) => bits |= f.method_bits(),
-                None => errs.push(
-                    &format!("{at}.when.family"),
-                    format!("{label}: when.family: {fam:?} is not wechat or alipay"),
-                ),
-            }
-        }
-        explicit = Some(explicit.unwrap_or(u16::MAX) & bits);
-    }
-    let methods = match explicit {
-        Some(bits) => {
-            for m in Method::from_bits(bits) {
-                for (path, ch, fam) in &known {
-                    if *fam != m.family() {
-                        errs.push(
-                            path,
-                            format!(
-                                "{label}: {}: channel {ch:?} ({fam}) cannot serve method {m}",
-                                key_of(path)
-                            ),
-                        );
-                    }
-                }
-            }
-            bits
-        }
-        // No method condition: the rule applies to the methods its channels can serve.
-        None => match families.len() {
-            0 => 0,
-            1 => families.first().map_or(0, |f| f.method_bits()),
-            _ => {
-                errs.push(at, format!("{label}: sends to both wechat and alipay channels; add when.method or when.family"));
-                0
-            }
-        },
-    };
     let amount = w.amount.as_ref();
     let (amount_min, amount_max) = (amount.and_then(|a| a.min), amount.and_then(|a| a.max));
     if let (Some(min), Some(max)) = (amount_min, amount_max) {
@@ -265,4 +158,153 @@ fn rule(
         target: target?,
         fallback: r.fallback.clone(),
     })
+}
+
+/// Where a rule is in the file and how its messages name it (`rules[2] "m1001-own"`).
+struct RuleAt<'a> {
+    at: &'a str,
+    label: &'a str,
+}
+
+impl RuleAt<'_> {
+    /// `to`, `split[1].to`, `fallback[0]`: the key within the rule.
+    fn key_of<'p>(&self, path: &'p str) -> &'p str {
+        path.strip_prefix(self.at)
+            .unwrap_or(path)
+            .trim_start_matches('.')
+    }
+}
+
+/// The rule's `to` or `split`, and the channels it names with their YAML paths.
+fn target<'r>(
+    r: &'r RuleFile,
+    here: &RuleAt,
+    errs: &mut Errors,
+) -> (Option<Target>, Vec<(String, &'r str)>) {
+    let (at, label) = (here.at, here.label);
+    let mut targets: Vec<(String, &str)> = Vec::new();
+    let target = match (&r.to, &r.split) {
+        (Some(to), None) => {
+            targets.push((format!("{at}.to"), to));
+            Some(Target::To(to.clone()))
+        }
+        (None, Some(split)) => {
+            if split.is_empty() {
+                errs.push(&format!("{at}.split"), format!("{label}: split is empty"));
+            }
+            let total: u64 = split.iter().map(|s| s.weight as u64).sum();
+            if total == 0 && !split.is_empty() {
+                errs.push(
+                    &format!("{at}.split"),
+                    format!("{label}: split weights sum to 0"),
+                );
+            }
+            for (j, s) in split.iter().enumerate() {
+                targets.push((format!("{at}.split[{j}].to"), &s.to));
+            }
+            Some(Target::Split {
+                choices: split.iter().map(|s| (s.to.clone(), s.weight)).collect(),
+                total,
+            })
+        }
+        (Some(_), Some(_)) => {
+            errs.push(at, format!("{label}: has both to and split; use one"));
+            None
+        }
+        (None, None) => {
+            errs.push(at, format!("{label}: needs to or split"));
+            None
+        }
+    };
+    (target, targets)
+}
+
+/// The channels of a rule that exist, with their family; an unknown one is reported.
+fn known_channels<'r>(
+    targets: &[(String, &'r str)],
+    here: &RuleAt,
+    family_of: &dyn Fn(&str) -> Option<Option<Family>>,
+    errs: &mut Errors,
+) -> Vec<(String, &'r str, Family)> {
+    let mut known = Vec::new();
+    for (path, ch) in targets {
+        match family_of(ch) {
+            None => errs.push(
+                path,
+                format!(
+                    "{}: {}: unknown channel {ch:?}",
+                    here.label,
+                    here.key_of(path)
+                ),
+            ),
+            Some(Some(fam)) => known.push((path.clone(), *ch, fam)),
+            Some(None) => {} // its own kind error is reported under channels
+        }
+    }
+    known
+}
+
+/// The methods a rule applies to: its `when.method` / `when.family`, each of which every
+/// channel of the rule must serve; without either, the methods its channels serve (one
+/// family only).
+fn methods(
+    r: &RuleFile,
+    here: &RuleAt,
+    known: &[(String, &str, Family)],
+    errs: &mut Errors,
+) -> u16 {
+    let (at, label, w) = (here.at, here.label, &r.when);
+    let mut explicit: Option<u16> = None;
+    if let Some(methods) = &w.method {
+        let mut bits = 0;
+        for m in methods.values() {
+            match Method::parse(&m) {
+                Some(m) => bits |= m.bit(),
+                None => errs.push(
+                    &format!("{at}.when.method"),
+                    format!("{label}: when.method: unknown method {m:?}"),
+                ),
+            }
+        }
+        explicit = Some(bits);
+    }
+    if let Some(fams) = &w.family {
+        let mut bits = 0;
+        for fam in fams.values() {
+            match Family::parse(&fam) {
+                Some(f) => bits |= f.method_bits(),
+                None => errs.push(
+                    &format!("{at}.when.family"),
+                    format!("{label}: when.family: {fam:?} is not wechat or alipay"),
+                ),
+            }
+        }
+        explicit = Some(explicit.unwrap_or(u16::MAX) & bits);
+    }
+    if let Some(bits) = explicit {
+        for m in Method::from_bits(bits) {
+            for (path, ch, fam) in known {
+                if *fam != m.family() {
+                    errs.push(
+                        path,
+                        format!(
+                            "{label}: {}: channel {ch:?} ({fam}) cannot serve method {m}",
+                            here.key_of(path)
+                        ),
+                    );
+                }
+            }
+        }
+        return bits;
+    }
+    // No method condition: the rule applies to the methods its channels can serve.
+    let families: BTreeSet<Family> = known.iter().map(|(_, _, fam)| *fam).collect();
+    match families.len() {
+        0 => 0,
+        1 => families.first().map_or(0, |f| f.method_bits()),
+        _ => {
+            errs.push(at, format!("{label}: sends to both wechat and alipay channels; add when.method or when.family"));
+            0
+        }
+    }
 }
