@@ -13,8 +13,9 @@
 //!   in a round: a shop's event waits for its own shop's deliveries, never another's.
 //! - A `dead` event no longer holds back the later events of its payment; resending it
 //!   delivers it after them.
-//! - Events are polled from the store (and woken when payment writes one), so a pending event
-//!   survives a crash and is delivered after restart.
+//! - Events are polled from the store (and woken when payment's commit path writes one, or
+//!   [`Outbox::resend`] queues one again), so a pending event survives a crash and is
+//!   delivered after restart.
 //! - With a store shared by several instances (PostgreSQL), `due_events` claims what it
 //!   hands out: one instance delivers an event at a time; a dead instance's claims run out
 //!   after their lease and another instance delivers them. A claim carries a token: an
