@@ -76,21 +76,19 @@ impl App {
         rebind_legacy_sellers(store.as_ref(), &config.merchants).await;
         let resilience = Arc::new(Resilience::new(&registry).map_err(metric_err)?);
         let live = Arc::new(LiveConfig::new(config, &registry, resilience.clone())?);
-        let payments = Arc::new(PaymentService::new(store, &registry).map_err(metric_err)?);
+        let payments = Arc::new(PaymentService::new(store.clone(), &registry).map_err(metric_err)?);
         payments.start_metrics_at_zero(&live.load().config);
         let service = payments.clone();
         live.on_reload(move |config| service.start_metrics_at_zero(config));
         // Orders bound to an account the config no longer holds: warned about and counted on
         // load and after every reload.
         let stranded = Arc::new(StrandedWatch::new(&registry).map_err(metric_err)?);
-        stranded
-            .update(payments.store().as_ref(), &live.load().config)
-            .await;
-        let (watch, service) = (stranded.clone(), payments.clone());
+        stranded.update(store.as_ref(), &live.load().config).await;
+        let (watch, reports) = (stranded.clone(), store.clone());
         live.on_reloaded(move |now| {
-            let (watch, service) = (watch.clone(), service.clone());
+            let (watch, reports) = (watch.clone(), reports.clone());
             async move {
-                watch.update(service.store().as_ref(), &now.config).await;
+                watch.update(reports.as_ref(), &now.config).await;
             }
         });
         let api = Arc::new(ApiState {
@@ -102,20 +100,25 @@ impl App {
                 Inbound::new(live.clone(), payments.clone(), &registry).map_err(metric_err)?,
             ),
         });
+        let outbox = Arc::new(
+            Outbox::new(
+                store.clone(),
+                live.clone(),
+                payments.events_written(),
+                &registry,
+            )
+            .map_err(|e| e.to_string())?,
+        );
         let admin = Arc::new(AdminState {
             live: live.clone(),
-            payments: payments.clone(),
+            store: store.clone(),
+            outbox: outbox.clone(),
             registry: registry.clone(),
             stranded: stranded.clone(),
         });
-        let outbox = Arc::new(Outbox::new(
-            payments.store().clone(),
-            live.clone(),
-            payments.events_written(),
-            &registry,
-        )?);
         let reconciler = Arc::new(
-            Reconciler::new(live.clone(), payments.clone(), &registry).map_err(metric_err)?,
+            Reconciler::new(live.clone(), payments.clone(), store, &registry)
+                .map_err(metric_err)?,
         );
         Ok(Arc::new(App {
             live,
@@ -141,7 +144,7 @@ impl App {
     }
 
     pub async fn ready(&self) -> Result<(), String> {
-        self.admin.ready().await
+        self.admin.ready().await.map_err(|e| e.to_string())
     }
 }
 

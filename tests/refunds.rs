@@ -3,8 +3,10 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::json;
-use support::{payment, Harness};
+use support::{payment, wait_until, Harness};
 
 #[tokio::test]
 async fn partial_refunds_up_to_the_paid_amount_in_every_mode() {
@@ -152,5 +154,84 @@ async fn a_rejected_refund_frees_its_amount() {
         h.get_payment("m_4004", "rr-1", false).await.body["refunded_amount"],
         800
     );
+    h.shutdown().await;
+}
+
+/// A refund whose own write lost the compare-and-set to the provider's notification — applied
+/// while the refund call was still out, under the refund's live claim — is merged into it
+/// (ARCHITECTURE.md, "Money rules": a holder that lost the compare-and-set merges while the
+/// claim is still its own): the shop's refund answers `succeeded`, the claim ends (a replay
+/// answers at once), and the change is written, counted and told once.
+#[tokio::test]
+async fn a_refund_that_lost_its_write_to_the_notification_merges_under_its_claim() {
+    let h = Harness::start().await;
+    h.paid("m_1001", "rf-lost", "wechat_native", 1000).await;
+    // The sandbox makes the refund and sends its notification at once, but answers the refund
+    // call 1.5 s later (within the channel's 2 s deadline).
+    h.faults(json!({"latency_ms": 1500})).await;
+    let body = json!({"merchant_id": "m_1001", "out_trade_no": "rf-lost", "out_refund_no": "rf-lost-1", "amount": 400});
+    let answered = AtomicBool::new(false);
+    let refund = async {
+        let r = h.refund(&body).await;
+        answered.store(true, Ordering::SeqCst);
+        r
+    };
+    let meanwhile = async {
+        wait_until("the refund notification applied", || async {
+            h.get_refund("m_1001", "rf-lost-1", false).await.body["status"] == "succeeded"
+        })
+        .await;
+        answered.load(Ordering::SeqCst)
+    };
+    let (r, answered_first) = tokio::join!(refund, meanwhile);
+    assert!(
+        !answered_first,
+        "the notification must be applied while the refund call is out, so that the call's write loses"
+    );
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("succeeded")),
+        "{}",
+        r.text
+    );
+    let claim: Option<i64> = rusqlite::Connection::open(h.db_path())
+        .unwrap()
+        .query_row(
+            "SELECT attempt_until FROM refunds WHERE out_refund_no = 'rf-lost-1'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        claim, None,
+        "the refund's claim ended with its merged write"
+    );
+    let replay = h.refund(&body).await;
+    assert_eq!(
+        (replay.status, replay.body["status"].as_str()),
+        (200, Some("succeeded")),
+        "{}",
+        replay.text
+    );
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    let events = h.admin_get("/admin/events?limit=1000").await.body["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let told: Vec<&str> = events
+        .iter()
+        .filter(|e| e["body"]["data"]["out_trade_no"] == "rf-lost")
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| t.starts_with("refund."))
+        .collect();
+    assert_eq!(told, ["refund.succeeded"], "one event for one change");
+    assert_eq!(
+        support::metric(
+            &h.metrics().await,
+            r#"payroute_refunds_total{channel="m1001_wechat",outcome="succeeded"}"#
+        ),
+        Some(1.0)
+    );
+    h.receiver.event("refund.succeeded", "rf-lost").await;
     h.shutdown().await;
 }

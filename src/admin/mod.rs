@@ -14,12 +14,14 @@ use serde_json::{json, Value};
 use crate::api::error::{ApiError, ErrorCode};
 use crate::domain::{EventStatus, Method as PayMethod, PaymentStatus, RefundStatus};
 use crate::live::LiveConfig;
+use crate::notify::outbox::Outbox;
 use crate::payment::export::{parse_time, Format, Selection};
-use crate::payment::PaymentService;
 use crate::routing::PaymentFacts;
 use crate::secret::token_matches;
 use crate::server::json_response;
-use crate::store::{EventFilter, EventRecord, PaymentFilter, RefundFilter, Resend};
+use crate::store::{
+    EventFilter, EventRecord, PaymentFilter, RefundFilter, Resend, Store, StoreError,
+};
 use crate::stranded::StrandedWatch;
 
 /// What actually serves, for `/admin/config`: the bound addresses, whether the API listener
@@ -55,23 +57,23 @@ fn running(live_config: &LiveConfig, live: &crate::live::Live) -> Value {
     })
 }
 
-/// What the admin port needs: the live config (and its reload), the ledger, the metrics.
+/// What the admin port needs: the live config (and its reload), the store's ledgers (read
+/// only), the outbox (to resend), the metrics.
 pub struct AdminState {
     pub live: Arc<LiveConfig>,
-    pub payments: Arc<PaymentService>,
+    /// Read for the ledgers, their export and `/readyz`; never written here.
+    pub store: Arc<dyn Store>,
+    /// Resends go through it, so that it is woken.
+    pub outbox: Arc<Outbox>,
     pub registry: Registry,
     /// Open orders at accounts no channel holds, as judged on load and the last reload.
     pub stranded: Arc<StrandedWatch>,
 }
 
 impl AdminState {
-    /// Ready when the store answers.
-    pub async fn ready(&self) -> Result<(), String> {
-        self.payments
-            .store()
-            .ping()
-            .await
-            .map_err(|e| e.to_string())
+    /// Ready when the store answers (and can write).
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.store.ping().await
     }
 }
 
@@ -234,7 +236,7 @@ struct Listing<S> {
 fn listing<S>(
     query: Option<&str>,
     parse_status: fn(&str) -> Option<S>,
-    mut own: impl FnMut(&str, &str) -> Option<Result<(), String>>,
+    mut own: impl FnMut(&str, &str) -> Option<Result<(), ApiError>>,
 ) -> Result<Listing<S>, ApiError> {
     let mut l = Listing {
         merchant_id: None,
@@ -255,7 +257,7 @@ fn listing<S>(
             },
             other => match own(other, &v) {
                 Some(Ok(())) => {}
-                Some(Err(m)) => return Err(bad(m)),
+                Some(Err(e)) => return Err(e),
                 None => return Err(bad(format!("unknown parameter {other:?}"))),
             },
         }
@@ -286,7 +288,9 @@ async fn payments(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>
     let mut since = None;
     let l = match listing(query, PaymentStatus::parse, |k, v| {
         (k == "since").then(|| {
-            since = Some(parse_time(v).ok_or("since must be an RFC 3339 time")?);
+            since = Some(parse_time(v).ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidRequest, "since must be an RFC 3339 time")
+            })?);
             Ok(())
         })
     }) {
@@ -300,16 +304,12 @@ async fn payments(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>
         limit: l.limit,
         ..PaymentFilter::default()
     };
-    ledger(
-        "payments",
-        app.payments.store().list_payments(&filter).await,
-        |p| {
-            let mut v = crate::payment::view::payment_json(p);
-            v["shop_id"] = json!(p.shop_id);
-            v["last_error"] = json!(p.error_message);
-            v
-        },
-    )
+    ledger("payments", app.store.list_payments(&filter).await, |p| {
+        let mut v = crate::payment::view::payment_json(p);
+        v["shop_id"] = json!(p.shop_id);
+        v["last_error"] = json!(p.error_message);
+        v
+    })
 }
 
 /// Rows one `GET /admin/payments/export` answers at most: the answer is built in memory.
@@ -350,7 +350,7 @@ async fn export(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> 
         Ok(())
     };
     match crate::payment::export::export(
-        app.payments.store().as_ref(),
+        app.store.as_ref(),
         &selection,
         format,
         EXPORT_MAX_ROWS,
@@ -386,16 +386,12 @@ async fn refunds(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>>
         status: l.status,
         limit: l.limit,
     };
-    ledger(
-        "refunds",
-        app.payments.store().list_refunds(&filter).await,
-        |r| {
-            let mut v = crate::payment::view::refund_json(r);
-            v["shop_id"] = json!(r.shop_id);
-            v["last_error"] = json!(r.error_message);
-            v
-        },
-    )
+    ledger("refunds", app.store.list_refunds(&filter).await, |r| {
+        let mut v = crate::payment::view::refund_json(r);
+        v["shop_id"] = json!(r.shop_id);
+        v["last_error"] = json!(r.error_message);
+        v
+    })
 }
 
 /// `GET /admin/events?status=pending|delivered|dead&merchant_id=&limit=<1..=1000>`: the
@@ -410,27 +406,15 @@ async fn events(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> 
         status: l.status,
         limit: l.limit,
     };
-    ledger(
-        "events",
-        app.payments.store().list_events(&filter).await,
-        event_json,
-    )
+    ledger("events", app.store.list_events(&filter).await, event_json)
 }
 
 /// `POST /admin/events/{id}/resend`: a dead or delivered event back in the queue, due now,
 /// its schedule afresh. A pending one is refused (`409 event_pending`): it is already queued
 /// and may be in flight right now, and a resend would start a second delivery beside it.
 async fn resend(app: &AdminState, id: &str) -> Response<Full<Bytes>> {
-    match app
-        .payments
-        .store()
-        .resend_event(id, crate::clock::now_ms())
-        .await
-    {
-        Ok(Resend::Resent(e)) => {
-            app.payments.events_written().notify_one();
-            json_response(StatusCode::OK, &event_json(&e))
-        }
+    match app.outbox.resend(id, crate::clock::now_ms()).await {
+        Ok(Resend::Resent(e)) => json_response(StatusCode::OK, &event_json(&e)),
         Ok(Resend::Pending(_)) => error(
             ErrorCode::EventPending,
             format!("event {id:?} is pending: it will be delivered on its schedule"),

@@ -286,14 +286,9 @@ impl Inbound {
                 state,
                 ..
             } => {
-                let refund = match self
-                    .payments
-                    .store()
-                    .get_refund(&payment.merchant_id, &out_refund_no)
-                    .await
-                {
-                    Ok(Some(r)) if r.payment_id == payment.payment_id => r,
-                    Ok(_) => {
+                let refund = match self.payments.refund_of(&payment, &out_refund_no).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
                         return (
                             channel,
                             Outcome::ack(
@@ -333,8 +328,7 @@ impl Inbound {
     ) -> Result<PaymentRecord, Outcome> {
         let candidates = self
             .payments
-            .store()
-            .payments_by_trade_no(out_trade_no)
+            .payments_numbered(out_trade_no)
             .await
             .map_err(|e| Outcome::retry("store_error", e.to_string()))?;
         if candidates.is_empty() {

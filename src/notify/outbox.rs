@@ -13,8 +13,9 @@
 //!   in a round: a shop's event waits for its own shop's deliveries, never another's.
 //! - A `dead` event no longer holds back the later events of its payment; resending it
 //!   delivers it after them.
-//! - Events are polled from the store (and woken when payment writes one), so a pending event
-//!   survives a crash and is delivered after restart.
+//! - Events are polled from the store (and woken when payment's commit path writes one, or
+//!   [`Outbox::resend`] queues one again), so a pending event survives a crash and is
+//!   delivered after restart.
 //! - With a store shared by several instances (PostgreSQL), `due_events` claims what it
 //!   hands out: one instance delivers an event at a time; a dead instance's claims run out
 //!   after their lease and another instance delivers them. A claim carries a token: an
@@ -44,7 +45,7 @@ use crate::channel::http::HttpClient;
 use crate::clock::now_ms;
 use crate::live::LiveConfig;
 use crate::store::pause::Pause;
-use crate::store::{Delivery, DueLimits, EventRecord, Store};
+use crate::store::{Delivery, DueLimits, EventRecord, Resend, Store, StoreError};
 
 /// How often the store is asked for due events when nothing wakes the worker.
 const POLL: Duration = Duration::from_millis(500);
@@ -124,6 +125,16 @@ impl OutboxMetrics {
     }
 }
 
+/// Why the outbox could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The webhook client (its TLS roots) could not be set up.
+    #[error("webhook client: {0}")]
+    Client(String),
+}
+
 /// The delivery worker: what it needs and nothing more.
 pub struct Outbox {
     store: Arc<dyn Store>,
@@ -149,10 +160,9 @@ impl Outbox {
         live: Arc<LiveConfig>,
         wake: Arc<Notify>,
         registry: &Registry,
-    ) -> Result<Outbox, String> {
-        let metrics = OutboxMetrics::new(registry).map_err(|e| format!("metrics: {e}"))?;
-        let pause =
-            Pause::new(store.clone(), "outbox", registry).map_err(|e| format!("metrics: {e}"))?;
+    ) -> Result<Outbox, OutboxError> {
+        let metrics = OutboxMetrics::new(registry)?;
+        let pause = Pause::new(store.clone(), "outbox", registry)?;
         // Every shop's delivery counters start at 0, a shop added by a reload's too.
         let deliveries = metrics.deliveries.clone();
         let start_at_zero = move |config: &crate::config::Config| {
@@ -167,7 +177,7 @@ impl Outbox {
         Ok(Outbox {
             store,
             live,
-            http: HttpClient::new(None)?,
+            http: HttpClient::new(None).map_err(OutboxError::Client)?,
             metrics,
             pause,
             wake,
@@ -176,6 +186,17 @@ impl Outbox {
             per_shop: Mutex::new(HashMap::new()),
             stats_at: Mutex::new(None),
         })
+    }
+
+    /// Puts a dead or delivered event back in the queue, due at `now` with its schedule
+    /// afresh, and wakes the worker; a pending one is left alone ([`Resend::Pending`]): it is
+    /// queued already and may be in flight.
+    pub async fn resend(&self, event_id: &str, now: i64) -> Result<Resend, StoreError> {
+        let resend = self.store.resend_event(event_id, now).await?;
+        if matches!(resend, Resend::Resent(_)) {
+            self.wake.notify_one();
+        }
+        Ok(resend)
     }
 
     /// Delivers until `stop`; deliveries in flight then finish on their own deadline.

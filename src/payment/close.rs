@@ -106,8 +106,8 @@ impl PaymentService {
         rec.status = PaymentStatus::Closed;
         rec.attempt_until = None;
         rec.updated_at = now_ms();
-        match self.save_emitting(&mut rec, before, claim).await {
-            Ok(()) => {}
+        match self.commits.commit_claimed(&mut rec, before, claim).await {
+            Ok(_) => {}
             // Another request took the order over meanwhile: the record says what it is.
             Err(PaymentError::Superseded(fresh)) if fresh.status == PaymentStatus::Closed => {
                 return Ok(*fresh)

@@ -3,8 +3,10 @@
 //! (limit, breaker, retries, deadline) lives on [`Channel`].
 //!
 //! Cut by operation: `create` (route, bind, call, replay), `close`, `refund`, `late` (late
-//! payments and their refund), `metrics`; this file keeps what they share — the binding to
-//! an account, the saves (compare-and-set with the shop event), applying a channel's word.
+//! payments and their refund), `metrics`, `commit` (the one commit path of a state change:
+//! compare-and-set with the shop event, the merge of a claim holder's lost write, the
+//! outbox's wake-up); this file keeps what they share — the binding to an account, applying
+//! a channel's word.
 //!
 //! # Safety of retries
 //! - The binding (payment record with its channel **and account**) is written before any
@@ -29,6 +31,7 @@
 //!   the order's amount and currency, and they must match.
 
 mod close;
+mod commit;
 mod create;
 pub mod export;
 mod late;
@@ -54,7 +57,9 @@ use crate::domain::{
 };
 use crate::ids::{new_id, sha256_hex};
 use crate::routing::{NoRoute, PaymentFacts, Rules};
-use crate::store::{EventRecord, PaymentRecord, Store, StoreError};
+use crate::store::{EventRecord, PaymentRecord, RefundRecord, Store, StoreError};
+
+use commit::{still_ours, Commits, Committed};
 
 /// How long a payment stays payable when the shop does not say.
 const DEFAULT_EXPIRY_MS: i64 = 2 * 3600 * 1000;
@@ -236,18 +241,18 @@ enum Claim {
 }
 
 pub struct PaymentService {
+    /// Reads, inserts, claims and reservations; every state change goes through `commits`.
     store: Arc<dyn Store>,
+    commits: Commits,
     metrics: PaymentMetrics,
-    /// Woken after a shop event is written (the outbox waits on it).
-    events_written: Arc<tokio::sync::Notify>,
 }
 
 impl PaymentService {
     pub fn new(store: Arc<dyn Store>, registry: &Registry) -> prometheus::Result<PaymentService> {
         Ok(PaymentService {
+            commits: Commits::new(store.clone()),
             store,
             metrics: PaymentMetrics::new(registry)?,
-            events_written: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -259,7 +264,7 @@ impl PaymentService {
 
     /// Notified whenever a shop event has been committed.
     pub fn events_written(&self) -> Arc<tokio::sync::Notify> {
-        self.events_written.clone()
+        self.commits.events_written()
     }
 
     /// Applies a verified notification's order state (compare-and-set, never clearing a live
@@ -276,8 +281,27 @@ impl PaymentService {
             .await
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// Every merchant's payment numbered `out_trade_no`, oldest first: what a provider's
+    /// notification, which names the order but not our merchant, may be about. The caller
+    /// picks by the account the provider signed (the number is unique per merchant only).
+    pub async fn payments_numbered(
+        &self,
+        out_trade_no: &str,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        self.store.payments_by_trade_no(out_trade_no).await
+    }
+
+    /// The refund `out_refund_no` of `payment` (none if that number is another payment's).
+    pub async fn refund_of(
+        &self,
+        payment: &PaymentRecord,
+        out_refund_no: &str,
+    ) -> Result<Option<RefundRecord>, StoreError> {
+        Ok(self
+            .store
+            .get_refund(&payment.merchant_id, out_refund_no)
+            .await?
+            .filter(|r| r.payment_id == payment.payment_id))
     }
 
     /// The live channel holding the account `rec` is bound to, and the merchant's ids for
@@ -349,7 +373,7 @@ impl PaymentService {
         rec.attempt_until = None;
         self.metrics.outcome(&rec, outcome_label(failure));
         tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, error = %error, "channel call failed");
-        if let Err(e) = self.save_emitting(&mut rec, before, claim).await {
+        if let Err(e) = self.commits.commit_claimed(&mut rec, before, claim).await {
             // Nothing sent, or a final refusal: nothing exists at the channel, and the
             // store's own error says it all. Otherwise the order may exist there.
             return match status {
@@ -363,64 +387,12 @@ impl PaymentService {
         }
     }
 
+    /// The claim holder's write of `rec` (see [`Commits::commit_claimed`]), with the shop
+    /// event if its status moved to a final one. `claim` is the record's `attempt_until` as
+    /// the caller claimed it.
     async fn save(&self, rec: &mut PaymentRecord, claim: Option<i64>) -> Result<(), PaymentError> {
         let before = rec.status;
-        self.save_emitting(rec, before, claim).await
-    }
-
-    /// Saves (compare-and-set) and, if the status moved from `before` to a final one, writes
-    /// the shop event in the same transaction. `claim` is the record's `attempt_until` as the
-    /// caller claimed it.
-    async fn save_emitting(
-        &self,
-        rec: &mut PaymentRecord,
-        before: PaymentStatus,
-        claim: Option<i64>,
-    ) -> Result<(), PaymentError> {
-        let event = payment_event(rec, before);
-        if self
-            .store
-            .update_payment_emitting(rec, event.as_ref())
-            .await?
-        {
-            if event.is_some() {
-                self.events_written.notify_one();
-            }
-            return Ok(());
-        }
-        // Only the claim holder writes the call's result, but a verified notification (or a
-        // refund's total) may have moved the record while the call was out: keep the word
-        // that is further along, add ours, and end our claim — once; a second lost race
-        // means two writers, and is refused rather than overwritten.
-        let Some(fresh) = self
-            .store
-            .get_payment(&rec.merchant_id, &rec.out_trade_no)
-            .await?
-        else {
-            return Err(PaymentError::NotFound);
-        };
-        // Notifications never take or clear a live claim, so a claim that is not ours any
-        // more ran out while we stalled: another request holds or held the record since, and
-        // may have bound it elsewhere and created the order there. Writing our channel,
-        // account or claim over it could send that order to a second account.
-        if claim.is_none() || fresh.attempt_until != claim {
-            tracing::warn!(payment_id = %rec.payment_id, channel = %rec.channel, bound = %fresh.channel, "our claim on the payment ran out before our write; the record stands as another request left it");
-            return Err(PaymentError::Superseded(Box::new(fresh)));
-        }
-        let fresh_before = fresh.status;
-        let mut merged = merge_payment(fresh, rec);
-        let event = payment_event(&merged, fresh_before);
-        if !self
-            .store
-            .update_payment_emitting(&mut merged, event.as_ref())
-            .await?
-        {
-            return Err(PaymentError::InProgress);
-        }
-        if event.is_some() {
-            self.events_written.notify_one();
-        }
-        *rec = merged;
+        self.commits.commit_claimed(rec, before, claim).await?;
         Ok(())
     }
 
@@ -507,8 +479,7 @@ impl PaymentService {
                 Applied::Stored(rec) => return Ok(rec),
                 Applied::Lost(fresh) => {
                     lost += 1;
-                    let ours_still =
-                        claim == Claim::Ours && held.is_some() && fresh.attempt_until == held;
+                    let ours_still = claim == Claim::Ours && still_ours(held, fresh.attempt_until);
                     if !ours_still || lost >= CLAIM_TRIES {
                         return Ok(fresh);
                     }
@@ -527,8 +498,8 @@ impl PaymentService {
         channel: &Channel,
         claim: Claim,
     ) -> Result<Applied, PaymentError> {
-        if let Err(message) = cross_check(&rec, state) {
-            let error = ChannelError::new(ErrorKind::Protocol, message);
+        if let Err(mismatch) = cross_check(&rec, state) {
+            let error = ChannelError::new(ErrorKind::Protocol, mismatch.to_string());
             tracing::error!(payment_id = %rec.payment_id, channel = %rec.channel, %error, "answer fails the cross-check; payment left unchanged");
             let rec = match claim {
                 Claim::Ours => self.release(rec).await,
@@ -577,21 +548,9 @@ impl PaymentService {
             }
             None => payment_event(&rec, before),
         };
-        if !self
-            .store
-            .update_payment_emitting(&mut rec, event.as_ref())
-            .await?
-        {
+        if let Committed::Lost(fresh) = self.commits.commit(&mut rec, event).await? {
             // Someone else moved it first; theirs is at least as new.
-            return self
-                .store
-                .get_payment(&rec.merchant_id, &rec.out_trade_no)
-                .await?
-                .map(Applied::Lost)
-                .ok_or(PaymentError::NotFound);
-        }
-        if event.is_some() {
-            self.events_written.notify_one();
+            return Ok(Applied::Lost(fresh));
         }
         if rec.status != before {
             tracing::info!(payment_id = %rec.payment_id, channel = %rec.channel, from = before.as_str(), to = rec.status.as_str(), "payment state changed");
@@ -609,28 +568,6 @@ impl PaymentService {
         }
         Ok(Applied::Stored(rec))
     }
-}
-
-/// `ours` (a claim holder's result) laid over `fresh` (what the store holds now): the status
-/// that is further along (money is the truth: a paid order stays paid), what either learnt
-/// (the payer's action, the provider's number), and our claim's end.
-fn merge_payment(fresh: PaymentRecord, ours: &PaymentRecord) -> PaymentRecord {
-    let mut m = fresh;
-    if m.status.may_become(ours.status) {
-        m.status = ours.status;
-        m.paid_at = ours.paid_at.or(m.paid_at);
-        m.error_code = ours.error_code;
-        m.error_message = ours.error_message.clone();
-    }
-    m.action = m.action.or_else(|| ours.action.clone());
-    m.provider_trade_no = m
-        .provider_trade_no
-        .or_else(|| ours.provider_trade_no.clone());
-    m.channel = ours.channel.clone();
-    m.account = ours.account.clone();
-    m.attempt_until = ours.attempt_until;
-    m.updated_at = ours.updated_at.max(m.updated_at);
-    m
 }
 
 /// `e` as the shop must hear it after a call that may have created the order: a store error
@@ -701,26 +638,41 @@ fn new_event(
     }
 }
 
+/// How a channel's answer fails to be about the order: it changes nothing, and is told as a
+/// protocol error (a notification's is acknowledged as `mismatch`: resending it would not
+/// change it).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum Mismatch {
+    #[error("channel reports amount {reported}, the order is for {order}")]
+    Amount { reported: u64, order: u64 },
+    #[error("a paid answer without the order's amount")]
+    NoAmount,
+    #[error("channel reports currency {reported}, the order is in {order}")]
+    Currency { reported: String, order: String },
+    #[error("a paid answer without the order's currency")]
+    NoCurrency,
+}
+
 /// The channel's answer is about this order: the same amount and currency. A "paid" answer
 /// must state both; other states are checked where they state them.
-fn cross_check(rec: &PaymentRecord, state: &OrderState) -> Result<(), String> {
+fn cross_check(rec: &PaymentRecord, state: &OrderState) -> Result<(), Mismatch> {
     let must = state.status == PaymentStatus::Succeeded;
     match state.amount {
-        Some(a) if a != rec.amount => {
-            return Err(format!(
-                "channel reports amount {a}, the order is for {}",
-                rec.amount
-            ))
+        Some(reported) if reported != rec.amount => {
+            return Err(Mismatch::Amount {
+                reported,
+                order: rec.amount,
+            })
         }
-        None if must => return Err("a paid answer without the order's amount".into()),
+        None if must => return Err(Mismatch::NoAmount),
         _ => {}
     }
     match state.currency.as_deref() {
-        Some(c) if c != rec.currency => Err(format!(
-            "channel reports currency {c}, the order is in {}",
-            rec.currency
-        )),
-        None if must => Err("a paid answer without the order's currency".into()),
+        Some(c) if c != rec.currency => Err(Mismatch::Currency {
+            reported: c.to_string(),
+            order: rec.currency.clone(),
+        }),
+        None if must => Err(Mismatch::NoCurrency),
         _ => Ok(()),
     }
 }

@@ -8,9 +8,15 @@
 //! Only a verified, final refusal frees the reserved amount; a refund whose outcome is
 //! unknown stays `pending`, and an `abnormal` one (money left, did not arrive) stays
 //! reserved until ops settle it.
+//!
+//! A refund's own write that lost the compare-and-set (its notification came first) is merged
+//! under its claim, as a payment's is (`commit`); a holder whose claim ran out while a replay
+//! took the refund over leaves the record as the replay left it, and is answered
+//! `request_in_progress` (the replay sent the same `out_refund_no`).
 
 use serde_json::json;
 
+use super::commit::Committed;
 use super::{
     check_replay, claim_live, claim_window_ms, failure_of, new_event, request_hash, same_request,
     view, Asker, PaymentError, PaymentService, Routes,
@@ -155,6 +161,9 @@ impl PaymentService {
         mut rec: RefundRecord,
         payment: &PaymentRecord,
     ) -> Result<RefundRecord, PaymentError> {
+        // Ours as reserved (or taken over by a replay): our writes merge only while the
+        // refund still holds it.
+        let claim = rec.attempt_until;
         let (channel, sub) = match self.bound(routes, payment, "refund") {
             Ok(b) => b,
             Err(refusal) => {
@@ -162,7 +171,7 @@ impl PaymentService {
                 // the account is configured again.
                 rec.attempt_until = None;
                 let before = rec.status;
-                self.save_refund(&mut rec, before).await?;
+                self.save_refund(&mut rec, before, claim).await?;
                 return Err(refusal);
             }
         };
@@ -188,7 +197,7 @@ impl PaymentService {
             Ok(state) => {
                 let before = rec.status;
                 self.apply_refund_state(&mut rec, state);
-                self.save_refund(&mut rec, before).await?;
+                self.save_refund(&mut rec, before, claim).await?;
                 Ok(rec)
             }
             Err(error) => {
@@ -201,7 +210,7 @@ impl PaymentService {
                 rec.error_code = Some(failure_of(&error));
                 rec.error_message = Some(error.to_string());
                 tracing::warn!(refund_id = %rec.refund_id, channel = %rec.channel, %error, "refund call failed");
-                self.save_refund(&mut rec, before).await?;
+                self.save_refund(&mut rec, before, claim).await?;
                 Err(refund_error(error, payment))
             }
         }
@@ -265,19 +274,8 @@ impl PaymentService {
         }
         rec.updated_at = now_ms();
         let event = refund_event(&rec, before);
-        if !self
-            .store
-            .update_refund_emitting(&mut rec, event.as_ref())
-            .await?
-        {
-            return self
-                .store
-                .get_refund(&rec.merchant_id, &rec.out_refund_no)
-                .await?
-                .ok_or(PaymentError::NotFound);
-        }
-        if event.is_some() {
-            self.events_written.notify_one();
+        if let Committed::Lost(fresh) = self.commits.commit(&mut rec, event).await? {
+            return Ok(fresh);
         }
         self.count_refund(&rec, before);
         Ok(rec)
@@ -321,58 +319,17 @@ impl PaymentService {
         }
     }
 
-    /// Saves (compare-and-set) with the shop event of a move from `before`, if any. A lost
-    /// race with a notification is merged once, as for payments: a succeeded or failed word
-    /// stays, ours fills the rest, our claim ends.
+    /// The claim holder's write of `rec` (see [`super::commit::Commits::commit_claimed`]),
+    /// with the shop event of a move from `before`, if any; `claim` is the refund's
+    /// `attempt_until` as the caller claimed it. Counted as the move it was written as.
     async fn save_refund(
         &self,
         rec: &mut RefundRecord,
         before: RefundStatus,
+        claim: Option<i64>,
     ) -> Result<(), PaymentError> {
-        let event = refund_event(rec, before);
-        if self
-            .store
-            .update_refund_emitting(rec, event.as_ref())
-            .await?
-        {
-            if event.is_some() {
-                self.events_written.notify_one();
-            }
-            self.count_refund(rec, before);
-            return Ok(());
-        }
-        let Some(mut fresh) = self
-            .store
-            .get_refund(&rec.merchant_id, &rec.out_refund_no)
-            .await?
-        else {
-            return Err(PaymentError::NotFound);
-        };
-        let fresh_before = fresh.status;
-        if !matches!(fresh.status, RefundStatus::Succeeded | RefundStatus::Failed) {
-            fresh.status = rec.status;
-            fresh.succeeded_at = rec.succeeded_at.or(fresh.succeeded_at);
-            fresh.error_code = rec.error_code;
-            fresh.error_message = rec.error_message.clone();
-        }
-        fresh.provider_refund_no = fresh
-            .provider_refund_no
-            .or_else(|| rec.provider_refund_no.clone());
-        fresh.attempt_until = rec.attempt_until;
-        fresh.updated_at = rec.updated_at.max(fresh.updated_at);
-        let event = refund_event(&fresh, fresh_before);
-        if !self
-            .store
-            .update_refund_emitting(&mut fresh, event.as_ref())
-            .await?
-        {
-            return Err(PaymentError::InProgress);
-        }
-        if event.is_some() {
-            self.events_written.notify_one();
-        }
-        self.count_refund(&fresh, fresh_before);
-        *rec = fresh;
+        let from = self.commits.commit_claimed(rec, before, claim).await?;
+        self.count_refund(rec, from);
         Ok(())
     }
 }
@@ -406,7 +363,7 @@ fn refund_cross_check(
 }
 
 /// The shop event of a refund that moved from `before` to a reportable status.
-fn refund_event(rec: &RefundRecord, before: RefundStatus) -> Option<EventRecord> {
+pub(super) fn refund_event(rec: &RefundRecord, before: RefundStatus) -> Option<EventRecord> {
     let kind = EventType::for_refund(rec.status).filter(|_| rec.status != before)?;
     Some(new_event(
         kind,

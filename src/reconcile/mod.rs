@@ -50,7 +50,7 @@ use crate::domain::{PaymentStatus, RefundStatus};
 use crate::live::{Live, LiveConfig};
 use crate::payment::{Asker, LateSettled, PaymentError, PaymentService};
 use crate::store::pause::Pause;
-use crate::store::{CheckClaim, CheckOf, Due, PaymentRecord, RefundRecord, StoreError};
+use crate::store::{CheckClaim, CheckOf, Due, PaymentRecord, RefundRecord, Store, StoreError};
 
 /// How often the worker looks for due checks.
 const POLL: Duration = Duration::from_millis(500);
@@ -61,6 +61,8 @@ const BUSY_RETRY_MS: i64 = 1_000;
 pub struct Reconciler {
     live: Arc<LiveConfig>,
     payments: Arc<PaymentService>,
+    /// The schedule: due checks claimed, next times written under their claim.
+    store: Arc<dyn Store>,
     actions: IntCounterVec,
     /// Skips rounds while the store cannot record a check (no query storm).
     pause: Pause,
@@ -130,6 +132,7 @@ impl Reconciler {
     pub fn new(
         live: Arc<LiveConfig>,
         payments: Arc<PaymentService>,
+        store: Arc<dyn Store>,
         registry: &Registry,
     ) -> prometheus::Result<Reconciler> {
         let actions = IntCounterVec::new(
@@ -144,10 +147,11 @@ impl Reconciler {
         for action in ACTIONS {
             actions.with_label_values(&[action]);
         }
-        let pause = Pause::new(payments.store().clone(), "reconcile", registry)?;
+        let pause = Pause::new(store.clone(), "reconcile", registry)?;
         Ok(Reconciler {
             live,
             payments,
+            store,
             actions,
             pause,
             held: Mutex::default(),
@@ -176,7 +180,7 @@ impl Reconciler {
         let now = now_ms();
         let live = self.live.load();
         let settings = live.config.reconcile.clone();
-        let store = self.payments.store();
+        let store = &self.store;
         let (mut payments, mut refunds) = match (
             store.claim_due_payments(now, BATCH).await,
             store.claim_due_refunds(now, BATCH).await,
@@ -229,7 +233,7 @@ impl Reconciler {
     ) {
         let Due { record: p, claim } = due;
         let now = now_ms();
-        let store = self.payments.store();
+        let store = &self.store;
         let first = settings.first_check(p.created_at);
         let ended = matches!(p.status, PaymentStatus::Closed | PaymentStatus::Failed);
         let next = if p.late {
@@ -412,11 +416,7 @@ impl Reconciler {
         if r.status == RefundStatus::Abnormal && now - r.created_at > last_until(settings) {
             tracing::warn!(refund_id = %r.refund_id, "refund still abnormal after the last reconciliation tier (checked at the last tier's interval); ops must settle it");
         }
-        let stored = self
-            .payments
-            .store()
-            .schedule_claimed_check(&claim, next)
-            .await;
+        let stored = self.store.schedule_claimed_check(&claim, next).await;
         self.stored(&claim, hold(settings, next, now), stored);
     }
 
