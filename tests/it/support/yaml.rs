@@ -19,12 +19,14 @@ impl Upstream {
     }
 
     /// `http://127.0.0.1:<port>` of a port nothing listens on: connections are refused.
+    /// The port stays bound (never listening) for the rest of the test process, so no other
+    /// test's socket can take it and answer.
     pub fn dead() -> Upstream {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        // Kept open on purpose: freed, the port could be handed to another listener.
+        std::mem::forget(socket);
         Upstream::plain(&format!("http://127.0.0.1:{port}"))
     }
 }
