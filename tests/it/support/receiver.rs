@@ -12,6 +12,8 @@ pub struct Received {
     pub request_id: Option<String>,
     /// What the receiver answered.
     pub status: u16,
+    /// When it arrived (not when it was answered: an answer may be held back).
+    pub arrived: std::time::Instant,
 }
 
 impl Received {
@@ -71,6 +73,7 @@ impl Receiver {
                     .get("x-request-id")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
+                let arrived = std::time::Instant::now();
                 let raw = req.into_body().collect().await.unwrap().to_bytes();
                 let raw = String::from_utf8_lossy(&raw).into_owned();
                 me.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -87,6 +90,7 @@ impl Receiver {
                     signature,
                     request_id,
                     status,
+                    arrived,
                 });
                 let mut resp = http::Response::new(Full::new(Bytes::new()));
                 *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
