@@ -488,3 +488,24 @@ async fn the_api_describes_itself_in_openapi() {
     );
     h.shutdown().await;
 }
+
+/// A known path with a method it does not take is 405 `method_not_allowed` (not 404).
+#[tokio::test]
+async fn a_method_a_route_does_not_take_is_405_method_not_allowed() {
+    let h = Harness::start().await;
+    for (method, path) in [
+        (http::Method::DELETE, "/v1/payments"),
+        (http::Method::PUT, "/v1/payments/m_1001/m405-1"),
+        (http::Method::GET, "/v1/payments/m_1001/m405-1/close"),
+        (http::Method::PATCH, "/v1/refunds/m_1001/m405-r1"),
+    ] {
+        h.shop_send(method, path, "")
+            .await
+            .expect_error(405, "method_not_allowed");
+    }
+    // The same paths with their own methods are routes (not 405, not 404).
+    h.shop_send(http::Method::GET, "/v1/payments/m_1001/m405-1", "")
+        .await
+        .expect_error(404, "not_found");
+    h.shutdown().await;
+}
