@@ -509,3 +509,31 @@ async fn a_method_a_route_does_not_take_is_405_method_not_allowed() {
         .expect_error(404, "not_found");
     h.shutdown().await;
 }
+
+/// Sends a GET as the test shop whose head carries one more header of `pad` bytes, and reads
+/// what the server answers before it closes.
+async fn with_a_header_of(addr: &str, pad: usize) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /v1/payments/m_1001/head-cap HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {SHOP_KEY}\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(pad)
+    );
+    // The server may answer and close before reading it all: a failed write is fine.
+    let _ = stream.write_all(head.as_bytes()).await;
+    String::from_utf8_lossy(&until_closed(&mut stream).await).into_owned()
+}
+
+/// The request head is capped at 16 KiB (`server.rs` `MAX_HEADER_BYTES`): over it, 431.
+#[tokio::test]
+async fn a_request_head_over_16_kib_is_refused_with_431() {
+    let h = Harness::start().await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+    // 12 KiB of headers is served (the cap is not smaller than that)…
+    let under = with_a_header_of(&addr, 12 * 1024).await;
+    assert!(under.starts_with("HTTP/1.1 404"), "{under}");
+    // …20 KiB is over it: 431, and nothing is routed.
+    let over = with_a_header_of(&addr, 20 * 1024).await;
+    assert!(over.starts_with("HTTP/1.1 431"), "{over}");
+    h.shutdown().await;
+}
