@@ -537,3 +537,30 @@ async fn a_request_head_over_16_kib_is_refused_with_431() {
     assert!(over.starts_with("HTTP/1.1 431"), "{over}");
     h.shutdown().await;
 }
+
+/// `payroute_store_writes_total` and `payroute_store_commits_total` move with a create.
+#[tokio::test]
+async fn the_store_counts_its_writes_and_commits() {
+    let h = Harness::start().await;
+    let writes = || async {
+        h.metric("payroute_store_writes_total", &[])
+            .await
+            .unwrap_or(0.0)
+    };
+    let commits = || async {
+        h.metric("payroute_store_commits_total", &[])
+            .await
+            .unwrap_or(0.0)
+    };
+    let (w0, c0) = (writes().await, commits().await);
+    h.create(&payment("m_1001", "sw-1", "wechat_native", 100, json!({})))
+        .await
+        .expect_created_on("m1001_wechat");
+    // A create writes its binding and then its outcome: at least two writes, in at least one
+    // commit (writes queued together may share one).
+    let (w1, c1) = (writes().await, commits().await);
+    assert!(w1 >= w0 + 2.0, "writes {w0} -> {w1}");
+    assert!(c1 >= c0 + 1.0, "commits {c0} -> {c1}");
+    assert!(c1 - c0 <= w1 - w0, "never more commits than writes");
+    h.shutdown().await;
+}
