@@ -564,3 +564,42 @@ async fn the_store_counts_its_writes_and_commits() {
     assert!(c1 - c0 <= w1 - w0, "never more commits than writes");
     h.shutdown().await;
 }
+
+/// A request still in flight when `drain_timeout` runs out is cut (its client gets no answer)
+/// and the process exits: the drain does not wait for it. The channel answers only after its
+/// 2 s `timeout`, long after the configured 300 ms drain.
+#[tokio::test]
+async fn a_request_held_past_drain_timeout_is_cut_and_the_binary_exits() {
+    let mut h = Harness::start().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    assert!(text.contains("  drain_timeout: 5s\n"));
+    support::write_atomically(
+        &h.config_path,
+        &text.replace("  drain_timeout: 5s\n", "  drain_timeout: 300ms\n"),
+    );
+    let mut binary = support::Binary::take_over(&mut h).await;
+    h.faults(json!({ "latency_ms": 20_000 })).await;
+    let h = Arc::new(h);
+    let in_flight = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            h.try_create(&payment("m_1001", "dt-1", "wechat_native", 100, json!({})))
+                .await
+        })
+    };
+    // The binding is written before the channel call: once it exists, the request is in flight.
+    support::wait_until("the payment to be in flight", || async {
+        h.get_payment("m_1001", "dt-1", false).await.status != 404
+    })
+    .await;
+    binary.signal("TERM");
+    let reply = support::within("the in-flight create to end", in_flight)
+        .await
+        .unwrap();
+    assert!(
+        reply.is_err(),
+        "answered instead of cut at the drain timeout: {:?}",
+        reply.map(|r| r.text)
+    );
+    binary.exited().await;
+}
