@@ -5,7 +5,7 @@ use crate::support;
 
 use http::Method;
 use serde_json::json;
-use support::{payment, Harness, SHOP_KEY};
+use support::{payment, Harness, ADMIN_TOKEN, SHOP_KEY};
 
 /// A channel whose address refuses connections.
 fn dead_channel(name: &str, mchid: &str, keyfile: &str) -> String {
@@ -456,5 +456,25 @@ async fn a_timed_out_order_paid_meanwhile_is_learned_not_failed() {
     assert_eq!(stored.body["status"], "succeeded");
     // Nothing is in flight any more: a replay answers at once from the store.
     assert_eq!(h.create(&body).await.status, 200);
+    h.shutdown().await;
+}
+
+/// With no `admin.token` the admin API is off: 403 `forbidden` even with the old token; the
+/// health endpoints on the admin port are not part of it.
+#[tokio::test]
+async fn without_an_admin_token_the_admin_api_is_403_forbidden() {
+    let mut h = Harness::start().await;
+    let yaml = std::fs::read_to_string(&h.config_path).unwrap();
+    let line = format!("admin: {{ token: {ADMIN_TOKEN} }}\n");
+    assert!(yaml.contains(&line), "{yaml}");
+    support::write_atomically(&h.config_path, &yaml.replace(&line, ""));
+    h.restart().await;
+    h.admin_get("/admin/channels")
+        .await
+        .expect_error(403, "forbidden");
+    h.admin_post("/admin/reload", &json!({}))
+        .await
+        .expect_error(403, "forbidden");
+    assert_eq!(h.ready().await, 200);
     h.shutdown().await;
 }
