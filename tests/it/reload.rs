@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::json;
-use support::{payment, Harness};
+use support::{payment, wait_until, Binary, Harness};
 
 const MOVED_RULES: &str = r#"
   rules:
@@ -486,4 +486,28 @@ async fn reload_errors(h: &Harness) -> f64 {
     h.metric("payroute_config_reloads_total", &[("result", "error")])
         .await
         .unwrap_or(0.0)
+}
+
+/// SIGHUP reloads the running binary even when the file did not change (the directory
+/// watcher reloads only on a change, so only the signal can account for it); the binary
+/// goes on serving.
+#[tokio::test]
+async fn sighup_reloads_the_binary() {
+    let mut h = Harness::start().await;
+    let binary = Binary::take_over(&mut h).await;
+    let reloads = || async {
+        h.metric("payroute_config_reloads_total", &[("result", "success")])
+            .await
+            .unwrap_or(0.0)
+    };
+    assert_eq!(reloads().await, 0.0, "no reload before the signal");
+    binary.signal("HUP");
+    wait_until("the binary to reload on SIGHUP", || async {
+        reloads().await >= 1.0
+    })
+    .await;
+    assert_eq!(h.ready().await, 200, "{}", binary.logs());
+    h.create(&payment("m_1001", "hup-1", "wechat_native", 100, json!({})))
+        .await
+        .expect_created_on("m1001_wechat");
 }
