@@ -472,3 +472,36 @@ async fn resending_an_event_in_the_middle_of_its_delivery_is_refused() {
     assert_eq!(r.status, 200, "{}", r.text);
     h.shutdown().await;
 }
+
+/// A shop that never answers: each delivery is given up at `webhooks.timeout` (500 ms here)
+/// and tried again on the schedule. The second attempt comes well before the 5 s default
+/// timeout could let it (`payroute::defaults::DEFAULT_WEBHOOK_TIMEOUT`).
+#[tokio::test]
+async fn a_delivery_the_shop_never_answers_is_given_up_at_webhooks_timeout() {
+    let h = Harness::start_with(
+        false,
+        &format!(
+            "{}webhooks: {{ timeout: 500ms, schedule: [100ms, 100ms, 100ms, 100ms, 100ms, 100ms] }}\n",
+            support::RULES
+        ),
+        "",
+    )
+    .await;
+    h.faults(json!({"drop_notifications": true})).await;
+    // Answers after ten minutes: never, within the test.
+    h.receiver.answer_after(600_000);
+    paid(&h, "wt-1").await;
+    wait_until("the first attempt", || async { h.receiver.arrivals() >= 1 }).await;
+    let first = std::time::Instant::now();
+    wait_until("a second attempt", || async { h.receiver.arrivals() >= 2 }).await;
+    let between = first.elapsed();
+    assert!(
+        between < Duration::from_secs(4),
+        "the first attempt was given up only after {between:?}"
+    );
+    // Given up, not answered: nothing counts as delivered.
+    assert!(h.receiver.accepted().is_empty());
+    let ev = events(&h, "").await;
+    assert!(ev.iter().all(|e| e["status"] != "delivered"), "{ev:?}");
+    h.shutdown().await;
+}
