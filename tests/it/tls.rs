@@ -599,3 +599,69 @@ async fn tls_added_by_a_reload_is_shown_pending_until_the_restart_applies_it() {
     );
     h.shutdown().await;
 }
+
+/// ALPN: a client offering `h2` speaks HTTP/2 over TLS; one offering only `http/1.1` is
+/// answered in HTTP/1.1 on the same port.
+#[tokio::test]
+async fn a_client_offering_h2_by_alpn_gets_http2_over_tls() {
+    let mut h = Harness::start().await;
+    let dir: PathBuf = h.dir.path().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl_cert(&dir, "ca", None);
+    openssl_cert(&dir, "server", Some("ca"));
+    with_tls_opts(&h, &dir, "server", None);
+    h.restart().await;
+    let addr = h.api.trim_start_matches("http://").to_string();
+
+    let h2 = within(
+        "a TLS connection offering h2",
+        connect(&alpn_connector(&dir, "ca", &[b"h2", b"http/1.1"]), &addr),
+    )
+    .await
+    .unwrap();
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let (mut sender, conn) = within(
+        "the HTTP/2 handshake",
+        hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(h2),
+        ),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let body = payment("m_1001", "tls-h2-1", "wechat_native", 100, json!({})).to_string();
+    let req = http::Request::post("https://localhost/v1/payments")
+        .header("authorization", format!("Bearer {SHOP_KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = within("an HTTP/2 answer", sender.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 201);
+
+    let mut h1 = within(
+        "a TLS connection offering http/1.1",
+        connect(&alpn_connector(&dir, "ca", &[b"http/1.1"]), &addr),
+    )
+    .await
+    .unwrap();
+    assert_eq!(h1.get_ref().1.alpn_protocol(), Some(b"http/1.1".as_slice()));
+    assert_eq!(within("an answer", get_status(&mut h1)).await.unwrap(), 404);
+    h.shutdown().await;
+}
+
+/// A TLS client trusting `ca` that offers `protocols` by ALPN.
+fn alpn_connector(dir: &Path, ca: &str, protocols: &[&[u8]]) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pem_cert(&dir.join(format!("{ca}.pem")))).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
