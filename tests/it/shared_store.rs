@@ -495,6 +495,10 @@ async fn sigkill_of_one_instance_mid_stream_loses_nothing_and_the_other_delivers
     Harness::shutdown_shared(h).await;
 }
 
+/// Both instances' reconcilers race for the due checks; each order is resolved once, by one
+/// of them. Orders are added one at a time until each instance has resolved at least one (a
+/// wait with the test's deadline: each order goes to whichever instance looks first), so
+/// the test shows B's reconciler ran, not only A's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_reconcilers_on_one_database_resolve_an_order_once() {
     // Checks every 200ms: both instances' workers look for due orders all the time.
@@ -506,20 +510,44 @@ async fn two_reconcilers_on_one_database_resolve_an_order_once() {
         return;
     };
     let (_b_api, b) = h.another_instance().await;
+    let b_metrics = format!("http://{}/metrics", b.admin_addr);
+    let resolved = |text: &str| {
+        support::metric(
+            text,
+            &support::series(
+                "payroute_reconcile_actions_total",
+                &[("action", "resolved")],
+            ),
+        )
+        .unwrap_or(0.0)
+    };
     h.faults(json!({"drop_notifications": true})).await;
-    for no in ["rc2-1", "rc2-2", "rc2-3"] {
-        let r = h
-            .create(&payment("m_1001", no, "wechat_native", 300, json!({})))
-            .await;
-        assert_eq!(r.status, 201, "{}", r.text);
-        assert_eq!(h.pay(no).await.status, 200);
-    }
     // No notification: the workers find the payments paid, and the shop is told once each.
-    for no in ["rc2-1", "rc2-2", "rc2-3"] {
-        h.receiver.event("payment.succeeded", no).await;
-    }
-    delivered_once_each(&h, &b, &["rc2-1", "rc2-2", "rc2-3"]).await;
-    for no in ["rc2-1", "rc2-2", "rc2-3"] {
+    let mut nos: Vec<String> = Vec::new();
+    support::within("each instance's reconciler to resolve an order", async {
+        loop {
+            let no = format!("rc2-{}", nos.len() + 1);
+            h.create(&payment("m_1001", &no, "wechat_native", 300, json!({})))
+                .await
+                .expect_created_on("m1001_wechat");
+            assert_eq!(h.pay(&no).await.status, 200);
+            h.receiver.event("payment.succeeded", &no).await;
+            nos.push(no);
+            let on_a = resolved(&h.metrics().await);
+            let on_b = resolved(&h.send(Method::GET, &b_metrics, &[], "").await.text);
+            if on_a >= 1.0 && on_b >= 1.0 {
+                break;
+            }
+        }
+    })
+    .await;
+    let nos: Vec<&str> = nos.iter().map(String::as_str).collect();
+    delivered_once_each(&h, &b, &nos).await;
+    // Each order resolved once, by one instance or the other.
+    let on_a = resolved(&h.metrics().await);
+    let on_b = resolved(&h.send(Method::GET, &b_metrics, &[], "").await.text);
+    assert_eq!(on_a + on_b, nos.len() as f64, "A {on_a}, B {on_b}: {nos:?}");
+    for no in &nos {
         assert_eq!(
             h.get_payment("m_1001", no, false).await.body["status"],
             "succeeded"
