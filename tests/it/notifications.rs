@@ -498,3 +498,54 @@ async fn alipay_notifications_forged_tampered_or_for_another_app_change_nothing(
     assert_eq!(h.receiver.accepted().len(), 1);
     h.shutdown().await;
 }
+
+/// A verified notification that meets the store away: counted `store_error` and answered as
+/// a failure, so that the provider sends it again; nothing reaches the shop. Once the store
+/// is back, the resend makes the payment final and the shop hears of it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_notification_meeting_a_store_error_is_failed_for_a_resend() {
+    let forwarder = support::PgForwarder::start().await;
+    let url = forwarder.url(&support::pg_url());
+    let Some(h) = Harness::start_on_postgres_at(support::RULES, Some(url)).await else {
+        return;
+    };
+    h.create(&payment(
+        "m_1001",
+        "n-se-1",
+        "wechat_native",
+        1999,
+        json!({}),
+    ))
+    .await
+    .expect_created_on("m1001_wechat");
+    let n = WechatNotification::paid(
+        &direct_paid("n-se-1", 1999),
+        &apiv3_key("1900000109"),
+        now(),
+    );
+    forwarder.cut();
+    let answer = n.send(&h, "m1001_wechat").await;
+    assert!(
+        answer.status >= 500,
+        "a failure, for a resend: {} {}",
+        answer.status,
+        answer.text
+    );
+    let m = h.metrics().await;
+    assert_eq!(notified(&m, "m1001_wechat", "store_error"), 1.0);
+    assert_eq!(notified(&m, "m1001_wechat", "verified"), 0.0);
+    assert!(h.receiver.received().is_empty());
+
+    forwarder.restore().await;
+    wait_until("a resend to be taken once the store is back", || async {
+        n.send(&h, "m1001_wechat").await.status == 204
+    })
+    .await;
+    assert_eq!(
+        h.get_payment("m_1001", "n-se-1", false).await.body["status"],
+        "succeeded"
+    );
+    h.receiver.event("payment.succeeded", "n-se-1").await;
+    assert_eq!(h.receiver.told("payment.succeeded", "n-se-1"), 1);
+    h.shutdown().await;
+}
