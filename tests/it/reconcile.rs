@@ -402,3 +402,62 @@ async fn an_expired_order_meeting_an_open_breaker_is_settled_when_it_reopens_pos
     };
     an_expired_order_meeting_an_open_breaker_is_settled_when_it_reopens(h).await;
 }
+
+/// The reconciler's refund checks: a pending refund whose channel's breaker is open is not
+/// asked about — the check is counted `breaker_open` (not `query`) and the refund stays
+/// pending. (Its settling once the breaker lets a probe through, 30 s later, is what the
+/// payment test above shows.)
+#[tokio::test]
+async fn a_pending_refund_meeting_an_open_breaker_is_not_asked() {
+    let h = Harness::start_with(
+        false,
+        &format!(
+            "{}reconcile: {{ tiers: [ {{ until: 10m, every: 200ms }} ] }}\n",
+            support::RULES
+        ),
+        "",
+    )
+    .await;
+    h.paid("m_1001", "rc-rb", "wechat_native", 500).await;
+    // The refund stays PROCESSING at the provider, and every refund query fails.
+    let failing = json!({
+        "refund_status": "PROCESSING",
+        "fail_next": 1_000,
+        "fail_status": 500,
+        "fail_code": "SYSTEM_ERROR",
+        "fail_ops": ["refund_query"],
+    });
+    h.faults(failing).await;
+    let r = h
+        .refund(&json!({
+            "merchant_id": "m_1001", "out_trade_no": "rc-rb",
+            "out_refund_no": "rc-rb-r1", "amount": 500,
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "pending", "{}", r.text);
+    let channel = r.body["channel"].as_str().unwrap().to_string();
+    // The shop's refreshes (and the worker's checks) fail, and open the channel's breaker.
+    wait_until("the channel's breaker open", || async {
+        h.get_refund("m_1001", "rc-rb-r1", true).await;
+        channel_is_open(&h.admin_get("/admin/channels").await.body, &channel)
+    })
+    .await;
+    let breaker_open = || async {
+        h.metric(
+            "payroute_reconcile_actions_total",
+            &[("action", "breaker_open")],
+        )
+        .await
+        .unwrap_or(0.0)
+    };
+    wait_until("a refund check that met the breaker open", || async {
+        breaker_open().await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        h.get_refund("m_1001", "rc-rb-r1", false).await.body["status"],
+        "pending"
+    );
+    h.shutdown().await;
+}
