@@ -1,0 +1,222 @@
+//! The ops console (`/ui` on the admin port) in headless Chromium, driven over WebDriver
+//! (chromedriver): it connects with the admin token, shows channels, rules and payments,
+//! explains a payment, and resends a dead event.
+//!
+//! Needs `chromium` and `chromium-driver` (Debian); without them this test says so loudly and
+//! passes, unless `PAYROUTE_REQUIRE_BROWSER=1` (as `.ci/run` sets), where it fails.
+
+use crate::support;
+
+use std::process::{Child, Command, Stdio};
+
+use http::Method;
+use serde_json::{json, Value};
+use support::{wait_until, Harness, ADMIN_TOKEN};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// chromedriver on its own port, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One WebDriver session in headless Chromium.
+struct Browser<'a> {
+    h: &'a Harness,
+    base: String,
+}
+
+impl Browser<'_> {
+    async fn call(&self, method: Method, path: &str, body: Value) -> Value {
+        let url = format!("{}{path}", self.base);
+        let r = self
+            .h
+            .send(
+                method,
+                &url,
+                &[("content-type", "application/json")],
+                &body.to_string(),
+            )
+            .await;
+        assert!(r.status < 300, "WebDriver {path}: {} {}", r.status, r.text);
+        r.body["value"].clone()
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let v = self
+            .call(
+                Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.call(
+            Method::POST,
+            &format!("/element/{id}/value"),
+            json!({"text": text}),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.call(Method::POST, &format!("/element/{id}/click"), json!({}))
+            .await;
+    }
+
+    /// The rendered text of the first element matching `css` ("" if none yet).
+    async fn text(&self, css: &str) -> String {
+        let script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';";
+        self.call(
+            Method::POST,
+            "/execute/sync",
+            json!({"script": script, "args": [css]}),
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    async fn shows(&self, css: &str, wanted: &str) {
+        wait_until(&format!("{css} to show {wanted:?}"), || async {
+            self.text(css).await.contains(wanted)
+        })
+        .await;
+    }
+}
+
+async fn start_driver(h: &Harness) -> Option<Driver> {
+    if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
+        assert!(
+            std::env::var("PAYROUTE_REQUIRE_BROWSER").as_deref() != Ok("1"),
+            "PAYROUTE_REQUIRE_BROWSER=1 but {CHROMEDRIVER} or {CHROMIUM} is missing"
+        );
+        // Past the harness's capture of `eprintln!`: a skip must be seen.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: the console's browser test needs Debian's chromium and chromium-driver \
+             (apt-get install chromium chromium-driver); run with PAYROUTE_REQUIRE_BROWSER=1 ***\n"
+        );
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let status = format!("{}/status", driver.url);
+    wait_until("chromedriver to answer", || async {
+        h.try_send(Method::GET, &status, &[], "")
+            .await
+            .is_ok_and(|r| r.body["value"]["ready"] == true)
+    })
+    .await;
+    Some(driver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_explains_a_payment_and_resends_a_dead_event() {
+    let h = Harness::start_with(
+        false,
+        &format!(
+            "{}webhooks: {{ schedule: [100ms, 100ms] }}\n",
+            support::RULES
+        ),
+        "",
+    )
+    .await;
+    // A paid order whose shop is down: its event goes dead after the short schedule.
+    h.receiver.answer_with(500);
+    h.paid("m_1001", "ui-1", "wechat_native", 1999).await;
+    wait_until("the event to be dead", || async {
+        h.admin_get("/admin/events?status=dead").await.body["events"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1)
+    })
+    .await;
+
+    let Some(driver) = start_driver(&h).await else {
+        return;
+    };
+    let session = h
+        .send(
+            Method::POST,
+            &format!("{}/session", driver.url),
+            &[("content-type", "application/json")],
+            &json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+            }}}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(session.status, 200, "{}", session.text);
+    let id = session.body["value"]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let browser = Browser {
+        h: &h,
+        base: format!("{}/session/{id}", driver.url),
+    };
+
+    browser
+        .call(
+            Method::POST,
+            "/url",
+            json!({"url": format!("{}/ui", h.admin)}),
+        )
+        .await;
+    browser.type_into("#token", ADMIN_TOKEN).await;
+    browser.click("#connect").await;
+    browser.shows("#status", "connected").await;
+    browser.shows("#channels", "m1001_wechat").await;
+    browser.shows("#rules", "m1001-own-wechat").await;
+    browser.shows("#payments", "ui-1").await;
+    browser.shows("#payments", "succeeded").await;
+
+    browser.type_into("#explain-merchant", "m_1001").await;
+    browser.click("#explain-go").await;
+    browser.shows("#explain-result", "m1001-own-wechat").await;
+    browser.shows("#explain-result", "m1001_wechat").await;
+
+    h.receiver.answer_with(200);
+    browser.shows("#events", "payment.succeeded").await;
+    browser.click("#events button.resend").await;
+    browser.shows("#events", "resent").await;
+    h.receiver.event("payment.succeeded", "ui-1").await;
+
+    browser.call(Method::DELETE, "", json!({})).await;
+    drop(driver);
+    h.shutdown().await;
+}
