@@ -1,0 +1,503 @@
+//! The embedded store: one SQLite file in WAL mode, one writer thread with group commit, a
+//! few reader threads, each with its own connection (see [`SqliteStore`]).
+
+mod readers;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{
+    failure, parse_account, CheckOf, EventRecord, PaymentRecord, RefundRecord, StoreError,
+    StoreMetrics, OPEN_PAYMENT, OPEN_REFUND,
+};
+use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
+use readers::{readers, Readers};
+use writer::{writer_loop, Job, Write};
+
+/// The store: one writer thread that commits every pending write in one transaction (group
+/// commit), and a few reader threads beside it, each with its own connection (WAL lets
+/// readers run while the writer writes). No SQLite call runs on a tokio worker.
+///
+/// # Durability
+/// `synchronous=FULL`: a write is answered only after the transaction that holds it has
+/// committed, so an acknowledged write survives `kill -9` and power loss — at the cost of one
+/// fsync per batch instead of one per write. Each write runs in its own savepoint: one that
+/// fails is rolled back alone, the rest of its batch still commits.
+pub struct SqliteStore {
+    writer: std::sync::mpsc::Sender<Job>,
+    /// Writes asked for, and transactions the writer has committed (each one batch).
+    metrics: StoreMetrics,
+    /// Whether the last batch committed without an I/O failure (disk full, I/O error): what
+    /// `/readyz` reports, so a load balancer stops sending writes that cannot be kept.
+    pub(super) healthy: Arc<AtomicBool>,
+    readers: Readers,
+    /// The latest claim on each due check handed out, by record: in memory, so that handing
+    /// checks out stays a plain read (a store that cannot write still answers it).
+    pub(super) claims: CheckClaims,
+}
+
+/// The latest claim token on each record's check ([`Store::schedule_claimed_check`]).
+///
+/// # Limits
+/// An entry lives from its check being handed out to its next check being written (by its
+/// holder or by a payment flow); one whose holder never wrote stays until the record is
+/// handed out again. Kept by the writer thread's closures, so a check of a claim and its
+/// write are one step among the writes.
+pub(super) type CheckClaims = Arc<Mutex<HashMap<(CheckOf, String), String>>>;
+
+/// The claims, past a poisoned lock: only plain map operations run under it.
+pub(super) fn lock(claims: &CheckClaims) -> MutexGuard<'_, HashMap<(CheckOf, String), String>> {
+    claims.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(backend)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(backend)?;
+    // Every statement of the hot paths stays prepared (rusqlite's default keeps 16).
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS payments (
+    payment_id        TEXT PRIMARY KEY,
+    merchant_id       TEXT NOT NULL,
+    shop_id           TEXT NOT NULL,
+    out_trade_no      TEXT NOT NULL,
+    amount            INTEGER NOT NULL CHECK (amount > 0),
+    currency          TEXT NOT NULL,
+    method            TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    channel           TEXT NOT NULL,
+    rule              TEXT NOT NULL,
+    action            TEXT,
+    provider_trade_no TEXT,
+    refunded_amount   INTEGER NOT NULL DEFAULT 0,
+    request_hash      TEXT NOT NULL,
+    request           TEXT NOT NULL,
+    error_code        TEXT,
+    error_message     TEXT,
+    attempt_until     INTEGER,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    paid_at           INTEGER,
+    expires_at        INTEGER NOT NULL,
+    version           INTEGER NOT NULL,
+    account           TEXT,
+    UNIQUE (merchant_id, out_trade_no)
+);
+CREATE INDEX IF NOT EXISTS payments_status ON payments (status, updated_at);
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_id          TEXT PRIMARY KEY,
+    merchant_id        TEXT NOT NULL,
+    shop_id            TEXT NOT NULL,
+    out_trade_no       TEXT NOT NULL,
+    out_refund_no      TEXT NOT NULL,
+    payment_id         TEXT NOT NULL REFERENCES payments (payment_id),
+    channel            TEXT NOT NULL,
+    amount             INTEGER NOT NULL CHECK (amount > 0),
+    reason             TEXT,
+    status             TEXT NOT NULL,
+    provider_refund_no TEXT,
+    request_hash       TEXT NOT NULL,
+    error_code         TEXT,
+    error_message      TEXT,
+    attempt_until      INTEGER,
+    created_at         INTEGER NOT NULL,
+    updated_at         INTEGER NOT NULL,
+    succeeded_at       INTEGER,
+    version            INTEGER NOT NULL,
+    UNIQUE (merchant_id, out_refund_no)
+);
+CREATE INDEX IF NOT EXISTS refunds_payment ON refunds (payment_id, status);
+CREATE INDEX IF NOT EXISTS payments_trade_no ON payments (out_trade_no);
+CREATE INDEX IF NOT EXISTS payments_created ON payments (created_at, payment_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        TEXT NOT NULL UNIQUE,
+    shop_id         TEXT NOT NULL,
+    merchant_id     TEXT NOT NULL,
+    payment_id      TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS events_payment ON events (payment_id, status, seq);
+CREATE INDEX IF NOT EXISTS events_age ON events (status, created_at);
+CREATE INDEX IF NOT EXISTS events_shop_due ON events (shop_id, next_attempt_at, seq)
+    WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, pad BLOB);
+";
+
+/// Columns added after the first release, for files created before them.
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+    ("payments", "account", "TEXT"),
+    // The reconciliation schedule (unix ms; NULL: not checked any more).
+    ("payments", "next_check_at", "INTEGER"),
+    ("refunds", "next_check_at", "INTEGER"),
+    // Paid after the order had ended (issue 15): 1.
+    ("payments", "late", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = conn
+            .query_row(
+                &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                params![column],
+                |row| row.get(0),
+            )
+            .map_err(backend)?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                .map_err(backend)?;
+            if column == "next_check_at" {
+                // Open records from before the schedule existed are checked at once.
+                conn.execute_batch(&format!(
+                    "UPDATE {table} SET next_check_at = updated_at
+                     WHERE status IN ('pending', 'unknown', 'abnormal')"
+                ))
+                .map_err(backend)?;
+            }
+        }
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS payments_check ON payments (next_check_at);
+         CREATE INDEX IF NOT EXISTS refunds_check ON refunds (next_check_at);",
+    )
+    .map_err(backend)?;
+    // An open record left with no next check (by a payroute before issue 16, whose
+    // reconciler dropped an order whose check met an open breaker past its expiry) is
+    // checked at once; none is left so since. Every start: the index finds them.
+    conn.execute_batch(&format!(
+        "UPDATE payments SET next_check_at = updated_at WHERE next_check_at IS NULL AND {OPEN_PAYMENT};
+         UPDATE refunds SET next_check_at = updated_at WHERE next_check_at IS NULL AND {OPEN_REFUND};"
+    ))
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) const EVENT_COLUMNS: &str = "seq, event_id, shop_id, merchant_id, payment_id, event_type, body, status, attempts, next_attempt_at, created_at, delivered_at, last_error";
+
+pub(super) fn read_event(row: &Row) -> rusqlite::Result<Result<EventRecord, StoreError>> {
+    let event_type: String = row.get(5)?;
+    let status: String = row.get(7)?;
+    let attempts: i64 = row.get(8)?;
+    Ok((|| {
+        Ok(EventRecord {
+            seq: row.get(0).map_err(backend)?,
+            event_id: row.get(1).map_err(backend)?,
+            shop_id: row.get(2).map_err(backend)?,
+            merchant_id: row.get(3).map_err(backend)?,
+            payment_id: row.get(4).map_err(backend)?,
+            event_type: EventType::parse(&event_type)
+                .ok_or_else(|| StoreError::Corrupt(format!("event_type {event_type}")))?,
+            body: row.get(6).map_err(backend)?,
+            status: EventStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("event status {status}")))?,
+            attempts: u32::try_from(attempts)
+                .map_err(|_| StoreError::Corrupt(format!("attempts {attempts}")))?,
+            next_attempt_at: row.get(9).map_err(backend)?,
+            created_at: row.get(10).map_err(backend)?,
+            delivered_at: row.get(11).map_err(backend)?,
+            last_error: row.get(12).map_err(backend)?,
+            claim: None,
+        })
+    })())
+}
+
+pub(super) fn insert_event(conn: &Connection, e: &EventRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO events (event_id, shop_id, merchant_id, payment_id, event_type, body, status,
+         attempts, next_attempt_at, created_at, delivered_at, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )
+    .map_err(backend)?
+    .execute(params![
+        e.event_id,
+        e.shop_id,
+        e.merchant_id,
+        e.payment_id,
+        e.event_type.as_str(),
+        e.body,
+        e.status.as_str(),
+        e.attempts,
+        e.next_attempt_at,
+        e.created_at,
+        e.delivered_at,
+        e.last_error,
+    ])
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) fn get_event(
+    conn: &Connection,
+    event_id: &str,
+) -> Result<Option<EventRecord>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?1"),
+        params![event_id],
+        read_event,
+    )
+    .optional()
+    .map_err(backend)?
+    .transpose()
+}
+
+pub(super) fn collect<T>(
+    rows: impl Iterator<Item = rusqlite::Result<Result<T, StoreError>>>,
+) -> Result<Vec<T>, StoreError> {
+    rows.map(|r| r.map_err(backend).and_then(|rec| rec))
+        .collect()
+}
+
+pub(super) const REFUND_COLUMNS: &str = "refund_id, merchant_id, shop_id, out_trade_no, out_refund_no, payment_id, channel, amount, reason, status, provider_refund_no, request_hash, error_code, error_message, attempt_until, created_at, updated_at, succeeded_at, version";
+
+pub(super) fn read_refund(row: &Row) -> rusqlite::Result<Result<RefundRecord, StoreError>> {
+    let amount: i64 = row.get(7)?;
+    let status: String = row.get(9)?;
+    Ok((|| {
+        Ok(RefundRecord {
+            refund_id: row.get(0).map_err(backend)?,
+            merchant_id: row.get(1).map_err(backend)?,
+            shop_id: row.get(2).map_err(backend)?,
+            out_trade_no: row.get(3).map_err(backend)?,
+            out_refund_no: row.get(4).map_err(backend)?,
+            payment_id: row.get(5).map_err(backend)?,
+            channel: row.get(6).map_err(backend)?,
+            amount: u64::try_from(amount)
+                .map_err(|_| StoreError::Corrupt(format!("refund amount {amount}")))?,
+            reason: row.get(8).map_err(backend)?,
+            status: RefundStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("refund status {status}")))?,
+            provider_refund_no: row.get(10).map_err(backend)?,
+            request_hash: row.get(11).map_err(backend)?,
+            error_code: failure(row.get(12).map_err(backend)?)?,
+            error_message: row.get(13).map_err(backend)?,
+            attempt_until: row.get(14).map_err(backend)?,
+            created_at: row.get(15).map_err(backend)?,
+            updated_at: row.get(16).map_err(backend)?,
+            succeeded_at: row.get(17).map_err(backend)?,
+            version: row.get(18).map_err(backend)?,
+        })
+    })())
+}
+
+pub(super) fn get_refund(
+    conn: &Connection,
+    merchant_id: &str,
+    out_refund_no: &str,
+) -> Result<Option<RefundRecord>, StoreError> {
+    conn.query_row(
+        &format!(
+            "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant_id = ?1 AND out_refund_no = ?2"
+        ),
+        params![merchant_id, out_refund_no],
+        read_refund,
+    )
+    .optional()
+    .map_err(backend)?
+    .transpose()
+}
+
+/// The payments columns in [`read_row`]'s order (a macro, so that the hot statements are
+/// string literals the statement cache keys on without a `format!`).
+macro_rules! payment_columns {
+    () => {
+        "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account, late"
+    };
+}
+pub(super) use payment_columns;
+pub(super) const COLUMNS: &str = payment_columns!();
+
+impl SqliteStore {
+    /// Opens (or creates) the file, counting into metrics registered nowhere.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let metrics = StoreMetrics::new(&prometheus::Registry::new())
+            .map_err(|e| StoreError::Backend(format!("metrics: {e}")))?;
+        SqliteStore::open_counted(path, metrics).await
+    }
+
+    pub async fn open_counted(
+        path: &Path,
+        metrics: StoreMetrics,
+    ) -> Result<SqliteStore, StoreError> {
+        let at = path.to_path_buf();
+        let (conn, readers) = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = at.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
+            }
+            let conn = open_connection(&at)?;
+            conn.execute_batch(SCHEMA).map_err(backend)?;
+            migrate(&conn)?;
+            let readers = (0..readers())
+                .map(|_| open_connection(&at))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, StoreError>((conn, readers))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        // The readers first: the writer waits for them to close before it closes.
+        let readers = Readers::start(readers)?;
+        let (writer, jobs) = std::sync::mpsc::channel();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (counted, health, queue) =
+            (metrics.commits.clone(), healthy.clone(), readers.0.clone());
+        std::thread::Builder::new()
+            .name("payroute-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, jobs, counted, health, queue))
+            .map_err(|e| StoreError::Backend(format!("starting the writer: {e}")))?;
+        Ok(SqliteStore {
+            writer,
+            metrics,
+            healthy,
+            readers,
+            claims: CheckClaims::default(),
+        })
+    }
+
+    /// Transactions committed so far (one per batch of writes).
+    pub fn commits(&self) -> u64 {
+        self.metrics.commits.get()
+    }
+
+    /// Runs `f` on the writer's connection, in the next batch; answers after its commit.
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(Write { f, tx });
+        self.metrics.writes.inc();
+        let started = tokio::time::Instant::now();
+        self.writer
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        let answer = rx
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        self.metrics
+            .write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    /// Runs `f` on a reader thread's connection (never blocking a tokio worker).
+    pub(super) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.readers.submit(Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        }));
+        rx.await
+            // Only a read that panicked drops its answer: a bug to report (500), not a store
+            // that is away (a 503 would invite retrying the same read for ever).
+            .map_err(|_| StoreError::Backend("a store read failed (panicked)".into()))?
+    }
+}
+
+/// SQLite's error, sorted: what the disk or the OS refused is `Unavailable` (retryable, and
+/// `/readyz` says so); the rest is a bug or bad data.
+pub(super) fn backend(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(
+            DiskFull
+            | SystemIoFailure
+            | CannotOpen
+            | ReadOnly
+            | DatabaseBusy
+            | DatabaseLocked
+            | OutOfMemory
+            | FileLockingProtocolFailed
+            | PermissionDenied,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+pub(super) fn read_row(row: &Row) -> rusqlite::Result<Result<PaymentRecord, StoreError>> {
+    let method: String = row.get(6)?;
+    let status: String = row.get(7)?;
+    let action: Option<String> = row.get(10)?;
+    let request: String = row.get(14)?;
+    let amount: i64 = row.get(4)?;
+    let refunded: i64 = row.get(12)?;
+    let build = || -> Result<PaymentRecord, StoreError> {
+        Ok(PaymentRecord {
+            payment_id: row.get(0).map_err(backend)?,
+            merchant_id: row.get(1).map_err(backend)?,
+            shop_id: row.get(2).map_err(backend)?,
+            out_trade_no: row.get(3).map_err(backend)?,
+            amount: u64::try_from(amount)
+                .map_err(|_| StoreError::Corrupt(format!("amount {amount}")))?,
+            currency: row.get(5).map_err(backend)?,
+            method: Method::parse(&method)
+                .ok_or_else(|| StoreError::Corrupt(format!("method {method}")))?,
+            status: PaymentStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+            channel: row.get(8).map_err(backend)?,
+            rule: row.get(9).map_err(backend)?,
+            action: action
+                .map(|a| serde_json::from_str(&a))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("action: {e}")))?,
+            provider_trade_no: row.get(11).map_err(backend)?,
+            refunded_amount: u64::try_from(refunded)
+                .map_err(|_| StoreError::Corrupt(format!("refunded {refunded}")))?,
+            request_hash: row.get(13).map_err(backend)?,
+            request: serde_json::from_str(&request)
+                .map_err(|e| StoreError::Corrupt(format!("request: {e}")))?,
+            error_code: failure(row.get(15).map_err(backend)?)?,
+            error_message: row.get(16).map_err(backend)?,
+            attempt_until: row.get(17).map_err(backend)?,
+            created_at: row.get(18).map_err(backend)?,
+            updated_at: row.get(19).map_err(backend)?,
+            paid_at: row.get(20).map_err(backend)?,
+            expires_at: row.get(21).map_err(backend)?,
+            version: row.get(22).map_err(backend)?,
+            account: parse_account(row.get(23).map_err(backend)?)?,
+            late: row.get(24).map_err(backend)?,
+        })
+    };
+    Ok(build())
+}
+
+pub(super) fn get(
+    conn: &Connection,
+    merchant_id: &str,
+    out_trade_no: &str,
+) -> Result<Option<PaymentRecord>, StoreError> {
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        payment_columns!(),
+        " FROM payments WHERE merchant_id = ?1 AND out_trade_no = ?2"
+    ))
+    .map_err(backend)?
+    .query_row(params![merchant_id, out_trade_no], read_row)
+    .optional()
+    .map_err(backend)?
+    .transpose()
+}
