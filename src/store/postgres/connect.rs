@@ -14,6 +14,24 @@ pub fn valid_schema(name: &str) -> bool {
         && name.len() <= 63
 }
 
+/// Why `store.url` was refused. No variant holds the url or a piece of it: it may hold a
+/// password.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("sslmode {0:?} is not disable, prefer, require, verify-ca or verify-full")]
+    SslMode(String),
+    #[error("sslrootcert needs sslmode=require or verify-full")]
+    RootCertWithoutTls,
+    /// tokio-postgres's reason for a url: it names the option (`port`, an unknown key),
+    /// never its value.
+    #[error("not a valid PostgreSQL url: {0}")]
+    Url(String),
+    /// The key=value form's parser may quote a piece of the password back: its reason is
+    /// dropped.
+    #[error("not a valid PostgreSQL connection string (the reason is not shown: it could quote the password)")]
+    KeyValue,
+}
+
 /// A parsed `store.url`: the connection settings, and whether (and against which roots) TLS
 /// is required.
 ///
@@ -32,7 +50,7 @@ pub struct ConnectSpec {
 
 impl ConnectSpec {
     /// Errors never quote the url: it may hold a password.
-    pub fn parse(url: &str) -> Result<ConnectSpec, String> {
+    pub fn parse(url: &str) -> Result<ConnectSpec, UrlError> {
         let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
         let mut sslmode: Option<String> = None;
         let mut rootcert: Option<String> = None;
@@ -74,27 +92,24 @@ impl ConnectSpec {
         let tls = match sslmode.as_deref() {
             None | Some("disable" | "allow" | "prefer") => false,
             Some("require" | "verify-ca" | "verify-full") => true,
-            Some(other) => {
-                return Err(format!(
-                    "sslmode {other:?} is not disable, prefer, require, verify-ca or verify-full"
-                ))
-            }
+            Some(other) => return Err(UrlError::SslMode(other.to_string())),
         };
         if rootcert.is_some() && !tls {
-            return Err("sslrootcert needs sslmode=require or verify-full".into());
+            return Err(UrlError::RootCertWithoutTls);
         }
-        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
-            if is_url {
-                // The cause names the option (`port`, an unknown key), never its value.
-                match std::error::Error::source(&e) {
-                    Some(cause) => format!("not a valid PostgreSQL url: {e} ({cause})"),
-                    None => format!("not a valid PostgreSQL url: {e}"),
+        let mut config: tokio_postgres::Config =
+            rest.parse().map_err(|e: tokio_postgres::Error| {
+                if is_url {
+                    // The cause names the option (`port`, an unknown key), never its value.
+                    UrlError::Url(match std::error::Error::source(&e) {
+                        Some(cause) => format!("{e} ({cause})"),
+                        None => e.to_string(),
+                    })
+                } else {
+                    // The key=value form's parser may quote a piece of the password back.
+                    UrlError::KeyValue
                 }
-            } else {
-                // The key=value form's parser may quote a piece of the password back.
-                "not a valid PostgreSQL connection string (the reason is not shown: it could quote the password)".to_string()
-            }
-        })?;
+            })?;
         config.ssl_mode(if tls {
             tokio_postgres::config::SslMode::Require
         } else {
@@ -177,24 +192,37 @@ mod tests {
         );
         let e = ConnectSpec::parse("postgres://app:s3cret@db/pay?sslmode=bogus")
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("bogus") && !e.contains("s3cret"), "{e}");
         let e = ConnectSpec::parse("postgres://app:s3cret@db/pay?sslrootcert=/x.pem")
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("sslrootcert") && !e.contains("s3cret"), "{e}");
         let e = ConnectSpec::parse("postgres://app:s3cret@db:s3cret/pay")
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("`port`") && !e.contains("s3cret"), "{e}");
         let e = ConnectSpec::parse("postgres://app:s3cret@db/pay?bogus=1")
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("`bogus`") && !e.contains("s3cret"), "{e}");
         let e = ConnectSpec::parse("host=db password=s3cret bogus_key=1")
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(!e.contains("s3cret"), "{e}");
+        assert_eq!(
+            ConnectSpec::parse("postgres://db/pay?sslmode=bogus").err(),
+            Some(UrlError::SslMode("bogus".into()))
+        );
+        assert_eq!(
+            ConnectSpec::parse("host=db password=s3cret bogus_key=1").err(),
+            Some(UrlError::KeyValue)
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ use crate::secret::Secret;
 
 use crate::defaults::DEFAULT_PG_LEASE as DEFAULT_LEASE;
 use connect::tls_config;
-pub use connect::{valid_schema, ConnectSpec};
+pub use connect::{valid_schema, ConnectSpec, UrlError};
 
 /// Connecting, and waiting for a pooled connection, give up after this: a request then fails
 /// with a clear store error instead of hanging while PostgreSQL is away.
