@@ -13,6 +13,7 @@ pub mod pause;
 pub mod postgres;
 pub mod reports;
 pub mod schedule;
+mod schema;
 pub mod sqlite;
 
 pub use ledger::Ledger;

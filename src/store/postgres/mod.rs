@@ -43,6 +43,7 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMe
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use super::schema::MIGRATIONS;
 use super::{
     failure, parse_account, EventRecord, PaymentRecord, RefundRecord, StoreError, StoreMetrics,
 };
@@ -66,108 +67,6 @@ const LOST_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 /// `503 store_unavailable`. Payroute's own row locks last milliseconds.
 const SESSION_BOUNDS: &str =
     "-c lock_timeout=2s -c statement_timeout=10s -c idle_in_transaction_session_timeout=30s";
-
-/// Versioned schema migrations, applied in order, each in one transaction. Never edit one
-/// that has shipped: add the next.
-const MIGRATIONS: [(i32, &str); 4] = [
-    (1, V1),
-    (2, V2_LATE),
-    (3, V3_EVENT_CLAIMS),
-    (4, V4_CHECK_CLAIMS),
-];
-
-const V1: &str = "
-CREATE TABLE payments (
-    payment_id        TEXT PRIMARY KEY,
-    merchant_id       TEXT NOT NULL,
-    shop_id           TEXT NOT NULL,
-    out_trade_no      TEXT NOT NULL,
-    amount            BIGINT NOT NULL CHECK (amount > 0),
-    currency          TEXT NOT NULL,
-    method            TEXT NOT NULL,
-    status            TEXT NOT NULL,
-    channel           TEXT NOT NULL,
-    rule              TEXT NOT NULL,
-    action            TEXT,
-    provider_trade_no TEXT,
-    refunded_amount   BIGINT NOT NULL DEFAULT 0,
-    request_hash      TEXT NOT NULL,
-    request           TEXT NOT NULL,
-    error_code        TEXT,
-    error_message     TEXT,
-    attempt_until     BIGINT,
-    created_at        BIGINT NOT NULL,
-    updated_at        BIGINT NOT NULL,
-    paid_at           BIGINT,
-    expires_at        BIGINT NOT NULL,
-    version           BIGINT NOT NULL,
-    account           TEXT,
-    next_check_at     BIGINT,
-    check_lease_until BIGINT,
-    UNIQUE (merchant_id, out_trade_no)
-);
-CREATE INDEX payments_trade_no ON payments (out_trade_no);
-CREATE INDEX payments_created ON payments (created_at, payment_id);
-CREATE INDEX payments_check ON payments (next_check_at) WHERE next_check_at IS NOT NULL;
-CREATE TABLE refunds (
-    refund_id          TEXT PRIMARY KEY,
-    merchant_id        TEXT NOT NULL,
-    shop_id            TEXT NOT NULL,
-    out_trade_no       TEXT NOT NULL,
-    out_refund_no      TEXT NOT NULL,
-    payment_id         TEXT NOT NULL REFERENCES payments (payment_id),
-    channel            TEXT NOT NULL,
-    amount             BIGINT NOT NULL CHECK (amount > 0),
-    reason             TEXT,
-    status             TEXT NOT NULL,
-    provider_refund_no TEXT,
-    request_hash       TEXT NOT NULL,
-    error_code         TEXT,
-    error_message      TEXT,
-    attempt_until      BIGINT,
-    created_at         BIGINT NOT NULL,
-    updated_at         BIGINT NOT NULL,
-    succeeded_at       BIGINT,
-    version            BIGINT NOT NULL,
-    next_check_at      BIGINT,
-    check_lease_until  BIGINT,
-    UNIQUE (merchant_id, out_refund_no)
-);
-CREATE INDEX refunds_payment ON refunds (payment_id, status);
-CREATE INDEX refunds_created ON refunds (created_at);
-CREATE INDEX refunds_check ON refunds (next_check_at) WHERE next_check_at IS NOT NULL;
-CREATE TABLE events (
-    seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_id        TEXT NOT NULL UNIQUE,
-    shop_id         TEXT NOT NULL,
-    merchant_id     TEXT NOT NULL,
-    payment_id      TEXT NOT NULL,
-    event_type      TEXT NOT NULL,
-    body            TEXT NOT NULL,
-    status          TEXT NOT NULL,
-    attempts        BIGINT NOT NULL,
-    next_attempt_at BIGINT NOT NULL,
-    created_at      BIGINT NOT NULL,
-    delivered_at    BIGINT,
-    last_error      TEXT,
-    lease_until     BIGINT
-);
-CREATE INDEX events_due ON events (next_attempt_at) WHERE status = 'pending';
-CREATE INDEX events_payment ON events (payment_id, seq) WHERE status = 'pending';
-CREATE INDEX events_age ON events (status, created_at);
-CREATE TABLE store_probe (
-    id INTEGER PRIMARY KEY,
-    at BIGINT NOT NULL
-);
-";
-
-/// Issue 16: an event's claim carries a fencing token (only its holder records the
-/// delivery), and due events are claimed per shop in `(next_attempt_at, seq)` order: the
-/// index serves both the walk over the shops with pending events and each shop's oldest.
-const V3_EVENT_CLAIMS: &str = "
-ALTER TABLE events ADD COLUMN claim TEXT;
-CREATE INDEX events_shop_due ON events (shop_id, next_attempt_at, seq) WHERE status = 'pending';
-";
 
 /// The store: a pool of connections to one schema of one database.
 pub struct PostgresStore {
@@ -308,11 +207,15 @@ impl PostgresStore {
     async fn migrate(&self, schema: &str) -> Result<(), StoreError> {
         let mut client = self.conn().await?;
         let current = match applied_migrations(&client, schema).await? {
-            Some(applied) => MIGRATIONS.iter().all(|(v, _)| applied.contains(v)),
+            Some(applied) => MIGRATIONS.iter().all(|m| applied.contains(&m.version)),
             None => false,
         };
         let lock_key = format!("payroute.migrate.{schema}");
-        for (version, sql) in MIGRATIONS.iter().filter(|_| !current) {
+        for (version, sql) in MIGRATIONS
+            .iter()
+            .filter(|_| !current)
+            .map(|m| (&m.version, m.postgres))
+        {
             let tx = client.transaction().await.map_err(pg)?;
             // A migration may take long, and so may waiting for another instance's: the
             // session bounds, meant for requests, do not apply here.
@@ -367,7 +270,7 @@ impl PostgresStore {
             .await
             .map_err(pg)
             .and_then(|row| get(&row, 0))?;
-        let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        let known = MIGRATIONS.last().map_or(0, |m| m.version);
         if newest.is_some_and(|n| n > known) {
             tracing::warn!(
                 schema,
@@ -523,24 +426,6 @@ pub(in crate::store) fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
 ) -> Result<T, StoreError> {
     row.try_get(idx).map_err(pg)
 }
-
-/// Issue 15: a payment reported after the order had ended is flagged `late`; ended orders
-/// (closed, failed) and late ones are checked by the reconciler too.
-const V2_LATE: &str = "
-ALTER TABLE payments ADD COLUMN late BOOLEAN NOT NULL DEFAULT false;
-";
-
-/// Issue 16: a check's claim is fenced by a token (`check_claim`), and an open record is
-/// never left with no next check — those a payroute before it dropped are checked at once.
-/// (Number 3 is the outbox's migration of the same issue.)
-const V4_CHECK_CLAIMS: &str = "
-ALTER TABLE payments ADD COLUMN IF NOT EXISTS check_claim TEXT;
-ALTER TABLE refunds ADD COLUMN IF NOT EXISTS check_claim TEXT;
-UPDATE payments SET next_check_at = updated_at
- WHERE next_check_at IS NULL AND status IN ('pending', 'unknown');
-UPDATE refunds SET next_check_at = updated_at
- WHERE next_check_at IS NULL AND status IN ('pending', 'abnormal');
-";
 
 pub(in crate::store) const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account, late";
 

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
     failure, parse_account, CheckOf, EventRecord, PaymentRecord, RefundRecord, StoreError,
-    StoreMetrics, OPEN_PAYMENT, OPEN_REFUND,
+    StoreMetrics,
 };
 use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
 use readers::{readers, Readers};
@@ -68,131 +68,6 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // Every statement of the hot paths stays prepared (rusqlite's default keeps 16).
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
-}
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS payments (
-    payment_id        TEXT PRIMARY KEY,
-    merchant_id       TEXT NOT NULL,
-    shop_id           TEXT NOT NULL,
-    out_trade_no      TEXT NOT NULL,
-    amount            INTEGER NOT NULL CHECK (amount > 0),
-    currency          TEXT NOT NULL,
-    method            TEXT NOT NULL,
-    status            TEXT NOT NULL,
-    channel           TEXT NOT NULL,
-    rule              TEXT NOT NULL,
-    action            TEXT,
-    provider_trade_no TEXT,
-    refunded_amount   INTEGER NOT NULL DEFAULT 0,
-    request_hash      TEXT NOT NULL,
-    request           TEXT NOT NULL,
-    error_code        TEXT,
-    error_message     TEXT,
-    attempt_until     INTEGER,
-    created_at        INTEGER NOT NULL,
-    updated_at        INTEGER NOT NULL,
-    paid_at           INTEGER,
-    expires_at        INTEGER NOT NULL,
-    version           INTEGER NOT NULL,
-    account           TEXT,
-    UNIQUE (merchant_id, out_trade_no)
-);
-CREATE INDEX IF NOT EXISTS payments_status ON payments (status, updated_at);
-CREATE TABLE IF NOT EXISTS refunds (
-    refund_id          TEXT PRIMARY KEY,
-    merchant_id        TEXT NOT NULL,
-    shop_id            TEXT NOT NULL,
-    out_trade_no       TEXT NOT NULL,
-    out_refund_no      TEXT NOT NULL,
-    payment_id         TEXT NOT NULL REFERENCES payments (payment_id),
-    channel            TEXT NOT NULL,
-    amount             INTEGER NOT NULL CHECK (amount > 0),
-    reason             TEXT,
-    status             TEXT NOT NULL,
-    provider_refund_no TEXT,
-    request_hash       TEXT NOT NULL,
-    error_code         TEXT,
-    error_message      TEXT,
-    attempt_until      INTEGER,
-    created_at         INTEGER NOT NULL,
-    updated_at         INTEGER NOT NULL,
-    succeeded_at       INTEGER,
-    version            INTEGER NOT NULL,
-    UNIQUE (merchant_id, out_refund_no)
-);
-CREATE INDEX IF NOT EXISTS refunds_payment ON refunds (payment_id, status);
-CREATE INDEX IF NOT EXISTS payments_trade_no ON payments (out_trade_no);
-CREATE INDEX IF NOT EXISTS payments_created ON payments (created_at, payment_id);
-CREATE TABLE IF NOT EXISTS events (
-    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id        TEXT NOT NULL UNIQUE,
-    shop_id         TEXT NOT NULL,
-    merchant_id     TEXT NOT NULL,
-    payment_id      TEXT NOT NULL,
-    event_type      TEXT NOT NULL,
-    body            TEXT NOT NULL,
-    status          TEXT NOT NULL,
-    attempts        INTEGER NOT NULL,
-    next_attempt_at INTEGER NOT NULL,
-    created_at      INTEGER NOT NULL,
-    delivered_at    INTEGER,
-    last_error      TEXT
-);
-CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt_at);
-CREATE INDEX IF NOT EXISTS events_payment ON events (payment_id, status, seq);
-CREATE INDEX IF NOT EXISTS events_age ON events (status, created_at);
-CREATE INDEX IF NOT EXISTS events_shop_due ON events (shop_id, next_attempt_at, seq)
-    WHERE status = 'pending';
-CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, pad BLOB);
-";
-
-/// Columns added after the first release, for files created before them.
-const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
-    ("payments", "account", "TEXT"),
-    // The reconciliation schedule (unix ms; NULL: not checked any more).
-    ("payments", "next_check_at", "INTEGER"),
-    ("refunds", "next_check_at", "INTEGER"),
-    // Paid after the order had ended (issue 15): 1.
-    ("payments", "late", "INTEGER NOT NULL DEFAULT 0"),
-];
-
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    for (table, column, kind) in ADDED_COLUMNS {
-        let present: bool = conn
-            .query_row(
-                &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
-                params![column],
-                |row| row.get(0),
-            )
-            .map_err(backend)?;
-        if !present {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
-                .map_err(backend)?;
-            if column == "next_check_at" {
-                // Open records from before the schedule existed are checked at once.
-                conn.execute_batch(&format!(
-                    "UPDATE {table} SET next_check_at = updated_at
-                     WHERE status IN ('pending', 'unknown', 'abnormal')"
-                ))
-                .map_err(backend)?;
-            }
-        }
-    }
-    conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS payments_check ON payments (next_check_at);
-         CREATE INDEX IF NOT EXISTS refunds_check ON refunds (next_check_at);",
-    )
-    .map_err(backend)?;
-    // An open record left with no next check (by a payroute before issue 16, whose
-    // reconciler dropped an order whose check met an open breaker past its expiry) is
-    // checked at once; none is left so since. Every start: the index finds them.
-    conn.execute_batch(&format!(
-        "UPDATE payments SET next_check_at = updated_at WHERE next_check_at IS NULL AND {OPEN_PAYMENT};
-         UPDATE refunds SET next_check_at = updated_at WHERE next_check_at IS NULL AND {OPEN_REFUND};"
-    ))
-    .map_err(backend)?;
-    Ok(())
 }
 
 pub(super) const EVENT_COLUMNS: &str = "seq, event_id, shop_id, merchant_id, payment_id, event_type, body, status, attempts, next_attempt_at, created_at, delivered_at, last_error";
@@ -348,8 +223,7 @@ impl SqliteStore {
                     .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
             }
             let conn = open_connection(&at)?;
-            conn.execute_batch(SCHEMA).map_err(backend)?;
-            migrate(&conn)?;
+            super::schema::migrate_sqlite(&conn)?;
             let readers = (0..readers())
                 .map(|_| open_connection(&at))
                 .collect::<Result<Vec<_>, _>>()?;

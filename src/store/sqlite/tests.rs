@@ -11,7 +11,7 @@ use super::readers::{ReadQueue, ReadState, Readers, MAX_READERS};
 use super::writer::{writer_loop, Answer, Job, WriteJob};
 use super::*;
 use crate::domain::{Account, Method, PaymentStatus};
-use crate::store::{Ledger, PaymentRecord, Reports, StoreError, StoreMetrics};
+use crate::store::{Ledger, PaymentRecord, Reports, Schedule, StoreError, StoreMetrics};
 
 /// A read that panics is a bug to report, not a store that is away: a 500, not a
 /// retryable 503; and the reader survives it.
@@ -42,7 +42,8 @@ async fn a_file_from_before_late_payments_gains_the_column() {
     }
     Connection::open(&path)
         .unwrap()
-        .execute_batch("ALTER TABLE payments DROP COLUMN late")
+        // As a file from before the column (and before `schema_migrations`) is.
+        .execute_batch("ALTER TABLE payments DROP COLUMN late; DROP TABLE schema_migrations")
         .unwrap();
     let store = SqliteStore::open(&path).await.unwrap();
     let mut p = store.get_payment("m_1", "old").await.unwrap().unwrap();
@@ -51,6 +52,85 @@ async fn a_file_from_before_late_payments_gains_the_column() {
     p.late = true;
     assert!(store.update_payment(&mut p).await.unwrap());
     assert!(store.get_payment("m_1", "old").await.unwrap().unwrap().late);
+}
+
+/// The migrations a store records.
+fn versions(path: &Path) -> Vec<i32> {
+    let conn = Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT version FROM schema_migrations ORDER BY version")
+        .unwrap();
+    let versions = stmt
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<Vec<i32>, _>>()
+        .unwrap();
+    versions
+}
+
+/// A file in the first release's layout (no account, no schedule, no `late`, no
+/// `schema_migrations`) is brought to the current columns once and every migration recorded
+/// as applied: its open payment is due for a check at once, reads as not late, and the
+/// store writes as on a new file. A new file records the same versions, and reopening either
+/// runs nothing again (a second `ADD COLUMN late` would fail the open).
+#[tokio::test]
+async fn a_file_from_before_schema_migrations_records_every_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("first.db");
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE payments (
+                 payment_id TEXT PRIMARY KEY, merchant_id TEXT NOT NULL, shop_id TEXT NOT NULL,
+                 out_trade_no TEXT NOT NULL, amount INTEGER NOT NULL CHECK (amount > 0),
+                 currency TEXT NOT NULL, method TEXT NOT NULL, status TEXT NOT NULL,
+                 channel TEXT NOT NULL, rule TEXT NOT NULL, action TEXT, provider_trade_no TEXT,
+                 refunded_amount INTEGER NOT NULL DEFAULT 0, request_hash TEXT NOT NULL,
+                 request TEXT NOT NULL, error_code TEXT, error_message TEXT,
+                 attempt_until INTEGER, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+                 paid_at INTEGER, expires_at INTEGER NOT NULL, version INTEGER NOT NULL,
+                 UNIQUE (merchant_id, out_trade_no));
+             CREATE TABLE refunds (
+                 refund_id TEXT PRIMARY KEY, merchant_id TEXT NOT NULL, shop_id TEXT NOT NULL,
+                 out_trade_no TEXT NOT NULL, out_refund_no TEXT NOT NULL,
+                 payment_id TEXT NOT NULL REFERENCES payments (payment_id),
+                 channel TEXT NOT NULL, amount INTEGER NOT NULL CHECK (amount > 0), reason TEXT,
+                 status TEXT NOT NULL, provider_refund_no TEXT, request_hash TEXT NOT NULL,
+                 error_code TEXT, error_message TEXT, attempt_until INTEGER,
+                 created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, succeeded_at INTEGER,
+                 version INTEGER NOT NULL, UNIQUE (merchant_id, out_refund_no));
+             CREATE TABLE events (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+                 shop_id TEXT NOT NULL, merchant_id TEXT NOT NULL, payment_id TEXT NOT NULL,
+                 event_type TEXT NOT NULL, body TEXT NOT NULL, status TEXT NOT NULL,
+                 attempts INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL,
+                 created_at INTEGER NOT NULL, delivered_at INTEGER, last_error TEXT);
+             CREATE TABLE probe (id INTEGER PRIMARY KEY, pad BLOB);
+             INSERT INTO payments VALUES ('pay_old', 'm_1', 's', 'old', 100, 'CNY',
+                 'wechat_native', 'pending', 'ch', 'r', NULL, NULL, 0, 'h', '{}', NULL, NULL,
+                 NULL, 7, 7, NULL, 9, 0);",
+        )
+        .unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(versions(&path), vec![1, 2, 3, 4]);
+    let old = store.get_payment("m_1", "old").await.unwrap().unwrap();
+    assert!(!old.late && old.account.is_none());
+    let due = store.due_payments(7, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "the open payment is due at once");
+    assert!(store
+        .insert_payment(&record("new"))
+        .await
+        .unwrap()
+        .is_none());
+    drop(store);
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert!(store.get_payment("m_1", "new").await.unwrap().is_some());
+    assert_eq!(versions(&path), vec![1, 2, 3, 4]);
+
+    let fresh = dir.path().join("fresh.db");
+    drop(SqliteStore::open(&fresh).await.unwrap());
+    drop(SqliteStore::open(&fresh).await.unwrap());
+    assert_eq!(versions(&fresh), vec![1, 2, 3, 4]);
 }
 
 fn record(no: &str) -> PaymentRecord {
