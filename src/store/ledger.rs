@@ -96,9 +96,9 @@ mod on_sqlite {
     use rusqlite::params;
 
     use super::Ledger;
+    use crate::store::codec::{payment_columns, PAYMENT_COLUMNS, REFUND_COLUMNS};
     use crate::store::sqlite::{
-        backend, collect, get, get_refund, insert_event, payment_columns, read_row, SqliteStore,
-        COLUMNS, REFUND_COLUMNS,
+        backend, collect, get, get_refund, insert_event, read_row, SqliteStore,
     };
     use crate::store::{
         account_json, rebound_seller, EventRecord, PaymentRecord, RefundRecord, Reservation,
@@ -192,7 +192,7 @@ mod on_sqlite {
             self.read(move |conn| {
                 let mut stmt = conn
                     .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM payments WHERE out_trade_no = ?1 ORDER BY created_at, payment_id"
+                        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = ?1 ORDER BY created_at, payment_id"
                     ))
                     .map_err(backend)?;
                 let rows = stmt.query_map(params![no], read_row).map_err(backend)?;
@@ -330,10 +330,11 @@ mod on_postgres {
     use async_trait::async_trait;
 
     use super::Ledger;
+    use crate::store::codec::{PAYMENT_COLUMNS, REFUND_COLUMNS};
     use crate::store::postgres::claims::lock_payment;
     use crate::store::postgres::{
         collect, execute, get, get_payment, get_refund, insert_event, is_unique_violation, pg,
-        query, read_payment, to_i64, PostgresStore, COLUMNS, REFUND_COLUMNS,
+        query, read_payment, to_i64, PostgresStore,
     };
     use crate::store::{
         account_json, rebound_seller, EventRecord, PaymentRecord, RefundRecord, Reservation,
@@ -360,7 +361,7 @@ mod on_postgres {
                 &c,
                 // Due for reconciliation at once: the worker sets the real first check.
                 &format!(
-                    "INSERT INTO payments ({COLUMNS}, next_check_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $19)
+                    "INSERT INTO payments ({PAYMENT_COLUMNS}, next_check_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $19)
                      ON CONFLICT (merchant_id, out_trade_no) DO NOTHING"
                 ),
                 &[
@@ -441,7 +442,7 @@ mod on_postgres {
             let rows = query(
                 &c,
                 &format!(
-                    "SELECT {COLUMNS} FROM payments WHERE out_trade_no = $1 ORDER BY created_at, payment_id"
+                    "SELECT {PAYMENT_COLUMNS} FROM payments WHERE out_trade_no = $1 ORDER BY created_at, payment_id"
                 ),
                 &[&out_trade_no],
             )

@@ -1,11 +1,19 @@
-//! Durable state behind one [`Store`] trait: payments with their bound channel and account,
-//! refunds, the outbox of shop events and the reconciliation schedule.
+//! Durable state: payments with their bound channel and account, refunds, the outbox of shop
+//! events and the reconciliation schedule, one trait per concern — [`Ledger`] (payments and
+//! refunds), [`Outbox`] (shop events), [`Schedule`] (reconciliation checks and their
+//! claims), [`Reports`] (what ops read, health) — and [`Store`], all four in one.
 //!
 //! Two implementations with the same behaviour (one test suite, `tests/store_suite.rs`, runs
 //! against both): SQLite (`sqlite`, the default, one instance) and PostgreSQL (`postgres`,
 //! shared by several instances: where the trait hands out work — due events, due checks —
 //! it claims it with a lease, so one instance works an item at a time).
+//!
+//! Each concern's file holds its trait and both engines' implementations of it, side by side;
+//! `sqlite/` and `postgres/` hold what an engine shares across concerns (connections,
+//! threads, pool, errors); `schema.rs` the one list of migrations, each with both engines'
+//! texts; `codec.rs` each table's columns and decoder once.
 
+mod codec;
 pub mod ledger;
 pub mod migrate;
 pub mod outbox;

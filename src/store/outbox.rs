@@ -70,8 +70,9 @@ mod on_sqlite {
     use rusqlite::{params, OptionalExtension};
 
     use super::Outbox;
+    use crate::store::codec::EVENT_COLUMNS;
     use crate::store::sqlite::{
-        backend, collect, get_event, insert_event, read_event, SqliteStore, EVENT_COLUMNS,
+        backend, collect, get_event, insert_event, read_event, SqliteStore,
     };
     use crate::store::{
         Delivery, DueLimits, EventFilter, EventRecord, OutboxStats, Resend, StoreError,
@@ -257,9 +258,10 @@ mod on_postgres {
     use async_trait::async_trait;
 
     use super::Outbox;
+    use crate::store::codec::CLAIMED_EVENT_COLUMNS;
     use crate::store::postgres::claims::DB_NOW_MS;
     use crate::store::postgres::{
-        collect, execute, get, insert_event, pg, query, read_event, PostgresStore, EVENT_COLUMNS,
+        collect, execute, get, insert_event, pg, query, read_claimed_event, PostgresStore,
     };
     use crate::store::{
         Delivery, DueLimits, EventFilter, EventRecord, OutboxStats, Resend, StoreError,
@@ -313,7 +315,7 @@ mod on_postgres {
                        ORDER BY d.next_attempt_at, d.seq LIMIT $5)
                      UPDATE events SET lease_until = {DB_NOW_MS} + $6, claim = gen_random_uuid()::text
                      FROM due WHERE events.seq = due.id
-                     RETURNING {EVENT_COLUMNS}"
+                     RETURNING {CLAIMED_EVENT_COLUMNS}"
                 ),
                 &[
                     &now,
@@ -325,7 +327,7 @@ mod on_postgres {
                 ],
             )
             .await?;
-            let mut events = collect(rows, read_event)?;
+            let mut events = collect(rows, read_claimed_event)?;
             events.sort_by_key(|e| (e.next_attempt_at, e.seq));
             Ok(events)
         }
@@ -413,14 +415,14 @@ mod on_postgres {
             let rows = query(
                 &c,
                 &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events
+                    "SELECT {CLAIMED_EVENT_COLUMNS} FROM events
                      WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR merchant_id = $2)
                      ORDER BY seq DESC LIMIT $3"
                 ),
                 &[&status, &filter.merchant_id, &limit],
             )
             .await?;
-            collect(rows, read_event)
+            collect(rows, read_claimed_event)
         }
 
         async fn resend_event(&self, event_id: &str, now: i64) -> Result<Resend, StoreError> {
@@ -434,23 +436,23 @@ mod on_postgres {
                     "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = $2,
                      delivered_at = NULL, lease_until = NULL, claim = NULL
                      WHERE event_id = $1 AND status <> 'pending'
-                     RETURNING {EVENT_COLUMNS}"
+                     RETURNING {CLAIMED_EVENT_COLUMNS}"
                 ),
                 &[&event_id, &now],
             )
             .await?;
             self.committed(started);
             if let Some(row) = rows.first() {
-                return Ok(Resend::Resent(read_event(row)?));
+                return Ok(Resend::Resent(read_claimed_event(row)?));
             }
             let rows = query(
                 &c,
-                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"),
+                &format!("SELECT {CLAIMED_EVENT_COLUMNS} FROM events WHERE event_id = $1"),
                 &[&event_id],
             )
             .await?;
             Ok(match rows.first() {
-                Some(row) => Resend::Pending(read_event(row)?),
+                Some(row) => Resend::Pending(read_claimed_event(row)?),
                 None => Resend::Unknown,
             })
         }

@@ -41,9 +41,8 @@ mod on_sqlite {
     use rusqlite::params;
 
     use super::Reports;
-    use crate::store::sqlite::{
-        backend, read_refund, read_row, SqliteStore, COLUMNS, REFUND_COLUMNS,
-    };
+    use crate::store::codec::{PAYMENT_COLUMNS, REFUND_COLUMNS};
+    use crate::store::sqlite::{backend, read_refund, read_row, SqliteStore};
     use crate::store::{
         parse_account, OpenAtAccount, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord,
         StoreError,
@@ -63,7 +62,7 @@ mod on_sqlite {
             self.read(move |conn| {
                 let mut stmt = conn
                     .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM payments
+                        "SELECT {PAYMENT_COLUMNS} FROM payments
                          WHERE (?1 IS NULL OR merchant_id = ?1) AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR created_at >= ?3)
                            AND (?4 IS NULL OR created_at < ?4)
                            AND (?5 IS NULL OR created_at < ?5 OR (created_at = ?5 AND payment_id < ?6))
@@ -183,9 +182,9 @@ mod on_postgres {
     use async_trait::async_trait;
 
     use super::Reports;
+    use crate::store::codec::{PAYMENT_COLUMNS, REFUND_COLUMNS};
     use crate::store::postgres::{
-        collect, execute, get, query, read_payment, read_refund, unix_ms, PostgresStore, COLUMNS,
-        REFUND_COLUMNS,
+        collect, execute, get, query, read_payment, read_refund, unix_ms, PostgresStore,
     };
     use crate::store::{
         parse_account, OpenAtAccount, PaymentFilter, PaymentRecord, RefundFilter, RefundRecord,
@@ -206,7 +205,7 @@ mod on_postgres {
             let rows = query(
                 &c,
                 &format!(
-                    "SELECT {COLUMNS} FROM payments
+                    "SELECT {PAYMENT_COLUMNS} FROM payments
                      WHERE ($1::text IS NULL OR merchant_id = $1) AND ($2::text IS NULL OR status = $2)
                        AND ($3::bigint IS NULL OR created_at >= $3)
                        AND ($4::bigint IS NULL OR created_at < $4)

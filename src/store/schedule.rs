@@ -92,9 +92,8 @@ mod on_sqlite {
     use rusqlite::params;
 
     use super::Schedule;
-    use crate::store::sqlite::{
-        backend, collect, lock, read_refund, read_row, SqliteStore, COLUMNS, REFUND_COLUMNS,
-    };
+    use crate::store::codec::{PAYMENT_COLUMNS, REFUND_COLUMNS};
+    use crate::store::sqlite::{backend, collect, lock, read_refund, read_row, SqliteStore};
     use crate::store::{
         claim_token, open_recheck_at, CheckClaim, CheckOf, Due, PaymentRecord, RefundRecord,
         StoreError, OPEN_REFUND,
@@ -165,7 +164,7 @@ mod on_sqlite {
                 .read(move |conn| {
                     let mut stmt = conn
                         .prepare_cached(&format!(
-                            "SELECT {COLUMNS} FROM payments
+                            "SELECT {PAYMENT_COLUMNS} FROM payments
                              WHERE next_check_at <= ?1
                                AND (status IN ('pending', 'unknown', 'closed', 'failed') OR late = 1)
                              ORDER BY next_check_at LIMIT ?2"

@@ -4,7 +4,8 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::{duration_ms, execute, get, query, COLUMNS, REFUND_COLUMNS};
+use super::{duration_ms, execute, get, query};
+use crate::store::codec::{PAYMENT_COLUMNS, REFUND_COLUMNS};
 use crate::store::{claim_token, CheckClaim, CheckOf, Due, StoreError, OPEN_RECHECK, OPEN_REFUND};
 
 /// Now in unix ms by the database's clock: every lease is set and compared by this one clock,
@@ -28,7 +29,7 @@ pub(in crate::store) const DUE_PAYMENTS: DueChecks = DueChecks {
     id: "payment_id",
     // Ended ones get one more look (a late payment); late ones until their refund is sent.
     open: "status IN ('pending', 'unknown', 'closed', 'failed') OR late",
-    columns: COLUMNS,
+    columns: PAYMENT_COLUMNS,
 };
 
 pub(in crate::store) const DUE_REFUNDS: DueChecks = DueChecks {

@@ -44,12 +44,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::schema::MIGRATIONS;
-use super::{
-    failure, parse_account, EventRecord, PaymentRecord, RefundRecord, StoreError, StoreMetrics,
-};
-use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
+use super::{EventRecord, PaymentRecord, RefundRecord, StoreError, StoreMetrics};
 use crate::secret::Secret;
 
+pub(in crate::store) use super::codec::{read_claimed_event, read_payment, read_refund};
+use super::codec::{PAYMENT_COLUMNS, REFUND_COLUMNS};
 use crate::defaults::DEFAULT_PG_LEASE as DEFAULT_LEASE;
 use connect::tls_config;
 pub use connect::{valid_schema, ConnectSpec, UrlError};
@@ -416,112 +415,11 @@ pub(in crate::store) fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} is out of range")))
 }
 
-pub(in crate::store) fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} {v}")))
-}
-
 pub(in crate::store) fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
     row: &'a Row,
     idx: usize,
 ) -> Result<T, StoreError> {
     row.try_get(idx).map_err(pg)
-}
-
-pub(in crate::store) const COLUMNS: &str = "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account, late";
-
-pub(in crate::store) fn read_payment(row: &Row) -> Result<PaymentRecord, StoreError> {
-    let method: String = get(row, 6)?;
-    let status: String = get(row, 7)?;
-    let action: Option<String> = get(row, 10)?;
-    let request: String = get(row, 14)?;
-    Ok(PaymentRecord {
-        payment_id: get(row, 0)?,
-        merchant_id: get(row, 1)?,
-        shop_id: get(row, 2)?,
-        out_trade_no: get(row, 3)?,
-        amount: to_u64(get(row, 4)?, "amount")?,
-        currency: get(row, 5)?,
-        method: Method::parse(&method)
-            .ok_or_else(|| StoreError::Corrupt(format!("method {method}")))?,
-        status: PaymentStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
-        channel: get(row, 8)?,
-        rule: get(row, 9)?,
-        action: action
-            .map(|a| serde_json::from_str(&a))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("action: {e}")))?,
-        provider_trade_no: get(row, 11)?,
-        refunded_amount: to_u64(get(row, 12)?, "refunded")?,
-        request_hash: get(row, 13)?,
-        request: serde_json::from_str(&request)
-            .map_err(|e| StoreError::Corrupt(format!("request: {e}")))?,
-        error_code: failure(get(row, 15)?)?,
-        error_message: get(row, 16)?,
-        attempt_until: get(row, 17)?,
-        created_at: get(row, 18)?,
-        updated_at: get(row, 19)?,
-        paid_at: get(row, 20)?,
-        expires_at: get(row, 21)?,
-        version: get(row, 22)?,
-        account: parse_account(get(row, 23)?)?,
-        late: get(row, 24)?,
-    })
-}
-
-pub(in crate::store) const REFUND_COLUMNS: &str = "refund_id, merchant_id, shop_id, out_trade_no, out_refund_no, payment_id, channel, amount, reason, status, provider_refund_no, request_hash, error_code, error_message, attempt_until, created_at, updated_at, succeeded_at, version";
-
-pub(in crate::store) fn read_refund(row: &Row) -> Result<RefundRecord, StoreError> {
-    let status: String = get(row, 9)?;
-    Ok(RefundRecord {
-        refund_id: get(row, 0)?,
-        merchant_id: get(row, 1)?,
-        shop_id: get(row, 2)?,
-        out_trade_no: get(row, 3)?,
-        out_refund_no: get(row, 4)?,
-        payment_id: get(row, 5)?,
-        channel: get(row, 6)?,
-        amount: to_u64(get(row, 7)?, "refund amount")?,
-        reason: get(row, 8)?,
-        status: RefundStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("refund status {status}")))?,
-        provider_refund_no: get(row, 10)?,
-        request_hash: get(row, 11)?,
-        error_code: failure(get(row, 12)?)?,
-        error_message: get(row, 13)?,
-        attempt_until: get(row, 14)?,
-        created_at: get(row, 15)?,
-        updated_at: get(row, 16)?,
-        succeeded_at: get(row, 17)?,
-        version: get(row, 18)?,
-    })
-}
-
-pub(in crate::store) const EVENT_COLUMNS: &str = "seq, event_id, shop_id, merchant_id, payment_id, event_type, body, status, attempts, next_attempt_at, created_at, delivered_at, last_error, claim";
-
-pub(in crate::store) fn read_event(row: &Row) -> Result<EventRecord, StoreError> {
-    let event_type: String = get(row, 5)?;
-    let status: String = get(row, 7)?;
-    let attempts: i64 = get(row, 8)?;
-    Ok(EventRecord {
-        seq: get(row, 0)?,
-        event_id: get(row, 1)?,
-        shop_id: get(row, 2)?,
-        merchant_id: get(row, 3)?,
-        payment_id: get(row, 4)?,
-        event_type: EventType::parse(&event_type)
-            .ok_or_else(|| StoreError::Corrupt(format!("event_type {event_type}")))?,
-        body: get(row, 6)?,
-        status: EventStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("event status {status}")))?,
-        attempts: u32::try_from(attempts)
-            .map_err(|_| StoreError::Corrupt(format!("attempts {attempts}")))?,
-        next_attempt_at: get(row, 9)?,
-        created_at: get(row, 10)?,
-        delivered_at: get(row, 11)?,
-        last_error: get(row, 12)?,
-        claim: get(row, 13)?,
-    })
 }
 
 pub(in crate::store) fn collect<T>(
@@ -556,7 +454,9 @@ pub(in crate::store) async fn get_payment<C: GenericClient>(
 ) -> Result<Option<PaymentRecord>, StoreError> {
     let rows = query(
         c,
-        &format!("SELECT {COLUMNS} FROM payments WHERE merchant_id = $1 AND out_trade_no = $2"),
+        &format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE merchant_id = $1 AND out_trade_no = $2"
+        ),
         &[&merchant_id, &out_trade_no],
     )
     .await?;

@@ -13,11 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{
-    failure, parse_account, CheckOf, EventRecord, PaymentRecord, RefundRecord, StoreError,
-    StoreMetrics,
-};
-use crate::domain::{EventStatus, EventType, Method, PaymentStatus, RefundStatus};
+use super::codec::{self, payment_columns, EVENT_COLUMNS, REFUND_COLUMNS};
+use super::{CheckOf, EventRecord, PaymentRecord, RefundRecord, StoreError, StoreMetrics};
 use readers::{readers, Readers};
 use writer::{writer_loop, Job, Write};
 
@@ -70,35 +67,6 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-pub(super) const EVENT_COLUMNS: &str = "seq, event_id, shop_id, merchant_id, payment_id, event_type, body, status, attempts, next_attempt_at, created_at, delivered_at, last_error";
-
-pub(super) fn read_event(row: &Row) -> rusqlite::Result<Result<EventRecord, StoreError>> {
-    let event_type: String = row.get(5)?;
-    let status: String = row.get(7)?;
-    let attempts: i64 = row.get(8)?;
-    Ok((|| {
-        Ok(EventRecord {
-            seq: row.get(0).map_err(backend)?,
-            event_id: row.get(1).map_err(backend)?,
-            shop_id: row.get(2).map_err(backend)?,
-            merchant_id: row.get(3).map_err(backend)?,
-            payment_id: row.get(4).map_err(backend)?,
-            event_type: EventType::parse(&event_type)
-                .ok_or_else(|| StoreError::Corrupt(format!("event_type {event_type}")))?,
-            body: row.get(6).map_err(backend)?,
-            status: EventStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("event status {status}")))?,
-            attempts: u32::try_from(attempts)
-                .map_err(|_| StoreError::Corrupt(format!("attempts {attempts}")))?,
-            next_attempt_at: row.get(9).map_err(backend)?,
-            created_at: row.get(10).map_err(backend)?,
-            delivered_at: row.get(11).map_err(backend)?,
-            last_error: row.get(12).map_err(backend)?,
-            claim: None,
-        })
-    })())
-}
-
 pub(super) fn insert_event(conn: &Connection, e: &EventRecord) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO events (event_id, shop_id, merchant_id, payment_id, event_type, body, status,
@@ -145,38 +113,6 @@ pub(super) fn collect<T>(
         .collect()
 }
 
-pub(super) const REFUND_COLUMNS: &str = "refund_id, merchant_id, shop_id, out_trade_no, out_refund_no, payment_id, channel, amount, reason, status, provider_refund_no, request_hash, error_code, error_message, attempt_until, created_at, updated_at, succeeded_at, version";
-
-pub(super) fn read_refund(row: &Row) -> rusqlite::Result<Result<RefundRecord, StoreError>> {
-    let amount: i64 = row.get(7)?;
-    let status: String = row.get(9)?;
-    Ok((|| {
-        Ok(RefundRecord {
-            refund_id: row.get(0).map_err(backend)?,
-            merchant_id: row.get(1).map_err(backend)?,
-            shop_id: row.get(2).map_err(backend)?,
-            out_trade_no: row.get(3).map_err(backend)?,
-            out_refund_no: row.get(4).map_err(backend)?,
-            payment_id: row.get(5).map_err(backend)?,
-            channel: row.get(6).map_err(backend)?,
-            amount: u64::try_from(amount)
-                .map_err(|_| StoreError::Corrupt(format!("refund amount {amount}")))?,
-            reason: row.get(8).map_err(backend)?,
-            status: RefundStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("refund status {status}")))?,
-            provider_refund_no: row.get(10).map_err(backend)?,
-            request_hash: row.get(11).map_err(backend)?,
-            error_code: failure(row.get(12).map_err(backend)?)?,
-            error_message: row.get(13).map_err(backend)?,
-            attempt_until: row.get(14).map_err(backend)?,
-            created_at: row.get(15).map_err(backend)?,
-            updated_at: row.get(16).map_err(backend)?,
-            succeeded_at: row.get(17).map_err(backend)?,
-            version: row.get(18).map_err(backend)?,
-        })
-    })())
-}
-
 pub(super) fn get_refund(
     conn: &Connection,
     merchant_id: &str,
@@ -193,16 +129,6 @@ pub(super) fn get_refund(
     .map_err(backend)?
     .transpose()
 }
-
-/// The payments columns in [`read_row`]'s order (a macro, so that the hot statements are
-/// string literals the statement cache keys on without a `format!`).
-macro_rules! payment_columns {
-    () => {
-        "payment_id, merchant_id, shop_id, out_trade_no, amount, currency, method, status, channel, rule, action, provider_trade_no, refunded_amount, request_hash, request, error_code, error_message, attempt_until, created_at, updated_at, paid_at, expires_at, version, account, late"
-    };
-}
-pub(super) use payment_columns;
-pub(super) const COLUMNS: &str = payment_columns!();
 
 impl SqliteStore {
     /// Opens (or creates) the file, counting into metrics registered nowhere.
@@ -312,53 +238,6 @@ pub(super) fn backend(e: rusqlite::Error) -> StoreError {
     }
 }
 
-pub(super) fn read_row(row: &Row) -> rusqlite::Result<Result<PaymentRecord, StoreError>> {
-    let method: String = row.get(6)?;
-    let status: String = row.get(7)?;
-    let action: Option<String> = row.get(10)?;
-    let request: String = row.get(14)?;
-    let amount: i64 = row.get(4)?;
-    let refunded: i64 = row.get(12)?;
-    let build = || -> Result<PaymentRecord, StoreError> {
-        Ok(PaymentRecord {
-            payment_id: row.get(0).map_err(backend)?,
-            merchant_id: row.get(1).map_err(backend)?,
-            shop_id: row.get(2).map_err(backend)?,
-            out_trade_no: row.get(3).map_err(backend)?,
-            amount: u64::try_from(amount)
-                .map_err(|_| StoreError::Corrupt(format!("amount {amount}")))?,
-            currency: row.get(5).map_err(backend)?,
-            method: Method::parse(&method)
-                .ok_or_else(|| StoreError::Corrupt(format!("method {method}")))?,
-            status: PaymentStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
-            channel: row.get(8).map_err(backend)?,
-            rule: row.get(9).map_err(backend)?,
-            action: action
-                .map(|a| serde_json::from_str(&a))
-                .transpose()
-                .map_err(|e| StoreError::Corrupt(format!("action: {e}")))?,
-            provider_trade_no: row.get(11).map_err(backend)?,
-            refunded_amount: u64::try_from(refunded)
-                .map_err(|_| StoreError::Corrupt(format!("refunded {refunded}")))?,
-            request_hash: row.get(13).map_err(backend)?,
-            request: serde_json::from_str(&request)
-                .map_err(|e| StoreError::Corrupt(format!("request: {e}")))?,
-            error_code: failure(row.get(15).map_err(backend)?)?,
-            error_message: row.get(16).map_err(backend)?,
-            attempt_until: row.get(17).map_err(backend)?,
-            created_at: row.get(18).map_err(backend)?,
-            updated_at: row.get(19).map_err(backend)?,
-            paid_at: row.get(20).map_err(backend)?,
-            expires_at: row.get(21).map_err(backend)?,
-            version: row.get(22).map_err(backend)?,
-            account: parse_account(row.get(23).map_err(backend)?)?,
-            late: row.get(24).map_err(backend)?,
-        })
-    };
-    Ok(build())
-}
-
 pub(super) fn get(
     conn: &Connection,
     merchant_id: &str,
@@ -374,4 +253,19 @@ pub(super) fn get(
     .optional()
     .map_err(backend)?
     .transpose()
+}
+
+// The decoders of codec.rs, in the shape rusqlite's `query_row`/`query_map` take: a decoding
+// failure is the record's own error, not the statement's.
+
+pub(super) fn read_row(row: &Row) -> rusqlite::Result<Result<PaymentRecord, StoreError>> {
+    Ok(codec::read_payment(row))
+}
+
+pub(super) fn read_refund(row: &Row) -> rusqlite::Result<Result<RefundRecord, StoreError>> {
+    Ok(codec::read_refund(row))
+}
+
+pub(super) fn read_event(row: &Row) -> rusqlite::Result<Result<EventRecord, StoreError>> {
+    Ok(codec::read_event(row))
 }
