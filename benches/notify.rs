@@ -48,7 +48,7 @@ use payroute::channel::wechatpay::sign;
 use payroute::config::Config;
 use payroute::domain::{Account, Method, PaymentStatus};
 use payroute::store::sqlite::SqliteStore;
-use payroute::store::{PaymentRecord, Store};
+use payroute::store::{Ledger, PaymentRecord, Schedule};
 use serde_json::json;
 use tokio::net::TcpListener;
 

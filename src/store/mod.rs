@@ -1,19 +1,36 @@
-//! Durable state behind one [`Store`] trait: payments with their bound channel and account,
-//! refunds, the outbox of shop events and the reconciliation schedule.
+//! Durable state: payments with their bound channel and account, refunds, the outbox of shop
+//! events and the reconciliation schedule, one trait per concern — [`Ledger`] (payments and
+//! refunds), [`Outbox`] (shop events), [`Schedule`] (reconciliation checks and their
+//! claims), [`Reports`] (what ops read, health) — and [`Store`], all four in one.
 //!
 //! Two implementations with the same behaviour (one test suite, `tests/store_suite.rs`, runs
 //! against both): SQLite (`sqlite`, the default, one instance) and PostgreSQL (`postgres`,
 //! shared by several instances: where the trait hands out work — due events, due checks —
 //! it claims it with a lease, so one instance works an item at a time).
+//!
+//! Each concern's file holds its trait and both engines' implementations of it, side by side;
+//! `sqlite/` and `postgres/` hold what an engine shares across concerns (connections,
+//! threads, pool, errors); `schema.rs` the one list of migrations, each with both engines'
+//! texts; `codec.rs` each table's columns and decoder once.
 
+mod codec;
+pub mod ledger;
 pub mod migrate;
+pub mod outbox;
 pub mod pause;
 pub mod postgres;
+pub mod reports;
+pub mod schedule;
+mod schema;
 pub mod sqlite;
+
+pub use ledger::Ledger;
+pub use outbox::Outbox;
+pub use reports::Reports;
+pub use schedule::Schedule;
 
 use std::path::PathBuf;
 
-use async_trait::async_trait;
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
 
 use crate::secret::Secret;
@@ -162,16 +179,16 @@ pub struct EventRecord {
     pub last_error: Option<String>,
     /// Assigned by the store on insert.
     pub seq: i64,
-    /// The claim token [`Store::due_events`] handed this event out with (a shared store's
+    /// The claim token [`Outbox::due_events`] handed this event out with (a shared store's
     /// fencing token: random per claim, stored in the event's row); `None` where the store
     /// does not claim (SQLite, one process) and on events read any other way.
-    /// [`Store::record_delivery`] and [`Store::release_events`] write only while the row
+    /// [`Outbox::record_delivery`] and [`Outbox::release_events`] write only while the row
     /// still holds this token: a holder whose lease ran out and was taken over changes
     /// nothing.
     pub claim: Option<String>,
 }
 
-/// How many due events [`Store::due_events`] may hand out: each shop at most its free
+/// How many due events [`Outbox::due_events`] may hand out: each shop at most its free
 /// delivery slots, so that one shop's backlog never takes the places of another's events.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DueLimits {
@@ -206,7 +223,7 @@ impl DueLimits {
     }
 }
 
-/// What [`Store::resend_event`] did.
+/// What [`Outbox::resend_event`] did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resend {
     /// Back in the queue, due at the time asked, its schedule afresh.
@@ -249,10 +266,10 @@ pub enum CheckOf {
     Refund,
 }
 
-/// The claim on one reconciliation check that [`Store::claim_due_payments`] /
-/// [`Store::claim_due_refunds`] handed out: its record, and a token drawn afresh for each
+/// The claim on one reconciliation check that [`Schedule::claim_due_payments`] /
+/// [`Schedule::claim_due_refunds`] handed out: its record, and a token drawn afresh for each
 /// claim. Only the latest claim on a record writes its next check
-/// ([`Store::schedule_claimed_check`]): a holder that stalled past its lease while another
+/// ([`Schedule::schedule_claimed_check`]): a holder that stalled past its lease while another
 /// instance claimed the check again writes nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckClaim {
@@ -315,7 +332,7 @@ impl CheckOf {
     }
 }
 
-/// The outcome of [`Store::reserve_refund`].
+/// The outcome of [`Ledger::reserve_refund`].
 #[derive(Debug)]
 pub enum Reservation {
     /// Stored as pending; its amount now counts against the payment.
@@ -345,211 +362,13 @@ impl StoreError {
     }
 }
 
-#[async_trait]
-pub trait Store: Send + Sync {
-    /// Inserts a new payment, or returns the one that already has its
-    /// `(merchant_id, out_trade_no)` — the unique key that binds an order to one channel.
-    async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError>;
+/// Every concern of the store in one: what a caller that needs the whole store holds
+/// (`Arc<dyn Store>`). Its methods are the concern traits' (a method call on `dyn Store`
+/// reaches them without importing those traits); a part that needs one concern only may
+/// take that trait instead (`Arc<dyn Store>` upcasts to `Arc<dyn Outbox>`).
+pub trait Store: Ledger + Outbox + Schedule + Reports {}
 
-    async fn get_payment(
-        &self,
-        merchant_id: &str,
-        out_trade_no: &str,
-    ) -> Result<Option<PaymentRecord>, StoreError>;
-
-    /// Writes `p` if nobody else changed it since it was read (same `version`); bumps
-    /// `p.version` and returns true on success, false on a lost race.
-    async fn update_payment(&self, p: &mut PaymentRecord) -> Result<bool, StoreError> {
-        self.update_payment_emitting(p, None).await
-    }
-
-    /// [`Store::update_payment`], and in the same transaction (only if the update wins) the
-    /// shop event that tells of it.
-    async fn update_payment_emitting(
-        &self,
-        p: &mut PaymentRecord,
-        event: Option<&EventRecord>,
-    ) -> Result<bool, StoreError>;
-
-    /// Every payment with this out_trade_no (one per merchant), for notifications, which
-    /// name the order but not our merchant id; oldest first (`created_at`, then
-    /// `payment_id`), so that the same question always gets the same answer. The caller
-    /// must pick by account: the number alone is unique per merchant only.
-    async fn payments_by_trade_no(
-        &self,
-        out_trade_no: &str,
-    ) -> Result<Vec<PaymentRecord>, StoreError>;
-
-    /// The ledger for ops, newest first.
-    async fn list_payments(&self, filter: &PaymentFilter)
-        -> Result<Vec<PaymentRecord>, StoreError>;
-
-    /// The refund ledger for ops, newest first.
-    async fn list_refunds(&self, filter: &RefundFilter) -> Result<Vec<RefundRecord>, StoreError>;
-
-    /// Open payments and refunds grouped by bound channel and account.
-    async fn open_by_account(&self) -> Result<Vec<OpenAtAccount>, StoreError>;
-
-    /// Atomically checks the refund guard (succeeded + open refunds + this ≤ `paid`) and
-    /// the uniqueness of `out_refund_no`, then stores the refund as pending.
-    async fn reserve_refund(&self, r: &RefundRecord, paid: u64) -> Result<Reservation, StoreError>;
-
-    async fn get_refund(
-        &self,
-        merchant_id: &str,
-        out_refund_no: &str,
-    ) -> Result<Option<RefundRecord>, StoreError>;
-
-    /// Compare-and-set like [`Store::update_payment`]; in the same transaction the payment's
-    /// `refunded_amount` becomes the sum of its succeeded refunds.
-    async fn update_refund(&self, r: &mut RefundRecord) -> Result<bool, StoreError> {
-        self.update_refund_emitting(r, None).await
-    }
-
-    /// [`Store::update_refund`] with the shop event that tells of it, in one transaction.
-    async fn update_refund_emitting(
-        &self,
-        r: &mut RefundRecord,
-        event: Option<&EventRecord>,
-    ) -> Result<bool, StoreError>;
-
-    /// Pending events due at `now` (the caller's clock, as `next_attempt_at` is written) that
-    /// head their payment's queue, oldest first: per shop at most its free slots in
-    /// `limits`, so a shop's backlog costs only that shop.
-    ///
-    /// A store shared by several instances claims them for this caller, each with a fresh
-    /// [`EventRecord::claim`] token and a lease timed by the database's own clock: until
-    /// [`Store::record_delivery`] (or [`Store::release_events`], or the lease running out)
-    /// no other caller gets them.
-    async fn due_events(
-        &self,
-        now: i64,
-        limits: &DueLimits,
-    ) -> Result<Vec<EventRecord>, StoreError>;
-
-    /// Gives back events [`Store::due_events`] handed out that the caller will not deliver
-    /// now, so that the next round (of any instance) may take them at once; only those whose
-    /// claim the caller still holds. A store that does not claim has nothing to give back.
-    async fn release_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
-        let _ = events;
-        Ok(())
-    }
-
-    /// Records one delivery attempt of a pending event handed out by [`Store::due_events`]:
-    /// true if written; false (nothing changed) if the event is no longer pending or another
-    /// caller has claimed it since (its [`EventRecord::claim`] is no longer the row's).
-    async fn record_delivery(
-        &self,
-        event: &EventRecord,
-        delivery: Delivery,
-    ) -> Result<bool, StoreError>;
-
-    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError>;
-
-    /// Puts an event that is dead or delivered back in the queue, due at `now`; a pending one
-    /// is left alone ([`Resend::Pending`]).
-    async fn resend_event(&self, event_id: &str, now: i64) -> Result<Resend, StoreError>;
-
-    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
-
-    /// Payments whose reconciliation check is due at `now` (the caller's clock, which wrote
-    /// the schedule): open ones (`pending`, `unknown`), ended ones (`closed`, `failed`: looked
-    /// at once more, for a late payment) and late ones (until their refund is under way);
-    /// oldest due first, each with a fresh claim.
-    ///
-    /// A store shared by several instances claims them for this caller with a lease timed by
-    /// the database's clock (not the caller's): until [`Store::schedule_claimed_check`] or
-    /// the lease running out, no other caller gets them. SQLite serves one instance and
-    /// hands due checks to whoever asks, with a plain read (so a store that cannot write
-    /// still answers it); its claims live in memory.
-    async fn claim_due_payments(
-        &self,
-        now: i64,
-        limit: u32,
-    ) -> Result<Vec<Due<PaymentRecord>>, StoreError>;
-
-    /// Open refunds (`pending`, `abnormal`) whose reconciliation check is due at `now`,
-    /// claimed like [`Store::claim_due_payments`].
-    async fn claim_due_refunds(
-        &self,
-        now: i64,
-        limit: u32,
-    ) -> Result<Vec<Due<RefundRecord>>, StoreError>;
-
-    /// [`Store::claim_due_payments`] without the claims, for tools and tests: a check taken
-    /// so is rescheduled with the unclaimed [`Store::schedule_payment_check`] (or its claim
-    /// runs out). The reconciler uses the claims.
-    async fn due_payments(&self, now: i64, limit: u32) -> Result<Vec<PaymentRecord>, StoreError> {
-        let due = self.claim_due_payments(now, limit).await?;
-        Ok(due.into_iter().map(|d| d.record).collect())
-    }
-
-    /// [`Store::claim_due_refunds`] without the claims.
-    async fn due_refunds(&self, now: i64, limit: u32) -> Result<Vec<RefundRecord>, StoreError> {
-        let due = self.claim_due_refunds(now, limit).await?;
-        Ok(due.into_iter().map(|d| d.record).collect())
-    }
-
-    /// The next check of a claimed record, written only while `claim` is the record's latest
-    /// claim (fencing): whether it was written. `false` — another caller claimed the check
-    /// since, or a payment flow scheduled it ([`Store::schedule_payment_check`]) — changes
-    /// nothing; that writer's schedule stands. The claim ends with the write.
-    ///
-    /// `None` means no more checks — except for an open record, which always keeps one
-    /// ([`OPEN_RECHECK`]).
-    async fn schedule_claimed_check(
-        &self,
-        claim: &CheckClaim,
-        at: Option<i64>,
-    ) -> Result<bool, StoreError>;
-
-    /// When to check a payment next, written by a payment flow that holds no claim (a late
-    /// payment's refund, say): always written, and it ends any claim on the check, so a
-    /// holder's later write changes nothing. `None`: never again — except for an open
-    /// payment, which always keeps a check ([`OPEN_RECHECK`]).
-    async fn schedule_payment_check(
-        &self,
-        payment_id: &str,
-        at: Option<i64>,
-    ) -> Result<(), StoreError>;
-
-    /// [`Store::schedule_payment_check`] for a refund.
-    async fn schedule_refund_check(
-        &self,
-        refund_id: &str,
-        at: Option<i64>,
-    ) -> Result<(), StoreError>;
-
-    /// Copies an event as it is (id, body, status, attempts) for `payroute store migrate`;
-    /// one already there is left alone. Whether it was written.
-    async fn import_event(&self, e: &EventRecord) -> Result<bool, StoreError>;
-
-    /// Reachable and writable: for `/readyz`. After a write failed on I/O (disk full), this
-    /// must prove that a write succeeds again.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// No I/O: whether the store's last write went through, as far as it knows (SQLite: the
-    /// writer's last batch met no I/O failure). A worker that sees `false` asks [`Store::ping`]
-    /// before it runs ([`pause::Pause`]).
-    fn writes_ok(&self) -> bool {
-        true
-    }
-
-    /// Binds `merchant_id`'s Alipay ISV orders that name their seller the old way (a
-    /// fingerprint of the merchant's `app_auth_token`, which a token refresh breaks) to the
-    /// merchant's Alipay user id `seller_id`; how many were rebound. An ISV order's seller is
-    /// by construction its own merchant, so the rebinding moves no order to another account.
-    ///
-    /// # Limits
-    /// Reads every ISV record of the merchant whose seller is not an Alipay user id: after
-    /// the first run that is none, but the merchant's rows are still scanned once (its index
-    /// narrows them to the merchant, a text match to the old ones).
-    async fn rebind_legacy_sellers(
-        &self,
-        merchant_id: &str,
-        seller_id: &str,
-    ) -> Result<u64, StoreError>;
-}
+impl<T: Ledger + Outbox + Schedule + Reports + ?Sized> Store for T {}
 
 /// What a store counts: writes asked for and the commits (each one fsync) that made them
 /// durable, so group commit shows in `/metrics`; and how long each write waited for its
@@ -610,7 +429,7 @@ fn account_json(a: &Option<Account>) -> Option<String> {
     a.as_ref().and_then(|a| serde_json::to_string(a).ok())
 }
 
-/// The candidates of [`Store::rebind_legacy_sellers`] (both engines): a merchant's ISV
+/// The candidates of [`Ledger::rebind_legacy_sellers`] (both engines): a merchant's ISV
 /// accounts whose seller is not an Alipay user id, as text; [`rebound_seller`] decides.
 const LEGACY_SELLER_FILTER: &str =
     r#"account LIKE '%"mode":"isv"%' AND account NOT LIKE '%"seller":"2088%'"#;
@@ -652,5 +471,36 @@ pub async fn open(
                 .await?
                 .with_lease(*lease),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A part handed one concern only: the whole store upcasts to it, and calls through it
+    /// reach the same store.
+    #[tokio::test]
+    async fn the_store_upcasts_to_each_concern() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            sqlite::SqliteStore::open(&dir.path().join("u.db"))
+                .await
+                .unwrap(),
+        );
+        let outbox: Arc<dyn Outbox> = store.clone();
+        let reports: Arc<dyn Reports> = store.clone();
+        let schedule: Arc<dyn Schedule> = store.clone();
+        let ledger: Arc<dyn Ledger> = store;
+        assert_eq!(outbox.outbox_stats().await.unwrap(), OutboxStats::default());
+        reports.ping().await.unwrap();
+        assert!(schedule
+            .due_payments(i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(ledger.get_payment("m", "none").await.unwrap().is_none());
     }
 }

@@ -7,7 +7,7 @@
 //! A worker asks [`Pause::may_run`] before each round and tells [`Pause::saw`] every store
 //! error it meets. Once the store is seen unhealthy (the worker's own write failed as
 //! `Unavailable`, or the store itself says its last write failed), rounds are skipped — and
-//! counted — until [`Store::ping`] (the same writable check `/readyz` makes) succeeds again.
+//! counted — until [`Reports::ping`](super::Reports::ping) (the same writable check `/readyz` makes) succeeds again.
 //!
 //! # Limits
 //! - The pause covers whole rounds. A single item whose write failed while the store still

@@ -576,7 +576,7 @@ fn export(h: &Harness, args: &[&str]) -> Result<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_exports_page_by_page_as_csv_and_json_lines() {
-    use payroute::store::Store;
+    use payroute::store::Ledger;
     let h = Harness::start().await;
     h.create(&payment(
         "m_1001",

@@ -1,0 +1,385 @@
+//! The store's one schema: a numbered list of migrations, each with its SQLite text and its
+//! PostgreSQL text, recorded in `schema_migrations` by both engines (ARCHITECTURE.md, "The
+//! store"). Never edit a migration that has shipped: add the next.
+//!
+//! The two texts of one step differ where the engines do: types (`INTEGER` / `BIGINT`,
+//! `BOOLEAN`), and what PostgreSQL stores to share work between instances (leases and claim
+//! tokens) that SQLite, serving one process, keeps in memory.
+//!
+//! PostgreSQL applies them in `PostgresStore::migrate` (an advisory lock, a transaction
+//! each); SQLite in [`migrate_sqlite`] (one `BEGIN IMMEDIATE` transaction).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::sqlite::backend;
+use super::StoreError;
+
+/// One step of the schema, for each engine. An empty text: the engine needs nothing at
+/// that step (why is said beside it).
+pub(super) struct Migration {
+    pub(super) version: i32,
+    pub(super) sqlite: &'static str,
+    pub(super) postgres: &'static str,
+}
+
+/// Applied in order. The numbers are PostgreSQL's since the shared store shipped: a
+/// database that applied them runs none again.
+pub(super) const MIGRATIONS: [Migration; 4] = [
+    Migration {
+        version: 1,
+        sqlite: SQLITE_V1,
+        postgres: PG_V1,
+    },
+    Migration {
+        version: 2,
+        sqlite: SQLITE_V2_LATE,
+        postgres: PG_V2_LATE,
+    },
+    Migration {
+        version: 3,
+        // SQLite claims no events (one process: handing due events out is a plain read), so
+        // its events need no claim column; its per-shop index is in its V1 (it came with
+        // the table there).
+        sqlite: "",
+        postgres: PG_V3_EVENT_CLAIMS,
+    },
+    Migration {
+        version: 4,
+        // No `check_claim` column: SQLite keeps its check claims in memory.
+        sqlite: SQLITE_V4_OPEN_CHECKS,
+        postgres: PG_V4_CHECK_CLAIMS,
+    },
+];
+
+/// The tables, their indexes and the schedule's columns; the readiness probe's own table
+/// (`probe` here, `store_probe` on PostgreSQL). `IF NOT EXISTS` throughout: a file from
+/// before `schema_migrations` runs it too, to gain the indexes added since.
+const SQLITE_V1: &str = "
+CREATE TABLE IF NOT EXISTS payments (
+    payment_id        TEXT PRIMARY KEY,
+    merchant_id       TEXT NOT NULL,
+    shop_id           TEXT NOT NULL,
+    out_trade_no      TEXT NOT NULL,
+    amount            INTEGER NOT NULL CHECK (amount > 0),
+    currency          TEXT NOT NULL,
+    method            TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    channel           TEXT NOT NULL,
+    rule              TEXT NOT NULL,
+    action            TEXT,
+    provider_trade_no TEXT,
+    refunded_amount   INTEGER NOT NULL DEFAULT 0,
+    request_hash      TEXT NOT NULL,
+    request           TEXT NOT NULL,
+    error_code        TEXT,
+    error_message     TEXT,
+    attempt_until     INTEGER,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    paid_at           INTEGER,
+    expires_at        INTEGER NOT NULL,
+    version           INTEGER NOT NULL,
+    account           TEXT,
+    next_check_at     INTEGER,
+    UNIQUE (merchant_id, out_trade_no)
+);
+CREATE INDEX IF NOT EXISTS payments_status ON payments (status, updated_at);
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_id          TEXT PRIMARY KEY,
+    merchant_id        TEXT NOT NULL,
+    shop_id            TEXT NOT NULL,
+    out_trade_no       TEXT NOT NULL,
+    out_refund_no      TEXT NOT NULL,
+    payment_id         TEXT NOT NULL REFERENCES payments (payment_id),
+    channel            TEXT NOT NULL,
+    amount             INTEGER NOT NULL CHECK (amount > 0),
+    reason             TEXT,
+    status             TEXT NOT NULL,
+    provider_refund_no TEXT,
+    request_hash       TEXT NOT NULL,
+    error_code         TEXT,
+    error_message      TEXT,
+    attempt_until      INTEGER,
+    created_at         INTEGER NOT NULL,
+    updated_at         INTEGER NOT NULL,
+    succeeded_at       INTEGER,
+    version            INTEGER NOT NULL,
+    next_check_at      INTEGER,
+    UNIQUE (merchant_id, out_refund_no)
+);
+CREATE INDEX IF NOT EXISTS refunds_payment ON refunds (payment_id, status);
+CREATE INDEX IF NOT EXISTS payments_trade_no ON payments (out_trade_no);
+CREATE INDEX IF NOT EXISTS payments_created ON payments (created_at, payment_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        TEXT NOT NULL UNIQUE,
+    shop_id         TEXT NOT NULL,
+    merchant_id     TEXT NOT NULL,
+    payment_id      TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS events_payment ON events (payment_id, status, seq);
+CREATE INDEX IF NOT EXISTS events_age ON events (status, created_at);
+CREATE INDEX IF NOT EXISTS events_shop_due ON events (shop_id, next_attempt_at, seq)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS payments_check ON payments (next_check_at);
+CREATE INDEX IF NOT EXISTS refunds_check ON refunds (next_check_at);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, pad BLOB);
+";
+
+/// Issue 15: a payment reported after the order had ended is flagged `late`.
+const SQLITE_V2_LATE: &str = "
+ALTER TABLE payments ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Issue 16: an open record left with no next check (by a payroute before it, whose
+/// reconciler dropped an order whose check met an open breaker past its expiry) is checked
+/// at once. Also run at every start, as before this list existed: a file a payroute older
+/// than the list wrote to since (a rollback) may hold such records again; the index finds
+/// them.
+const SQLITE_V4_OPEN_CHECKS: &str = "
+UPDATE payments SET next_check_at = updated_at
+ WHERE next_check_at IS NULL AND status IN ('pending', 'unknown');
+UPDATE refunds SET next_check_at = updated_at
+ WHERE next_check_at IS NULL AND status IN ('pending', 'abnormal');
+";
+
+const PG_V1: &str = "
+CREATE TABLE payments (
+    payment_id        TEXT PRIMARY KEY,
+    merchant_id       TEXT NOT NULL,
+    shop_id           TEXT NOT NULL,
+    out_trade_no      TEXT NOT NULL,
+    amount            BIGINT NOT NULL CHECK (amount > 0),
+    currency          TEXT NOT NULL,
+    method            TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    channel           TEXT NOT NULL,
+    rule              TEXT NOT NULL,
+    action            TEXT,
+    provider_trade_no TEXT,
+    refunded_amount   BIGINT NOT NULL DEFAULT 0,
+    request_hash      TEXT NOT NULL,
+    request           TEXT NOT NULL,
+    error_code        TEXT,
+    error_message     TEXT,
+    attempt_until     BIGINT,
+    created_at        BIGINT NOT NULL,
+    updated_at        BIGINT NOT NULL,
+    paid_at           BIGINT,
+    expires_at        BIGINT NOT NULL,
+    version           BIGINT NOT NULL,
+    account           TEXT,
+    next_check_at     BIGINT,
+    check_lease_until BIGINT,
+    UNIQUE (merchant_id, out_trade_no)
+);
+CREATE INDEX payments_trade_no ON payments (out_trade_no);
+CREATE INDEX payments_created ON payments (created_at, payment_id);
+CREATE INDEX payments_check ON payments (next_check_at) WHERE next_check_at IS NOT NULL;
+CREATE TABLE refunds (
+    refund_id          TEXT PRIMARY KEY,
+    merchant_id        TEXT NOT NULL,
+    shop_id            TEXT NOT NULL,
+    out_trade_no       TEXT NOT NULL,
+    out_refund_no      TEXT NOT NULL,
+    payment_id         TEXT NOT NULL REFERENCES payments (payment_id),
+    channel            TEXT NOT NULL,
+    amount             BIGINT NOT NULL CHECK (amount > 0),
+    reason             TEXT,
+    status             TEXT NOT NULL,
+    provider_refund_no TEXT,
+    request_hash       TEXT NOT NULL,
+    error_code         TEXT,
+    error_message      TEXT,
+    attempt_until      BIGINT,
+    created_at         BIGINT NOT NULL,
+    updated_at         BIGINT NOT NULL,
+    succeeded_at       BIGINT,
+    version            BIGINT NOT NULL,
+    next_check_at      BIGINT,
+    check_lease_until  BIGINT,
+    UNIQUE (merchant_id, out_refund_no)
+);
+CREATE INDEX refunds_payment ON refunds (payment_id, status);
+CREATE INDEX refunds_created ON refunds (created_at);
+CREATE INDEX refunds_check ON refunds (next_check_at) WHERE next_check_at IS NOT NULL;
+CREATE TABLE events (
+    seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id        TEXT NOT NULL UNIQUE,
+    shop_id         TEXT NOT NULL,
+    merchant_id     TEXT NOT NULL,
+    payment_id      TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        BIGINT NOT NULL,
+    next_attempt_at BIGINT NOT NULL,
+    created_at      BIGINT NOT NULL,
+    delivered_at    BIGINT,
+    last_error      TEXT,
+    lease_until     BIGINT
+);
+CREATE INDEX events_due ON events (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX events_payment ON events (payment_id, seq) WHERE status = 'pending';
+CREATE INDEX events_age ON events (status, created_at);
+CREATE TABLE store_probe (
+    id INTEGER PRIMARY KEY,
+    at BIGINT NOT NULL
+);
+";
+
+/// Issue 15: a payment reported after the order had ended is flagged `late`; ended orders
+/// (closed, failed) and late ones are checked by the reconciler too.
+const PG_V2_LATE: &str = "
+ALTER TABLE payments ADD COLUMN late BOOLEAN NOT NULL DEFAULT false;
+";
+
+/// Issue 16: an event's claim carries a fencing token (only its holder records the
+/// delivery), and due events are claimed per shop in `(next_attempt_at, seq)` order: the
+/// index serves both the walk over the shops with pending events and each shop's oldest.
+const PG_V3_EVENT_CLAIMS: &str = "
+ALTER TABLE events ADD COLUMN claim TEXT;
+CREATE INDEX events_shop_due ON events (shop_id, next_attempt_at, seq) WHERE status = 'pending';
+";
+
+/// Issue 16: a check's claim is fenced by a token (`check_claim`), and an open record is
+/// never left with no next check — those a payroute before it dropped are checked at once.
+/// (Number 3 is the outbox's migration of the same issue.)
+const PG_V4_CHECK_CLAIMS: &str = "
+ALTER TABLE payments ADD COLUMN IF NOT EXISTS check_claim TEXT;
+ALTER TABLE refunds ADD COLUMN IF NOT EXISTS check_claim TEXT;
+UPDATE payments SET next_check_at = updated_at
+ WHERE next_check_at IS NULL AND status IN ('pending', 'unknown');
+UPDATE refunds SET next_check_at = updated_at
+ WHERE next_check_at IS NULL AND status IN ('pending', 'abnormal');
+";
+
+/// The migrations' ledger, as on PostgreSQL.
+const SQLITE_LEDGER: &str = "
+CREATE TABLE schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    applied_at INTEGER NOT NULL
+);
+";
+
+/// Brings an SQLite file to the current schema and records each step in
+/// `schema_migrations`, all in one transaction (`BEGIN IMMEDIATE`: a second process opening
+/// the file at the same moment waits, then finds the steps recorded).
+///
+/// A file created before the ledger existed (its tables, no `schema_migrations`) is brought
+/// to the current columns once by probing them ([`probe_columns`]), the idempotent texts
+/// (V1's indexes, V4's repair) run over it, and every version is recorded as applied.
+pub(super) fn migrate_sqlite(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
+    match apply_sqlite(conn) {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(backend),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn apply_sqlite(conn: &Connection) -> Result<(), StoreError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let record = |version: i32| {
+        conn.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, now],
+        )
+        .map(drop)
+        .map_err(backend)
+    };
+    if !sqlite_table(conn, "schema_migrations")? {
+        let before_the_ledger = sqlite_table(conn, "payments")?;
+        conn.execute_batch(SQLITE_LEDGER).map_err(backend)?;
+        if before_the_ledger {
+            probe_columns(conn)?;
+            conn.execute_batch(SQLITE_V1).map_err(backend)?;
+            for m in &MIGRATIONS {
+                record(m.version)?;
+            }
+            tracing::info!(
+                "store: an SQLite file from before schema_migrations brought up to date"
+            );
+        }
+    }
+    let applied: Vec<i32> = conn
+        .prepare("SELECT version FROM schema_migrations")
+        .map_err(backend)?
+        .query_map([], |row| row.get(0))
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        conn.execute_batch(m.sqlite).map_err(backend)?;
+        record(m.version)?;
+    }
+    conn.execute_batch(SQLITE_V4_OPEN_CHECKS).map_err(backend)?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    if let Some(newest) = applied.iter().max().filter(|n| **n > known) {
+        tracing::warn!(
+            newest,
+            known,
+            "store: the SQLite file has migrations this payroute does not know; it was written by a newer one"
+        );
+    }
+    Ok(())
+}
+
+fn sqlite_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(backend)
+}
+
+/// Columns added after the first release, for files created before them.
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+    ("payments", "account", "TEXT"),
+    // The reconciliation schedule (unix ms; NULL: not checked any more).
+    ("payments", "next_check_at", "INTEGER"),
+    ("refunds", "next_check_at", "INTEGER"),
+    // Paid after the order had ended (issue 15): 1.
+    ("payments", "late", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+fn probe_columns(conn: &Connection) -> Result<(), StoreError> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = conn
+            .query_row(
+                &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                params![column],
+                |row| row.get(0),
+            )
+            .map_err(backend)?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                .map_err(backend)?;
+            if column == "next_check_at" {
+                // Open records from before the schedule existed are checked at once.
+                conn.execute_batch(&format!(
+                    "UPDATE {table} SET next_check_at = updated_at
+                     WHERE status IN ('pending', 'unknown', 'abnormal')"
+                ))
+                .map_err(backend)?;
+            }
+        }
+    }
+    Ok(())
+}
