@@ -20,8 +20,8 @@ use payroute::secret::Secret;
 use payroute::store::postgres::PostgresStore;
 use payroute::store::sqlite::SqliteStore;
 use payroute::store::{
-    Delivery, Due, DueLimits, EventFilter, EventRecord, PaymentFilter, PaymentRecord, RefundFilter,
-    RefundRecord, Resend, Reservation, Store, StoreError, OPEN_RECHECK,
+    Delivery, Due, DueLimits, EventFilter, EventRecord, Ledger, PaymentFilter, PaymentRecord,
+    RefundFilter, RefundRecord, Reports, Resend, Reservation, Store, StoreError, OPEN_RECHECK,
 };
 
 // ---------------------------------------------------------------------------------------
