@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use crate::channel::http::HttpClient;
+use crate::channel::http::{ClientError, HttpClient};
 use crate::channel::keys::RsaSigner;
 use crate::channel::wechatpay::sign;
 
@@ -152,7 +152,7 @@ pub trait Transport: Send + Sync {
 /// TEST-ONLY CA), made on first use.
 #[derive(Default)]
 pub struct HttpTransport {
-    client: OnceLock<Result<HttpClient, String>>,
+    client: OnceLock<Result<HttpClient, ClientError>>,
 }
 
 #[async_trait]

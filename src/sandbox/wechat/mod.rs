@@ -714,7 +714,7 @@ impl WechatSim {
         let ciphertext = match sealed {
             Ok(c) => c,
             Err(e) => {
-                self.shared.notifier.not_sent(&n, &e);
+                self.shared.notifier.not_sent(&n, &e.to_string());
                 return None;
             }
         };
