@@ -133,6 +133,13 @@ enum CliError {
         #[source]
         source: payroute::store::StoreError,
     },
+    /// The `env:` or `file:` reference a flag names did not resolve.
+    #[error("{flag}: {source}")]
+    Secret {
+        flag: &'static str,
+        #[source]
+        source: payroute::secret::ResolveError,
+    },
     #[error("migrate: {0}")]
     Copy(#[source] payroute::store::StoreError),
     #[error("cannot start the runtime: {0}")]
@@ -166,10 +173,15 @@ fn report(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+/// A `--metadata` value without `=`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not key=value")]
+struct NotKeyValue(String);
+
+fn parse_kv(s: &str) -> Result<(String, String), NotKeyValue> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not key=value"))
+        .ok_or_else(|| NotKeyValue(s.to_string()))
 }
 
 fn main() -> ExitCode {
@@ -286,7 +298,10 @@ async fn migrate(
     if !std::path::Path::new(path).exists() {
         return Err(CliError::Usage(format!("--from: {path} does not exist")));
     }
-    let url = payroute::secret::resolve(&to).map_err(|e| CliError::Usage(format!("--to: {e}")))?;
+    let url = payroute::secret::resolve(&to).map_err(|source| CliError::Secret {
+        flag: "--to",
+        source,
+    })?;
     let source = payroute::store::open(&StoreSettings::Sqlite { path: path.into() }, metrics()?)
         .await
         .map_err(|source| CliError::Store {
