@@ -23,6 +23,52 @@ use crate::resilience::Resilience;
 use crate::sandbox::Sandbox;
 use crate::stranded::StrandedWatch;
 
+/// Why the proxy did not start. Each kind says which part failed — a port already taken is
+/// not a store that cannot open — and carries the error beneath it as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `what` is the config key that names the address (`server.listen`, …).
+    #[error("{what}: cannot listen on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bound listener could not say its own address.
+    #[error("{what}: {source}")]
+    LocalAddr {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Redis(#[from] crate::resilience::shared::RedisError),
+    #[error(transparent)]
+    Channels(#[from] crate::channel::BuildError),
+    #[error(transparent)]
+    Outbox(#[from] crate::notify::outbox::OutboxError),
+    /// The `sandbox:` section and the sandbox listener given do not go together (or the
+    /// binary has no sandbox).
+    #[error("{0}")]
+    Sandbox(&'static str),
+}
+
+impl From<crate::live::BuildError> for StartError {
+    fn from(e: crate::live::BuildError) -> StartError {
+        use crate::live::BuildError;
+        match e {
+            BuildError::Metrics(e) => StartError::Metrics(e),
+            BuildError::Redis(e) => StartError::Redis(e),
+            BuildError::Channels(e) => StartError::Channels(e),
+        }
+    }
+}
+
 /// Every module built from one config, and the state each listener is given.
 pub struct App {
     pub live: Arc<LiveConfig>,
@@ -66,23 +112,20 @@ async fn rebind_legacy_sellers(
 }
 
 impl App {
-    pub async fn new(config: Config) -> Result<Arc<App>, String> {
+    pub async fn new(config: Config) -> Result<Arc<App>, StartError> {
         let registry = Registry::new();
-        let metric_err = |e: prometheus::Error| format!("metrics: {e}");
-        let store_metrics = crate::store::StoreMetrics::new(&registry).map_err(metric_err)?;
-        let store = crate::store::open(&config.store, store_metrics)
-            .await
-            .map_err(|e| e.to_string())?;
+        let store_metrics = crate::store::StoreMetrics::new(&registry)?;
+        let store = crate::store::open(&config.store, store_metrics).await?;
         rebind_legacy_sellers(store.as_ref(), &config.merchants).await;
-        let resilience = Arc::new(Resilience::new(&registry).map_err(metric_err)?);
+        let resilience = Arc::new(Resilience::new(&registry)?);
         let live = Arc::new(LiveConfig::new(config, &registry, resilience.clone())?);
-        let payments = Arc::new(PaymentService::new(store.clone(), &registry).map_err(metric_err)?);
+        let payments = Arc::new(PaymentService::new(store.clone(), &registry)?);
         payments.start_metrics_at_zero(&live.load().config);
         let service = payments.clone();
         live.on_reload(move |config| service.start_metrics_at_zero(config));
         // Orders bound to an account the config no longer holds: warned about and counted on
         // load and after every reload.
-        let stranded = Arc::new(StrandedWatch::new(&registry).map_err(metric_err)?);
+        let stranded = Arc::new(StrandedWatch::new(&registry)?);
         stranded.update(store.as_ref(), &live.load().config).await;
         let (watch, reports) = (stranded.clone(), store.clone());
         live.on_reloaded(move |now| {
@@ -95,20 +138,15 @@ impl App {
             live: live.clone(),
             payments: payments.clone(),
             resilience: resilience.clone(),
-            metrics: ApiMetrics::new(&registry).map_err(metric_err)?,
-            notify: Arc::new(
-                Inbound::new(live.clone(), payments.clone(), &registry).map_err(metric_err)?,
-            ),
+            metrics: ApiMetrics::new(&registry)?,
+            notify: Arc::new(Inbound::new(live.clone(), payments.clone(), &registry)?),
         });
-        let outbox = Arc::new(
-            Outbox::new(
-                store.clone(),
-                live.clone(),
-                payments.events_written(),
-                &registry,
-            )
-            .map_err(|e| e.to_string())?,
-        );
+        let outbox = Arc::new(Outbox::new(
+            store.clone(),
+            live.clone(),
+            payments.events_written(),
+            &registry,
+        )?);
         let admin = Arc::new(AdminState {
             live: live.clone(),
             store: store.clone(),
@@ -116,10 +154,12 @@ impl App {
             registry: registry.clone(),
             stranded: stranded.clone(),
         });
-        let reconciler = Arc::new(
-            Reconciler::new(live.clone(), payments.clone(), store, &registry)
-                .map_err(metric_err)?,
-        );
+        let reconciler = Arc::new(Reconciler::new(
+            live.clone(),
+            payments.clone(),
+            store,
+            &registry,
+        )?);
         Ok(Arc::new(App {
             live,
             registry,
@@ -139,12 +179,12 @@ impl App {
     }
 
     /// See [`LiveConfig::reload`].
-    pub async fn reload(&self, only_if_changed: bool) -> Result<String, String> {
+    pub async fn reload(&self, only_if_changed: bool) -> Result<String, crate::live::ReloadError> {
         self.live.reload(only_if_changed).await
     }
 
-    pub async fn ready(&self) -> Result<(), String> {
-        self.admin.ready().await.map_err(|e| e.to_string())
+    pub async fn ready(&self) -> Result<(), crate::store::StoreError> {
+        self.admin.ready().await
     }
 }
 
@@ -159,11 +199,11 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses `config` names (`server.listen`, `server.admin_listen`,
     /// `sandbox.listen`).
-    pub async fn bind(config: &Config) -> Result<Listeners, String> {
+    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("{what}: cannot listen on {addr}: {e}"))
+                .map_err(|source| StartError::Bind { what, addr, source })
         };
         Ok(Listeners {
             api: bind(config.server.listen, "server.listen").await?,
@@ -202,13 +242,43 @@ pub async fn run(
     listeners: Listeners,
     watch_config: bool,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let running = start(config, listeners, watch_config).await?;
     shutdown.await;
     tracing::info!("draining");
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The sandbox's share of a start: the simulator, its listener and that listener's TLS.
+#[cfg(feature = "sandbox")]
+struct SandboxListener {
+    sandbox: Arc<Sandbox>,
+    tls: Option<crate::server::TlsSettings>,
+    listener: TcpListener,
+}
+
+/// Pairs the `sandbox:` section with the sandbox listener: each needs the other.
+#[cfg(feature = "sandbox")]
+fn sandbox_listener(
+    config: &Config,
+    listener: Option<TcpListener>,
+) -> Result<Option<SandboxListener>, StartError> {
+    match (&config.sandbox, listener) {
+        (Some(s), Some(listener)) => Ok(Some(SandboxListener {
+            sandbox: Sandbox::new(s.merchants.clone()),
+            tls: s.tls.clone(),
+            listener,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(StartError::Sandbox(
+            "sandbox: is configured but no sandbox listener was given",
+        )),
+        (None, Some(_)) => Err(StartError::Sandbox(
+            "a sandbox listener was given but sandbox: is not configured",
+        )),
+    }
 }
 
 /// Builds everything from `config` and serves on `listeners` (see [`Listeners::bind`]);
@@ -218,34 +288,28 @@ pub async fn start(
     config: Config,
     listeners: Listeners,
     watch_config: bool,
-) -> Result<Running, String> {
-    let Listeners {
-        api: api_listener,
-        admin: admin_listener,
-        sandbox: sandbox_listener,
-    } = listeners;
-    let local = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
-    let (api_addr, admin_addr) = (local(&api_listener)?, local(&admin_listener)?);
-    let sandbox_addr = sandbox_listener.as_ref().map(local).transpose()?;
+) -> Result<Running, StartError> {
+    let local = |l: &TcpListener, what: &'static str| {
+        l.local_addr()
+            .map_err(|source| StartError::LocalAddr { what, source })
+    };
+    let api_addr = local(&listeners.api, "server.listen")?;
+    let admin_addr = local(&listeners.admin, "server.admin_listen")?;
+    let sandbox_addr = listeners
+        .sandbox
+        .as_ref()
+        .map(|l| local(l, "sandbox.listen"))
+        .transpose()?;
 
     // Validation already refuses `sandbox:` without the feature; this covers a hand-made config.
     #[cfg(not(feature = "sandbox"))]
-    if config.sandbox.is_some() || sandbox_listener.is_some() {
-        return Err("this payroute was built without the sandbox (cargo feature `sandbox`)".into());
+    if config.sandbox.is_some() || listeners.sandbox.is_some() {
+        return Err(StartError::Sandbox(
+            "this payroute was built without the sandbox (cargo feature `sandbox`)",
+        ));
     }
     #[cfg(feature = "sandbox")]
-    let sandbox = match (&config.sandbox, sandbox_listener) {
-        (Some(s), Some(listener)) => {
-            Some((Sandbox::new(s.merchants.clone()), s.tls.clone(), listener))
-        }
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err("sandbox: is configured but no sandbox listener was given".into())
-        }
-        (None, Some(_)) => {
-            return Err("a sandbox listener was given but sandbox: is not configured".into())
-        }
-    };
+    let sandbox = sandbox_listener(&config, listeners.sandbox)?;
     let server_tls = config
         .server
         .tls
@@ -260,31 +324,57 @@ pub async fn start(
         api: api_addr,
         admin: admin_addr,
     });
-    let (tx, rx) = watch::channel(false);
-    let stopped = move |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let (shutdown, rx) = watch::channel(false);
     let mut tasks = Vec::new();
-
     #[cfg(feature = "sandbox")]
-    if let Some((sandbox, tls, listener)) = sandbox {
-        // The sandbox trusts the keys of the channels serving now.
-        let sb = sandbox.clone();
-        app.live.on_reload(move |config| {
-            if config.sandbox.is_some() {
-                sb.set_merchants(crate::config::sandbox_merchants(
-                    &config.channels,
-                    &config.merchants,
-                ));
-            }
-        });
-        tasks.push(tokio::spawn(sandbox.serve(
-            listener,
-            tls,
-            stopped(rx.clone()),
-        )));
+    if let Some(s) = sandbox {
+        tasks.push(serve_sandbox(&app, s, &rx));
     }
-    if let Some(source) = server_tls.clone() {
+    register_reload_hooks(&app, server_tls.as_ref());
+    tasks.extend(spawn_listeners(
+        &app,
+        listeners.api,
+        listeners.admin,
+        server_tls,
+        limits,
+        &rx,
+    ));
+    tasks.extend(spawn_workers(&app, watch_config, &rx));
+    tracing::info!(%api_addr, %admin_addr, sandbox = ?sandbox_addr, version = %app.live().config.version, "payroute serving");
+    Ok(Running {
+        app,
+        api_addr,
+        admin_addr,
+        sandbox_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Resolves once `true` is sent on the shutdown channel.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Serves the sandbox until shutdown; it trusts the keys of the channels serving now, so a
+/// reload hands it the new ones.
+#[cfg(feature = "sandbox")]
+fn serve_sandbox(app: &App, s: SandboxListener, rx: &watch::Receiver<bool>) -> JoinHandle<()> {
+    let sb = s.sandbox.clone();
+    app.live.on_reload(move |config| {
+        if config.sandbox.is_some() {
+            sb.set_merchants(crate::config::sandbox_merchants(
+                &config.channels,
+                &config.merchants,
+            ));
+        }
+    });
+    tokio::spawn(s.sandbox.serve(s.listener, s.tls, stopped(rx.clone())))
+}
+
+/// What a reload changes in the listeners: the API's certificate.
+fn register_reload_hooks(app: &App, server_tls: Option<&crate::server::TlsSource>) {
+    if let Some(source) = server_tls.cloned() {
         // A renewed certificate serves new connections from the next reload on; open ones
         // keep the one they began with. TLS removed by a reload stays on until a restart (the
         // reload logs it and `/admin/config` shows it pending).
@@ -294,46 +384,55 @@ pub async fn start(
             }
         });
     }
+}
+
+/// Serves the API (over `server_tls` when set) and the admin port until shutdown.
+fn spawn_listeners(
+    app: &App,
+    api_listener: TcpListener,
+    admin_listener: TcpListener,
+    server_tls: Option<crate::server::TlsSource>,
+    limits: crate::server::ListenerLimits,
+    rx: &watch::Receiver<bool>,
+) -> [JoinHandle<()>; 2] {
     let api_state = app.api.clone();
     let api = move |req, _peer| crate::api::handle(api_state.clone(), req);
     let refuser = |listener| -> crate::server::Refuse {
         let api_state = app.api.clone();
         Arc::new(move |r| api_state.metrics.refuse(listener, r))
     };
-    tasks.push(tokio::spawn(crate::server::serve(
-        api_listener,
-        server_tls,
-        api,
-        stopped(rx.clone()),
-        limits,
-        refuser(crate::api::API_LISTENER),
-    )));
     let admin_state = app.admin.clone();
     let admin = move |req, _peer| crate::admin::handle(admin_state.clone(), req);
-    tasks.push(tokio::spawn(crate::server::serve(
-        admin_listener,
-        None,
-        admin,
-        stopped(rx.clone()),
-        limits,
-        refuser(crate::api::ADMIN_LISTENER),
-    )));
+    [
+        tokio::spawn(crate::server::serve(
+            api_listener,
+            server_tls,
+            api,
+            stopped(rx.clone()),
+            limits,
+            refuser(crate::api::API_LISTENER),
+        )),
+        tokio::spawn(crate::server::serve(
+            admin_listener,
+            None,
+            admin,
+            stopped(rx.clone()),
+            limits,
+            refuser(crate::api::ADMIN_LISTENER),
+        )),
+    ]
+}
 
+/// The config watcher (when asked for) and the workers that close the loop: shop events
+/// out, forgotten orders found.
+fn spawn_workers(app: &App, watch_config: bool, rx: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
     if watch_config {
         tasks.push(tokio::spawn(app.live.clone().watch(stopped(rx.clone()))));
     }
-    // The workers that close the loop: shop events out, forgotten orders found.
     tasks.push(tokio::spawn(app.outbox.clone().run(stopped(rx.clone()))));
     tasks.push(tokio::spawn(
         app.reconciler.clone().run(stopped(rx.clone())),
     ));
-    tracing::info!(%api_addr, %admin_addr, sandbox = ?sandbox_addr, version = %app.live().config.version, "payroute serving");
-    Ok(Running {
-        app,
-        api_addr,
-        admin_addr,
-        sandbox_addr,
-        shutdown: tx,
-        tasks,
-    })
+    tasks
 }

@@ -29,7 +29,7 @@ use prometheus::Registry;
 
 use crate::channel::{ChannelMetrics, ChannelSet};
 use crate::config::reload::ReloadMetrics;
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors};
 use crate::payment::Routes;
 use crate::resilience::Resilience;
 use crate::server::ListenerLimits;
@@ -148,6 +148,35 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
+/// Why the config the process starts with could not be made live.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Redis(#[from] crate::resilience::shared::RedisError),
+    #[error(transparent)]
+    Channels(#[from] crate::channel::BuildError),
+}
+
+/// Why a reload changed nothing: the previous config keeps serving. The text is what
+/// `POST /admin/reload` answers (one error a line) and what the log says.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file did not parse or validate: every error, with its line and column.
+    #[error(transparent)]
+    Invalid(#[from] ConfigErrors),
+    /// The file is valid, but its timeouts do not fit in the lease of the store that runs.
+    #[error("the running store.lease {0} (a new store.lease takes effect on restart)")]
+    Lease(String),
+    /// The file is valid, but a channel's outbound client could not be built from it.
+    #[error(transparent)]
+    Channels(#[from] crate::channel::BuildError),
+    /// The blocking task that read the file did not finish (the runtime is shutting down).
+    #[error(transparent)]
+    Read(#[from] tokio::task::JoinError),
+}
+
 /// Called with a new config after it validated and built, just before it is swapped in.
 pub type ReloadHook = Box<dyn Fn(&Config) + Send + Sync>;
 
@@ -175,12 +204,11 @@ impl LiveConfig {
         config: Config,
         registry: &Registry,
         resilience: Arc<Resilience>,
-    ) -> Result<LiveConfig, String> {
-        let metric_err = |e: prometheus::Error| format!("metrics: {e}");
-        let channel_metrics = Arc::new(ChannelMetrics::new(registry).map_err(metric_err)?);
+    ) -> Result<LiveConfig, BuildError> {
+        let channel_metrics = Arc::new(ChannelMetrics::new(registry)?);
         resilience.configure(&config.limits, config.redis.as_ref())?;
         let channels = ChannelSet::build(&config.channels, &channel_metrics, &resilience)?;
-        let reload_metrics = ReloadMetrics::new(registry).map_err(metric_err)?;
+        let reload_metrics = ReloadMetrics::new(registry)?;
         reload_metrics.loaded(&config.version);
         Ok(LiveConfig {
             path: config.path.clone(),
@@ -252,14 +280,12 @@ impl LiveConfig {
 
     /// Parse, validate, build, then swap. A bad file changes nothing; the error (with line
     /// and column) is logged and counted. With `only_if_changed`, an identical file is a no-op.
-    pub async fn reload(&self, only_if_changed: bool) -> Result<String, String> {
+    pub async fn reload(&self, only_if_changed: bool) -> Result<String, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let path = self.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
-            .await
-            .map_err(|e| e.to_string())?;
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await?;
         let current = self.load();
-        let built = loaded.map_err(|e| e.to_string()).and_then(|config| {
+        let built = loaded.map_err(ReloadError::from).and_then(|config| {
             if only_if_changed && config.version == current.config.version {
                 return Ok(None);
             }
@@ -270,9 +296,7 @@ impl LiveConfig {
                 &config.webhooks,
                 &config.channels,
             ) {
-                return Err(format!(
-                    "the running store.lease {problem} (a new store.lease takes effect on restart)"
-                ));
+                return Err(ReloadError::Lease(problem));
             }
             let channels =
                 ChannelSet::build(&config.channels, &self.channel_metrics, &self.resilience)?;

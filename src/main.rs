@@ -117,10 +117,71 @@ enum PaymentsCommand {
     },
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+/// Why a command that runs the proxy, the sandbox or a migration failed. Printed once, by
+/// [`run`], with the errors beneath it.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Start(#[from] app::StartError),
+    /// A flag's value is wrong: the message is the whole point.
+    #[error("{0}")]
+    Usage(String),
+    /// The store a flag names (`--from`, `--to`) could not be opened.
+    #[error("{flag}: {source}")]
+    Store {
+        flag: &'static str,
+        #[source]
+        source: payroute::store::StoreError,
+    },
+    /// The `env:` or `file:` reference a flag names did not resolve.
+    #[error("{flag}: {source}")]
+    Secret {
+        flag: &'static str,
+        #[source]
+        source: payroute::secret::ResolveError,
+    },
+    #[error("migrate: {0}")]
+    Copy(#[source] payroute::store::StoreError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl From<payroute::store::StoreError> for CliError {
+    fn from(e: payroute::store::StoreError) -> CliError {
+        CliError::Start(e.into())
+    }
+}
+
+impl From<prometheus::Error> for CliError {
+    fn from(e: prometheus::Error) -> CliError {
+        CliError::Start(e.into())
+    }
+}
+
+/// `e` and the errors beneath it, one message: each source is added unless the text so far
+/// already says it (most of ours print their source themselves).
+fn report(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let said = s.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// A `--metadata` value without `=`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not key=value")]
+struct NotKeyValue(String);
+
+fn parse_kv(s: &str) -> Result<(String, String), NotKeyValue> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not key=value"))
+        .ok_or_else(|| NotKeyValue(s.to_string()))
 }
 
 fn main() -> ExitCode {
@@ -223,27 +284,30 @@ async fn migrate(
     from: Option<String>,
     to: Option<String>,
     schema: String,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     use payroute::store::{StoreMetrics, StoreSettings};
-    let metrics =
-        || StoreMetrics::new(&prometheus::Registry::new()).map_err(|e| format!("metrics: {e}"));
+    let metrics = || StoreMetrics::new(&prometheus::Registry::new());
     let (Some(from), Some(to)) = (from, to) else {
-        payroute::store::open(&config.store, metrics()?)
-            .await
-            .map_err(|e| e.to_string())?;
+        payroute::store::open(&config.store, metrics()?).await?;
         eprintln!("the configured store is open and its schema is current");
         return Ok(());
     };
     let path = from
         .strip_prefix("sqlite:")
-        .ok_or("--from must be sqlite:PATH")?;
+        .ok_or_else(|| CliError::Usage("--from must be sqlite:PATH".into()))?;
     if !std::path::Path::new(path).exists() {
-        return Err(format!("--from: {path} does not exist"));
+        return Err(CliError::Usage(format!("--from: {path} does not exist")));
     }
-    let url = payroute::secret::resolve(&to).map_err(|e| format!("--to: {e}"))?;
+    let url = payroute::secret::resolve(&to).map_err(|source| CliError::Secret {
+        flag: "--to",
+        source,
+    })?;
     let source = payroute::store::open(&StoreSettings::Sqlite { path: path.into() }, metrics()?)
         .await
-        .map_err(|e| format!("--from: {e}"))?;
+        .map_err(|source| CliError::Store {
+            flag: "--from",
+            source,
+        })?;
     let target = payroute::store::open(
         &StoreSettings::Postgres {
             url: payroute::secret::Secret::new(url),
@@ -254,10 +318,13 @@ async fn migrate(
         metrics()?,
     )
     .await
-    .map_err(|e| format!("--to: {e}"))?;
+    .map_err(|source| CliError::Store {
+        flag: "--to",
+        source,
+    })?;
     let c = payroute::store::migrate::copy(source.as_ref(), target.as_ref())
         .await
-        .map_err(|e| format!("migrate: {e}"))?;
+        .map_err(CliError::Copy)?;
     say(&format!(
         "copied and verified: {} payments ({} new), {} refunds ({} new), {} pending events ({} new)",
         c.payments, c.payments_new, c.refunds, c.refunds_new, c.pending_events, c.pending_events_new
@@ -378,43 +445,46 @@ fn stranded_warnings(config: &Config) -> Vec<String> {
     })
 }
 
-fn run(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+/// Runs `fut` on a runtime sized for the proxy; its error is printed once, and exits 1.
+fn run(fut: impl std::future::Future<Output = Result<(), CliError>>) -> ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(app::MAX_BLOCKING_THREADS)
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(fut) {
+        .map_err(CliError::Runtime)
+        .and_then(|rt| rt.block_on(fut));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", report(&e));
             ExitCode::FAILURE
         }
     }
 }
 
 /// Config is already loaded and valid: bind, build, serve, drain on SIGTERM.
-async fn serve(config: Config) -> Result<(), String> {
+async fn serve(config: Config) -> Result<(), CliError> {
     let listeners = app::Listeners::bind(&config).await?;
-    app::run(config, listeners, true, shutdown_signal()).await
+    Ok(app::run(config, listeners, true, shutdown_signal()).await?)
 }
 
 #[cfg(not(feature = "sandbox"))]
-async fn sandbox(_listen: std::net::SocketAddr, _config: Config) -> Result<(), String> {
-    Err("this payroute was built without the sandbox (cargo feature `sandbox`)".into())
+async fn sandbox(_listen: std::net::SocketAddr, _config: Config) -> Result<(), CliError> {
+    Err(app::StartError::Sandbox(
+        "this payroute was built without the sandbox (cargo feature `sandbox`)",
+    )
+    .into())
 }
 
 #[cfg(feature = "sandbox")]
-async fn sandbox(listen: std::net::SocketAddr, config: Config) -> Result<(), String> {
+async fn sandbox(listen: std::net::SocketAddr, config: Config) -> Result<(), CliError> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        .map_err(|source| app::StartError::Bind {
+            what: "--listen",
+            addr: listen,
+            source,
+        })?;
     let sb = payroute::sandbox::Sandbox::new(payroute::config::sandbox_merchants(
         &config.channels,
         &config.merchants,

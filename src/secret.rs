@@ -34,21 +34,38 @@ pub fn is_reference(value: &str) -> bool {
     value.starts_with("env:") || value.starts_with("file:")
 }
 
+/// Why an `env:` or `file:` reference did not resolve. It names the variable or the path,
+/// never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("environment variable {0} is not set")]
+    Unset(String),
+    #[error("environment variable {0} is not valid UTF-8")]
+    NotUnicode(String),
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Resolves `env:NAME` and `file:/path`; any other string is taken literally.
 ///
 /// The error names the variable or path, never the value. A file's trailing newline is
 /// dropped, so `echo token > file` works; PEM parsers do not care.
-pub fn resolve(value: &str) -> Result<String, String> {
+pub fn resolve(value: &str) -> Result<String, ResolveError> {
     if let Some(name) = value.strip_prefix("env:") {
         return std::env::var(name).map_err(|e| match e {
-            std::env::VarError::NotPresent => format!("environment variable {name} is not set"),
-            std::env::VarError::NotUnicode(_) => {
-                format!("environment variable {name} is not valid UTF-8")
-            }
+            std::env::VarError::NotPresent => ResolveError::Unset(name.to_string()),
+            std::env::VarError::NotUnicode(_) => ResolveError::NotUnicode(name.to_string()),
         });
     }
     if let Some(path) = value.strip_prefix("file:") {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ResolveError::Unreadable {
+            path: path.to_string(),
+            source,
+        })?;
         return Ok(text.trim_end_matches(['\n', '\r']).to_string());
     }
     Ok(value.to_string())
@@ -90,13 +107,17 @@ mod tests {
     fn references_resolve_and_errors_hide_values() {
         assert_eq!(resolve("plain").unwrap(), "plain");
         let err = resolve("env:PAYROUTE_SURELY_UNSET_VAR").unwrap_err();
-        assert!(err.contains("PAYROUTE_SURELY_UNSET_VAR"));
+        assert!(
+            err.to_string().contains("PAYROUTE_SURELY_UNSET_VAR"),
+            "{err}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("tok");
         std::fs::write(&p, "abc\n").unwrap();
         assert_eq!(resolve(&format!("file:{}", p.display())).unwrap(), "abc");
         assert!(resolve("file:/nonexistent/x")
             .unwrap_err()
+            .to_string()
             .contains("/nonexistent/x"));
     }
 }

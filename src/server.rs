@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -89,6 +89,31 @@ impl Refusal {
 /// Turns a [`Refusal`] into the listener's answer (the API's error format, on the API port).
 pub type Refuse = Arc<dyn Fn(Refusal) -> Response<Body> + Send + Sync>;
 
+/// Why a listener's certificate, key or `client_ca` could not make a TLS config. The text
+/// names the part (`cert`, `key`, `client_ca`), never the key's bytes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    #[error("cert: not PEM ({0})")]
+    CertNotPem(String),
+    #[error("cert: no certificate found")]
+    NoCert,
+    #[error("key: not a PEM private key ({0})")]
+    KeyNotPem(String),
+    #[error("client_ca: not PEM ({0})")]
+    ClientCaNotPem(String),
+    #[error("client_ca: not a CA certificate ({0})")]
+    ClientCaRejected(String),
+    #[error("client_ca: no certificate found")]
+    NoClientCa,
+    #[error("client_ca: {0}")]
+    ClientVerifier(String),
+    #[error("certificate and key do not fit: {0}")]
+    Mismatch(String),
+    /// rustls refused its own protocol versions (a build without them).
+    #[error("{0}")]
+    Rustls(String),
+}
+
 /// A rustls server config built from PEM text.
 #[derive(Clone)]
 pub struct TlsSettings {
@@ -114,7 +139,7 @@ impl std::fmt::Debug for TlsSettings {
 }
 
 impl TlsSettings {
-    pub fn new(cert_pem: &str, key_pem: &str) -> Result<TlsSettings, String> {
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<TlsSettings, TlsError> {
         TlsSettings::with_client_ca(cert_pem, key_pem, None)
     }
 
@@ -126,32 +151,32 @@ impl TlsSettings {
         cert_pem: &str,
         key_pem: &str,
         client_ca_pem: Option<&str>,
-    ) -> Result<TlsSettings, String> {
+    ) -> Result<TlsSettings, TlsError> {
         let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("cert: not PEM ({e})"))?;
+            .map_err(|e| TlsError::CertNotPem(e.to_string()))?;
         if certs.is_empty() {
-            return Err("cert: no certificate found".into());
+            return Err(TlsError::NoCert);
         }
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| format!("key: not a PEM private key ({e})"))?;
+            .map_err(|e| TlsError::KeyNotPem(e.to_string()))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         // rustls speaks TLS 1.2 and 1.3 only: nothing older is possible.
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
         let builder = match client_ca_pem {
             None => builder.with_no_client_auth(),
             Some(pem) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for ca in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    let ca = ca.map_err(|e| format!("client_ca: not PEM ({e})"))?;
+                    let ca = ca.map_err(|e| TlsError::ClientCaNotPem(e.to_string()))?;
                     roots
                         .add(ca)
-                        .map_err(|e| format!("client_ca: not a CA certificate ({e})"))?;
+                        .map_err(|e| TlsError::ClientCaRejected(e.to_string()))?;
                 }
                 if roots.is_empty() {
-                    return Err("client_ca: no certificate found".into());
+                    return Err(TlsError::NoClientCa);
                 }
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
@@ -159,13 +184,13 @@ impl TlsSettings {
                 )
                 .allow_unauthenticated()
                 .build()
-                .map_err(|e| format!("client_ca: {e}"))?;
+                .map_err(|e| TlsError::ClientVerifier(e.to_string()))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
         let mut config = builder
             .with_single_cert(certs, key)
-            .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+            .map_err(|e| TlsError::Mismatch(e.to_string()))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsSettings {
             config: Arc::new(config),
@@ -225,6 +250,85 @@ pub async fn serve<H, F, S>(
     F: Future<Output = Response<Body>> + Send + 'static,
     S: Future<Output = ()>,
 {
+    let graceful = GracefulShutdown::new();
+    // A connection is watched by `graceful` only once hyper serves it; before that (the TLS
+    // handshake, the first bytes) it waits for this instead, so that a connection opened and
+    // left silent — a load balancer's spare, a client's speculative one — does not hold the
+    // drain up until its header timeout.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let connections = Connections {
+        builders: Arc::new(builders(&limits)),
+        tls,
+        requests: Requests {
+            handler,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            refuse,
+            timeout: limits.request_timeout,
+        },
+        header_read_timeout: limits.header_read_timeout,
+        stop,
+    };
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    while let Some((stream, peer, slot)) = accept(&listener, &slots, &mut shutdown).await {
+        let _ = stream.set_nodelay(true);
+        let (connections, watcher) = (connections.clone(), graceful.watcher());
+        // The certificate serving now, for this connection's whole life.
+        let acceptor = connections.tls.as_ref().map(TlsSource::acceptor);
+        tokio::spawn(async move {
+            let _slot = slot;
+            connections
+                .serve_connection(stream, peer, acceptor, watcher)
+                .await;
+        });
+    }
+    drop(listener);
+    let _ = stopping.send(true);
+    drain(graceful, limits.drain).await;
+}
+
+/// The next connection, once a connection slot is free; `None` once `shutdown` resolves.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            slot = slots.clone().acquire_owned() => slot.ok()?,
+        };
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => return Some((stream, peer, slot)),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Lets the connections hyper serves finish for up to `drain`, then closes the rest.
+async fn drain(graceful: GracefulShutdown, drain: Duration) {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?drain, "drain timed out; closing remaining connections");
+    }
+}
+
+/// hyper's builders, one fixed to each protocol: HTTP/1.1 and HTTP/2.
+///
+/// Each connection is served by a builder fixed to its protocol: told from a peek at the
+/// first bytes on plain TCP (see `speaks_h2`), from ALPN on TLS. The auto builder reads the
+/// first bytes itself and hands them back as a separate read, which makes hyper grow each
+/// connection's read buffer from 8 to 16 KiB; and it waits for them without a deadline.
+fn builders(limits: &ListenerLimits) -> Builders {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -244,148 +348,173 @@ pub async fn serve<H, F, S>(
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-    // Each connection is served by a builder fixed to its protocol: told from a peek at the
-    // first bytes on plain TCP (see `speaks_h2`), from ALPN on TLS. The auto builder reads
-    // the first bytes itself and hands them back as a separate read, which makes hyper grow
-    // each connection's read buffer from 8 to 16 KiB; and it waits for them without a
-    // deadline.
-    let plain = Arc::new((builder.clone().http1_only(), builder.http2_only()));
-    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
-    let graceful = GracefulShutdown::new();
-    // A connection is watched by `graceful` only once hyper serves it; before that (the TLS
-    // handshake, the first bytes) it waits for this instead, so that a connection opened and
-    // left silent — a load balancer's spare, a client's speculative one — does not hold the
-    // drain up until its header timeout.
-    let (stopping, stop) = tokio::sync::watch::channel(false);
-
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    tokio::pin!(shutdown);
-    loop {
-        let slot = tokio::select! {
-            _ = &mut shutdown => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let (in_flight, refuse) = (in_flight.clone(), refuse.clone());
-        // Built once the connection is known: over TLS, each request carries whether the
-        // handshake verified a client certificate.
-        let service = move |client: Option<ClientCertificate>| {
-            service_fn(move |mut req: Request<Incoming>| {
-                if let Some(client) = client {
-                    req.extensions_mut().insert(client);
-                }
-                let h = handler.clone();
-                let (in_flight, refuse) = (in_flight.clone(), refuse.clone());
-                async move {
-                    let Ok(permit) = in_flight.try_acquire_owned() else {
-                        return Ok::<_, Infallible>(refuse(Refusal::Overloaded));
-                    };
-                    // The permit goes with the task: work that outlives its deadline still counts.
-                    let work = tokio::spawn(async move {
-                        let _permit = permit;
-                        h(req, peer).await
-                    });
-                    Ok(
-                        match tokio::time::timeout(limits.request_timeout, work).await {
-                            Ok(Ok(resp)) => resp,
-                            Ok(Err(e)) => {
-                                tracing::error!(%peer, error = %e, "request handler failed");
-                                refuse(Refusal::Failed)
-                            }
-                            Err(_) => refuse(Refusal::TimedOut),
-                        },
-                    )
-                }
-            })
-        };
-        let plain = plain.clone();
-        let watcher = graceful.watcher();
-        let acceptor = tls.as_ref().map(TlsSource::acceptor);
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let result = match acceptor {
-                None => {
-                    let first_bytes =
-                        tokio::time::timeout(limits.header_read_timeout, speaks_h2(&stream));
-                    let h2 = tokio::select! {
-                        // Bytes already there are served, even when shutdown comes with them.
-                        biased;
-                        first = first_bytes => match first {
-                            Ok(Ok(h2)) => h2,
-                            // Nothing (or a broken socket) within the header timeout.
-                            Ok(Err(_)) | Err(_) => return,
-                        },
-                        _ = stop.wait_for(|s| *s) => return,
-                    };
-                    let builder = if h2 { &plain.1 } else { &plain.0 };
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), service(None))
-                        .into_owned();
-                    watcher.watch(conn).await
-                }
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
-                    let tls = tokio::select! {
-                        biased;
-                        done = handshake => match done {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        },
-                        _ = stop.wait_for(|s| *s) => return,
-                    };
-                    // The protocol is what ALPN agreed (h2 over TLS needs it, RFC 9113 §3.2):
-                    // a builder fixed to it, so a client silent after the handshake meets
-                    // hyper's header timeout, which the auto builder's version read has not.
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                    let builder = if h2 { &plain.1 } else { &plain.0 };
-                    let client = ClientCertificate {
-                        verified: tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .is_some_and(|c| !c.is_empty()),
-                    };
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tls), service(Some(client)))
-                        .into_owned();
-                    watcher.watch(conn).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+    Builders {
+        http1: builder.clone().http1_only(),
+        http2: builder.http2_only(),
     }
-    drop(listener);
-    let _ = stopping.send(true);
-    let drain = limits.drain;
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(?drain, "drain timed out; closing remaining connections");
+}
+
+struct Builders {
+    http1: Builder<TokioExecutor>,
+    http2: Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn for_protocol(&self, h2: bool) -> &Builder<TokioExecutor> {
+        if h2 {
+            &self.http2
+        } else {
+            &self.http1
+        }
+    }
+}
+
+/// How each request of a listener is handled: the handler, and the limits around it.
+#[derive(Clone)]
+struct Requests<H> {
+    handler: H,
+    in_flight: Arc<Semaphore>,
+    refuse: Refuse,
+    timeout: Duration,
+}
+
+impl<H, F> Requests<H>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    /// Shed at once past `max_in_flight`, else run as its own task and answered within the
+    /// request timeout.
+    async fn handle(
+        self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Infallible> {
+        let Ok(permit) = self.in_flight.try_acquire_owned() else {
+            return Ok((self.refuse)(Refusal::Overloaded));
+        };
+        let h = self.handler;
+        // The permit goes with the task: work that outlives its deadline still counts.
+        let work = tokio::spawn(async move {
+            let _permit = permit;
+            h(req, peer).await
+        });
+        Ok(match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                tracing::error!(%peer, error = %e, "request handler failed");
+                (self.refuse)(Refusal::Failed)
+            }
+            Err(_) => (self.refuse)(Refusal::TimedOut),
+        })
+    }
+}
+
+/// What every connection of a listener shares.
+#[derive(Clone)]
+struct Connections<H> {
+    builders: Arc<Builders>,
+    tls: Option<TlsSource>,
+    requests: Requests<H>,
+    header_read_timeout: Duration,
+    /// Set when the listener stops: a connection hyper does not serve yet is dropped.
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<H, F> Connections<H>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    /// One accepted connection, from its first bytes (or its TLS handshake) to its end.
+    async fn serve_connection(
+        mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        acceptor: Option<TlsAcceptor>,
+        watcher: Watcher,
+    ) {
+        let result = match acceptor {
+            None => {
+                let first_bytes =
+                    tokio::time::timeout(self.header_read_timeout, speaks_h2(&stream));
+                let h2 = tokio::select! {
+                    // Bytes already there are served, even when shutdown comes with them.
+                    biased;
+                    first = first_bytes => match first {
+                        Ok(Ok(h2)) => h2,
+                        // Nothing (or a broken socket) within the header timeout.
+                        Ok(Err(_)) | Err(_) => return,
+                    },
+                    _ = self.stop.wait_for(|s| *s) => return,
+                };
+                let conn = self
+                    .builders
+                    .for_protocol(h2)
+                    .serve_connection(TokioIo::new(stream), self.service(peer, None))
+                    .into_owned();
+                watcher.watch(conn).await
+            }
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(self.header_read_timeout, acceptor.accept(stream));
+                let tls = tokio::select! {
+                    biased;
+                    done = handshake => match done {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    },
+                    _ = self.stop.wait_for(|s| *s) => return,
+                };
+                // The protocol is what ALPN agreed (h2 over TLS needs it, RFC 9113 §3.2):
+                // a builder fixed to it, so a client silent after the handshake meets
+                // hyper's header timeout, which the auto builder's version read has not.
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                let client = ClientCertificate {
+                    verified: tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty()),
+                };
+                let conn = self
+                    .builders
+                    .for_protocol(h2)
+                    .serve_connection(TokioIo::new(tls), self.service(peer, Some(client)))
+                    .into_owned();
+                watcher.watch(conn).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+
+    /// The connection's requests. Over TLS, each carries whether the handshake verified a
+    /// client certificate.
+    fn service(
+        &self,
+        peer: SocketAddr,
+        client: Option<ClientCertificate>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    > + Clone
+           + Send
+           + 'static {
+        let requests = self.requests.clone();
+        service_fn(move |mut req: Request<Incoming>| {
+            if let Some(client) = client {
+                req.extensions_mut().insert(client);
+            }
+            requests.clone().handle(req, peer)
+        })
     }
 }
 

@@ -119,7 +119,7 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                     ),
                     Err(e) => json_response(
                         StatusCode::UNPROCESSABLE_ENTITY,
-                        &json!({ "result": "error", "errors": e.lines().collect::<Vec<_>>(), "version": live.config.version }),
+                        &json!({ "result": "error", "errors": e.to_string().lines().collect::<Vec<_>>(), "version": live.config.version }),
                     ),
                 },
                 (&Method::GET, "/admin/config") => json_response(

@@ -19,6 +19,19 @@ use super::{ChannelError, ErrorKind};
 /// Provider answers are small; anything larger is a broken or hostile upstream.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
+/// Why an outbound client could not be set up: the channel's `ca_file`, or rustls itself.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("ca_file: not a PEM certificate ({0})")]
+    CaNotPem(String),
+    #[error("ca_file: certificate rejected ({0})")]
+    CaRejected(String),
+    #[error("ca_file: no certificate found")]
+    NoCa,
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -33,27 +46,27 @@ pub struct HttpResponse {
 }
 
 impl HttpClient {
-    pub fn new(ca_pem: Option<&str>) -> Result<HttpClient, String> {
+    pub fn new(ca_pem: Option<&str>) -> Result<HttpClient, ClientError> {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
         if let Some(pem) = ca_pem {
             let mut added = 0;
             for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|e| format!("ca_file: not a PEM certificate ({e})"))?;
+                let cert = cert.map_err(|e| ClientError::CaNotPem(e.to_string()))?;
                 roots
                     .add(cert)
-                    .map_err(|e| format!("ca_file: certificate rejected ({e})"))?;
+                    .map_err(|e| ClientError::CaRejected(e.to_string()))?;
                 added += 1;
             }
             if added == 0 {
-                return Err("ca_file: no certificate found".into());
+                return Err(ClientError::NoCa);
             }
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
+            .map_err(|e| ClientError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         let mut http = HttpConnector::new();

@@ -12,6 +12,25 @@ use base64::Engine;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer};
 
+/// Why a key or certificate was refused. The text never contains key material: a PEM or
+/// base64 decoding error names the problem, not the bytes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// PEM armour around something that is not the object asked for.
+    #[error("not a PEM {what} ({reason})")]
+    NotPem { what: &'static str, reason: String },
+    #[error("neither PEM nor base64")]
+    NotBase64,
+    #[error("not an RSA private key")]
+    NotRsa,
+    /// The DER parsed as far as the RSA implementation; it refused the key itself.
+    #[error("RSA {which} key rejected: {reason}")]
+    Rejected { which: &'static str, reason: String },
+    /// The certificate's DER ended or nested wrongly at `part`.
+    #[error("malformed certificate: {part}")]
+    MalformedCertificate { part: &'static str },
+}
+
 /// A private key that signs SHA256withRSA.
 #[derive(Clone)]
 pub struct RsaSigner {
@@ -28,22 +47,25 @@ impl std::fmt::Debug for RsaSigner {
 impl RsaSigner {
     /// Accepts PEM (`BEGIN PRIVATE KEY` or `BEGIN RSA PRIVATE KEY`) or the bare base64 of a
     /// PKCS#8 or PKCS#1 DER key. Errors never contain key material.
-    pub fn from_text(text: &str) -> Result<RsaSigner, String> {
+    pub fn from_text(text: &str) -> Result<RsaSigner, KeyError> {
         let key = if text.contains("-----BEGIN") {
             match PrivateKeyDer::from_pem_slice(text.as_bytes())
-                .map_err(|e| format!("not a PEM private key ({e})"))?
+                .map_err(|e| not_pem("private key", e))?
             {
                 PrivateKeyDer::Pkcs8(k) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
                 PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()),
-                _ => return Err("not an RSA private key".into()),
+                _ => return Err(KeyError::NotRsa),
             }
         } else {
             let der = B64
                 .decode(strip_ws(text))
-                .map_err(|_| "neither PEM nor base64".to_string())?;
+                .map_err(|_| KeyError::NotBase64)?;
             RsaKeyPair::from_pkcs8(&der).or_else(|_| RsaKeyPair::from_der(&der))
         }
-        .map_err(|e| format!("RSA private key rejected: {e}"))?;
+        .map_err(|e| KeyError::Rejected {
+            which: "private",
+            reason: e.to_string(),
+        })?;
         Ok(RsaSigner {
             key: Arc::new(key),
             rng: SystemRandom::new(),
@@ -75,25 +97,30 @@ pub struct RsaVerifier {
 
 impl RsaVerifier {
     /// PKCS#1 `RSAPublicKey` or X.509 `SubjectPublicKeyInfo` DER.
-    pub fn from_der(der: &[u8]) -> Result<RsaVerifier, String> {
-        let key = ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, der)
-            .map_err(|e| format!("RSA public key rejected: {e}"))?;
+    pub fn from_der(der: &[u8]) -> Result<RsaVerifier, KeyError> {
+        let key =
+            ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, der).map_err(|e| {
+                KeyError::Rejected {
+                    which: "public",
+                    reason: e.to_string(),
+                }
+            })?;
         Ok(RsaVerifier { key: Arc::new(key) })
     }
 
     /// `BEGIN PUBLIC KEY` PEM, a `BEGIN CERTIFICATE` PEM (its key), or bare base64 SPKI.
-    pub fn from_text(text: &str) -> Result<RsaVerifier, String> {
+    pub fn from_text(text: &str) -> Result<RsaVerifier, KeyError> {
         if text.contains("BEGIN CERTIFICATE") {
             return Ok(Certificate::from_pem(text)?.key);
         }
         if text.contains("-----BEGIN") {
             let spki = SubjectPublicKeyInfoDer::from_pem_slice(text.as_bytes())
-                .map_err(|e| format!("not a PEM public key ({e})"))?;
+                .map_err(|e| not_pem("public key", e))?;
             return RsaVerifier::from_der(spki.as_ref());
         }
         let der = B64
             .decode(strip_ws(text))
-            .map_err(|_| "neither PEM nor base64".to_string())?;
+            .map_err(|_| KeyError::NotBase64)?;
         RsaVerifier::from_der(&der)
     }
 
@@ -122,16 +149,16 @@ pub struct Certificate {
 }
 
 impl Certificate {
-    pub fn from_pem(text: &str) -> Result<Certificate, String> {
+    pub fn from_pem(text: &str) -> Result<Certificate, KeyError> {
         let der = CertificateDer::from_pem_slice(text.as_bytes())
-            .map_err(|e| format!("not a PEM certificate ({e})"))?;
+            .map_err(|e| not_pem("certificate", e))?;
         Certificate::from_der(der.as_ref())
     }
 
     /// Walks just enough DER to find `serialNumber` and `subjectPublicKeyInfo`; the
     /// signature chain is not checked (the key is pinned by config, not by a CA).
-    pub fn from_der(der: &[u8]) -> Result<Certificate, String> {
-        let bad = |what: &str| format!("malformed certificate: {what}");
+    pub fn from_der(der: &[u8]) -> Result<Certificate, KeyError> {
+        let bad = |part: &'static str| KeyError::MalformedCertificate { part };
         let (cert, _) = der_item(der, 0x30).ok_or_else(|| bad("outer SEQUENCE"))?;
         let (mut tbs, _) = der_item(cert, 0x30).ok_or_else(|| bad("tbsCertificate"))?;
         if tbs.first() == Some(&0xa0) {
@@ -192,6 +219,13 @@ fn der_header(input: &[u8]) -> Option<(usize, usize)> {
     Some((2 + n, len))
 }
 
+fn not_pem(what: &'static str, e: rustls_pki_types::pem::Error) -> KeyError {
+    KeyError::NotPem {
+        what,
+        reason: e.to_string(),
+    }
+}
+
 fn strip_ws(text: &str) -> String {
     text.chars().filter(|c| !c.is_whitespace()).collect()
 }
@@ -238,6 +272,6 @@ mod tests {
         let err =
             RsaSigner::from_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
                 .unwrap_err();
-        assert!(!err.contains("AAAA"));
+        assert!(!err.to_string().contains("AAAA"));
     }
 }

@@ -557,7 +557,7 @@ impl Channel {
         settings: Arc<ChannelSettings>,
         metrics: Arc<ChannelMetrics>,
         resilience: &Arc<Resilience>,
-    ) -> Result<Channel, String> {
+    ) -> Result<Channel, http::ClientError> {
         let http = http::HttpClient::new(settings.ca_pem.as_deref())?;
         let base_url = settings.base_url.clone();
         let connector: Box<dyn Connector> = match &settings.connector {
@@ -736,6 +736,15 @@ impl Channel {
     }
 }
 
+/// A channel of the config that could not be built (its outbound client).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("channels.{name}: {source}")]
+pub struct BuildError {
+    pub name: String,
+    #[source]
+    pub source: http::ClientError,
+}
+
 /// The channels of one config version, by name.
 #[derive(Default)]
 pub struct ChannelSet {
@@ -747,11 +756,15 @@ impl ChannelSet {
         settings: &BTreeMap<String, Arc<ChannelSettings>>,
         metrics: &Arc<ChannelMetrics>,
         resilience: &Arc<Resilience>,
-    ) -> Result<ChannelSet, String> {
+    ) -> Result<ChannelSet, BuildError> {
         let mut channels = HashMap::new();
         for (name, s) in settings {
-            let ch = Channel::build(s.clone(), metrics.clone(), resilience)
-                .map_err(|e| format!("channels.{name}: {e}"))?;
+            let ch = Channel::build(s.clone(), metrics.clone(), resilience).map_err(|source| {
+                BuildError {
+                    name: name.clone(),
+                    source,
+                }
+            })?;
             channels.insert(name.clone(), Arc::new(ch));
         }
         Ok(ChannelSet { channels })

@@ -132,7 +132,7 @@ pub enum OutboxError {
     Metrics(#[from] prometheus::Error),
     /// The webhook client (its TLS roots) could not be set up.
     #[error("webhook client: {0}")]
-    Client(String),
+    Client(crate::channel::http::ClientError),
 }
 
 /// The delivery worker: what it needs and nothing more.

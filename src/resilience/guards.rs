@@ -14,7 +14,7 @@ use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use super::breaker::{Breaker, Outcome};
 use super::budget::RetryBudget;
 use super::gcra::{admit_all_indexed, Gcra};
-use super::shared::{RedisSettings, SharedCheck, SharedLimits};
+use super::shared::{RedisError, RedisSettings, SharedCheck, SharedLimits};
 use super::RateSpec;
 
 /// An inbound limit (config `limits:`).
@@ -135,7 +135,7 @@ impl Resilience {
         &self,
         limits: &[LimitSettings],
         redis: Option<&RedisSettings>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RedisError> {
         {
             let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
             match redis {

@@ -82,17 +82,27 @@ pub struct SharedLimits {
     last_warned: Mutex<Option<tokio::time::Instant>>,
 }
 
+/// Why the shared limits' Redis client could not be made. It names the error's category
+/// only: redis's own text may quote the URL, and with it the password.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis.url: {0}")]
+    Url(String),
+    #[error("redis: {0}")]
+    Client(String),
+}
+
 impl SharedLimits {
     /// Connects lazily: an unreachable Redis at start is the same as one lost later.
-    pub fn new(settings: RedisSettings, up: IntGauge) -> Result<SharedLimits, String> {
+    pub fn new(settings: RedisSettings, up: IntGauge) -> Result<SharedLimits, RedisError> {
         let client = redis::Client::open(settings.url.expose())
-            .map_err(|e| format!("redis.url: {}", e.category()))?;
+            .map_err(|e| RedisError::Url(e.category().to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("redis: {}", e.category()))?;
+            .map_err(|e| RedisError::Client(e.category().to_string()))?;
         Ok(SharedLimits {
             settings,
             conn,

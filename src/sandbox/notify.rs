@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use crate::channel::http::HttpClient;
+use crate::channel::http::{ClientError, HttpClient};
 use crate::channel::keys::RsaSigner;
 use crate::channel::wechatpay::sign;
 
@@ -67,6 +67,15 @@ pub struct WechatSigning {
     pub(super) serial: String,
 }
 
+/// Why no request could be made of a notification (recorded as the attempt's status).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RequestError {
+    #[error("bad notify_url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("building the request: {0}")]
+    Build(#[source] http::Error),
+}
+
 /// One notification, as built by a simulator.
 #[derive(Clone)]
 pub struct Notification {
@@ -84,11 +93,11 @@ pub struct Notification {
 impl Notification {
     /// The HTTP request of one attempt: WeChat Pay JSON with fresh `Wechatpay-*` headers, or
     /// the Alipay form.
-    pub(super) fn request(&self) -> Result<Request<Full<Bytes>>, String> {
-        let uri: http::Uri = self
-            .url
-            .parse()
-            .map_err(|e| format!("bad notify_url {:?}: {e}", self.url))?;
+    pub(super) fn request(&self) -> Result<Request<Full<Bytes>>, RequestError> {
+        let uri: http::Uri = self.url.parse().map_err(|e| RequestError::Url {
+            url: self.url.clone(),
+            reason: format!("{e}"),
+        })?;
         let mut b = Request::post(uri).header(http::header::USER_AGENT, "Mozilla/4.0");
         match &self.wechat {
             Some(w) => {
@@ -113,7 +122,7 @@ impl Notification {
             }
         }
         b.body(Full::new(self.body.clone()))
-            .map_err(|e| format!("building the request: {e}"))
+            .map_err(RequestError::Build)
     }
 
     /// Whether the receiver answered as the provider wants: WeChat Pay any 2xx (200 or 204
@@ -152,7 +161,7 @@ pub trait Transport: Send + Sync {
 /// TEST-ONLY CA), made on first use.
 #[derive(Default)]
 pub struct HttpTransport {
-    client: OnceLock<Result<HttpClient, String>>,
+    client: OnceLock<Result<HttpClient, ClientError>>,
 }
 
 #[async_trait]
@@ -292,7 +301,7 @@ impl Notifier {
         let req = match n.request() {
             Ok(r) => r,
             Err(e) => {
-                self.record(n, attempt, json!(e), false);
+                self.record(n, attempt, json!(e.to_string()), false);
                 return None;
             }
         };
@@ -307,7 +316,7 @@ impl Notifier {
                 ok
             }
             Reply::Failed(e) => {
-                self.record(n, attempt, json!(e), false);
+                self.record(n, attempt, json!(e.to_string()), false);
                 false
             }
         };

@@ -145,7 +145,7 @@ impl Sandbox {
             (&Method::POST, ["sandbox", "faults"]) => {
                 match serde_json::from_slice::<Faults>(&body)
                     .map_err(|e| e.to_string())
-                    .and_then(|f| f.check().map(|()| f))
+                    .and_then(|f| f.check().map(|()| f).map_err(|e| e.to_string()))
                 {
                     Ok(f) => {
                         *self.shared.faults() = f.clone();

@@ -65,17 +65,20 @@ impl Faults {
         }
     }
 
-    pub(super) fn check(&self) -> Result<(), String> {
+    pub(super) fn check(&self) -> Result<(), UnknownOp> {
         for op in self.fail_ops.iter().flatten() {
             if Op::from_name(op).is_none() {
-                return Err(format!(
-                    "unknown fail_ops entry {op:?} (create, query, close, refund, refund_query)"
-                ));
+                return Err(UnknownOp(op.clone()));
             }
         }
         Ok(())
     }
 }
+
+/// A `fail_ops` entry that names no operation.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown fail_ops entry {0:?} (create, query, close, refund, refund_query)")]
+pub(super) struct UnknownOp(String);
 
 /// The operations `fail_ops` names, the same for both providers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,7 +360,7 @@ mod tests {
     fn faults_reject_unknown_knobs_and_operations() {
         assert!(serde_json::from_value::<Faults>(json!({ "fail_nxet": 1 })).is_err());
         let f: Faults = serde_json::from_value(json!({ "fail_ops": ["create", "pay"] })).unwrap();
-        assert!(f.check().unwrap_err().contains("pay"));
+        assert_eq!(f.check().unwrap_err().0, "pay");
         let all = json!({
             "latency_ms": 5, "tamper_signature": false, "fail_next": 2, "fail_status": 500,
             "fail_code": "SYSTEM_ERROR", "sign_with_certificate": false,

@@ -673,3 +673,74 @@ async fn the_ledger_exports_page_by_page_as_csv_and_json_lines() {
     );
     h.shutdown().await;
 }
+
+/// `payroute serve` on the shipped config with its listeners and store replaced: exit code
+/// and stderr. Fails the test if the proxy is still serving after 60 s.
+fn serve_until_it_exits(listen: &str, store: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("payroute.yaml");
+    let text = with_store(store)
+        .replacen("listen: 127.0.0.1:8080", &format!("listen: {listen}"), 1)
+        .replacen(
+            "admin_listen: 127.0.0.1:9901",
+            "admin_listen: 127.0.0.1:0",
+            1,
+        )
+        .replacen("listen: 127.0.0.1:8090", "listen: 127.0.0.1:0", 1);
+    std::fs::write(&path, text).unwrap();
+    let mut child = payroute()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("payroute serve started instead of failing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A start that fails says which part failed: a port already taken names the key, the
+/// address and the system's reason, and is not mistaken for a store that cannot open (nor
+/// the other way round). Both exit 1.
+#[test]
+fn serve_tells_a_taken_port_from_a_store_that_cannot_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let good_store = format!(
+        "store: {{ kind: sqlite, path: \"{}\" }}",
+        dir.path().join("payroute.db").display()
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (code, err) = serve_until_it_exits(&addr.to_string(), &good_store);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("server.listen: cannot listen on {addr}: ")),
+        "{err}"
+    );
+    assert!(err.contains("in use"), "{err}");
+    assert!(!err.contains("store"), "{err}");
+    drop(taken);
+
+    // A file where the store's directory should be: the ports are free, the store is not.
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, "").unwrap();
+    let bad_store = format!(
+        "store: {{ kind: sqlite, path: \"{}\" }}",
+        blocker.join("payroute.db").display()
+    );
+    let (code, err) = serve_until_it_exits("127.0.0.1:0", &bad_store);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("store"), "{err}");
+    assert!(!err.contains("cannot listen"), "{err}");
+}

@@ -144,7 +144,7 @@ impl Alipay {
             ));
         }
         let answer = sign::split_answer(&resp.body, method)
-            .map_err(|e| ChannelError::new(ErrorKind::Protocol, e))?;
+            .map_err(|e| ChannelError::new(ErrorKind::Protocol, e.to_string()))?;
         let Some(signature) = &answer.sign else {
             // Alipay leaves some gateway-level errors unsigned; they may say why, but they
             // cannot be trusted to change a payment.

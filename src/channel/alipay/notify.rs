@@ -18,7 +18,7 @@ use crate::domain::{PaymentStatus, RefundStatus};
 
 pub(super) fn verify(s: &AlipaySettings, body: &[u8]) -> Result<Notification, NotifyError> {
     let fields = sign::verify_notification(&sign::decode(body), &s.alipay_key)
-        .map_err(NotifyError::BadSignature)?;
+        .map_err(|e| NotifyError::BadSignature(e.to_string()))?;
     // Empty values are not signed (they are left out of the string to sign): absent.
     let f = |name: &str| {
         fields

@@ -8,6 +8,29 @@ use serde_json::value::RawValue;
 
 use crate::channel::keys::{RsaSigner, RsaVerifier};
 
+/// Why an Alipay notification or gateway answer was refused. The text names the field or
+/// the step, never a key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    #[error("sign_type {0:?} is not RSA2")]
+    SignType(String),
+    #[error("field {0} appears twice")]
+    DuplicateField(String),
+    #[error("notification has no sign")]
+    NoSign,
+    #[error("notification signature does not verify")]
+    DoesNotVerify,
+    #[error("answer is not UTF-8")]
+    NotUtf8,
+    #[error("answer is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("sign is not a string")]
+    SignNotText,
+    /// `key` is the `<method>_response` the answer should have carried.
+    #[error("answer has neither {key} nor error_response")]
+    NoResponse { key: String },
+}
+
 /// Every parameter except `sign`, sorted by key, empty values skipped, `k=v` joined with
 /// `&`, values raw (not URL-encoded). `sign_type` is part of a request's string.
 pub fn string_to_sign(params: &BTreeMap<String, String>) -> String {
@@ -50,7 +73,7 @@ pub fn decode(body: &[u8]) -> Vec<(String, String)> {
 pub fn verify_notification(
     fields: &[(String, String)],
     key: &RsaVerifier,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, SignError> {
     let mut map = BTreeMap::new();
     let mut sign = None;
     for (k, v) in fields {
@@ -58,21 +81,21 @@ pub fn verify_notification(
             "sign" => sign = Some(v.clone()),
             "sign_type" => {
                 if v != "RSA2" {
-                    return Err(format!("sign_type {v:?} is not RSA2"));
+                    return Err(SignError::SignType(v.clone()));
                 }
             }
             _ => {
                 if map.insert(k.clone(), v.clone()).is_some() {
-                    return Err(format!("field {k} appears twice"));
+                    return Err(SignError::DuplicateField(k.clone()));
                 }
             }
         }
     }
-    let sign = sign.ok_or("notification has no sign")?;
+    let sign = sign.ok_or(SignError::NoSign)?;
     if key.verify_b64(string_to_sign(&map).as_bytes(), &sign) {
         Ok(map)
     } else {
-        Err("notification signature does not verify".into())
+        Err(SignError::DoesNotVerify)
     }
 }
 
@@ -87,16 +110,15 @@ pub struct RawAnswer {
 }
 
 /// Finds `<method with . → _>_response` (or `error_response`) in an answer body.
-pub fn split_answer(body: &[u8], method: &str) -> Result<RawAnswer, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "answer is not UTF-8".to_string())?;
+pub fn split_answer(body: &[u8], method: &str) -> Result<RawAnswer, SignError> {
+    let text = std::str::from_utf8(body).map_err(|_| SignError::NotUtf8)?;
     let map: HashMap<String, Box<RawValue>> =
-        serde_json::from_str(text).map_err(|e| format!("answer is not a JSON object: {e}"))?;
+        serde_json::from_str(text).map_err(|e| SignError::NotJson(e.to_string()))?;
     let key = format!("{}_response", method.replace('.', "_"));
     let sign = match map.get("sign") {
-        Some(s) => Some(
-            serde_json::from_str::<String>(s.get())
-                .map_err(|_| "sign is not a string".to_string())?,
-        ),
+        Some(s) => {
+            Some(serde_json::from_str::<String>(s.get()).map_err(|_| SignError::SignNotText)?)
+        }
         None => None,
     };
     if let Some(v) = map.get(&key) {
@@ -113,7 +135,7 @@ pub fn split_answer(body: &[u8], method: &str) -> Result<RawAnswer, String> {
             is_error_response: true,
         });
     }
-    Err(format!("answer has neither {key} nor error_response"))
+    Err(SignError::NoResponse { key })
 }
 
 #[cfg(test)]

@@ -155,7 +155,7 @@ impl WechatPay {
                 &resp.body,
                 now,
             )
-            .map_err(|e| ChannelError::new(ErrorKind::BadSignature, e))
+            .map_err(|e| ChannelError::new(ErrorKind::BadSignature, e.to_string()))
     }
 
     fn create_body(&self, o: &OrderRequest<'_>) -> Result<(String, Value), ChannelError> {

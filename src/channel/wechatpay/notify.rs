@@ -53,8 +53,8 @@ pub(super) fn verify(
             signature,
             body,
         )
-        .map_err(NotifyError::BadSignature)?;
-    sign::check_skew(t, now_unix).map_err(NotifyError::Stale)?;
+        .map_err(|e| NotifyError::BadSignature(e.to_string()))?;
+    sign::check_skew(t, now_unix).map_err(|e| NotifyError::Stale(e.to_string()))?;
 
     let malformed = |m: String| NotifyError::Malformed(m);
     let envelope: Value = serde_json::from_slice(body)
@@ -123,7 +123,7 @@ fn decrypt_resource(s: &WechatPaySettings, envelope: &Value) -> Result<Vec<u8>, 
         r["associated_data"].as_str().unwrap_or(""),
         field("ciphertext")?,
     )
-    .map_err(NotifyError::Decrypt)
+    .map_err(|e| NotifyError::Decrypt(e.to_string()))
 }
 
 /// Direct mode names `mchid` + `appid`; partner mode `sp_mchid` + `sub_mchid` + `sp_appid`.

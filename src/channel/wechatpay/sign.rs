@@ -15,6 +15,32 @@ pub const AUTH_SCHEME: &str = "WECHATPAY2-SHA256-RSA2048";
 /// Clock skew tolerated on signed answers and notifications.
 pub const MAX_SKEW_SECS: u64 = 300;
 
+/// Why a WeChat Pay signature, timestamp or encrypted resource was refused. The text names
+/// the header or the step, never a key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    #[error("unknown Wechatpay-Serial {0:?}")]
+    UnknownSerial(String),
+    #[error("bad Wechatpay-Timestamp {0:?}")]
+    BadTimestamp(String),
+    #[error("Wechatpay-Timestamp {t} is more than {MAX_SKEW_SECS}s from now ({now})")]
+    Stale { t: i64, now: i64 },
+    #[error("Wechatpay-Signature does not verify")]
+    DoesNotVerify,
+    #[error("APIv3 key must be 32 bytes, not {0}")]
+    KeyLength(usize),
+    #[error("bad AES-256 key")]
+    BadKey,
+    #[error("nonce must be 12 bytes")]
+    NonceLength,
+    #[error("ciphertext is not base64")]
+    NotBase64,
+    #[error("decryption failed (wrong key or tampered data)")]
+    Decrypt,
+    #[error("encryption failed")]
+    Encrypt,
+}
+
 /// `METHOD\nPATH?QUERY\nTIMESTAMP\nNONCE\nBODY\n`.
 pub fn request_message(
     method: &str,
@@ -93,7 +119,7 @@ impl WechatVerifier {
         signature: &str,
         body: &[u8],
         now: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), SignError> {
         self.check(serial, ts, nonce, signature, body, Some(now))
             .map(|_| ())
     }
@@ -108,7 +134,7 @@ impl WechatVerifier {
         nonce: &str,
         signature: &str,
         body: &[u8],
-    ) -> Result<i64, String> {
+    ) -> Result<i64, SignError> {
         self.check(serial, ts, nonce, signature, body, None)
     }
 
@@ -120,35 +146,33 @@ impl WechatVerifier {
         signature: &str,
         body: &[u8],
         now: Option<i64>,
-    ) -> Result<i64, String> {
+    ) -> Result<i64, SignError> {
         let key = match &self.public_key {
             Some((id, key)) if id == serial => key,
             _ => self
                 .certificates
                 .get(serial)
-                .ok_or_else(|| format!("unknown Wechatpay-Serial {serial:?}"))?,
+                .ok_or_else(|| SignError::UnknownSerial(serial.to_string()))?,
         };
         let t: i64 = ts
             .parse()
-            .map_err(|_| format!("bad Wechatpay-Timestamp {ts:?}"))?;
+            .map_err(|_| SignError::BadTimestamp(ts.to_string()))?;
         if let Some(now) = now {
             check_skew(t, now)?;
         }
         if key.verify_b64(&response_message(ts, nonce, body), signature) {
             Ok(t)
         } else {
-            Err("Wechatpay-Signature does not verify".into())
+            Err(SignError::DoesNotVerify)
         }
     }
 }
 
 /// A signed timestamp `t` must be within [`MAX_SKEW_SECS`] of `now`.
-pub fn check_skew(t: i64, now: i64) -> Result<(), String> {
+pub fn check_skew(t: i64, now: i64) -> Result<(), SignError> {
     // abs_diff: a hostile timestamp near i64::MIN must not overflow.
     if now.abs_diff(t) > MAX_SKEW_SECS {
-        return Err(format!(
-            "Wechatpay-Timestamp {t} is more than {MAX_SKEW_SECS}s from now ({now})"
-        ));
+        return Err(SignError::Stale { t, now });
     }
     Ok(())
 }
@@ -160,16 +184,16 @@ pub fn aead_decrypt(
     nonce: &str,
     associated_data: &str,
     ciphertext_b64: &str,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SignError> {
     let key = aead_key(key)?;
-    let nonce = Nonce::try_assume_unique_for_key(nonce.as_bytes())
-        .map_err(|_| "nonce must be 12 bytes".to_string())?;
+    let nonce =
+        Nonce::try_assume_unique_for_key(nonce.as_bytes()).map_err(|_| SignError::NonceLength)?;
     let mut data = B64
         .decode(ciphertext_b64)
-        .map_err(|_| "ciphertext is not base64".to_string())?;
+        .map_err(|_| SignError::NotBase64)?;
     let plain = key
         .open_in_place(nonce, Aad::from(associated_data.as_bytes()), &mut data)
-        .map_err(|_| "decryption failed (wrong key or tampered data)".to_string())?;
+        .map_err(|_| SignError::Decrypt)?;
     Ok(plain.to_vec())
 }
 
@@ -179,21 +203,21 @@ pub fn aead_encrypt(
     nonce: &str,
     associated_data: &str,
     plaintext: &[u8],
-) -> Result<String, String> {
+) -> Result<String, SignError> {
     let key = aead_key(key)?;
-    let nonce = Nonce::try_assume_unique_for_key(nonce.as_bytes())
-        .map_err(|_| "nonce must be 12 bytes".to_string())?;
+    let nonce =
+        Nonce::try_assume_unique_for_key(nonce.as_bytes()).map_err(|_| SignError::NonceLength)?;
     let mut data = plaintext.to_vec();
     key.seal_in_place_append_tag(nonce, Aad::from(associated_data.as_bytes()), &mut data)
-        .map_err(|_| "encryption failed".to_string())?;
+        .map_err(|_| SignError::Encrypt)?;
     Ok(B64.encode(data))
 }
 
-fn aead_key(key: &[u8]) -> Result<LessSafeKey, String> {
+fn aead_key(key: &[u8]) -> Result<LessSafeKey, SignError> {
     if key.len() != 32 {
-        return Err(format!("APIv3 key must be 32 bytes, not {}", key.len()));
+        return Err(SignError::KeyLength(key.len()));
     }
-    let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| "bad AES-256 key".to_string())?;
+    let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| SignError::BadKey)?;
     Ok(LessSafeKey::new(key))
 }
 
@@ -247,7 +271,7 @@ mod tests {
                 now + 360,
             )
             .unwrap_err();
-        assert!(err.contains("more than"));
+        assert!(matches!(err, SignError::Stale { .. }), "{err}");
         // A hostile timestamp at the edge of i64 is refused, not an overflow panic; and
         // `i64::MIN + now` would wrap `now - t` to i64::MIN, whose `abs()` stays negative in a
         // release build, passing a subtract-and-abs skew check.
@@ -263,7 +287,7 @@ mod tests {
                     now,
                 )
                 .unwrap_err();
-            assert!(err.contains("more than"), "{err}");
+            assert!(matches!(err, SignError::Stale { .. }), "{err}");
         }
     }
 
@@ -278,10 +302,9 @@ mod tests {
             b"message"
         );
         assert!(aead_decrypt(key, "uluk4a9R25RW", "otherData", &ct).is_err());
-        assert!(
-            aead_decrypt(b"testMchAPIv3Key0", "uluk4a9R25RW", "associatedData", &ct)
-                .unwrap_err()
-                .contains("32 bytes")
+        assert_eq!(
+            aead_decrypt(b"testMchAPIv3Key0", "uluk4a9R25RW", "associatedData", &ct),
+            Err(SignError::KeyLength(16))
         );
     }
 

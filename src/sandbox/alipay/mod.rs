@@ -178,6 +178,7 @@ impl AlipaySim {
         let api = params.get("method").cloned().unwrap_or_default();
         let json = |key: String, inner: String| Gateway::Json { key, inner };
         if let Err(why) = self.check_alipay_signature(params) {
+            let why = why.to_string();
             let inner = error_body("40002", "Invalid Arguments", "isv.invalid-signature", &why);
             return Outcome::done(json("error_response".into(), inner), true);
         }
@@ -246,19 +247,22 @@ impl AlipaySim {
         Outcome::done(json(response_key(&api), inner), false)
     }
 
-    fn check_alipay_signature(&self, params: &BTreeMap<String, String>) -> Result<(), String> {
-        let app_id = params.get("app_id").ok_or("app_id is missing")?;
+    fn check_alipay_signature(
+        &self,
+        params: &BTreeMap<String, String>,
+    ) -> Result<(), SignatureRefused> {
+        let app_id = params.get("app_id").ok_or(SignatureRefused::NoAppId)?;
         if params.get("sign_type").map(String::as_str) != Some("RSA2") {
-            return Err("sign_type must be RSA2".into());
+            return Err(SignatureRefused::SignType);
         }
         let apps = self.apps.load();
         let key = apps
             .get(app_id)
-            .ok_or_else(|| format!("no public key for app {app_id}"))?;
+            .ok_or_else(|| SignatureRefused::UnknownApp(app_id.clone()))?;
         if sign::verify_params(params, key) {
             Ok(())
         } else {
-            Err("验签出错 (signature does not verify)".into())
+            Err(SignatureRefused::DoesNotVerify)
         }
     }
 
@@ -279,9 +283,8 @@ impl AlipaySim {
                 "out_trade_no, total_amount and subject are required",
             );
         };
-        let amount = match positive_yuan(total, "total_amount") {
-            Ok(a) => a,
-            Err(body) => return body,
+        let Some(amount) = positive_yuan(total) else {
+            return invalid_amount("total_amount");
         };
         // notify_url is optional at Alipay: without it, no notification is sent.
         let api = params.get("method").cloned().unwrap_or_default();
@@ -422,9 +425,8 @@ impl AlipaySim {
                 "out_trade_no, refund_amount and out_request_no are required",
             );
         };
-        let amount = match positive_yuan(amount, "refund_amount") {
-            Ok(a) => a,
-            Err(body) => return body,
+        let Some(amount) = positive_yuan(amount) else {
+            return invalid_amount("refund_amount");
         };
         // With trade_no too, Alipay refunds that trade only: another trade of this seller's
         // under the same out_trade_no does not exist for this request.
@@ -646,17 +648,32 @@ fn stable_digits(text: &str) -> u64 {
     h % 1_000_000_000_000
 }
 
-/// A positive yuan amount in fen, or the error answer Alipay gives for it.
-fn positive_yuan(value: &str, field: &str) -> Result<u64, String> {
-    match parse_yuan(value) {
-        Ok(a) if a > 0 => Ok(a),
-        _ => Err(error_body(
-            "40004",
-            "Business Failed",
-            "ACQ.INVALID_PARAMETER",
-            &format!("{field} is not a valid amount"),
-        )),
-    }
+/// A positive yuan amount in fen.
+fn positive_yuan(value: &str) -> Option<u64> {
+    parse_yuan(value).ok().filter(|a| *a > 0)
+}
+
+/// The error answer Alipay gives for an amount that is not a positive yuan amount.
+fn invalid_amount(field: &str) -> String {
+    error_body(
+        "40004",
+        "Business Failed",
+        "ACQ.INVALID_PARAMETER",
+        &format!("{field} is not a valid amount"),
+    )
+}
+
+/// Why the gateway refused a request's signature; the text is the `sub_msg` it answers.
+#[derive(Debug, thiserror::Error)]
+enum SignatureRefused {
+    #[error("app_id is missing")]
+    NoAppId,
+    #[error("sign_type must be RSA2")]
+    SignType,
+    #[error("no public key for app {0}")]
+    UnknownApp(String),
+    #[error("验签出错 (signature does not verify)")]
+    DoesNotVerify,
 }
 
 fn response_key(api: &str) -> String {

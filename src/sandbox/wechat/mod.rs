@@ -223,11 +223,11 @@ impl WechatSim {
     ) -> Outcome<(StatusCode, Value)> {
         let mchid = match self.check_signature(method, headers, path_and_query, body) {
             Ok(m) => m,
-            Err(msg) => {
+            Err(why) => {
                 return Outcome::done(
                     (
                         StatusCode::UNAUTHORIZED,
-                        json!({"code":"SIGN_ERROR","message":msg}),
+                        json!({"code":"SIGN_ERROR","message":why.to_string()}),
                     ),
                     true,
                 )
@@ -270,14 +270,13 @@ impl WechatSim {
         headers: &http::HeaderMap,
         path_and_query: &str,
         body: &[u8],
-    ) -> Result<String, String> {
+    ) -> Result<String, SignatureRefused> {
         let auth = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or("missing Authorization")?;
-        let f = sign::parse_authorization(auth)
-            .ok_or("Authorization is not WECHATPAY2-SHA256-RSA2048")?;
-        let get = |k: &str| f.get(k).cloned().ok_or(format!("Authorization has no {k}"));
+            .ok_or(SignatureRefused::NoAuthorization)?;
+        let f = sign::parse_authorization(auth).ok_or(SignatureRefused::NotWechatpay)?;
+        let get = |k: &'static str| f.get(k).cloned().ok_or(SignatureRefused::NoField(k));
         let (mchid, serial, nonce, ts, signature) = (
             get("mchid")?,
             get("serial_no")?,
@@ -285,20 +284,23 @@ impl WechatSim {
             get("timestamp")?,
             get("signature")?,
         );
-        let ts: i64 = ts.parse().map_err(|_| "bad timestamp".to_string())?;
+        let ts: i64 = ts.parse().map_err(|_| SignatureRefused::BadTimestamp)?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         if now.abs_diff(ts) > sign::MAX_SKEW_SECS {
-            return Err("timestamp too far from now".into());
+            return Err(SignatureRefused::Stale);
         }
         let merchants = self.merchants.load();
         let key = merchants
             .get(&(mchid.clone(), serial.clone()))
-            .ok_or_else(|| format!("no certificate {serial} for merchant {mchid}"))?;
+            .ok_or_else(|| SignatureRefused::UnknownCertificate {
+                serial: serial.clone(),
+                mchid: mchid.clone(),
+            })?;
         let msg = sign::request_message(method.as_str(), path_and_query, ts, &nonce, body);
         if key.verify_b64(&msg, &signature) {
             Ok(mchid)
         } else {
-            Err("signature does not verify".into())
+            Err(SignatureRefused::DoesNotVerify)
         }
     }
 
@@ -309,20 +311,10 @@ impl WechatSim {
         kind: &str,
         body: &[u8],
     ) -> (StatusCode, Value) {
-        let bad = |m: &str| {
-            (
-                StatusCode::BAD_REQUEST,
-                json!({"code":"PARAM_ERROR","message":m}),
-            )
-        };
         let req = serde_json::from_slice::<Value>(body).ok();
         // Every signed create for (account, out_trade_no) counts, whatever it is answered.
         if let Some(req) = &req {
-            let s = |k: &str| req[k].as_str().filter(|v| !v.is_empty());
-            if let Some(no) = s("out_trade_no") {
-                let sub = if partner { s("sub_mchid") } else { None };
-                count_call(&self.creates, &order_key(auth_mchid, sub), no);
-            }
+            self.count_create(auth_mchid, partner, req);
         }
         if !["jsapi", "native", "h5", "app"].contains(&kind) {
             return (
@@ -331,54 +323,32 @@ impl WechatSim {
             );
         }
         let Some(req) = req else {
-            return bad("body is not JSON");
+            return param_error("body is not JSON");
         };
+        match check_create(&req, auth_mchid, partner, kind) {
+            Ok(valid) => self.open_order(auth_mchid, kind, req, valid),
+            Err(answer) => answer,
+        }
+    }
+
+    fn count_create(&self, auth_mchid: &str, partner: bool, req: &Value) {
         let s = |k: &str| req[k].as_str().filter(|v| !v.is_empty());
-        let (mchid_field, app_field) = if partner {
-            ("sp_mchid", "sp_appid")
-        } else {
-            ("mchid", "appid")
-        };
-        if s(mchid_field) != Some(auth_mchid) {
-            return bad(&format!("{mchid_field} must equal the signing merchant"));
+        if let Some(no) = s("out_trade_no") {
+            let sub = if partner { s("sub_mchid") } else { None };
+            count_call(&self.creates, &order_key(auth_mchid, sub), no);
         }
-        if s(app_field).is_none() {
-            return bad(&format!("{app_field} is required"));
-        }
-        let sub_mchid = if partner {
-            match s("sub_mchid") {
-                Some(v) => Some(v.to_string()),
-                None => return bad("sub_mchid is required"),
-            }
-        } else {
-            if req.get("sub_mchid").is_some() {
-                return bad("sub_mchid is not a direct-mode field");
-            }
-            None
-        };
-        for k in ["description", "out_trade_no", "notify_url"] {
-            if s(k).is_none() {
-                return bad(&format!("{k} is required"));
-            }
-        }
-        let Some(total) = req["amount"]["total"].as_u64().filter(|t| *t > 0) else {
-            return bad("amount.total must be a positive integer");
-        };
-        if kind == "jsapi" {
-            let payer = &req["payer"];
-            let ok = if partner {
-                payer["sp_openid"].is_string() || payer["sub_openid"].is_string()
-            } else {
-                payer["openid"].is_string()
-            };
-            if !ok {
-                return bad("payer openid is required for jsapi");
-            }
-        }
-        if kind == "h5" && !req["scene_info"]["payer_client_ip"].is_string() {
-            return bad("scene_info.payer_client_ip is required for h5");
-        }
-        let out_trade_no = s("out_trade_no").unwrap_or_default().to_string();
+    }
+
+    /// Opens the order a valid create asks for, or answers as for a create repeated.
+    fn open_order(
+        &self,
+        auth_mchid: &str,
+        kind: &str,
+        req: Value,
+        valid: ValidCreate,
+    ) -> (StatusCode, Value) {
+        let ValidCreate { sub_mchid, total } = valid;
+        let out_trade_no = req["out_trade_no"].as_str().unwrap_or_default().to_string();
         let key = (
             order_key(auth_mchid, sub_mchid.as_deref()),
             out_trade_no.clone(),
@@ -714,7 +684,7 @@ impl WechatSim {
         let ciphertext = match sealed {
             Ok(c) => c,
             Err(e) => {
-                self.shared.notifier.not_sent(&n, &e);
+                self.shared.notifier.not_sent(&n, &e.to_string());
                 return None;
             }
         };
@@ -805,4 +775,93 @@ fn order_key(mchid: &str, sub_mchid: Option<&str>) -> String {
         Some(sub) => format!("{mchid}/{sub}"),
         None => mchid.to_string(),
     }
+}
+
+/// Why a request's `Authorization` was refused; the text is the `SIGN_ERROR` message.
+#[derive(Debug, thiserror::Error)]
+enum SignatureRefused {
+    #[error("missing Authorization")]
+    NoAuthorization,
+    #[error("Authorization is not WECHATPAY2-SHA256-RSA2048")]
+    NotWechatpay,
+    #[error("Authorization has no {0}")]
+    NoField(&'static str),
+    #[error("bad timestamp")]
+    BadTimestamp,
+    #[error("timestamp too far from now")]
+    Stale,
+    #[error("no certificate {serial} for merchant {mchid}")]
+    UnknownCertificate { serial: String, mchid: String },
+    #[error("signature does not verify")]
+    DoesNotVerify,
+}
+
+/// What a create that passed [`check_create`] asks for beyond its body.
+struct ValidCreate {
+    sub_mchid: Option<String>,
+    total: u64,
+}
+
+/// WeChat Pay's answer to a request parameter it refuses.
+fn param_error(message: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::BAD_REQUEST,
+        json!({"code":"PARAM_ERROR","message":message}),
+    )
+}
+
+/// The fields WeChat Pay requires of a create of `kind` in this mode; `Err` is its answer.
+fn check_create(
+    req: &Value,
+    auth_mchid: &str,
+    partner: bool,
+    kind: &str,
+) -> Result<ValidCreate, (StatusCode, Value)> {
+    let bad = |m: &str| Err(param_error(m));
+    let s = |k: &str| req[k].as_str().filter(|v| !v.is_empty());
+    let (mchid_field, app_field) = if partner {
+        ("sp_mchid", "sp_appid")
+    } else {
+        ("mchid", "appid")
+    };
+    if s(mchid_field) != Some(auth_mchid) {
+        return bad(&format!("{mchid_field} must equal the signing merchant"));
+    }
+    if s(app_field).is_none() {
+        return bad(&format!("{app_field} is required"));
+    }
+    let sub_mchid = if partner {
+        match s("sub_mchid") {
+            Some(v) => Some(v.to_string()),
+            None => return bad("sub_mchid is required"),
+        }
+    } else {
+        if req.get("sub_mchid").is_some() {
+            return bad("sub_mchid is not a direct-mode field");
+        }
+        None
+    };
+    for k in ["description", "out_trade_no", "notify_url"] {
+        if s(k).is_none() {
+            return bad(&format!("{k} is required"));
+        }
+    }
+    let Some(total) = req["amount"]["total"].as_u64().filter(|t| *t > 0) else {
+        return bad("amount.total must be a positive integer");
+    };
+    if kind == "jsapi" {
+        let payer = &req["payer"];
+        let ok = if partner {
+            payer["sp_openid"].is_string() || payer["sub_openid"].is_string()
+        } else {
+            payer["openid"].is_string()
+        };
+        if !ok {
+            return bad("payer openid is required for jsapi");
+        }
+    }
+    if kind == "h5" && !req["scene_info"]["payer_client_ip"].is_string() {
+        return bad("scene_info.payer_client_ip is required for h5");
+    }
+    Ok(ValidCreate { sub_mchid, total })
 }
