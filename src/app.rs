@@ -13,15 +13,16 @@ use tokio::task::JoinHandle;
 use crate::admin::AdminState;
 use crate::api::{ApiMetrics, ApiState};
 use crate::config::Config;
+use crate::inbound::Inbound;
 use crate::live::{Live, LiveConfig};
-use crate::notify::inbound::Inbound;
-use crate::notify::outbox::Outbox;
 use crate::payment::PaymentService;
 use crate::reconcile::Reconciler;
 use crate::resilience::Resilience;
 #[cfg(feature = "sandbox")]
 use crate::sandbox::Sandbox;
+use crate::store::{Reports, Schedule};
 use crate::stranded::StrandedWatch;
+use crate::webhooks::outbox::Outbox;
 
 /// Why the proxy did not start. Each kind says which part failed — a port already taken is
 /// not a store that cannot open — and carries the error beneath it as its source.
@@ -51,7 +52,7 @@ pub enum StartError {
     #[error(transparent)]
     Channels(#[from] crate::channel::BuildError),
     #[error(transparent)]
-    Outbox(#[from] crate::notify::outbox::OutboxError),
+    Outbox(#[from] crate::webhooks::outbox::OutboxError),
     /// The `sandbox:` section and the sandbox listener given do not go together (or the
     /// binary has no sandbox).
     #[error("{0}")]
@@ -92,7 +93,7 @@ pub const MAX_BLOCKING_THREADS: usize = 16;
 /// refresh nor the upgrade itself strands them. A failure leaves them as they were, and the
 /// stranded-orders warning names them.
 async fn rebind_legacy_sellers(
-    store: &dyn crate::store::Store,
+    store: &dyn crate::store::Ledger,
     merchants: &std::collections::HashMap<String, crate::channel::SubMerchant>,
 ) {
     for (merchant, sub) in merchants {
@@ -116,6 +117,10 @@ impl App {
         let registry = Registry::new();
         let store_metrics = crate::store::StoreMetrics::new(&registry)?;
         let store = crate::store::open(&config.store, store_metrics).await?;
+        // Each module gets only the store concern it uses (ARCHITECTURE.md, "The store").
+        let reports: Arc<dyn Reports> = store.clone();
+        let events: Arc<dyn crate::store::Outbox> = store.clone();
+        let schedule: Arc<dyn Schedule> = store.clone();
         rebind_legacy_sellers(store.as_ref(), &config.merchants).await;
         let resilience = Arc::new(Resilience::new(&registry)?);
         let live = Arc::new(LiveConfig::new(config, &registry, resilience.clone())?);
@@ -126,12 +131,12 @@ impl App {
         // Orders bound to an account the config no longer holds: warned about and counted on
         // load and after every reload.
         let stranded = Arc::new(StrandedWatch::new(&registry)?);
-        stranded.update(store.as_ref(), &live.load().config).await;
-        let (watch, reports) = (stranded.clone(), store.clone());
+        stranded.update(reports.as_ref(), &live.load().config).await;
+        let (watch, reads) = (stranded.clone(), reports.clone());
         live.on_reloaded(move |now| {
-            let (watch, reports) = (watch.clone(), reports.clone());
+            let (watch, reads) = (watch.clone(), reads.clone());
             async move {
-                watch.update(reports.as_ref(), &now.config).await;
+                watch.update(reads.as_ref(), &now.config).await;
             }
         });
         let api = Arc::new(ApiState {
@@ -142,14 +147,15 @@ impl App {
             notify: Arc::new(Inbound::new(live.clone(), payments.clone(), &registry)?),
         });
         let outbox = Arc::new(Outbox::new(
-            store.clone(),
+            events,
+            reports.clone(),
             live.clone(),
             payments.events_written(),
             &registry,
         )?);
         let admin = Arc::new(AdminState {
             live: live.clone(),
-            store: store.clone(),
+            store: reports.clone(),
             outbox: outbox.clone(),
             registry: registry.clone(),
             stranded: stranded.clone(),
@@ -157,7 +163,8 @@ impl App {
         let reconciler = Arc::new(Reconciler::new(
             live.clone(),
             payments.clone(),
-            store,
+            schedule,
+            reports,
             &registry,
         )?);
         Ok(Arc::new(App {

@@ -11,17 +11,22 @@
 //! - `context`: what one API request carries through its task — its id, its waits on channels,
 //!   its access-log note.
 //! - `payment`: the state machine — route, bind, call the channel, store the outcome and the
-//!   shop event in one transaction; query, close, refunds.
-//! - `notify`: provider notifications in (`/notify/{channel}`), shop webhooks out (the outbox).
+//!   shop event in one transaction (`payment::commit`, the one commit path); query, close,
+//!   refunds.
+//! - `inbound`: provider notifications in (`/notify/{channel}`): verify, find the order at the
+//!   signed account, apply through `payment`, answer the provider.
+//! - `webhooks`: shop events out — the outbox worker and its signed, ordered, at-least-once
+//!   delivery.
 //! - `reconcile`: the worker that asks about open orders on tiers and closes expired ones.
 //! - `routing`: the rules engine; pure, indexed by merchant, with `explain`.
 //! - `channel`: one guarded call path per channel (limit, breaker, retries), the outbound HTTP
 //!   client, keys, notification verification; `wechatpay`, `alipay`.
 //! - `resilience`: retry backoff and budget, circuit breaker, GCRA rate limits (local, and
 //!   `scope: global` ones shared through Redis).
-//! - `store`: the `Store` trait (payments, refunds, the outbox, the reconciliation schedule)
-//!   and its two implementations: `sqlite` (group commit; one instance) and `postgres`
-//!   (pooled, migrated, claims with leases; several instances on one database).
+//! - `store`: one trait per concern — `Ledger` (payments, refunds), `Outbox` (shop events),
+//!   `Schedule` (reconciliation checks), `Reports` (ops reads, health) — each file with both
+//!   engines beside it: `sqlite` (group commit; one instance) and `postgres` (pooled, claims
+//!   with leases; several instances on one database); one migration list for both.
 //! - `stranded`: open orders bound to an account no channel holds any more; check and reload warn.
 //! - `admin`: metrics, health, reload, config, channels, ledgers and their export, events,
 //!   explain, and the ops console (`/ui`) on the admin port.
@@ -42,9 +47,9 @@ pub mod context;
 pub mod defaults;
 pub mod domain;
 pub mod ids;
+pub mod inbound;
 pub mod live;
 pub mod logging;
-pub mod notify;
 pub mod payment;
 pub mod reconcile;
 pub mod resilience;
@@ -55,6 +60,7 @@ pub mod server;
 pub mod shops;
 pub mod store;
 pub mod stranded;
+pub mod webhooks;
 
 /// Test fixtures (`tests/fixtures/`), for unit tests.
 #[cfg(test)]

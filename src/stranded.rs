@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::channel::{ChannelSettings, SubMerchant};
 use crate::config::Config;
 use crate::domain::Account;
-use crate::store::{OpenAtAccount, Store, StoreError};
+use crate::store::{OpenAtAccount, Reports, StoreError};
 
 /// Open orders at one (channel, account) that no configured channel holds.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,7 +144,7 @@ fn why(name: &str, bound: &Account, channel: Option<&Arc<ChannelSettings>>) -> S
 }
 
 /// Reads the open orders from `store` and judges them against `config`.
-pub async fn find(store: &dyn Store, config: &Config) -> Result<Vec<StrandedGroup>, StoreError> {
+pub async fn find(store: &dyn Reports, config: &Config) -> Result<Vec<StrandedGroup>, StoreError> {
     Ok(stranded(&store.open_by_account().await?, config))
 }
 
@@ -173,7 +173,7 @@ impl StrandedWatch {
     /// Judges the store against `config`: a warning per stranded group, the gauge set (0 for
     /// every configured channel), the result kept for [`StrandedWatch::last`]. A store error
     /// is logged and changes nothing.
-    pub async fn update(&self, store: &dyn Store, config: &Config) -> Vec<StrandedGroup> {
+    pub async fn update(&self, store: &dyn Reports, config: &Config) -> Vec<StrandedGroup> {
         let groups = match find(store, config).await {
             Ok(g) => g,
             Err(e) => {

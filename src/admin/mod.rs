@@ -14,15 +14,15 @@ use serde_json::{json, Value};
 use crate::api::error::{ApiError, ErrorCode};
 use crate::domain::{EventStatus, Method as PayMethod, PaymentStatus, RefundStatus};
 use crate::live::LiveConfig;
-use crate::notify::outbox::Outbox;
 use crate::payment::export::{parse_time, Format, Selection};
 use crate::routing::PaymentFacts;
 use crate::secret::token_matches;
 use crate::server::json_response;
 use crate::store::{
-    EventFilter, EventRecord, PaymentFilter, RefundFilter, Resend, Store, StoreError,
+    EventFilter, EventRecord, PaymentFilter, RefundFilter, Reports, Resend, StoreError,
 };
 use crate::stranded::StrandedWatch;
+use crate::webhooks::outbox::Outbox;
 
 /// What actually serves, for `/admin/config`: the bound addresses, whether the API listener
 /// speaks TLS and whether shops need a client certificate there, the store the process
@@ -62,8 +62,8 @@ fn running(live_config: &LiveConfig, live: &crate::live::Live) -> Value {
 pub struct AdminState {
     pub live: Arc<LiveConfig>,
     /// Read for the ledgers, their export and `/readyz`; never written here.
-    pub store: Arc<dyn Store>,
-    /// Resends go through it, so that it is woken.
+    pub store: Arc<dyn Reports>,
+    /// The events' ledger and resends go through it (a resend wakes it).
     pub outbox: Arc<Outbox>,
     pub registry: Registry,
     /// Open orders at accounts no channel holds, as judged on load and the last reload.
@@ -406,7 +406,7 @@ async fn events(app: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> 
         status: l.status,
         limit: l.limit,
     };
-    ledger("events", app.store.list_events(&filter).await, event_json)
+    ledger("events", app.outbox.list(&filter).await, event_json)
 }
 
 /// `POST /admin/events/{id}/resend`: a dead or delivered event back in the queue, due now,

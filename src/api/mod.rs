@@ -204,7 +204,7 @@ pub struct ApiState {
     pub resilience: Arc<Resilience>,
     pub metrics: ApiMetrics,
     /// Provider notifications arrive on this listener too (`/notify/{channel}`).
-    pub notify: Arc<crate::notify::inbound::Inbound>,
+    pub notify: Arc<crate::inbound::Inbound>,
 }
 
 /// Entry point for every API request.

@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::view::{payment_json, rfc3339};
-use crate::store::{PaymentFilter, PaymentRecord, Store, StoreError};
+use crate::store::{PaymentFilter, PaymentRecord, Reports, StoreError};
 
 /// Payments read from the store at a time.
 const PAGE: u32 = 1_000;
@@ -47,7 +47,7 @@ pub struct Selection {
 /// Writes the selected payments, newest first, to `out` one page at a time (memory stays one
 /// page, whatever the ledger's size); at most `max_rows` of them. Returns how many.
 pub async fn export(
-    store: &dyn Store,
+    store: &dyn Reports,
     selection: &Selection,
     format: Format,
     max_rows: u64,

@@ -50,7 +50,9 @@ use crate::domain::{PaymentStatus, RefundStatus};
 use crate::live::{Live, LiveConfig};
 use crate::payment::{Asker, LateSettled, PaymentError, PaymentService};
 use crate::store::pause::Pause;
-use crate::store::{CheckClaim, CheckOf, Due, PaymentRecord, RefundRecord, Store, StoreError};
+use crate::store::{
+    CheckClaim, CheckOf, Due, PaymentRecord, RefundRecord, Reports, Schedule, StoreError,
+};
 
 /// How often the worker looks for due checks.
 const POLL: Duration = Duration::from_millis(500);
@@ -62,7 +64,8 @@ pub struct Reconciler {
     live: Arc<LiveConfig>,
     payments: Arc<PaymentService>,
     /// The schedule: due checks claimed, next times written under their claim.
-    store: Arc<dyn Store>,
+    /// The schedule of checks, and nothing else of the store.
+    store: Arc<dyn Schedule>,
     actions: IntCounterVec,
     /// Skips rounds while the store cannot record a check (no query storm).
     pause: Pause,
@@ -132,7 +135,8 @@ impl Reconciler {
     pub fn new(
         live: Arc<LiveConfig>,
         payments: Arc<PaymentService>,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Schedule>,
+        health: Arc<dyn Reports>,
         registry: &Registry,
     ) -> prometheus::Result<Reconciler> {
         let actions = IntCounterVec::new(
@@ -147,7 +151,7 @@ impl Reconciler {
         for action in ACTIONS {
             actions.with_label_values(&[action]);
         }
-        let pause = Pause::new(store.clone(), "reconcile", registry)?;
+        let pause = Pause::new(health, "reconcile", registry)?;
         Ok(Reconciler {
             live,
             payments,

@@ -3,7 +3,7 @@
 //! refunds), [`Outbox`] (shop events), [`Schedule`] (reconciliation checks and their
 //! claims), [`Reports`] (what ops read, health) — and [`Store`], all four in one.
 //!
-//! Two implementations with the same behaviour (one test suite, `tests/store_suite.rs`, runs
+//! Two implementations with the same behaviour (one test suite, `tests/it/store/`, runs
 //! against both): SQLite (`sqlite`, the default, one instance) and PostgreSQL (`postgres`,
 //! shared by several instances: where the trait hands out work — due events, due checks —
 //! it claims it with a lease, so one instance works an item at a time).

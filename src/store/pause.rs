@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 use prometheus::{IntCounter, IntGauge, Opts, Registry};
 
-use super::{Store, StoreError};
+use super::{Reports, StoreError};
 
 /// One worker's pause, with its two metrics (`worker` label: its name).
 pub struct Pause {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Reports>,
     worker: &'static str,
     paused: AtomicBool,
     paused_gauge: IntGauge,
@@ -34,7 +34,7 @@ impl Pause {
     /// `worker` names it in logs and in the `worker` label of
     /// `payroute_worker_paused{worker}` and `payroute_worker_rounds_skipped_total{worker}`.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Reports>,
         worker: &'static str,
         registry: &Registry,
     ) -> prometheus::Result<Pause> {

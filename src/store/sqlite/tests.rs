@@ -1,5 +1,5 @@
 //! What is SQLite's own: group commit, the reader and writer threads, opening old files.
-//! The store's behaviour is tested in tests/store_suite.rs, against both stores.
+//! The store's behaviour is tested in tests/it/store/, against both stores.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,7 +170,7 @@ fn record(no: &str) -> PaymentRecord {
     }
 }
 
-// The store's behaviour is tested in tests/store_suite.rs, against both stores; what
+// The store's behaviour is tested in tests/it/store/, against both stores; what
 // is SQLite's own (group commit) is tested here.
 
 /// Each write's answer set beside what the file holds: (out_trade_no, stored, answer).

@@ -30,7 +30,7 @@ impl Received {
         let Ok(t) = t.parse::<i64>() else {
             return false;
         };
-        payroute::notify::signature(WEBHOOK_SECRET.as_bytes(), t, self.raw.as_bytes())
+        payroute::webhooks::signature(WEBHOOK_SECRET.as_bytes(), t, self.raw.as_bytes())
             == self.signature
     }
 }

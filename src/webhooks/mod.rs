@@ -1,10 +1,9 @@
-//! Closing the loop with the shop: provider notifications in ([`inbound`]), the durable outbox
-//! of shop events and their signed webhook delivery out ([`outbox`]).
+//! Shop webhooks: the durable outbox of shop events and their signed delivery to the shop
+//! ([`outbox`]).
 //!
 //! Events are written by `payment` in the same store transaction as the state change they
-//! tell of; this module only delivers them.
+//! tell of; this module only delivers them. Provider notifications coming in are `inbound`'s.
 
-pub mod inbound;
 pub mod outbox;
 
 pub use crate::config::workers::WebhookSettings;

@@ -45,7 +45,9 @@ use crate::channel::http::HttpClient;
 use crate::clock::now_ms;
 use crate::live::LiveConfig;
 use crate::store::pause::Pause;
-use crate::store::{Delivery, DueLimits, EventRecord, Resend, Store, StoreError};
+use crate::store::{
+    self, Delivery, DueLimits, EventFilter, EventRecord, Reports, Resend, StoreError,
+};
 
 /// How often the store is asked for due events when nothing wakes the worker.
 const POLL: Duration = Duration::from_millis(500);
@@ -137,7 +139,8 @@ pub enum OutboxError {
 
 /// The delivery worker: what it needs and nothing more.
 pub struct Outbox {
-    store: Arc<dyn Store>,
+    /// The events, and nothing else of the store.
+    store: Arc<dyn store::Outbox>,
     live: Arc<LiveConfig>,
     http: HttpClient,
     metrics: OutboxMetrics,
@@ -155,14 +158,16 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// `events` is the store's outbox; `health` tells the pause whether the store can write.
     pub fn new(
-        store: Arc<dyn Store>,
+        events: Arc<dyn store::Outbox>,
+        health: Arc<dyn Reports>,
         live: Arc<LiveConfig>,
         wake: Arc<Notify>,
         registry: &Registry,
     ) -> Result<Outbox, OutboxError> {
         let metrics = OutboxMetrics::new(registry)?;
-        let pause = Pause::new(store.clone(), "outbox", registry)?;
+        let pause = Pause::new(health, "outbox", registry)?;
         // Every shop's delivery counters start at 0, a shop added by a reload's too.
         let deliveries = metrics.deliveries.clone();
         let start_at_zero = move |config: &crate::config::Config| {
@@ -175,7 +180,7 @@ impl Outbox {
         start_at_zero(&live.load().config);
         live.on_reload(start_at_zero);
         Ok(Outbox {
-            store,
+            store: events,
             live,
             http: HttpClient::new(None).map_err(OutboxError::Client)?,
             metrics,
@@ -191,6 +196,11 @@ impl Outbox {
     /// Puts a dead or delivered event back in the queue, due at `now` with its schedule
     /// afresh, and wakes the worker; a pending one is left alone ([`Resend::Pending`]): it is
     /// queued already and may be in flight.
+    /// The events the outbox holds, newest first (the admin's ledger of events).
+    pub async fn list(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
+        self.store.list_events(filter).await
+    }
+
     pub async fn resend(&self, event_id: &str, now: i64) -> Result<Resend, StoreError> {
         let resend = self.store.resend_event(event_id, now).await?;
         if matches!(resend, Resend::Resent(_)) {
