@@ -228,7 +228,7 @@ impl Committable for RefundRecord {
     }
 
     fn event(&self, before: RefundStatus) -> Option<EventRecord> {
-        super::refund::refund_event(self, before)
+        super::refund_event(self, before)
     }
 
     /// A succeeded or failed word stays (the provider's final one); ours fills the rest, our

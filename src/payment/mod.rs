@@ -54,6 +54,7 @@ use crate::channel::{
 use crate::clock::{china_minute, now_ms};
 use crate::domain::{
     Account, ChannelFailure, EventStatus, EventType, LatePolicies, Method, PaymentStatus,
+    RefundStatus,
 };
 use crate::ids::{new_id, sha256_hex};
 use crate::routing::{NoRoute, PaymentFacts, Rules};
@@ -586,6 +587,18 @@ fn unrecorded(mut rec: PaymentRecord, e: PaymentError) -> PaymentError {
         error,
         payment: Box::new(rec),
     }
+}
+
+/// The shop event of a refund that moved from `before` to a reportable status.
+fn refund_event(rec: &RefundRecord, before: RefundStatus) -> Option<EventRecord> {
+    let kind = EventType::for_refund(rec.status).filter(|_| rec.status != before)?;
+    Some(new_event(
+        kind,
+        &rec.shop_id,
+        &rec.merchant_id,
+        &rec.payment_id,
+        view::refund_json(rec),
+    ))
 }
 
 /// The shop event of a payment that moved from `before` to a final status.

@@ -18,14 +18,14 @@ use serde_json::json;
 
 use super::commit::Committed;
 use super::{
-    check_replay, claim_live, claim_window_ms, failure_of, new_event, request_hash, same_request,
-    view, Asker, PaymentError, PaymentService, Routes,
+    check_replay, claim_live, claim_window_ms, failure_of, refund_event, request_hash,
+    same_request, Asker, PaymentError, PaymentService, Routes,
 };
 use crate::channel::{ChannelError, ErrorKind, RefundRequest, RefundState};
 use crate::clock::now_ms;
-use crate::domain::{EventType, PaymentStatus, RefundStatus};
+use crate::domain::{PaymentStatus, RefundStatus};
 use crate::ids::new_id;
-use crate::store::{EventRecord, PaymentRecord, RefundRecord, Reservation};
+use crate::store::{PaymentRecord, RefundRecord, Reservation};
 
 /// A validated refund request.
 #[derive(Clone, Debug)]
@@ -360,18 +360,6 @@ fn refund_cross_check(
         ));
     }
     Ok(state)
-}
-
-/// The shop event of a refund that moved from `before` to a reportable status.
-pub(super) fn refund_event(rec: &RefundRecord, before: RefundStatus) -> Option<EventRecord> {
-    let kind = EventType::for_refund(rec.status).filter(|_| rec.status != before)?;
-    Some(new_event(
-        kind,
-        &rec.shop_id,
-        &rec.merchant_id,
-        &rec.payment_id,
-        view::refund_json(rec),
-    ))
 }
 
 fn refund_error(error: ChannelError, payment: &PaymentRecord) -> PaymentError {

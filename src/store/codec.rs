@@ -36,7 +36,8 @@ pub(super) const EVENT_COLUMNS: &str = event_columns!();
 pub(super) const CLAIMED_EVENT_COLUMNS: &str = concat!(event_columns!(), ", claim");
 
 /// One row's cells by position, as each engine reads them; an engine's own error (a type
-/// mismatch, a NULL where none may be) mapped as that engine maps its errors.
+/// mismatch, a NULL where none may be) mapped as that engine maps its errors. Each engine
+/// implements it for its row beside its error mapping, so the codec imports neither.
 pub(super) trait Cells {
     fn text(&self, i: usize) -> Result<String, StoreError>;
     fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
@@ -44,42 +45,6 @@ pub(super) trait Cells {
     fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError>;
     /// SQLite stores it as 0/1, PostgreSQL as `BOOLEAN`.
     fn flag(&self, i: usize) -> Result<bool, StoreError>;
-}
-
-impl Cells for rusqlite::Row<'_> {
-    fn text(&self, i: usize) -> Result<String, StoreError> {
-        self.get(i).map_err(super::sqlite::backend)
-    }
-    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
-        self.get(i).map_err(super::sqlite::backend)
-    }
-    fn int(&self, i: usize) -> Result<i64, StoreError> {
-        self.get(i).map_err(super::sqlite::backend)
-    }
-    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
-        self.get(i).map_err(super::sqlite::backend)
-    }
-    fn flag(&self, i: usize) -> Result<bool, StoreError> {
-        self.get(i).map_err(super::sqlite::backend)
-    }
-}
-
-impl Cells for tokio_postgres::Row {
-    fn text(&self, i: usize) -> Result<String, StoreError> {
-        super::postgres::get(self, i)
-    }
-    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
-        super::postgres::get(self, i)
-    }
-    fn int(&self, i: usize) -> Result<i64, StoreError> {
-        super::postgres::get(self, i)
-    }
-    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
-        super::postgres::get(self, i)
-    }
-    fn flag(&self, i: usize) -> Result<bool, StoreError> {
-        super::postgres::get(self, i)
-    }
 }
 
 /// A count or an amount that must not be negative.

@@ -7,12 +7,8 @@
 //! tokens) that SQLite, serving one process, keeps in memory.
 //!
 //! PostgreSQL applies them in `PostgresStore::migrate` (an advisory lock, a transaction
-//! each); SQLite in [`migrate_sqlite`] (one `BEGIN IMMEDIATE` transaction).
-
-use rusqlite::{params, Connection, OptionalExtension};
-
-use super::sqlite::backend;
-use super::StoreError;
+//! each); SQLite in `sqlite::schema` (one `BEGIN IMMEDIATE` transaction). This file is data only:
+//! both engines read it, it imports neither.
 
 /// One step of the schema, for each engine. An empty text: the engine needs nothing at
 /// that step (why is said beside it).
@@ -54,7 +50,7 @@ pub(super) const MIGRATIONS: [Migration; 4] = [
 /// The tables, their indexes and the schedule's columns; the readiness probe's own table
 /// (`probe` here, `store_probe` on PostgreSQL). `IF NOT EXISTS` throughout: a file from
 /// before `schema_migrations` runs it too, to gain the indexes added since.
-const SQLITE_V1: &str = "
+pub(super) const SQLITE_V1: &str = "
 CREATE TABLE IF NOT EXISTS payments (
     payment_id        TEXT PRIMARY KEY,
     merchant_id       TEXT NOT NULL,
@@ -145,7 +141,7 @@ ALTER TABLE payments ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
 /// at once. Also run at every start, as before this list existed: a file a payroute older
 /// than the list wrote to since (a rollback) may hold such records again; the index finds
 /// them.
-const SQLITE_V4_OPEN_CHECKS: &str = "
+pub(super) const SQLITE_V4_OPEN_CHECKS: &str = "
 UPDATE payments SET next_check_at = updated_at
  WHERE next_check_at IS NULL AND status IN ('pending', 'unknown');
 UPDATE refunds SET next_check_at = updated_at
@@ -262,124 +258,3 @@ UPDATE payments SET next_check_at = updated_at
 UPDATE refunds SET next_check_at = updated_at
  WHERE next_check_at IS NULL AND status IN ('pending', 'abnormal');
 ";
-
-/// The migrations' ledger, as on PostgreSQL.
-const SQLITE_LEDGER: &str = "
-CREATE TABLE schema_migrations (
-    version    INTEGER PRIMARY KEY,
-    applied_at INTEGER NOT NULL
-);
-";
-
-/// Brings an SQLite file to the current schema and records each step in
-/// `schema_migrations`, all in one transaction (`BEGIN IMMEDIATE`: a second process opening
-/// the file at the same moment waits, then finds the steps recorded).
-///
-/// A file created before the ledger existed (its tables, no `schema_migrations`) is brought
-/// to the current columns once by probing them ([`probe_columns`]), the idempotent texts
-/// (V1's indexes, V4's repair) run over it, and every version is recorded as applied.
-pub(super) fn migrate_sqlite(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
-    match apply_sqlite(conn) {
-        Ok(()) => conn.execute_batch("COMMIT").map_err(backend),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
-}
-
-fn apply_sqlite(conn: &Connection) -> Result<(), StoreError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let record = |version: i32| {
-        conn.execute(
-            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-            params![version, now],
-        )
-        .map(drop)
-        .map_err(backend)
-    };
-    if !sqlite_table(conn, "schema_migrations")? {
-        let before_the_ledger = sqlite_table(conn, "payments")?;
-        conn.execute_batch(SQLITE_LEDGER).map_err(backend)?;
-        if before_the_ledger {
-            probe_columns(conn)?;
-            conn.execute_batch(SQLITE_V1).map_err(backend)?;
-            for m in &MIGRATIONS {
-                record(m.version)?;
-            }
-            tracing::info!(
-                "store: an SQLite file from before schema_migrations brought up to date"
-            );
-        }
-    }
-    let applied: Vec<i32> = conn
-        .prepare("SELECT version FROM schema_migrations")
-        .map_err(backend)?
-        .query_map([], |row| row.get(0))
-        .map_err(backend)?
-        .collect::<Result<_, _>>()
-        .map_err(backend)?;
-    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-        conn.execute_batch(m.sqlite).map_err(backend)?;
-        record(m.version)?;
-    }
-    conn.execute_batch(SQLITE_V4_OPEN_CHECKS).map_err(backend)?;
-    let known = MIGRATIONS.last().map_or(0, |m| m.version);
-    if let Some(newest) = applied.iter().max().filter(|n| **n > known) {
-        tracing::warn!(
-            newest,
-            known,
-            "store: the SQLite file has migrations this payroute does not know; it was written by a newer one"
-        );
-    }
-    Ok(())
-}
-
-fn sqlite_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
-    conn.query_row(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|found| found.is_some())
-    .map_err(backend)
-}
-
-/// Columns added after the first release, for files created before them.
-const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
-    ("payments", "account", "TEXT"),
-    // The reconciliation schedule (unix ms; NULL: not checked any more).
-    ("payments", "next_check_at", "INTEGER"),
-    ("refunds", "next_check_at", "INTEGER"),
-    // Paid after the order had ended (issue 15): 1.
-    ("payments", "late", "INTEGER NOT NULL DEFAULT 0"),
-];
-
-fn probe_columns(conn: &Connection) -> Result<(), StoreError> {
-    for (table, column, kind) in ADDED_COLUMNS {
-        let present: bool = conn
-            .query_row(
-                &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
-                params![column],
-                |row| row.get(0),
-            )
-            .map_err(backend)?;
-        if !present {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
-                .map_err(backend)?;
-            if column == "next_check_at" {
-                // Open records from before the schedule existed are checked at once.
-                conn.execute_batch(&format!(
-                    "UPDATE {table} SET next_check_at = updated_at
-                     WHERE status IN ('pending', 'unknown', 'abnormal')"
-                ))
-                .map_err(backend)?;
-            }
-        }
-    }
-    Ok(())
-}

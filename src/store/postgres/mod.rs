@@ -48,7 +48,7 @@ use super::{EventRecord, PaymentRecord, RefundRecord, StoreError, StoreMetrics};
 use crate::secret::Secret;
 
 pub(in crate::store) use super::codec::{read_claimed_event, read_payment, read_refund};
-use super::codec::{PAYMENT_COLUMNS, REFUND_COLUMNS};
+use super::codec::{Cells, PAYMENT_COLUMNS, REFUND_COLUMNS};
 use crate::defaults::DEFAULT_PG_LEASE as DEFAULT_LEASE;
 use connect::tls_config;
 pub use connect::{valid_schema, ConnectSpec, UrlError};
@@ -506,4 +506,22 @@ pub(in crate::store) async fn insert_event<C: GenericClient>(
     )
     .await?;
     Ok(())
+}
+
+impl Cells for tokio_postgres::Row {
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        get(self, i)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        get(self, i)
+    }
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        get(self, i)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        get(self, i)
+    }
+    fn flag(&self, i: usize) -> Result<bool, StoreError> {
+        get(self, i)
+    }
 }

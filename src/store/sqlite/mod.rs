@@ -2,6 +2,7 @@
 //! few reader threads, each with its own connection (see [`SqliteStore`]).
 
 mod readers;
+mod schema;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::codec::{self, payment_columns, EVENT_COLUMNS, REFUND_COLUMNS};
+use super::codec::{self, payment_columns, Cells, EVENT_COLUMNS, REFUND_COLUMNS};
 use super::{CheckOf, EventRecord, PaymentRecord, RefundRecord, StoreError, StoreMetrics};
 use readers::{readers, Readers};
 use writer::{writer_loop, Job, Write};
@@ -149,7 +150,7 @@ impl SqliteStore {
                     .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
             }
             let conn = open_connection(&at)?;
-            super::schema::migrate_sqlite(&conn)?;
+            schema::migrate_sqlite(&conn)?;
             let readers = (0..readers())
                 .map(|_| open_connection(&at))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -268,4 +269,22 @@ pub(super) fn read_refund(row: &Row) -> rusqlite::Result<Result<RefundRecord, St
 
 pub(super) fn read_event(row: &Row) -> rusqlite::Result<Result<EventRecord, StoreError>> {
     Ok(codec::read_event(row))
+}
+
+impl Cells for rusqlite::Row<'_> {
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        self.get(i).map_err(backend)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        self.get(i).map_err(backend)
+    }
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        self.get(i).map_err(backend)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        self.get(i).map_err(backend)
+    }
+    fn flag(&self, i: usize) -> Result<bool, StoreError> {
+        self.get(i).map_err(backend)
+    }
 }
