@@ -172,6 +172,25 @@ async fn tls_is_rustls_and_verified(ctx: Ctx) {
         &schema,
     )
     .await;
+    // verify-ca checks the chain to sslrootcert and, unlike libpq's, the host name too
+    // (ConnectSpec's rustdoc): the same certificate verifies by the name it was made for and
+    // is refused by an address it does not name.
+    let ca_by_name = PostgresStore::open(
+        &Secret::new(format!(
+            "{local}{sep}sslmode=verify-ca&sslrootcert={snakeoil}"
+        )),
+        2,
+        &schema,
+    )
+    .await;
+    let ca_by_address = PostgresStore::open(
+        &Secret::new(format!(
+            "{url}{sep}sslmode=verify-ca&sslrootcert={snakeoil}"
+        )),
+        2,
+        &schema,
+    )
+    .await;
     let checked = async {
         let verified = verified.expect("verify-full against the server's own certificate");
         assert!(
@@ -179,6 +198,13 @@ async fn tls_is_rustls_and_verified(ctx: Ctx) {
             "the connection is encrypted"
         );
         verified.ping().await.unwrap();
+        let ca = ca_by_name.expect("verify-ca against the server's own certificate");
+        assert!(ca.tls_in_use().await.unwrap(), "verify-ca encrypts");
+        ca.ping().await.unwrap();
+        let e = ca_by_address
+            .err()
+            .expect("verify-ca checks the host name: 127.0.0.1 is not in the certificate");
+        assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
     };
     let checked = tokio::spawn(checked).await;
     admin
