@@ -338,6 +338,10 @@ pub async fn start(
         tasks.push(serve_sandbox(&app, s, &rx));
     }
     register_reload_hooks(&app, server_tls.as_ref());
+    // Workers first: the config watcher installs its SIGHUP handler as it is made, so by the
+    // time a listener answers, a SIGHUP reloads instead of ending the process (the signal's
+    // default action).
+    tasks.extend(spawn_workers(&app, watch_config, &rx));
     tasks.extend(spawn_listeners(
         &app,
         listeners.api,
@@ -346,7 +350,6 @@ pub async fn start(
         limits,
         &rx,
     ));
-    tasks.extend(spawn_workers(&app, watch_config, &rx));
     tracing::info!(%api_addr, %admin_addr, sandbox = ?sandbox_addr, version = %app.live().config.version, "payroute serving");
     Ok(Running {
         app,

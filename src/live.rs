@@ -346,8 +346,15 @@ impl LiveConfig {
     }
 
     /// Reloads on a change in the config's directory and on SIGHUP, until `stop`.
-    pub async fn watch(self: Arc<Self>, stop: impl Future<Output = ()>) {
-        let (_watcher, mut changes) = match crate::config::reload::watch(&self.path) {
+    ///
+    /// The directory watch and the SIGHUP handler are set up when this is called, not when
+    /// the future first runs: a SIGHUP that arrives before the handler exists ends the process
+    /// (the signal's default action), so the caller makes this before it serves.
+    pub fn watch(
+        self: Arc<Self>,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (watcher, mut changes) = match crate::config::reload::watch(&self.path) {
             Ok(w) => (Some(w.0), w.1),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the config directory; reload with SIGHUP or POST /admin/reload");
@@ -355,14 +362,17 @@ impl LiveConfig {
             }
         };
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        tokio::pin!(stop);
-        loop {
-            let only_if_changed = tokio::select! {
-                _ = &mut stop => return,
-                Some(()) = changes.recv() => true,
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => false,
-            };
-            let _ = self.reload(only_if_changed).await;
+        async move {
+            let _watcher = watcher;
+            tokio::pin!(stop);
+            loop {
+                let only_if_changed = tokio::select! {
+                    _ = &mut stop => return,
+                    Some(()) = changes.recv() => true,
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => false,
+                };
+                let _ = self.reload(only_if_changed).await;
+            }
         }
     }
 }
