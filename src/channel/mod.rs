@@ -330,6 +330,11 @@ pub enum ErrorKind {
     NotCloseable,
     /// The provider's final business answer (`PARAM_ERROR`, …): its code, for the shop.
     Rejected(String),
+    /// A final refusal that says the account itself cannot take payments (WeChat
+    /// `NO_AUTH`, `APPID_MCHID_NOT_MATCH`; Alipay `ACQ.ACCESS_FORBIDDEN`, `isv.invalid-app-id`,
+    /// …): nothing was created, as for `Rejected`, but the fault is the channel's, so it
+    /// counts against the channel's health. Each connector names its provider's codes.
+    AccountRefused(String),
     /// The provider does not know the order.
     NotFound,
     /// The answer's signature did not verify, or an answer that must be signed was not:
@@ -409,8 +414,34 @@ impl ChannelError {
         )
     }
 
+    /// Whether this failure of a create counts against the channel's health: the channel's
+    /// or its account's fault (down, slow, broken answers, an account that cannot take
+    /// payments). Our own refusals before sending (its limit, its open breaker, a request we
+    /// could not build) and the shop's or buyer's errors count for nothing.
+    pub fn is_channel_fault(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::NothingSent
+                | ErrorKind::Timeout
+                | ErrorKind::Transport
+                | ErrorKind::ServerError
+                | ErrorKind::ProviderRetryable(_)
+                | ErrorKind::BadSignature
+                | ErrorKind::Protocol
+                | ErrorKind::AccountRefused(_)
+        )
+    }
+
+    /// A verified, final refusal: nothing was created or refunded.
+    pub fn is_final_refusal(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Rejected(_) | ErrorKind::AccountRefused(_)
+        )
+    }
+
     /// Every [`ChannelError::label`]: a new one must be listed here to start at 0.
-    pub const LABELS: [&'static str; 14] = [
+    pub const LABELS: [&'static str; 15] = [
         "nothing_sent",
         "channel_limit",
         "circuit_open",
@@ -421,6 +452,7 @@ impl ChannelError {
         "already_paid",
         "not_closeable",
         "rejected",
+        "account_refused",
         "not_found",
         "bad_signature",
         "protocol",
@@ -440,6 +472,7 @@ impl ChannelError {
             ErrorKind::AlreadyPaid => "already_paid",
             ErrorKind::NotCloseable => "not_closeable",
             ErrorKind::Rejected(_) => "rejected",
+            ErrorKind::AccountRefused(_) => "account_refused",
             ErrorKind::NotFound => "not_found",
             ErrorKind::BadSignature => "bad_signature",
             ErrorKind::Protocol => "protocol",
@@ -451,7 +484,9 @@ impl ChannelError {
 impl fmt::Display for ChannelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            ErrorKind::Rejected(code) | ErrorKind::ProviderRetryable(code) => {
+            ErrorKind::Rejected(code)
+            | ErrorKind::AccountRefused(code)
+            | ErrorKind::ProviderRetryable(code) => {
                 write!(f, "{code}: {}", self.message)
             }
             _ => write!(f, "{}: {}", self.label(), self.message),

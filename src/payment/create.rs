@@ -246,7 +246,9 @@ impl PaymentService {
             }
             return match error.kind {
                 // The provider's verified, final refusal: nothing was created.
-                ErrorKind::Rejected(_) => Err(self.fail(rec, error, PaymentStatus::Failed).await),
+                ErrorKind::Rejected(_) | ErrorKind::AccountRefused(_) => {
+                    Err(self.fail(rec, error, PaymentStatus::Failed).await)
+                }
                 // Paid already, or the request may have reached the channel: learn what the channel
                 // has by a verified query (ARCHITECTURE.md, "What is safe to retry") before
                 // answering. Never fail over, never mark such an order failed.

@@ -721,9 +721,10 @@ fn check_replay(
 /// errors", "What is safe to retry").
 pub fn failure_of(e: &ChannelError) -> ChannelFailure {
     match e.kind {
-        ErrorKind::Rejected(_) | ErrorKind::AlreadyPaid | ErrorKind::NotCloseable => {
-            ChannelFailure::Rejected
-        }
+        ErrorKind::Rejected(_)
+        | ErrorKind::AccountRefused(_)
+        | ErrorKind::AlreadyPaid
+        | ErrorKind::NotCloseable => ChannelFailure::Rejected,
         ErrorKind::Local => ChannelFailure::Error,
         _ if e.nothing_sent() => ChannelFailure::Unavailable,
         ErrorKind::ProviderRetryable(_) => ChannelFailure::Unavailable,

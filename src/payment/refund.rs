@@ -202,7 +202,7 @@ impl PaymentService {
             }
             Err(error) => {
                 let before = rec.status;
-                if matches!(error.kind, ErrorKind::Rejected(_)) {
+                if error.is_final_refusal() {
                     // The provider's verified, final refusal: nothing was refunded, the
                     // reserved amount is free again.
                     rec.status = RefundStatus::Failed;

@@ -52,6 +52,21 @@ pub struct AlipaySettings {
 /// to retry").
 const RETRYABLE: [&str; 3] = ["ACQ.SYSTEM_ERROR", "20000", "isp.unknow-error"];
 
+/// `sub_code`s that say the account itself cannot take payments (no permission for the
+/// product, an app id or signature the gateway does not accept, an ISV token that is invalid
+/// or expired, a seller that may not trade): final, and the channel's fault, not the order's.
+const ACCOUNT_CODES: [&str; 9] = [
+    "ACQ.ACCESS_FORBIDDEN",
+    "ACQ.PARTNER_ERROR",
+    "ACQ.SELLER_BEEN_BLOCKED",
+    "isv.invalid-app-id",
+    "isv.invalid-signature",
+    "isv.insufficient-isv-permissions",
+    "isv.insufficient-user-permissions",
+    "aop.invalid-auth-token",
+    "aop.auth-token-time-out",
+];
+
 pub struct Alipay {
     /// The gateway, ending in `/gateway.do`.
     base_url: String,
@@ -514,6 +529,9 @@ fn map_error(v: &Value) -> ChannelError {
     if name.is_empty() {
         return ChannelError::new(ErrorKind::Protocol, "answer without code");
     }
+    if ACCOUNT_CODES.contains(&name.as_str()) {
+        return ChannelError::new(ErrorKind::AccountRefused(name), message);
+    }
     ChannelError::new(ErrorKind::Rejected(name), message)
 }
 
@@ -542,6 +560,29 @@ pub fn parse_china_datetime(s: &str) -> Option<OffsetDateTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A go-live misconfiguration counts against the channel; the order's own errors do not.
+    #[test]
+    fn account_refusals_are_the_channels_fault() {
+        let e = map_error(
+            &json!({"code":"40004","sub_code":"ACQ.ACCESS_FORBIDDEN","sub_msg":"无权限"}),
+        );
+        assert_eq!(
+            e.kind,
+            ErrorKind::AccountRefused("ACQ.ACCESS_FORBIDDEN".into())
+        );
+        assert!(e.is_channel_fault() && e.is_final_refusal() && !e.retryable());
+        let e = map_error(&json!({"code":"40002","sub_code":"isv.invalid-app-id"}));
+        assert!(e.is_channel_fault());
+        for buyer in [
+            "ACQ.TRADE_HAS_SUCCESS",
+            "ACQ.INVALID_PARAMETER",
+            "ACQ.BUYER_BALANCE_NOT_ENOUGH",
+        ] {
+            let e = map_error(&json!({"code":"40004","sub_code":buyer}));
+            assert!(!e.is_channel_fault(), "{buyer} is not the channel's fault");
+        }
+    }
 
     #[test]
     fn codes_map_to_the_retry_table() {

@@ -59,6 +59,19 @@ impl WechatPaySettings {
 /// Codes WeChat Pay documents as "try again" (ARCHITECTURE.md, "What is safe to retry").
 const RETRYABLE_CODES: [&str; 3] = ["SYSTEM_ERROR", "FREQUENCY_LIMITED", "BANKERROR"];
 
+/// Final refusals that say the account itself cannot take payments (not the order's or the
+/// buyer's fault): no permission for the product, appid and mchid not bound to each other,
+/// an unknown or frozen merchant, our signature refused (a key or serial pasted wrong). A
+/// misconfigured own account trips exactly these at go-live; they count against its health.
+const ACCOUNT_CODES: [&str; 6] = [
+    "NO_AUTH",
+    "APPID_MCHID_NOT_MATCH",
+    "MCH_NOT_EXISTS",
+    "SIGN_ERROR",
+    "ACCOUNT_ERROR",
+    "INVALID_REQUEST_MCH_FROZEN",
+];
+
 pub struct WechatPay {
     base_url: String,
     settings: Arc<WechatPaySettings>,
@@ -519,6 +532,8 @@ fn map_error(resp: &HttpResponse, verified: bool) -> ChannelError {
             ErrorKind::Protocol,
             format!("HTTP {} without an error code", resp.status.as_u16()),
         )
+    } else if ACCOUNT_CODES.contains(&code.as_str()) {
+        ChannelError::new(ErrorKind::AccountRefused(code), message)
     } else {
         ChannelError::new(ErrorKind::Rejected(code), message)
     };
@@ -589,6 +604,25 @@ mod tests {
             ErrorKind::NotFound
         );
         assert_eq!(map_error(&resp(400, "")).kind, ErrorKind::Protocol);
+    }
+
+    /// A go-live misconfiguration counts against the channel; the order's own errors do not.
+    #[test]
+    fn account_refusals_are_the_channels_fault() {
+        let resp = |status: u16, code: &str| HttpResponse {
+            status: http::StatusCode::from_u16(status).unwrap(),
+            headers: http::HeaderMap::new(),
+            body: Bytes::from(format!(r#"{{"code":"{code}","message":"m"}}"#)),
+        };
+        let e = map_error(&resp(403, "NO_AUTH"), true);
+        assert_eq!(e.kind, ErrorKind::AccountRefused("NO_AUTH".into()));
+        assert!(e.is_channel_fault() && e.is_final_refusal() && !e.retryable());
+        assert!(map_error(&resp(400, "APPID_MCHID_NOT_MATCH"), true).is_channel_fault());
+        assert!(map_error(&resp(500, "SYSTEM_ERROR"), true).is_channel_fault());
+        for shop in ["PARAM_ERROR", "ORDERPAID", "OUT_TRADE_NO_USED", "NOTENOUGH"] {
+            let e = map_error(&resp(400, shop), true);
+            assert!(!e.is_channel_fault(), "{shop} is not the channel's fault");
+        }
     }
 
     #[test]
