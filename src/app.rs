@@ -124,7 +124,9 @@ impl App {
         rebind_legacy_sellers(store.as_ref(), &config.merchants).await;
         let resilience = Arc::new(Resilience::new(&registry)?);
         let live = Arc::new(LiveConfig::new(config, &registry, resilience.clone())?);
-        let payments = Arc::new(PaymentService::new(store.clone(), &registry)?);
+        let payments = Arc::new(
+            PaymentService::new(store.clone(), &registry)?.with_health(resilience.health().clone()),
+        );
         payments.start_metrics_at_zero(&live.load().config);
         let service = payments.clone();
         live.on_reload(move |config| service.start_metrics_at_zero(config));
@@ -159,6 +161,7 @@ impl App {
             outbox: outbox.clone(),
             registry: registry.clone(),
             stranded: stranded.clone(),
+            signals: payments.signals(),
         });
         let reconciler = Arc::new(Reconciler::new(
             live.clone(),

@@ -131,6 +131,24 @@ pub const DEFAULT_RECONCILE_CONCURRENCY: usize = 8;
 /// often several events: truncate, write, rename).
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 
+// `routing.health` (DESIGN §13). The window counts create attempts, retries included.
+/// How many of a channel's latest create attempts its health window holds.
+pub const HEALTH_WINDOW: u32 = 200;
+/// Largest `routing.health.window` accepted (the window is a ring of that many outcomes).
+pub const MAX_HEALTH_WINDOW: u32 = 100_000;
+/// Fewer outcomes than this: the channel is not judged.
+pub const HEALTH_MIN_SAMPLES: u32 = 20;
+/// Success ratio (ppm) below which a judged channel is eliminated: 0.5.
+pub const HEALTH_ELIMINATE_BELOW_PPM: u32 = 500_000;
+/// Share (ppm) of new orders still sent to an eliminated channel: 5%.
+pub const HEALTH_PROBE_PPM: u32 = 50_000;
+/// Consecutive successful probes that readmit an eliminated channel with a fresh window.
+pub const HEALTH_READMIT_AFTER: u32 = 3;
+/// `choose`'s default exploration share (ppm): 5%.
+pub const CHOOSE_EXPLORE_PPM: u32 = 50_000;
+/// Conversion (paid ÷ created) is measured over this many one-minute buckets: an hour.
+pub const CONVERSION_MINUTES: usize = 60;
+
 #[cfg(test)]
 mod tests {
     use super::*;

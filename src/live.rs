@@ -207,6 +207,7 @@ impl LiveConfig {
     ) -> Result<LiveConfig, BuildError> {
         let channel_metrics = Arc::new(ChannelMetrics::new(registry)?);
         resilience.configure(&config.limits, config.redis.as_ref())?;
+        resilience.health().configure(config.health);
         let channels = ChannelSet::build(&config.channels, &channel_metrics, &resilience)?;
         let reload_metrics = ReloadMetrics::new(registry)?;
         reload_metrics.loaded(&config.version);
@@ -319,6 +320,7 @@ impl LiveConfig {
                 {
                     tracing::error!(error = %e, "shared limits not reconfigured");
                 }
+                self.resilience.health().configure(config.health);
                 self.live.store(Arc::new(Live {
                     config: Arc::new(config),
                     channels,

@@ -184,6 +184,11 @@ fn parse_kv(s: &str) -> Result<(String, String), NotKeyValue> {
         .ok_or_else(|| NotKeyValue(s.to_string()))
 }
 
+/// What the CLI's explain, reading only the file, cannot know.
+const EXPLAIN_CANNOT_KNOW: &str = "  not known here (no live state; ask POST /admin/explain on a running instance): \
+each channel's health window (taken as healthy, no samples), drain switches (taken as not drained), \
+quota use, circuit breakers and limits — any of these may skip a candidate at run time";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Config is loaded and validated before any port is bound.
@@ -255,7 +260,12 @@ fn main() -> ExitCode {
                 out_trade_no: &out_trade_no,
                 china_minute,
             };
-            say(config.rules.explain(&facts).to_text().trim_end());
+            say(config
+                .rules
+                .explain(&facts, &payroute::routing::NoSignals)
+                .to_text()
+                .trim_end());
+            say(EXPLAIN_CANNOT_KNOW);
             ExitCode::SUCCESS
         }
         Command::Payments {

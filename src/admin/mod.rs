@@ -68,6 +68,8 @@ pub struct AdminState {
     pub registry: Registry,
     /// Open orders at accounts no channel holds, as judged on load and the last reload.
     pub stranded: Arc<StrandedWatch>,
+    /// What creates route by now (health windows, drains), for explain.
+    pub signals: Arc<dyn crate::routing::Signals + Send + Sync>,
 }
 
 impl AdminState {
@@ -502,23 +504,68 @@ fn explain(app: &AdminState, body: &[u8]) -> Response<Full<Bytes>> {
         out_trade_no: &out_trade_no,
         china_minute,
     };
-    let ex = live.config.rules.explain(&facts);
+    let ex = live.config.rules.explain(&facts, &*app.signals);
+    json_response(StatusCode::OK, &explained(&live, &ex))
+}
+
+/// An explanation as JSON, with what only the live channels know (their circuit).
+fn explained(live: &crate::live::Live, ex: &crate::routing::Explanation<'_>) -> Value {
     let skipped: Vec<Value> = ex
         .skipped
         .iter()
         .map(|(r, why)| json!({ "rule": r, "reason": why }))
         .collect();
-    let mut out =
-        json!({ "version": live.config.version, "skipped": skipped, "text": ex.to_text() });
+    let candidates: Vec<Value> = ex
+        .candidates
+        .iter()
+        .map(|c| {
+            let (verdict, why, position) = match c.verdict {
+                Ok((i, why)) => (
+                    if i == 0 { "chosen" } else { "next" },
+                    why.as_str(),
+                    Some(i),
+                ),
+                Err(reason) => ("skipped", reason.as_str(), None),
+            };
+            json!({
+                "channel": c.channel,
+                "verdict": verdict,
+                "why": why,
+                "position": position,
+                "health": {
+                    "ratio": c.sample.ratio(),
+                    "successes": c.sample.successes,
+                    "samples": c.sample.samples,
+                    "eliminated": c.eliminated,
+                },
+                "drained": c.drained,
+                "circuit": live.channels.get(c.channel).map(|ch| ch.breaker_state()),
+                "fee": c.fee,
+                "value": c.value,
+            })
+        })
+        .collect();
+    let mut out = json!({
+        "version": live.config.version,
+        "skipped": skipped,
+        "candidates": candidates,
+        "by": ex.by.map(|b| b.as_str()),
+        "text": ex.to_text(),
+    });
     match &ex.decision {
         Ok(d) => {
-            out["channel"] = json!(d.channel);
+            out["channel"] = json!(d.channel());
             out["rule"] = json!(d.rule_label());
-            out["fallback"] = json!(d.fallback);
+            out["fallback"] = json!(d
+                .candidates
+                .iter()
+                .skip(1)
+                .map(|p| p.channel)
+                .collect::<Vec<_>>());
         }
         Err(e) => out["no_route"] = json!(e.to_string()),
     }
-    json_response(StatusCode::OK, &out)
+    out
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

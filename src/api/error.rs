@@ -265,7 +265,7 @@ impl From<PaymentError> for ApiError {
                 api
             }
             PaymentError::Stored { code, message } => ApiError::new(code.into(), message),
-            PaymentError::AccountUnavailable(why) => {
+            PaymentError::AccountUnavailable(why) | PaymentError::NoChannelNow(why) => {
                 ApiError::new(ErrorCode::ChannelUnavailable, why)
             }
             PaymentError::IdempotencyMismatch => ApiError::new(

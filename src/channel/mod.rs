@@ -639,9 +639,24 @@ impl Channel {
         self.settings.account(sub)
     }
 
+    /// Every attempt that reaches a verdict feeds the channel's health window: a success
+    /// when the payer got an action, a failure when the channel or its account was at fault.
     pub async fn create(&self, order: &OrderRequest<'_>) -> Result<Created, ChannelError> {
-        self.call("create", |d| self.connector.create(order, d))
-            .await
+        self.call("create", |d| async move {
+            let out = self.connector.create(order, d).await;
+            match &out {
+                Ok(_) => self.guard.health().record(true),
+                Err(e) if e.is_channel_fault() => self.guard.health().record(false),
+                Err(_) => {}
+            }
+            out
+        })
+        .await
+    }
+
+    /// The channel's health window.
+    pub fn health(&self) -> &crate::resilience::ChannelHealth {
+        self.guard.health()
     }
 
     /// See [`Connector::storable_action`]: what the record keeps of a payer action.

@@ -226,10 +226,41 @@ pub struct RateFile {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthFile>,
     #[serde(default)]
     pub rules: Vec<RuleFile>,
     #[serde(default)]
     pub default: BTreeMap<String, String>,
+}
+
+/// `routing.health`, or a rule's `health` (which may set only the thresholds).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u32>,
+    /// A ratio: `0.5` or `50%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eliminate_below: Option<String>,
+    /// A share: `5%` or `0.05`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readmit_after: Option<u32>,
+}
+
+/// A rule's `choose`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChooseFile {
+    pub from: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explore: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -242,8 +273,12 @@ pub struct RuleFile {
     pub to: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<Vec<SplitFile>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choose: Option<ChooseFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallback: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthFile>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

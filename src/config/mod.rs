@@ -42,6 +42,8 @@ pub struct Config {
     pub merchants: HashMap<String, SubMerchant>,
     pub channels: BTreeMap<String, Arc<ChannelSettings>>,
     pub rules: Rules,
+    /// `routing.health`: the channels' health windows (the thresholds are in `rules`).
+    pub health: crate::resilience::HealthSettings,
     pub limits: Vec<LimitSettings>,
     /// Where `scope: global` limits are shared.
     pub redis: Option<crate::resilience::RedisSettings>,

@@ -2,6 +2,7 @@
 //! store the outcome; and the idempotent replay of a create.
 
 use super::*;
+use crate::routing::SkipReason;
 
 impl PaymentService {
     pub async fn create(
@@ -30,80 +31,132 @@ impl PaymentService {
                     message: "a new order's expires_at must be more than a minute ahead".into(),
                 })
             }
-            _ => routes.rules.decide(&facts).map_err(PaymentError::from),
+            _ => routes
+                .rules
+                .decide(&facts, &*self.live)
+                .map_err(PaymentError::from),
         };
-        let (decision, channel) = match decided.and_then(|d| {
-            let ch = routes.channels.get(d.channel).ok_or_else(|| {
-                PaymentError::AccountUnavailable(format!(
-                    "channel {:?} is not configured",
-                    d.channel
-                ))
-            })?;
-            Ok((d, ch))
-        }) {
-            Ok(d) => d,
-            Err(refusal) => {
-                // A replay of an existing order still answers from its record, whatever the
-                // rules or the clock say now.
-                return match self
-                    .store
-                    .get_payment(&req.merchant_id, &req.out_trade_no)
+        let refusal = match decided {
+            Ok(decision) => {
+                for skip in &decision.skipped {
+                    self.metrics
+                        .skipped(decision.rule_label(), skip.channel, skip.reason);
+                }
+                let rule = decision.rule_label().to_string();
+                let mut left: Vec<String> = decision
+                    .candidates
+                    .iter()
+                    .map(|p| p.channel.to_string())
+                    .collect();
+                left.reverse();
+                match self
+                    .bind(
+                        routes,
+                        shop_id,
+                        &req,
+                        &request,
+                        &request_hash,
+                        rule,
+                        left,
+                        now,
+                    )
                     .await?
                 {
-                    Some(existing) => {
-                        self.replay(routes, existing, shop_id, &request_hash, &req)
-                            .await
+                    Bound::Fresh(rec, rest) => {
+                        return answer_created(
+                            |fresh| self.for_the_payer(routes, fresh),
+                            self.attempt(routes, rec, &req, rest).await,
+                        );
                     }
-                    None => Err(refusal),
-                };
+                    Bound::Existing(existing) => {
+                        return self
+                            .replay(routes, existing, shop_id, &request_hash, &req)
+                            .await;
+                    }
+                    Bound::Nowhere(refusal) => refusal,
+                }
             }
+            Err(refusal) => refusal,
         };
-        let fallback = decision.fallback.to_vec();
-        let rec = PaymentRecord {
-            payment_id: new_id("pay"),
-            merchant_id: req.merchant_id.clone(),
-            shop_id: shop_id.to_string(),
-            out_trade_no: req.out_trade_no.clone(),
-            amount: req.amount,
-            currency: req.currency.clone(),
-            method: req.method,
-            status: PaymentStatus::Pending,
-            channel: decision.channel.to_string(),
-            account: Some(channel.account(&routes.sub_merchant(&req.merchant_id))),
-            rule: decision.rule_label().to_string(),
-            action: None,
-            provider_trade_no: None,
-            refunded_amount: 0,
-            request_hash,
-            request,
-            error_code: None,
-            error_message: None,
-            attempt_until: Some(now + claim_window_ms(channel)),
-            created_at: now,
-            updated_at: now,
-            paid_at: None,
-            expires_at: req
-                .expires_at
-                .map_or(now + DEFAULT_EXPIRY_MS, |t| t.unix_timestamp() * 1000),
-            version: 0,
-            late: false,
-        };
-        match self.store.insert_payment(&rec).await? {
-            None => {
-                self.metrics
-                    .decisions
-                    .with_label_values(&[rec.rule.as_str(), rec.channel.as_str()])
-                    .inc();
-                answer_created(
-                    |fresh| self.for_the_payer(routes, fresh),
-                    self.attempt(routes, rec, &req, fallback).await,
-                )
-            }
+        // A replay of an existing order still answers from its record, whatever the rules,
+        // the channels' state or the clock say now.
+        match self
+            .store
+            .get_payment(&req.merchant_id, &req.out_trade_no)
+            .await?
+        {
             Some(existing) => {
-                self.replay(routes, existing, shop_id, &rec.request_hash, &req)
+                self.replay(routes, existing, shop_id, &request_hash, &req)
                     .await
             }
+            None => Err(refusal),
         }
+    }
+
+    /// Binds a new order to the first candidate that will take it (`left`, last first) and
+    /// writes the record; nothing is sent yet. An existing record of the order wins.
+    #[allow(clippy::too_many_arguments)]
+    async fn bind(
+        &self,
+        routes: &Routes<'_>,
+        shop_id: &str,
+        req: &NewPayment,
+        request: &serde_json::Value,
+        request_hash: &str,
+        rule: String,
+        mut left: Vec<String>,
+        now: i64,
+    ) -> Result<Bound, PaymentError> {
+        let sub = routes.sub_merchant(&req.merchant_id);
+        while let Some(name) = left.pop() {
+            let Some(channel) = routes.channels.get(&name) else {
+                tracing::error!(channel = %name, rule = %rule, "a routed channel is not configured");
+                continue;
+            };
+            let rec = PaymentRecord {
+                payment_id: new_id("pay"),
+                merchant_id: req.merchant_id.clone(),
+                shop_id: shop_id.to_string(),
+                out_trade_no: req.out_trade_no.clone(),
+                amount: req.amount,
+                currency: req.currency.clone(),
+                method: req.method,
+                status: PaymentStatus::Pending,
+                channel: name,
+                account: Some(channel.account(&sub)),
+                rule: rule.clone(),
+                action: None,
+                provider_trade_no: None,
+                refunded_amount: 0,
+                request_hash: request_hash.to_string(),
+                request: request.clone(),
+                error_code: None,
+                error_message: None,
+                attempt_until: Some(now + claim_window_ms(channel)),
+                created_at: now,
+                updated_at: now,
+                paid_at: None,
+                expires_at: req
+                    .expires_at
+                    .map_or(now + DEFAULT_EXPIRY_MS, |t| t.unix_timestamp() * 1000),
+                version: 0,
+                late: false,
+            };
+            return Ok(match self.store.insert_payment(&rec).await? {
+                None => {
+                    self.metrics
+                        .decisions
+                        .with_label_values(&[rec.rule.as_str(), rec.channel.as_str()])
+                        .inc();
+                    left.reverse();
+                    Bound::Fresh(rec, left)
+                }
+                Some(existing) => Bound::Existing(existing),
+            });
+        }
+        Ok(Bound::Nowhere(PaymentError::NoChannelNow(format!(
+            "no channel can take this payment now: every channel of rule {rule:?} was passed over (drained, eliminated or over quota); nothing was sent"
+        ))))
     }
 
     /// A stored record as its creator's answer shows it: the stored action lacks what only
@@ -222,12 +275,21 @@ impl PaymentService {
                         return Err(unrecorded(rec, e));
                     }
                     self.metrics.outcome(&rec, "created");
+                    self.converted(&rec.channel, false);
                     rec.action = Some(created.action);
                     return Ok(rec);
                 }
                 Err(e) => e,
             };
             if error.nothing_sent() {
+                let skipped = match error.kind {
+                    ErrorKind::CircuitOpen => Some(SkipReason::Circuit),
+                    ErrorKind::ChannelLimit => Some(SkipReason::Limit),
+                    _ => None,
+                };
+                if let Some(reason) = skipped {
+                    self.metrics.skipped(&rec.rule, &rec.channel, reason);
+                }
                 let next = fallback
                     .by_ref()
                     .find_map(|name| routes.channels.get(&name).map(|ch| (name, ch.clone())));
@@ -284,6 +346,17 @@ impl PaymentService {
             }
         }
     }
+}
+
+/// Where a new order was bound.
+enum Bound {
+    /// Written, bound to its first candidate; the rest (in order) take it only while
+    /// nothing was sent.
+    Fresh(PaymentRecord, Vec<String>),
+    /// The order exists already: a replay.
+    Existing(PaymentRecord),
+    /// Every candidate was passed over.
+    Nowhere(PaymentError),
 }
 
 /// A create's answer: the record its call left, or — when another request took the order over

@@ -28,6 +28,7 @@ pub struct PaymentMetrics {
     pub(super) fees: IntCounterVec,
     pub(super) refunds: IntCounterVec,
     pub(super) refused: IntCounterVec,
+    pub(super) skips: IntCounterVec,
     pub(super) late: late::LateMetrics,
 }
 
@@ -68,7 +69,14 @@ impl PaymentMetrics {
             ),
             &["channel", "operation"],
         )?;
-        for m in [&payments, &decisions, &fees, &refunds, &refused] {
+        let skips = IntCounterVec::new(
+            Opts::new(
+                "payroute_route_skipped_total",
+                "Candidates passed over before anything was sent to them (eliminated, drained, quota, circuit, limit).",
+            ),
+            &["rule", "channel", "reason"],
+        )?;
+        for m in [&payments, &decisions, &fees, &refunds, &refused, &skips] {
             registry.register(Box::new(m.clone()))?;
         }
         Ok(PaymentMetrics {
@@ -77,6 +85,7 @@ impl PaymentMetrics {
             fees,
             refunds,
             refused,
+            skips,
             late: late::LateMetrics::new(registry)?,
         })
     }
@@ -94,6 +103,7 @@ impl PaymentMetrics {
                 crate::routing::Target::Split { choices, .. } => {
                     choices.iter().map(|(c, _)| c.as_str()).collect()
                 }
+                crate::routing::Target::Choose(c) => c.from.iter().map(String::as_str).collect(),
             };
             for channel in chosen {
                 self.decisions
@@ -128,6 +138,12 @@ impl PaymentMetrics {
                 self.refused.with_label_values(&[name, operation]);
             }
         }
+    }
+
+    pub(super) fn skipped(&self, rule: &str, channel: &str, reason: crate::routing::SkipReason) {
+        self.skips
+            .with_label_values(&[rule, channel, reason.as_str()])
+            .inc();
     }
 
     pub(super) fn outcome(&self, p: &PaymentRecord, outcome: &str) {

@@ -192,6 +192,9 @@ pub enum PaymentError {
     /// No live channel holds the account the order is bound to.
     #[error("{0}")]
     AccountUnavailable(String),
+    /// Every channel the route offers was passed over (drained, over quota): nothing sent.
+    #[error("{0}")]
+    NoChannelNow(String),
     #[error("this out_trade_no was used with a different request")]
     IdempotencyMismatch,
     /// The merchant's `out_trade_no` belongs to an order another shop created.
@@ -246,6 +249,39 @@ pub struct PaymentService {
     store: Arc<dyn Store>,
     commits: Commits,
     metrics: PaymentMetrics,
+    /// What creates route by besides the config: health windows and drain switches.
+    live: Arc<LiveState>,
+}
+
+/// Whether ops drained a channel (the manual switch); no I/O: the caller keeps it current.
+pub trait Drained: Send + Sync {
+    fn is_drained(&self, channel: &str) -> bool;
+}
+
+/// No channel drained (a service built without the switch, as in unit tests).
+struct NoneDrained;
+
+impl Drained for NoneDrained {
+    fn is_drained(&self, _: &str) -> bool {
+        false
+    }
+}
+
+/// The live state a create routes by, as routing's [`Signals`](crate::routing::Signals).
+struct LiveState {
+    health: Option<Arc<crate::resilience::Health>>,
+    drained: Arc<dyn Drained>,
+}
+
+impl crate::routing::Signals for LiveState {
+    fn health(&self, channel: &str) -> crate::routing::Sample {
+        self.health
+            .as_ref()
+            .map_or_else(Default::default, |h| h.sample(channel))
+    }
+    fn drained(&self, channel: &str) -> bool {
+        self.drained.is_drained(channel)
+    }
 }
 
 impl PaymentService {
@@ -254,7 +290,46 @@ impl PaymentService {
             commits: Commits::new(store.clone()),
             store,
             metrics: PaymentMetrics::new(registry)?,
+            live: Arc::new(LiveState {
+                health: None,
+                drained: Arc::new(NoneDrained),
+            }),
         })
+    }
+
+    /// Routes creates by the channels' health windows.
+    pub fn with_health(mut self, health: Arc<crate::resilience::Health>) -> PaymentService {
+        self.live = Arc::new(LiveState {
+            health: Some(health),
+            drained: self.live.drained.clone(),
+        });
+        self
+    }
+
+    /// Routes creates around drained channels.
+    pub fn with_drains(mut self, drained: Arc<dyn Drained>) -> PaymentService {
+        self.live = Arc::new(LiveState {
+            health: self.live.health.clone(),
+            drained,
+        });
+        self
+    }
+
+    /// What creates route by now, for explain.
+    pub fn signals(&self) -> Arc<dyn crate::routing::Signals + Send + Sync> {
+        self.live.clone()
+    }
+
+    /// Counts a create or a payment at its channel for the channel's conversion.
+    fn converted(&self, channel: &str, paid: bool) {
+        if let Some(h) = &self.live.health {
+            let h = h.channel(channel);
+            if paid {
+                h.paid(now_ms())
+            } else {
+                h.created(now_ms())
+            }
+        }
     }
 
     /// Starts the payment metrics of `config`'s channels at 0 (see `PaymentMetrics`).
@@ -557,6 +632,7 @@ impl PaymentService {
             tracing::info!(payment_id = %rec.payment_id, channel = %rec.channel, from = before.as_str(), to = rec.status.as_str(), "payment state changed");
             if rec.status == PaymentStatus::Succeeded {
                 self.metrics.outcome(&rec, "succeeded");
+                self.converted(&rec.channel, true);
                 self.metrics
                     .fees
                     .with_label_values(&[rec.channel.as_str()])

@@ -68,6 +68,8 @@ pub struct Resilience {
     rejected: IntCounterVec,
     circuit_open: IntGaugeVec,
     budget_exhausted: IntCounterVec,
+    /// Every channel's health window ([`super::health`]), kept across reloads like breakers.
+    health: Arc<super::Health>,
 }
 
 impl Resilience {
@@ -113,7 +115,13 @@ impl Resilience {
             rejected,
             circuit_open,
             budget_exhausted,
+            health: Arc::new(super::Health::new(registry)?),
         })
+    }
+
+    /// The channels' health windows.
+    pub fn health(&self) -> &Arc<super::Health> {
+        &self.health
     }
 
     /// The limiter called `name` at `rate`: the existing one if the rate is unchanged.
@@ -257,6 +265,7 @@ impl Resilience {
             limit: rate.map(|r| self.limiter(&name, r)),
             breaker,
             budget,
+            health: self.health.channel(channel),
             resilience: self.clone(),
             channel: channel.to_string(),
             name,
@@ -278,6 +287,7 @@ pub struct ChannelGuard {
     limit: Option<Arc<Keyed>>,
     breaker: Arc<Breaker>,
     budget: Arc<RetryBudget>,
+    health: Arc<super::ChannelHealth>,
     resilience: Arc<Resilience>,
     channel: String,
     name: String,
@@ -322,6 +332,11 @@ impl ChannelGuard {
 
     pub fn breaker_state(&self) -> &'static str {
         self.breaker.state()
+    }
+
+    /// The channel's health window (create attempts).
+    pub fn health(&self) -> &super::ChannelHealth {
+        &self.health
     }
 
     /// How long until the open breaker admits a probe; `None` unless it is open.

@@ -4,6 +4,7 @@ pub mod breaker;
 pub mod budget;
 pub mod gcra;
 pub mod guards;
+pub mod health;
 pub mod shared;
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 pub use guards::{
     ChannelGuard, LimitKey, LimitScope, LimitSettings, RateLimited, Refused, Resilience,
 };
+pub use health::{ChannelHealth, Health, HealthSettings};
 pub use shared::RedisSettings;
 
 /// `300/s`, `50/m`, `1000/h`: a count per period.

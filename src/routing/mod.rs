@@ -9,10 +9,17 @@
 //! of that merchant plus the rules that name no merchant, merged in file order. With one
 //! rule per merchant, 10,000 rules cost about what 10 do (see `benches/routing.rs`).
 
+pub mod adaptive;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Write as _};
 
-use crate::domain::{Family, Method};
+use crate::domain::{Family, FeeRate, Method};
+
+use adaptive::Placed;
+pub use adaptive::{
+    By, Choose, HealthPolicy, NoSignals, Sample, Score, Signals, SkipReason, Why, PPM,
+};
 
 /// What the rules look at: the facts of one payment request.
 #[derive(Clone, Debug)]
@@ -98,6 +105,8 @@ pub enum Target {
         choices: Vec<(String, u32)>,
         total: u64,
     },
+    /// Ranked per payment by health and fee ([`adaptive`]).
+    Choose(Choose),
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +116,8 @@ pub struct Rule {
     pub target: Target,
     /// Used only when nothing reached the chosen channel.
     pub fallback: Vec<String>,
+    /// This rule's elimination thresholds, when it overrides `routing.health`.
+    pub health: Option<HealthPolicy>,
 }
 
 impl Rule {
@@ -115,6 +126,7 @@ impl Rule {
         let primary: Vec<&str> = match &self.target {
             Target::To(c) => vec![c.as_str()],
             Target::Split { choices, .. } => choices.iter().map(|(c, _)| c.as_str()).collect(),
+            Target::Choose(c) => c.from.iter().map(String::as_str).collect(),
         };
         primary
             .into_iter()
@@ -233,13 +245,30 @@ fn hhmm(minute: u16) -> String {
     format!("{:02}:{:02}", minute / 60, minute % 60)
 }
 
-/// The outcome of routing one payment.
+/// One channel to try, and why it is there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick<'r> {
+    pub channel: &'r str,
+    pub why: Why,
+}
+
+/// A channel passed over before anything was sent to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Skip<'r> {
+    pub channel: &'r str,
+    pub reason: SkipReason,
+}
+
+/// The outcome of routing one payment: the channels to try, in order — the first takes the
+/// order, each next one only while nothing was sent to those before it — and the channels
+/// passed over (drained, eliminated).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision<'r> {
     /// The matched rule, or `None` when the family default took it.
     pub rule: Option<&'r str>,
-    pub channel: &'r str,
-    pub fallback: &'r [String],
+    /// Empty when every candidate was passed over (all drained, say).
+    pub candidates: Vec<Pick<'r>>,
+    pub skipped: Vec<Skip<'r>>,
 }
 
 /// The rule label of a payment no rule matched (its family's default channel took it).
@@ -249,6 +278,11 @@ impl Decision<'_> {
     /// The rule label used in metrics and payment records.
     pub fn rule_label(&self) -> &str {
         self.rule.unwrap_or(DEFAULT_RULE)
+    }
+
+    /// The channel tried first, if any is left.
+    pub fn channel(&self) -> Option<&str> {
+        self.candidates.first().map(|p| p.channel)
     }
 }
 
@@ -284,16 +318,35 @@ impl fmt::Display for NoRoute {
 
 impl std::error::Error for NoRoute {}
 
+/// One candidate of the matched rule as explain shows it: what routing knew of it and what
+/// became of it. The payment layer adds what only it knows (quota, circuit).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CandidateReport<'r> {
+    pub channel: &'r str,
+    pub sample: Sample,
+    pub eliminated: bool,
+    pub drained: bool,
+    pub fee: u64,
+    /// Expected value: success ratio (optimistic under `min_samples`) × (amount − fee).
+    pub value: u64,
+    /// `Ok(position, why)` in the order tried, or why it was passed over.
+    pub verdict: Result<(usize, Why), SkipReason>,
+}
+
 /// A dry run: the decision and why each rule before it did not match.
 #[derive(Clone, Debug)]
 pub struct Explanation<'r> {
     pub decision: Result<Decision<'r>, NoRoute>,
     /// `(rule name, reason)` for every rule in file order before the match.
     pub skipped: Vec<(&'r str, String)>,
+    /// Every channel the match could send to, in the order considered.
+    pub candidates: Vec<CandidateReport<'r>>,
+    /// The matched rule's `choose` ranking, when it has one.
+    pub by: Option<By>,
 }
 
 impl Explanation<'_> {
-    /// Human-readable, one line per rule; used by `payroute explain`.
+    /// Human-readable, one line per rule and per candidate; used by `payroute explain`.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for (name, why) in &self.skipped {
@@ -305,9 +358,40 @@ impl Explanation<'_> {
                     Some(r) => format!("rule {r:?}"),
                     None => "the family default".to_string(),
                 };
-                let _ = writeln!(out, "→ channel {:?} by {by}", d.channel);
-                if !d.fallback.is_empty() {
-                    let _ = writeln!(out, "  fallback: {}", d.fallback.join(", "));
+                match d.channel() {
+                    Some(c) => {
+                        let _ = writeln!(out, "→ channel {c:?} by {by}");
+                    }
+                    None => {
+                        let _ = writeln!(
+                            out,
+                            "→ no channel left by {by}: every candidate was passed over"
+                        );
+                    }
+                }
+                if d.candidates.len() > 1 {
+                    let rest: Vec<&str> = d.candidates[1..].iter().map(|p| p.channel).collect();
+                    let _ = writeln!(out, "  then, while nothing was sent: {}", rest.join(", "));
+                }
+                for c in &self.candidates {
+                    let verdict = match c.verdict {
+                        Ok((0, why)) => format!("chosen ({})", why.as_str()),
+                        Ok((i, why)) => format!("#{} ({})", i + 1, why.as_str()),
+                        Err(r) => format!("skipped: {}", r.as_str()),
+                    };
+                    let health = match c.sample.ratio() {
+                        Some(r) => format!("{:.3} of {}", r, c.sample.samples),
+                        None => "no samples".to_string(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  candidate {:?}: {verdict}; health {health}{}{}; fee {}; value {}",
+                        c.channel,
+                        if c.eliminated { " (eliminated)" } else { "" },
+                        if c.drained { "; drained" } else { "" },
+                        c.fee,
+                        c.value
+                    );
                 }
             }
             Err(e) => {
@@ -321,8 +405,15 @@ impl Explanation<'_> {
     }
 }
 
+/// The default `routing.health` thresholds (DESIGN §13).
+pub const DEFAULT_HEALTH: HealthPolicy = HealthPolicy {
+    min_samples: crate::defaults::HEALTH_MIN_SAMPLES,
+    eliminate_below_ppm: crate::defaults::HEALTH_ELIMINATE_BELOW_PPM,
+    probe_ppm: crate::defaults::HEALTH_PROBE_PPM,
+};
+
 /// The validated rule set.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Rules {
     rules: Vec<Rule>,
     by_merchant: HashMap<String, Vec<u32>>,
@@ -331,6 +422,16 @@ pub struct Rules {
     defaults: HashMap<Family, String>,
     /// Direct-mode channels and the merchants they serve; a channel not here serves all.
     owners: HashMap<String, HashSet<String>>,
+    /// `routing.health`: the thresholds of rules that do not set their own.
+    health: HealthPolicy,
+    /// Each channel's `fee_rate`, for `choose` and explain.
+    fees: HashMap<String, FeeRate>,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules::new(Vec::new(), HashMap::new())
+    }
 }
 
 impl Rules {
@@ -351,6 +452,8 @@ impl Rules {
             generic,
             defaults,
             owners: HashMap::new(),
+            health: DEFAULT_HEALTH,
+            fees: HashMap::new(),
         }
     }
 
@@ -361,100 +464,269 @@ impl Rules {
         self
     }
 
+    /// `routing.health` and the channels' fee rates.
+    pub fn with_health(mut self, health: HealthPolicy, fees: HashMap<String, FeeRate>) -> Rules {
+        self.health = health;
+        self.fees = fees;
+        self
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    pub fn health(&self) -> &HealthPolicy {
+        &self.health
     }
 
     pub fn default_for(&self, family: Family) -> Option<&str> {
         self.defaults.get(&family).map(String::as_str)
     }
 
-    /// The first matching rule's channel, else the family default.
-    pub fn decide(&self, f: &PaymentFacts) -> Result<Decision<'_>, NoRoute> {
+    /// The first matching rule's channels (else the family default), in the order to try
+    /// them, after what `signals` says of each.
+    pub fn decide(&self, f: &PaymentFacts, signals: &dyn Signals) -> Result<Decision<'_>, NoRoute> {
         for i in self.candidates(f.merchant) {
             let rule = &self.rules[i as usize];
             if rule.matches(f) {
-                return self.owned(self.pick(rule, f), f);
+                return self.plan(Some(rule), f, signals);
             }
         }
-        self.default_decision(f).and_then(|d| self.owned(d, f))
+        self.plan(None, f, signals)
     }
 
-    /// The decision, unless it (or a fallback of it) is another merchant's own account.
-    fn owned<'r>(&self, d: Decision<'r>, f: &PaymentFacts) -> Result<Decision<'r>, NoRoute> {
-        if self.owners.is_empty() {
-            return Ok(d);
+    /// Like [`Rules::decide`], and says why every earlier rule was passed over
+    /// (including the rules the merchant index skipped) and what each candidate looked like.
+    pub fn explain(&self, f: &PaymentFacts, signals: &dyn Signals) -> Explanation<'_> {
+        let mut skipped = Vec::new();
+        let mut matched = None;
+        for rule in &self.rules {
+            match rule.mismatch(f) {
+                Some(why) => skipped.push((rule.name.as_str(), why)),
+                None => {
+                    matched = Some(rule);
+                    break;
+                }
+            }
         }
-        let foreign = std::iter::once(d.channel)
-            .chain(d.fallback.iter().map(String::as_str))
+        let decision = self.plan(matched, f, signals);
+        let candidates = match &decision {
+            Ok(d) => self.reports(matched, d, f, signals),
+            Err(_) => Vec::new(),
+        };
+        let by = matched.and_then(|r| match &r.target {
+            Target::Choose(c) => Some(c.by),
+            _ => None,
+        });
+        Explanation {
+            decision,
+            skipped,
+            candidates,
+            by,
+        }
+    }
+
+    fn policy<'r>(&'r self, rule: Option<&'r Rule>) -> &'r HealthPolicy {
+        rule.and_then(|r| r.health.as_ref()).unwrap_or(&self.health)
+    }
+
+    fn score(&self, channel: &str, sample: Sample, amount: u64, p: &HealthPolicy) -> Score {
+        let fee = self.fees.get(channel).copied().unwrap_or_default();
+        Score::new(sample, fee, amount, p)
+    }
+
+    /// The matched rule's (or the default's) order, checked for ownership, then filtered.
+    fn plan<'r>(
+        &'r self,
+        rule: Option<&'r Rule>,
+        f: &PaymentFacts,
+        signals: &dyn Signals,
+    ) -> Result<Decision<'r>, NoRoute> {
+        let order = match rule {
+            Some(r) => self.order(r, f, signals),
+            None => {
+                let family = f.method.family();
+                let c = self.defaults.get(&family).ok_or(NoRoute {
+                    method: f.method,
+                    family,
+                    not_owner: None,
+                })?;
+                vec![Placed {
+                    channel: c.as_str(),
+                    why: Why::Rule,
+                }]
+            }
+        };
+        self.owned(&order, f)?;
+        Ok(self.filter(rule, order, f, signals))
+    }
+
+    /// Every channel of the rule, in the order to consider them, before health and drains.
+    fn order<'r>(
+        &'r self,
+        rule: &'r Rule,
+        f: &PaymentFacts,
+        signals: &dyn Signals,
+    ) -> Vec<Placed<'r>> {
+        let mut order: Vec<Placed<'r>> = match &rule.target {
+            Target::To(c) => vec![Placed {
+                channel: c,
+                why: Why::Rule,
+            }],
+            Target::Split { choices, .. } => {
+                adaptive::split_order(choices, split_hash(f.merchant, f.out_trade_no))
+                    .into_iter()
+                    .map(|channel| Placed {
+                        channel,
+                        why: Why::Split,
+                    })
+                    .collect()
+            }
+            Target::Choose(c) => {
+                let p = self.policy(Some(rule));
+                let samples: Vec<Sample> = c.from.iter().map(|ch| signals.health(ch)).collect();
+                let healthy: Vec<bool> = c
+                    .from
+                    .iter()
+                    .zip(&samples)
+                    .map(|(ch, s)| !s.eliminated(p) && !signals.drained(ch))
+                    .collect();
+                let scores: Vec<Score> = c
+                    .from
+                    .iter()
+                    .zip(&samples)
+                    .map(|(ch, s)| self.score(ch, *s, f.amount, p))
+                    .collect();
+                adaptive::choose_order(c, &scores, &healthy, split_hash(f.merchant, f.out_trade_no))
+            }
+        };
+        order.extend(rule.fallback.iter().map(|c| Placed {
+            channel: c,
+            why: Why::Fallback,
+        }));
+        order
+    }
+
+    /// Drops drained channels and eliminated ones (but for their probe share); when that
+    /// leaves nothing but eliminated channels were among them, the best of those is tried:
+    /// one try beats no payment.
+    fn filter<'r>(
+        &'r self,
+        rule: Option<&'r Rule>,
+        order: Vec<Placed<'r>>,
+        f: &PaymentFacts,
+        signals: &dyn Signals,
+    ) -> Decision<'r> {
+        let p = self.policy(rule);
+        let hash = split_hash(f.merchant, f.out_trade_no);
+        let mut candidates: Vec<Pick<'r>> = Vec::with_capacity(order.len());
+        let mut skipped: Vec<Skip<'r>> = Vec::new();
+        let mut best_eliminated: Option<(&'r str, Sample)> = None;
+        for Placed { channel, why } in order {
+            let seen = candidates.iter().any(|c| c.channel == channel)
+                || skipped.iter().any(|s| s.channel == channel);
+            if seen {
+                continue;
+            }
+            if signals.drained(channel) {
+                skipped.push(Skip {
+                    channel,
+                    reason: SkipReason::Drained,
+                });
+                continue;
+            }
+            let sample = signals.health(channel);
+            if sample.eliminated(p) {
+                if adaptive::roll(hash, channel) < p.probe_ppm {
+                    candidates.push(Pick {
+                        channel,
+                        why: Why::Probe,
+                    });
+                } else {
+                    skipped.push(Skip {
+                        channel,
+                        reason: SkipReason::Eliminated,
+                    });
+                    let better = best_eliminated.is_none_or(|(_, b)| {
+                        (sample.successes as u64) * (b.samples as u64)
+                            > (b.successes as u64) * (sample.samples as u64)
+                    });
+                    if better {
+                        best_eliminated = Some((channel, sample));
+                    }
+                }
+                continue;
+            }
+            candidates.push(Pick { channel, why });
+        }
+        if candidates.is_empty() {
+            if let Some((channel, _)) = best_eliminated {
+                skipped.retain(|s| s.channel != channel);
+                candidates.push(Pick {
+                    channel,
+                    why: Why::LastResort,
+                });
+            }
+        }
+        Decision {
+            rule: rule.map(|r| r.name.as_str()),
+            candidates,
+            skipped,
+        }
+    }
+
+    fn reports<'r>(
+        &'r self,
+        rule: Option<&'r Rule>,
+        d: &Decision<'r>,
+        f: &PaymentFacts,
+        signals: &dyn Signals,
+    ) -> Vec<CandidateReport<'r>> {
+        let p = self.policy(rule);
+        let mut names: Vec<&'r str> = d.candidates.iter().map(|c| c.channel).collect();
+        names.extend(d.skipped.iter().map(|s| s.channel));
+        names
+            .into_iter()
+            .map(|channel| {
+                let sample = signals.health(channel);
+                let score = self.score(channel, sample, f.amount, p);
+                let verdict = match d.candidates.iter().position(|c| c.channel == channel) {
+                    Some(i) => Ok((i, d.candidates[i].why)),
+                    None => Err(d
+                        .skipped
+                        .iter()
+                        .find(|s| s.channel == channel)
+                        .map_or(SkipReason::Drained, |s| s.reason)),
+                };
+                CandidateReport {
+                    channel,
+                    sample,
+                    eliminated: sample.eliminated(p),
+                    drained: signals.drained(channel),
+                    fee: score.fee,
+                    value: score.value(),
+                    verdict,
+                }
+            })
+            .collect()
+    }
+
+    /// Refuses an order that reaches another merchant's own account anywhere in it.
+    fn owned(&self, order: &[Placed], f: &PaymentFacts) -> Result<(), NoRoute> {
+        if self.owners.is_empty() {
+            return Ok(());
+        }
+        let foreign = order
+            .iter()
+            .map(|p| p.channel)
             .find(|c| self.owners.get(*c).is_some_and(|o| !o.contains(f.merchant)));
         match foreign {
-            None => Ok(d),
+            None => Ok(()),
             Some(c) => Err(NoRoute {
                 method: f.method,
                 family: f.method.family(),
                 not_owner: Some(c.to_string()),
             }),
-        }
-    }
-
-    /// Like [`Rules::decide`], and says why every earlier rule was passed over
-    /// (including the rules the merchant index skipped).
-    pub fn explain(&self, f: &PaymentFacts) -> Explanation<'_> {
-        let mut skipped = Vec::new();
-        for rule in &self.rules {
-            match rule.mismatch(f) {
-                Some(why) => skipped.push((rule.name.as_str(), why)),
-                None => {
-                    return Explanation {
-                        decision: self.owned(self.pick(rule, f), f),
-                        skipped,
-                    }
-                }
-            }
-        }
-        Explanation {
-            decision: self.default_decision(f).and_then(|d| self.owned(d, f)),
-            skipped,
-        }
-    }
-
-    fn default_decision(&self, f: &PaymentFacts) -> Result<Decision<'_>, NoRoute> {
-        let family = f.method.family();
-        match self.defaults.get(&family) {
-            Some(c) => Ok(Decision {
-                rule: None,
-                channel: c,
-                fallback: &[],
-            }),
-            None => Err(NoRoute {
-                method: f.method,
-                family,
-                not_owner: None,
-            }),
-        }
-    }
-
-    fn pick<'r>(&'r self, rule: &'r Rule, f: &PaymentFacts) -> Decision<'r> {
-        let channel = match &rule.target {
-            Target::To(c) => c.as_str(),
-            Target::Split { choices, total } => {
-                let mut point = split_hash(f.merchant, f.out_trade_no) % total;
-                let mut chosen = choices[0].0.as_str();
-                for (c, w) in choices {
-                    if point < *w as u64 {
-                        chosen = c;
-                        break;
-                    }
-                    point -= *w as u64;
-                }
-                chosen
-            }
-        };
-        Decision {
-            rule: Some(&rule.name),
-            channel,
-            fallback: &rule.fallback,
         }
     }
 
@@ -524,6 +796,7 @@ mod tests {
             },
             target,
             fallback: vec![],
+            health: None,
         }
     }
 
@@ -564,19 +837,19 @@ mod tests {
         );
         let md = BTreeMap::new();
         let d = rules
-            .decide(&facts("m1", Method::WechatJsapi, 50, &md, "o"))
+            .decide(&facts("m1", Method::WechatJsapi, 50, &md, "o"), &NoSignals)
             .unwrap();
-        assert_eq!((d.rule, d.channel), (Some("small"), "small_ch"));
+        assert_eq!((d.rule, d.channel().unwrap()), (Some("small"), "small_ch"));
         let d = rules
-            .decide(&facts("m1", Method::WechatJsapi, 500, &md, "o"))
+            .decide(&facts("m1", Method::WechatJsapi, 500, &md, "o"), &NoSignals)
             .unwrap();
-        assert_eq!((d.rule, d.channel), (Some("m1"), "m1_ch"));
+        assert_eq!((d.rule, d.channel().unwrap()), (Some("m1"), "m1_ch"));
         let d = rules
-            .decide(&facts("m2", Method::WechatJsapi, 500, &md, "o"))
+            .decide(&facts("m2", Method::WechatJsapi, 500, &md, "o"), &NoSignals)
             .unwrap();
-        assert_eq!((d.rule, d.channel), (None, "platform_wechat"));
+        assert_eq!((d.rule, d.channel().unwrap()), (None, "platform_wechat"));
         let e = rules
-            .decide(&facts("m2", Method::AlipayPage, 500, &md, "o"))
+            .decide(&facts("m2", Method::AlipayPage, 500, &md, "o"), &NoSignals)
             .unwrap_err();
         assert_eq!(e.family, Family::Alipay);
     }
@@ -592,7 +865,7 @@ mod tests {
         r.when.metadata = vec![("tier".into(), vec!["vip".into()])];
         let rules = Rules::new(vec![r], defaults());
         let md = BTreeMap::from([("tier".to_string(), "gold".to_string())]);
-        let e = rules.explain(&facts("m", Method::WechatH5, 1, &md, "o"));
+        let e = rules.explain(&facts("m", Method::WechatH5, 1, &md, "o"), &NoSignals);
         assert_eq!(e.skipped.len(), 1);
         assert!(
             e.skipped[0]
@@ -623,13 +896,13 @@ mod tests {
         for i in 0..10_000 {
             let no = format!("order-{i}");
             let first = rules
-                .decide(&facts("m", Method::WechatNative, 1, &md, &no))
+                .decide(&facts("m", Method::WechatNative, 1, &md, &no), &NoSignals)
                 .unwrap();
             let again = rules
-                .decide(&facts("m", Method::WechatNative, 1, &md, &no))
+                .decide(&facts("m", Method::WechatNative, 1, &md, &no), &NoSignals)
                 .unwrap();
-            assert_eq!(first.channel, again.channel);
-            if first.channel == "a" {
+            assert_eq!(first.channel(), again.channel());
+            if first.channel() == Some("a") {
                 a += 1;
             }
         }
@@ -665,19 +938,25 @@ mod tests {
         let md = BTreeMap::new();
         let refused = |merchant: &str, amount: u64| {
             rules
-                .decide(&facts(merchant, Method::WechatNative, amount, &md, "o"))
+                .decide(
+                    &facts(merchant, Method::WechatNative, amount, &md, "o"),
+                    &NoSignals,
+                )
                 .unwrap_err()
                 .not_owner
         };
         // The owner itself is served, by the rule and by the default.
         let d = rules
-            .decide(&facts("m1", Method::WechatNative, 50, &md, "o"))
+            .decide(&facts("m1", Method::WechatNative, 50, &md, "o"), &NoSignals)
             .unwrap();
-        assert_eq!(d.channel, "m1_own");
+        assert_eq!(d.channel(), Some("m1_own"));
         let d = rules
-            .decide(&facts("m3", Method::WechatNative, 500, &md, "o"))
+            .decide(
+                &facts("m3", Method::WechatNative, 500, &md, "o"),
+                &NoSignals,
+            )
             .unwrap();
-        assert_eq!(d.channel, "m3_own");
+        assert_eq!(d.channel(), Some("m3_own"));
         assert_eq!(refused("m9", 50), Some("m1_own".to_string()));
         assert_eq!(
             refused("m2", 500),
@@ -690,12 +969,12 @@ mod tests {
             "the default counts"
         );
         let e = rules
-            .decide(&facts("m9", Method::WechatNative, 50, &md, "o"))
+            .decide(&facts("m9", Method::WechatNative, 50, &md, "o"), &NoSignals)
             .unwrap_err();
         // What the shop reads does not name the other merchant's channel.
         assert!(!e.to_string().contains("m1_own"), "{e}");
         let text = rules
-            .explain(&facts("m9", Method::WechatNative, 50, &md, "o"))
+            .explain(&facts("m9", Method::WechatNative, 50, &md, "o"), &NoSignals)
             .to_text();
         assert!(
             text.contains("→ no_route") && text.contains("refused channel \"m1_own\""),

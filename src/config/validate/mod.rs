@@ -64,7 +64,7 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
     let limits = server::limits(&f, &mut errs);
     let redis = server::redis(&f, &mut errs);
     let log = server::log(&f, &mut errs);
-    let rules = routing::routing(&f, &channels, &merchants, &shops, &mut errs);
+    let (rules, health) = routing::routing(&f, &channels, &merchants, &shops, &mut errs);
     let sandbox = server::sandbox(&f, &channels, &merchants, &mut errs);
     let reconcile = workers::reconcile(&f, &mut errs);
     let webhooks = workers::webhooks(&f, &mut errs);
@@ -96,6 +96,7 @@ pub(super) fn validate(f: FileConfig, locator: &Locator) -> Result<Config, Vec<C
         merchants,
         channels,
         rules,
+        health,
         limits,
         redis,
         log,

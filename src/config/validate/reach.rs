@@ -243,6 +243,12 @@ pub(super) fn check_rule_owners(
                 .enumerate()
                 .map(|(j, (c, _))| (format!("split[{j}].to"), c.as_str()))
                 .collect(),
+            Target::Choose(c) => c
+                .from
+                .iter()
+                .enumerate()
+                .map(|(j, ch)| (format!("choose.from[{j}]"), ch.as_str()))
+                .collect(),
         }
         .into_iter()
         .chain(

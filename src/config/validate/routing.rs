@@ -6,9 +6,13 @@ use std::sync::Arc;
 
 use super::{reach, Errors};
 use crate::channel::{ChannelSettings, SubMerchant};
-use crate::config::file::{FileConfig, RuleFile};
+use crate::config::file::{ChooseFile, FileConfig, HealthFile, RuleFile};
+use crate::defaults::{CHOOSE_EXPLORE_PPM, MAX_HEALTH_WINDOW};
 use crate::domain::{Family, Method};
-use crate::routing::{Conditions, HoursRange, Rule, Rules, Target};
+use crate::resilience::HealthSettings;
+use crate::routing::{
+    adaptive::parse_share, By, Choose, Conditions, HealthPolicy, HoursRange, Rule, Rules, Target,
+};
 use crate::shops::Shop;
 
 pub(super) fn routing(
@@ -17,7 +21,7 @@ pub(super) fn routing(
     merchants: &HashMap<String, SubMerchant>,
     shops: &[Shop],
     errs: &mut Errors,
-) -> Rules {
+) -> (Rules, HealthSettings) {
     // A channel that failed its own validation still exists for routing purposes: report
     // its errors once, not again as "unknown channel" in every rule that names it.
     let family_of = |name: &str| -> Option<Option<Family>> {
@@ -70,6 +74,39 @@ pub(super) fn routing(
         }
     }
 
+    let mut settings = HealthSettings::default();
+    if let Some(h) = &f.routing.health {
+        settings.policy =
+            health_policy(h, settings.policy, "routing.health", "routing.health", errs);
+        if let Some(w) = h.window {
+            if w == 0 || w > MAX_HEALTH_WINDOW {
+                errs.push(
+                    "routing.health.window",
+                    format!("routing.health.window: {w} is not between 1 and {MAX_HEALTH_WINDOW}"),
+                );
+            }
+            settings.window = w;
+        }
+        if let Some(r) = h.readmit_after {
+            if r == 0 {
+                errs.push(
+                    "routing.health.readmit_after",
+                    "routing.health.readmit_after: must be at least 1".into(),
+                );
+            }
+            settings.readmit_after = r;
+        }
+        if settings.policy.min_samples > settings.window {
+            errs.push(
+                "routing.health.min_samples",
+                format!(
+                    "routing.health.min_samples: {} is more than the window ({}): no channel could ever be judged",
+                    settings.policy.min_samples, settings.window
+                ),
+            );
+        }
+    }
+
     let mut rules: Vec<(usize, Rule)> = Vec::new();
     let mut names = HashSet::new();
     for (i, r) in f.routing.rules.iter().enumerate() {
@@ -84,7 +121,27 @@ pub(super) fn routing(
                 format!("{label}: duplicate rule name"),
             );
         }
-        if let Some(rule) = rule(r, &at, &label, &family_of, errs) {
+        if let Some(mut rule) = rule(r, &at, &label, &family_of, errs) {
+            if let Some(h) = &r.health {
+                for (key, set) in [
+                    ("window", h.window.is_some()),
+                    ("readmit_after", h.readmit_after.is_some()),
+                ] {
+                    if set {
+                        errs.push(
+                            &format!("{at}.health.{key}"),
+                            format!("{label}: health.{key}: belongs to the channel's window; set it in routing.health"),
+                        );
+                    }
+                }
+                rule.health = Some(health_policy(
+                    h,
+                    settings.policy,
+                    &format!("{at}.health"),
+                    &format!("{label}: health"),
+                    errs,
+                ));
+            }
             rules.push((i, rule));
         }
     }
@@ -94,7 +151,88 @@ pub(super) fn routing(
         .iter()
         .filter_map(|(name, c)| Some((name.clone(), c.owners.as_ref()?.iter().cloned().collect())))
         .collect();
-    Rules::new(rules.into_iter().map(|(_, r)| r).collect(), defaults).with_owners(owners)
+    let fees = channels
+        .iter()
+        .map(|(name, c)| (name.clone(), c.fee))
+        .collect();
+    let rules = Rules::new(rules.into_iter().map(|(_, r)| r).collect(), defaults)
+        .with_owners(owners)
+        .with_health(settings.policy, fees);
+    (rules, settings)
+}
+
+/// The thresholds of a `health` block over `base` (the defaults, or `routing.health`'s).
+fn health_policy(
+    h: &HealthFile,
+    base: HealthPolicy,
+    at: &str,
+    label: &str,
+    errs: &mut Errors,
+) -> HealthPolicy {
+    let mut p = base;
+    if let Some(m) = h.min_samples {
+        p.min_samples = m;
+    }
+    let mut share = |key: &str, v: &Option<String>, into: &mut u32| {
+        if let Some(v) = v {
+            match parse_share(v) {
+                Ok(ppm) => *into = ppm,
+                Err(e) => errs.push(&format!("{at}.{key}"), format!("{label}.{key}: {e}")),
+            }
+        }
+    };
+    share(
+        "eliminate_below",
+        &h.eliminate_below,
+        &mut p.eliminate_below_ppm,
+    );
+    share("probe", &h.probe, &mut p.probe_ppm);
+    p
+}
+
+/// A rule's `choose`: known ranking, at least two distinct candidates, a share to explore.
+fn choose(c: &ChooseFile, here: &RuleAt, errs: &mut Errors) -> Option<Choose> {
+    let (at, label) = (here.at, here.label);
+    let n = errs.list.len();
+    let by = match c.by.as_deref() {
+        None => By::Value,
+        Some(b) => By::parse(b).unwrap_or_else(|| {
+            errs.push(
+                &format!("{at}.choose.by"),
+                format!("{label}: choose.by: {b:?} is not value, success_rate or cost"),
+            );
+            By::Value
+        }),
+    };
+    let explore_ppm = match c.explore.as_deref().map(parse_share) {
+        None => CHOOSE_EXPLORE_PPM,
+        Some(Ok(ppm)) => ppm,
+        Some(Err(e)) => {
+            errs.push(
+                &format!("{at}.choose.explore"),
+                format!("{label}: choose.explore: {e}"),
+            );
+            0
+        }
+    };
+    let distinct: HashSet<&str> = c.from.iter().map(String::as_str).collect();
+    if distinct.len() != c.from.len() {
+        errs.push(
+            &format!("{at}.choose.from"),
+            format!("{label}: choose.from: names a channel twice"),
+        );
+    }
+    if c.from.len() < 2 {
+        errs.push(
+            &format!("{at}.choose.from"),
+            format!("{label}: choose.from: needs at least two channels to choose from (use to: for one)"),
+        );
+    }
+    (errs.list.len() == n).then(|| Choose {
+        from: c.from.clone(),
+        by,
+        explore_ppm,
+    })
 }
 
 fn rule(
@@ -157,6 +295,7 @@ fn rule(
         },
         target: target?,
         fallback: r.fallback.clone(),
+        health: None,
     })
 }
 
@@ -183,6 +322,23 @@ fn target<'r>(
 ) -> (Option<Target>, Vec<(String, &'r str)>) {
     let (at, label) = (here.at, here.label);
     let mut targets: Vec<(String, &str)> = Vec::new();
+    let given = [r.to.is_some(), r.split.is_some(), r.choose.is_some()]
+        .iter()
+        .filter(|g| **g)
+        .count();
+    if given > 1 {
+        errs.push(
+            at,
+            format!("{label}: has more than one of to, split and choose; use one"),
+        );
+        return (None, targets);
+    }
+    if let Some(c) = &r.choose {
+        for (j, ch) in c.from.iter().enumerate() {
+            targets.push((format!("{at}.choose.from[{j}]"), ch));
+        }
+        return (choose(c, here, errs).map(Target::Choose), targets);
+    }
     let target = match (&r.to, &r.split) {
         (Some(to), None) => {
             targets.push((format!("{at}.to"), to));
@@ -207,12 +363,9 @@ fn target<'r>(
                 total,
             })
         }
-        (Some(_), Some(_)) => {
-            errs.push(at, format!("{label}: has both to and split; use one"));
-            None
-        }
+        (Some(_), Some(_)) => None, // reported above
         (None, None) => {
-            errs.push(at, format!("{label}: needs to or split"));
+            errs.push(at, format!("{label}: needs to, split or choose"));
             None
         }
     };
