@@ -32,10 +32,28 @@
 //! - `POST /sandbox/faults` replaces the [`Faults`] (unknown fields refused; omitted = off):
 //!   `latency_ms`; `tamper_signature` (every answer) and `tamper_errors` (error answers only);
 //!   `sign_with_certificate` (WeChat Pay: name the platform certificate's serial); `fail_next`
-//!   requests fail with `fail_status` (WeChat Pay, default 500) and `fail_code` (default
-//!   `SYSTEM_ERROR` / `ACQ.SYSTEM_ERROR`), only of the operations in `fail_ops` when set
-//!   (`create`, `query`, `close`, `refund`, `refund_query`), unsigned with `fail_unsigned`,
-//!   with `Retry-After` given `retry_after_secs`; `refund_status` (WeChat Pay refunds created
+//!   requests fail, and after them each request with probability `fail_rate` (0 to 1, drawn
+//!   from the system's random source; default 0), only of the operations in `fail_ops` when
+//!   set (`create`, `query`, `close`, `refund`, `refund_query`) and only of the accounts in
+//!   `accounts` when set (a request matches when any of its ids is listed — WeChat Pay: the
+//!   signing `mchid`/`sp_mchid`, `sub_mchid` in body or query, `appid`/`sp_appid`/`sub_appid`;
+//!   Alipay: `app_id`, and the seller an ISV `app_auth_token` is granted for, or a direct
+//!   app's made-up seller id; requests of other accounts neither fail nor consume
+//!   `fail_next`). A failure answers with `fail_code` — WeChat Pay: `{"code", "message"}`
+//!   (default `SYSTEM_ERROR`) with HTTP `fail_status`, by default the status WeChat Pay
+//!   documents for that code (`NO_AUTH`, `ACCOUNT_ERROR`, `ORDERPAID`, `NOT_ENOUGH`, … 403;
+//!   `PARAM_ERROR`, `APPID_MCHID_NOT_MATCH`, `MCH_NOT_EXISTS`, … 400; `SIGN_ERROR` 401;
+//!   `ORDER_NOT_EXIST` 404; `FREQUENCY_LIMITED` 429; 500 for `SYSTEM_ERROR` and any other);
+//!   Alipay: HTTP 200, `sub_code` = `fail_code` (default `ACQ.SYSTEM_ERROR`) under the
+//!   gateway `code` Alipay gives it (`40004` for `ACQ.*` and others, `40002` for `isv.*`,
+//!   `40006` for `isv.insufficient-*`, `20001` for `aop.*`, `20000` for `isp.*`). Signed as
+//!   every answer, unsigned with `fail_unsigned`, with `Retry-After` given
+//!   `retry_after_secs`. Refused with 400: an unknown `fail_ops` entry, `fail_rate` outside
+//!   0..=1, `fail_status` outside 400..=599, an empty `accounts` list or id. E.g. one WeChat
+//!   Pay sub-merchant refusing half its creates as an account without the product:
+//!   `{"accounts": ["1900000109"], "fail_rate": 0.5, "fail_code": "NO_AUTH",
+//!   "fail_ops": ["create"]}` (Alipay: `"accounts": ["2088…"]` or its `app_id`, `"fail_code":
+//!   "ACQ.ACCESS_FORBIDDEN"`); `refund_status` (WeChat Pay refunds created
 //!   `PROCESSING` / `ABNORMAL` / `CLOSED` and kept so); `alipay_refund_pending` (refunds
 //!   accepted with `fund_change: "N"`, settled by the next refund query);
 //!   `drop_notifications` (none sent, as if lost), `duplicate_notifications` (each sent once

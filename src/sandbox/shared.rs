@@ -24,11 +24,18 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Flip a byte of every answer's signature.
     pub tamper_signature: bool,
-    /// Fail this many of the next signed `/v3` / gateway requests (of `fail_ops` when set)
-    /// with `fail_status` / `fail_code`. Each failure is taken atomically: N concurrent
-    /// requests consume at most `fail_next` failures between them.
+    /// Fail this many of the next signed `/v3` / gateway requests (of `fail_ops` and
+    /// `accounts` when set) with `fail_status` / `fail_code`. Each failure is taken
+    /// atomically: N concurrent requests consume at most `fail_next` failures between them.
     pub fail_next: u32,
+    /// WeChat Pay's HTTP status of an injected failure; by default the status WeChat Pay
+    /// documents for `fail_code` (`NO_AUTH` 403, `PARAM_ERROR` 400, `FREQUENCY_LIMITED` 429,
+    /// …), 500 for `SYSTEM_ERROR` and codes it does not know. Alipay always answers HTTP 200.
     pub fail_status: Option<u16>,
+    /// The injected error code: WeChat Pay's `code` (default `SYSTEM_ERROR`), Alipay's
+    /// `sub_code` (default `ACQ.SYSTEM_ERROR`), whose `code` is the gateway's for it
+    /// (`40004` for `ACQ.*`, `40002`/`40006` for `isv.*`, `20001` for `aop.*`, `20000` for
+    /// `isp.*`).
     pub fail_code: Option<String>,
     /// Name the platform certificate's serial instead of the public key id.
     pub sign_with_certificate: bool,
@@ -41,6 +48,16 @@ pub struct Faults {
     pub tamper_errors: bool,
     /// Injected failures carry `Retry-After: N`.
     pub retry_after_secs: Option<u64>,
+    /// When set, injected failures (`fail_next`, `fail_rate`) only apply to (and are only
+    /// consumed by) requests of these accounts: a request matches when any of its account
+    /// ids is listed — WeChat Pay: the signing `mchid` / `sp_mchid`, `sub_mchid` (body or
+    /// query), `appid` / `sp_appid` / `sub_appid`; Alipay: `app_id`, and the seller the
+    /// request acts for (ISV: the `2088…` seller id its `app_auth_token` is granted for;
+    /// direct: the seller id the app's orders show).
+    pub accounts: Option<Vec<String>>,
+    /// Each request (of `fail_ops` and `accounts` when set) not failed by `fail_next` fails
+    /// with this probability (0 to 1), answered as a `fail_next` failure is.
+    pub fail_rate: f64,
     /// WeChat refunds are created with this `status` (`PROCESSING`, `ABNORMAL`, `CLOSED`)
     /// instead of `SUCCESS`, and keep it. All but `CLOSED` count against the refundable amount.
     pub refund_status: Option<String>,
@@ -65,20 +82,72 @@ impl Faults {
         }
     }
 
-    pub(super) fn check(&self) -> Result<(), UnknownOp> {
+    /// What deserialising cannot check; the error is the 400's message.
+    pub(super) fn check(&self) -> Result<(), BadFaults> {
         for op in self.fail_ops.iter().flatten() {
             if Op::from_name(op).is_none() {
-                return Err(UnknownOp(op.clone()));
+                return Err(BadFaults::UnknownOp(op.clone()));
             }
+        }
+        // NaN is outside every range too.
+        if !(0.0..=1.0).contains(&self.fail_rate) {
+            return Err(BadFaults::FailRate(self.fail_rate));
+        }
+        if let Some(status) = self.fail_status.filter(|s| !(400..=599).contains(s)) {
+            return Err(BadFaults::FailStatus(status));
+        }
+        match &self.accounts {
+            Some(ids) if ids.is_empty() => return Err(BadFaults::NoAccounts),
+            Some(ids) if ids.iter().any(|id| id.trim().is_empty()) => {
+                return Err(BadFaults::BlankAccount)
+            }
+            _ => {}
         }
         Ok(())
     }
+
+    /// Whether an injected failure applies to a request of `op` (None: of no known
+    /// operation) from an account with these ids.
+    fn applies_to(&self, op: Option<Op>, ids: &[String]) -> bool {
+        if let Some(ops) = &self.fail_ops {
+            let Some(op) = op else { return false };
+            if !ops.iter().any(|o| Op::from_name(o) == Some(op)) {
+                return false;
+            }
+        }
+        match &self.accounts {
+            Some(listed) => ids.iter().any(|id| listed.contains(id)),
+            None => true,
+        }
+    }
 }
 
-/// A `fail_ops` entry that names no operation.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown fail_ops entry {0:?} (create, query, close, refund, refund_query)")]
-pub(super) struct UnknownOp(String);
+/// Faults refused by [`Faults::check`].
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub(super) enum BadFaults {
+    #[error("unknown fail_ops entry {0:?} (create, query, close, refund, refund_query)")]
+    UnknownOp(String),
+    #[error("fail_rate must be a probability from 0 to 1, not {0}")]
+    FailRate(f64),
+    #[error("fail_status must be an HTTP error status (400 to 599), not {0}")]
+    FailStatus(u16),
+    #[error("accounts is empty: list the merchant ids to fail, or leave it out for every account")]
+    NoAccounts,
+    #[error("accounts holds an empty merchant id")]
+    BlankAccount,
+}
+
+/// True with probability `p` (0 to 1), from the system's random source.
+fn chance(p: f64) -> bool {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        // No randomness: fail nothing rather than fail everything.
+        return false;
+    }
+    // 53 random bits: a uniform float in [0, 1), so p = 1 always holds and p = 0 never.
+    let x = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+    x < p
+}
 
 /// The operations `fail_ops` names, the same for both providers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +172,8 @@ impl Op {
     }
 }
 
-/// An injected failure taken from [`Faults::fail_next`]: what to answer instead of the work.
+/// An injected failure taken from [`Faults::fail_next`] or [`Faults::fail_rate`]: what to
+/// answer instead of the work.
 pub(super) struct Injected {
     pub(super) status: Option<u16>,
     pub(super) code: Option<String>,
@@ -182,22 +252,25 @@ impl Shared {
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes one injected failure for `op` if one is due. The check and the decrement are one
-    /// critical section, so concurrent requests never take more failures than `fail_next`.
-    /// With `fail_ops` set, only those operations take (and consume) failures; a request of
-    /// no known operation (`op` None) then takes none.
-    pub(super) fn take_failure(&self, op: Option<Op>) -> Option<Injected> {
+    /// Takes one injected failure for `op` if one is due: first from `fail_next`, else with
+    /// probability `fail_rate`. The check and the decrement are one critical section, so
+    /// concurrent requests never take more failures than `fail_next`. With `fail_ops` set,
+    /// only those operations take (and consume) failures; a request of no known operation
+    /// (`op` None) then takes none. With `accounts` set, only requests one of whose account
+    /// `ids` is listed take them (the simulator names the ids only when `accounts` is set).
+    pub(super) fn take_failure(&self, op: Option<Op>, ids: &[String]) -> Option<Injected> {
         let mut f = self.faults();
-        if f.fail_next == 0 {
+        if f.fail_next == 0 && f.fail_rate <= 0.0 {
             return None;
         }
-        if let Some(ops) = &f.fail_ops {
-            let op = op?;
-            if !ops.iter().any(|o| Op::from_name(o) == Some(op)) {
-                return None;
-            }
+        if !f.applies_to(op, ids) {
+            return None;
         }
-        f.fail_next -= 1;
+        if f.fail_next > 0 {
+            f.fail_next -= 1;
+        } else if !chance(f.fail_rate) {
+            return None;
+        }
         Some(Injected {
             status: f.fail_status,
             code: f.fail_code.clone(),
@@ -321,7 +394,7 @@ mod tests {
                     std::thread::spawn(move || {
                         barrier.wait();
                         (0..4)
-                            .filter(|_| sb.take_failure(Some(Op::Create)).is_some())
+                            .filter(|_| sb.take_failure(Some(Op::Create), &[]).is_some())
                             .count()
                     })
                 })
@@ -339,33 +412,161 @@ mod tests {
             &sb,
             json!({ "fail_next": 1, "fail_ops": ["refund"], "fail_status": 503, "fail_code": "X" }),
         );
-        assert!(sb.take_failure(Some(Op::Create)).is_none());
-        assert!(sb.take_failure(Some(Op::RefundQuery)).is_none());
-        assert!(sb.take_failure(None).is_none(), "an unknown API takes none");
+        assert!(sb.take_failure(Some(Op::Create), &[]).is_none());
+        assert!(sb.take_failure(Some(Op::RefundQuery), &[]).is_none());
+        assert!(
+            sb.take_failure(None, &[]).is_none(),
+            "an unknown API takes none"
+        );
         assert_eq!(sb.faults().fail_next, 1, "not consumed by other operations");
         let f = sb
-            .take_failure(Some(Op::Refund))
+            .take_failure(Some(Op::Refund), &[])
             .expect("a refund takes it");
         assert_eq!((f.status, f.code.as_deref()), (Some(503), Some("X")));
-        assert!(sb.take_failure(Some(Op::Refund)).is_none());
+        assert!(sb.take_failure(Some(Op::Refund), &[]).is_none());
 
         // Without fail_ops every request takes one, even of an unknown API.
         set(&sb, json!({ "fail_next": 2 }));
-        assert!(sb.take_failure(None).is_some());
-        assert!(sb.take_failure(Some(Op::Query)).is_some());
-        assert!(sb.take_failure(Some(Op::Query)).is_none());
+        assert!(sb.take_failure(None, &[]).is_some());
+        assert!(sb.take_failure(Some(Op::Query), &[]).is_some());
+        assert!(sb.take_failure(Some(Op::Query), &[]).is_none());
+    }
+
+    fn ids(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn accounts_limit_which_requests_take_and_consume_failures() {
+        let sb = shared();
+        set(
+            &sb,
+            json!({ "fail_next": 2, "accounts": ["1900000109", "2088000000004004"] }),
+        );
+        let create = Some(Op::Create);
+        assert!(sb.take_failure(create, &ids(&["1900000100"])).is_none());
+        assert!(sb.take_failure(create, &[]).is_none(), "no ids, no match");
+        assert_eq!(sb.faults().fail_next, 2, "not consumed by other accounts");
+        // Any one of the request's ids listed is enough.
+        let partner = ids(&["1900000100", "1900000109", "wx8888888888888888"]);
+        assert!(sb.take_failure(create, &partner).is_some());
+        assert!(sb
+            .take_failure(None, &ids(&["2021000000000001", "2088000000004004"]))
+            .is_some());
+        assert!(sb.take_failure(create, &partner).is_none(), "two only");
+
+        // With fail_ops too, both must match.
+        set(
+            &sb,
+            json!({ "fail_next": 1, "accounts": ["A"], "fail_ops": ["query"] }),
+        );
+        assert!(sb.take_failure(create, &ids(&["A"])).is_none());
+        assert!(sb.take_failure(Some(Op::Query), &ids(&["B"])).is_none());
+        assert!(sb.take_failure(Some(Op::Query), &ids(&["A"])).is_some());
+
+        // Without accounts the ids do not matter.
+        set(&sb, json!({ "fail_next": 1 }));
+        assert!(sb.take_failure(create, &[]).is_some());
+    }
+
+    #[test]
+    fn fail_rate_fails_that_share_after_fail_next_and_only_where_it_applies() {
+        let sb = shared();
+        let a = ids(&["A"]);
+        set(&sb, json!({ "fail_rate": 1.0, "fail_code": "NO_AUTH" }));
+        for _ in 0..100 {
+            let f = sb
+                .take_failure(Some(Op::Create), &a)
+                .expect("rate 1 always");
+            assert_eq!(f.code.as_deref(), Some("NO_AUTH"));
+        }
+        set(&sb, json!({ "fail_rate": 0.0 }));
+        assert!((0..100).all(|_| sb.take_failure(Some(Op::Create), &a).is_none()));
+
+        // Half: between 40% and 60% of 2,000 (a miss is about 9 standard deviations away).
+        set(&sb, json!({ "fail_rate": 0.5 }));
+        let failed = (0..2_000)
+            .filter(|_| sb.take_failure(Some(Op::Query), &a).is_some())
+            .count();
+        assert!((800..=1_200).contains(&failed), "{failed} of 2000");
+
+        // fail_next is taken first, then the rate goes on.
+        set(&sb, json!({ "fail_next": 3, "fail_rate": 1.0 }));
+        assert!(sb.take_failure(None, &a).is_some());
+        assert_eq!(sb.faults().fail_next, 2);
+        set(&sb, json!({ "fail_next": 2, "fail_rate": 0.0 }));
+        assert_eq!(
+            (0..10)
+                .filter(|_| sb.take_failure(None, &a).is_some())
+                .count(),
+            2
+        );
+
+        // fail_ops and accounts limit the rate as they limit fail_next.
+        set(
+            &sb,
+            json!({ "fail_rate": 1.0, "fail_ops": ["create"], "accounts": ["A"] }),
+        );
+        assert!(sb.take_failure(Some(Op::Refund), &a).is_none());
+        assert!(sb.take_failure(Some(Op::Create), &ids(&["B"])).is_none());
+        assert!(sb.take_failure(Some(Op::Create), &a).is_some());
+    }
+
+    #[test]
+    fn bad_rates_statuses_and_accounts_are_refused_with_what_is_wrong() {
+        let check = |v: Value| {
+            serde_json::from_value::<Faults>(v)
+                .unwrap()
+                .check()
+                .map_err(|e| e.to_string())
+        };
+        for rate in [-0.1, 1.000_001, 2.0] {
+            let e = check(json!({ "fail_rate": rate })).unwrap_err();
+            assert!(
+                e.starts_with("fail_rate must be a probability from 0 to 1"),
+                "{e}"
+            );
+        }
+        // JSON has no NaN or infinity; a Faults made in code is checked all the same.
+        for rate in [f64::NAN, f64::INFINITY] {
+            let f = Faults {
+                fail_rate: rate,
+                ..Faults::default()
+            };
+            let e = f.check().unwrap_err();
+            assert!(matches!(e, BadFaults::FailRate(_)), "{e}");
+            assert!(e.to_string().ends_with(&format!("not {rate}")), "{e}");
+        }
+        for rate in [0.0, 0.5, 1.0] {
+            check(json!({ "fail_rate": rate })).unwrap();
+        }
+        assert!(serde_json::from_value::<Faults>(json!({ "fail_rate": "half" })).is_err());
+        for status in [0, 200, 302, 600] {
+            let e = check(json!({ "fail_status": status })).unwrap_err();
+            assert!(
+                e.contains("fail_status must be an HTTP error status"),
+                "{e}"
+            );
+        }
+        check(json!({ "fail_status": 403 })).unwrap();
+        let e = check(json!({ "accounts": [] })).unwrap_err();
+        assert!(e.starts_with("accounts is empty"), "{e}");
+        let e = check(json!({ "accounts": ["1900000109", " "] })).unwrap_err();
+        assert!(e.contains("empty merchant id"), "{e}");
+        check(json!({ "accounts": ["1900000109"] })).unwrap();
     }
 
     #[test]
     fn faults_reject_unknown_knobs_and_operations() {
         assert!(serde_json::from_value::<Faults>(json!({ "fail_nxet": 1 })).is_err());
         let f: Faults = serde_json::from_value(json!({ "fail_ops": ["create", "pay"] })).unwrap();
-        assert_eq!(f.check().unwrap_err().0, "pay");
+        assert_eq!(f.check().unwrap_err(), BadFaults::UnknownOp("pay".into()));
         let all = json!({
             "latency_ms": 5, "tamper_signature": false, "fail_next": 2, "fail_status": 500,
             "fail_code": "SYSTEM_ERROR", "sign_with_certificate": false,
             "fail_ops": ["create", "query", "close", "refund", "refund_query"],
             "fail_unsigned": true, "tamper_errors": true, "retry_after_secs": 3,
+            "accounts": ["1900000109", "2088000000004004"], "fail_rate": 0.25,
             "refund_status": "ABNORMAL", "alipay_refund_pending": true,
             "drop_notifications": true, "duplicate_notifications": true, "notify_delay_ms": 9,
         });

@@ -193,14 +193,15 @@ impl AlipaySim {
             "alipay.trade.fastpay.refund.query" => Some(Op::RefundQuery),
             _ => None,
         };
-        if let Some(f) = self.shared.take_failure(op) {
+        let ids = if faults.accounts.is_some() {
+            self.account_ids(params)
+        } else {
+            Vec::new()
+        };
+        if let Some(f) = self.shared.take_failure(op, &ids) {
             let sub = f.code.unwrap_or_else(|| "ACQ.SYSTEM_ERROR".into());
-            let inner = error_body(
-                "40004",
-                "Business Failed",
-                &sub,
-                "injected by /sandbox/faults",
-            );
+            let (code, msg) = gateway_code(&sub);
+            let inner = error_body(code, msg, &sub, "injected by /sandbox/faults");
             return Outcome::injected(json(response_key(&api), inner));
         }
         let biz: Value = params
@@ -245,6 +246,19 @@ impl AlipaySim {
         };
         // `error` is filled in from the inner code by the caller.
         Outcome::done(json(response_key(&api), inner), false)
+    }
+
+    /// The account ids a signed gateway request names, for [`Faults::accounts`]: its
+    /// `app_id`, and the seller it acts for — ISV: the seller id its `app_auth_token` is
+    /// granted for (none for an unknown token); direct: the made-up seller id the app's
+    /// orders show.
+    fn account_ids(&self, params: &BTreeMap<String, String>) -> Vec<String> {
+        let app_id = params.get("app_id").cloned().unwrap_or_default();
+        let seller = match params.get("app_auth_token") {
+            Some(token) => self.grants.load().get(token).cloned(),
+            None => Some(direct_seller_id(&app_id)),
+        };
+        std::iter::once(app_id).chain(seller).collect()
     }
 
     fn check_alipay_signature(
@@ -328,7 +342,7 @@ impl AlipaySim {
                 slot.insert(AliOrder {
                     seller_id: match app_auth_token {
                         Some(_) => seller.to_string(),
-                        None => format!("2088{:012}", stable_digits(seller)),
+                        None => direct_seller_id(seller),
                     },
                     app_id: params.get("app_id").cloned().unwrap_or_default(),
                     app_auth_token,
@@ -637,6 +651,28 @@ impl AlipaySim {
             http::HeaderValue::from_static("text/html;charset=utf-8"),
         );
         resp
+    }
+}
+
+/// The seller id a direct app's orders show: a stable made-up one.
+fn direct_seller_id(app_id: &str) -> String {
+    format!("2088{:012}", stable_digits(app_id))
+}
+
+/// The gateway `code` and `msg` Alipay answers with a `sub_code`: `isp.*` are its own
+/// failures, `aop.*` token errors, `isv.*` the caller's arguments or permissions; the rest
+/// (`ACQ.*`, …) business failures.
+fn gateway_code(sub_code: &str) -> (&'static str, &'static str) {
+    if sub_code.starts_with("isp.") {
+        ("20000", "Service Currently Unavailable")
+    } else if sub_code.starts_with("aop.") {
+        ("20001", "Insufficient Token Permissions")
+    } else if sub_code.starts_with("isv.insufficient-") {
+        ("40006", "Insufficient Permissions")
+    } else if sub_code.starts_with("isv.") {
+        ("40002", "Invalid Arguments")
+    } else {
+        ("40004", "Business Failed")
     }
 }
 

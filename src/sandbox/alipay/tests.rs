@@ -366,3 +366,150 @@ mod notifications {
         assert_eq!(nos, ["p-1", "p-1"], "n-1 had no notify_url");
     }
 }
+
+/// Injected failures by account, through the whole signed gateway path.
+mod by_account {
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt;
+
+    use super::super::super::SandboxMerchant;
+    use super::super::ALIPAY_KEY_PEM;
+    use super::*;
+    use crate::secret::Secret;
+
+    const PLATFORM: &str = "2021000000000001";
+    const SELLER: &str = "2088000000004004";
+
+    /// A sandbox taking APP's and PLATFORM's signatures (made with the sandbox's own key),
+    /// with two ISV grants: `tok_4004` for SELLER, `tok_1001` for another seller.
+    fn sandbox() -> (Arc<Sandbox>, RsaSigner) {
+        let signer = RsaSigner::from_text(ALIPAY_KEY_PEM).unwrap();
+        let app = |id: &str| SandboxMerchant::Alipay {
+            app_id: id.into(),
+            key: signer.verifier(),
+        };
+        let grant = |token: &str, seller: &str| SandboxMerchant::AlipayGrant {
+            app_auth_token: Secret::new(token),
+            seller_id: seller.into(),
+        };
+        let merchants = vec![
+            app(APP),
+            app(PLATFORM),
+            grant("tok_4004", SELLER),
+            grant("tok_1001", "2088000000001001"),
+        ];
+        (Sandbox::new(merchants), signer)
+    }
+
+    fn set(sb: &Sandbox, v: Value) {
+        let f: Faults = serde_json::from_value(v).unwrap();
+        f.check().unwrap();
+        *sb.shared.faults() = f;
+    }
+
+    /// A signed precreate of `no` by `app_id` (with `token`): its inner answer, after checking
+    /// the answer's signature.
+    async fn precreate(
+        sb: &Sandbox,
+        signer: &RsaSigner,
+        app_id: &str,
+        token: Option<&str>,
+        no: &str,
+    ) -> Value {
+        let method = "alipay.trade.precreate";
+        let mut p = BTreeMap::new();
+        for (k, v) in [
+            ("app_id", app_id),
+            ("method", method),
+            ("charset", "utf-8"),
+            ("sign_type", "RSA2"),
+            ("timestamp", "2026-01-01 00:00:00"),
+            ("version", "1.0"),
+        ] {
+            p.insert(k.to_string(), v.to_string());
+        }
+        if let Some(t) = token {
+            p.insert("app_auth_token".into(), t.into());
+        }
+        let biz = json!({"out_trade_no": no, "total_amount": "1.00", "subject": "s"});
+        p.insert("biz_content".into(), biz.to_string());
+        sign::sign_params(&mut p, signer);
+        let resp = sb
+            .alipay
+            .gateway(&Method::POST, None, sign::encode(&p).as_bytes())
+            .await;
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let raw = sign::split_answer(&bytes, method).unwrap();
+        let signature = raw.sign.expect("signed");
+        assert!(sb
+            .alipay
+            .signer
+            .verifier()
+            .verify_b64(raw.raw.as_bytes(), &signature));
+        v(&raw.raw)
+    }
+
+    #[tokio::test]
+    async fn only_the_listed_seller_or_app_is_refused_access_forbidden() {
+        let (sb, signer) = sandbox();
+        let (sb, s) = (&*sb, &signer);
+        set(
+            sb,
+            json!({ "accounts": [SELLER], "fail_rate": 1.0, "fail_code": "ACQ.ACCESS_FORBIDDEN", "fail_ops": ["create"] }),
+        );
+        // The seller's grant is refused as Alipay refuses it: 40004, sub_code the fault's.
+        let r = precreate(sb, s, PLATFORM, Some("tok_4004"), "a-1").await;
+        assert_eq!(
+            (r["code"].as_str(), r["sub_code"].as_str()),
+            (Some("40004"), Some("ACQ.ACCESS_FORBIDDEN")),
+            "{r}"
+        );
+        // Another seller on the same platform app, and a direct app: served.
+        let r = precreate(sb, s, PLATFORM, Some("tok_1001"), "a-2").await;
+        assert_eq!(r["code"], "10000", "{r}");
+        let r = precreate(sb, s, APP, None, "a-3").await;
+        assert_eq!(r["code"], "10000", "{r}");
+
+        // A direct app, by its app_id or by the seller id its orders show.
+        let direct_seller = sb
+            .alipay
+            .orders
+            .get(&(APP.into(), "a-3".into()))
+            .unwrap()
+            .seller_id
+            .clone();
+        for listed in [APP, direct_seller.as_str()] {
+            set(sb, json!({ "accounts": [listed], "fail_next": 1 }));
+            let r = precreate(sb, s, APP, None, "a-4").await;
+            assert_eq!(r["sub_code"], "ACQ.SYSTEM_ERROR", "{listed}: {r}");
+            let r = precreate(sb, s, PLATFORM, Some("tok_4004"), "a-5").await;
+            assert_eq!(r["code"], "10000", "{listed}: {r}");
+        }
+        // The platform's app_id reaches every seller it acts for.
+        set(sb, json!({ "accounts": [PLATFORM], "fail_rate": 1.0 }));
+        for token in ["tok_4004", "tok_1001"] {
+            let r = precreate(sb, s, PLATFORM, Some(token), "a-6").await;
+            assert_eq!(r["sub_code"], "ACQ.SYSTEM_ERROR", "{r}");
+        }
+    }
+
+    #[tokio::test]
+    async fn injected_sub_codes_carry_the_gateway_code_alipay_gives_them() {
+        let (sb, signer) = sandbox();
+        for (sub, code) in [
+            ("ACQ.ACCESS_FORBIDDEN", "40004"),
+            ("isv.invalid-app-id", "40002"),
+            ("isv.insufficient-isv-permissions", "40006"),
+            ("aop.invalid-auth-token", "20001"),
+            ("isp.unknow-error", "20000"),
+        ] {
+            set(&sb, json!({ "fail_next": 1, "fail_code": sub }));
+            let r = precreate(&sb, &signer, APP, None, "g-1").await;
+            assert_eq!(
+                (r["code"].as_str(), r["sub_code"].as_str()),
+                (Some(code), Some(sub))
+            );
+        }
+    }
+}

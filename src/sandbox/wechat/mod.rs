@@ -234,10 +234,15 @@ impl WechatSim {
             }
         };
         let call = Call::route(method, seg);
-        if let Some(f) = self.shared.take_failure(call.as_ref().map(Call::op)) {
-            let status = StatusCode::from_u16(f.status.unwrap_or(500))
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let ids = if faults.accounts.is_some() {
+            account_ids(&mchid, path_and_query, body)
+        } else {
+            Vec::new()
+        };
+        if let Some(f) = self.shared.take_failure(call.as_ref().map(Call::op), &ids) {
             let code = f.code.unwrap_or_else(|| "SYSTEM_ERROR".into());
+            let status = StatusCode::from_u16(f.status.unwrap_or_else(|| documented_status(&code)))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return Outcome::injected((
                 status,
                 json!({"code": code, "message": "injected by /sandbox/faults"}),
@@ -768,6 +773,57 @@ fn refund_answer(o: &Order, r: &Refund) -> Value {
         v["success_time"] = json!(china_time(OffsetDateTime::now_utc()));
     }
     v
+}
+
+/// The account ids a signed `/v3` request names, for [`Faults::accounts`]: the signing
+/// merchant (`mchid`, or `sp_mchid` in partner mode), and the merchant and app ids of its
+/// body and query (`sub_mchid` of a partner query or refund query is in the query).
+fn account_ids(auth_mchid: &str, path_and_query: &str, body: &[u8]) -> Vec<String> {
+    const FIELDS: [&str; 6] = [
+        "mchid",
+        "sp_mchid",
+        "sub_mchid",
+        "appid",
+        "sp_appid",
+        "sub_appid",
+    ];
+    let mut ids = vec![auth_mchid.to_string()];
+    if let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) {
+        ids.extend(
+            FIELDS
+                .iter()
+                .filter_map(|k| req.get(*k)?.as_str())
+                .map(str::to_string),
+        );
+    }
+    ids.extend(FIELDS.iter().filter_map(|k| query_param(path_and_query, k)));
+    ids
+}
+
+/// The HTTP status WeChat Pay answers an error `code` with (its API v3 error tables), so an
+/// injected `NO_AUTH` is a 403 as at WeChat Pay; 500 for `SYSTEM_ERROR`, `BANK_ERROR` and any
+/// code not listed.
+fn documented_status(code: &str) -> u16 {
+    match code {
+        "PARAM_ERROR"
+        | "INVALID_REQUEST"
+        | "APPID_MCHID_NOT_MATCH"
+        | "MCH_NOT_EXISTS"
+        | "ORDER_CLOSED"
+        | "INVALID_TRANSACTIONID" => 400,
+        "SIGN_ERROR" => 401,
+        "NO_AUTH"
+        | "ACCOUNT_ERROR"
+        | "ORDERPAID"
+        | "OUT_TRADE_NO_USED"
+        | "RULE_LIMIT"
+        | "TRADE_ERROR"
+        | "NOT_ENOUGH"
+        | "USER_ACCOUNT_ABNORMAL" => 403,
+        "ORDER_NOT_EXIST" | "ORDERNOTEXIST" | "RESOURCE_NOT_EXISTS" => 404,
+        "FREQUENCY_LIMITED" => 429,
+        _ => 500,
+    }
 }
 
 fn order_key(mchid: &str, sub_mchid: Option<&str>) -> String {

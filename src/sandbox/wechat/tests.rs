@@ -426,3 +426,169 @@ mod notifications {
         assert_eq!((a.attempt, &a.status), (0, &json!("dropped")));
     }
 }
+
+/// Injected failures by account, through the whole signed `/v3` path.
+mod by_account {
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt;
+
+    use super::super::super::SandboxMerchant;
+    use super::super::PLATFORM_KEY_PEM;
+    use super::*;
+    use crate::channel::keys::RsaSigner;
+
+    const SP: &str = "1900000100";
+    const SUB: &str = "1900000109";
+    const OTHER_SUB: &str = "1900000209";
+
+    /// A sandbox taking MCH's, SP's and SUB's signatures (all made with the platform key).
+    fn sandbox() -> (Arc<Sandbox>, RsaSigner) {
+        let signer = RsaSigner::from_text(PLATFORM_KEY_PEM).unwrap();
+        let merchants = [MCH, SP, SUB]
+            .iter()
+            .map(|m| SandboxMerchant::Wechat {
+                mchid: m.to_string(),
+                serial_no: "S".into(),
+                key: signer.verifier(),
+                apiv3_key: None,
+            })
+            .collect();
+        (Sandbox::new(merchants), signer)
+    }
+
+    fn set(sb: &Sandbox, v: Value) {
+        let f = faults(v);
+        f.check().unwrap();
+        *sb.shared.faults() = f;
+    }
+
+    /// A signed call by `mchid`: (status, body), after checking the answer's signature.
+    async fn call(
+        sb: &Sandbox,
+        signer: &RsaSigner,
+        mchid: &str,
+        method: Method,
+        path: &str,
+        body: &[u8],
+    ) -> (u16, Value) {
+        let ts = OffsetDateTime::now_utc().unix_timestamp();
+        let nonce = sign::nonce();
+        let auth = sign::authorization(signer, mchid, "S", method.as_str(), path, ts, &nonce, body);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, auth.parse().unwrap());
+        let bare = path.split('?').next().unwrap();
+        let seg: Vec<&str> = bare.trim_matches('/').split('/').collect();
+        let resp = sb.wechat.v3(&method, &headers, path, &seg, body).await;
+        let status = resp.status().as_u16();
+        let h = |n: &str| resp.headers()[n].to_str().unwrap().to_string();
+        let (ts, nonce, sig) = (
+            h("wechatpay-timestamp"),
+            h("wechatpay-nonce"),
+            h("wechatpay-signature"),
+        );
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let msg = sign::response_message(&ts, &nonce, &bytes);
+        assert!(
+            sb.wechat.signer.verifier().verify_b64(&msg, &sig),
+            "every answer is signed"
+        );
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    fn partner_body(no: &str, sub: &str) -> Vec<u8> {
+        json!({
+            "sp_appid": "wx_sp", "sp_mchid": SP, "sub_mchid": sub, "description": "d",
+            "out_trade_no": no, "notify_url": "https://shop.example/n",
+            "amount": { "total": 100, "currency": "CNY" },
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn direct_body(mchid: &str, no: &str) -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(&order_body(no, 100)).unwrap();
+        v["mchid"] = json!(mchid);
+        v.to_string().into_bytes()
+    }
+
+    const DIRECT: &str = "/v3/pay/transactions/native";
+    const PARTNER: &str = "/v3/pay/partner/transactions/native";
+
+    #[tokio::test]
+    async fn only_the_listed_merchant_is_refused_no_auth_as_wechat_pay_does() {
+        let (sb, signer) = sandbox();
+        let (sb, s) = (&*sb, &signer);
+        set(
+            sb,
+            json!({ "accounts": [SUB], "fail_rate": 1.0, "fail_code": "NO_AUTH", "fail_ops": ["create"] }),
+        );
+        // SUB under the platform and SUB on its own: refused, 403 as WeChat Pay answers
+        // NO_AUTH (no fail_status given), signed.
+        for (mchid, path, body) in [
+            (SP, PARTNER, partner_body("p-1", SUB)),
+            (SUB, DIRECT, direct_body(SUB, "d-1")),
+        ] {
+            let (status, v) = call(sb, s, mchid, Method::POST, path, &body).await;
+            assert_eq!((status, v["code"].as_str()), (403, Some("NO_AUTH")), "{v}");
+        }
+        // The platform's other sub-merchant, and another direct merchant: served.
+        let (status, v) = call(
+            sb,
+            s,
+            SP,
+            Method::POST,
+            PARTNER,
+            &partner_body("p-2", OTHER_SUB),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        let (status, v) = call(sb, s, MCH, Method::POST, DIRECT, &direct_body(MCH, "d-2")).await;
+        assert_eq!(status, 200, "{v}");
+        // SUB's queries are not in fail_ops.
+        let q =
+            format!("/v3/pay/partner/transactions/out-trade-no/p-1?sp_mchid={SP}&sub_mchid={SUB}");
+        let (status, v) = call(sb, s, SP, Method::GET, &q, b"").await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (404, Some("ORDER_NOT_EXIST")),
+            "{v}"
+        );
+
+        // A sub_mchid named only in the query matches; fail_status overrides the default.
+        set(
+            sb,
+            json!({ "accounts": [SUB], "fail_next": 1, "fail_code": "NO_AUTH", "fail_status": 500 }),
+        );
+        let (status, v) = call(sb, s, SP, Method::GET, &q, b"").await;
+        assert_eq!((status, v["code"].as_str()), (500, Some("NO_AUTH")), "{v}");
+        // An appid matches too; the default code is SYSTEM_ERROR, answered 500.
+        set(sb, json!({ "accounts": ["wx_sandbox"], "fail_next": 1 }));
+        let (status, v) = call(sb, s, MCH, Method::POST, DIRECT, &direct_body(MCH, "d-3")).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (500, Some("SYSTEM_ERROR")),
+            "{v}"
+        );
+        assert_eq!(sb.shared.faults().fail_next, 0);
+    }
+
+    #[test]
+    fn injected_codes_get_the_status_wechat_pay_documents() {
+        for (code, status) in [
+            ("NO_AUTH", 403),
+            ("APPID_MCHID_NOT_MATCH", 400),
+            ("PARAM_ERROR", 400),
+            ("SIGN_ERROR", 401),
+            ("ORDER_NOT_EXIST", 404),
+            ("FREQUENCY_LIMITED", 429),
+            ("SYSTEM_ERROR", 500),
+            ("SOMETHING_ELSE", 500),
+        ] {
+            assert_eq!(super::super::documented_status(code), status, "{code}");
+        }
+    }
+}
