@@ -8,6 +8,7 @@
 
 mod support;
 
+mod adaptive;
 mod alipay;
 mod cli;
 mod close;
