@@ -126,7 +126,7 @@ impl DrainSwitch {
         let _writing = self.writing.lock().await;
         let set = self.store.drained().await?;
         for d in &set {
-            tracing::warn!(channel = %d.channel, reason = %d.reason, by = %d.by, since = %crate::payment::view::rfc3339(d.since_ms), "channel is drained: it takes no new payment");
+            tracing::warn!(channel = d.channel.as_str(), reason = d.reason.as_str(), by = d.by.as_str(), since = %crate::payment::view::rfc3339(d.since_ms), "channel is drained: it takes no new payment");
         }
         self.replace(set);
         Ok(())
@@ -146,9 +146,9 @@ impl DrainSwitch {
         let drained = self.store.drain(channel, reason, by, at).await?;
         let d = &drained.record;
         tracing::warn!(
-            channel = %d.channel,
-            reason = %d.reason,
-            by = %d.by,
+            channel = d.channel.as_str(),
+            reason = d.reason.as_str(),
+            by = d.by.as_str(),
             since = %crate::payment::view::rfc3339(d.since_ms),
             already = drained.already,
             "channel drained: it takes no new payment; orders bound to it go on"
@@ -169,8 +169,8 @@ impl DrainSwitch {
                 channel,
                 by,
                 drained_since = %crate::payment::view::rfc3339(d.since_ms),
-                drained_by = %d.by,
-                drain_reason = %d.reason,
+                drained_by = d.by.as_str(),
+                drain_reason = d.reason.as_str(),
                 "channel resumed: it takes new payments again"
             ),
             None => tracing::info!(channel, by, "resume of a channel that was not drained"),
@@ -203,17 +203,25 @@ impl DrainSwitch {
         for d in &set {
             match before.get(&d.channel) {
                 None => {
-                    tracing::warn!(channel = %d.channel, reason = %d.reason, by = %d.by, since = %crate::payment::view::rfc3339(d.since_ms), "channel drained (by another instance): it takes no new payment")
+                    tracing::warn!(channel = d.channel.as_str(), reason = d.reason.as_str(), by = d.by.as_str(), since = %crate::payment::view::rfc3339(d.since_ms), "channel drained (by another instance): it takes no new payment")
                 }
                 Some(was) if was != d => {
-                    tracing::info!(channel = %d.channel, reason = %d.reason, by = %d.by, "channel's drain updated (by another instance)")
+                    tracing::info!(
+                        channel = d.channel.as_str(),
+                        reason = d.reason.as_str(),
+                        by = d.by.as_str(),
+                        "channel's drain updated (by another instance)"
+                    )
                 }
                 Some(_) => {}
             }
         }
         for channel in before.keys() {
             if !set.iter().any(|d| &d.channel == channel) {
-                tracing::info!(%channel, "channel resumed (by another instance): it takes new payments again");
+                tracing::info!(
+                    channel = channel.as_str(),
+                    "channel resumed (by another instance): it takes new payments again"
+                );
             }
         }
         self.replace(set);
@@ -386,6 +394,92 @@ mod tests {
         other.resume("x", "bob", 6_000).await.unwrap();
         switch.refresh().await.unwrap();
         assert!(!switch.is_drained("x"));
+    }
+
+    /// A store whose reads of the drained set answer what the test says.
+    struct Scripted(Mutex<Result<Vec<DrainRecord>, StoreError>>);
+
+    #[async_trait::async_trait]
+    impl Drains for Scripted {
+        async fn drain(&self, _: &str, _: &str, _: &str, _: i64) -> Result<Drained, StoreError> {
+            Err(StoreError::Unavailable("scripted".into()))
+        }
+        async fn resume(
+            &self,
+            _: &str,
+            _: &str,
+            _: i64,
+        ) -> Result<Option<DrainRecord>, StoreError> {
+            Err(StoreError::Unavailable("scripted".into()))
+        }
+        async fn drained(&self) -> Result<Vec<DrainRecord>, StoreError> {
+            self.0.lock().unwrap().clone()
+        }
+        async fn drain_log(&self, _: u32) -> Result<Vec<crate::store::DrainLogEntry>, StoreError> {
+            Ok(vec![])
+        }
+    }
+
+    /// A store that cannot be read keeps the last known set in force (and counts it); one
+    /// that cannot be written refuses the change and leaves the set as it was.
+    #[tokio::test]
+    async fn store_trouble_keeps_the_last_known_set() {
+        let d = DrainRecord {
+            channel: "a".into(),
+            reason: "incident".into(),
+            by: "ops".into(),
+            since_ms: 1_000,
+        };
+        let store = Arc::new(Scripted(Mutex::new(Ok(vec![d.clone()]))));
+        let registry = Registry::new();
+        let switch = DrainSwitch::new(store.clone(), &registry).unwrap();
+        switch.load().await.unwrap();
+        switch.set_channels(["a"]);
+        *store.0.lock().unwrap() = Err(StoreError::Unavailable("down".into()));
+        for _ in 0..3 {
+            let result = switch.refresh().await;
+            assert!(result.is_err());
+            switch.refreshed(result);
+        }
+        assert!(
+            switch.is_drained("a"),
+            "the last known drain stays in force"
+        );
+        assert_eq!(switch.metrics.refresh_errors.get(), 3);
+        assert!(switch.drain("b", "x", "ops").await.is_err());
+        assert!(switch.resume("a", "ops").await.is_err());
+        assert_eq!(switch.all(), [d]);
+        assert_eq!(gauge(&registry, "payroute_channel_drained", "a"), Some(1));
+        *store.0.lock().unwrap() = Ok(vec![]);
+        let result = switch.refresh().await;
+        switch.refreshed(result);
+        assert!(!switch.is_drained("a"));
+        assert!(!switch.refresh_failing.load(Ordering::Relaxed));
+    }
+
+    /// A failed load fails the start: serving without the stored drains would undo them.
+    #[tokio::test]
+    async fn a_failed_load_is_an_error() {
+        let store = Arc::new(Scripted(Mutex::new(Err(StoreError::Unavailable(
+            "down".into(),
+        )))));
+        let switch = DrainSwitch::new(store, &Registry::new()).unwrap();
+        assert!(switch.load().await.is_err());
+    }
+
+    /// The refresher ends when the shutdown signal comes.
+    #[tokio::test]
+    async fn the_refresher_stops_on_shutdown() {
+        let (_dir, switch, _registry) = switch().await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(switch.run(async move {
+            let _ = stopped.await;
+        }));
+        let _ = stop.send(());
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("the refresher stops")
+            .unwrap();
     }
 
     #[test]
