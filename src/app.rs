@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::admin::AdminState;
 use crate::api::{ApiMetrics, ApiState};
 use crate::config::Config;
+use crate::drains::DrainSwitch;
 use crate::inbound::Inbound;
 use crate::live::{Live, LiveConfig};
 use crate::payment::PaymentService;
@@ -81,6 +82,9 @@ pub struct App {
     pub stranded: Arc<StrandedWatch>,
     pub outbox: Arc<Outbox>,
     pub reconciler: Arc<Reconciler>,
+    /// The manual drain switch: which channels ops took out of routing. Routing asks
+    /// [`DrainSwitch::is_drained`] per candidate; the admin port drains and resumes.
+    pub drains: Arc<DrainSwitch>,
 }
 
 /// Threads for blocking work (store reads, DNS). The store reads through a few pooled
@@ -124,8 +128,18 @@ impl App {
         rebind_legacy_sellers(store.as_ref(), &config.merchants).await;
         let resilience = Arc::new(Resilience::new(&registry)?);
         let live = Arc::new(LiveConfig::new(config, &registry, resilience.clone())?);
+        // Drains are read before anything serves: a restart keeps them.
+        let drains = Arc::new(DrainSwitch::new(store.clone(), &registry)?);
+        drains.load().await?;
+        drains.set_channels(live.load().config.channels.keys().map(String::as_str));
+        let switch = drains.clone();
+        live.on_reload(move |config| {
+            switch.set_channels(config.channels.keys().map(String::as_str))
+        });
         let payments = Arc::new(
-            PaymentService::new(store.clone(), &registry)?.with_health(resilience.health().clone()),
+            PaymentService::new(store.clone(), &registry)?
+                .with_health(resilience.health().clone())
+                .with_drains(drains.clone()),
         );
         payments.start_metrics_at_zero(&live.load().config);
         let service = payments.clone();
@@ -162,6 +176,7 @@ impl App {
             registry: registry.clone(),
             stranded: stranded.clone(),
             signals: payments.signals(),
+            drains: drains.clone(),
         });
         let reconciler = Arc::new(Reconciler::new(
             live.clone(),
@@ -180,6 +195,7 @@ impl App {
             stranded,
             outbox,
             reconciler,
+            drains,
         }))
     }
 
@@ -437,7 +453,7 @@ fn spawn_listeners(
 }
 
 /// The config watcher (when asked for) and the workers that close the loop: shop events
-/// out, forgotten orders found.
+/// out, forgotten orders found, other instances' drains seen.
 fn spawn_workers(app: &App, watch_config: bool, rx: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     if watch_config {
@@ -447,5 +463,6 @@ fn spawn_workers(app: &App, watch_config: bool, rx: &watch::Receiver<bool>) -> V
     tasks.push(tokio::spawn(
         app.reconciler.clone().run(stopped(rx.clone())),
     ));
+    tasks.push(tokio::spawn(app.drains.clone().run(stopped(rx.clone()))));
     tasks
 }

@@ -127,6 +127,15 @@ pub const DEFAULT_RECONCILE_TIERS: [(Duration, Duration); 3] = [
 /// `reconcile.concurrency` when absent: orders asked about at once.
 pub const DEFAULT_RECONCILE_CONCURRENCY: usize = 8;
 
+/// How often each instance reloads the drained channels (`POST /admin/channels/{name}/drain`)
+/// from the store: another instance's drain or resume is in force here within this time.
+/// One small read per instance per period.
+pub const DRAIN_REFRESH: Duration = Duration::from_secs(2);
+/// The longest drain `reason` accepted, in characters: a line in the log and the console.
+pub const MAX_DRAIN_REASON_CHARS: usize = 200;
+/// The longest operator name (`by`, `X-Payroute-Operator`) accepted, in characters.
+pub const MAX_DRAIN_OPERATOR_CHARS: usize = 100;
+
 /// How long the config watcher waits for quiet after a change before reloading (a save is
 /// often several events: truncate, write, rename).
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);

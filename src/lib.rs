@@ -24,9 +24,12 @@
 //! - `resilience`: retry backoff and budget, circuit breaker, GCRA rate limits (local, and
 //!   `scope: global` ones shared through Redis).
 //! - `store`: one trait per concern — `Ledger` (payments, refunds), `Outbox` (shop events),
-//!   `Schedule` (reconciliation checks), `Reports` (ops reads, health) — each file with both
+//!   `Schedule` (reconciliation checks), `Reports` (ops reads, health), `Drains` (drained
+//!   channels) — each file with both
 //!   engines beside it: `sqlite` (group commit; one instance) and `postgres` (pooled, claims
 //!   with leases; several instances on one database); one migration list for both.
+//! - `drains`: the manual drain switch — channels ops took out of routing, held in memory for
+//!   routing's hot path, stored, and reloaded so every instance sees a drain.
 //! - `stranded`: open orders bound to an account no channel holds any more; check and reload warn.
 //! - `admin`: metrics, health, reload, config, channels, ledgers and their export, events,
 //!   explain, and the ops console (`/ui`) on the admin port.
@@ -46,6 +49,7 @@ pub mod config;
 pub mod context;
 pub mod defaults;
 pub mod domain;
+pub mod drains;
 pub mod ids;
 pub mod inbound;
 pub mod live;

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::api::error::{ApiError, ErrorCode};
 use crate::domain::{EventStatus, Method as PayMethod, PaymentStatus, RefundStatus};
+use crate::drains::{check_operator, check_reason, DrainSwitch, DEFAULT_OPERATOR};
 use crate::live::LiveConfig;
 use crate::payment::export::{parse_time, Format, Selection};
 use crate::routing::PaymentFacts;
@@ -58,7 +59,7 @@ fn running(live_config: &LiveConfig, live: &crate::live::Live) -> Value {
 }
 
 /// What the admin port needs: the live config (and its reload), the store's ledgers (read
-/// only), the outbox (to resend), the metrics.
+/// only), the outbox (to resend), the drain switch, the metrics.
 pub struct AdminState {
     pub live: Arc<LiveConfig>,
     /// Read for the ledgers, their export and `/readyz`; never written here.
@@ -70,6 +71,8 @@ pub struct AdminState {
     pub stranded: Arc<StrandedWatch>,
     /// What creates route by now (health windows, drains), for explain.
     pub signals: Arc<dyn crate::routing::Signals + Send + Sync>,
+    /// Drains and resumes channels; `/admin/channels` shows its state.
+    pub drains: Arc<DrainSwitch>,
 }
 
 impl AdminState {
@@ -135,6 +138,26 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                     }),
                 ),
                 (&Method::GET, "/admin/channels") => channels(&app),
+                (&Method::POST, p)
+                    if p.starts_with("/admin/channels/")
+                        && (p.ends_with("/drain") || p.ends_with("/resume")) =>
+                {
+                    let rest = &p["/admin/channels/".len()..];
+                    let Some((name, action)) = rest.rsplit_once('/') else {
+                        return error(ErrorCode::NotFound, format!("no admin route POST {p}"));
+                    };
+                    let (name, action) = (crate::server::decode(name), action.to_string());
+                    let operator = req
+                        .headers()
+                        .get(OPERATOR_HEADER)
+                        .map(|v| v.to_str().map(str::to_string));
+                    let limit = live.config.server.max_body_bytes;
+                    let body = match Limited::new(req.into_body(), limit).collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => return error(ErrorCode::PayloadTooLarge, "body too large"),
+                    };
+                    switch(&app, &live, &name, &action, operator, &body).await
+                }
                 (&Method::GET, "/admin/payments") => payments(&app, req.uri().query()).await,
                 (&Method::GET, "/admin/payments/export") => export(&app, req.uri().query()).await,
                 (&Method::GET, "/admin/refunds") => refunds(&app, req.uri().query()).await,
@@ -217,6 +240,7 @@ fn channels(app: &AdminState) -> Response<Full<Bytes>> {
                 "fee_rate_ppm": c.fee.ppm,
                 "circuit": live.channels.get(&c.name).map(|ch| ch.breaker_state()),
                 "limit": c.limit.map(|l| json!({ "count": l.count, "per_seconds": l.per.as_secs(), "burst": l.burst })),
+                "drained": app.drains.get(&c.name).as_ref().map(drain_json),
             })
         })
         .collect();
@@ -224,6 +248,111 @@ fn channels(app: &AdminState) -> Response<Full<Bytes>> {
         StatusCode::OK,
         &json!({ "version": live.config.version, "channels": list }),
     )
+}
+
+/// Names the operator of a drain or resume whose body names none.
+const OPERATOR_HEADER: &str = "x-payroute-operator";
+
+/// A drain as the admin API shows it (times RFC 3339, as everywhere here).
+fn drain_json(d: &crate::store::DrainRecord) -> Value {
+    json!({ "reason": d.reason, "by": d.by, "since": crate::payment::view::rfc3339(d.since_ms) })
+}
+
+/// `POST /admin/channels/{name}/drain` `{"reason", "by"?}` and `POST
+/// /admin/channels/{name}/resume` `{"by"?}` (an empty body too). The operator is `by`, else the
+/// `X-Payroute-Operator` header, else `admin`. A drain of a drained channel replaces its
+/// reason (its `since` stays); a resume of one not drained changes nothing. Both answer 200
+/// with `was_drained`.
+async fn switch(
+    app: &AdminState,
+    live: &crate::live::Live,
+    name: &str,
+    action: &str,
+    header: Option<Result<String, http::header::ToStrError>>,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Drain {
+        reason: String,
+        by: Option<String>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Resume {
+        by: Option<String>,
+    }
+    let bad = |m: String| error(ErrorCode::InvalidRequest, m);
+    // A removed channel may still hold a stored drain: it can be resumed (cleared), not
+    // drained.
+    let known = live.config.channels.contains_key(name);
+    let header = match header.transpose() {
+        Ok(h) => h,
+        Err(_) => return bad(format!("{OPERATOR_HEADER} must be visible ASCII")),
+    };
+    let operator = |by: Option<String>| -> Result<String, String> {
+        let by = by
+            .or(header)
+            .unwrap_or_else(|| DEFAULT_OPERATOR.to_string());
+        check_operator(&by).map(|()| by)
+    };
+    match action {
+        "drain" => {
+            if !known {
+                return error(ErrorCode::NotFound, format!("no channel {name:?}"));
+            }
+            let d: Drain = match serde_json::from_slice(body) {
+                Ok(d) => d,
+                Err(e) => {
+                    return bad(format!(
+                        "body must be {{\"reason\": \"…\", \"by\"?: \"…\"}}: {e}"
+                    ))
+                }
+            };
+            if let Err(m) = check_reason(&d.reason) {
+                return bad(m);
+            }
+            let by = match operator(d.by) {
+                Ok(by) => by,
+                Err(m) => return bad(m),
+            };
+            match app.drains.drain(name, &d.reason, &by).await {
+                Ok(done) => json_response(
+                    StatusCode::OK,
+                    &json!({ "channel": name, "drained": drain_json(&done.record), "was_drained": done.already }),
+                ),
+                Err(e) => ApiError::from(e).into_response(),
+            }
+        }
+        "resume" => {
+            if !known && app.drains.get(name).is_none() {
+                return error(ErrorCode::NotFound, format!("no channel {name:?}"));
+            }
+            let r: Resume = if body.iter().all(u8::is_ascii_whitespace) {
+                Resume::default()
+            } else {
+                match serde_json::from_slice(body) {
+                    Ok(r) => r,
+                    Err(e) => return bad(format!("body must be {{\"by\"?: \"…\"}} or empty: {e}")),
+                }
+            };
+            let by = match operator(r.by) {
+                Ok(by) => by,
+                Err(m) => return bad(m),
+            };
+            match app.drains.resume(name, &by).await {
+                Ok(ended) => json_response(
+                    StatusCode::OK,
+                    &json!({ "channel": name, "drained": null, "was_drained": ended.is_some(), "ended": ended.as_ref().map(drain_json) }),
+                ),
+                Err(e) => ApiError::from(e).into_response(),
+            }
+        }
+        _ => error(
+            ErrorCode::NotFound,
+            format!("no admin route POST /admin/channels/{name}/{action}"),
+        ),
+    }
 }
 
 /// The parameters every ledger takes: `merchant_id`, `status`, `limit` (1 to 1000, default 100).

@@ -20,7 +20,7 @@ pub(super) struct Migration {
 
 /// Applied in order. The numbers are PostgreSQL's since the shared store shipped: a
 /// database that applied them runs none again.
-pub(super) const MIGRATIONS: [Migration; 4] = [
+pub(super) const MIGRATIONS: [Migration; 5] = [
     Migration {
         version: 1,
         sqlite: SQLITE_V1,
@@ -44,6 +44,11 @@ pub(super) const MIGRATIONS: [Migration; 4] = [
         // No `check_claim` column: SQLite keeps its check claims in memory.
         sqlite: SQLITE_V4_OPEN_CHECKS,
         postgres: PG_V4_CHECK_CLAIMS,
+    },
+    Migration {
+        version: 5,
+        sqlite: SQLITE_V5_DRAINS,
+        postgres: PG_V5_DRAINS,
     },
 ];
 
@@ -134,6 +139,25 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, pad BLOB);
 /// Issue 15: a payment reported after the order had ended is flagged `late`.
 const SQLITE_V2_LATE: &str = "
 ALTER TABLE payments ADD COLUMN late INTEGER NOT NULL DEFAULT 0;
+";
+
+/// Issue 18: the manual drain switch (`store::drains`): the drained channels, and a log of
+/// every drain and resume. `IF NOT EXISTS`: safe to run over a file that has them.
+pub(super) const SQLITE_V5_DRAINS: &str = "
+CREATE TABLE IF NOT EXISTS channel_drains (
+    channel    TEXT PRIMARY KEY,
+    reason     TEXT NOT NULL,
+    drained_by TEXT NOT NULL,
+    since      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS channel_drain_log (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel    TEXT NOT NULL,
+    action     TEXT NOT NULL CHECK (action IN ('drain', 'resume')),
+    reason     TEXT,
+    drained_by TEXT NOT NULL,
+    at         INTEGER NOT NULL
+);
 ";
 
 /// Issue 16: an open record left with no next check (by a payroute before it, whose
@@ -257,4 +281,23 @@ UPDATE payments SET next_check_at = updated_at
  WHERE next_check_at IS NULL AND status IN ('pending', 'unknown');
 UPDATE refunds SET next_check_at = updated_at
  WHERE next_check_at IS NULL AND status IN ('pending', 'abnormal');
+";
+
+/// Issue 18: the manual drain switch (`store::drains`), shared by every instance on the
+/// database: the drained channels, and a log of every drain and resume.
+const PG_V5_DRAINS: &str = "
+CREATE TABLE channel_drains (
+    channel    TEXT PRIMARY KEY,
+    reason     TEXT NOT NULL,
+    drained_by TEXT NOT NULL,
+    since      BIGINT NOT NULL
+);
+CREATE TABLE channel_drain_log (
+    id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channel    TEXT NOT NULL,
+    action     TEXT NOT NULL CHECK (action IN ('drain', 'resume')),
+    reason     TEXT,
+    drained_by TEXT NOT NULL,
+    at         BIGINT NOT NULL
+);
 ";

@@ -1,6 +1,6 @@
 //! The ops console (`/ui` on the admin port) in headless Chromium, driven over WebDriver
 //! (chromedriver): it connects with the admin token, shows channels, rules and payments,
-//! explains a payment, and resends a dead event.
+//! explains a payment, resends a dead event, and drains and resumes a channel.
 //!
 //! Needs `chromium` and `chromium-driver` (Debian); without them this test says so loudly and
 //! passes, unless `PAYROUTE_REQUIRE_BROWSER=1` (as `.ci/run` sets), where it fails.
@@ -96,6 +96,26 @@ impl Browser<'_> {
         .to_string()
     }
 
+    /// Waits for a JavaScript dialog (`prompt`, `confirm`), types `text` into it if given,
+    /// and accepts it — or dismisses it when `accept` is false.
+    async fn answer_dialog(&self, text: Option<&str>, accept: bool) {
+        let url = format!("{}/alert/text", self.base);
+        wait_until("a dialog to open", || async {
+            self.h.send(Method::GET, &url, &[], "").await.status == 200
+        })
+        .await;
+        if let Some(text) = text {
+            self.call(Method::POST, "/alert/text", json!({ "text": text }))
+                .await;
+        }
+        let answer = if accept {
+            "/alert/accept"
+        } else {
+            "/alert/dismiss"
+        };
+        self.call(Method::POST, answer, json!({})).await;
+    }
+
     async fn shows(&self, css: &str, wanted: &str) {
         wait_until(&format!("{css} to show {wanted:?}"), || async {
             self.text(css).await.contains(wanted)
@@ -144,6 +164,92 @@ async fn start_driver(h: &Harness) -> Option<Driver> {
     Some(driver)
 }
 
+/// A headless Chromium session on `driver`, at the console of `h`, connected with the token.
+async fn console<'a>(h: &'a Harness, driver: &Driver) -> Browser<'a> {
+    let session = h
+        .send(
+            Method::POST,
+            &format!("{}/session", driver.url),
+            &[("content-type", "application/json")],
+            &json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+            }}}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(session.status, 200, "{}", session.text);
+    let id = session.body["value"]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let browser = Browser {
+        h,
+        base: format!("{}/session/{id}", driver.url),
+    };
+    browser
+        .call(
+            Method::POST,
+            "/url",
+            json!({"url": format!("{}/ui", h.admin)}),
+        )
+        .await;
+    browser.type_into("#token", ADMIN_TOKEN).await;
+    browser.click("#connect").await;
+    browser.shows("#status", "connected").await;
+    browser
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_drains_and_resumes_a_channel() {
+    let h = Harness::start().await;
+    let Some(driver) = start_driver(&h).await else {
+        return;
+    };
+    let browser = console(&h, &driver).await;
+    let row = r#"#channels tr[data-channel="m1001_wechat"]"#;
+    browser.shows(row, "m1001_wechat").await;
+    let drained = || async {
+        let r = h.admin_get("/admin/channels").await;
+        r.body["channels"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == "m1001_wechat"))
+            .map(|c| c["drained"].clone())
+            .unwrap_or_else(|| panic!("no m1001_wechat: {}", r.text))
+    };
+
+    // Asked for a reason, then to confirm: declining the confirmation drains nothing.
+    browser.click(&format!("{row} button.drain")).await;
+    browser.answer_dialog(Some("not this one"), true).await;
+    browser.answer_dialog(None, false).await;
+    assert_eq!(drained().await, Value::Null);
+
+    browser.type_into("#operator", "ops-ui").await;
+    browser.click(&format!("{row} button.drain")).await;
+    browser
+        .answer_dialog(Some("provider incident via console"), true)
+        .await;
+    browser.answer_dialog(None, true).await;
+    browser.shows(row, "drained since").await;
+    browser.shows(row, "provider incident via console").await;
+    let d = drained().await;
+    assert_eq!(d["reason"], "provider incident via console", "{d}");
+    assert_eq!(d["by"], "ops-ui", "the operator the console names");
+    // The other channels stay as they were.
+    browser
+        .shows(r#"#channels tr[data-channel="platform_wechat"]"#, "Drain")
+        .await;
+
+    browser.click(&format!("{row} button.resume")).await;
+    browser.answer_dialog(None, true).await;
+    browser.shows(&format!("{row} button.drain"), "Drain").await;
+    assert_eq!(drained().await, Value::Null);
+
+    browser.call(Method::DELETE, "", json!({})).await;
+    drop(driver);
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_explains_a_payment_and_resends_a_dead_event() {
     let h = Harness::start_with(
@@ -168,38 +274,7 @@ async fn the_console_explains_a_payment_and_resends_a_dead_event() {
     let Some(driver) = start_driver(&h).await else {
         return;
     };
-    let session = h
-        .send(
-            Method::POST,
-            &format!("{}/session", driver.url),
-            &[("content-type", "application/json")],
-            &json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-            }}}})
-            .to_string(),
-        )
-        .await;
-    assert_eq!(session.status, 200, "{}", session.text);
-    let id = session.body["value"]["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let browser = Browser {
-        h: &h,
-        base: format!("{}/session/{id}", driver.url),
-    };
-
-    browser
-        .call(
-            Method::POST,
-            "/url",
-            json!({"url": format!("{}/ui", h.admin)}),
-        )
-        .await;
-    browser.type_into("#token", ADMIN_TOKEN).await;
-    browser.click("#connect").await;
-    browser.shows("#status", "connected").await;
+    let browser = console(&h, &driver).await;
     browser.shows("#channels", "m1001_wechat").await;
     browser.shows("#rules", "m1001-own-wechat").await;
     browser.shows("#payments", "ui-1").await;

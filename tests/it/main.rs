@@ -15,6 +15,7 @@ mod close;
 mod config_validation;
 mod console;
 mod dashboard;
+mod drain;
 mod durability;
 mod errors;
 mod late;

@@ -7,7 +7,7 @@ let token = sessionStorage.getItem("payroute-admin-token") || "";
 async function api(path, options = {}) {
   const resp = await fetch(path, {
     ...options,
-    headers: { "Authorization": "Bearer " + token, "Content-Type": "application/json" },
+    headers: { "Authorization": "Bearer " + token, "Content-Type": "application/json", ...(options.headers || {}) },
   });
   const body = await resp.json().catch(() => ({}));
   if (!resp.ok) {
@@ -55,6 +55,53 @@ async function loadChannels(samples) {
     cell(row, c.circuit, c.circuit === "closed" ? "ok" : "open");
     cell(row, total, "num");
     cell(row, total ? (100 * ok / total).toFixed(1) + "%" : "–", "num");
+    row.dataset.channel = c.name;
+    const d = c.drained;
+    cell(row, d ? "drained since " + d.since + " by " + d.by + ": " + d.reason : "–", d ? "open drained" : "");
+    row.insertCell().append(d ? resumeButton(c.name) : drainButton(c.name));
+  });
+}
+
+// The operator named in the log and in /admin/channels (the server says "admin" if none).
+function operatorHeaders() {
+  const name = $("operator").value.trim();
+  sessionStorage.setItem("payroute-operator", name);
+  return name ? { "X-Payroute-Operator": name } : {};
+}
+
+// Drain and resume act at once on routing (and every instance within seconds): each asks first.
+function switchButton(label, cls, act) {
+  const button = document.createElement("button");
+  button.textContent = label;
+  button.className = cls;
+  button.onclick = async () => {
+    const body = act();
+    if (!body) return;
+    button.disabled = true;
+    try {
+      await api(body.path, { method: "POST", body: JSON.stringify(body.json), headers: operatorHeaders() });
+      await loadChannels(await metrics());
+    } catch (err) {
+      button.disabled = false;
+      button.textContent = err.message;
+    }
+  };
+  return button;
+}
+
+function drainButton(name) {
+  return switchButton("Drain", "drain", () => {
+    const reason = prompt("Why drain " + name + "? (up to 200 characters)");
+    if (!reason || !reason.trim()) return null;
+    if (!confirm("Drain " + name + "? It takes no new payments until resumed; its open orders go on.")) return null;
+    return { path: "/admin/channels/" + encodeURIComponent(name) + "/drain", json: { reason } };
+  });
+}
+
+function resumeButton(name) {
+  return switchButton("Resume", "resume", () => {
+    if (!confirm("Resume " + name + "? It takes new payments again.")) return null;
+    return { path: "/admin/channels/" + encodeURIComponent(name) + "/resume", json: {} };
   });
 }
 
@@ -131,6 +178,9 @@ $("login").onsubmit = (ev) => {
   sessionStorage.setItem("payroute-admin-token", token);
   refresh();
 };
+
+$("operator").value = sessionStorage.getItem("payroute-operator") || "";
+$("operator-form").onsubmit = (ev) => ev.preventDefault();
 
 $("payments-filter").onsubmit = (ev) => {
   ev.preventDefault();

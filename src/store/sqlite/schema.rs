@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::backend;
-use crate::store::schema::{MIGRATIONS, SQLITE_V1, SQLITE_V4_OPEN_CHECKS};
+use crate::store::schema::{MIGRATIONS, SQLITE_V1, SQLITE_V4_OPEN_CHECKS, SQLITE_V5_DRAINS};
 use crate::store::StoreError;
 
 /// The migrations' ledger, as on PostgreSQL.
@@ -21,7 +21,7 @@ CREATE TABLE schema_migrations (
 ///
 /// A file created before the ledger existed (its tables, no `schema_migrations`) is brought
 /// to the current columns once by probing them ([`probe_columns`]), the idempotent texts
-/// (V1's indexes, V4's repair) run over it, and every version is recorded as applied.
+/// (V1's indexes, V4's repair, V5's tables) run over it, and every version is recorded as applied.
 pub(super) fn migrate_sqlite(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
     match apply_sqlite(conn) {
@@ -51,6 +51,8 @@ fn apply_sqlite(conn: &Connection) -> Result<(), StoreError> {
         if before_the_ledger {
             probe_columns(conn)?;
             conn.execute_batch(SQLITE_V1).map_err(backend)?;
+            // The tables added since the ledger: every version is recorded below, not run.
+            conn.execute_batch(SQLITE_V5_DRAINS).map_err(backend)?;
             for m in &MIGRATIONS {
                 record(m.version)?;
             }

@@ -275,6 +275,7 @@ macro_rules! postgres_only {
     };
 }
 
+mod drains;
 mod engine;
 mod ledger;
 mod outbox;
