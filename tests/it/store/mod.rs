@@ -278,6 +278,7 @@ macro_rules! postgres_only {
 mod engine;
 mod ledger;
 mod outbox;
+mod quotas;
 mod reports;
 mod schedule;
 
