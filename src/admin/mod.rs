@@ -19,7 +19,7 @@ use crate::routing::PaymentFacts;
 use crate::secret::token_matches;
 use crate::server::json_response;
 use crate::store::{
-    EventFilter, EventRecord, PaymentFilter, RefundFilter, Reports, Resend, StoreError,
+    EventFilter, EventRecord, PaymentFilter, Quotas, RefundFilter, Reports, Resend, StoreError,
 };
 use crate::stranded::StrandedWatch;
 use crate::webhooks::outbox::Outbox;
@@ -65,6 +65,8 @@ pub struct AdminState {
     pub store: Arc<dyn Reports>,
     /// The events' ledger and resends go through it (a resend wakes it).
     pub outbox: Arc<Outbox>,
+    /// What accounts have taken of their quotas (`GET /admin/quotas`); read only.
+    pub quotas: Arc<dyn Quotas>,
     pub registry: Registry,
     /// Open orders at accounts no channel holds, as judged on load and the last reload.
     pub stranded: Arc<StrandedWatch>,
@@ -133,6 +135,7 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                     }),
                 ),
                 (&Method::GET, "/admin/channels") => channels(&app),
+                (&Method::GET, "/admin/quotas") => quotas(&app).await,
                 (&Method::GET, "/admin/payments") => payments(&app, req.uri().query()).await,
                 (&Method::GET, "/admin/payments/export") => export(&app, req.uri().query()).await,
                 (&Method::GET, "/admin/refunds") => refunds(&app, req.uri().query()).await,
@@ -221,6 +224,76 @@ fn channels(app: &AdminState) -> Response<Full<Bytes>> {
     json_response(
         StatusCode::OK,
         &json!({ "version": live.config.version, "channels": list }),
+    )
+}
+
+/// `GET /admin/quotas`: for each channel with a `quota`, each account it holds for the
+/// configured merchants (a direct channel: its one account, for its owners; a partner / ISV
+/// channel: one per merchant with a sub-merchant id, which is that merchant's account there),
+/// what the account has taken today and this month (China calendar) against each limit.
+/// Accounts are shown by their ids, never a token.
+///
+/// # Limits
+/// One sum per account (a range scan of its month, see `store::quotas`), one after another.
+async fn quotas(app: &AdminState) -> Response<Full<Bytes>> {
+    use crate::clock::{china_day_start_ms, china_month_start_ms, now_ms};
+    let live = app.live.load();
+    let now = now_ms();
+    let (day, month) = (china_day_start_ms(now), china_month_start_ms(now));
+    let mut merchants: Vec<_> = live.config.merchants.iter().collect();
+    merchants.sort_by(|a, b| a.0.cmp(b.0));
+    let mut rows = Vec::new();
+    for c in live.config.channels.values() {
+        let Some(quota) = c.quota else {
+            continue;
+        };
+        // Each account once, with the merchants whose payments it takes.
+        let mut accounts: Vec<(crate::domain::Account, Vec<String>)> = Vec::new();
+        if c.needs_sub_merchant() {
+            for (id, sub) in &merchants {
+                let account = c.account(sub);
+                if !c.serves(id) || (account.sub_mchid.is_none() && account.seller.is_none()) {
+                    continue;
+                }
+                match accounts.iter_mut().find(|(a, _)| *a == account) {
+                    Some((_, ids)) => ids.push(id.to_string()),
+                    None => accounts.push((account, vec![id.to_string()])),
+                }
+            }
+        } else {
+            let owners = c.owners.iter().flatten().cloned().collect();
+            accounts.push((c.account(&Default::default()), owners));
+        }
+        for (account, merchants) in accounts {
+            let used = match app.quotas.quota_used(&account, day, month).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::error!(error = %e, channel = %c.name, "reading quota use");
+                    return error(ErrorCode::StoreUnavailable, "store unavailable");
+                }
+            };
+            let period = |limit: Option<u64>, used: u64| {
+                json!({ "limit": limit, "used": used, "left": limit.map(|l| l.saturating_sub(used)) })
+            };
+            rows.push(json!({
+                "channel": c.name,
+                "account": account,
+                "merchants": merchants,
+                "daily": period(quota.daily, used.day),
+                "monthly": period(quota.monthly, used.month),
+                "single": quota.single,
+            }));
+        }
+    }
+    let rfc = crate::payment::view::rfc3339;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "version": live.config.version,
+            "day_start": rfc(day),
+            "month_start": rfc(month),
+            "quotas": rows,
+        }),
     )
 }
 

@@ -21,6 +21,7 @@ mod money_safety;
 mod notifications;
 mod ops;
 mod outbox;
+mod quotas;
 mod ownership;
 mod reconcile;
 mod refunds;
