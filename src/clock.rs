@@ -30,8 +30,7 @@ pub fn china_day_start_ms(unix_ms: i64) -> i64 {
 pub fn china_month_start_ms(unix_ms: i64) -> i64 {
     let day_start = china_day_start_ms(unix_ms);
     let china = UtcOffset::from_hms(8, 0, 0).expect("a valid offset");
-    let Ok(at) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
-    else {
+    let Ok(at) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000) else {
         return day_start;
     };
     let into_month = i64::from(at.to_offset(china).day()) - 1;
@@ -51,8 +50,8 @@ mod tests {
 
     /// Unix ms of a UTC time given as RFC 3339.
     fn at(rfc3339: &str) -> i64 {
-        let t = OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-            .unwrap();
+        let t =
+            OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).unwrap();
         (t.unix_timestamp_nanos() / 1_000_000) as i64
     }
 

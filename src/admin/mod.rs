@@ -272,9 +272,7 @@ async fn quotas(app: &AdminState) -> Response<Full<Bytes>> {
                     return error(ErrorCode::StoreUnavailable, "store unavailable");
                 }
             };
-            let period = |limit: Option<u64>, used: u64| {
-                json!({ "limit": limit, "used": used, "left": limit.map(|l| l.saturating_sub(used)) })
-            };
+            let period = |limit: Option<u64>, used: u64| json!({ "limit": limit, "used": used, "left": limit.map(|l| l.saturating_sub(used)) });
             rows.push(json!({
                 "channel": c.name,
                 "account": account,

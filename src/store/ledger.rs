@@ -451,12 +451,12 @@ mod on_postgres {
 
     use super::{Inserted, Ledger, Updated};
     use crate::store::codec::{PAYMENT_COLUMNS, REFUND_COLUMNS};
-    use crate::store::quotas::{on_postgres as quotas, QuotaGuard, Room};
     use crate::store::postgres::claims::lock_payment;
     use crate::store::postgres::{
         collect, execute, get, get_payment, get_refund, insert_event, is_unique_violation, pg,
         query, read_payment, to_i64, PostgresStore,
     };
+    use crate::store::quotas::{on_postgres as quotas, QuotaGuard, Room};
     use crate::store::{
         account_json, rebound_seller, EventRecord, PaymentRecord, RefundRecord, Reservation,
         StoreError, LEGACY_SELLER_FILTER,
@@ -530,7 +530,9 @@ mod on_postgres {
                     // sums after the one before it has committed.
                     quotas::lock_account(&tx, account).await?;
                     // A replay first: never refused for quota. (Rolled back on return.)
-                    if let Some(existing) = get_payment(&tx, &p.merchant_id, &p.out_trade_no).await? {
+                    if let Some(existing) =
+                        get_payment(&tx, &p.merchant_id, &p.out_trade_no).await?
+                    {
                         return Ok(Inserted::Existing(Box::new(existing)));
                     }
                     let used = quotas::used_by(&tx, account, guard, None).await?;

@@ -362,9 +362,18 @@ mod tests {
     #[test]
     fn room_is_judged_daily_first_and_exactly_at_the_limit() {
         let g = guard(10, Some(100), Some(1000));
-        assert_eq!(g.room(QuotaUse { day: 90, month: 990 }), Room::Fits);
         assert_eq!(
-            g.room(QuotaUse { day: 91, month: 991 }),
+            g.room(QuotaUse {
+                day: 90,
+                month: 990
+            }),
+            Room::Fits
+        );
+        assert_eq!(
+            g.room(QuotaUse {
+                day: 91,
+                month: 991
+            }),
             Room::Over(Over {
                 period: Period::Daily,
                 used: 91,

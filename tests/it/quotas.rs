@@ -78,7 +78,10 @@ async fn admin_quotas_shows_used_and_left_per_account() {
         .iter()
         .all(|q| q["channel"] == "platform_quota"));
     assert!(!r.text.contains("tok_"), "{}", r.text);
-    assert!(r.body["day_start"].as_str().unwrap().ends_with("T16:00:00Z"));
+    assert!(r.body["day_start"]
+        .as_str()
+        .unwrap()
+        .ends_with("T16:00:00Z"));
 
     // A closed payment will never be paid: its room is free again.
     let closed = h.close("m_1001", "quota-2").await;

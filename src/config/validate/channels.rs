@@ -420,7 +420,9 @@ fn quota(k: &Keys, q: &QuotaFile, errs: &mut Errors) -> Option<Quota> {
             None => {
                 k.push(
                     &format!("quota.{key}"),
-                    format!("channels.{name}.quota.{key}: must be a positive integer (fen), not {v}"),
+                    format!(
+                        "channels.{name}.quota.{key}: must be a positive integer (fen), not {v}"
+                    ),
                     errs,
                 );
                 None
@@ -435,7 +437,9 @@ fn quota(k: &Keys, q: &QuotaFile, errs: &mut Errors) -> Option<Quota> {
     if q.daily.is_none() && q.monthly.is_none() && q.single.is_none() {
         k.push(
             "quota",
-            format!("channels.{name}.quota: is empty; set at least one of daily, monthly, single (fen)"),
+            format!(
+                "channels.{name}.quota: is empty; set at least one of daily, monthly, single (fen)"
+            ),
             errs,
         );
     }

@@ -73,7 +73,10 @@ async fn a_payment_within_the_room_is_inserted_and_one_over_it_refused(ctx: Ctx)
     let store = ctx.store.as_ref();
     for i in 0..3 {
         let p = at(&format!("q{i}"), 1_000, NOON + i);
-        assert_eq!(insert(store, &p, &guard(&p, Some(3_000), None)).await, Inserted::New);
+        assert_eq!(
+            insert(store, &p, &guard(&p, Some(3_000), None)).await,
+            Inserted::New
+        );
     }
     // Exactly at the limit is in; one fen more is not, and nothing of it is stored.
     let over = at("q3", 1, NOON + 3);
@@ -112,15 +115,25 @@ async fn failed_and_closed_payments_free_their_room(ctx: Ctx) {
     ];
     for (i, status) in statuses.into_iter().enumerate() {
         let p = at(&format!("f{i}"), 1_000, NOON + i as i64);
-        assert_eq!(insert(store, &p, &guard(&p, Some(4_000), None)).await, Inserted::New);
-        let mut p = store.get_payment("m_1", &p.out_trade_no).await.unwrap().unwrap();
+        assert_eq!(
+            insert(store, &p, &guard(&p, Some(4_000), None)).await,
+            Inserted::New
+        );
+        let mut p = store
+            .get_payment("m_1", &p.out_trade_no)
+            .await
+            .unwrap()
+            .unwrap();
         p.status = status;
         assert!(store.update_payment(&mut p).await.unwrap());
     }
     // Succeeded and unknown count (paid, or may be); failed and closed never will be.
     let p = at("f4", 2_000, NOON + 10);
     assert_eq!(used(store, &p).await.day, 2_000, "{}", ctx.kind);
-    assert_eq!(insert(store, &p, &guard(&p, Some(4_000), None)).await, Inserted::New);
+    assert_eq!(
+        insert(store, &p, &guard(&p, Some(4_000), None)).await,
+        Inserted::New
+    );
     let more = at("f5", 1, NOON + 11);
     assert!(matches!(
         insert(store, &more, &guard(&more, Some(4_000), None)).await,
@@ -165,7 +178,10 @@ async fn yesterdays_payments_count_for_the_month_not_today(ctx: Ctx) {
 async fn another_sub_merchant_has_a_room_of_its_own(ctx: Ctx) {
     let store = ctx.store.as_ref();
     let first = at("s1", 3_000, NOON);
-    assert_eq!(insert(store, &first, &guard(&first, Some(3_000), None)).await, Inserted::New);
+    assert_eq!(
+        insert(store, &first, &guard(&first, Some(3_000), None)).await,
+        Inserted::New
+    );
     let other = at_other_sub("s2", 3_000, NOON);
     assert_eq!(
         insert(store, &other, &guard(&other, Some(3_000), None)).await,
@@ -185,7 +201,10 @@ async fn another_sub_merchant_has_a_room_of_its_own(ctx: Ctx) {
 async fn a_replay_is_never_refused_for_quota(ctx: Ctx) {
     let store = ctx.store.as_ref();
     let p = at("r1", 3_000, NOON);
-    assert_eq!(insert(store, &p, &guard(&p, Some(3_000), None)).await, Inserted::New);
+    assert_eq!(
+        insert(store, &p, &guard(&p, Some(3_000), None)).await,
+        Inserted::New
+    );
     // The same order again (a shop's retry) with the room full: its record, not a refusal.
     let mut twin = p.clone();
     twin.payment_id = "pay_twin".into();
@@ -201,7 +220,10 @@ async fn the_guarded_rebind_leaves_the_record_itself_out(ctx: Ctx) {
     let there = at_other_sub("b0", 2_500, NOON);
     assert!(store.insert_payment(&there).await.unwrap().is_none());
     let p = at("b1", 1_000, NOON);
-    assert_eq!(insert(store, &p, &guard(&p, Some(3_000), None)).await, Inserted::New);
+    assert_eq!(
+        insert(store, &p, &guard(&p, Some(3_000), None)).await,
+        Inserted::New
+    );
     let mut rec = store.get_payment("m_1", "b1").await.unwrap().unwrap();
     // A failover to the other account: 2500 + 1000 is over 3000; nothing is written.
     rec.account = there.account.clone();
@@ -222,7 +244,10 @@ async fn the_guarded_rebind_leaves_the_record_itself_out(ctx: Ctx) {
         ctx.kind
     );
     let stored = store.get_payment("m_1", "b1").await.unwrap().unwrap();
-    assert_eq!(stored.account, p.account, "an over-quota rebind writes nothing");
+    assert_eq!(
+        stored.account, p.account,
+        "an over-quota rebind writes nothing"
+    );
     assert_eq!((stored.version, rec.version), (0, 0));
     assert_eq!(
         store
@@ -233,7 +258,10 @@ async fn the_guarded_rebind_leaves_the_record_itself_out(ctx: Ctx) {
     );
     assert_eq!(rec.version, 1);
     let stored = store.get_payment("m_1", "b1").await.unwrap().unwrap();
-    assert_eq!((stored.account, stored.channel), (there.account.clone(), "fallback".into()));
+    assert_eq!(
+        (stored.account, stored.channel),
+        (there.account.clone(), "fallback".into())
+    );
     assert_eq!(used(store, &there).await.day, 3_500);
     // Written again at the same account (its claim renewed): the sum leaves the record
     // itself out, so it still fits exactly.
@@ -292,7 +320,10 @@ async fn a_guard_must_name_the_payments_account(ctx: Ctx) {
 async fn two_instances_never_take_more_than_the_room(ctx: Ctx) {
     const EACH: usize = 20;
     let mut tasks = Vec::new();
-    for (n, store) in [ctx.store.clone(), ctx.other.clone()].into_iter().enumerate() {
+    for (n, store) in [ctx.store.clone(), ctx.other.clone()]
+        .into_iter()
+        .enumerate()
+    {
         for i in 0..EACH {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
