@@ -14,15 +14,15 @@
 //! The check and the write are one transaction. SQLite: the one writer runs writes one after
 //! another, so two guarded inserts never both see the same room. PostgreSQL: each guarded
 //! write first takes a transaction-scoped advisory lock keyed on the account
-//! ([`lock_key`]), so guarded writes of one account queue — on every instance — and each
+//! (`lock_key`), so guarded writes of one account queue — on every instance — and each
 //! sums after the one before it committed. Reductions (a payment becoming failed or closed)
 //! take no lock: they only free room.
 //!
 //! # Limits
-//! The sum is a range scan of the account's payments since the month's start (the index
-//! `payments (account, created_at)`, migration 5 on this branch), run by every guarded write
-//! and every `GET /admin/quotas` row: cheap for thousands of payments a month, linear in
-//! them. An account whose monthly count grows large (hundreds of thousands) would want a
+//! The sum is a range scan of the account's payments since the earliest period's start (its
+//! month's, when a monthly limit is set) on the index `payments_account_created`
+//! (`payments (account, created_at)`), run by every guarded write and every
+//! `GET /admin/quotas` row: cheap for thousands of payments a month, linear in them. An account whose monthly count grows large (hundreds of thousands) would want a
 //! counter table instead — `(account, period, start) → amount`, moved in the same transaction
 //! as each insert, rebind and status change into or out of `failed`/`closed` — at the cost of
 //! a write per status change. The sum has no upper bound: a payment stamped later than `now`
@@ -140,6 +140,11 @@ impl QuotaGuard {
 }
 
 /// Reads of what accounts have taken (`GET /admin/quotas`).
+///
+/// # Limits
+/// Each read is a range scan of the account's payments since the earlier start (see the
+/// module's `# Limits`: a counter table would replace it for an account with a large monthly
+/// count).
 #[async_trait]
 pub trait Quotas: Send + Sync {
     /// The sums of the payments bound to `account` created at or after `day_start_ms` and
