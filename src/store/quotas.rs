@@ -161,8 +161,21 @@ pub trait Quotas: Send + Sync {
 /// The sum, both engines: `?1`/`$1` the account's text, `2` the day's start, `3` the month's,
 /// `4` the earlier of the two (so the scan is one index range), `5` a payment id left out
 /// (a rebind's own record; `''` for none — no payment has an empty id).
-const USED_WHERE: &str =
-    "account = {1} AND created_at >= {4} AND status NOT IN ('failed', 'closed') AND payment_id <> {5}";
+/// (A macro over the engine's parameter sign, so each engine's text is one literal.)
+macro_rules! used_where {
+    ($p:literal) => {
+        concat!(
+            "account = ",
+            $p,
+            "1 AND created_at >= ",
+            $p,
+            "4",
+            " AND status NOT IN ('failed', 'closed') AND payment_id <> ",
+            $p,
+            "5"
+        )
+    };
+}
 
 /// The advisory lock key of an account (PostgreSQL): the first 64 bits of the SHA-256 of
 /// its stored text, under a prefix of its own so that no other lock of payroute shares it.
@@ -186,7 +199,7 @@ pub(super) mod on_sqlite {
     use async_trait::async_trait;
     use rusqlite::{params, Connection};
 
-    use super::{unsigned, QuotaGuard, QuotaUse, Quotas, USED_WHERE};
+    use super::{unsigned, QuotaGuard, QuotaUse, Quotas};
     use crate::domain::Account;
     use crate::store::sqlite::{backend, SqliteStore};
     use crate::store::{account_json, StoreError};
@@ -199,17 +212,14 @@ pub(super) mod on_sqlite {
         (day_start, month_start): (i64, i64),
         excluding: Option<&str>,
     ) -> Result<QuotaUse, StoreError> {
-        let sql = format!(
+        const SQL: &str = concat!(
             "SELECT COALESCE(SUM(CASE WHEN created_at >= ?2 THEN amount ELSE 0 END), 0),
                     COALESCE(SUM(CASE WHEN created_at >= ?3 THEN amount ELSE 0 END), 0)
-             FROM payments WHERE {}",
-            USED_WHERE
-                .replace("{1}", "?1")
-                .replace("{4}", "?4")
-                .replace("{5}", "?5")
+             FROM payments WHERE ",
+            used_where!("?")
         );
         let (day, month): (i64, i64) = conn
-            .prepare_cached(&sql)
+            .prepare_cached(SQL)
             .map_err(backend)?
             .query_row(
                 params![
@@ -259,7 +269,7 @@ pub(super) mod on_postgres {
     use async_trait::async_trait;
     use deadpool_postgres::GenericClient;
 
-    use super::{lock_key, unsigned, QuotaGuard, QuotaUse, Quotas, USED_WHERE};
+    use super::{lock_key, unsigned, QuotaGuard, QuotaUse, Quotas};
     use crate::domain::Account;
     use crate::store::postgres::{execute, get, query, PostgresStore};
     use crate::store::{account_json, StoreError};
@@ -287,20 +297,17 @@ pub(super) mod on_postgres {
         (day_start, month_start): (i64, i64),
         excluding: Option<&str>,
     ) -> Result<QuotaUse, StoreError> {
-        let sql = format!(
+        const SQL: &str = concat!(
             "SELECT COALESCE(SUM(amount) FILTER (WHERE created_at >= $2), 0)::BIGINT,
                     COALESCE(SUM(amount) FILTER (WHERE created_at >= $3), 0)::BIGINT
-             FROM payments WHERE {}",
-            USED_WHERE
-                .replace("{1}", "$1")
-                .replace("{4}", "$4")
-                .replace("{5}", "$5")
+             FROM payments WHERE ",
+            used_where!("$")
         );
         let since = day_start.min(month_start);
         let excluding = excluding.unwrap_or("");
         let rows = query(
             c,
-            &sql,
+            SQL,
             &[&account_text, &day_start, &month_start, &since, &excluding],
         )
         .await?;
