@@ -26,8 +26,14 @@
 //! counter table instead — `(account, period, start) → amount`, moved in the same transaction
 //! as each insert, rebind and status change into or out of `failed`/`closed` — at the cost of
 //! a write per status change. The sum has no upper bound: a payment stamped later than `now`
-//! (an instance whose clock runs ahead) counts in today's room, on the safe side. Guarded
-//! writes of one account queue on its lock on PostgreSQL (not on other accounts).
+//! (an instance whose clock runs ahead) counts in today's room, on the safe side.
+//!
+//! On PostgreSQL guarded writes of one account queue on its lock (never those of other
+//! accounts): each holds it for a few round trips (lock, replay check, sum, write, commit), so
+//! one account takes some hundreds of guarded creates a second at most, and a write that
+//! waits longer than the session's `lock_timeout` (2s) fails as `Unavailable` (retryable,
+//! `503 store_unavailable`), nothing written. Quotas are meant for accounts with bank limits,
+//! far below that.
 
 use async_trait::async_trait;
 use serde::Serialize;
