@@ -173,6 +173,7 @@ impl App {
             live: live.clone(),
             store: reports.clone(),
             outbox: outbox.clone(),
+            quotas: store.clone(),
             registry: registry.clone(),
             stranded: stranded.clone(),
             signals: payments.signals(),

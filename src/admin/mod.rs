@@ -20,7 +20,7 @@ use crate::routing::PaymentFacts;
 use crate::secret::token_matches;
 use crate::server::json_response;
 use crate::store::{
-    EventFilter, EventRecord, PaymentFilter, RefundFilter, Reports, Resend, StoreError,
+    EventFilter, EventRecord, PaymentFilter, Quotas, RefundFilter, Reports, Resend, StoreError,
 };
 use crate::stranded::StrandedWatch;
 use crate::webhooks::outbox::Outbox;
@@ -66,6 +66,8 @@ pub struct AdminState {
     pub store: Arc<dyn Reports>,
     /// The events' ledger and resends go through it (a resend wakes it).
     pub outbox: Arc<Outbox>,
+    /// What accounts have taken of their quotas (`GET /admin/quotas`); read only.
+    pub quotas: Arc<dyn Quotas>,
     pub registry: Registry,
     /// Open orders at accounts no channel holds, as judged on load and the last reload.
     pub stranded: Arc<StrandedWatch>,
@@ -158,6 +160,7 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                     };
                     switch(&app, &live, &name, &action, operator, &body).await
                 }
+                (&Method::GET, "/admin/quotas") => quotas(&app).await,
                 (&Method::GET, "/admin/payments") => payments(&app, req.uri().query()).await,
                 (&Method::GET, "/admin/payments/export") => export(&app, req.uri().query()).await,
                 (&Method::GET, "/admin/refunds") => refunds(&app, req.uri().query()).await,
@@ -172,7 +175,7 @@ pub async fn handle(app: Arc<AdminState>, req: Request<Incoming>) -> Response<Fu
                         Ok(b) => b.to_bytes(),
                         Err(_) => return error(ErrorCode::PayloadTooLarge, "body too large"),
                     };
-                    explain(&app, &body)
+                    explain(&app, &body).await
                 }
                 _ => error(
                     ErrorCode::NotFound,
@@ -353,6 +356,74 @@ async fn switch(
             format!("no admin route POST /admin/channels/{name}/{action}"),
         ),
     }
+}
+
+/// `GET /admin/quotas`: for each channel with a `quota`, each account it holds for the
+/// configured merchants (a direct channel: its one account, for its owners; a partner / ISV
+/// channel: one per merchant with a sub-merchant id, which is that merchant's account there),
+/// what the account has taken today and this month (China calendar) against each limit.
+/// Accounts are shown by their ids, never a token.
+///
+/// # Limits
+/// One sum per account (a range scan of its month, see `store::quotas`), one after another.
+async fn quotas(app: &AdminState) -> Response<Full<Bytes>> {
+    use crate::clock::{china_day_start_ms, china_month_start_ms, now_ms};
+    let live = app.live.load();
+    let now = now_ms();
+    let (day, month) = (china_day_start_ms(now), china_month_start_ms(now));
+    let mut merchants: Vec<_> = live.config.merchants.iter().collect();
+    merchants.sort_by(|a, b| a.0.cmp(b.0));
+    let mut rows = Vec::new();
+    for c in live.config.channels.values() {
+        let Some(quota) = c.quota else {
+            continue;
+        };
+        // Each account once, with the merchants whose payments it takes.
+        let mut accounts: Vec<(crate::domain::Account, Vec<String>)> = Vec::new();
+        if c.needs_sub_merchant() {
+            for (id, sub) in &merchants {
+                let account = c.account(sub);
+                if !c.serves(id) || (account.sub_mchid.is_none() && account.seller.is_none()) {
+                    continue;
+                }
+                match accounts.iter_mut().find(|(a, _)| *a == account) {
+                    Some((_, ids)) => ids.push(id.to_string()),
+                    None => accounts.push((account, vec![id.to_string()])),
+                }
+            }
+        } else {
+            let owners = c.owners.iter().flatten().cloned().collect();
+            accounts.push((c.account(&Default::default()), owners));
+        }
+        for (account, merchants) in accounts {
+            let used = match app.quotas.quota_used(&account, day, month).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::error!(error = %e, channel = %c.name, "reading quota use");
+                    return error(ErrorCode::StoreUnavailable, "store unavailable");
+                }
+            };
+            let period = |limit: Option<u64>, used: u64| json!({ "limit": limit, "used": used, "left": limit.map(|l| l.saturating_sub(used)) });
+            rows.push(json!({
+                "channel": c.name,
+                "account": account,
+                "merchants": merchants,
+                "daily": period(quota.daily, used.day),
+                "monthly": period(quota.monthly, used.month),
+                "single": quota.single,
+            }));
+        }
+    }
+    let rfc = crate::payment::view::rfc3339;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "version": live.config.version,
+            "day_start": rfc(day),
+            "month_start": rfc(month),
+            "quotas": rows,
+        }),
+    )
 }
 
 /// The parameters every ledger takes: `merchant_id`, `status`, `limit` (1 to 1000, default 100).
@@ -582,7 +653,7 @@ fn stranded(app: &AdminState) -> Vec<Value> {
 
 /// `POST /admin/explain` `{"merchant_id","method","amount","shop_id"?,"currency"?,
 /// "metadata"?,"out_trade_no"?,"china_time"?: "HH:MM"}`.
-fn explain(app: &AdminState, body: &[u8]) -> Response<Full<Bytes>> {
+async fn explain(app: &AdminState, body: &[u8]) -> Response<Full<Bytes>> {
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return error(ErrorCode::InvalidRequest, format!("body is not JSON: {e}")),
@@ -634,7 +705,85 @@ fn explain(app: &AdminState, body: &[u8]) -> Response<Full<Bytes>> {
         china_minute,
     };
     let ex = live.config.rules.explain(&facts, &*app.signals);
-    json_response(StatusCode::OK, &explained(&live, &ex))
+    let mut out = explained(&live, &ex);
+    if let Err(e) = with_quotas(app, &live, &merchant, amount, &mut out).await {
+        tracing::error!(error = %e, "reading quota use for explain");
+        return error(ErrorCode::StoreUnavailable, "store unavailable");
+    }
+    json_response(StatusCode::OK, &out)
+}
+
+/// Adds each candidate's quota (used and left today and this month) and, as a create would,
+/// passes over the candidates the payment would take over a limit: the first one left is the
+/// channel.
+async fn with_quotas(
+    app: &AdminState,
+    live: &crate::live::Live,
+    merchant: &str,
+    amount: u64,
+    out: &mut Value,
+) -> Result<(), StoreError> {
+    use crate::clock::{china_day_start_ms, china_month_start_ms, now_ms};
+    let now = now_ms();
+    let (day, month) = (china_day_start_ms(now), china_month_start_ms(now));
+    let sub = live
+        .config
+        .merchants
+        .get(merchant)
+        .cloned()
+        .unwrap_or_default();
+    let Some(candidates) = out["candidates"].as_array_mut() else {
+        return Ok(());
+    };
+    let mut order: Vec<String> = Vec::new();
+    for c in candidates.iter_mut() {
+        let name = c["channel"].as_str().unwrap_or_default().to_string();
+        let Some(settings) = live.config.channels.get(&name) else {
+            continue;
+        };
+        let Some(quota) = settings.quota else {
+            c["quota"] = Value::Null;
+            if c["verdict"] != "skipped" {
+                order.push(name);
+            }
+            continue;
+        };
+        let used = app
+            .quotas
+            .quota_used(&settings.account(&sub), day, month)
+            .await?;
+        let period = |limit: Option<u64>, used: u64| {
+            limit.map(|l| json!({ "limit": l, "used": used, "left": l.saturating_sub(used) }))
+        };
+        let over = quota.single.is_some_and(|l| amount > l)
+            || quota.daily.is_some_and(|l| used.day + amount > l)
+            || quota.monthly.is_some_and(|l| used.month + amount > l);
+        c["quota"] = json!({
+            "daily": period(quota.daily, used.day),
+            "monthly": period(quota.monthly, used.month),
+            "single": quota.single,
+            "over": over,
+        });
+        if c["verdict"] == "skipped" {
+            continue;
+        }
+        if over {
+            c["verdict"] = json!("skipped");
+            c["why"] = json!(crate::routing::SkipReason::Quota.as_str());
+            c["position"] = Value::Null;
+        } else {
+            order.push(name);
+        }
+    }
+    for c in candidates.iter_mut() {
+        if let Some(i) = order.iter().position(|n| c["channel"] == n.as_str()) {
+            c["position"] = json!(i);
+            c["verdict"] = json!(if i == 0 { "chosen" } else { "next" });
+        }
+    }
+    out["channel"] = json!(order.first());
+    out["fallback"] = json!(order.iter().skip(1).collect::<Vec<_>>());
+    Ok(())
 }
 
 /// An explanation as JSON, with what only the live channels know (their circuit).

@@ -55,7 +55,23 @@ pub struct ChannelSettings {
     /// A direct-mode channel is a merchant's own account: only these merchants' payments may
     /// be sent to it. `None` for partner / ISV channels, which serve every merchant.
     pub owners: Option<BTreeSet<String>>,
+    /// `quota:`: how much this channel's accounts may take (DESIGN.md §13, "bank limits").
+    pub quota: Option<Quota>,
     pub connector: ConnectorSettings,
+}
+
+/// A channel's `quota:` ("bank limits", 单日限额), in fen, each limit optional and at least one
+/// set: counted per bound account (a partner / ISV channel's per sub-merchant) over the China
+/// calendar day and month, of the payments bound there that are or may become paid.
+/// Validated: every limit positive, `single ≤ daily ≤ monthly` where both are set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// At most this much a China calendar day, per account.
+    pub daily: Option<u64>,
+    /// At most this much a China calendar month, per account.
+    pub monthly: Option<u64>,
+    /// No one payment above this.
+    pub single: Option<u64>,
 }
 
 #[derive(Debug)]

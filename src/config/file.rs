@@ -213,6 +213,23 @@ pub struct ChannelFile {
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<RateFile>,
+    /// Bank limits per bound account, in fen: `{ daily, monthly, single }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaFile>,
+}
+
+/// `channels.<name>.quota`: each limit optional (at least one), a positive integer of fen.
+/// Kept as written (any YAML value) so that a bad one is refused by name and key rather than
+/// by a type error.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -23,7 +23,9 @@ use tokio::sync::Notify;
 
 use super::PaymentError;
 use crate::domain::{PaymentStatus, RefundStatus};
-use crate::store::{EventRecord, PaymentRecord, RefundRecord, Store, StoreError};
+use crate::store::{
+    EventRecord, Over, PaymentRecord, QuotaGuard, RefundRecord, Store, StoreError, Updated,
+};
 
 /// A store call as the store's trait returns it (already boxed: no second allocation).
 type StoreCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -153,6 +155,42 @@ impl Commits {
         }
         *rec = merged;
         Ok(fresh_before)
+    }
+}
+
+impl Commits {
+    /// Rebinds a claimed payment to the account `rec` now names (a create failing over while
+    /// nothing was sent), within that account's quota when `guard` is given: the room check
+    /// and the write are one store transaction. No event: nothing the shop sees changed. A
+    /// lost race is merged once while the claim is still ours, as [`Commits::commit_claimed`]
+    /// does. `Ok(Err(over))`: the account has no room; nothing was written.
+    pub(super) async fn rebind(
+        &self,
+        rec: &mut PaymentRecord,
+        claim: Option<i64>,
+        guard: Option<&QuotaGuard>,
+    ) -> Result<Result<(), Over>, PaymentError> {
+        match self.store.update_payment_within(rec, guard).await? {
+            Updated::Won => return Ok(Ok(())),
+            Updated::OverQuota(over) => return Ok(Err(over)),
+            Updated::Lost => {}
+        }
+        let fresh = rec
+            .read_again(self.store.as_ref())
+            .await?
+            .ok_or(PaymentError::NotFound)?;
+        if !still_ours(claim, fresh.claim()) {
+            return Err(rec.superseded(fresh));
+        }
+        let mut merged = PaymentRecord::merge(fresh, rec);
+        match self.store.update_payment_within(&mut merged, guard).await? {
+            Updated::Won => {
+                *rec = merged;
+                Ok(Ok(()))
+            }
+            Updated::OverQuota(over) => Ok(Err(over)),
+            Updated::Lost => Err(PaymentError::InProgress),
+        }
     }
 }
 

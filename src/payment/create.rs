@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::routing::SkipReason;
+use crate::store::{Inserted, Over, QuotaGuard};
 
 impl PaymentService {
     pub async fn create(
@@ -142,21 +143,59 @@ impl PaymentService {
                 version: 0,
                 late: false,
             };
-            return Ok(match self.store.insert_payment(&rec).await? {
-                None => {
-                    self.metrics
-                        .decisions
-                        .with_label_values(&[rec.rule.as_str(), rec.channel.as_str()])
-                        .inc();
-                    left.reverse();
-                    Bound::Fresh(rec, left)
+            let guard = match self.quota_guard(channel, &rec) {
+                Ok(guard) => guard,
+                Err(over) => {
+                    self.over_quota(&rec, &over);
+                    continue;
                 }
-                Some(existing) => Bound::Existing(existing),
-            });
+            };
+            return Ok(
+                match self
+                    .store
+                    .insert_payment_within(&rec, guard.as_ref())
+                    .await?
+                {
+                    Inserted::New => {
+                        self.metrics
+                            .decisions
+                            .with_label_values(&[rec.rule.as_str(), rec.channel.as_str()])
+                            .inc();
+                        left.reverse();
+                        Bound::Fresh(rec, left)
+                    }
+                    Inserted::Existing(existing) => Bound::Existing(*existing),
+                    Inserted::OverQuota(over) => {
+                        self.over_quota(&rec, &over);
+                        continue;
+                    }
+                },
+            );
         }
         Ok(Bound::Nowhere(PaymentError::NoChannelNow(format!(
             "no channel can take this payment now: every channel of rule {rule:?} was passed over (drained, eliminated or over quota); nothing was sent"
         ))))
+    }
+
+    /// The quota `rec`'s account must fit under at its channel, if the channel has one: `Err`
+    /// when the payment alone is over `single`.
+    fn quota_guard(
+        &self,
+        channel: &Channel,
+        rec: &PaymentRecord,
+    ) -> Result<Option<QuotaGuard>, Over> {
+        match (&channel.settings.quota, &rec.account) {
+            (Some(quota), Some(account)) => {
+                super::quota::guard_for(quota, account, rec.amount, rec.created_at)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn over_quota(&self, rec: &PaymentRecord, over: &Over) {
+        tracing::info!(channel = %rec.channel, rule = %rec.rule, period = over.period.as_str(), used = over.used, limit = over.limit, amount = rec.amount, "candidate over its quota; passed over, nothing sent");
+        self.metrics
+            .skipped(&rec.rule, &rec.channel, SkipReason::Quota);
     }
 
     /// A stored record as its creator's answer shows it: the stored action lacks what only
@@ -290,18 +329,12 @@ impl PaymentService {
                 if let Some(reason) = skipped {
                     self.metrics.skipped(&rec.rule, &rec.channel, reason);
                 }
-                let next = fallback
-                    .by_ref()
-                    .find_map(|name| routes.channels.get(&name).map(|ch| (name, ch.clone())));
-                if let Some((next, next_channel)) = next {
-                    tracing::warn!(channel = %rec.channel, fallback = %next, %error, "nothing reached the channel; failing over");
-                    channel.metrics().retried(&rec.channel, "failover");
-                    self.metrics.outcome(&rec, "failed_over");
-                    rec.account = Some(next_channel.account(&sub));
-                    rec.channel = next;
-                    // The fallback's call gets a claim of its own length.
-                    rec.attempt_until = Some(now_ms() + claim_window_ms(&next_channel));
-                    self.save(&mut rec, claim).await?;
+                let from = rec.channel.clone();
+                if self
+                    .fail_over(routes, &mut rec, claim, &mut fallback, &sub, &error)
+                    .await?
+                {
+                    channel.metrics().retried(&from, "failover");
                     continue;
                 }
                 return Err(self.fail(rec, error, PaymentStatus::Pending).await);
@@ -317,6 +350,48 @@ impl PaymentService {
                 _ => self.learn_after(routes, rec, error, channel, &sub).await,
             };
         }
+    }
+
+    /// Rebinds the claimed record to the next candidate left that will take it (a channel of
+    /// this config, with room in its account's quota), for a call that sent nothing.
+    /// Whether one did; `false` leaves the record as it was.
+    async fn fail_over(
+        &self,
+        routes: &Routes<'_>,
+        rec: &mut PaymentRecord,
+        claim: Option<i64>,
+        left: &mut std::vec::IntoIter<String>,
+        sub: &SubMerchant,
+        error: &ChannelError,
+    ) -> Result<bool, PaymentError> {
+        let (from_channel, from_account) = (rec.channel.clone(), rec.account.clone());
+        for next in left.by_ref() {
+            let Some(next_channel) = routes.channels.get(&next).cloned() else {
+                continue;
+            };
+            rec.account = Some(next_channel.account(sub));
+            rec.channel = next;
+            // The next channel's call gets a claim of its own length.
+            rec.attempt_until = Some(now_ms() + claim_window_ms(&next_channel));
+            let bound = match self.quota_guard(&next_channel, rec) {
+                Ok(guard) => self.commits.rebind(rec, claim, guard.as_ref()).await?,
+                Err(over) => Err(over),
+            };
+            match bound {
+                Ok(()) => {
+                    tracing::warn!(channel = %from_channel, next = %rec.channel, %error, "nothing reached the channel; failing over");
+                    let mut was = rec.clone();
+                    was.channel = from_channel;
+                    self.metrics.outcome(&was, "failed_over");
+                    return Ok(true);
+                }
+                Err(over) => self.over_quota(rec, &over),
+            }
+        }
+        rec.channel = from_channel;
+        rec.account = from_account;
+        rec.attempt_until = claim;
+        Ok(false)
     }
 
     /// After a create that may have reached the channel (or was answered "paid"): a paid

@@ -36,6 +36,7 @@ mod create;
 pub mod export;
 mod late;
 mod metrics;
+pub mod quota;
 mod refund;
 pub mod view;
 

@@ -4,24 +4,81 @@
 //! # Atomic
 //! Each method is one transaction: an update and its event (`*_emitting`); a refund's
 //! reservation and its over-refund guard; a refund's update and its payment's
-//! `refunded_amount`. SQLite runs them one after another on its one writer; PostgreSQL locks
-//! the payment's row first for every refund write.
+//! `refunded_amount`; a guarded insert or rebind and its quota check (`super::quotas`).
+//! SQLite runs them one after another on its one writer; PostgreSQL locks the payment's row
+//! first for every refund write, and the account's quota lock for every guarded write.
 
 use async_trait::async_trait;
 
+use super::quotas::{Over, QuotaGuard};
 use super::{EventRecord, PaymentRecord, RefundRecord, Reservation, StoreError};
+
+/// What [`Ledger::insert_payment_within`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inserted {
+    /// Stored.
+    New,
+    /// `(merchant_id, out_trade_no)` is taken: the record that holds it (a replay, never
+    /// refused for quota).
+    Existing(Box<PaymentRecord>),
+    /// Not stored: the payment does not fit its account's room.
+    OverQuota(Over),
+}
+
+/// What [`Ledger::update_payment_within`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Updated {
+    /// Written; `version` bumped.
+    Won,
+    /// Someone changed the record since it was read: nothing written.
+    Lost,
+    /// Not written: the payment does not fit its (new) account's room.
+    OverQuota(Over),
+}
 
 /// Payments and refunds (see the module's docs for what is atomic).
 ///
 /// # Limits
 /// On SQLite every write waits for its batch's commit on the one writer thread (group
-/// commit); on PostgreSQL each write is its own transaction, and refund writes of one payment
-/// queue on its row lock.
+/// commit); on PostgreSQL each write is its own transaction, refund writes of one payment
+/// queue on its row lock, and guarded writes of one account on its quota lock. A guarded
+/// write sums the account's month (see `super::quotas`, `# Limits`).
 #[async_trait]
 pub trait Ledger: Send + Sync {
     /// Inserts a new payment, or returns the one that already has its
     /// `(merchant_id, out_trade_no)` — the unique key that binds an order to one channel.
-    async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError>;
+    /// [`Ledger::insert_payment_within`] without a guard.
+    async fn insert_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, StoreError> {
+        match self.insert_payment_within(p, None).await? {
+            Inserted::New => Ok(None),
+            Inserted::Existing(existing) => Ok(Some(*existing)),
+            Inserted::OverQuota(_) => Err(StoreError::Backend(
+                "insert_payment: refused for quota without a guard".into(),
+            )),
+        }
+    }
+
+    /// Inserts a new payment if it fits `guard`'s room (`None`: no quota), in one
+    /// transaction with the check; or returns the record that already has its
+    /// `(merchant_id, out_trade_no)` — looked for first, so a replay is never refused for
+    /// quota. `guard.account` must be `p.account` (an error otherwise). Atomic across
+    /// instances: two creates never both take the last room (see `super::quotas`).
+    async fn insert_payment_within(
+        &self,
+        p: &PaymentRecord,
+        guard: Option<&QuotaGuard>,
+    ) -> Result<Inserted, StoreError>;
+
+    /// [`Ledger::update_payment`] that, with a guard, writes only if the payment fits the
+    /// room of its account as written (`p.account`, which `guard.account` must be) — the
+    /// sum leaving the record itself out — in one transaction with the check: a create
+    /// failing over to a fallback rebinds its record this way. A lost compare-and-set is
+    /// `Lost`, whatever the room.
+    async fn update_payment_within(
+        &self,
+        p: &mut PaymentRecord,
+        guard: Option<&QuotaGuard>,
+    ) -> Result<Updated, StoreError>;
 
     async fn get_payment(
         &self,
@@ -93,10 +150,11 @@ pub trait Ledger: Send + Sync {
 
 mod on_sqlite {
     use async_trait::async_trait;
-    use rusqlite::params;
+    use rusqlite::{params, Connection, OptionalExtension};
 
-    use super::Ledger;
+    use super::{Inserted, Ledger, Updated};
     use crate::store::codec::{payment_columns, PAYMENT_COLUMNS, REFUND_COLUMNS};
+    use crate::store::quotas::{on_sqlite as quotas, QuotaGuard, Room};
     use crate::store::sqlite::{
         backend, collect, get, get_refund, insert_event, read_row, SqliteStore,
     };
@@ -105,35 +163,111 @@ mod on_sqlite {
         StoreError, LEGACY_SELLER_FILTER,
     };
 
+    /// Stores `p` (due for reconciliation at once: the worker sets the real first check).
+    fn insert_row(conn: &Connection, p: &PaymentRecord) -> Result<(), StoreError> {
+        conn.prepare_cached(
+            concat!("INSERT INTO payments (", payment_columns!(), ", next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?19)"),
+        )
+        .map_err(backend)?
+        .execute(params![
+                p.payment_id, p.merchant_id, p.shop_id, p.out_trade_no, p.amount as i64, p.currency,
+                p.method.as_str(), p.status.as_str(), p.channel, p.rule,
+                p.action.as_ref().map(|a| a.to_string()), p.provider_trade_no, p.refunded_amount as i64,
+                p.request_hash, p.request.to_string(), p.error_code.map(|c| c.as_str()), p.error_message,
+                p.attempt_until, p.created_at, p.updated_at, p.paid_at, p.expires_at, p.version,
+                account_json(&p.account), p.late,
+            ],
+        )
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Compare-and-set on `version`: how many rows it wrote (0 or 1).
+    fn update_row(conn: &Connection, rec: &PaymentRecord) -> Result<usize, StoreError> {
+        conn.prepare_cached(
+            "UPDATE payments SET status = ?1, channel = ?2, rule = ?3, action = ?4, provider_trade_no = ?5,
+             refunded_amount = ?6, error_code = ?7, error_message = ?8, attempt_until = ?9, updated_at = ?10,
+             paid_at = ?11, account = ?14, late = ?15, version = version + 1
+             WHERE payment_id = ?12 AND version = ?13",
+        )
+        .map_err(backend)?
+        .execute(params![
+                rec.status.as_str(), rec.channel, rec.rule, rec.action.as_ref().map(|a| a.to_string()),
+                rec.provider_trade_no, rec.refunded_amount as i64, rec.error_code.map(|c| c.as_str()),
+                rec.error_message, rec.attempt_until, rec.updated_at, rec.paid_at, rec.payment_id,
+                rec.version, account_json(&rec.account), rec.late,
+            ],
+        )
+        .map_err(backend)
+    }
+
     #[async_trait]
     impl Ledger for SqliteStore {
-        async fn insert_payment(
+        async fn insert_payment_within(
             &self,
             p: &PaymentRecord,
-        ) -> Result<Option<PaymentRecord>, StoreError> {
+            guard: Option<&QuotaGuard>,
+        ) -> Result<Inserted, StoreError> {
             let p = p.clone();
+            let guard = guard
+                .map(|g| g.stored_account(&p.account).map(|text| (g.clone(), text)))
+                .transpose()?;
+            // The one writer runs writes one after another: the check and the insert see
+            // every write before them, and none comes between.
             self.write(move |conn| {
                 if let Some(existing) = get(conn, &p.merchant_id, &p.out_trade_no)? {
-                    return Ok(Some(existing));
+                    return Ok(Inserted::Existing(Box::new(existing)));
                 }
-                conn.prepare_cached(
-                    // Due for reconciliation at once: the worker sets the real first check.
-                    concat!("INSERT INTO payments (", payment_columns!(), ", next_check_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?19)"),
-                )
-                .map_err(backend)?
-                .execute(params![
-                        p.payment_id, p.merchant_id, p.shop_id, p.out_trade_no, p.amount as i64, p.currency,
-                        p.method.as_str(), p.status.as_str(), p.channel, p.rule,
-                        p.action.as_ref().map(|a| a.to_string()), p.provider_trade_no, p.refunded_amount as i64,
-                        p.request_hash, p.request.to_string(), p.error_code.map(|c| c.as_str()), p.error_message,
-                        p.attempt_until, p.created_at, p.updated_at, p.paid_at, p.expires_at, p.version,
-                        account_json(&p.account), p.late,
-                    ],
-                )
-                .map_err(backend)?;
-                Ok(None)
+                if let Some((guard, account)) = &guard {
+                    let used = quotas::used_by(conn, account, guard, None)?;
+                    if let Room::Over(over) = guard.room(used) {
+                        return Ok(Inserted::OverQuota(over));
+                    }
+                }
+                insert_row(conn, &p)?;
+                Ok(Inserted::New)
             })
             .await
+        }
+
+        async fn update_payment_within(
+            &self,
+            p: &mut PaymentRecord,
+            guard: Option<&QuotaGuard>,
+        ) -> Result<Updated, StoreError> {
+            let Some(guard) = guard else {
+                return Ok(match self.update_payment_emitting(p, None).await? {
+                    true => Updated::Won,
+                    false => Updated::Lost,
+                });
+            };
+            let account = guard.stored_account(&p.account)?;
+            let (rec, guard) = (p.clone(), guard.clone());
+            let updated = self
+                .write(move |conn| {
+                    let version: Option<i64> = conn
+                        .prepare_cached("SELECT version FROM payments WHERE payment_id = ?1")
+                        .map_err(backend)?
+                        .query_row(params![rec.payment_id], |row| row.get(0))
+                        .optional()
+                        .map_err(backend)?;
+                    if version != Some(rec.version) {
+                        return Ok(Updated::Lost);
+                    }
+                    let used = quotas::used_by(conn, &account, &guard, Some(&rec.payment_id))?;
+                    if let Room::Over(over) = guard.room(used) {
+                        return Ok(Updated::OverQuota(over));
+                    }
+                    Ok(match update_row(conn, &rec)? {
+                        1 => Updated::Won,
+                        _ => Updated::Lost,
+                    })
+                })
+                .await?;
+            if updated == Updated::Won {
+                p.version += 1;
+            }
+            Ok(updated)
         }
 
         async fn get_payment(
@@ -154,22 +288,7 @@ mod on_sqlite {
             let event = event.cloned();
             let updated = self
                 .write(move |conn| {
-                    let n = conn
-                        .prepare_cached(
-                            "UPDATE payments SET status = ?1, channel = ?2, rule = ?3, action = ?4, provider_trade_no = ?5,
-                             refunded_amount = ?6, error_code = ?7, error_message = ?8, attempt_until = ?9, updated_at = ?10,
-                             paid_at = ?11, account = ?14, late = ?15, version = version + 1
-                             WHERE payment_id = ?12 AND version = ?13",
-                        )
-                        .map_err(backend)?
-                        .execute(params![
-                                rec.status.as_str(), rec.channel, rec.rule, rec.action.as_ref().map(|a| a.to_string()),
-                                rec.provider_trade_no, rec.refunded_amount as i64, rec.error_code.map(|c| c.as_str()),
-                                rec.error_message, rec.attempt_until, rec.updated_at, rec.paid_at, rec.payment_id,
-                                rec.version, account_json(&rec.account), rec.late,
-                            ],
-                        )
-                        .map_err(backend)?;
+                    let n = update_row(conn, &rec)?;
                     if n == 1 {
                         if let Some(e) = &event {
                             insert_event(conn, e)?;
@@ -328,61 +447,148 @@ mod on_sqlite {
 
 mod on_postgres {
     use async_trait::async_trait;
+    use deadpool_postgres::GenericClient;
 
-    use super::Ledger;
+    use super::{Inserted, Ledger, Updated};
     use crate::store::codec::{PAYMENT_COLUMNS, REFUND_COLUMNS};
     use crate::store::postgres::claims::lock_payment;
     use crate::store::postgres::{
         collect, execute, get, get_payment, get_refund, insert_event, is_unique_violation, pg,
         query, read_payment, to_i64, PostgresStore,
     };
+    use crate::store::quotas::{on_postgres as quotas, QuotaGuard, Room};
     use crate::store::{
         account_json, rebound_seller, EventRecord, PaymentRecord, RefundRecord, Reservation,
         StoreError, LEGACY_SELLER_FILTER,
     };
 
+    /// Stores `p` unless its `(merchant_id, out_trade_no)` is taken (due for reconciliation
+    /// at once: the worker sets the real first check): how many rows it wrote.
+    async fn insert_row<C: GenericClient>(c: &C, p: &PaymentRecord) -> Result<u64, StoreError> {
+        let amount = to_i64(p.amount, "amount")?;
+        let refunded = to_i64(p.refunded_amount, "refunded_amount")?;
+        let action = p.action.as_ref().map(|a| a.to_string());
+        let request = p.request.to_string();
+        let error_code = p.error_code.map(|c| c.as_str());
+        let account = account_json(&p.account);
+        // The unique key decides between concurrent creates, on any instance: the loser's
+        // insert waits for the winner's commit, then does nothing and reads the winner.
+        execute(
+            c,
+            &format!(
+                "INSERT INTO payments ({PAYMENT_COLUMNS}, next_check_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $19)
+                 ON CONFLICT (merchant_id, out_trade_no) DO NOTHING"
+            ),
+            &[
+                &p.payment_id, &p.merchant_id, &p.shop_id, &p.out_trade_no, &amount, &p.currency,
+                &p.method.as_str(), &p.status.as_str(), &p.channel, &p.rule, &action,
+                &p.provider_trade_no, &refunded, &p.request_hash, &request, &error_code,
+                &p.error_message, &p.attempt_until, &p.created_at, &p.updated_at, &p.paid_at,
+                &p.expires_at, &p.version, &account, &p.late,
+            ],
+        )
+        .await
+    }
+
+    /// Compare-and-set on `version`: how many rows it wrote (0 or 1). A concurrent writer of
+    /// the same version blocks on the row, then finds the version moved on and updates
+    /// nothing.
+    async fn update_row<C: GenericClient>(c: &C, p: &PaymentRecord) -> Result<u64, StoreError> {
+        let refunded = to_i64(p.refunded_amount, "refunded_amount")?;
+        let action = p.action.as_ref().map(|a| a.to_string());
+        let error_code = p.error_code.map(|c| c.as_str());
+        let account = account_json(&p.account);
+        execute(
+            c,
+            "UPDATE payments SET status = $1, channel = $2, rule = $3, action = $4, provider_trade_no = $5,
+             refunded_amount = $6, error_code = $7, error_message = $8, attempt_until = $9, updated_at = $10,
+             paid_at = $11, account = $14, late = $15, version = version + 1
+             WHERE payment_id = $12 AND version = $13",
+            &[
+                &p.status.as_str(), &p.channel, &p.rule, &action, &p.provider_trade_no, &refunded,
+                &error_code, &p.error_message, &p.attempt_until, &p.updated_at, &p.paid_at,
+                &p.payment_id, &p.version, &account, &p.late,
+            ],
+        )
+        .await
+    }
+
     #[async_trait]
     impl Ledger for PostgresStore {
-        async fn insert_payment(
+        async fn insert_payment_within(
             &self,
             p: &PaymentRecord,
-        ) -> Result<Option<PaymentRecord>, StoreError> {
+            guard: Option<&QuotaGuard>,
+        ) -> Result<Inserted, StoreError> {
             let started = tokio::time::Instant::now();
-            let c = self.conn().await?;
-            let amount = to_i64(p.amount, "amount")?;
-            let refunded = to_i64(p.refunded_amount, "refunded_amount")?;
-            let action = p.action.as_ref().map(|a| a.to_string());
-            let request = p.request.to_string();
-            let error_code = p.error_code.map(|c| c.as_str());
-            let account = account_json(&p.account);
-            // The unique key decides between concurrent creates, on any instance: the loser's
-            // insert waits for the winner's commit, then does nothing and reads the winner.
-            let n = execute(
-                &c,
-                // Due for reconciliation at once: the worker sets the real first check.
-                &format!(
-                    "INSERT INTO payments ({PAYMENT_COLUMNS}, next_check_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $19)
-                     ON CONFLICT (merchant_id, out_trade_no) DO NOTHING"
-                ),
-                &[
-                    &p.payment_id, &p.merchant_id, &p.shop_id, &p.out_trade_no, &amount, &p.currency,
-                    &p.method.as_str(), &p.status.as_str(), &p.channel, &p.rule, &action,
-                    &p.provider_trade_no, &refunded, &p.request_hash, &request, &error_code,
-                    &p.error_message, &p.attempt_until, &p.created_at, &p.updated_at, &p.paid_at,
-                    &p.expires_at, &p.version, &account, &p.late,
-                ],
-            )
-            .await?;
+            let account = guard.map(|g| g.stored_account(&p.account)).transpose()?;
+            let mut c = self.conn().await?;
+            let n = match (guard, &account) {
+                (Some(guard), Some(account)) => {
+                    let tx = c.transaction().await.map_err(pg)?;
+                    // Guarded inserts of this account, on every instance, queue here: each
+                    // sums after the one before it has committed.
+                    quotas::lock_account(&tx, account).await?;
+                    // A replay first: never refused for quota. (Rolled back on return.)
+                    if let Some(existing) =
+                        get_payment(&tx, &p.merchant_id, &p.out_trade_no).await?
+                    {
+                        return Ok(Inserted::Existing(Box::new(existing)));
+                    }
+                    let used = quotas::used_by(&tx, account, guard, None).await?;
+                    if let Room::Over(over) = guard.room(used) {
+                        return Ok(Inserted::OverQuota(over));
+                    }
+                    let n = insert_row(&tx, p).await?;
+                    tx.commit().await.map_err(pg)?;
+                    n
+                }
+                _ => insert_row(&c, p).await?,
+            };
             if n == 1 {
                 self.committed(started);
-                return Ok(None);
+                return Ok(Inserted::New);
             }
+            // Taken meanwhile (a create of the same order bound to another account, under
+            // another lock): that record is the answer.
             match get_payment(&c, &p.merchant_id, &p.out_trade_no).await? {
-                Some(existing) => Ok(Some(existing)),
+                Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
                 None => Err(StoreError::Backend(
                     "insert_payment: conflicting payment vanished".into(),
                 )),
             }
+        }
+
+        async fn update_payment_within(
+            &self,
+            p: &mut PaymentRecord,
+            guard: Option<&QuotaGuard>,
+        ) -> Result<Updated, StoreError> {
+            let Some(guard) = guard else {
+                return Ok(match self.update_payment_emitting(p, None).await? {
+                    true => Updated::Won,
+                    false => Updated::Lost,
+                });
+            };
+            let account = guard.stored_account(&p.account)?;
+            let started = tokio::time::Instant::now();
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await.map_err(pg)?;
+            quotas::lock_account(&tx, &account).await?;
+            // Written first (the compare-and-set decides a race whatever the room), then
+            // judged: the sum leaves this record out, and an over-quota rebind is rolled back
+            // when `tx` drops.
+            if update_row(&tx, p).await? != 1 {
+                return Ok(Updated::Lost);
+            }
+            let used = quotas::used_by(&tx, &account, guard, Some(&p.payment_id)).await?;
+            if let Room::Over(over) = guard.room(used) {
+                return Ok(Updated::OverQuota(over));
+            }
+            tx.commit().await.map_err(pg)?;
+            self.committed(started);
+            p.version += 1;
+            Ok(Updated::Won)
         }
 
         async fn get_payment(
@@ -402,25 +608,7 @@ mod on_postgres {
             let started = tokio::time::Instant::now();
             let mut c = self.conn().await?;
             let tx = c.transaction().await.map_err(pg)?;
-            let refunded = to_i64(p.refunded_amount, "refunded_amount")?;
-            let action = p.action.as_ref().map(|a| a.to_string());
-            let error_code = p.error_code.map(|c| c.as_str());
-            let account = account_json(&p.account);
-            // Compare-and-set: a concurrent writer of the same version blocks on the row, then
-            // finds the version moved on and updates nothing.
-            let n = execute(
-                &tx,
-                "UPDATE payments SET status = $1, channel = $2, rule = $3, action = $4, provider_trade_no = $5,
-                 refunded_amount = $6, error_code = $7, error_message = $8, attempt_until = $9, updated_at = $10,
-                 paid_at = $11, account = $14, late = $15, version = version + 1
-                 WHERE payment_id = $12 AND version = $13",
-                &[
-                    &p.status.as_str(), &p.channel, &p.rule, &action, &p.provider_trade_no, &refunded,
-                    &error_code, &p.error_message, &p.attempt_until, &p.updated_at, &p.paid_at,
-                    &p.payment_id, &p.version, &account, &p.late,
-                ],
-            )
-            .await?;
+            let n = update_row(&tx, p).await?;
             if n == 1 {
                 if let Some(e) = event {
                     insert_event(&tx, e).await?;

@@ -1,8 +1,8 @@
 //! Durable state: payments with their bound channel and account, refunds, the outbox of shop
 //! events and the reconciliation schedule, one trait per concern — [`Ledger`] (payments and
 //! refunds), [`Outbox`] (shop events), [`Schedule`] (reconciliation checks and their
-//! claims), [`Reports`] (what ops read, health), [`Drains`] (channels ops took out of routing)
-//! — and [`Store`], all five in one.
+//! claims), [`Reports`] (what ops read, health), [`Drains`] (channels ops took out of routing),
+//! [`Quotas`] (what accounts have taken of their bank limits) — and [`Store`], all six in one.
 //!
 //! Two implementations with the same behaviour (one test suite, `tests/it/store/`, runs
 //! against both): SQLite (`sqlite`, the default, one instance) and PostgreSQL (`postgres`,
@@ -21,14 +21,16 @@ pub mod migrate;
 pub mod outbox;
 pub mod pause;
 pub mod postgres;
+pub mod quotas;
 pub mod reports;
 pub mod schedule;
 mod schema;
 pub mod sqlite;
 
 pub use drains::{DrainLogEntry, DrainRecord, Drained, Drains};
-pub use ledger::Ledger;
+pub use ledger::{Inserted, Ledger, Updated};
 pub use outbox::Outbox;
+pub use quotas::{Over, Period, QuotaGuard, QuotaUse, Quotas, Room};
 pub use reports::Reports;
 pub use schedule::Schedule;
 
@@ -369,9 +371,9 @@ impl StoreError {
 /// (`Arc<dyn Store>`). Its methods are the concern traits' (a method call on `dyn Store`
 /// reaches them without importing those traits); a part that needs one concern only may
 /// take that trait instead (`Arc<dyn Store>` upcasts to `Arc<dyn Outbox>`).
-pub trait Store: Ledger + Outbox + Schedule + Reports + Drains {}
+pub trait Store: Ledger + Outbox + Schedule + Reports + Drains + Quotas {}
 
-impl<T: Ledger + Outbox + Schedule + Reports + Drains + ?Sized> Store for T {}
+impl<T: Ledger + Outbox + Schedule + Reports + Drains + Quotas + ?Sized> Store for T {}
 
 /// What a store counts: writes asked for and the commits (each one fsync) that made them
 /// durable, so group commit shows in `/metrics`; and how long each write waited for its

@@ -20,7 +20,7 @@ pub(super) struct Migration {
 
 /// Applied in order. The numbers are PostgreSQL's since the shared store shipped: a
 /// database that applied them runs none again.
-pub(super) const MIGRATIONS: [Migration; 5] = [
+pub(super) const MIGRATIONS: [Migration; 6] = [
     Migration {
         version: 1,
         sqlite: SQLITE_V1,
@@ -49,6 +49,12 @@ pub(super) const MIGRATIONS: [Migration; 5] = [
         version: 5,
         sqlite: SQLITE_V5_DRAINS,
         postgres: PG_V5_DRAINS,
+    },
+    // Self-contained (one index, the same text for both engines).
+    Migration {
+        version: 6,
+        sqlite: QUOTA_INDEX,
+        postgres: QUOTA_INDEX,
     },
 ];
 
@@ -170,6 +176,13 @@ UPDATE payments SET next_check_at = updated_at
  WHERE next_check_at IS NULL AND status IN ('pending', 'unknown');
 UPDATE refunds SET next_check_at = updated_at
  WHERE next_check_at IS NULL AND status IN ('pending', 'abnormal');
+";
+
+/// Issue 18 (quotas): what an account has taken in a China day or month is the sum of its
+/// payments created since the period's start (`store::quotas`): a range scan of this index,
+/// the account's rows only. Both engines' text.
+const QUOTA_INDEX: &str = "
+CREATE INDEX IF NOT EXISTS payments_account_created ON payments (account, created_at);
 ";
 
 const PG_V1: &str = "

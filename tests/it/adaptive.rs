@@ -205,3 +205,174 @@ async fn choose_by_value_prefers_the_cheaper_of_two_healthy_channels() {
     assert_eq!(platform["circuit"], "closed");
     h.shutdown().await;
 }
+
+/// What explain says of `channel` for an m_1001 payment of `amount`.
+async fn explained(h: &Harness, amount: u64, channel: &str) -> serde_json::Value {
+    let r = h
+        .admin_post(
+            "/admin/explain",
+            &json!({"merchant_id": "m_1001", "method": "wechat_native", "amount": amount}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["candidates"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["channel"] == channel))
+        .unwrap_or_else(|| panic!("no candidate {channel}: {}", r.text))
+        .clone()
+}
+
+#[tokio::test]
+async fn a_drained_channel_takes_no_new_payment_and_its_orders_go_on() {
+    let h = Harness::start_with(false, OWN_WITH_FALLBACK, "").await;
+    let older = h
+        .paid("m_1001", "before-drain", "wechat_native", 1999)
+        .await;
+    assert_eq!(older["channel"], "m1001_wechat");
+
+    let r = h
+        .admin_post(
+            "/admin/channels/m1001_wechat/drain",
+            &json!({"reason": "appid rebinding", "by": "ops-test"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for i in 0..10 {
+        create(&h, &format!("drained-{i}"))
+            .await
+            .expect_created_on("platform_wechat");
+    }
+    assert_eq!(
+        h.metric(
+            "payroute_route_skipped_total",
+            &[
+                ("rule", "m1001-own-wechat"),
+                ("channel", "m1001_wechat"),
+                ("reason", "drained")
+            ],
+        )
+        .await,
+        Some(10.0)
+    );
+    let own = explained(&h, 1999, "m1001_wechat").await;
+    assert_eq!(
+        (own["verdict"].as_str(), own["why"].as_str()),
+        (Some("skipped"), Some("drained")),
+        "{own}"
+    );
+    assert_eq!(own["drained"], true);
+
+    // The older order stays at the drained account: its refund goes there.
+    let refund = h
+        .refund(&json!({"merchant_id": "m_1001", "out_trade_no": "before-drain", "out_refund_no": "before-drain-r1", "amount": 500}))
+        .await;
+    assert_eq!(
+        (refund.status, refund.body["channel"].as_str()),
+        (201, Some("m1001_wechat")),
+        "{}",
+        refund.text
+    );
+    assert_eq!(refund.body["status"], "succeeded", "{}", refund.text);
+    h.get_payment("m_1001", "before-drain", true).await;
+
+    let r = h
+        .admin_post("/admin/channels/m1001_wechat/resume", &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    create(&h, "after-resume")
+        .await
+        .expect_created_on("m1001_wechat");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_drain_with_nowhere_else_to_go_sends_nothing() {
+    // m_3003's small amounts go to its own account only, no fallback.
+    let h = Harness::start().await;
+    let r = h
+        .admin_post(
+            "/admin/channels/m3003_wechat/drain",
+            &json!({"reason": "test"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = h
+        .create(&payment(
+            "m_3003",
+            "nowhere-1",
+            "wechat_native",
+            100,
+            json!({}),
+        ))
+        .await;
+    r.expect_error(503, "channel_unavailable");
+    assert!(r.error_message().contains("nothing was sent"), "{}", r.text);
+    assert!(
+        h.sandbox_orders("nowhere-1").await.is_empty(),
+        "nothing reached the sandbox"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_daily_quota_moves_the_order_that_would_exceed_it() {
+    // m_1001's own account under a second name, with a daily room of 5000 fen.
+    let rules = r#"
+  rules:
+    - name: m1001-own-quota
+      when: { merchant: [m_1001], method: [wechat_native] }
+      to: m1001_quota
+      fallback: [platform_wechat]
+  default: { wechat: platform_wechat }
+"#;
+    let h = Harness::start().await;
+    let own = support::wechat_direct(
+        &h.upstream,
+        "m1001_quota",
+        "1900000109",
+        "wx2421b1c4370ec43b",
+        "3775B6A45ACD588826D15E583A95F5DD",
+        "m1001_apiclient_key.pem",
+    )
+    .with("quota", "{ daily: 5000, single: 3000 }");
+    h.reload_with(rules, &own.to_string()).await;
+
+    create(&h, "q-1").await.expect_created_on("m1001_quota");
+    create(&h, "q-2").await.expect_created_on("m1001_quota");
+    // 2 × 1999 taken: a third would make 5997 > 5000.
+    let third = explained(&h, 1999, "m1001_quota").await;
+    assert_eq!(
+        (third["verdict"].as_str(), third["why"].as_str()),
+        (Some("skipped"), Some("quota")),
+        "{third}"
+    );
+    assert_eq!(
+        third["quota"]["daily"],
+        json!({"limit": 5000, "used": 3998, "left": 1002})
+    );
+    create(&h, "q-3").await.expect_created_on("platform_wechat");
+    // A smaller payment still fits the room left.
+    h.create(&payment("m_1001", "q-4", "wechat_native", 1000, json!({})))
+        .await
+        .expect_created_on("m1001_quota");
+    // Above `single` skips at once, whatever the room.
+    h.create(&payment("m_1001", "q-5", "wechat_native", 3001, json!({})))
+        .await
+        .expect_created_on("platform_wechat");
+    // A closed order frees its room.
+    assert_eq!(h.close("m_1001", "q-1").await.status, 200);
+    create(&h, "q-6").await.expect_created_on("m1001_quota");
+    assert_eq!(
+        h.metric(
+            "payroute_route_skipped_total",
+            &[
+                ("rule", "m1001-own-quota"),
+                ("channel", "m1001_quota"),
+                ("reason", "quota")
+            ],
+        )
+        .await,
+        Some(2.0)
+    );
+    h.shutdown().await;
+}

@@ -689,3 +689,74 @@ fn a_sub_mchid_that_is_another_merchants_own_mchid_is_refused() {
     let (ok, err) = check(&base);
     assert!(ok, "{err}");
 }
+
+// Issue 18: a channel's quota ("bank limits"), in fen.
+
+/// `config(FULL, …)` with `quota: <quota>` on m1001_wechat.
+fn with_quota(quota: &str) -> String {
+    config(FULL, OWN_WECHAT_ALL_METHODS).replace(
+        "    appid: wx2421b1c4370ec43b\n",
+        &format!("    appid: wx2421b1c4370ec43b\n    quota: {quota}\n"),
+    )
+}
+
+#[test]
+fn a_quota_of_positive_limits_in_order_passes() {
+    for quota in [
+        "{ daily: 5000000, monthly: 120000000, single: 500000 }",
+        "{ daily: 5000000 }",
+        "{ monthly: 120000000 }",
+        "{ single: 500000 }",
+        // Equal limits are consistent (a day may take the whole month's room).
+        "{ daily: 500000, monthly: 500000, single: 500000 }",
+    ] {
+        let (ok, err) = check(&with_quota(quota));
+        assert!(ok, "{quota}: {err}");
+    }
+}
+
+#[test]
+fn a_quota_names_the_channel_and_key_of_each_bad_limit() {
+    // A YAML null is a limit not set.
+    for empty in ["{}", "{ single: ~ }"] {
+        refused(
+            &with_quota(empty),
+            &["channels.m1001_wechat.quota: is empty; set at least one of daily, monthly, single"],
+        );
+    }
+    for (quota, key) in [
+        ("{ daily: 0 }", "daily"),
+        ("{ daily: -5 }", "daily"),
+        ("{ monthly: 1.5 }", "monthly"),
+        ("{ single: \"500\" }", "single"),
+    ] {
+        refused(
+            &with_quota(quota),
+            &[&format!(
+                "channels.m1001_wechat.quota.{key}: must be a positive integer (fen)"
+            )],
+        );
+    }
+    // Every bad limit is reported, not only the first.
+    refused(
+        &with_quota("{ daily: 0, monthly: 0 }"),
+        &[
+            "channels.m1001_wechat.quota.daily: must be a positive integer (fen)",
+            "channels.m1001_wechat.quota.monthly: must be a positive integer (fen)",
+        ],
+    );
+    refused(
+        &with_quota("{ daily: 1000, single: 1001 }"),
+        &["channels.m1001_wechat.quota.single: 1001 is more than daily 1000"],
+    );
+    refused(
+        &with_quota("{ daily: 1001, monthly: 1000 }"),
+        &["channels.m1001_wechat.quota.daily: 1001 is more than monthly 1000"],
+    );
+    refused(
+        &with_quota("{ monthly: 1000, single: 1001 }"),
+        &["channels.m1001_wechat.quota.single: 1001 is more than monthly 1000"],
+    );
+    // A typo is an error, not a limit silently missing.
+    refused(&with_quota("{ dialy: 1000 }"), &["unknown field `dialy`"]);
+}

@@ -24,6 +24,7 @@ mod notifications;
 mod ops;
 mod outbox;
 mod ownership;
+mod quotas;
 mod reconcile;
 mod refunds;
 mod reload;

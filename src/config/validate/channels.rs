@@ -7,8 +7,8 @@ use super::{insecure, secret_value, Errors};
 use crate::channel::alipay::{AlipayMode, AlipaySettings};
 use crate::channel::keys::{Certificate, RsaSigner, RsaVerifier};
 use crate::channel::wechatpay::{WechatMode, WechatPaySettings, WechatVerifier};
-use crate::channel::{ChannelSettings, ConnectorSettings};
-use crate::config::file::{ChannelFile, FileConfig};
+use crate::channel::{ChannelSettings, ConnectorSettings, Quota};
+use crate::config::file::{ChannelFile, FileConfig, QuotaFile};
 use crate::defaults::{
     DEFAULT_ALIPAY_BASE_URL, DEFAULT_CHANNEL_TIMEOUT, DEFAULT_WECHATPAY_BASE_URL,
     MAX_CHANNEL_TIMEOUT, MIN_CHANNEL_TIMEOUT, WECHAT_APIV3_KEY_LEN,
@@ -74,6 +74,7 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
         .as_ref()
         .and_then(|l| k.parsed("limit", ": ", RateSpec::parse(&l.rate, l.burst), errs));
     let owners = owners(name, c, errs);
+    let quota = c.quota.as_ref().and_then(|q| quota(&k, q, errs));
     if errs.list.len() > n {
         return None;
     }
@@ -85,6 +86,7 @@ fn channel(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<ChannelSett
         ca_pem,
         limit,
         owners,
+        quota,
         connector: connector?,
     })
 }
@@ -404,6 +406,71 @@ fn owners(name: &str, c: &ChannelFile, errs: &mut Errors) -> Option<BTreeSet<Str
         }
         _ => None, // an unknown mode is reported with the mode
     }
+}
+
+/// `quota:` — each limit a positive integer of fen, at least one, and `single ≤ daily ≤
+/// monthly` where both of a pair are set (a larger one could never be reached).
+fn quota(k: &Keys, q: &QuotaFile, errs: &mut Errors) -> Option<Quota> {
+    let name = k.name;
+    let n = errs.list.len();
+    let mut limit = |key: &str, v: &Option<serde_json::Value>| -> Option<u64> {
+        let v = v.as_ref()?;
+        match v.as_u64().filter(|n| *n > 0) {
+            Some(n) => Some(n),
+            None => {
+                k.push(
+                    &format!("quota.{key}"),
+                    format!(
+                        "channels.{name}.quota.{key}: must be a positive integer (fen), not {v}"
+                    ),
+                    errs,
+                );
+                None
+            }
+        }
+    };
+    let quota = Quota {
+        daily: limit("daily", &q.daily),
+        monthly: limit("monthly", &q.monthly),
+        single: limit("single", &q.single),
+    };
+    if q.daily.is_none() && q.monthly.is_none() && q.single.is_none() {
+        k.push(
+            "quota",
+            format!(
+                "channels.{name}.quota: is empty; set at least one of daily, monthly, single (fen)"
+            ),
+            errs,
+        );
+    }
+    if let (Some(single), Some(daily)) = (quota.single, quota.daily) {
+        if single > daily {
+            k.push(
+                "quota.single",
+                format!("channels.{name}.quota.single: {single} is more than daily {daily}; no payment that large could ever fit"),
+                errs,
+            );
+        }
+    }
+    if let (Some(daily), Some(monthly)) = (quota.daily, quota.monthly) {
+        if daily > monthly {
+            k.push(
+                "quota.daily",
+                format!("channels.{name}.quota.daily: {daily} is more than monthly {monthly}; a day could never use it"),
+                errs,
+            );
+        }
+    }
+    if let (Some(single), None, Some(monthly)) = (quota.single, quota.daily, quota.monthly) {
+        if single > monthly {
+            k.push(
+                "quota.single",
+                format!("channels.{name}.quota.single: {single} is more than monthly {monthly}; no payment that large could ever fit"),
+                errs,
+            );
+        }
+    }
+    (errs.list.len() == n).then_some(quota)
 }
 
 /// A channel's signing key, from its (possibly `env:`/`file:`) config value.

@@ -4,8 +4,12 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::backend;
-use crate::store::schema::{MIGRATIONS, SQLITE_V1, SQLITE_V4_OPEN_CHECKS, SQLITE_V5_DRAINS};
+use crate::store::schema::{MIGRATIONS, SQLITE_V1, SQLITE_V4_OPEN_CHECKS};
 use crate::store::StoreError;
+
+/// The last step a file from before the ledger is brought to by [`probe_columns`] and
+/// `SQLITE_V1` (with V4's repair, run at every start).
+const BEFORE_THE_LEDGER: i32 = 4;
 
 /// The migrations' ledger, as on PostgreSQL.
 const SQLITE_LEDGER: &str = "
@@ -51,9 +55,9 @@ fn apply_sqlite(conn: &Connection) -> Result<(), StoreError> {
         if before_the_ledger {
             probe_columns(conn)?;
             conn.execute_batch(SQLITE_V1).map_err(backend)?;
-            // The tables added since the ledger: every version is recorded below, not run.
-            conn.execute_batch(SQLITE_V5_DRAINS).map_err(backend)?;
-            for m in &MIGRATIONS {
+            // The steps the probe and V1 stand for; later ones (newer than the ledger, so
+            // never in such a file) run below like on any file.
+            for m in MIGRATIONS.iter().filter(|m| m.version <= BEFORE_THE_LEDGER) {
                 record(m.version)?;
             }
             tracing::info!(

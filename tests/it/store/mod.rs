@@ -279,6 +279,7 @@ mod drains;
 mod engine;
 mod ledger;
 mod outbox;
+mod quotas;
 mod reports;
 mod schedule;
 
