@@ -982,6 +982,205 @@ mod tests {
         );
     }
 
+    /// A snapshot for tests: each channel's sample and the drained ones.
+    struct Live<'a>(HashMap<&'a str, Sample>, HashSet<&'a str>);
+
+    impl Signals for Live<'_> {
+        fn health(&self, c: &str) -> Sample {
+            self.0.get(c).copied().unwrap_or_default()
+        }
+        fn drained(&self, c: &str) -> bool {
+            self.1.contains(c)
+        }
+    }
+
+    fn sick() -> Sample {
+        Sample {
+            successes: 2,
+            samples: 40,
+        }
+    }
+
+    #[test]
+    fn drained_and_eliminated_candidates_are_passed_over_in_order() {
+        let wechat = Family::Wechat.method_bits();
+        let mut r = rule("own", Some(&["m"]), wechat, Target::To("own".into()));
+        r.fallback = vec!["backup".into(), "platform".into()];
+        let rules = Rules::new(vec![r], defaults());
+        let md = BTreeMap::new();
+        let f = |no: &'static str| facts("m", Method::WechatNative, 1000, &md, no);
+        fn pick<'r>(d: &Decision<'r>) -> Vec<&'r str> {
+            d.candidates.iter().map(|c| c.channel).collect()
+        }
+
+        let live = Live(HashMap::new(), HashSet::from(["own"]));
+        let d = rules.decide(&f("o-1"), &live).unwrap();
+        assert_eq!(pick(&d), ["backup", "platform"]);
+        assert_eq!(
+            d.skipped,
+            [Skip {
+                channel: "own",
+                reason: SkipReason::Drained
+            }]
+        );
+
+        // Eliminated: skipped but for the probe share, which is stable per order.
+        let live = Live(HashMap::from([("own", sick())]), HashSet::new());
+        let mut probed = 0;
+        for i in 0..2000 {
+            let no = format!("o-{i}");
+            let d = rules
+                .decide(&facts("m", Method::WechatNative, 1000, &md, &no), &live)
+                .unwrap();
+            if d.candidates[0].channel == "own" {
+                assert_eq!(d.candidates[0].why, Why::Probe);
+                probed += 1;
+            } else {
+                assert_eq!(d.skipped[0].reason, SkipReason::Eliminated);
+                assert_eq!(d.candidates[0].why, Why::Fallback);
+            }
+        }
+        assert!((50..=150).contains(&probed), "5% of 2000 probed: {probed}");
+
+        // All eliminated, one drained: the best eliminated is still tried, the drained never.
+        let live = Live(
+            HashMap::from([
+                ("own", sick()),
+                (
+                    "backup",
+                    Sample {
+                        successes: 10,
+                        samples: 40,
+                    },
+                ),
+            ]),
+            HashSet::from(["platform"]),
+        );
+        let no_probe = (0..1000)
+            .map(|i| format!("n-{i}"))
+            .find(|no| {
+                let h = split_hash("m", no);
+                adaptive::roll(h, "own") >= DEFAULT_HEALTH.probe_ppm
+                    && adaptive::roll(h, "backup") >= DEFAULT_HEALTH.probe_ppm
+            })
+            .unwrap();
+        let d = rules
+            .decide(
+                &facts("m", Method::WechatNative, 1000, &md, &no_probe),
+                &live,
+            )
+            .unwrap();
+        assert_eq!(
+            d.candidates,
+            [Pick {
+                channel: "backup",
+                why: Why::LastResort
+            }]
+        );
+        assert_eq!(d.skipped.len(), 2, "{:?}", d.skipped);
+    }
+
+    #[test]
+    fn a_split_fails_over_to_its_other_choices_before_its_fallbacks() {
+        let mut r = rule(
+            "canary",
+            Some(&["m"]),
+            Family::Wechat.method_bits(),
+            Target::Split {
+                choices: vec![("a".into(), 50), ("b".into(), 50)],
+                total: 100,
+            },
+        );
+        r.fallback = vec!["c".into(), "a".into()];
+        let rules = Rules::new(vec![r], defaults());
+        let md = BTreeMap::new();
+        let d = rules
+            .decide(&facts("m", Method::WechatNative, 1, &md, "o"), &NoSignals)
+            .unwrap();
+        let order: Vec<&str> = d.candidates.iter().map(|c| c.channel).collect();
+        assert_eq!(order.len(), 3, "each channel once: {order:?}");
+        assert_eq!(order[2], "c");
+        let live = Live(HashMap::new(), HashSet::from([order[0]]));
+        let d = rules
+            .decide(&facts("m", Method::WechatNative, 1, &md, "o"), &live)
+            .unwrap();
+        assert_eq!(
+            d.channel(),
+            Some(order[1]),
+            "the other split choice takes it"
+        );
+    }
+
+    #[test]
+    fn choose_by_cost_and_value_with_fees() {
+        let r = rule(
+            "pick",
+            Some(&["m"]),
+            Family::Wechat.method_bits(),
+            Target::Choose(Choose {
+                from: vec!["dear".into(), "cheap".into()],
+                by: By::Cost,
+                explore_ppm: 0,
+            }),
+        );
+        let mut by_value = r.clone();
+        by_value.target = Target::Choose(Choose {
+            from: vec!["dear".into(), "cheap".into()],
+            by: By::Value,
+            explore_ppm: 0,
+        });
+        let fees = HashMap::from([
+            ("dear".to_string(), FeeRate { ppm: 6000 }),
+            ("cheap".to_string(), FeeRate { ppm: 3800 }),
+        ]);
+        let md = BTreeMap::new();
+        let f = facts("m", Method::WechatNative, 10_000, &md, "o");
+        let cost = Rules::new(vec![r], defaults()).with_health(DEFAULT_HEALTH, fees.clone());
+        assert_eq!(
+            cost.decide(&f, &NoSignals).unwrap().channel(),
+            Some("cheap")
+        );
+        let value = Rules::new(vec![by_value], defaults()).with_health(DEFAULT_HEALTH, fees);
+        assert_eq!(
+            value.decide(&f, &NoSignals).unwrap().channel(),
+            Some("cheap")
+        );
+        // The cheap one fails 30% of the time: 70% × 9962 < 100% × 9940.
+        let live = Live(
+            HashMap::from([
+                (
+                    "cheap",
+                    Sample {
+                        successes: 28,
+                        samples: 40,
+                    },
+                ),
+                (
+                    "dear",
+                    Sample {
+                        successes: 40,
+                        samples: 40,
+                    },
+                ),
+            ]),
+            HashSet::new(),
+        );
+        let d = value.decide(&f, &live).unwrap();
+        assert_eq!(d.channel(), Some("dear"));
+        let ex = value.explain(&f, &live);
+        assert_eq!(ex.by, Some(By::Value));
+        let cheap = ex.candidates.iter().find(|c| c.channel == "cheap").unwrap();
+        assert_eq!(
+            (cheap.fee, cheap.value, cheap.verdict),
+            (38, 6973, Ok((1, Why::Chosen)))
+        );
+        assert!(
+            ex.to_text().contains("candidate \"dear\": chosen (chosen)"),
+            "{}",
+            ex.to_text()
+        );
+    }
+
     #[test]
     fn hours_wrap_midnight() {
         let h = HoursRange::parse("22:00-06:00").unwrap();
