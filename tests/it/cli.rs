@@ -275,6 +275,17 @@ fn explain_prints_the_decision_and_why() {
         stdout.contains(r#"→ channel "platform_wechat" by the family default"#),
         "{stdout}"
     );
+    // The file alone cannot know the live state: explain says which parts it assumed.
+    for unknown in ["health window", "drain", "quota", "circuit"] {
+        assert!(
+            stdout.contains("not known here") && stdout.contains(unknown),
+            "{unknown}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(r#"candidate "platform_wechat": chosen (rule)"#),
+        "{stdout}"
+    );
 }
 
 /// `payroute check --config <path>` as a child process, within the test deadline.
