@@ -2,7 +2,7 @@
 //!
 //! Every create attempt that reached a verdict counts, retries included: a success when the
 //! provider gave the payer an action, a failure when the channel or its account was at fault
-//! ([`crate::channel::ChannelError::is_channel_fault`]). The shop's and the buyer's errors,
+//! (`ChannelError::is_channel_fault`). The shop's and the buyer's errors,
 //! and our own refusals before sending (the channel's limit, its open breaker), count for
 //! nothing. Routing reads the windows through a snapshot ([`crate::routing::Signals`]) and
 //! decides elimination itself; this module only keeps the windows and readmits a channel

@@ -1,7 +1,7 @@
 //! The manual drain switch's stored state (ARCHITECTURE.md, "The manual switch"): which
 //! channels ops have taken out of routing, why, by whom and since when — and a log of every
 //! drain and resume. Stored, so that a restart keeps a drain and every instance on one
-//! PostgreSQL database sees it ([`crate::drains`] keeps it in memory and reloads it).
+//! PostgreSQL database sees it (the drain switch keeps it in memory and reloads it).
 //!
 //! # Atomic
 //! A drain or resume and its log line are one transaction (SQLite: one write on its writer;
