@@ -1,6 +1,7 @@
 //! The ops console (`/ui` on the admin port) in headless Chromium, driven over WebDriver
 //! (chromedriver): it connects with the admin token, shows channels, rules and payments,
-//! explains a payment, resends a dead event, and drains and resumes a channel.
+//! explains a payment (candidate by candidate), resends a dead event, and drains and resumes
+//! a channel.
 //!
 //! Needs `chromium` and `chromium-driver` (Debian); without them this test says so loudly and
 //! passes, unless `PAYROUTE_REQUIRE_BROWSER=1` (as `.ci/run` sets), where it fails.
@@ -290,6 +291,66 @@ async fn the_console_explains_a_payment_and_resends_a_dead_event() {
     browser.click("#events button.resend").await;
     browser.shows("#events", "resent").await;
     h.receiver.event("payment.succeeded", "ui-1").await;
+
+    browser.call(Method::DELETE, "", json!({})).await;
+    drop(driver);
+    h.shutdown().await;
+}
+
+/// Explain's candidates as a table: the drained own account passed over with why, the
+/// fallback chosen, each with its health window and circuit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_explains_a_payment_candidate_by_candidate() {
+    let h = Harness::start().await;
+    // One create on m_1001's own account: its health window holds one success.
+    h.paid("m_1001", "ui-health", "wechat_native", 1999).await;
+    let r = h
+        .admin_post(
+            "/admin/channels/m1001_wechat/drain",
+            &json!({"reason": "console explain test", "by": "ops-test"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let Some(driver) = start_driver(&h).await else {
+        return;
+    };
+    let browser = console(&h, &driver).await;
+    // (innerText of an element not rendered is its whole text: ask for `hidden` instead.)
+    let hidden = || async {
+        browser
+            .call(
+                Method::POST,
+                "/execute/sync",
+                json!({"script": "return document.getElementById('explain-candidates').hidden;", "args": []}),
+            )
+            .await
+    };
+    assert_eq!(hidden().await, true, "no table before an explanation");
+    browser.type_into("#explain-merchant", "m_1001").await;
+    browser.click("#explain-go").await;
+    browser.shows("#explain-result", "m1001-own-wechat").await;
+
+    assert_eq!(hidden().await, false);
+    let own = r#"#explain-candidates tr[data-channel="m1001_wechat"]"#;
+    browser.shows(own, "skipped (drained)").await;
+    browser.shows(own, "100% (1/1)").await;
+    browser.shows(own, "closed").await;
+    let fallback = r#"#explain-candidates tr[data-channel="platform_wechat"]"#;
+    browser.shows(fallback, "chosen").await;
+    assert_eq!(
+        browser
+            .text(r#"#explain-candidates tr[data-verdict="chosen"] td:nth-child(2)"#)
+            .await,
+        "platform_wechat",
+        "the one chosen row is the fallback"
+    );
+    assert_eq!(
+        browser
+            .text(r#"#explain-candidates tr[data-verdict="skipped"] td:nth-child(2)"#)
+            .await,
+        "m1001_wechat"
+    );
 
     browser.call(Method::DELETE, "", json!({})).await;
     drop(driver);
