@@ -297,13 +297,35 @@ async fn the_console_explains_a_payment_and_resends_a_dead_event() {
     h.shutdown().await;
 }
 
-/// Explain's candidates as a table: the drained own account passed over with why, the
-/// fallback chosen, each with its health window and circuit.
+/// m_1001's WeChat payments go to `platform_quota` (the platform's partner account under
+/// another name, single payments up to 500 yuan), then its own account, then the platform.
+const QUOTA_RULES: &str = r#"
+  rules:
+    - name: m1001-quota-first
+      when: { merchant: m_1001, family: wechat }
+      to: platform_quota
+      fallback: [m1001_wechat, platform_wechat]
+  default: { wechat: platform_wechat }
+"#;
+
+/// Explain's candidates as a table, one row each in the order considered: one passed over
+/// for its quota, one drained, the last chosen; each with its health window and circuit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_explains_a_payment_candidate_by_candidate() {
     let h = Harness::start().await;
-    // One create on m_1001's own account: its health window holds one success.
-    h.paid("m_1001", "ui-health", "wechat_native", 1999).await;
+    let quota = support::wechat_partner(
+        &h.upstream,
+        "platform_quota",
+        "1900000100",
+        "wx8888888888888888",
+        "5157F09EFDC096DE15EBE81A47057A72",
+        "platform_apiclient_key.pem",
+    )
+    .with("quota", "{ daily: 100000, single: 50000 }");
+    h.reload_with(QUOTA_RULES, &quota.to_string()).await;
+    // One create on the quota account: its health window holds one success, its day 1999.
+    let paid = h.paid("m_1001", "ui-health", "wechat_native", 1999).await;
+    assert_eq!(paid["channel"], "platform_quota");
     let r = h
         .admin_post(
             "/admin/channels/m1001_wechat/drain",
@@ -328,28 +350,82 @@ async fn the_console_explains_a_payment_candidate_by_candidate() {
     };
     assert_eq!(hidden().await, true, "no table before an explanation");
     browser.type_into("#explain-merchant", "m_1001").await;
+    // 600 yuan: over the quota account's single limit.
+    let amount = browser.element("#explain-amount").await;
+    browser
+        .call(Method::POST, &format!("/element/{amount}/clear"), json!({}))
+        .await;
+    browser.type_into("#explain-amount", "60000").await;
     browser.click("#explain-go").await;
-    browser.shows("#explain-result", "m1001-own-wechat").await;
+    browser.shows("#explain-result", "m1001-quota-first").await;
 
     assert_eq!(hidden().await, false);
-    let own = r#"#explain-candidates tr[data-channel="m1001_wechat"]"#;
-    browser.shows(own, "skipped (drained)").await;
-    browser.shows(own, "100% (1/1)").await;
-    browser.shows(own, "closed").await;
-    let fallback = r#"#explain-candidates tr[data-channel="platform_wechat"]"#;
-    browser.shows(fallback, "chosen").await;
+    let row = |channel: &str| format!(r#"#explain-candidates tr[data-channel="{channel}"]"#);
+    let full = row("platform_quota");
+    browser.shows(&full, "skipped (quota)").await;
+    browser.shows(&full, "100% (1/1)").await;
+    browser.shows(&full, "day 1999/100000 (98001 left)").await;
+    browser.shows(&full, "single ≤ 50000, over").await;
+    browser.shows(&full, "closed").await;
+    let own = row("m1001_wechat");
+    browser.shows(&own, "skipped (drained)").await;
+    browser.shows(&own, "no samples").await;
+    browser.shows(&row("platform_wechat"), "chosen").await;
+    // One row per candidate, in the order explain gives them.
+    let ex = h
+        .admin_post(
+            "/admin/explain",
+            &json!({"merchant_id": "m_1001", "method": "wechat_native", "amount": 60000}),
+        )
+        .await;
+    assert_eq!(ex.status, 200, "{}", ex.text);
+    let listed = |field: &str| -> Value {
+        ex.body["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c[field].clone())
+            .collect()
+    };
+    let column = |n: usize| {
+        let script = format!(
+            "return [...document.querySelectorAll('#explain-candidates tbody tr td:nth-child({n})')].map((td) => td.textContent);"
+        );
+        let browser = &browser;
+        async move {
+            browser
+                .call(
+                    Method::POST,
+                    "/execute/sync",
+                    json!({"script": script, "args": []}),
+                )
+                .await
+        }
+    };
+    assert_eq!(column(2).await, listed("channel"));
+    let drained: Vec<&str> = listed("drained")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| if d == true { "drained" } else { "–" })
+        .collect();
+    assert_eq!(column(5).await, json!(drained));
     assert_eq!(
-        browser
-            .text(r#"#explain-candidates tr[data-verdict="chosen"] td:nth-child(2)"#)
-            .await,
-        "platform_wechat",
-        "the one chosen row is the fallback"
+        listed("channel").as_array().unwrap().len(),
+        3,
+        "{}",
+        ex.text
     );
     assert_eq!(
-        browser
-            .text(r#"#explain-candidates tr[data-verdict="skipped"] td:nth-child(2)"#)
-            .await,
-        "m1001_wechat"
+        column(3)
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v.as_str().is_some_and(|v| v.starts_with("chosen")))
+            .count(),
+        1,
+        "one chosen row"
     );
 
     browser.call(Method::DELETE, "", json!({})).await;

@@ -219,9 +219,8 @@ function quotaText(q) {
 }
 
 function healthText(h) {
-  if (!h) return "–";
-  const ratio = h.ratio === null || h.ratio === undefined ? "–" : (100 * h.ratio).toFixed(0) + "%";
-  return ratio + " (" + h.successes + "/" + h.samples + ")" + (h.eliminated ? " eliminated" : "");
+  if (!h || !h.samples) return "no samples";
+  return (100 * h.ratio).toFixed(0) + "% (" + h.successes + "/" + h.samples + ")" + (h.eliminated ? " eliminated" : "");
 }
 
 // explain's candidates in the order considered: the chosen one, those next in line, and
@@ -237,7 +236,7 @@ function showCandidates(candidates) {
     cell(row, healthText(c.health), c.health && c.health.eliminated ? "open" : "");
     cell(row, c.drained ? "drained" : "–", c.drained ? "open" : "");
     cell(row, c.circuit || "–", c.circuit === "closed" ? "ok" : "open");
-    cell(row, quotaText(c.quota), c.quota && c.quota.over ? "open" : "");
+    cell(row, quotaText(c.quota), c.quota && c.quota.over ? "quota open" : "quota");
     cell(row, c.fee, "num");
     cell(row, c.value, "num");
   });
