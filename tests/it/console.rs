@@ -1,6 +1,7 @@
 //! The ops console (`/ui` on the admin port) in headless Chromium, driven over WebDriver
 //! (chromedriver): it connects with the admin token, shows channels, rules and payments,
-//! explains a payment, resends a dead event, and drains and resumes a channel.
+//! explains a payment (candidate by candidate), resends a dead event, and drains and resumes
+//! a channel.
 //!
 //! Needs `chromium` and `chromium-driver` (Debian); without them this test says so loudly and
 //! passes, unless `PAYROUTE_REQUIRE_BROWSER=1` (as `.ci/run` sets), where it fails.
@@ -290,6 +291,142 @@ async fn the_console_explains_a_payment_and_resends_a_dead_event() {
     browser.click("#events button.resend").await;
     browser.shows("#events", "resent").await;
     h.receiver.event("payment.succeeded", "ui-1").await;
+
+    browser.call(Method::DELETE, "", json!({})).await;
+    drop(driver);
+    h.shutdown().await;
+}
+
+/// m_1001's WeChat payments go to `platform_quota` (the platform's partner account under
+/// another name, single payments up to 500 yuan), then its own account, then the platform.
+const QUOTA_RULES: &str = r#"
+  rules:
+    - name: m1001-quota-first
+      when: { merchant: m_1001, family: wechat }
+      to: platform_quota
+      fallback: [m1001_wechat, platform_wechat]
+  default: { wechat: platform_wechat }
+"#;
+
+/// Explain's candidates as a table, one row each in the order considered: one passed over
+/// for its quota, one drained, the last chosen; each with its health window and circuit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_explains_a_payment_candidate_by_candidate() {
+    let h = Harness::start().await;
+    let quota = support::wechat_partner(
+        &h.upstream,
+        "platform_quota",
+        "1900000100",
+        "wx8888888888888888",
+        "5157F09EFDC096DE15EBE81A47057A72",
+        "platform_apiclient_key.pem",
+    )
+    .with("quota", "{ daily: 100000, single: 50000 }");
+    h.reload_with(QUOTA_RULES, &quota.to_string()).await;
+    // One create on the quota account: its health window holds one success, its day 1999.
+    let paid = h.paid("m_1001", "ui-health", "wechat_native", 1999).await;
+    assert_eq!(paid["channel"], "platform_quota");
+    let r = h
+        .admin_post(
+            "/admin/channels/m1001_wechat/drain",
+            &json!({"reason": "console explain test", "by": "ops-test"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let Some(driver) = start_driver(&h).await else {
+        return;
+    };
+    let browser = console(&h, &driver).await;
+    // (innerText of an element not rendered is its whole text: ask for `hidden` instead.)
+    let hidden = || async {
+        browser
+            .call(
+                Method::POST,
+                "/execute/sync",
+                json!({"script": "return document.getElementById('explain-candidates').hidden;", "args": []}),
+            )
+            .await
+    };
+    assert_eq!(hidden().await, true, "no table before an explanation");
+    browser.type_into("#explain-merchant", "m_1001").await;
+    // 600 yuan: over the quota account's single limit.
+    let amount = browser.element("#explain-amount").await;
+    browser
+        .call(Method::POST, &format!("/element/{amount}/clear"), json!({}))
+        .await;
+    browser.type_into("#explain-amount", "60000").await;
+    browser.click("#explain-go").await;
+    browser.shows("#explain-result", "m1001-quota-first").await;
+
+    assert_eq!(hidden().await, false);
+    let row = |channel: &str| format!(r#"#explain-candidates tr[data-channel="{channel}"]"#);
+    let full = row("platform_quota");
+    browser.shows(&full, "skipped (quota)").await;
+    browser.shows(&full, "100% (1/1)").await;
+    browser.shows(&full, "day 1999/100000 (98001 left)").await;
+    browser.shows(&full, "single ≤ 50000, over").await;
+    browser.shows(&full, "closed").await;
+    let own = row("m1001_wechat");
+    browser.shows(&own, "skipped (drained)").await;
+    browser.shows(&own, "no samples").await;
+    browser.shows(&row("platform_wechat"), "chosen").await;
+    // One row per candidate, in the order explain gives them.
+    let ex = h
+        .admin_post(
+            "/admin/explain",
+            &json!({"merchant_id": "m_1001", "method": "wechat_native", "amount": 60000}),
+        )
+        .await;
+    assert_eq!(ex.status, 200, "{}", ex.text);
+    let listed = |field: &str| -> Value {
+        ex.body["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c[field].clone())
+            .collect()
+    };
+    let column = |n: usize| {
+        let script = format!(
+            "return [...document.querySelectorAll('#explain-candidates tbody tr td:nth-child({n})')].map((td) => td.textContent);"
+        );
+        let browser = &browser;
+        async move {
+            browser
+                .call(
+                    Method::POST,
+                    "/execute/sync",
+                    json!({"script": script, "args": []}),
+                )
+                .await
+        }
+    };
+    assert_eq!(column(2).await, listed("channel"));
+    let drained: Vec<&str> = listed("drained")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| if d == true { "drained" } else { "–" })
+        .collect();
+    assert_eq!(column(5).await, json!(drained));
+    assert_eq!(
+        listed("channel").as_array().unwrap().len(),
+        3,
+        "{}",
+        ex.text
+    );
+    assert_eq!(
+        column(3)
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v.as_str().is_some_and(|v| v.starts_with("chosen")))
+            .count(),
+        1,
+        "one chosen row"
+    );
 
     browser.call(Method::DELETE, "", json!({})).await;
     drop(driver);

@@ -3,9 +3,10 @@
 //!
 //! The proxy runs through the harness and is driven until every family the artefacts use has
 //! a sample: a paid payment (its notification, shop webhook and fee), a payment found by the
-//! reconciler, a burst on a rate-limited channel (retries, then the retry budget spent), and
-//! inbound calls past a rate limit. A family with no sample yet is absent from `/metrics`, so
-//! a name that is misspelt, renamed or never exported fails here.
+//! reconciler, a burst on a rate-limited channel (retries, then the retry budget spent, its
+//! refused attempts counted as skipped candidates), and inbound calls past a rate limit. A
+//! family with no sample yet is absent from `/metrics`, so a name that is misspelt, renamed
+//! or never exported fails here.
 
 use crate::support;
 
@@ -202,6 +203,17 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
         let r = b.await.unwrap();
         assert_eq!(r.status, 201, "{}", r.text);
     }
+
+    // A skip series is born with its first skip (its labels name the rule and channel that
+    // skipped): the burst's refused attempts are that, passed over for reason limit.
+    let text = h.metrics().await;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("payroute_route_skipped_total{")
+                && l.contains(r#"channel="limited_wechat""#)
+                && l.contains(r#"reason="limit""#)),
+        "the burst's refused attempts are counted as skipped:\n{text}"
+    );
 
     // Inbound calls past the merchant's limit (60, then 1/h): 429.
     let mut limited_at = None;

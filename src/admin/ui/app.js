@@ -197,10 +197,49 @@ $("explain").onsubmit = async (ev) => {
   if ($("explain-shop").value) body.shop_id = $("explain-shop").value;
   try {
     const ex = await api("/admin/explain", { method: "POST", body: JSON.stringify(body) });
+    showCandidates(ex.candidates || []);
     $("explain-result").textContent = ex.text;
   } catch (err) {
+    showCandidates([]);
     $("explain-result").textContent = err.message;
   }
 };
+
+// One quota period as "used/limit (left)"; amounts in fen, as the API gives them.
+function period(name, p) {
+  return p ? name + " " + p.used + "/" + p.limit + " (" + p.left + " left)" : null;
+}
+
+function quotaText(q) {
+  if (!q) return "–";
+  const parts = [period("day", q.daily), period("month", q.monthly)];
+  if (q.single !== null && q.single !== undefined) parts.push("single ≤ " + q.single);
+  if (q.over) parts.push("over");
+  return parts.filter((p) => p).join(", ") || "–";
+}
+
+function healthText(h) {
+  if (!h || !h.samples) return "no samples";
+  return (100 * h.ratio).toFixed(0) + "% (" + h.successes + "/" + h.samples + ")" + (h.eliminated ? " eliminated" : "");
+}
+
+// explain's candidates in the order considered: the chosen one, those next in line, and
+// those passed over (eliminated, drained, over quota) with why.
+function showCandidates(candidates) {
+  $("explain-candidates").hidden = candidates.length === 0;
+  fill("explain-candidates", candidates, (row, c) => {
+    row.dataset.channel = c.channel;
+    row.dataset.verdict = c.verdict;
+    cell(row, c.position === null || c.position === undefined ? "" : c.position + 1, "num");
+    cell(row, c.channel);
+    cell(row, c.verdict + " (" + c.why + ")", c.verdict === "skipped" ? "bad" : c.verdict === "chosen" ? "ok" : "");
+    cell(row, healthText(c.health), c.health && c.health.eliminated ? "open" : "");
+    cell(row, c.drained ? "drained" : "–", c.drained ? "open" : "");
+    cell(row, c.circuit || "–", c.circuit === "closed" ? "ok" : "open");
+    cell(row, quotaText(c.quota), c.quota && c.quota.over ? "quota open" : "quota");
+    cell(row, c.fee, "num");
+    cell(row, c.value, "num");
+  });
+}
 
 if (token) refresh();
