@@ -320,6 +320,13 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The switch routing consults for every candidate.
+impl crate::payment::Drained for DrainSwitch {
+    fn is_drained(&self, channel: &str) -> bool {
+        DrainSwitch::is_drained(self, channel)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,12 +498,5 @@ mod tests {
         assert!(check_reason("two\nlines").is_err());
         assert!(check_operator("alice@ops").is_ok());
         assert!(check_operator(&"a".repeat(MAX_DRAIN_OPERATOR_CHARS + 1)).is_err());
-    }
-}
-
-/// The switch routing consults for every candidate.
-impl crate::payment::Drained for DrainSwitch {
-    fn is_drained(&self, channel: &str) -> bool {
-        DrainSwitch::is_drained(self, channel)
     }
 }

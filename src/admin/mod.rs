@@ -781,6 +781,27 @@ async fn with_quotas(
             c["verdict"] = json!(if i == 0 { "chosen" } else { "next" });
         }
     }
+    // What routing alone said (`text`) did not know quotas: say what they changed.
+    let over: Vec<String> = candidates
+        .iter()
+        .filter(|c| c["why"] == crate::routing::SkipReason::Quota.as_str())
+        .filter_map(|c| c["channel"].as_str().map(str::to_string))
+        .collect();
+    if !over.is_empty() {
+        let mut text = out["text"].as_str().unwrap_or_default().to_string();
+        for c in &over {
+            text.push_str(&format!(
+                "  quota: candidate {c:?} skipped: this payment would pass its account's quota\n"
+            ));
+        }
+        text.push_str(&match order.first() {
+            Some(c) => format!("→ after quotas: channel {c:?}\n"),
+            None => {
+                "→ after quotas: no channel left (503 channel_unavailable, nothing sent)\n".into()
+            }
+        });
+        out["text"] = json!(text);
+    }
     out["channel"] = json!(order.first());
     out["fallback"] = json!(order.iter().skip(1).collect::<Vec<_>>());
     Ok(())

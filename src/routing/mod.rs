@@ -511,7 +511,24 @@ impl Rules {
         }
         let decision = self.plan(matched, f, signals);
         let candidates = match &decision {
-            Ok(d) => self.reports(matched, d, f, signals),
+            Ok(d) => {
+                // In the order the rule considers them (drained and eliminated in place).
+                let mut names: Vec<&str> = Vec::new();
+                let considered = match matched {
+                    Some(r) => self.order(r, f, signals),
+                    None => Vec::new(),
+                };
+                for c in considered
+                    .iter()
+                    .map(|p| p.channel)
+                    .chain(d.candidates.iter().map(|p| p.channel))
+                {
+                    if !names.contains(&c) {
+                        names.push(c);
+                    }
+                }
+                self.reports(matched, d, names, f, signals)
+            }
             Err(_) => Vec::new(),
         };
         let by = matched.and_then(|r| match &r.target {
@@ -679,12 +696,11 @@ impl Rules {
         &'r self,
         rule: Option<&'r Rule>,
         d: &Decision<'r>,
+        names: Vec<&'r str>,
         f: &PaymentFacts,
         signals: &dyn Signals,
     ) -> Vec<CandidateReport<'r>> {
         let p = self.policy(rule);
-        let mut names: Vec<&'r str> = d.candidates.iter().map(|c| c.channel).collect();
-        names.extend(d.skipped.iter().map(|s| s.channel));
         names
             .into_iter()
             .map(|channel| {

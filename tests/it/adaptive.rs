@@ -350,6 +350,19 @@ async fn a_daily_quota_moves_the_order_that_would_exceed_it() {
         third["quota"]["daily"],
         json!({"limit": 5000, "used": 3998, "left": 1002})
     );
+    let r = h
+        .admin_post(
+            "/admin/explain",
+            &json!({"merchant_id": "m_1001", "method": "wechat_native", "amount": 1999}),
+        )
+        .await;
+    assert_eq!(r.body["channel"], "platform_wechat", "{}", r.text);
+    let text = r.body["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("candidate \"m1001_quota\" skipped")
+            && text.contains("→ after quotas: channel \"platform_wechat\""),
+        "{text}"
+    );
     create(&h, "q-3").await.expect_created_on("platform_wechat");
     // A smaller payment still fits the room left.
     h.create(&payment("m_1001", "q-4", "wechat_native", 1000, json!({})))
