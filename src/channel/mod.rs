@@ -435,17 +435,11 @@ impl ChannelError {
     /// payments). Our own refusals before sending (its limit, its open breaker, a request we
     /// could not build) and the shop's or buyer's errors count for nothing.
     pub fn is_channel_fault(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::NothingSent
-                | ErrorKind::Timeout
-                | ErrorKind::Transport
-                | ErrorKind::ServerError
-                | ErrorKind::ProviderRetryable(_)
-                | ErrorKind::BadSignature
-                | ErrorKind::Protocol
-                | ErrorKind::AccountRefused(_)
-        )
+        self.is_channel_down()
+            || matches!(
+                self.kind,
+                ErrorKind::BadSignature | ErrorKind::Protocol | ErrorKind::AccountRefused(_)
+            )
     }
 
     /// A verified, final refusal: nothing was created or refunded.
