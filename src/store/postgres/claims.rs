@@ -10,8 +10,11 @@ use crate::store::{claim_token, CheckClaim, CheckOf, Due, StoreError, OPEN_RECHE
 
 /// Now in unix ms by the database's clock: every lease is set and compared by this one clock,
 /// so instances whose clocks disagree still agree on whose lease has run out. (`now()` is the
-/// transaction's start: one value throughout a statement.)
-pub(in crate::store) const DB_NOW_MS: &str = "(extract(epoch from now()) * 1000)::bigint";
+/// transaction's start: one value throughout a statement.) Floored, as the process's own
+/// `now_ms` truncates: `::bigint` alone rounds half up, putting the database up to half a
+/// millisecond ahead of a caller's clock read just after — enough for a check scheduled
+/// "now + recheck" to be not yet due at the caller's "now + recheck" (seen once in CI).
+pub(in crate::store) const DB_NOW_MS: &str = "floor(extract(epoch from now()) * 1000)::bigint";
 
 /// What the reconciliation worker checks in one table: open records whose check is due.
 pub(in crate::store) struct DueChecks {
