@@ -662,10 +662,11 @@ async fn explain(app: &AdminState, body: &[u8]) -> Response<Full<Bytes>> {
     let Some(method) = PayMethod::parse(&s("method")) else {
         return error(ErrorCode::InvalidRequest, "method is missing or unknown");
     };
-    let Some(amount) = v["amount"].as_u64().filter(|a| *a > 0) else {
+    let max = crate::domain::MAX_AMOUNT;
+    let Some(amount) = v["amount"].as_u64().filter(|a| (1..=max).contains(a)) else {
         return error(
             ErrorCode::InvalidAmount,
-            "amount must be a positive integer (fen)",
+            format!("amount must be an integer from 1 to {max} (fen), as on create"),
         );
     };
     let metadata: BTreeMap<String, String> = v["metadata"]
@@ -756,8 +757,12 @@ async fn with_quotas(
             limit.map(|l| json!({ "limit": l, "used": used, "left": l.saturating_sub(used) }))
         };
         let over = quota.single.is_some_and(|l| amount > l)
-            || quota.daily.is_some_and(|l| used.day + amount > l)
-            || quota.monthly.is_some_and(|l| used.month + amount > l);
+            || quota
+                .daily
+                .is_some_and(|l| used.day.saturating_add(amount) > l)
+            || quota
+                .monthly
+                .is_some_and(|l| used.month.saturating_add(amount) > l);
         c["quota"] = json!({
             "daily": period(quota.daily, used.day),
             "monthly": period(quota.monthly, used.month),

@@ -190,6 +190,9 @@ pub struct OrderRequest<'a> {
     pub attach: Option<&'a str>,
     pub return_url: Option<&'a str>,
     pub sub: &'a SubMerchant,
+    /// Sent to an eliminated channel as its probe (or as the last resort): a run of these
+    /// succeeding readmits the channel.
+    pub probe: bool,
 }
 
 /// A created order: what the payer must do next.
@@ -651,12 +654,18 @@ impl Channel {
 
     /// Every attempt that reaches a verdict feeds the channel's health window: a success
     /// when the payer got an action, a failure when the channel or its account was at fault.
+    /// On a partner / ISV channel an account refusal is about one sub-merchant's account (a
+    /// revoked authorisation, an expired token), not the channel every merchant shares: it
+    /// counts for nothing there, or one merchant could get the channel eliminated for all.
     pub async fn create(&self, order: &OrderRequest<'_>) -> Result<Created, ChannelError> {
+        let shared = self.settings.needs_sub_merchant();
         self.call("create", |d| async move {
             let out = self.connector.create(order, d).await;
+            let health = self.guard.health();
             match &out {
-                Ok(_) => self.guard.health().record(true),
-                Err(e) if e.is_channel_fault() => self.guard.health().record(false),
+                Ok(_) => health.record(true, order.probe),
+                Err(e) if shared && matches!(e.kind, ErrorKind::AccountRefused(_)) => {}
+                Err(e) if e.is_channel_fault() => health.record(false, order.probe),
                 Err(_) => {}
             }
             out

@@ -2,7 +2,7 @@
 //! store the outcome; and the idempotent replay of a create.
 
 use super::*;
-use crate::routing::SkipReason;
+use crate::routing::{SkipReason, Why};
 use crate::store::{Inserted, Over, QuotaGuard};
 
 impl PaymentService {
@@ -44,6 +44,13 @@ impl PaymentService {
                         .skipped(decision.rule_label(), skip.channel, skip.reason);
                 }
                 let rule = decision.rule_label().to_string();
+                // Channels this order probes: their successes may readmit them.
+                let probes: Vec<String> = decision
+                    .candidates
+                    .iter()
+                    .filter(|p| matches!(p.why, Why::Probe | Why::LastResort))
+                    .map(|p| p.channel.to_string())
+                    .collect();
                 let mut left: Vec<String> = decision
                     .candidates
                     .iter()
@@ -66,7 +73,7 @@ impl PaymentService {
                     Bound::Fresh(rec, rest) => {
                         return answer_created(
                             |fresh| self.for_the_payer(routes, fresh),
-                            self.attempt(routes, rec, &req, rest).await,
+                            self.attempt(routes, rec, &req, rest, &probes).await,
                         );
                     }
                     Bound::Existing(existing) => {
@@ -172,9 +179,12 @@ impl PaymentService {
                 },
             );
         }
-        Ok(Bound::Nowhere(PaymentError::NoChannelNow(format!(
-            "no channel can take this payment now: every channel of rule {rule:?} was passed over (drained, eliminated or over quota); nothing was sent"
-        ))))
+        tracing::warn!(rule = %rule, merchant_id = %req.merchant_id, "every candidate was passed over; nothing sent");
+        Ok(Bound::Nowhere(PaymentError::NoChannelNow(
+            "no channel can take this payment now: every channel its route offers is drained, \
+             eliminated or over its quota; nothing was sent"
+                .into(),
+        )))
     }
 
     /// The quota `rec`'s account must fit under at its channel, if the channel has one: `Err`
@@ -255,7 +265,7 @@ impl PaymentService {
         }
         answer_created(
             |fresh| self.for_the_payer(routes, fresh),
-            self.attempt(routes, existing, req, Vec::new()).await,
+            self.attempt(routes, existing, req, Vec::new(), &[]).await,
         )
     }
 
@@ -267,6 +277,7 @@ impl PaymentService {
         mut rec: PaymentRecord,
         req: &NewPayment,
         fallback: Vec<String>,
+        probes: &[String],
     ) -> Result<PaymentRecord, PaymentError> {
         let mut fallback = fallback.into_iter();
         loop {
@@ -296,6 +307,7 @@ impl PaymentService {
                 attach: req.attach.as_deref(),
                 return_url: req.return_url.as_deref(),
                 sub: &sub,
+                probe: probes.contains(&rec.channel),
             };
             let result = channel.create(&order).await;
             rec.updated_at = now_ms();

@@ -169,7 +169,7 @@ pub struct ChannelHealth {
 struct Window {
     outcomes: VecDeque<bool>,
     successes: u32,
-    /// Consecutive successes up to now.
+    /// Consecutive successful probes up to now (any failure ends the run).
     streak: u32,
     /// `(minute, created, paid)`, one per minute of the last hour (oldest first).
     minutes: VecDeque<(i64, u32, u32)>,
@@ -222,8 +222,10 @@ impl ChannelHealth {
     }
 
     /// One create attempt's verdict: `true` the payer got an action, `false` the channel or
-    /// its account failed.
-    pub fn record(&self, success: bool) {
+    /// its account failed. `probe`: the order was sent as an eliminated channel's probe.
+    /// Only probes readmit: traffic a rule with a laxer threshold keeps sending to the
+    /// channel says nothing about whether the rules that eliminated it should take it back.
+    pub fn record(&self, success: bool, probe: bool) {
         let size = self.shared.window.load(Ordering::Relaxed) as usize;
         let mut w = self.lock();
         let was_eliminated = w.sample().eliminated(&self.shared.policy());
@@ -234,8 +236,13 @@ impl ChannelHealth {
                 w.successes -= 1;
             }
         }
-        w.streak = if success { w.streak + 1 } else { 0 };
+        w.streak = match (success, probe) {
+            (false, _) => 0,
+            (true, true) => w.streak.saturating_add(1),
+            (true, false) => w.streak,
+        };
         if success
+            && probe
             && was_eliminated
             && w.streak >= self.shared.readmit_after.load(Ordering::Relaxed)
         {
@@ -293,7 +300,7 @@ mod tests {
         let h = health(10, 3);
         let c = h.channel("a");
         for i in 0..25 {
-            c.record(i % 5 != 0);
+            c.record(i % 5 != 0, true);
         }
         let s = h.sample("a");
         assert_eq!((s.successes, s.samples), (8, 10));
@@ -305,24 +312,52 @@ mod tests {
         let h = health(10, 3);
         let c = h.channel("own");
         for _ in 0..10 {
-            c.record(false);
+            c.record(false, true);
         }
         let p = h.shared.policy();
         assert!(c.sample().eliminated(&p));
-        c.record(true);
-        c.record(true);
+        c.record(true, true);
+        c.record(true, true);
         assert!(c.sample().eliminated(&p), "two successes are not enough");
-        c.record(false);
-        c.record(true);
-        c.record(true);
+        c.record(false, true);
+        c.record(true, true);
+        c.record(true, true);
         assert!(c.sample().eliminated(&p), "a failure restarts the count");
-        c.record(true);
+        c.record(true, true);
         assert_eq!(c.sample(), Sample::default(), "readmitted afresh");
         // A healthy channel's streak never clears its window.
         for _ in 0..5 {
-            c.record(true);
+            c.record(true, true);
         }
         assert_eq!(c.sample().samples, 5);
+    }
+
+    /// Orders a laxer rule keeps sending are no probes: however many succeed, only a run of
+    /// probes readmits (and a failure of either kind ends the run).
+    #[test]
+    fn only_probes_readmit() {
+        let h = health(40, 3);
+        let c = h.channel("own");
+        for _ in 0..40 {
+            c.record(false, false);
+        }
+        for _ in 0..3 {
+            c.record(true, false);
+        }
+        assert_eq!(c.sample().samples, 40, "not readmitted by ordinary traffic");
+        c.record(true, true);
+        c.record(true, true);
+        c.record(false, false);
+        c.record(true, true);
+        c.record(true, true);
+        assert_eq!(c.sample().samples, 40);
+        c.record(true, false);
+        c.record(true, true);
+        assert_eq!(
+            c.sample(),
+            Sample::default(),
+            "three probes in a row readmit"
+        );
     }
 
     #[test]

@@ -655,10 +655,19 @@ impl Rules {
             let sample = signals.health(channel);
             if sample.eliminated(p) {
                 if adaptive::roll(hash, channel) < p.probe_ppm {
-                    candidates.push(Pick {
-                        channel,
-                        why: Why::Probe,
-                    });
+                    // First, whatever its rank: a probe tried only after a healthy candidate
+                    // would never be sent, and the channel never readmitted.
+                    let at = candidates
+                        .iter()
+                        .take_while(|c| c.why == Why::Probe)
+                        .count();
+                    candidates.insert(
+                        at,
+                        Pick {
+                            channel,
+                            why: Why::Probe,
+                        },
+                    );
                 } else {
                     skipped.push(Skip {
                         channel,

@@ -296,6 +296,45 @@ fn drained_and_eliminated_candidates_are_passed_over_in_order() {
     assert_eq!(d.skipped.len(), 2, "{:?}", d.skipped);
 }
 
+/// Under `choose` an eliminated candidate ranks last; its probe share must still go to it
+/// first, or it would never be sent anything and never come back.
+#[test]
+fn a_probe_goes_first_whatever_its_rank() {
+    let r = rule(
+        "pick",
+        Some(&["m"]),
+        Family::Wechat.method_bits(),
+        Target::Choose(Choose {
+            from: vec!["own".into(), "platform".into()],
+            by: By::Value,
+            explore_ppm: 0,
+        }),
+    );
+    let rules = Rules::new(vec![r], defaults());
+    let live = Live(HashMap::from([("own", sick())]), HashSet::new());
+    let md = BTreeMap::new();
+    let mut probed = 0;
+    for i in 0..2000 {
+        let no = format!("o-{i}");
+        let d = rules
+            .decide(&facts("m", Method::WechatNative, 1000, &md, &no), &live)
+            .unwrap();
+        if d.candidates.iter().any(|c| c.why == Why::Probe) {
+            assert_eq!(
+                d.candidates[0],
+                Pick {
+                    channel: "own",
+                    why: Why::Probe
+                }
+            );
+            probed += 1;
+        } else {
+            assert_eq!(d.channel(), Some("platform"));
+        }
+    }
+    assert!((50..=150).contains(&probed), "5% of 2000: {probed}");
+}
+
 #[test]
 fn a_split_fails_over_to_its_other_choices_before_its_fallbacks() {
     let mut r = rule(

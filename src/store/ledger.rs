@@ -522,10 +522,24 @@ mod on_postgres {
         ) -> Result<Inserted, StoreError> {
             let started = tokio::time::Instant::now();
             let account = guard.map(|g| g.stored_account(&p.account)).transpose()?;
+            let _queued = match &account {
+                Some(a) => {
+                    // A replay answers from its record without queueing for the account
+                    // (under contention that wait could fail an order that exists).
+                    let c = self.conn().await?;
+                    if let Some(existing) = get_payment(&c, &p.merchant_id, &p.out_trade_no).await?
+                    {
+                        return Ok(Inserted::Existing(Box::new(existing)));
+                    }
+                    drop(c);
+                    Some(self.quota_queue(a).lock_owned().await)
+                }
+                None => None,
+            };
             let mut c = self.conn().await?;
             let n = match (guard, &account) {
                 (Some(guard), Some(account)) => {
-                    let tx = c.transaction().await.map_err(pg)?;
+                    let tx = quotas::guarded_transaction(&mut c).await?;
                     // Guarded inserts of this account, on every instance, queue here: each
                     // sums after the one before it has committed.
                     quotas::lock_account(&tx, account).await?;
@@ -572,8 +586,9 @@ mod on_postgres {
             };
             let account = guard.stored_account(&p.account)?;
             let started = tokio::time::Instant::now();
+            let _queued = self.quota_queue(&account).lock_owned().await;
             let mut c = self.conn().await?;
-            let tx = c.transaction().await.map_err(pg)?;
+            let tx = quotas::guarded_transaction(&mut c).await?;
             quotas::lock_account(&tx, &account).await?;
             // Written first (the compare-and-set decides a race whatever the room), then
             // judged: the sum leaves this record out, and an over-quota rebind is rolled back

@@ -280,6 +280,20 @@ pub(super) mod on_postgres {
     use crate::store::postgres::{execute, get, query, PostgresStore};
     use crate::store::{account_json, StoreError};
 
+    /// A guarded write's transaction, READ COMMITTED whatever the database's default: each
+    /// statement after the lock must see what the lock's previous holder committed (under
+    /// REPEATABLE READ the snapshot would predate the wait, and two writers could both take
+    /// the last room).
+    pub(in crate::store) async fn guarded_transaction(
+        c: &mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+        c.build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(crate::store::postgres::pg)
+    }
+
     /// Takes the account's quota lock until the end of the transaction `tx`: guarded writes of
     /// one account, on any instance, run one after another from here.
     pub(in crate::store) async fn lock_account<C: GenericClient>(

@@ -134,13 +134,23 @@ pub(super) fn routing(
                         );
                     }
                 }
-                rule.health = Some(health_policy(
+                let policy = health_policy(
                     h,
                     settings.policy,
                     &format!("{at}.health"),
                     &format!("{label}: health"),
                     errs,
-                ));
+                );
+                if policy.min_samples > settings.window {
+                    errs.push(
+                        &format!("{at}.health.min_samples"),
+                        format!(
+                            "{label}: health.min_samples: {} is more than the window ({}): the rule could never judge a channel",
+                            policy.min_samples, settings.window
+                        ),
+                    );
+                }
+                rule.health = Some(policy);
             }
             rules.push((i, rule));
         }

@@ -37,6 +37,7 @@
 pub(in crate::store) mod claims;
 mod connect;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -73,6 +74,10 @@ pub struct PostgresStore {
     metrics: StoreMetrics,
     /// `store.lease` in ms: how long a claim on an event or a check holds.
     pub(in crate::store) lease_ms: i64,
+    /// This instance's queue per quota account, taken before a pool connection: guarded
+    /// writes of one busy account wait here, not on the database's lock with a connection
+    /// each, so they cannot drain the pool every other write needs.
+    pub(in crate::store) quota_queues: dashmap::DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl PostgresStore {
@@ -152,9 +157,19 @@ impl PostgresStore {
             pool,
             metrics,
             lease_ms: duration_ms(DEFAULT_LEASE),
+            quota_queues: dashmap::DashMap::new(),
         };
         store.migrate(schema).await?;
         Ok(store)
+    }
+
+    /// This instance's queue for guarded writes of `account_text` (one per account with a
+    /// quota, kept for the process's life: a handful).
+    pub(in crate::store) fn quota_queue(&self, account_text: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.quota_queues
+            .entry(account_text.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Claims on events and checks hold for `lease` instead of [`DEFAULT_LEASE`].
