@@ -12,6 +12,7 @@
 //! (`parse_fen`); a fee is signed as payroute sees it — positive when the provider charges it on
 //! a payment, negative when it gives it back on a refund — whatever sign the provider writes.
 
+pub mod alipay;
 pub mod wechat;
 
 use crate::domain::parse_yuan;
