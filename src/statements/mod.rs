@@ -15,6 +15,9 @@
 pub mod alipay;
 pub mod wechat;
 
+#[cfg(test)]
+mod tests;
+
 use crate::domain::parse_yuan;
 
 /// What a statement row records.
