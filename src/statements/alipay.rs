@@ -578,6 +578,17 @@ mod unit {
     }
 
     #[test]
+    fn no_prefix_of_the_file_is_a_partial_statement() {
+        let bytes = gbk(&full());
+        let whole = parse_detail_csv(&bytes).unwrap();
+        for cut in 0..bytes.len() {
+            if let Ok(s) = parse_detail_csv(&bytes[..cut]) {
+                assert_eq!(s, whole, "cut at {cut} bytes");
+            }
+        }
+    }
+
+    #[test]
     fn the_detail_entry_is_found_by_name() {
         let csv = gbk(&full());
         let summary = gbk(&["#支付宝业务汇总查询"]);

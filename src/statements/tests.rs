@@ -437,3 +437,58 @@ fn alipay_empty_day() {
     );
     assert_eq!(r.account.as_deref(), Some("2088000000001001"));
 }
+
+#[test]
+fn wechat_no_prefix_of_a_bill_is_a_partial_statement() {
+    // Hashed as given, so each cut reaches the parser: it must refuse, or (a cut inside the
+    // final line that still reads as the same totals, `5.00` → `5`) return every row.
+    for name in [
+        "wechat_tradebill_direct.csv",
+        "wechat_tradebill_partner.csv",
+    ] {
+        let bytes = fixture(name);
+        let whole = wechat(name).unwrap();
+        let mut refused = 0;
+        for cut in 0..bytes.len() {
+            match parse_tradebill(&bytes[..cut], false, &sha1(&bytes[..cut])) {
+                Ok(s) => assert_eq!(s, whole, "{name} cut at {cut} bytes"),
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(
+            refused > bytes.len() - 20,
+            "{name}: only {refused} cuts refused"
+        );
+    }
+}
+
+#[test]
+fn no_byte_flip_makes_a_parser_panic() {
+    // Every byte of each fixture changed in turn: the parsers answer, Ok or Err, never panic.
+    for name in ["wechat_tradebill_direct.csv", "wechat_tradebill_empty.csv"] {
+        let bytes = fixture(name);
+        for i in 0..bytes.len() {
+            for x in [0x01, 0x20, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[i] ^= x;
+                let _ = parse_tradebill(&b, false, &sha1(&b));
+            }
+        }
+    }
+    let zip = fixture(ALIPAY_ZIP);
+    for i in 0..zip.len() {
+        for x in [0x01, 0x20, 0x80, 0xff] {
+            let mut b = zip.clone();
+            b[i] ^= x;
+            let _ = parse_trade_zip(&b);
+        }
+    }
+}
+
+#[test]
+fn alipay_every_prefix_of_the_zip_is_refused() {
+    let zip = fixture(ALIPAY_ZIP);
+    for cut in 0..zip.len() {
+        assert!(parse_trade_zip(&zip[..cut]).is_err(), "cut at {cut} bytes");
+    }
+}

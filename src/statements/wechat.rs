@@ -46,9 +46,11 @@ pub fn parse_tradebill(
         });
     }
     let unpacked;
+    // Every member, as `gunzip` reads it: a file gzipped in parts is still the whole file.
     let csv = if gzip {
         let mut out = Vec::new();
-        read_capped(flate2::read::GzDecoder::new(bytes), &mut out).map_err(StatementError::Gzip)?;
+        read_capped(flate2::read::MultiGzDecoder::new(bytes), &mut out)
+            .map_err(StatementError::Gzip)?;
         too_large(out.len())?;
         unpacked = out;
         &unpacked[..]
@@ -606,6 +608,21 @@ mod unit {
         let not_gzip = b"plainly not gzip";
         let r = parse_tradebill(not_gzip, true, &sha1(not_gzip));
         assert!(matches!(r, Err(StatementError::Gzip(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_gzip_of_several_members_is_read_whole() {
+        use std::io::Write;
+        let text = bill(&[HEADER, PAY, REFUND, SUMMARY_HEADER, SUMMARY_ROW]);
+        let (a, b) = text.split_at(text.find("`2026-11-30 11").unwrap());
+        let mut gz = Vec::new();
+        for part in [a, b] {
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            z.write_all(part.as_bytes()).unwrap();
+            gz.extend(z.finish().unwrap());
+        }
+        let s = parse_tradebill(&gz, true, &sha1(&gz)).unwrap();
+        assert_eq!(s.rows.len(), 2);
     }
 
     #[test]
