@@ -18,6 +18,8 @@
 //! - `webhooks`: shop events out — the outbox worker and its signed, ordered, at-least-once
 //!   delivery.
 //! - `reconcile`: the worker that asks about open orders on tiers and closes expired ones.
+//! - `statements`: the providers' daily trade statements — parsed exactly (this part), later
+//!   fetched and compared with the ledger.
 //! - `routing`: the rules engine; pure, indexed by merchant, with `explain`.
 //! - `channel`: one guarded call path per channel (limit, breaker, retries), the outbound HTTP
 //!   client, keys, notification verification; `wechatpay`, `alipay`.
@@ -62,6 +64,7 @@ pub mod sandbox;
 pub mod secret;
 pub mod server;
 pub mod shops;
+pub mod statements;
 pub mod store;
 pub mod stranded;
 pub mod webhooks;
