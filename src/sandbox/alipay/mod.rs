@@ -643,7 +643,9 @@ impl AlipaySim {
             put("out_biz_no", r.out_request_no.clone());
             put("refund_fee", yuan(refunded));
             let ms = now.millisecond();
-            put("gmt_refund", format!("{}.{ms:03}", china_datetime(now)));
+            // The settlement time the statement shows too.
+            let at = r.gmt_refund.clone().unwrap_or_else(|| china_datetime(now));
+            put("gmt_refund", format!("{at}.{ms:03}"));
         }
         put("trade_status", status.into());
         let sign = self.signer.sign_b64(sign::string_to_sign(&p).as_bytes());
