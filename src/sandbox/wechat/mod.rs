@@ -211,8 +211,9 @@ impl<'a> Call<'a> {
 }
 
 impl WechatSim {
-    /// Answers a `/v3` call through the shared answer → latency → sign path; `base` is the
-    /// sandbox's own `scheme://host` (a trade bill's `download_url` points there).
+    /// Answers a `/v3` call through the shared answer → latency → sign path (a bill
+    /// download: the file unsigned); `req.base` is the sandbox's own `scheme://host`, where a
+    /// trade bill's `download_url` points.
     pub(super) async fn v3(
         &self,
         req: V3Request<'_>,
