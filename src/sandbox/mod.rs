@@ -34,7 +34,8 @@
 //!   `sign_with_certificate` (WeChat Pay: name the platform certificate's serial); `fail_next`
 //!   requests fail, and after them each request with probability `fail_rate` (0 to 1, drawn
 //!   from the system's random source; default 0), only of the operations in `fail_ops` when
-//!   set (`create`, `query`, `close`, `refund`, `refund_query`) and only of the accounts in
+//!   set (`create`, `query`, `close`, `refund`, `refund_query`, `statement`) and only of the
+//!   accounts in
 //!   `accounts` when set (a request matches when any of its ids is listed — WeChat Pay: the
 //!   signing `mchid`/`sp_mchid`, `sub_mchid` in body or query, `appid`/`sp_appid`/`sub_appid`;
 //!   Alipay: `app_id`, and the seller an ISV `app_auth_token` is granted for, or a direct
@@ -59,6 +60,11 @@
 //!   `drop_notifications` (none sent, as if lost), `duplicate_notifications` (each sent once
 //!   more right after its first answered attempt), `notify_delay_ms` (wait before the first
 //!   attempt). The notification knobs apply to notifications made while they are set.
+//!   `corrupt_statements` (statements asked for while set are broken: WeChat Pay answers a
+//!   `hash_value` that does not match the file, Alipay's zip is truncated);
+//!   `statement_fee_rate` (a decimal string such as `"0.0038"`, parsed exactly: the fee rate
+//!   of every statement row instead of the channel's `fee_rate`; refused with 400 when not a
+//!   rate).
 //! - `GET /sandbox/notifications` lists every notification attempt, oldest first:
 //!   `{"out_trade_no", "out_refund_no" (null for payments), "kind": "payment"|"refund",
 //!   "provider": "wechatpay"|"alipay", "url", "attempt" (from 1), "status" (the HTTP status,
@@ -66,6 +72,32 @@
 //!   `"dropped"` or `"not sent: …"` (e.g. no APIv3 key).
 //! - `GET /sandbox/request_ids` lists the `X-Request-Id` of the latest provider calls (up to
 //!   1,000, oldest first): payroute passes the shop's request id on.
+//!
+//! # Trade statements (`statement`)
+//! Both providers' daily trade statements of the sandbox's own trades, in the layout payroute
+//! reads (`/work/notes/statement-layout.md`): a China calendar day's payments (by payment
+//! time) and refunds that succeeded during it, of the requesting account only; each row's
+//! fee is the account's channel `fee_rate` (or `statement_fee_rate`), half up to the fen; a
+//! refund returns the fee of the refunded amount. Any day up to today (China time) is
+//! served, today's as it stands; a later day is not.
+//! - WeChat Pay: `GET /v3/bill/tradebill?bill_date=YYYY-MM-DD[&bill_type=ALL|SUCCESS|REFUND]
+//!   [&sub_mchid=…][&tar_type=GZIP]`, signed as every `/v3` call: the signer's orders
+//!   (partner: of `sub_mchid`, or of all its sub-merchants without it); answers the signed
+//!   `{"hash_type":"SHA1","hash_value","download_url"}`, the SHA-1 of the bytes as
+//!   downloaded (the gzip with `tar_type=GZIP`). `GET /v3/billdownload/file?token=…`, signed
+//!   by the same merchant, answers the file itself, unsigned. A later day: 400
+//!   `NO_STATEMENT_EXIST`; a bad `bill_date`, `bill_type` or `tar_type`: 400 `PARAM_ERROR`.
+//! - Alipay: `alipay.data.dataservice.bill.downloadurl.query`, biz_content
+//!   `{"bill_type":"trade","bill_date":"YYYY-MM-DD"}` (ISV: the `app_auth_token`'s seller;
+//!   direct: the app's own trades): `bill_download_url` =
+//!   `<sandbox>/sandbox/alipay/bill/download?token=…`, a plain `GET` of which answers the zip
+//!   `<pid>_<yyyymmdd>.csv.zip` of the GBK files `…_业务明细.csv` and `…_业务明细(汇总).csv`
+//!   (GBK names, no UTF-8 flag). A later day: `40004 isp.bill_not_exist`; another
+//!   `bill_type` or a bad date: `40002 isv.invalid-arguments`.
+//!
+//! Files are kept in memory, the latest 256; the urls name the sandbox as the request
+//! reached it (`https://` when it serves TLS). Free text (descriptions) has commas made
+//! full-width and line breaks spaces, so a line stays one row.
 //!
 //! # Notifications (`notify`)
 //! Signed with the same TEST-ONLY keys as the answers, to the `notify_url` of the create
@@ -101,7 +133,9 @@
 //! # Layout
 //! `server` (the listener, the `/sandbox/*` knobs, dispatch), `shared` (faults, the answer path,
 //! the `Simulator` trait), `wechat/` and `alipay/` (each simulator: keys, orders, signer, its
-//! API; `order.rs` its records), `notify` (delivery and retries), `settings` (config's view).
+//! API; `order.rs` its records, `statement.rs` its statement format), `statement` (what both
+//! statements share: days, fees, gzip, SHA-1, the zip, files kept for download), `notify`
+//! (delivery and retries), `settings` (config's view).
 //! A new provider is a new directory implementing `Simulator`, named once in `Sandbox::sims`.
 //!
 //! # Feature
@@ -118,6 +152,8 @@ mod server;
 mod settings;
 #[cfg(feature = "sandbox")]
 mod shared;
+#[cfg(feature = "sandbox")]
+mod statement;
 #[cfg(feature = "sandbox")]
 mod wechat;
 

@@ -1,6 +1,7 @@
 //! The sandbox's listener: its routes and test knobs; provider calls go to the two simulators
 //! (`WechatSim`, `AlipaySim`), and `pay` / `orders` reach both through `Simulator`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, StatusCode};
@@ -13,7 +14,7 @@ use super::alipay::AlipaySim;
 use super::notify::{self, Notifier};
 use super::settings::SandboxMerchant;
 use super::shared::{plain, query_param, Answer, Faults, Shared, Simulator};
-use super::wechat::{self, WechatSim};
+use super::wechat::{self, V3Request, WechatSim};
 use crate::server::TlsSettings;
 
 /// TEST-ONLY: the sandbox's HTTPS certificate (localhost, 127.0.0.1) and key.
@@ -28,6 +29,9 @@ pub struct Sandbox {
     pub(super) alipay: AlipaySim,
     /// `X-Request-Id`s of the provider calls (not `/sandbox/*`), newest last, bounded.
     request_ids: Mutex<std::collections::VecDeque<String>>,
+    /// Served over TLS (`serve` with TLS): the urls it hands out (statement downloads) are
+    /// `https://`.
+    https: AtomicBool,
 }
 
 /// Provider-call request ids kept for `GET /sandbox/request_ids`.
@@ -49,6 +53,7 @@ impl Sandbox {
             alipay: AlipaySim::new(shared.clone()),
             shared,
             request_ids: Mutex::new(std::collections::VecDeque::new()),
+            https: AtomicBool::new(false),
         };
         sb.set_merchants(merchants);
         Arc::new(sb)
@@ -79,6 +84,7 @@ impl Sandbox {
         tls: Option<TlsSettings>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        self.https.store(tls.is_some(), Ordering::Relaxed);
         let handler = move |req: Request<Incoming>, _peer| {
             let sb = self.clone();
             async move { sb.handle(req).await }
@@ -115,6 +121,7 @@ impl Sandbox {
             .path_and_query()
             .map_or(path.clone(), |p| p.to_string());
         let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let base = self.base_url(&parts);
         if seg.first() != Some(&"sandbox") {
             if let Some(id) = parts
                 .headers
@@ -157,21 +164,51 @@ impl Sandbox {
                     ),
                 }
             }
+            (&Method::GET, ["sandbox", "alipay", "bill", "download"]) => {
+                let token = query_param(&path_and_query, "token").unwrap_or_default();
+                self.alipay.bill_download(&token)
+            }
             (_, ["gateway.do"]) => {
                 self.alipay
-                    .gateway(&parts.method, parts.uri.query(), &body)
+                    .gateway(&parts.method, parts.uri.query(), &body, &base)
                     .await
             }
             (_, ["v3", ..]) => {
-                self.wechat
-                    .v3(&parts.method, &parts.headers, &path_and_query, &seg, &body)
-                    .await
+                let req = V3Request {
+                    method: &parts.method,
+                    headers: &parts.headers,
+                    base: &base,
+                };
+                self.wechat.v3(req, &path_and_query, &seg, &body).await
             }
             _ => plain(
                 StatusCode::NOT_FOUND,
                 json!({"code":"NOT_FOUND","message":"no such sandbox route"}),
             ),
         }
+    }
+
+    /// `scheme://host[:port]` of the sandbox as this request reached it (its authority, else
+    /// its `Host`), for the urls it hands out.
+    fn base_url(&self, parts: &http::request::Parts) -> String {
+        let scheme = if self.https.load(Ordering::Relaxed) {
+            "https"
+        } else {
+            "http"
+        };
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "127.0.0.1".into());
+        format!("{scheme}://{host}")
     }
 
     /// Marks every open order with this out_trade_no paid (or only `?mchid=`'s); with

@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::notify::{Notification, Notifier, Plan};
 use super::settings::SandboxMerchant;
 use crate::channel::keys::RsaSigner;
+use crate::domain::FeeRate;
 
 /// Knobs for tests and benchmarks (`POST /sandbox/faults`); each POST replaces them all.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -40,7 +41,7 @@ pub struct Faults {
     /// Name the platform certificate's serial instead of the public key id.
     pub sign_with_certificate: bool,
     /// When set, `fail_next` only applies to (and is only consumed by) these operations:
-    /// `create`, `query`, `close`, `refund`, `refund_query`.
+    /// `create`, `query`, `close`, `refund`, `refund_query`, `statement`.
     pub fail_ops: Option<Vec<String>>,
     /// Injected failures go unsigned (WeChat: no `Wechatpay-*` headers; Alipay: no `sign`).
     pub fail_unsigned: bool,
@@ -70,6 +71,12 @@ pub struct Faults {
     pub duplicate_notifications: bool,
     /// Wait this long before the first attempt of each notification.
     pub notify_delay_ms: u64,
+    /// Statements asked for while set are broken: WeChat Pay answers a `hash_value` that
+    /// does not match the file, Alipay's download is a truncated zip.
+    pub corrupt_statements: bool,
+    /// The fee rate of every statement row (a decimal string such as `"0.0038"`, parsed
+    /// exactly), instead of the channel's `fee_rate`.
+    pub statement_fee_rate: Option<String>,
 }
 
 impl Faults {
@@ -82,8 +89,18 @@ impl Faults {
         }
     }
 
+    /// `statement_fee_rate` parsed (checked by [`Faults::check`]; `None` when unset).
+    pub(super) fn statement_fee_rate(&self) -> Option<FeeRate> {
+        self.statement_fee_rate
+            .as_deref()
+            .and_then(|r| FeeRate::parse(r).ok())
+    }
+
     /// What deserialising cannot check; the error is the 400's message.
     pub(super) fn check(&self) -> Result<(), BadFaults> {
+        if let Some(rate) = &self.statement_fee_rate {
+            FeeRate::parse(rate).map_err(BadFaults::StatementFeeRate)?;
+        }
         for op in self.fail_ops.iter().flatten() {
             if Op::from_name(op).is_none() {
                 return Err(BadFaults::UnknownOp(op.clone()));
@@ -125,8 +142,12 @@ impl Faults {
 /// Faults refused by [`Faults::check`].
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub(super) enum BadFaults {
-    #[error("unknown fail_ops entry {0:?} (create, query, close, refund, refund_query)")]
+    #[error(
+        "unknown fail_ops entry {0:?} (create, query, close, refund, refund_query, statement)"
+    )]
     UnknownOp(String),
+    #[error("statement_fee_rate: {0}")]
+    StatementFeeRate(String),
     #[error("fail_rate must be a probability from 0 to 1, not {0}")]
     FailRate(f64),
     #[error("fail_status must be an HTTP error status (400 to 599), not {0}")]
@@ -157,6 +178,8 @@ pub(super) enum Op {
     Close,
     Refund,
     RefundQuery,
+    /// Asking for a trade statement (WeChat Pay: and downloading it).
+    Statement,
 }
 
 impl Op {
@@ -167,6 +190,7 @@ impl Op {
             "close" => Op::Close,
             "refund" => Op::Refund,
             "refund_query" => Op::RefundQuery,
+            "statement" => Op::Statement,
             _ => return None,
         })
     }
@@ -554,6 +578,23 @@ mod tests {
         let e = check(json!({ "accounts": ["1900000109", " "] })).unwrap_err();
         assert!(e.contains("empty merchant id"), "{e}");
         check(json!({ "accounts": ["1900000109"] })).unwrap();
+        for (bad, says) in [
+            ("0.38%", "is not a decimal fraction"),
+            ("1.5", "is above 1"),
+            ("0.0000001", "more than 6 decimals"),
+            ("", "is not a decimal fraction"),
+        ] {
+            let e = check(json!({ "statement_fee_rate": bad })).unwrap_err();
+            assert!(
+                e.starts_with("statement_fee_rate: ") && e.contains(says),
+                "{e}"
+            );
+        }
+        assert!(serde_json::from_value::<Faults>(json!({ "statement_fee_rate": 0.006 })).is_err());
+        let f: Faults = serde_json::from_value(json!({ "statement_fee_rate": "0.0038" })).unwrap();
+        f.check().unwrap();
+        assert_eq!(f.statement_fee_rate(), Some(FeeRate { ppm: 3800 }));
+        assert_eq!(Faults::default().statement_fee_rate(), None);
     }
 
     #[test]
@@ -564,11 +605,12 @@ mod tests {
         let all = json!({
             "latency_ms": 5, "tamper_signature": false, "fail_next": 2, "fail_status": 500,
             "fail_code": "SYSTEM_ERROR", "sign_with_certificate": false,
-            "fail_ops": ["create", "query", "close", "refund", "refund_query"],
+            "fail_ops": ["create", "query", "close", "refund", "refund_query", "statement"],
             "fail_unsigned": true, "tamper_errors": true, "retry_after_secs": 3,
             "accounts": ["1900000109", "2088000000004004"], "fail_rate": 0.25,
             "refund_status": "ABNORMAL", "alipay_refund_pending": true,
             "drop_notifications": true, "duplicate_notifications": true, "notify_delay_ms": 9,
+            "corrupt_statements": true, "statement_fee_rate": "0.0038",
         });
         let f: Faults = serde_json::from_value(all.clone()).unwrap();
         f.check().unwrap();

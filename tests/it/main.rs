@@ -31,6 +31,7 @@ mod reload;
 mod resilience;
 mod routing;
 mod sandbox;
+mod sandbox_statements;
 mod server;
 mod shared_limits;
 mod shared_store;

@@ -44,11 +44,12 @@ async fn every_knob_round_trips_and_unknown_ones_are_refused() {
     let all = json!({
         "latency_ms": 0, "tamper_signature": false, "fail_next": 0, "fail_status": 503,
         "fail_code": "SYSTEM_ERROR", "sign_with_certificate": false,
-        "fail_ops": ["create", "query", "close", "refund", "refund_query"],
+        "fail_ops": ["create", "query", "close", "refund", "refund_query", "statement"],
         "fail_unsigned": true, "tamper_errors": false, "retry_after_secs": 1,
         "accounts": ["1900000109", "2088000000004004"], "fail_rate": 0.5,
         "refund_status": "PROCESSING", "alipay_refund_pending": true,
         "drop_notifications": false, "duplicate_notifications": true, "notify_delay_ms": 250,
+        "corrupt_statements": true, "statement_fee_rate": "0.0038",
     });
     let r = post_faults(&h, &all).await;
     assert_eq!((r.status, &r.body), (200, &all), "{}", r.text);

@@ -439,7 +439,8 @@ pub(super) fn sandbox(
 /// The sandbox knows each configured merchant's (or app's) public key, as WeChat Pay does once
 /// the merchant uploads its certificate and Alipay once the app's key is set in its console;
 /// and, as Alipay does, whose account each granted `app_auth_token` is (the merchant's
-/// `alipay_seller_id`).
+/// `alipay_seller_id`); and each account's fee rate (the channel's `fee_rate`), which its
+/// trade statements charge.
 pub fn sandbox_merchants(
     channels: &BTreeMap<String, Arc<ChannelSettings>>,
     merchants: &HashMap<String, SubMerchant>,
@@ -450,10 +451,12 @@ pub fn sandbox_merchants(
             serial_no: w.serial_no.clone(),
             key: w.signer.verifier(),
             apiv3_key: w.apiv3_key.clone(),
+            fee_rate: c.fee,
         },
         ConnectorSettings::Alipay(a) => SandboxMerchant::Alipay {
             app_id: a.app_id.clone(),
             key: a.signer.verifier(),
+            fee_rate: c.fee,
         },
     });
     let grants = merchants.values().filter_map(|m| {

@@ -5,6 +5,7 @@
 //! (a GET of the signed URL or order string), as at Alipay.
 
 mod order;
+mod statement;
 #[cfg(test)]
 mod tests;
 
@@ -24,7 +25,8 @@ use super::settings::SandboxMerchant;
 use super::shared::{count_call, Answer, Faults, Op, Orders, Outcome, Shared, Signing, Simulator};
 use crate::channel::alipay::{china_datetime, sign};
 use crate::channel::keys::{RsaSigner, RsaVerifier};
-use crate::domain::{parse_yuan, yuan};
+use crate::domain::{parse_yuan, yuan, FeeRate};
+use crate::sandbox::statement::{self as bills, BadDay, Files, Kept};
 pub(super) use order::AliOrder;
 use order::AliRefund;
 
@@ -37,6 +39,10 @@ pub(super) struct AlipaySim {
     apps: ArcSwap<HashMap<String, RsaVerifier>>,
     /// ISV: each granted `app_auth_token` (exposed) → the seller id it acts for.
     grants: ArcSwap<HashMap<String, String>>,
+    /// app_id → the channel's fee rate, charged in its trade statements.
+    fee_rates: ArcSwap<HashMap<String, FeeRate>>,
+    /// Statement zips asked for, kept for `/sandbox/alipay/bill/download?token=…`.
+    bills: Files,
     /// By (seller: the seller id an app_auth_token acts for, or the app_id in direct mode;
     /// out_trade_no).
     orders: Orders<AliOrder>,
@@ -53,6 +59,8 @@ impl AlipaySim {
             shared,
             apps: ArcSwap::from_pointee(HashMap::new()),
             grants: ArcSwap::from_pointee(HashMap::new()),
+            fee_rates: ArcSwap::from_pointee(HashMap::new()),
+            bills: Files::default(),
             orders: DashMap::new(),
             creates: DashMap::new(),
             queries: DashMap::new(),
@@ -71,11 +79,17 @@ impl AlipaySim {
 
 impl Simulator for AlipaySim {
     fn set_merchants(&self, merchants: &[SandboxMerchant]) {
-        let (mut apps, mut grants) = (HashMap::new(), HashMap::new());
+        let (mut apps, mut grants, mut fee_rates) =
+            (HashMap::new(), HashMap::new(), HashMap::new());
         for m in merchants {
             match m {
-                SandboxMerchant::Alipay { app_id, key } => {
+                SandboxMerchant::Alipay {
+                    app_id,
+                    key,
+                    fee_rate,
+                } => {
                     apps.insert(app_id.clone(), key.clone());
+                    fee_rates.entry(app_id.clone()).or_insert(*fee_rate);
                 }
                 SandboxMerchant::AlipayGrant {
                     app_auth_token,
@@ -88,6 +102,7 @@ impl Simulator for AlipaySim {
         }
         self.apps.store(Arc::new(apps));
         self.grants.store(Arc::new(grants));
+        self.fee_rates.store(Arc::new(fee_rates));
     }
 
     fn pay(
@@ -133,12 +148,14 @@ enum Gateway {
 }
 
 impl AlipaySim {
-    /// Answers a gateway call through the shared answer → latency → sign path.
+    /// Answers a gateway call through the shared answer → latency → sign path; `base` is
+    /// the sandbox's own `scheme://host` (a statement's download url points there).
     pub(super) async fn gateway(
         &self,
         method: &Method,
         query: Option<&str>,
         body: &[u8],
+        base: &str,
     ) -> Answer {
         let mut params: BTreeMap<String, String> = BTreeMap::new();
         for (k, v) in sign::decode(query.unwrap_or("").as_bytes())
@@ -150,7 +167,7 @@ impl AlipaySim {
         self.shared
             .respond(
                 |faults| {
-                    let out = self.gateway_answer(method, &params, faults);
+                    let out = self.gateway_answer(method, &params, faults, base);
                     let error = match &out.answer {
                         Gateway::Json { inner, .. } | Gateway::Cashier(inner) => {
                             serde_json::from_str::<Value>(inner)
@@ -174,6 +191,7 @@ impl AlipaySim {
         method: &Method,
         params: &BTreeMap<String, String>,
         faults: &Faults,
+        base: &str,
     ) -> Outcome<Gateway> {
         let api = params.get("method").cloned().unwrap_or_default();
         let json = |key: String, inner: String| Gateway::Json { key, inner };
@@ -191,6 +209,7 @@ impl AlipaySim {
             "alipay.trade.close" => Some(Op::Close),
             "alipay.trade.refund" => Some(Op::Refund),
             "alipay.trade.fastpay.refund.query" => Some(Op::RefundQuery),
+            "alipay.data.dataservice.bill.downloadurl.query" => Some(Op::Statement),
             _ => None,
         };
         let ids = if faults.accounts.is_some() {
@@ -237,6 +256,10 @@ impl AlipaySim {
             "alipay.trade.close" => self.ali_close(&biz, &seller),
             "alipay.trade.refund" => self.ali_refund(&biz, &seller, faults),
             "alipay.trade.fastpay.refund.query" => self.ali_refund_query(&biz, &seller),
+            "alipay.data.dataservice.bill.downloadurl.query" => {
+                let direct = !params.contains_key("app_auth_token");
+                self.ali_bill(&biz, &seller, direct, base, faults)
+            }
             _ => error_body(
                 "40004",
                 "Business Failed",
@@ -491,6 +514,7 @@ impl AlipaySim {
                 out_request_no: request_no.to_string(),
                 amount,
                 settled,
+                gmt_refund: settled.then(|| china_datetime(OffsetDateTime::now_utc())),
             };
             o.refunds.push(r.clone());
             if settled {
@@ -535,6 +559,9 @@ impl AlipaySim {
             Some(r) => {
                 let settles = !r.settled;
                 r.settled = true;
+                if settles {
+                    r.gmt_refund = Some(china_datetime(OffsetDateTime::now_utc()));
+                }
                 let r = r.clone();
                 if settles {
                     note = self.alipay_notification(&o, Some(&r));
@@ -616,7 +643,9 @@ impl AlipaySim {
             put("out_biz_no", r.out_request_no.clone());
             put("refund_fee", yuan(refunded));
             let ms = now.millisecond();
-            put("gmt_refund", format!("{}.{ms:03}", china_datetime(now)));
+            // The settlement time the statement shows too.
+            let at = r.gmt_refund.clone().unwrap_or_else(|| china_datetime(now));
+            put("gmt_refund", format!("{at}.{ms:03}"));
         }
         put("trade_status", status.into());
         let sign = self.signer.sign_b64(sign::string_to_sign(&p).as_bytes());
@@ -654,6 +683,93 @@ impl AlipaySim {
     }
 }
 
+impl AlipaySim {
+    /// `alipay.data.dataservice.bill.downloadurl.query` with `bill_type` `trade`: the
+    /// statement of the seller's trades (ISV: the `app_auth_token`'s seller; direct: the
+    /// app's own) paid on that China day and its refunds settled that day, kept as a zip
+    /// for `/sandbox/alipay/bill/download?token=…`; answers its `bill_download_url`. A day
+    /// after today is `isp.bill_not_exist`; `corrupt_statements` keeps the zip truncated.
+    fn ali_bill(
+        &self,
+        biz: &Value,
+        seller: &str,
+        direct: bool,
+        base: &str,
+        faults: &Faults,
+    ) -> String {
+        let invalid =
+            |why: &str| error_body("40002", "Invalid Arguments", "isv.invalid-arguments", why);
+        if biz["bill_type"].as_str() != Some("trade") {
+            return invalid("the sandbox serves bill_type trade only");
+        }
+        let day = match bills::statement_day(biz["bill_date"].as_str().unwrap_or_default()) {
+            Ok(day) => day,
+            Err(BadDay::Malformed) => return invalid("bill_date must be a day yyyy-MM-dd"),
+            Err(BadDay::Future) => {
+                return error_body(
+                    "40004",
+                    "Business Failed",
+                    "isp.bill_not_exist",
+                    "账单不存在",
+                )
+            }
+        };
+        let pid = if direct {
+            direct_seller_id(seller)
+        } else {
+            seller.to_string()
+        };
+        let override_rate = faults.statement_fee_rate();
+        let rates = self.fee_rates.load();
+        let rows = self
+            .orders
+            .iter()
+            .filter(|o| o.key().0 == seller)
+            .flat_map(|o| {
+                let rate = override_rate
+                    .or_else(|| rates.get(&o.app_id).copied())
+                    .unwrap_or_default();
+                statement::rows(&o, day, rate)
+            })
+            .collect();
+        let mut zip = match statement::zip(&pid, day, rows) {
+            Ok(z) => z,
+            Err(e) => {
+                return error_body(
+                    "20000",
+                    "Service Currently Unavailable",
+                    "isp.unknow-error",
+                    &e.to_string(),
+                )
+            }
+        };
+        if faults.corrupt_statements {
+            zip.truncate(zip.len() / 2);
+        }
+        let token = self.bills.keep(Kept {
+            owner: None,
+            bytes: Bytes::from(zip),
+            content_type: "application/zip",
+            filename: statement::zip_name(&pid, day),
+        });
+        format!(
+            r#"{{"code":"10000","msg":"Success","bill_download_url":{}}}"#,
+            json!(format!("{base}/sandbox/alipay/bill/download?token={token}"))
+        )
+    }
+
+    /// `GET /sandbox/alipay/bill/download?token=…` (no signature, as at Alipay): the zip.
+    pub(super) fn bill_download(&self, token: &str) -> Answer {
+        match self.bills.get(token) {
+            Some(f) => bills::file_answer(&f),
+            None => super::shared::plain(
+                StatusCode::NOT_FOUND,
+                json!({"code": "NOT_FOUND", "message": "no statement for this token"}),
+            ),
+        }
+    }
+}
+
 /// The seller id a direct app's orders show: a stable made-up one.
 fn direct_seller_id(app_id: &str) -> String {
     format!("2088{:012}", stable_digits(app_id))
@@ -663,7 +779,9 @@ fn direct_seller_id(app_id: &str) -> String {
 /// failures, `aop.*` token errors, `isv.*` the caller's arguments or permissions; the rest
 /// (`ACQ.*`, …) business failures.
 fn gateway_code(sub_code: &str) -> (&'static str, &'static str) {
-    if sub_code.starts_with("isp.") {
+    if sub_code == "isp.bill_not_exist" {
+        ("40004", "Business Failed")
+    } else if sub_code.starts_with("isp.") {
         ("20000", "Service Currently Unavailable")
     } else if sub_code.starts_with("aop.") {
         ("20001", "Insufficient Token Permissions")

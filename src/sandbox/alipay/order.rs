@@ -35,6 +35,8 @@ pub(super) struct AliRefund {
     pub(super) amount: u64,
     /// False while processing (`Faults::alipay_refund_pending`): no money moved yet.
     pub(super) settled: bool,
+    /// When it settled (China time `YYYY-MM-DD HH:MM:SS`): its statement row's 完成时间.
+    pub(super) gmt_refund: Option<String>,
 }
 
 /// As the tuple the orders view has always shown, with the status appended.

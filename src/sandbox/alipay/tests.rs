@@ -2,6 +2,8 @@ use super::super::Sandbox;
 use super::*;
 
 const APP: &str = "2021000000009999";
+/// The sandbox's own address as the tests' requests name it.
+const BASE: &str = "http://sandbox.test";
 
 fn params(token: Option<&str>) -> BTreeMap<String, String> {
     let mut p = BTreeMap::new();
@@ -378,16 +380,17 @@ mod by_account {
     use super::*;
     use crate::secret::Secret;
 
-    const PLATFORM: &str = "2021000000000001";
-    const SELLER: &str = "2088000000004004";
+    pub(super) const PLATFORM: &str = "2021000000000001";
+    pub(super) const SELLER: &str = "2088000000004004";
 
     /// A sandbox taking APP's and PLATFORM's signatures (made with the sandbox's own key),
     /// with two ISV grants: `tok_4004` for SELLER, `tok_1001` for another seller.
-    fn sandbox() -> (Arc<Sandbox>, RsaSigner) {
+    pub(super) fn sandbox() -> (Arc<Sandbox>, RsaSigner) {
         let signer = RsaSigner::from_text(ALIPAY_KEY_PEM).unwrap();
         let app = |id: &str| SandboxMerchant::Alipay {
             app_id: id.into(),
             key: signer.verifier(),
+            fee_rate: crate::domain::FeeRate::parse("0.006").unwrap(),
         };
         let grant = |token: &str, seller: &str| SandboxMerchant::AlipayGrant {
             app_auth_token: Secret::new(token),
@@ -402,7 +405,7 @@ mod by_account {
         (Sandbox::new(merchants), signer)
     }
 
-    fn set(sb: &Sandbox, v: Value) {
+    pub(super) fn set(sb: &Sandbox, v: Value) {
         let f: Faults = serde_json::from_value(v).unwrap();
         f.check().unwrap();
         *sb.shared.faults() = f;
@@ -410,14 +413,27 @@ mod by_account {
 
     /// A signed precreate of `no` by `app_id` (with `token`): its inner answer, after checking
     /// the answer's signature.
-    async fn precreate(
+    pub(super) async fn precreate(
         sb: &Sandbox,
         signer: &RsaSigner,
         app_id: &str,
         token: Option<&str>,
         no: &str,
     ) -> Value {
-        let method = "alipay.trade.precreate";
+        let biz = json!({"out_trade_no": no, "total_amount": "1.00", "subject": "s"});
+        signed_call(sb, signer, app_id, token, "alipay.trade.precreate", &biz).await
+    }
+
+    /// A signed gateway call of `method` by `app_id` (with `token`): its inner answer, after
+    /// checking the answer's signature.
+    pub(super) async fn signed_call(
+        sb: &Sandbox,
+        signer: &RsaSigner,
+        app_id: &str,
+        token: Option<&str>,
+        method: &str,
+        biz: &Value,
+    ) -> Value {
         let mut p = BTreeMap::new();
         for (k, v) in [
             ("app_id", app_id),
@@ -432,12 +448,11 @@ mod by_account {
         if let Some(t) = token {
             p.insert("app_auth_token".into(), t.into());
         }
-        let biz = json!({"out_trade_no": no, "total_amount": "1.00", "subject": "s"});
         p.insert("biz_content".into(), biz.to_string());
         sign::sign_params(&mut p, signer);
         let resp = sb
             .alipay
-            .gateway(&Method::POST, None, sign::encode(&p).as_bytes())
+            .gateway(&Method::POST, None, sign::encode(&p).as_bytes(), BASE)
             .await;
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let raw = sign::split_answer(&bytes, method).unwrap();
@@ -511,5 +526,223 @@ mod by_account {
                 (Some(code), Some(sub))
             );
         }
+    }
+}
+
+/// Trade statements through the signed gateway: whose trades, the zip and its GBK files,
+/// refusals, a corrupt zip.
+mod statements {
+    use std::io::Read;
+
+    use http_body_util::BodyExt;
+
+    use super::by_account::{precreate, sandbox, set, signed_call, PLATFORM, SELLER};
+    use super::*;
+    use crate::channel::keys::RsaSigner;
+    use crate::sandbox::statement::{china_today, iso_day};
+
+    const BILL: &str = "alipay.data.dataservice.bill.downloadurl.query";
+
+    /// ISV trades of SELLER (`s-1`, refunded 0.40) and of another seller (`s-2`), and the
+    /// direct app's `s-3`, all paid; the China day `s-1` was paid on.
+    async fn trades(sb: &Sandbox, s: &RsaSigner) -> String {
+        for (app, token, no) in [
+            (PLATFORM, Some("tok_4004"), "s-1"),
+            (PLATFORM, Some("tok_1001"), "s-2"),
+            (APP, None, "s-3"),
+        ] {
+            assert_eq!(precreate(sb, s, app, token, no).await["code"], "10000");
+            assert_eq!(sb.pay(no, None).status(), 200);
+        }
+        let biz =
+            json!({"out_trade_no": "s-1", "out_request_no": "s-1-r1", "refund_amount": "0.40"});
+        let r = signed_call(
+            sb,
+            s,
+            PLATFORM,
+            Some("tok_4004"),
+            "alipay.trade.refund",
+            &biz,
+        )
+        .await;
+        assert_eq!(r["fund_change"], "Y", "{r}");
+        let o = sb
+            .alipay
+            .orders
+            .get(&(SELLER.to_string(), "s-1".to_string()))
+            .unwrap();
+        o.send_pay_date.as_deref().unwrap()[..10].to_string()
+    }
+
+    async fn ask(sb: &Sandbox, s: &RsaSigner, app: &str, token: Option<&str>, day: &str) -> Value {
+        let biz = json!({"bill_type": "trade", "bill_date": day});
+        signed_call(sb, s, app, token, BILL, &biz).await
+    }
+
+    /// Downloads a `bill_download_url`: (status, Content-Disposition, bytes).
+    async fn fetch(sb: &Sandbox, url: &str) -> (u16, String, Vec<u8>) {
+        let prefix = format!("{BASE}/sandbox/alipay/bill/download?token=");
+        let token = url.strip_prefix(&prefix).expect("a sandbox url");
+        let resp = sb.alipay.bill_download(token);
+        let status = resp.status().as_u16();
+        let disposition = resp
+            .headers()
+            .get(http::header::CONTENT_DISPOSITION)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        (status, disposition, bytes)
+    }
+
+    /// The zip's files: (name, text), both decoded from GBK.
+    fn unzip(bytes: Vec<u8>) -> Vec<(String, String)> {
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        (0..archive.len())
+            .map(|i| {
+                let mut f = archive.by_index(i).unwrap();
+                let name = encoding_rs::GBK.decode(f.name_raw()).0.into_owned();
+                let mut raw = Vec::new();
+                f.read_to_end(&mut raw).unwrap();
+                (name, encoding_rs::GBK.decode(&raw).0.into_owned())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_isv_sellers_statement_has_its_trades_only() {
+        let (sb, signer) = sandbox();
+        let (sb, s) = (&*sb, &signer);
+        let day = trades(sb, s).await;
+        let r = ask(sb, s, PLATFORM, Some("tok_4004"), &day).await;
+        assert_eq!(
+            (r["code"].as_str(), r["msg"].as_str()),
+            (Some("10000"), Some("Success")),
+            "{r}"
+        );
+        let (status, disposition, bytes) =
+            fetch(sb, r["bill_download_url"].as_str().unwrap()).await;
+        assert_eq!(status, 200);
+        let compact = day.replace('-', "");
+        assert!(
+            disposition.contains(&format!("{SELLER}_{compact}.csv.zip")),
+            "{disposition}"
+        );
+        let files = unzip(bytes);
+        assert_eq!(files[0].0, format!("{SELLER}_{compact}_业务明细.csv"));
+        assert_eq!(files[1].0, format!("{SELLER}_{compact}_业务明细(汇总).csv"));
+        let detail = &files[0].1;
+        assert!(
+            detail.starts_with(&format!("#支付宝业务明细查询\r\n#账号：[{SELLER}]\r\n")),
+            "{detail}"
+        );
+        assert!(detail.contains(",s-1\t,交易\t,s\t,"), "{detail}");
+        // 1.00 at 0.6%: a fee of 0.01, charged (negative).
+        assert!(detail.contains(",1.00\t,1.00\t,0.00\t,0.00\t,0.00\t,0.00\t,0.00\t,\t,0.00\t,0.00\t,\t,-0.01\t,0.00\t,\r\n"), "{detail}");
+        assert!(
+            detail.contains("#交易合计：1笔，商家实收：1.00元，商家优惠：0.00元\r\n"),
+            "{detail}"
+        );
+        assert!(
+            !detail.contains("s-2") && !detail.contains("s-3"),
+            "{detail}"
+        );
+        // The refund, unless it settled on the next China day (a run at midnight).
+        let o = sb
+            .alipay
+            .orders
+            .get(&(SELLER.to_string(), "s-1".to_string()))
+            .unwrap();
+        if o.refunds[0]
+            .gmt_refund
+            .as_deref()
+            .unwrap()
+            .starts_with(&day)
+        {
+            assert!(
+                detail.contains(",1.00\t,-0.40\t,")
+                    && detail.contains(",s-1-r1\t,0.00\t,0.00\t,\r\n"),
+                "{detail}"
+            );
+            assert!(
+                detail.contains("#退款合计：1笔，商家实收：-0.40元，商家优惠：0.00元\r\n"),
+                "{detail}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_direct_apps_statement_a_rate_override_and_a_corrupt_zip() {
+        let (sb, signer) = sandbox();
+        let (sb, s) = (&*sb, &signer);
+        let day = trades(sb, s).await;
+        set(sb, json!({ "statement_fee_rate": "0.1" }));
+        let r = ask(sb, s, APP, None, &day).await;
+        let (_, _, bytes) = fetch(sb, r["bill_download_url"].as_str().unwrap()).await;
+        let files = unzip(bytes);
+        let detail = &files[0].1;
+        let pid = super::super::direct_seller_id(APP);
+        assert!(detail.contains(&format!("#账号：[{pid}]")), "{detail}");
+        assert!(detail.contains(",s-3\t,交易\t,"), "{detail}");
+        assert!(
+            detail.contains(",\t,-0.10\t,0.00\t,\r\n"),
+            "the override's fee: {detail}"
+        );
+        assert!(
+            !detail.contains("s-1") && !detail.contains("s-2"),
+            "{detail}"
+        );
+
+        set(sb, json!({ "corrupt_statements": true }));
+        let r = ask(sb, s, APP, None, &day).await;
+        let (status, _, bytes) = fetch(sb, r["bill_download_url"].as_str().unwrap()).await;
+        assert_eq!(status, 200);
+        assert!(
+            zip::ZipArchive::new(std::io::Cursor::new(bytes)).is_err(),
+            "truncated"
+        );
+    }
+
+    #[tokio::test]
+    async fn future_days_bad_parameters_and_unknown_tokens_are_refused() {
+        let (sb, signer) = sandbox();
+        let (sb, s) = (&*sb, &signer);
+        let tomorrow = iso_day(china_today().next_day().unwrap());
+        let r = ask(sb, s, APP, None, &tomorrow).await;
+        assert_eq!(
+            (r["code"].as_str(), r["sub_code"].as_str()),
+            (Some("40004"), Some("isp.bill_not_exist")),
+            "{r}"
+        );
+        for biz in [
+            json!({"bill_type": "trade", "bill_date": "2026/11/30"}),
+            json!({"bill_type": "trade"}),
+            json!({"bill_type": "signcustomer", "bill_date": "2020-01-01"}),
+        ] {
+            let r = signed_call(sb, s, APP, None, BILL, &biz).await;
+            assert_eq!(
+                (r["code"].as_str(), r["sub_code"].as_str()),
+                (Some("40002"), Some("isv.invalid-arguments")),
+                "{biz}: {r}"
+            );
+        }
+        // An unknown token: refused as every ISV call is.
+        let r = ask(sb, s, PLATFORM, Some("tok_nope"), "2020-01-01").await;
+        assert_eq!(r["sub_code"], "aop.invalid-app-auth-token", "{r}");
+        let resp = sb.alipay.bill_download("nope");
+        assert_eq!(resp.status(), 404);
+        // An empty day: the comment lines and zero totals.
+        let r = ask(sb, s, APP, None, "2020-01-01").await;
+        let (_, _, bytes) = fetch(sb, r["bill_download_url"].as_str().unwrap()).await;
+        let detail = &unzip(bytes)[0].1;
+        assert!(
+            detail.contains("#交易合计：0笔，商家实收：0.00元"),
+            "{detail}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! close, refunds, and signed answers.
 
 mod order;
+mod statement;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +24,8 @@ use super::shared::{
 };
 use crate::channel::keys::{Certificate, RsaSigner, RsaVerifier};
 use crate::channel::wechatpay::{china_time, sign};
+use crate::domain::FeeRate;
+use crate::sandbox::statement::{self as bills, BadDay, Files, Kept};
 use crate::secret::Secret;
 pub(super) use order::Order;
 use order::Refund;
@@ -43,6 +46,10 @@ pub(super) struct WechatSim {
     merchants: ArcSwap<HashMap<(String, String), RsaVerifier>>,
     /// mchid (the signing one: `sp_mchid` in partner mode) → APIv3 key.
     apiv3_keys: ArcSwap<HashMap<String, Secret>>,
+    /// mchid (the signing one) → the channel's fee rate, charged in its trade bills.
+    fee_rates: ArcSwap<HashMap<String, FeeRate>>,
+    /// Trade bills asked for, kept for `/v3/billdownload/file?token=…`.
+    bills: Files,
     /// By (mchid, or `mchid/sub_mchid` in partner mode; out_trade_no).
     orders: Orders<Order>,
     /// Create requests that passed the signature check, by the same key as `orders`.
@@ -61,6 +68,8 @@ impl WechatSim {
             shared,
             merchants: ArcSwap::from_pointee(HashMap::new()),
             apiv3_keys: ArcSwap::from_pointee(HashMap::new()),
+            fee_rates: ArcSwap::from_pointee(HashMap::new()),
+            bills: Files::default(),
             orders: DashMap::new(),
             creates: DashMap::new(),
             queries: DashMap::new(),
@@ -79,23 +88,27 @@ impl WechatSim {
 
 impl Simulator for WechatSim {
     fn set_merchants(&self, merchants: &[SandboxMerchant]) {
-        let (mut keys, mut apiv3_keys) = (HashMap::new(), HashMap::new());
+        let (mut keys, mut apiv3_keys, mut fee_rates) =
+            (HashMap::new(), HashMap::new(), HashMap::new());
         for m in merchants {
             if let SandboxMerchant::Wechat {
                 mchid,
                 serial_no,
                 key,
                 apiv3_key,
+                fee_rate,
             } = m
             {
                 if let Some(k) = apiv3_key {
                     apiv3_keys.entry(mchid.clone()).or_insert(k.clone());
                 }
+                fee_rates.entry(mchid.clone()).or_insert(*fee_rate);
                 keys.insert((mchid.clone(), serial_no.clone()), key.clone());
             }
         }
         self.merchants.store(Arc::new(keys));
         self.apiv3_keys.store(Arc::new(apiv3_keys));
+        self.fee_rates.store(Arc::new(fee_rates));
     }
 
     fn pay(
@@ -138,6 +151,7 @@ enum Call<'a> {
     Close { partner: bool, no: String },
     Refund,
     RefundQuery { no: String },
+    Tradebill,
 }
 
 impl<'a> Call<'a> {
@@ -166,6 +180,7 @@ impl<'a> Call<'a> {
                 no: d(no),
             },
             (&Method::POST, ["v3", "refund", "domestic", "refunds"]) => Call::Refund,
+            (&Method::GET, ["v3", "bill", "tradebill"]) => Call::Tradebill,
             (&Method::GET, ["v3", "refund", "domestic", "refunds", no]) => {
                 Call::RefundQuery { no: d(no) }
             }
@@ -190,23 +205,28 @@ impl<'a> Call<'a> {
             Call::Close { .. } => Op::Close,
             Call::Refund => Op::Refund,
             Call::RefundQuery { .. } => Op::RefundQuery,
+            Call::Tradebill => Op::Statement,
         }
     }
 }
 
 impl WechatSim {
-    /// Answers a `/v3` call through the shared answer → latency → sign path.
+    /// Answers a `/v3` call through the shared answer → latency → sign path (a bill
+    /// download: the file unsigned); `req.base` is the sandbox's own `scheme://host`, where a
+    /// trade bill's `download_url` points.
     pub(super) async fn v3(
         &self,
-        method: &Method,
-        headers: &http::HeaderMap,
+        req: V3Request<'_>,
         path_and_query: &str,
         seg: &[&str],
         body: &[u8],
     ) -> Answer {
+        if (req.method, seg) == (&Method::GET, &["v3", "billdownload", "file"][..]) {
+            return self.bill_download(req, path_and_query).await;
+        }
         self.shared
             .respond(
-                |faults| self.v3_answer(method, headers, path_and_query, seg, body, faults),
+                |faults| self.v3_answer(req, path_and_query, seg, body, faults),
                 |(status, answer), signing| self.signed(status, answer, signing),
             )
             .await
@@ -214,8 +234,11 @@ impl WechatSim {
 
     fn v3_answer(
         &self,
-        method: &Method,
-        headers: &http::HeaderMap,
+        V3Request {
+            method,
+            headers,
+            base,
+        }: V3Request<'_>,
         path_and_query: &str,
         seg: &[&str],
         body: &[u8],
@@ -260,6 +283,7 @@ impl WechatSim {
                 let sub = if partner { sub_query() } else { None };
                 self.query(&mchid, sub.as_deref(), &no)
             }
+            Some(Call::Tradebill) => self.tradebill(&mchid, path_and_query, base, faults),
             None => (
                 StatusCode::NOT_FOUND,
                 json!({"code":"NOT_FOUND","message":"no such API in the sandbox"}),
@@ -537,14 +561,16 @@ impl WechatSim {
                 json!({"code":"NOT_ENOUGH","message":"可退金额不足"}),
             );
         }
+        let status = faults
+            .refund_status
+            .clone()
+            .unwrap_or_else(|| "SUCCESS".into());
         let r = Refund {
             out_refund_no: refund_no.to_string(),
             amount: refund,
             refund_id: format!("50300{:024}", self.shared.next_id()),
-            status: faults
-                .refund_status
-                .clone()
-                .unwrap_or_else(|| "SUCCESS".into()),
+            success_time: (status == "SUCCESS").then(|| china_time(OffsetDateTime::now_utc())),
+            status,
             notify_url: req["notify_url"].as_str().unwrap_or_default().to_string(),
         };
         if r.holds_money() {
@@ -754,6 +780,162 @@ impl WechatSim {
     }
 }
 
+/// A `/v3` request as the listener got it, besides its path and body.
+#[derive(Clone, Copy)]
+pub(super) struct V3Request<'a> {
+    pub(super) method: &'a Method,
+    pub(super) headers: &'a http::HeaderMap,
+    /// The sandbox's own `scheme://host[:port]`, as the request reached it.
+    pub(super) base: &'a str,
+}
+
+/// A bill download's answer: the file (unsigned, as WeChat Pay's), or a signed error.
+enum Download {
+    File(Kept),
+    Refused(StatusCode, Value),
+}
+
+impl WechatSim {
+    /// `GET /v3/bill/tradebill?bill_date=&bill_type=&sub_mchid=&tar_type=`: the bill of
+    /// the signing merchant's orders (with `sub_mchid`, that sub-merchant's only; without,
+    /// all of the account's) paid on that China day and its refunds succeeded that day,
+    /// kept for download; answers its SHA-1 (of the bytes as downloaded — the gzip with
+    /// `tar_type=GZIP`) and `download_url`. `corrupt_statements` answers a wrong hash.
+    fn tradebill(
+        &self,
+        mchid: &str,
+        path_and_query: &str,
+        base: &str,
+        faults: &Faults,
+    ) -> (StatusCode, Value) {
+        let q = |k: &str| query_param(path_and_query, k).map(|v| crate::server::decode(&v));
+        let day = match bills::statement_day(q("bill_date").as_deref().unwrap_or_default()) {
+            Ok(day) => day,
+            Err(BadDay::Malformed) => return param_error("bill_date must be a date YYYY-MM-DD"),
+            Err(BadDay::Future) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    json!({"code": "NO_STATEMENT_EXIST", "message": "账单文件不存在 (no bill for that day yet)"}),
+                )
+            }
+        };
+        let Some(kind) = statement::BillType::parse(q("bill_type").as_deref()) else {
+            return param_error("bill_type must be ALL, SUCCESS or REFUND");
+        };
+        let gzip = match q("tar_type").as_deref() {
+            None => false,
+            Some("GZIP") => true,
+            Some(_) => return param_error("tar_type must be GZIP"),
+        };
+        let sub = q("sub_mchid").filter(|s| !s.is_empty());
+        let rate = faults
+            .statement_fee_rate()
+            .or_else(|| self.fee_rates.load().get(mchid).copied())
+            .unwrap_or_default();
+        let rows = self
+            .orders
+            .iter()
+            .filter(|o| o.mchid == mchid && (sub.is_none() || o.sub_mchid == sub))
+            .flat_map(|o| statement::rows(&o, day, rate, kind))
+            .collect();
+        let text = statement::bill(rows);
+        let bytes = if gzip {
+            match bills::gzip(text.as_bytes()) {
+                Ok(z) => z,
+                Err(e) => {
+                    return (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        json!({"code": "SYSTEM_ERROR", "message": e.to_string()}),
+                    )
+                }
+            }
+        } else {
+            text.into_bytes()
+        };
+        let mut hash = bills::sha1_hex(&bytes);
+        if faults.corrupt_statements {
+            // Still 40 lowercase hex digits, just not these bytes'.
+            let first = if hash.starts_with('0') { "1" } else { "0" };
+            hash.replace_range(..1, first);
+        }
+        let token = self.bills.keep(Kept {
+            owner: Some(mchid.to_string()),
+            bytes: Bytes::from(bytes),
+            content_type: if gzip {
+                "application/x-gzip"
+            } else {
+                "text/csv;charset=utf-8"
+            },
+            filename: format!(
+                "{}_{}.csv{}",
+                mchid,
+                bills::compact_day(day),
+                if gzip { ".gz" } else { "" }
+            ),
+        });
+        (
+            StatusCode::OK,
+            json!({
+                "hash_type": "SHA1",
+                "hash_value": hash,
+                "download_url": format!("{base}/v3/billdownload/file?token={token}"),
+            }),
+        )
+    }
+
+    /// `GET /v3/billdownload/file?token=…`, signed by the merchant that asked for the bill:
+    /// the file's bytes, unsigned (the bill's hash is what is checked); refusals signed.
+    async fn bill_download(&self, req: V3Request<'_>, path_and_query: &str) -> Answer {
+        self.shared
+            .respond(
+                |faults| {
+                    let mchid =
+                        match self.check_signature(req.method, req.headers, path_and_query, b"") {
+                            Ok(m) => m,
+                            Err(why) => {
+                                let v = json!({"code":"SIGN_ERROR","message":why.to_string()});
+                                return Outcome::done(
+                                    Download::Refused(StatusCode::UNAUTHORIZED, v),
+                                    true,
+                                );
+                            }
+                        };
+                    let ids = if faults.accounts.is_some() {
+                        vec![mchid.clone()]
+                    } else {
+                        Vec::new()
+                    };
+                    if let Some(f) = self.shared.take_failure(Some(Op::Statement), &ids) {
+                        let code = f.code.unwrap_or_else(|| "SYSTEM_ERROR".into());
+                        let status = StatusCode::from_u16(
+                            f.status.unwrap_or_else(|| documented_status(&code)),
+                        )
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                        let v = json!({"code": code, "message": "injected by /sandbox/faults"});
+                        return Outcome::injected(Download::Refused(status, v));
+                    }
+                    let token = query_param(path_and_query, "token").unwrap_or_default();
+                    match self.bills.get(&token) {
+                        Some(f) if f.owner.as_deref() == Some(mchid.as_str()) => {
+                            Outcome::done(Download::File(f), false)
+                        }
+                        _ => {
+                            let (status, v) = param_error(
+                                "no bill for this token (unknown, expired, or another merchant's)",
+                            );
+                            Outcome::done(Download::Refused(status, v), true)
+                        }
+                    }
+                },
+                |answer, signing| match answer {
+                    Download::File(f) => bills::file_answer(&f),
+                    Download::Refused(status, v) => self.signed(status, v, signing),
+                },
+            )
+            .await
+    }
+}
+
 /// What a WeChat Pay notification announces.
 struct WechatEvent {
     kind: Kind,
@@ -769,8 +951,8 @@ fn refund_answer(o: &Order, r: &Refund) -> Value {
         "transaction_id": o.transaction_id, "channel": "ORIGINAL", "status": r.status,
         "amount": { "total": o.amount, "refund": r.amount, "payer_total": o.amount, "payer_refund": r.amount, "currency": o.currency },
     });
-    if r.status == "SUCCESS" {
-        v["success_time"] = json!(china_time(OffsetDateTime::now_utc()));
+    if let Some(t) = &r.success_time {
+        v["success_time"] = json!(t);
     }
     v
 }
@@ -806,6 +988,7 @@ fn account_ids(auth_mchid: &str, path_and_query: &str, body: &[u8]) -> Vec<Strin
 fn documented_status(code: &str) -> u16 {
     match code {
         "PARAM_ERROR"
+        | "NO_STATEMENT_EXIST"
         | "INVALID_REQUEST"
         | "APPID_MCHID_NOT_MATCH"
         | "MCH_NOT_EXISTS"

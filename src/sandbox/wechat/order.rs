@@ -33,6 +33,9 @@ pub(super) struct Refund {
     pub(super) status: String,
     /// Where its notification goes: the refund request's `notify_url`.
     pub(super) notify_url: String,
+    /// When it succeeded (RFC 3339, China time), for `SUCCESS` refunds: its answers'
+    /// `success_time` and its trade-bill row.
+    pub(super) success_time: Option<String>,
 }
 
 impl Refund {

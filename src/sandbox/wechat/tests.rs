@@ -2,6 +2,8 @@ use super::super::Sandbox;
 use super::*;
 
 const MCH: &str = "1900000001";
+/// The sandbox's own address as the tests' requests name it.
+const BASE: &str = "http://sandbox.test";
 
 fn order_body(no: &str, total: u64) -> Vec<u8> {
     json!({
@@ -203,6 +205,7 @@ mod notifications {
                 serial_no: "S".into(),
                 key: verifier.clone(),
                 apiv3_key: Some(Secret::new(KEY)),
+                fee_rate: FeeRate::default(),
             })
             .collect();
         Sandbox::with_transport(merchants, fake.clone())
@@ -438,12 +441,12 @@ mod by_account {
     use super::*;
     use crate::channel::keys::RsaSigner;
 
-    const SP: &str = "1900000100";
-    const SUB: &str = "1900000109";
-    const OTHER_SUB: &str = "1900000209";
+    pub(super) const SP: &str = "1900000100";
+    pub(super) const SUB: &str = "1900000109";
+    pub(super) const OTHER_SUB: &str = "1900000209";
 
     /// A sandbox taking MCH's, SP's and SUB's signatures (all made with the platform key).
-    fn sandbox() -> (Arc<Sandbox>, RsaSigner) {
+    pub(super) fn sandbox() -> (Arc<Sandbox>, RsaSigner) {
         let signer = RsaSigner::from_text(PLATFORM_KEY_PEM).unwrap();
         let merchants = [MCH, SP, SUB]
             .iter()
@@ -452,19 +455,20 @@ mod by_account {
                 serial_no: "S".into(),
                 key: signer.verifier(),
                 apiv3_key: None,
+                fee_rate: FeeRate::parse("0.006").unwrap(),
             })
             .collect();
         (Sandbox::new(merchants), signer)
     }
 
-    fn set(sb: &Sandbox, v: Value) {
+    pub(super) fn set(sb: &Sandbox, v: Value) {
         let f = faults(v);
         f.check().unwrap();
         *sb.shared.faults() = f;
     }
 
     /// A signed call by `mchid`: (status, body), after checking the answer's signature.
-    async fn call(
+    pub(super) async fn call(
         sb: &Sandbox,
         signer: &RsaSigner,
         mchid: &str,
@@ -479,7 +483,12 @@ mod by_account {
         headers.insert(http::header::AUTHORIZATION, auth.parse().unwrap());
         let bare = path.split('?').next().unwrap();
         let seg: Vec<&str> = bare.trim_matches('/').split('/').collect();
-        let resp = sb.wechat.v3(&method, &headers, path, &seg, body).await;
+        let req = V3Request {
+            method: &method,
+            headers: &headers,
+            base: BASE,
+        };
+        let resp = sb.wechat.v3(req, path, &seg, body).await;
         let status = resp.status().as_u16();
         let h = |n: &str| resp.headers()[n].to_str().unwrap().to_string();
         let (ts, nonce, sig) = (
@@ -499,7 +508,7 @@ mod by_account {
         )
     }
 
-    fn partner_body(no: &str, sub: &str) -> Vec<u8> {
+    pub(super) fn partner_body(no: &str, sub: &str) -> Vec<u8> {
         json!({
             "sp_appid": "wx_sp", "sp_mchid": SP, "sub_mchid": sub, "description": "d",
             "out_trade_no": no, "notify_url": "https://shop.example/n",
@@ -509,14 +518,14 @@ mod by_account {
         .into_bytes()
     }
 
-    fn direct_body(mchid: &str, no: &str) -> Vec<u8> {
+    pub(super) fn direct_body(mchid: &str, no: &str) -> Vec<u8> {
         let mut v: Value = serde_json::from_slice(&order_body(no, 100)).unwrap();
         v["mchid"] = json!(mchid);
         v.to_string().into_bytes()
     }
 
-    const DIRECT: &str = "/v3/pay/transactions/native";
-    const PARTNER: &str = "/v3/pay/partner/transactions/native";
+    pub(super) const DIRECT: &str = "/v3/pay/transactions/native";
+    pub(super) const PARTNER: &str = "/v3/pay/partner/transactions/native";
 
     #[tokio::test]
     async fn only_the_listed_merchant_is_refused_no_auth_as_wechat_pay_does() {
@@ -590,5 +599,295 @@ mod by_account {
         ] {
             assert_eq!(super::super::documented_status(code), status, "{code}");
         }
+    }
+}
+
+/// Trade bills through the signed `/v3` path: what the bill lists for whom, the hash, gzip,
+/// downloads, refusals.
+mod statements {
+    use std::io::Read;
+
+    use http_body_util::BodyExt;
+
+    use super::by_account::{
+        call, direct_body, partner_body, sandbox, set, DIRECT, OTHER_SUB, PARTNER, SP, SUB,
+    };
+    use super::*;
+    use crate::channel::keys::RsaSigner;
+    use crate::sandbox::statement::{china_stamp, china_today, iso_day, sha1_hex};
+
+    /// A signed GET of a `download_url`: (status, body bytes).
+    async fn download(sb: &Sandbox, signer: &RsaSigner, mchid: &str, url: &str) -> (u16, Vec<u8>) {
+        let path = url
+            .strip_prefix(BASE)
+            .expect("the url points at the sandbox");
+        let ts = OffsetDateTime::now_utc().unix_timestamp();
+        let nonce = sign::nonce();
+        let auth = sign::authorization(signer, mchid, "S", "GET", path, ts, &nonce, b"");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, auth.parse().unwrap());
+        let seg: Vec<&str> = path
+            .split('?')
+            .next()
+            .unwrap()
+            .trim_matches('/')
+            .split('/')
+            .collect();
+        let req = V3Request {
+            method: &Method::GET,
+            headers: &headers,
+            base: BASE,
+        };
+        let resp = sb.wechat.v3(req, path, &seg, b"").await;
+        let status = resp.status().as_u16();
+        (
+            status,
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+    }
+
+    /// The bill day of an order paid just now: its payment's China day.
+    fn paid_day(sb: &Sandbox, key: (&str, &str)) -> String {
+        let o = sb
+            .wechat
+            .orders
+            .get(&(key.0.to_string(), key.1.to_string()))
+            .unwrap();
+        china_stamp(o.success_time.as_deref().unwrap()).unwrap()[..10].to_string()
+    }
+
+    /// Creates and pays MCH's `d-1` (1.00) and refunds 0.50 of it; the platform's orders for
+    /// SUB and OTHER_SUB, paid.
+    async fn trades(sb: &Sandbox, s: &RsaSigner) {
+        let (status, v) = call(sb, s, MCH, Method::POST, DIRECT, &direct_body(MCH, "d-1")).await;
+        assert_eq!(status, 200, "{v}");
+        for (no, sub) in [("p-1", SUB), ("p-2", OTHER_SUB)] {
+            let (status, v) = call(sb, s, SP, Method::POST, PARTNER, &partner_body(no, sub)).await;
+            assert_eq!(status, 200, "{v}");
+        }
+        for no in ["d-1", "p-1", "p-2"] {
+            assert_eq!(sb.pay(no, None).status(), 200);
+        }
+        let body = refund_body("d-1", "d-1-r1", 50, 100);
+        let (status, v) = call(
+            sb,
+            s,
+            MCH,
+            Method::POST,
+            "/v3/refund/domestic/refunds",
+            &body,
+        )
+        .await;
+        assert_eq!(
+            (status, v["status"].as_str()),
+            (200, Some("SUCCESS")),
+            "{v}"
+        );
+        assert!(v["success_time"].is_string(), "{v}");
+    }
+
+    async fn bill(sb: &Sandbox, s: &RsaSigner, mchid: &str, query: &str) -> (u16, Value) {
+        call(
+            sb,
+            s,
+            mchid,
+            Method::GET,
+            &format!("/v3/bill/tradebill?{query}"),
+            b"",
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_direct_merchants_bill_lists_its_payment_and_refund_with_the_hash_of_the_bytes() {
+        let (sb, signer) = sandbox();
+        let (sb, s) = (&*sb, &signer);
+        trades(sb, s).await;
+        let day = paid_day(sb, (MCH, "d-1"));
+        let (status, v) = bill(sb, s, MCH, &format!("bill_date={day}&bill_type=ALL")).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["hash_type"], "SHA1");
+        let url = v["download_url"].as_str().unwrap();
+        assert!(
+            url.starts_with(&format!("{BASE}/v3/billdownload/file?token=")),
+            "{url}"
+        );
+        let (status, bytes) = download(sb, s, MCH, url).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["hash_value"], sha1_hex(&bytes));
+        let text = String::from_utf8(bytes).unwrap();
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        // Header, payment, refund, summary header, summary, "" (the final CRLF) — unless the
+        // refund fell on the next China day, which a test run at midnight could see.
+        let d = &sb
+            .wechat
+            .orders
+            .get(&(MCH.to_string(), "d-1".to_string()))
+            .unwrap();
+        let refund_day = china_stamp(d.refunds[0].success_time.as_deref().unwrap()).unwrap();
+        if refund_day.starts_with(&day) {
+            assert_eq!(lines.len(), 6, "{text}");
+            assert!(
+                lines[1].contains(",`d-1,`") && lines[1].contains(",`SUCCESS,`OTHERS,`CNY,`1.00,"),
+                "{}",
+                lines[1]
+            );
+            // 1.00 at 0.6%: 0.006 → 0.01; 0.50: 0.003 → 0.00.
+            assert!(
+                lines[1].ends_with(",`0.01,`0.6%,`1.00,`0.00,`"),
+                "{}",
+                lines[1]
+            );
+            assert!(
+                lines[2].contains(",`REFUND,`") && lines[2].contains(",`d-1-r1,`0.50,"),
+                "{}",
+                lines[2]
+            );
+            assert!(
+                lines[2].ends_with(",`0.00,`0.6%,`0.00,`0.50,`"),
+                "{}",
+                lines[2]
+            );
+            assert_eq!(lines[4], "`2,`1.00,`0.50,`0.00,`0.01,`1.00,`0.50");
+        }
+        // Not the platform's sub-merchants' orders.
+        assert!(!text.contains("p-1") && !text.contains("p-2"), "{text}");
+
+        // Another merchant cannot download it; an unknown token is refused; signed.
+        let (status, bytes) = download(sb, s, SP, url).await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(&bytes));
+        let (status, v) = call(
+            sb,
+            s,
+            MCH,
+            Method::GET,
+            "/v3/billdownload/file?token=nope",
+            b"",
+        )
+        .await;
+        assert_eq!((status, v["code"].as_str()), (400, Some("PARAM_ERROR")));
+    }
+
+    #[tokio::test]
+    async fn a_partners_bill_is_one_sub_merchants_or_all_of_them() {
+        let (sb, signer) = sandbox();
+        let (sb, s) = (&*sb, &signer);
+        trades(sb, s).await;
+        let day = paid_day(sb, (&format!("{SP}/{SUB}"), "p-1"));
+        for (query, has, lacks) in [
+            (
+                format!("bill_date={day}&sub_mchid={SUB}"),
+                vec!["p-1"],
+                vec!["p-2", "d-1"],
+            ),
+            (format!("bill_date={day}"), vec!["p-1", "p-2"], vec!["d-1"]),
+        ] {
+            let (status, v) = bill(sb, s, SP, &query).await;
+            assert_eq!(status, 200, "{v}");
+            let (_, bytes) = download(sb, s, SP, v["download_url"].as_str().unwrap()).await;
+            let text = String::from_utf8(bytes).unwrap();
+            for no in has {
+                assert!(text.contains(&format!(",`{no},`")), "{query}: {text}");
+            }
+            for no in lacks {
+                assert!(!text.contains(&format!(",`{no},`")), "{query}: {text}");
+            }
+            assert!(text.contains(&format!(",`wx_sp,`{SP},`{SUB},`,")), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn gzip_a_fee_rate_override_and_a_corrupt_hash() {
+        let (sb, signer) = sandbox();
+        let (sb, s) = (&*sb, &signer);
+        trades(sb, s).await;
+        let day = paid_day(sb, (MCH, "d-1"));
+        set(sb, json!({ "statement_fee_rate": "0.5" }));
+        let (status, v) = bill(
+            sb,
+            s,
+            MCH,
+            &format!("bill_date={day}&bill_type=SUCCESS&tar_type=GZIP"),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        let (_, gz) = download(sb, s, MCH, v["download_url"].as_str().unwrap()).await;
+        assert_eq!(v["hash_value"], sha1_hex(&gz), "the hash is the gzip's");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        assert!(text.contains(",`0.50,`50%,`1.00,`0.00,`\r\n"), "{text}");
+        assert!(!text.contains("`REFUND"), "SUCCESS only: {text}");
+
+        set(sb, json!({ "corrupt_statements": true }));
+        let (status, v) = bill(sb, s, MCH, &format!("bill_date={day}")).await;
+        assert_eq!(status, 200, "{v}");
+        let (_, bytes) = download(sb, s, MCH, v["download_url"].as_str().unwrap()).await;
+        let hash = v["hash_value"].as_str().unwrap();
+        assert_eq!(hash.len(), 40);
+        assert_ne!(hash, sha1_hex(&bytes));
+    }
+
+    #[tokio::test]
+    async fn bad_and_future_days_and_bad_parameters_are_refused_signed() {
+        let (sb, signer) = sandbox();
+        let (sb, s) = (&*sb, &signer);
+        let tomorrow = iso_day(china_today().next_day().unwrap());
+        for (query, status, code) in [
+            (format!("bill_date={tomorrow}"), 400, "NO_STATEMENT_EXIST"),
+            ("bill_date=2026-1-1".to_string(), 400, "PARAM_ERROR"),
+            ("bill_type=ALL".to_string(), 400, "PARAM_ERROR"),
+            (
+                format!("bill_date={}&bill_type=FUND", iso_day(china_today())),
+                400,
+                "PARAM_ERROR",
+            ),
+            (
+                format!("bill_date={}&tar_type=ZIP", iso_day(china_today())),
+                400,
+                "PARAM_ERROR",
+            ),
+        ] {
+            let (got, v) = bill(sb, s, MCH, &query).await;
+            assert_eq!(
+                (got, v["code"].as_str()),
+                (status, Some(code)),
+                "{query}: {v}"
+            );
+        }
+        // A day with nothing: the empty bill.
+        let (status, v) = bill(sb, s, MCH, "bill_date=2020-01-01").await;
+        assert_eq!(status, 200, "{v}");
+        let (_, bytes) = download(sb, s, MCH, v["download_url"].as_str().unwrap()).await;
+        assert!(String::from_utf8(bytes)
+            .unwrap()
+            .ends_with("\r\n`0,`0.00,`0.00,`0.00,`0.00,`0.00,`0.00\r\n"));
+        // fail_ops statement fails the bill, not the creates.
+        set(
+            sb,
+            json!({ "fail_next": 1, "fail_ops": ["statement"], "fail_code": "SYSTEM_ERROR" }),
+        );
+        let (status, _) = call(sb, s, MCH, Method::POST, DIRECT, &direct_body(MCH, "d-9")).await;
+        assert_eq!(status, 200);
+        let (status, v) = bill(sb, s, MCH, "bill_date=2020-01-01").await;
+        assert_eq!((status, v["code"].as_str()), (500, Some("SYSTEM_ERROR")));
+        // An unsigned download is refused.
+        let seg = ["v3", "billdownload", "file"];
+        let req = V3Request {
+            method: &Method::GET,
+            headers: &http::HeaderMap::new(),
+            base: BASE,
+        };
+        let resp = sb
+            .wechat
+            .v3(req, "/v3/billdownload/file?token=x", &seg, b"")
+            .await;
+        assert_eq!(resp.status(), 401);
     }
 }
