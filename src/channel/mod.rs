@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use time::OffsetDateTime;
 
@@ -247,6 +248,27 @@ pub struct RefundState {
     pub refunded_total: Option<u64>,
 }
 
+/// A provider's trade statement file of one China calendar day, as downloaded: checked and
+/// parsed by `statements`, which knows the formats; the connector only fetches it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatementFile {
+    /// WeChat Pay's trade bill: CSV (gzipped when `gzip`), and the SHA-1 (hex) the bill
+    /// answer stated for the bytes as downloaded — the download itself is not signed.
+    Wechat {
+        bytes: Bytes,
+        gzip: bool,
+        sha1_hex: String,
+    },
+    /// Alipay's trade statement: a zip of GBK CSVs.
+    Alipay { bytes: Bytes },
+}
+
+/// `YYYY-MM-DD`, as both providers name a statement's day.
+pub(crate) fn statement_day(date: time::Date) -> Result<String, ChannelError> {
+    date.format(time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|e| ChannelError::new(ErrorKind::Local, format!("statement date: {e}")))
+}
+
 /// A provider protocol. Implementations sign, send, verify and map one attempt; they never
 /// retry ([`Channel`] owns the guarded call path).
 #[async_trait]
@@ -282,6 +304,15 @@ pub trait Connector: Send + Sync {
         sub: &SubMerchant,
         deadline: Duration,
     ) -> Result<RefundState, ChannelError>;
+    /// The account's trade statement of `date` (China calendar day): for a partner / ISV
+    /// channel, of the sub-merchant `sub` names. A day the provider has no file for yet is
+    /// `NotFound`.
+    async fn trade_statement(
+        &self,
+        date: time::Date,
+        sub: &SubMerchant,
+        deadline: Duration,
+    ) -> Result<StatementFile, ChannelError>;
     /// Verifies and parses a notification the provider POSTed to this channel's notify_url
     /// (no network: signature, freshness, decryption, mapping). `now_unix`: seconds.
     fn verify_notification(
@@ -532,7 +563,14 @@ fn order_answer<'a>(
 /// `payroute_channel_requests_total{result}` of a call that succeeded.
 const CALL_OK: &str = "ok";
 /// Every operation a channel is called for (`payroute_channel_requests_total{operation}`).
-const OPERATIONS: [&str; 5] = ["create", "query", "close", "refund", "refund_query"];
+const OPERATIONS: [&str; 6] = [
+    "create",
+    "query",
+    "close",
+    "refund",
+    "refund_query",
+    "statement",
+];
 
 /// Channel request metrics, shared by every channel across reloads.
 pub struct ChannelMetrics {
@@ -709,6 +747,19 @@ impl Channel {
     pub async fn refund(&self, refund: &RefundRequest<'_>) -> Result<RefundState, ChannelError> {
         self.call("refund", |d| self.connector.refund(refund, d))
             .await
+    }
+
+    /// The account's trade statement file of a China calendar day (see
+    /// [`Connector::trade_statement`]), on the guarded call path like every call.
+    pub async fn trade_statement(
+        &self,
+        date: time::Date,
+        sub: &SubMerchant,
+    ) -> Result<StatementFile, ChannelError> {
+        self.call("statement", |d| {
+            self.connector.trade_statement(date, sub, d)
+        })
+        .await
     }
 
     pub async fn refund_query(
