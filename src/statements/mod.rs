@@ -1,6 +1,7 @@
 //! The providers' daily trade statements, parsed exactly: WeChat Pay's trade bill (`wechat`) and
-//! Alipay's trade detail zip (`alipay`), both laid out as `/work/notes/statement-layout.md`
-//! describes the providers' published formats.
+//! Alipay's trade detail zip (`alipay`), in the providers' published layouts (the fixtures in
+//! `tests/fixtures/statements/` are written from them). A channel fetches the file
+//! ([`crate::channel::StatementFile`]); [`parse`] checks and reads it.
 //!
 //! Pure functions of the downloaded bytes — no I/O, no clock, no config. Fetching the files and
 //! comparing them with the ledger (issue 19) build on these; a parser either returns every row of
@@ -18,7 +19,20 @@ pub mod wechat;
 #[cfg(test)]
 mod tests;
 
+use crate::channel::StatementFile;
 use crate::domain::parse_yuan;
+
+/// Checks and parses a statement file as its channel fetched it: every row, or an error.
+pub fn parse(file: &StatementFile) -> Result<Statement, StatementError> {
+    match file {
+        StatementFile::Wechat {
+            bytes,
+            gzip,
+            sha1_hex,
+        } => wechat::parse_tradebill(bytes, *gzip, sha1_hex),
+        StatementFile::Alipay { bytes } => alipay::parse_trade_zip(bytes),
+    }
+}
 
 /// What a statement row records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

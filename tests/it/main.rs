@@ -35,6 +35,7 @@ mod sandbox_statements;
 mod server;
 mod shared_limits;
 mod shared_store;
+mod statements;
 mod store;
 mod tenancy_alipay;
 mod tls;
