@@ -3,11 +3,9 @@
 
 use crate::support;
 
-use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::Method;
-use payroute::channel::alipay::sign as ali;
 use payroute::channel::keys::{RsaSigner, RsaVerifier};
 use payroute::channel::wechatpay::sign as wx;
 use serde_json::{json, Value};
@@ -410,44 +408,8 @@ async fn precreate(
     token: Option<&str>,
     no: &str,
 ) -> Value {
-    let method = "alipay.trade.precreate";
     let biz = json!({ "out_trade_no": no, "total_amount": "1.00", "subject": "mug" });
-    let mut p: BTreeMap<String, String> = [
-        ("app_id", app_id),
-        ("method", method),
-        ("charset", "utf-8"),
-        ("sign_type", "RSA2"),
-        ("timestamp", "2026-12-02 08:00:00"),
-        ("version", "1.0"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    if let Some(t) = token {
-        p.insert("app_auth_token".into(), t.into());
-    }
-    p.insert("biz_content".into(), biz.to_string());
-    ali::sign_params(&mut p, &signer(keyfile));
-    let r = h
-        .send(
-            Method::POST,
-            &format!("{}/gateway.do", h.sandbox_url),
-            &[(
-                "content-type",
-                "application/x-www-form-urlencoded;charset=utf-8",
-            )],
-            &ali::encode(&p),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let raw = ali::split_answer(r.text.as_bytes(), method).unwrap();
-    let sign = raw.sign.unwrap_or_default();
-    assert!(
-        verifier("alipay_sandbox_pub_key.pem").verify_b64(raw.raw.as_bytes(), &sign),
-        "the answer is signed: {}",
-        r.text
-    );
-    serde_json::from_str(&raw.raw).unwrap()
+    support::alipay_call(h, (app_id, keyfile), token, "alipay.trade.precreate", &biz).await
 }
 
 #[track_caller]

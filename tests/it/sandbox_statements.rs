@@ -4,7 +4,6 @@
 
 use crate::support;
 
-use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,11 +12,10 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use payroute::channel::alipay::sign as ali;
 use payroute::channel::keys::{RsaSigner, RsaVerifier};
 use payroute::channel::wechatpay::sign as wx;
 use serde_json::{json, Value};
-use support::{key, within, Harness};
+use support::{alipay_call, key, within, Harness};
 
 const WX_HEADER: &str = "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注";
 const WX_SUMMARY_HEADER: &str =
@@ -322,53 +320,6 @@ async fn text_of(h: &Harness, account: Account, day: &str) -> Vec<u8> {
     h.faults(json!({})).await;
     let (_, bill) = tradebill(h, account, &format!("bill_date={day}")).await;
     download_checked(h, account, &bill).await.to_vec()
-}
-
-/// A signed gateway call of `method` by `app` (ISV: for `token`'s seller): its inner
-/// answer, whose signature is checked.
-async fn alipay_call(
-    h: &Harness,
-    (app_id, keyfile): (&str, &str),
-    token: Option<&str>,
-    method: &str,
-    biz: &Value,
-) -> Value {
-    let mut p: BTreeMap<String, String> = [
-        ("app_id", app_id),
-        ("method", method),
-        ("charset", "utf-8"),
-        ("sign_type", "RSA2"),
-        ("timestamp", "2026-12-02 08:00:00"),
-        ("version", "1.0"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    if let Some(t) = token {
-        p.insert("app_auth_token".into(), t.into());
-    }
-    p.insert("biz_content".into(), biz.to_string());
-    ali::sign_params(&mut p, &signer(keyfile));
-    let r = h
-        .send(
-            Method::POST,
-            &format!("{}/gateway.do", h.sandbox_url),
-            &[(
-                "content-type",
-                "application/x-www-form-urlencoded;charset=utf-8",
-            )],
-            &ali::encode(&p),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let raw = ali::split_answer(r.text.as_bytes(), method).unwrap();
-    let sign = raw.sign.unwrap_or_default();
-    assert!(
-        verifier("alipay_sandbox_pub_key.pem").verify_b64(raw.raw.as_bytes(), &sign),
-        "the answer is signed: {}",
-        r.text
-    );
-    serde_json::from_str(&raw.raw).unwrap()
 }
 
 /// The statement of `day` for `app` (with `token`): the zip's bytes.

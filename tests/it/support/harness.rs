@@ -553,3 +553,59 @@ pub async fn start_proxy_on(config: Config, api: TcpListener) -> Running {
         .await
         .unwrap_or_else(|e| panic!("starting the proxy: {e}"))
 }
+
+/// A signed gateway call of `method` by `app` (ISV: for `token`'s seller): its inner
+/// answer, whose signature is checked.
+pub async fn alipay_call(
+    h: &Harness,
+    (app_id, keyfile): (&str, &str),
+    token: Option<&str>,
+    method: &str,
+    biz: &Value,
+) -> Value {
+    use payroute::channel::alipay::sign as ali;
+    use payroute::channel::keys::{RsaSigner, RsaVerifier};
+    let mut p: std::collections::BTreeMap<String, String> = [
+        ("app_id", app_id),
+        ("method", method),
+        ("charset", "utf-8"),
+        ("sign_type", "RSA2"),
+        ("timestamp", "2026-12-02 08:00:00"),
+        ("version", "1.0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if let Some(t) = token {
+        p.insert("app_auth_token".into(), t.into());
+    }
+    p.insert("biz_content".into(), biz.to_string());
+    ali::sign_params(
+        &mut p,
+        &RsaSigner::from_text(&std::fs::read_to_string(key(keyfile)).unwrap()).unwrap(),
+    );
+    let r = h
+        .send(
+            Method::POST,
+            &format!("{}/gateway.do", h.sandbox_url),
+            &[(
+                "content-type",
+                "application/x-www-form-urlencoded;charset=utf-8",
+            )],
+            &ali::encode(&p),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let raw = ali::split_answer(r.text.as_bytes(), method).unwrap();
+    let sign = raw.sign.unwrap_or_default();
+    assert!(
+        RsaVerifier::from_text(
+            &std::fs::read_to_string(key("alipay_sandbox_pub_key.pem")).unwrap()
+        )
+        .unwrap()
+        .verify_b64(raw.raw.as_bytes(), &sign),
+        "the answer is signed: {}",
+        r.text
+    );
+    serde_json::from_str(&raw.raw).unwrap()
+}
