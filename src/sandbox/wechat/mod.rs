@@ -1,10 +1,12 @@
 //! The sandbox's WeChat Pay API v3: signature checks, orders in direct and partner mode,
 //! close, refunds, and signed answers.
 
+mod checks;
 mod order;
 mod statement;
 #[cfg(test)]
 mod tests;
+mod tradebill;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::channel::wechatpay::{china_time, sign};
 use crate::domain::FeeRate;
 use crate::sandbox::statement::{self as bills, BadDay, Files, Kept};
 use crate::secret::Secret;
+use checks::{account_ids, check_create, documented_status, param_error, ValidCreate};
 pub(super) use order::Order;
 use order::Refund;
 
@@ -789,153 +792,6 @@ pub(super) struct V3Request<'a> {
     pub(super) base: &'a str,
 }
 
-/// A bill download's answer: the file (unsigned, as WeChat Pay's), or a signed error.
-enum Download {
-    File(Kept),
-    Refused(StatusCode, Value),
-}
-
-impl WechatSim {
-    /// `GET /v3/bill/tradebill?bill_date=&bill_type=&sub_mchid=&tar_type=`: the bill of
-    /// the signing merchant's orders (with `sub_mchid`, that sub-merchant's only; without,
-    /// all of the account's) paid on that China day and its refunds succeeded that day,
-    /// kept for download; answers its SHA-1 (of the bytes as downloaded — the gzip with
-    /// `tar_type=GZIP`) and `download_url`. `corrupt_statements` answers a wrong hash.
-    fn tradebill(
-        &self,
-        mchid: &str,
-        path_and_query: &str,
-        base: &str,
-        faults: &Faults,
-    ) -> (StatusCode, Value) {
-        let q = |k: &str| query_param(path_and_query, k).map(|v| crate::server::decode(&v));
-        let day = match bills::statement_day(q("bill_date").as_deref().unwrap_or_default()) {
-            Ok(day) => day,
-            Err(BadDay::Malformed) => return param_error("bill_date must be a date YYYY-MM-DD"),
-            Err(BadDay::Future) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    json!({"code": "NO_STATEMENT_EXIST", "message": "账单文件不存在 (no bill for that day yet)"}),
-                )
-            }
-        };
-        let Some(kind) = statement::BillType::parse(q("bill_type").as_deref()) else {
-            return param_error("bill_type must be ALL, SUCCESS or REFUND");
-        };
-        let gzip = match q("tar_type").as_deref() {
-            None => false,
-            Some("GZIP") => true,
-            Some(_) => return param_error("tar_type must be GZIP"),
-        };
-        let sub = q("sub_mchid").filter(|s| !s.is_empty());
-        let rate = faults
-            .statement_fee_rate()
-            .or_else(|| self.fee_rates.load().get(mchid).copied())
-            .unwrap_or_default();
-        let rows = self
-            .orders
-            .iter()
-            .filter(|o| o.mchid == mchid && (sub.is_none() || o.sub_mchid == sub))
-            .flat_map(|o| statement::rows(&o, day, rate, kind))
-            .collect();
-        let text = statement::bill(rows);
-        let bytes = if gzip {
-            match bills::gzip(text.as_bytes()) {
-                Ok(z) => z,
-                Err(e) => {
-                    return (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        json!({"code": "SYSTEM_ERROR", "message": e.to_string()}),
-                    )
-                }
-            }
-        } else {
-            text.into_bytes()
-        };
-        let mut hash = bills::sha1_hex(&bytes);
-        if faults.corrupt_statements {
-            // Still 40 lowercase hex digits, just not these bytes'.
-            let first = if hash.starts_with('0') { "1" } else { "0" };
-            hash.replace_range(..1, first);
-        }
-        let token = self.bills.keep(Kept {
-            owner: Some(mchid.to_string()),
-            bytes: Bytes::from(bytes),
-            content_type: if gzip {
-                "application/x-gzip"
-            } else {
-                "text/csv;charset=utf-8"
-            },
-            filename: format!(
-                "{}_{}.csv{}",
-                mchid,
-                bills::compact_day(day),
-                if gzip { ".gz" } else { "" }
-            ),
-        });
-        (
-            StatusCode::OK,
-            json!({
-                "hash_type": "SHA1",
-                "hash_value": hash,
-                "download_url": format!("{base}/v3/billdownload/file?token={token}"),
-            }),
-        )
-    }
-
-    /// `GET /v3/billdownload/file?token=…`, signed by the merchant that asked for the bill:
-    /// the file's bytes, unsigned (the bill's hash is what is checked); refusals signed.
-    async fn bill_download(&self, req: V3Request<'_>, path_and_query: &str) -> Answer {
-        self.shared
-            .respond(
-                |faults| {
-                    let mchid =
-                        match self.check_signature(req.method, req.headers, path_and_query, b"") {
-                            Ok(m) => m,
-                            Err(why) => {
-                                let v = json!({"code":"SIGN_ERROR","message":why.to_string()});
-                                return Outcome::done(
-                                    Download::Refused(StatusCode::UNAUTHORIZED, v),
-                                    true,
-                                );
-                            }
-                        };
-                    let ids = if faults.accounts.is_some() {
-                        vec![mchid.clone()]
-                    } else {
-                        Vec::new()
-                    };
-                    if let Some(f) = self.shared.take_failure(Some(Op::Statement), &ids) {
-                        let code = f.code.unwrap_or_else(|| "SYSTEM_ERROR".into());
-                        let status = StatusCode::from_u16(
-                            f.status.unwrap_or_else(|| documented_status(&code)),
-                        )
-                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                        let v = json!({"code": code, "message": "injected by /sandbox/faults"});
-                        return Outcome::injected(Download::Refused(status, v));
-                    }
-                    let token = query_param(path_and_query, "token").unwrap_or_default();
-                    match self.bills.get(&token) {
-                        Some(f) if f.owner.as_deref() == Some(mchid.as_str()) => {
-                            Outcome::done(Download::File(f), false)
-                        }
-                        _ => {
-                            let (status, v) = param_error(
-                                "no bill for this token (unknown, expired, or another merchant's)",
-                            );
-                            Outcome::done(Download::Refused(status, v), true)
-                        }
-                    }
-                },
-                |answer, signing| match answer {
-                    Download::File(f) => bills::file_answer(&f),
-                    Download::Refused(status, v) => self.signed(status, v, signing),
-                },
-            )
-            .await
-    }
-}
-
 /// What a WeChat Pay notification announces.
 struct WechatEvent {
     kind: Kind,
@@ -955,58 +811,6 @@ fn refund_answer(o: &Order, r: &Refund) -> Value {
         v["success_time"] = json!(t);
     }
     v
-}
-
-/// The account ids a signed `/v3` request names, for [`Faults::accounts`]: the signing
-/// merchant (`mchid`, or `sp_mchid` in partner mode), and the merchant and app ids of its
-/// body and query (`sub_mchid` of a partner query or refund query is in the query).
-fn account_ids(auth_mchid: &str, path_and_query: &str, body: &[u8]) -> Vec<String> {
-    const FIELDS: [&str; 6] = [
-        "mchid",
-        "sp_mchid",
-        "sub_mchid",
-        "appid",
-        "sp_appid",
-        "sub_appid",
-    ];
-    let mut ids = vec![auth_mchid.to_string()];
-    if let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) {
-        ids.extend(
-            FIELDS
-                .iter()
-                .filter_map(|k| req.get(*k)?.as_str())
-                .map(str::to_string),
-        );
-    }
-    ids.extend(FIELDS.iter().filter_map(|k| query_param(path_and_query, k)));
-    ids
-}
-
-/// The HTTP status WeChat Pay answers an error `code` with (its API v3 error tables), so an
-/// injected `NO_AUTH` is a 403 as at WeChat Pay; 500 for `SYSTEM_ERROR`, `BANK_ERROR` and any
-/// code not listed.
-fn documented_status(code: &str) -> u16 {
-    match code {
-        "PARAM_ERROR"
-        | "NO_STATEMENT_EXIST"
-        | "INVALID_REQUEST"
-        | "APPID_MCHID_NOT_MATCH"
-        | "MCH_NOT_EXISTS"
-        | "ORDER_CLOSED"
-        | "INVALID_TRANSACTIONID" => 400,
-        "SIGN_ERROR" => 401,
-        "NO_AUTH"
-        | "ACCOUNT_ERROR"
-        | "ORDERPAID"
-        | "OUT_TRADE_NO_USED"
-        | "RULE_LIMIT"
-        | "TRADE_ERROR"
-        | "NOT_ENOUGH"
-        | "USER_ACCOUNT_ABNORMAL" => 403,
-        "ORDER_NOT_EXIST" | "ORDERNOTEXIST" | "RESOURCE_NOT_EXISTS" => 404,
-        "FREQUENCY_LIMITED" => 429,
-        _ => 500,
-    }
 }
 
 fn order_key(mchid: &str, sub_mchid: Option<&str>) -> String {
@@ -1033,74 +837,4 @@ enum SignatureRefused {
     UnknownCertificate { serial: String, mchid: String },
     #[error("signature does not verify")]
     DoesNotVerify,
-}
-
-/// What a create that passed [`check_create`] asks for beyond its body.
-struct ValidCreate {
-    sub_mchid: Option<String>,
-    total: u64,
-}
-
-/// WeChat Pay's answer to a request parameter it refuses.
-fn param_error(message: &str) -> (StatusCode, Value) {
-    (
-        StatusCode::BAD_REQUEST,
-        json!({"code":"PARAM_ERROR","message":message}),
-    )
-}
-
-/// The fields WeChat Pay requires of a create of `kind` in this mode; `Err` is its answer.
-fn check_create(
-    req: &Value,
-    auth_mchid: &str,
-    partner: bool,
-    kind: &str,
-) -> Result<ValidCreate, (StatusCode, Value)> {
-    let bad = |m: &str| Err(param_error(m));
-    let s = |k: &str| req[k].as_str().filter(|v| !v.is_empty());
-    let (mchid_field, app_field) = if partner {
-        ("sp_mchid", "sp_appid")
-    } else {
-        ("mchid", "appid")
-    };
-    if s(mchid_field) != Some(auth_mchid) {
-        return bad(&format!("{mchid_field} must equal the signing merchant"));
-    }
-    if s(app_field).is_none() {
-        return bad(&format!("{app_field} is required"));
-    }
-    let sub_mchid = if partner {
-        match s("sub_mchid") {
-            Some(v) => Some(v.to_string()),
-            None => return bad("sub_mchid is required"),
-        }
-    } else {
-        if req.get("sub_mchid").is_some() {
-            return bad("sub_mchid is not a direct-mode field");
-        }
-        None
-    };
-    for k in ["description", "out_trade_no", "notify_url"] {
-        if s(k).is_none() {
-            return bad(&format!("{k} is required"));
-        }
-    }
-    let Some(total) = req["amount"]["total"].as_u64().filter(|t| *t > 0) else {
-        return bad("amount.total must be a positive integer");
-    };
-    if kind == "jsapi" {
-        let payer = &req["payer"];
-        let ok = if partner {
-            payer["sp_openid"].is_string() || payer["sub_openid"].is_string()
-        } else {
-            payer["openid"].is_string()
-        };
-        if !ok {
-            return bad("payer openid is required for jsapi");
-        }
-    }
-    if kind == "h5" && !req["scene_info"]["payer_client_ip"].is_string() {
-        return bad("scene_info.payer_client_ip is required for h5");
-    }
-    Ok(ValidCreate { sub_mchid, total })
 }
