@@ -18,17 +18,18 @@
 //! - `webhooks`: shop events out — the outbox worker and its signed, ordered, at-least-once
 //!   delivery.
 //! - `reconcile`: the worker that asks about open orders on tiers and closes expired ones.
-//! - `statements`: the providers' daily trade statements — parsed exactly (this part), later
-//!   fetched and compared with the ledger.
-//! - `routing`: the rules engine; pure, indexed by merchant, with `explain`.
+//! - `statements`: the providers' daily trade statements (a channel fetches the file) — checked
+//!   and parsed exactly, all rows or an error.
+//! - `routing`: the rules engine; pure, indexed by merchant, with `explain`; orders a rule's
+//!   candidates by the live signals it is handed (health windows, drains).
 //! - `channel`: one guarded call path per channel (limit, breaker, retries), the outbound HTTP
 //!   client, keys, notification verification; `wechatpay`, `alipay`.
-//! - `resilience`: retry backoff and budget, circuit breaker, GCRA rate limits (local, and
-//!   `scope: global` ones shared through Redis).
-//! - `store`: one trait per concern — `Ledger` (payments, refunds), `Outbox` (shop events),
-//!   `Schedule` (reconciliation checks), `Reports` (ops reads, health), `Drains` (drained
-//!   channels) — each file with both
-//!   engines beside it: `sqlite` (group commit; one instance) and `postgres` (pooled, claims
+//! - `resilience`: retry backoff and budget, circuit breaker, each channel's health window,
+//!   GCRA rate limits (local, and `scope: global` ones shared through Redis).
+//! - `store`: one trait per concern — `Ledger` (payments, refunds; quota-guarded writes),
+//!   `Outbox` (shop events), `Schedule` (reconciliation checks), `Reports` (ops reads, health),
+//!   `Drains` (drained channels), `Quotas` (what accounts took of their limits) — each file
+//!   with both engines beside it: `sqlite` (group commit; one instance) and `postgres` (pooled, claims
 //!   with leases; several instances on one database); one migration list for both.
 //! - `drains`: the manual drain switch — channels ops took out of routing, held in memory for
 //!   routing's hot path, stored, and reloaded so every instance sees a drain.
