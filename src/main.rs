@@ -336,8 +336,9 @@ async fn migrate(
         .await
         .map_err(CliError::Copy)?;
     say(&format!(
-        "copied and verified: {} payments ({} new), {} refunds ({} new), {} pending events ({} new)",
-        c.payments, c.payments_new, c.refunds, c.refunds_new, c.pending_events, c.pending_events_new
+        "copied and verified: {} payments ({} new), {} refunds ({} new), {} pending events ({} new), {} drained channels ({} new)",
+        c.payments, c.payments_new, c.refunds, c.refunds_new, c.pending_events, c.pending_events_new,
+        c.drains, c.drains_new
     ));
     Ok(())
 }

@@ -3,7 +3,8 @@
 //!
 //! # Idempotent
 //! Each record is written only if it is not there yet (payments by `(merchant_id,
-//! out_trade_no)`, refunds by `(merchant_id, out_refund_no)`, events by id), so a copy that
+//! out_trade_no)`, refunds by `(merchant_id, out_refund_no)`, events by id, drained channels
+//! by name — a channel already drained in the target keeps its own drain), so a copy that
 //! stopped half-way is finished by running it again. Stop the proxy on the source first:
 //! what it writes during the copy may be missed (the counts below would then disagree).
 //!
@@ -28,6 +29,9 @@ pub struct Copied {
     pub refunds_new: u64,
     pub pending_events: u64,
     pub pending_events_new: u64,
+    /// Channels ops drained: a move to PostgreSQL must not put one back into routing.
+    pub drains: u64,
+    pub drains_new: u64,
 }
 
 /// Copies every payment, refund and pending event of `from` into `to`, then checks that `to`
@@ -88,6 +92,14 @@ pub async fn copy(from: &dyn Store, to: &dyn Store) -> Result<Copied, StoreError
         copied.pending_events += 1;
         if to.import_event(e).await? {
             copied.pending_events_new += 1;
+        }
+    }
+    let drained_there = to.drained().await?;
+    for d in from.drained().await? {
+        copied.drains += 1;
+        if drained_there.iter().all(|t| t.channel != d.channel) {
+            to.drain(&d.channel, &d.reason, &d.by, d.since_ms).await?;
+            copied.drains_new += 1;
         }
     }
     verify(from, to, &copied).await?;

@@ -652,6 +652,14 @@ async fn store_migrate_moves_a_sqlite_store_and_the_proxy_serves_it_unchanged() 
     })
     .await;
     let before: Vec<Value> = answers_of(&h).await;
+    // Ops drained a channel: the move must keep it out of routing.
+    let d = h
+        .admin_post(
+            "/admin/channels/m2002_wechat/drain",
+            &json!({"reason": "moving stores", "by": "ops"}),
+        )
+        .await;
+    assert_eq!(d.status, 200, "{}", d.text);
     if let Some(r) = h.running.take() {
         support::within("the proxy to stop", r.shutdown()).await;
     }
@@ -674,7 +682,8 @@ async fn store_migrate_moves_a_sqlite_store_and_the_proxy_serves_it_unchanged() 
         String::from_utf8_lossy(&first.stderr)
     );
     assert!(
-        out.contains("2 payments (2 new), 1 refunds (1 new)"),
+        out.contains("2 payments (2 new), 1 refunds (1 new)")
+            && out.contains("1 drained channels (1 new)"),
         "{out}"
     );
     let again = migrate();
@@ -699,6 +708,20 @@ async fn store_migrate_moves_a_sqlite_store_and_the_proxy_serves_it_unchanged() 
     h.restart().await;
     assert_eq!(answers_of(&h).await, before, "served unchanged");
     assert_eq!(paid["payment_id"], before[0]["payment_id"]);
+    let channels = h.admin_get("/admin/channels").await;
+    let m2002 = channels.body["channels"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "m2002_wechat"))
+        .expect("m2002_wechat");
+    assert_eq!(
+        (
+            m2002["drained"]["reason"].as_str(),
+            m2002["drained"]["by"].as_str()
+        ),
+        (Some("moving stores"), Some("ops")),
+        "the drain moved with the store: {}",
+        channels.text
+    );
     let refund = h.get_refund("m_1001", "mig-1-r", false).await;
     for k in [
         "refund_id",
