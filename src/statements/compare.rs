@@ -207,7 +207,7 @@ pub fn compare(statement: &Statement, ledger: &LedgerDay<'_>) -> Comparison {
         });
     }
 
-    // The statement by order (and refund) number, each group's rows in a total order.
+    // The statement by order (and refund) number (the final sort orders rows within a group).
     let mut paid_rows: BTreeMap<&str, Vec<&StatementRow>> = BTreeMap::new();
     let mut refund_rows: BTreeMap<(&str, Option<&str>), Vec<&StatementRow>> = BTreeMap::new();
     for row in &statement.rows {
@@ -218,9 +218,6 @@ pub fn compare(statement: &Statement, ledger: &LedgerDay<'_>) -> Comparison {
                 .or_default()
                 .push(row),
         }
-    }
-    for group in paid_rows.values_mut().chain(refund_rows.values_mut()) {
-        group.sort_by(|a, b| row_key(a).cmp(&row_key(b)));
     }
 
     let mut out = Comparison {
