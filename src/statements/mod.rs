@@ -14,6 +14,7 @@
 //! a payment, negative when it gives it back on a refund — whatever sign the provider writes.
 
 pub mod alipay;
+pub mod compare;
 pub mod wechat;
 
 #[cfg(test)]
