@@ -78,6 +78,21 @@ pub trait Ledger: Send + Sync {
         &self,
         p: &mut PaymentRecord,
         guard: Option<&QuotaGuard>,
+    ) -> Result<Updated, StoreError> {
+        match guard {
+            Some(guard) => self.update_payment_guarded(p, guard).await,
+            None => Ok(match self.update_payment_emitting(p, None).await? {
+                true => Updated::Won,
+                false => Updated::Lost,
+            }),
+        }
+    }
+
+    /// [`Ledger::update_payment_within`] with a guard: each engine's transaction.
+    async fn update_payment_guarded(
+        &self,
+        p: &mut PaymentRecord,
+        guard: &QuotaGuard,
     ) -> Result<Updated, StoreError>;
 
     async fn get_payment(
@@ -230,17 +245,11 @@ mod on_sqlite {
             .await
         }
 
-        async fn update_payment_within(
+        async fn update_payment_guarded(
             &self,
             p: &mut PaymentRecord,
-            guard: Option<&QuotaGuard>,
+            guard: &QuotaGuard,
         ) -> Result<Updated, StoreError> {
-            let Some(guard) = guard else {
-                return Ok(match self.update_payment_emitting(p, None).await? {
-                    true => Updated::Won,
-                    false => Updated::Lost,
-                });
-            };
             let account = guard.stored_account(&p.account)?;
             let (rec, guard) = (p.clone(), guard.clone());
             let updated = self
@@ -573,17 +582,11 @@ mod on_postgres {
             }
         }
 
-        async fn update_payment_within(
+        async fn update_payment_guarded(
             &self,
             p: &mut PaymentRecord,
-            guard: Option<&QuotaGuard>,
+            guard: &QuotaGuard,
         ) -> Result<Updated, StoreError> {
-            let Some(guard) = guard else {
-                return Ok(match self.update_payment_emitting(p, None).await? {
-                    true => Updated::Won,
-                    false => Updated::Lost,
-                });
-            };
             let account = guard.stored_account(&p.account)?;
             let started = tokio::time::Instant::now();
             let _queued = self.quota_queue(&account).lock_owned().await;
